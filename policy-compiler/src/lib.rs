@@ -1,1 +1,37 @@
-//! stub
+//! policy-compiler: Kubernetes NetworkPolicy semantics, pure.
+//!
+//! Text in, answers out, no IO:
+//! manifests --[`load`]--> typed objects --[`Model::build`]--> [`Model`]
+//! --[`AllowGraph::build`]--> [`AllowGraph`] --> explain / matrix / rulesets.
+//!
+//! ```
+//! use policy_compiler::{load, Model, AllowGraph, SourceText, Protocol};
+//! let yaml = "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x, labels: {app: a}}\nspec: {containers: [{name: c}]}\n";
+//! let (inputs, diags) = load(&[SourceText { name: "x.yaml", text: yaml }]);
+//! assert!(diags.is_empty());
+//! let (model, diags) = Model::build(&inputs);
+//! assert!(diags.is_empty());
+//! let graph = AllowGraph::build(&model);
+//! let a = model.endpoint_by_key("x/a").unwrap();
+//! assert!(graph.reach(&model, a.into(), a.into()).allowed.contains(Protocol::Tcp, 80));
+//! ```
+
+pub mod diagnostic;
+pub mod expect;
+pub mod explain;
+pub mod graph;
+pub mod load;
+pub mod matrix;
+pub mod model;
+pub mod ports;
+pub mod selector;
+pub mod source;
+pub mod validate;
+
+pub use diagnostic::{Diagnostic, ObjectRef, Origin, Severity};
+pub use explain::{Explanation, PortQuery, explain};
+pub use graph::{AllowGraph, Reach, Subject};
+pub use load::{Inputs, Located, SourceText, Workload, WorkloadKind, load};
+pub use matrix::{Matrix, MatrixQuery, matrix};
+pub use model::{Direction, Endpoint, EndpointId, Model, Policy, PolicyId};
+pub use ports::{PortRanges, PortSet, Protocol};

@@ -1,0 +1,264 @@
+//! Expectations of a golden case (`expect.yaml`) and checking them against a model.
+//!
+//! ```yaml
+//! description: what the case pins
+//! assertions:
+//!   - {from: x/a, to: y/b, port: 80, protocol: TCP, allowed: false}
+//! matrix:
+//!   - port: 80
+//!     protocol: TCP
+//!     grid: |
+//!       -   x/a x/b
+//!       x/a .   X
+//!       x/b .   .
+//! ```
+//! Grid tokens are whitespace separated; `.` allowed, `X` denied; rows are sources.
+
+use std::fmt::Write as _;
+
+use serde::Deserialize;
+
+use crate::explain::{PortQuery, explain};
+use crate::graph::{AllowGraph, Subject};
+use crate::matrix::{MatrixQuery, matrix};
+use crate::model::Model;
+use crate::ports::Protocol;
+
+/// A parsed `expect.yaml`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Expectations {
+    /// What the case pins.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Point checks.
+    #[serde(default)]
+    pub assertions: Vec<Assertion>,
+    /// Full truth tables.
+    #[serde(default)]
+    pub matrix: Vec<MatrixExpectation>,
+}
+
+/// One point check.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Assertion {
+    /// Source endpoint or IP.
+    pub from: String,
+    /// Destination endpoint or IP.
+    pub to: String,
+    /// Port.
+    pub port: u16,
+    /// `TCP` (default), `UDP` or `SCTP`.
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// Expected verdict.
+    pub allowed: bool,
+}
+
+/// One expected truth table.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MatrixExpectation {
+    /// Port.
+    pub port: u16,
+    /// Protocol (default TCP).
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// The grid.
+    pub grid: String,
+}
+
+/// One failed expectation, with a readable report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// Which expectation (`assertion 3`, `matrix TCP/80`).
+    pub what: String,
+    /// Diff and explanations.
+    pub report: String,
+}
+
+/// Parses `expect.yaml`.
+pub fn parse_expectations(text: &str) -> Result<Expectations, String> {
+    serde_saphyr::from_str(text).map_err(|e| e.to_string())
+}
+
+fn protocol(p: &Option<String>) -> Result<Protocol, String> {
+    match p {
+        None => Ok(Protocol::Tcp),
+        Some(s) => s.parse(),
+    }
+}
+
+/// Checks every expectation; returns the failures (empty when all hold).
+pub fn check(model: &Model, graph: &AllowGraph, exp: &Expectations) -> Vec<Failure> {
+    let mut failures = Vec::new();
+    for (i, a) in exp.assertions.iter().enumerate() {
+        let what = format!(
+            "assertion {i}: {} -> {} {} {}",
+            a.from,
+            a.to,
+            a.protocol.as_deref().unwrap_or("TCP"),
+            a.port
+        );
+        let resolved = (|| {
+            Ok::<_, String>((
+                Subject::parse(model, &a.from)?,
+                Subject::parse(model, &a.to)?,
+                protocol(&a.protocol)?,
+            ))
+        })();
+        let (s, d, p) = match resolved {
+            Ok(v) => v,
+            Err(e) => {
+                failures.push(Failure {
+                    what,
+                    report: format!("invalid assertion: {e}"),
+                });
+                continue;
+            }
+        };
+        let e = explain(
+            model,
+            graph,
+            s,
+            d,
+            Some(PortQuery {
+                protocol: p,
+                port: a.port,
+            }),
+        );
+        if e.allowed != a.allowed {
+            failures.push(Failure {
+                what,
+                report: format!(
+                    "expected {}, got {}\n{e}",
+                    verdict(a.allowed),
+                    verdict(e.allowed)
+                ),
+            });
+        }
+    }
+    for m in &exp.matrix {
+        let p = match protocol(&m.protocol) {
+            Ok(p) => p,
+            Err(e) => {
+                failures.push(Failure {
+                    what: format!("matrix {}", m.port),
+                    report: e,
+                });
+                continue;
+            }
+        };
+        if let Some(f) = check_matrix(model, graph, p, m) {
+            failures.push(f);
+        }
+    }
+    failures
+}
+
+fn verdict(b: bool) -> &'static str {
+    if b { "allowed" } else { "denied" }
+}
+
+fn check_matrix(
+    model: &Model,
+    graph: &AllowGraph,
+    p: Protocol,
+    m: &MatrixExpectation,
+) -> Option<Failure> {
+    let what = format!("matrix {p}/{}", m.port);
+    let rows: Vec<Vec<&str>> = m
+        .grid
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|r| !r.is_empty())
+        .collect();
+    let Some((header, body)) = rows.split_first() else {
+        return Some(Failure {
+            what,
+            report: "empty grid".into(),
+        });
+    };
+    let cols: Vec<&str> = header.iter().skip(1).copied().collect();
+    let actual = matrix(
+        model,
+        graph,
+        MatrixQuery {
+            protocol: Some(p),
+            port: Some(m.port),
+        },
+    );
+    let mut report = String::new();
+    let expected_rows: Vec<&str> = body.iter().filter_map(|r| r.first().copied()).collect();
+    if cols != actual.endpoints || expected_rows != actual.endpoints {
+        let _ = writeln!(
+            report,
+            "endpoints differ:\n  expected columns {cols:?}\n  expected rows    {expected_rows:?}\n  actual           {:?}",
+            actual.endpoints
+        );
+    }
+    let mut diffs = Vec::new();
+    for row in body {
+        let Some((src, cells)) = row.split_first() else {
+            continue;
+        };
+        let Some(si) = actual.endpoints.iter().position(|e| e == src) else {
+            continue;
+        };
+        for (dst, cell) in cols.iter().zip(cells) {
+            let Some(di) = actual.endpoints.iter().position(|e| e == dst) else {
+                continue;
+            };
+            let want = match *cell {
+                "." => true,
+                "X" | "x" => false,
+                other => {
+                    let _ = writeln!(report, "bad cell {other:?} at {src} -> {dst}");
+                    continue;
+                }
+            };
+            if actual.allowed[si][di] != want {
+                diffs.push((si, di, want));
+            }
+        }
+    }
+    if diffs.is_empty() && report.is_empty() {
+        return None;
+    }
+    let _ = writeln!(
+        report,
+        "{} cell(s) differ (expected -> actual):",
+        diffs.len()
+    );
+    for (si, di, want) in diffs.iter().take(12) {
+        let s = model.endpoint(model.endpoints[*si].id);
+        let d = model.endpoint(model.endpoints[*di].id);
+        let _ = writeln!(
+            report,
+            "  {} -> {}: expected {}, got {}",
+            s.key(),
+            d.key(),
+            verdict(*want),
+            verdict(!*want)
+        );
+        let e = explain(
+            model,
+            graph,
+            Subject::Endpoint(s.id),
+            Subject::Endpoint(d.id),
+            Some(PortQuery {
+                protocol: p,
+                port: m.port,
+            }),
+        );
+        for line in e.to_string().lines() {
+            let _ = writeln!(report, "    {line}");
+        }
+    }
+    if diffs.len() > 12 {
+        let _ = writeln!(report, "  ... and {} more", diffs.len() - 12);
+    }
+    let _ = writeln!(report, "actual:\n{}", actual.to_text());
+    Some(Failure { what, report })
+}

@@ -1,0 +1,393 @@
+//! `explain`: may SRC reach DST (on a port, or at all), and which rules decide it.
+//!
+//! Builds on [`AllowGraph::reach`] and adds, for a denied side, the *nearest miss*: the
+//! rule of an isolating policy that came closest, and what failed (a namespace label, a
+//! pod label, an address outside a block, a port outside the rule's ports).
+
+use std::fmt::{self, Write as _};
+
+use serde::Serialize;
+
+use crate::graph::{AllowGraph, Provenance, Reach, SideVerdict, Subject, rule_ports};
+use crate::model::{Direction, Endpoint, Model, NamespaceScope, Peer, PortMatch, Rule};
+use crate::ports::{PortSet, Protocol};
+
+/// A port query: one protocol and port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct PortQuery {
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Port number.
+    pub port: u16,
+}
+
+/// One rule that allows the queried traffic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AllowedBy {
+    /// `ns/name`.
+    pub policy: String,
+    /// Rule index in the policy's ingress or egress list.
+    pub rule: u32,
+    /// Peer index in the rule's `from`/`to` (`null`: the rule has no peers).
+    pub peer: Option<u32>,
+    /// Port index in the rule's `ports` (`null`: the rule has no ports, or no port was
+    /// queried).
+    pub port: Option<u32>,
+    /// What this rule allows toward the destination.
+    pub ports: PortSet,
+}
+
+/// One side of an explanation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SideExplanation {
+    /// `egress` or `ingress`.
+    pub direction: &'static str,
+    /// Where the side is enforced (the source for egress, the destination for ingress).
+    pub at: String,
+    /// False when no policy can apply (external address or hostNetwork Pod).
+    pub applies: bool,
+    /// Whether some policy isolates this side.
+    pub isolated: bool,
+    /// The isolating policies, `ns/name`.
+    pub policies: Vec<String>,
+    /// The rules that allow the queried traffic.
+    pub allowed_by: Vec<AllowedBy>,
+    /// What this side allows.
+    pub allowed_traffic: PortSet,
+    /// Whether this side allows the queried traffic (any traffic without a port).
+    pub allowed: bool,
+    /// For a denying isolated side: the closest rule and what failed.
+    pub nearest_miss: Option<String>,
+}
+
+/// The full answer to `netpol explain`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Explanation {
+    /// Source name.
+    pub source: String,
+    /// Destination name.
+    pub destination: String,
+    /// Queried port, if any.
+    pub port: Option<u16>,
+    /// Queried protocol, if any.
+    pub protocol: Option<Protocol>,
+    /// The verdict: the queried port allowed, or (without a port) any traffic allowed.
+    pub allowed: bool,
+    /// Everything that may flow.
+    pub allowed_traffic: PortSet,
+    /// Traffic from an endpoint to itself (always allowed).
+    pub to_self: bool,
+    /// Egress at the source.
+    pub egress: SideExplanation,
+    /// Ingress at the destination.
+    pub ingress: SideExplanation,
+}
+
+/// Explains the flow `src -> dst`, optionally for one protocol/port.
+pub fn explain(
+    model: &Model,
+    graph: &AllowGraph,
+    src: Subject,
+    dst: Subject,
+    query: Option<PortQuery>,
+) -> Explanation {
+    let reach = graph.reach(model, src, dst);
+    explain_reach(model, graph, &reach, query)
+}
+
+/// Explains an already computed [`Reach`].
+pub fn explain_reach(
+    model: &Model,
+    graph: &AllowGraph,
+    reach: &Reach,
+    query: Option<PortQuery>,
+) -> Explanation {
+    let ok = |set: &PortSet| match query {
+        Some(q) => set.contains(q.protocol, q.port),
+        None => !set.is_empty(),
+    };
+    let dst_ep = match reach.dst {
+        Subject::Endpoint(id) => Some(model.endpoint(id)),
+        Subject::External(_) => None,
+    };
+    let side = |dir: Direction, v: &SideVerdict, at: Subject, peer: Subject| {
+        let peer_ip = match dir {
+            Direction::Egress => reach.dst_ip,
+            Direction::Ingress => reach.src_ip,
+        };
+        let allowed_by = v
+            .matches
+            .iter()
+            .filter(|m| ok(&m.ports))
+            .map(|m| AllowedBy {
+                policy: model.policy(m.provenance.policy).key(),
+                rule: m.provenance.rule,
+                peer: m.provenance.peer,
+                port: query.and_then(|q| port_index(model, &m.provenance, q, dst_ep)),
+                ports: m.ports.clone(),
+            })
+            .collect();
+        let allowed = ok(&v.allowed);
+        let nearest_miss = (v.isolated && !allowed)
+            .then(|| nearest_miss(model, graph, dir, v, peer, peer_ip, dst_ep, query))
+            .flatten();
+        SideExplanation {
+            direction: dir.as_str(),
+            at: at.display(model),
+            applies: v.applies,
+            isolated: v.isolated,
+            policies: v.policies.iter().map(|p| model.policy(*p).key()).collect(),
+            allowed_by,
+            allowed_traffic: v.allowed.clone(),
+            allowed,
+            nearest_miss,
+        }
+    };
+    Explanation {
+        source: reach.src.display(model),
+        destination: reach.dst.display(model),
+        port: query.map(|q| q.port),
+        protocol: query.map(|q| q.protocol),
+        allowed: ok(&reach.allowed),
+        allowed_traffic: reach.allowed.clone(),
+        to_self: reach.to_self,
+        egress: side(Direction::Egress, &reach.egress, reach.src, reach.dst),
+        ingress: side(Direction::Ingress, &reach.ingress, reach.dst, reach.src),
+    }
+}
+
+fn port_index(
+    model: &Model,
+    prov: &Provenance,
+    q: PortQuery,
+    dst: Option<&Endpoint>,
+) -> Option<u32> {
+    let rule = crate::graph::rule_of(model, prov);
+    rule.ports.as_ref().and_then(|ports| {
+        ports
+            .iter()
+            .position(|p| p.protocol == q.protocol && p.resolve(dst).contains(q.port))
+            .map(|i| u32::try_from(i).unwrap_or(u32::MAX))
+    })
+}
+
+/// Why `peer` (seen at `ip`) does not match a rule peer; `None` when it matches.
+pub fn peer_miss(
+    model: &Model,
+    peer: &Peer,
+    subject: Subject,
+    ip: Option<std::net::IpAddr>,
+) -> Option<String> {
+    match peer {
+        Peer::IpBlock(b) => match ip {
+            None => Some(format!("{} has no IP address", subject.display(model))),
+            Some(ip) if !b.cidr.contains(&ip) => Some(format!("{ip} is not in {}", b.cidr)),
+            Some(ip) => b
+                .except
+                .iter()
+                .find(|e| e.contains(&ip))
+                .map(|e| format!("{ip} is in except {e} of {}", b.cidr)),
+        },
+        Peer::Pods { namespaces, pods } => {
+            let Subject::Endpoint(id) = subject else {
+                return Some(format!(
+                    "{} is not a Pod: only ipBlock peers match it",
+                    subject.display(model)
+                ));
+            };
+            let e = model.endpoint(id);
+            if !e.selectable() {
+                return Some(format!(
+                    "{} is a hostNetwork Pod: pod selectors never select it",
+                    e.key()
+                ));
+            }
+            match namespaces {
+                NamespaceScope::Own(ns) if *ns != e.namespace => {
+                    return Some(format!(
+                        "{} is in namespace {}, not the policy's namespace {ns}",
+                        e.key(),
+                        e.namespace
+                    ));
+                }
+                NamespaceScope::Selector(sel) => {
+                    let empty = Default::default();
+                    let labels = model.namespace_labels(&e.namespace).unwrap_or(&empty);
+                    if let Some(r) = sel.first_miss(labels) {
+                        return Some(format!("namespace {} {}", e.namespace, r.why_not(labels)));
+                    }
+                }
+                NamespaceScope::Own(_) => {}
+            }
+            pods.first_miss(&e.labels)
+                .map(|r| format!("pod {} {}", e.key(), r.why_not(&e.labels)))
+        }
+    }
+}
+
+fn port_miss(rule: &Rule, dst: Option<&Endpoint>, q: Option<PortQuery>) -> Option<String> {
+    let ports = rule.ports.as_ref()?;
+    let dst_name = dst
+        .map(Endpoint::key)
+        .unwrap_or_else(|| "an external address".into());
+    match q {
+        Some(q) => {
+            if ports
+                .iter()
+                .any(|p| p.protocol == q.protocol && p.resolve(dst).contains(q.port))
+            {
+                return None;
+            }
+            let list: Vec<String> = ports
+                .iter()
+                .map(|p| match &p.port {
+                    PortMatch::Named(n) => {
+                        let r = p.resolve(dst);
+                        if r.is_empty() {
+                            format!("{} {n} (not declared by {dst_name})", p.protocol)
+                        } else {
+                            format!("{} {n}={r}", p.protocol)
+                        }
+                    }
+                    _ => p.to_string(),
+                })
+                .collect();
+            Some(format!(
+                "{} {} not in [{}]",
+                q.protocol,
+                q.port,
+                list.join(", ")
+            ))
+        }
+        None => rule_ports(rule, dst).is_empty().then(|| {
+            let names: Vec<String> = ports.iter().map(ToString::to_string).collect();
+            format!(
+                "none of the rule's ports [{}] exist on {dst_name}",
+                names.join(", ")
+            )
+        }),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn nearest_miss(
+    model: &Model,
+    _graph: &AllowGraph,
+    dir: Direction,
+    v: &SideVerdict,
+    peer: Subject,
+    peer_ip: Option<std::net::IpAddr>,
+    dst: Option<&Endpoint>,
+    q: Option<PortQuery>,
+) -> Option<String> {
+    let mut best: Option<(u8, String)> = None;
+    let mut consider = |score: u8, text: String| {
+        if best.as_ref().is_none_or(|(s, _)| score > *s) {
+            best = Some((score, text));
+        }
+    };
+    for pid in &v.policies {
+        let policy = model.policy(*pid);
+        let rules = policy.rules(dir);
+        if rules.is_empty() {
+            consider(
+                0,
+                format!("{} has no {dir} rules: it denies all {dir}", policy.key()),
+            );
+            continue;
+        }
+        for (ri, rule) in rules.iter().enumerate() {
+            let pm = port_miss(rule, dst, q);
+            let peers: Vec<(Option<usize>, Option<String>)> = match &rule.peers {
+                None => vec![(None, None)],
+                Some(ps) => ps
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| (Some(i), peer_miss(model, p, peer, peer_ip)))
+                    .collect(),
+            };
+            for (pi, miss) in peers {
+                let at = match pi {
+                    Some(i) => format!("{} {dir} rule {ri} peer {i}", policy.key()),
+                    None => format!("{} {dir} rule {ri}", policy.key()),
+                };
+                let (score, why) = match (&miss, &pm) {
+                    (None, Some(p)) => (3, p.clone()),
+                    (Some(m), None) => (2, m.clone()),
+                    (Some(m), Some(p)) => (1, format!("{m}; and {p}")),
+                    (None, None) => continue,
+                };
+                consider(score, format!("{at}: {why}"));
+            }
+        }
+    }
+    best.map(|(_, t)| t)
+}
+
+impl Explanation {
+    /// The one-line verdict: `TCP 80 allowed`, or `TCP 80, 443 allowed; all else denied`.
+    pub fn verdict(&self) -> String {
+        match (self.protocol, self.port) {
+            (Some(p), Some(port)) => {
+                format!(
+                    "{p} {port} {}",
+                    if self.allowed { "allowed" } else { "denied" }
+                )
+            }
+            _ if self.allowed_traffic.is_all() => "all traffic allowed".into(),
+            _ if self.allowed_traffic.is_empty() => "all traffic denied".into(),
+            _ => format!("{} allowed; all else denied", self.allowed_traffic),
+        }
+    }
+}
+
+impl fmt::Display for Explanation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{} -> {}: {}",
+            self.source,
+            self.destination,
+            self.verdict()
+        )?;
+        if self.to_self {
+            writeln!(f, "  traffic from a Pod to itself is always allowed")?;
+            return Ok(());
+        }
+        for side in [&self.egress, &self.ingress] {
+            let mut line = String::new();
+            let _ = write!(line, "  {} at {}: ", side.direction, side.at);
+            if !side.applies {
+                let _ = write!(line, "not a Pod that policies select: not isolated");
+            } else if !side.isolated {
+                let _ = write!(line, "not isolated");
+            } else {
+                let _ = write!(line, "isolated by {}", side.policies.join(", "));
+            }
+            writeln!(f, "{line}")?;
+            if side.isolated {
+                if !side.allowed_traffic.is_empty() && self.port.is_none() {
+                    writeln!(f, "    allows {}", side.allowed_traffic)?;
+                }
+                for a in &side.allowed_by {
+                    let mut s = format!(
+                        "    allowed by {} {} rule {}",
+                        a.policy, side.direction, a.rule
+                    );
+                    if let Some(p) = a.peer {
+                        let _ = write!(s, " peer {p}");
+                    }
+                    if let Some(p) = a.port {
+                        let _ = write!(s, " port {p}");
+                    }
+                    let _ = write!(s, " ({})", a.ports);
+                    writeln!(f, "{s}")?;
+                }
+                if let Some(m) = &side.nearest_miss {
+                    writeln!(f, "    denied; nearest miss: {m}")?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,620 @@
+//! The allow graph: every endpoint's isolation and allowed peers, with provenance.
+//!
+//! Nodes are endpoints and *peer sets* (a rule peer resolved to the endpoints it selects,
+//! an ipBlock, or "anyone" for a rule without `from`/`to`). Edges follow the traffic:
+//! `peer -> endpoint` for ingress rules, `endpoint -> peer` for egress rules, and carry the
+//! policy, direction, rule index and peer index that allow it; the ports come from the
+//! rule, resolved per destination (named ports differ per Pod).
+//!
+//! Identical peers (same namespace scope and selector, same ipBlock) are interned to one
+//! node, so the graph is linear in the policies' size times the Pods they select, never
+//! Pods x Pods.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use petgraph::Direction as PgDir;
+use petgraph::graph::{DiGraph, NodeIndex};
+use petgraph::visit::EdgeRef;
+
+use crate::model::{
+    Direction, Endpoint, EndpointId, IpBlock, Model, NamespaceScope, Peer, PolicyId, Rule,
+};
+use crate::ports::PortSet;
+
+/// One side of a flow: an endpoint, or an address outside the cluster's endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Subject {
+    /// A Pod or workload.
+    Endpoint(EndpointId),
+    /// An address that belongs to no endpoint.
+    External(IpAddr),
+}
+
+impl From<EndpointId> for Subject {
+    fn from(id: EndpointId) -> Self {
+        Subject::Endpoint(id)
+    }
+}
+
+impl Subject {
+    /// Resolves `ns/name` (Pod), `name` (Pod in `default`), `ns/kind/name` (workload) or an
+    /// IP address (the Pod that has it, else an external address).
+    pub fn parse(model: &Model, arg: &str) -> Result<Subject, String> {
+        if let Ok(ip) = arg.parse::<IpAddr>() {
+            return Ok(match model.endpoint_by_ip(&ip) {
+                Some(id) => Subject::Endpoint(id),
+                None => Subject::External(ip),
+            });
+        }
+        let parts: Vec<&str> = arg.split('/').collect();
+        let key = match parts.as_slice() {
+            [name] => format!("default/{name}"),
+            [ns, name] => format!("{ns}/{name}"),
+            [ns, kind, name] => {
+                let k = crate::load::WorkloadKind::parse(kind).ok_or_else(|| {
+                    format!(
+                        "{arg:?}: unknown workload kind {kind:?} (expected deployment, replicaset, statefulset, daemonset, job, cronjob or replicationcontroller)"
+                    )
+                })?;
+                format!("{ns}/{}/{name}", k.lower())
+            }
+            _ => {
+                return Err(format!(
+                    "{arg:?} is not an endpoint: use ns/name, name, ns/kind/name or an IP address"
+                ));
+            }
+        };
+        if let Some(id) = model.endpoint_by_key(&key) {
+            return Ok(Subject::Endpoint(id));
+        }
+        let ns = key.split('/').next().unwrap_or("");
+        let known: Vec<String> = model
+            .endpoints_in(ns)
+            .iter()
+            .map(|id| model.endpoint(*id).key())
+            .take(20)
+            .collect();
+        if known.is_empty() {
+            Err(format!(
+                "no endpoint {key}: namespace {ns} has no Pods or workloads in the input"
+            ))
+        } else {
+            Err(format!(
+                "no endpoint {key}; endpoints in {ns}: {}",
+                known.join(", ")
+            ))
+        }
+    }
+
+    /// `ns/name`, `ns/kind/name` or the address.
+    pub fn display(&self, model: &Model) -> String {
+        match self {
+            Subject::Endpoint(id) => model.endpoint(*id).key(),
+            Subject::External(ip) => ip.to_string(),
+        }
+    }
+
+    fn endpoint<'m>(&self, model: &'m Model) -> Option<&'m Endpoint> {
+        match self {
+            Subject::Endpoint(id) => Some(model.endpoint(*id)),
+            Subject::External(_) => None,
+        }
+    }
+}
+
+/// Index of an interned peer set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PeerSetId(pub u32);
+
+/// What a peer node stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerSet {
+    /// The endpoints a pod/namespace selector peer selects, sorted.
+    Endpoints(Vec<EndpointId>),
+    /// Addresses in a block (Pod IPs included).
+    Block(IpBlock),
+    /// Anyone: a rule without peers.
+    All,
+}
+
+/// A graph node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Node {
+    /// An endpoint.
+    Endpoint(EndpointId),
+    /// A peer set.
+    Peer(PeerSetId),
+}
+
+/// Why an edge exists: the rule that allows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Provenance {
+    /// The policy.
+    pub policy: PolicyId,
+    /// Ingress or egress rule.
+    pub direction: Direction,
+    /// Index into the policy's rules of that direction.
+    pub rule: u32,
+    /// Index into the rule's `from`/`to`; `None` when the rule has no peers (anyone).
+    pub peer: Option<u32>,
+}
+
+/// Isolation of one endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Isolation {
+    /// Policies that select the endpoint with policyType Ingress.
+    pub ingress: Vec<PolicyId>,
+    /// Policies that select the endpoint with policyType Egress.
+    pub egress: Vec<PolicyId>,
+}
+
+impl Isolation {
+    /// Isolating policies for a direction.
+    pub fn by(&self, dir: Direction) -> &[PolicyId] {
+        match dir {
+            Direction::Ingress => &self.ingress,
+            Direction::Egress => &self.egress,
+        }
+    }
+}
+
+/// A rule that allows (part of) a flow, and which ports it allows for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleMatch {
+    /// Which policy, rule and peer.
+    pub provenance: Provenance,
+    /// Ports it allows toward the destination.
+    pub ports: PortSet,
+}
+
+/// One direction's verdict for a flow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SideVerdict {
+    /// False when the side is not a selectable endpoint (external address, hostNetwork
+    /// Pod, workload-less IP): no policy can isolate it.
+    pub applies: bool,
+    /// True when some policy isolates this endpoint in this direction.
+    pub isolated: bool,
+    /// The isolating policies.
+    pub policies: Vec<PolicyId>,
+    /// What this side allows (everything when not isolated).
+    pub allowed: PortSet,
+    /// The rules that allow something, in policy/rule/peer order.
+    pub matches: Vec<RuleMatch>,
+}
+
+/// The answer for a flow `src -> dst`: both sides and their intersection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reach {
+    /// Source.
+    pub src: Subject,
+    /// Destination.
+    pub dst: Subject,
+    /// Address used for the source (for ipBlock matching).
+    pub src_ip: Option<IpAddr>,
+    /// Address used for the destination.
+    pub dst_ip: Option<IpAddr>,
+    /// Traffic from an endpoint to itself: always allowed.
+    pub to_self: bool,
+    /// Egress at the source.
+    pub egress: SideVerdict,
+    /// Ingress at the destination.
+    pub ingress: SideVerdict,
+    /// What may flow: egress ∩ ingress (everything for self traffic).
+    pub allowed: PortSet,
+}
+
+/// The resolved allow graph of a [`Model`].
+#[derive(Debug, Clone)]
+pub struct AllowGraph {
+    graph: DiGraph<Node, Provenance>,
+    endpoint_nodes: Vec<NodeIndex>,
+    peers: Vec<PeerSet>,
+    peer_sources: Vec<Option<Peer>>,
+    isolation: Vec<Isolation>,
+}
+
+impl AllowGraph {
+    /// Resolves every policy's selectors against the model.
+    pub fn build(model: &Model) -> AllowGraph {
+        let mut graph = DiGraph::new();
+        let endpoint_nodes: Vec<NodeIndex> = model
+            .endpoints
+            .iter()
+            .map(|e| graph.add_node(Node::Endpoint(e.id)))
+            .collect();
+        let mut b = GraphBuilder {
+            model,
+            graph,
+            peers: vec![PeerSet::All],
+            peer_sources: vec![None],
+            peer_nodes: Vec::new(),
+            interned: BTreeMap::new(),
+            ns_cache: BTreeMap::new(),
+        };
+        let all_node = b.graph.add_node(Node::Peer(PeerSetId(0)));
+        b.peer_nodes.push(all_node);
+        let mut isolation = vec![Isolation::default(); model.endpoints.len()];
+
+        for policy in &model.policies {
+            let targets: Vec<EndpointId> = model
+                .endpoints_in(&policy.namespace)
+                .iter()
+                .copied()
+                .filter(|id| {
+                    let e = model.endpoint(*id);
+                    e.selectable() && policy.pod_selector.matches(&e.labels)
+                })
+                .collect();
+            if targets.is_empty() {
+                continue;
+            }
+            for dir in [Direction::Ingress, Direction::Egress] {
+                if !policy.isolates(dir) {
+                    continue;
+                }
+                for t in &targets {
+                    let iso = &mut isolation[t.0 as usize];
+                    match dir {
+                        Direction::Ingress => iso.ingress.push(policy.id),
+                        Direction::Egress => iso.egress.push(policy.id),
+                    }
+                }
+                for (ri, rule) in policy.rules(dir).iter().enumerate() {
+                    let rule_peers: Vec<(Option<u32>, PeerSetId)> = match &rule.peers {
+                        None => vec![(None, PeerSetId(0))],
+                        Some(peers) => peers
+                            .iter()
+                            .enumerate()
+                            .map(|(pi, p)| (Some(index_u32(pi)), b.intern(p)))
+                            .collect(),
+                    };
+                    for (peer_idx, set) in rule_peers {
+                        let prov = Provenance {
+                            policy: policy.id,
+                            direction: dir,
+                            rule: index_u32(ri),
+                            peer: peer_idx,
+                        };
+                        let pn = b.peer_nodes[set.0 as usize];
+                        for t in &targets {
+                            let tn = endpoint_nodes[t.0 as usize];
+                            match dir {
+                                Direction::Ingress => b.graph.add_edge(pn, tn, prov),
+                                Direction::Egress => b.graph.add_edge(tn, pn, prov),
+                            };
+                        }
+                    }
+                }
+            }
+        }
+        AllowGraph {
+            graph: b.graph,
+            endpoint_nodes,
+            peers: b.peers,
+            peer_sources: b.peer_sources,
+            isolation,
+        }
+    }
+
+    /// The petgraph graph itself.
+    pub fn graph(&self) -> &DiGraph<Node, Provenance> {
+        &self.graph
+    }
+
+    /// Isolation of an endpoint.
+    pub fn isolation(&self, id: EndpointId) -> &Isolation {
+        &self.isolation[id.0 as usize]
+    }
+
+    /// A peer set.
+    pub fn peer_set(&self, id: PeerSetId) -> &PeerSet {
+        &self.peers[id.0 as usize]
+    }
+
+    /// Number of peer sets (including "anyone").
+    pub fn peer_set_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// The allow edges of an endpoint in a direction: `(peer set, provenance)`, sorted by
+    /// provenance.
+    pub fn edges(&self, id: EndpointId, dir: Direction) -> Vec<(PeerSetId, Provenance)> {
+        let n = self.endpoint_nodes[id.0 as usize];
+        let pg = match dir {
+            Direction::Ingress => PgDir::Incoming,
+            Direction::Egress => PgDir::Outgoing,
+        };
+        let mut out: Vec<(PeerSetId, Provenance)> = self
+            .graph
+            .edges_directed(n, pg)
+            .filter(|e| e.weight().direction == dir)
+            .filter_map(|e| {
+                let other = match pg {
+                    PgDir::Incoming => e.source(),
+                    PgDir::Outgoing => e.target(),
+                };
+                match self.graph[other] {
+                    Node::Peer(p) => Some((p, *e.weight())),
+                    Node::Endpoint(_) => None,
+                }
+            })
+            .collect();
+        out.sort_by_key(|(_, p)| *p);
+        out
+    }
+
+    /// True when peer set `set` contains `subject` (seen at address `ip`).
+    pub fn peer_contains(&self, set: PeerSetId, subject: Subject, ip: Option<IpAddr>) -> bool {
+        match &self.peers[set.0 as usize] {
+            PeerSet::All => true,
+            PeerSet::Endpoints(v) => match subject {
+                Subject::Endpoint(id) => v.binary_search(&id).is_ok(),
+                Subject::External(_) => false,
+            },
+            PeerSet::Block(b) => ip.is_some_and(|ip| b.contains(&ip)),
+        }
+    }
+
+    /// The addresses a flow uses: the destination's primary IP, and the source's IP of the
+    /// same family (its primary IP when it has none of that family).
+    pub fn addresses(
+        model: &Model,
+        src: Subject,
+        dst: Subject,
+    ) -> (Option<IpAddr>, Option<IpAddr>) {
+        let dst_ip = match dst {
+            Subject::External(ip) => Some(ip),
+            Subject::Endpoint(id) => model.endpoint(id).ips.first().copied(),
+        };
+        let src_ip = match src {
+            Subject::External(ip) => Some(ip),
+            Subject::Endpoint(id) => {
+                let ips = &model.endpoint(id).ips;
+                dst_ip
+                    .and_then(|d| ips.iter().find(|i| i.is_ipv4() == d.is_ipv4()))
+                    .or(ips.first())
+                    .copied()
+            }
+        };
+        (src_ip, dst_ip)
+    }
+
+    /// Everything that may flow from `src` to `dst`, with both sides' reasons, using the
+    /// addresses chosen by [`AllowGraph::addresses`].
+    pub fn reach(&self, model: &Model, src: Subject, dst: Subject) -> Reach {
+        let (src_ip, dst_ip) = Self::addresses(model, src, dst);
+        self.reach_at(model, src, src_ip, dst, dst_ip)
+    }
+
+    /// Like [`AllowGraph::reach`], with explicit addresses (for one IP family of a
+    /// dual-stack Pod).
+    pub fn reach_at(
+        &self,
+        model: &Model,
+        src: Subject,
+        src_ip: Option<IpAddr>,
+        dst: Subject,
+        dst_ip: Option<IpAddr>,
+    ) -> Reach {
+        let dst_ep = dst.endpoint(model);
+        let egress = match src {
+            Subject::Endpoint(id) if model.endpoint(id).selectable() => {
+                self.side(model, id, Direction::Egress, dst, dst_ip, dst_ep)
+            }
+            _ => not_applicable(),
+        };
+        let ingress = match dst {
+            Subject::Endpoint(id) if model.endpoint(id).selectable() => {
+                self.side(model, id, Direction::Ingress, src, src_ip, dst_ep)
+            }
+            _ => not_applicable(),
+        };
+        let to_self = matches!((src, dst), (Subject::Endpoint(a), Subject::Endpoint(b)) if a == b);
+        let allowed = if to_self {
+            PortSet::all()
+        } else {
+            egress.allowed.intersect(&ingress.allowed)
+        };
+        Reach {
+            src,
+            dst,
+            src_ip,
+            dst_ip,
+            to_self,
+            egress,
+            ingress,
+            allowed,
+        }
+    }
+
+    fn side(
+        &self,
+        model: &Model,
+        at: EndpointId,
+        dir: Direction,
+        peer: Subject,
+        peer_ip: Option<IpAddr>,
+        dst_ep: Option<&Endpoint>,
+    ) -> SideVerdict {
+        let policies = self.isolation[at.0 as usize].by(dir).to_vec();
+        if policies.is_empty() {
+            return SideVerdict {
+                applies: true,
+                isolated: false,
+                policies,
+                allowed: PortSet::all(),
+                matches: Vec::new(),
+            };
+        }
+        let mut allowed = PortSet::none();
+        let mut matches = Vec::new();
+        for (set, prov) in self.edges(at, dir) {
+            if !self.peer_contains(set, peer, peer_ip) {
+                continue;
+            }
+            let rule = rule_of(model, &prov);
+            let ports = rule_ports(rule, dst_ep);
+            allowed.add(&ports);
+            matches.push(RuleMatch {
+                provenance: prov,
+                ports,
+            });
+        }
+        SideVerdict {
+            applies: true,
+            isolated: true,
+            policies,
+            allowed,
+            matches,
+        }
+    }
+
+    /// Stable text dump: per endpoint, its isolation and allow edges; then the peer sets.
+    pub fn dump(&self, model: &Model) -> String {
+        let mut s = String::new();
+        for e in &model.endpoints {
+            let _ = writeln!(s, "endpoint {}", e.key());
+            for dir in [Direction::Ingress, Direction::Egress] {
+                let pols = self.isolation(e.id).by(dir);
+                if pols.is_empty() {
+                    let _ = writeln!(s, "  {dir}: not isolated");
+                    continue;
+                }
+                let names: Vec<String> = pols.iter().map(|p| model.policy(*p).key()).collect();
+                let _ = writeln!(s, "  {dir}: isolated by {}", names.join(", "));
+                for (set, prov) in self.edges(e.id, dir) {
+                    let rule = rule_of(model, &prov);
+                    let ports = match &rule.ports {
+                        None => "all ports".to_string(),
+                        Some(ps) => ps
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    };
+                    let peer = match prov.peer {
+                        Some(p) => format!("peer {p}"),
+                        None => "any peer".into(),
+                    };
+                    let _ = writeln!(
+                        s,
+                        "    {} rule {} {peer}: {} [{ports}]",
+                        model.policy(prov.policy).key(),
+                        prov.rule,
+                        self.describe_peer_set(model, set),
+                    );
+                }
+            }
+        }
+        s
+    }
+
+    /// `{x/a, x/b}`, `ipBlock 10.0.0.0/8 except ...` or `anyone`.
+    pub fn describe_peer_set(&self, model: &Model, set: PeerSetId) -> String {
+        match &self.peers[set.0 as usize] {
+            PeerSet::All => "anyone".into(),
+            PeerSet::Block(b) => format!("ipBlock {b}"),
+            PeerSet::Endpoints(v) => {
+                let names: Vec<String> = v.iter().map(|id| model.endpoint(*id).key()).collect();
+                format!("{{{}}}", names.join(", "))
+            }
+        }
+    }
+
+    /// The peer a set was interned from (`None` for "anyone").
+    pub fn peer_source(&self, set: PeerSetId) -> Option<&Peer> {
+        self.peer_sources[set.0 as usize].as_ref()
+    }
+}
+
+fn not_applicable() -> SideVerdict {
+    SideVerdict {
+        applies: false,
+        isolated: false,
+        policies: Vec::new(),
+        allowed: PortSet::all(),
+        matches: Vec::new(),
+    }
+}
+
+fn index_u32(i: usize) -> u32 {
+    u32::try_from(i).unwrap_or(u32::MAX)
+}
+
+/// The rule an edge came from.
+pub fn rule_of<'m>(model: &'m Model, prov: &Provenance) -> &'m Rule {
+    &model.policy(prov.policy).rules(prov.direction)[prov.rule as usize]
+}
+
+/// Ports a rule allows toward `dst` (named ports resolved against it).
+pub fn rule_ports(rule: &Rule, dst: Option<&Endpoint>) -> PortSet {
+    match &rule.ports {
+        None => PortSet::all(),
+        Some(ports) => {
+            let mut set = PortSet::none();
+            for p in ports {
+                set.add(&PortSet::of(p.protocol, p.resolve(dst)));
+            }
+            set
+        }
+    }
+}
+
+struct GraphBuilder<'m> {
+    model: &'m Model,
+    graph: DiGraph<Node, Provenance>,
+    peers: Vec<PeerSet>,
+    peer_sources: Vec<Option<Peer>>,
+    peer_nodes: Vec<NodeIndex>,
+    interned: BTreeMap<&'m Peer, PeerSetId>,
+    ns_cache: BTreeMap<&'m crate::selector::Selector, Vec<&'m str>>,
+}
+
+impl<'m> GraphBuilder<'m> {
+    fn intern(&mut self, peer: &'m Peer) -> PeerSetId {
+        if let Some(id) = self.interned.get(peer) {
+            return *id;
+        }
+        let set = match peer {
+            Peer::IpBlock(b) => PeerSet::Block(b.clone()),
+            Peer::Pods { namespaces, pods } => {
+                let model = self.model;
+                let nss: Vec<&str> = match namespaces {
+                    NamespaceScope::Own(ns) => vec![ns.as_str()],
+                    NamespaceScope::Selector(sel) => self
+                        .ns_cache
+                        .entry(sel)
+                        .or_insert_with(|| {
+                            model
+                                .namespaces
+                                .iter()
+                                .filter(|(_, info)| sel.matches(&info.labels))
+                                .map(|(n, _)| n.as_str())
+                                .collect()
+                        })
+                        .clone(),
+                };
+                let mut members: Vec<EndpointId> = nss
+                    .iter()
+                    .flat_map(|ns| model.endpoints_in(ns).iter().copied())
+                    .filter(|id| {
+                        let e = model.endpoint(*id);
+                        e.selectable() && pods.matches(&e.labels)
+                    })
+                    .collect();
+                members.sort_unstable();
+                PeerSet::Endpoints(members)
+            }
+        };
+        let id = PeerSetId(index_u32(self.peers.len()));
+        self.peers.push(set);
+        self.peer_sources.push(Some(peer.clone()));
+        let n = self.graph.add_node(Node::Peer(id));
+        self.peer_nodes.push(n);
+        self.interned.insert(peer, id);
+        id
+    }
+}

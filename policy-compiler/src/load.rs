@@ -1,0 +1,557 @@
+//! Documents to typed Kubernetes objects.
+//!
+//! Reads the object kinds netpol cares about (Namespace, Pod, workload controllers,
+//! `networking.k8s.io/v1` NetworkPolicy) into k8s-openapi types, expands `List` kinds,
+//! and skips everything else (reported in [`Inputs::skipped`]). Type errors carry the
+//! field path and the position in the file.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{Namespace, Pod, PodTemplateSpec, ReplicationController};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::diagnostic::{Diagnostic, ObjectRef, Origin};
+use crate::source::{SpanIndex, parse_documents};
+
+/// One input text and the name to report it by.
+#[derive(Debug, Clone, Copy)]
+pub struct SourceText<'a> {
+    /// File name (or `-` for stdin) used in diagnostics.
+    pub name: &'a str,
+    /// The file's contents.
+    pub text: &'a str,
+}
+
+/// The workload controllers whose Pod template is an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum WorkloadKind {
+    /// apps/v1 Deployment.
+    Deployment,
+    /// apps/v1 ReplicaSet.
+    ReplicaSet,
+    /// apps/v1 StatefulSet.
+    StatefulSet,
+    /// apps/v1 DaemonSet.
+    DaemonSet,
+    /// batch/v1 Job.
+    Job,
+    /// batch/v1 CronJob.
+    CronJob,
+    /// v1 ReplicationController.
+    ReplicationController,
+}
+
+impl WorkloadKind {
+    /// All kinds, in a fixed order.
+    pub const ALL: [WorkloadKind; 7] = [
+        WorkloadKind::Deployment,
+        WorkloadKind::ReplicaSet,
+        WorkloadKind::StatefulSet,
+        WorkloadKind::DaemonSet,
+        WorkloadKind::Job,
+        WorkloadKind::CronJob,
+        WorkloadKind::ReplicationController,
+    ];
+
+    /// The Kubernetes kind, e.g. `Deployment`.
+    pub fn kind(self) -> &'static str {
+        match self {
+            WorkloadKind::Deployment => "Deployment",
+            WorkloadKind::ReplicaSet => "ReplicaSet",
+            WorkloadKind::StatefulSet => "StatefulSet",
+            WorkloadKind::DaemonSet => "DaemonSet",
+            WorkloadKind::Job => "Job",
+            WorkloadKind::CronJob => "CronJob",
+            WorkloadKind::ReplicationController => "ReplicationController",
+        }
+    }
+
+    /// Lowercase kind as used in endpoint names (`shop/deployment/web`).
+    pub fn lower(self) -> &'static str {
+        match self {
+            WorkloadKind::Deployment => "deployment",
+            WorkloadKind::ReplicaSet => "replicaset",
+            WorkloadKind::StatefulSet => "statefulset",
+            WorkloadKind::DaemonSet => "daemonset",
+            WorkloadKind::Job => "job",
+            WorkloadKind::CronJob => "cronjob",
+            WorkloadKind::ReplicationController => "replicationcontroller",
+        }
+    }
+
+    /// Parses a kind, case-insensitively (`deployment`, `Deployment`, `deploy`).
+    pub fn parse(s: &str) -> Option<Self> {
+        let l = s.to_ascii_lowercase();
+        Self::ALL
+            .into_iter()
+            .find(|k| k.lower() == l)
+            .or(match l.as_str() {
+                "deploy" => Some(WorkloadKind::Deployment),
+                "rs" => Some(WorkloadKind::ReplicaSet),
+                "sts" => Some(WorkloadKind::StatefulSet),
+                "ds" => Some(WorkloadKind::DaemonSet),
+                "cj" => Some(WorkloadKind::CronJob),
+                "rc" => Some(WorkloadKind::ReplicationController),
+                _ => None,
+            })
+    }
+}
+
+/// A workload controller reduced to what matters: its metadata and its Pod template.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    /// Which controller.
+    pub kind: WorkloadKind,
+    /// The controller's metadata.
+    pub metadata: ObjectMeta,
+    /// The Pod template (for a CronJob, the job template's Pod template).
+    pub template: PodTemplateSpec,
+}
+
+/// An object with where it came from (`None` for objects from the API server).
+#[derive(Debug, Clone)]
+pub struct Located<T> {
+    /// The object.
+    pub object: T,
+    /// File, document and spans.
+    pub origin: Option<Origin>,
+}
+
+impl<T> Located<T> {
+    /// An object that did not come from a file (for example from a watch).
+    pub fn unlocated(object: T) -> Self {
+        Self {
+            object,
+            origin: None,
+        }
+    }
+}
+
+/// Every object read, by kind.
+#[derive(Debug, Clone, Default)]
+pub struct Inputs {
+    /// Namespaces.
+    pub namespaces: Vec<Located<Namespace>>,
+    /// Pods.
+    pub pods: Vec<Located<Pod>>,
+    /// Workload controllers.
+    pub workloads: Vec<Located<Workload>>,
+    /// NetworkPolicies.
+    pub policies: Vec<Located<NetworkPolicy>>,
+    /// Objects of other kinds, which do not affect Pod-to-Pod connectivity.
+    pub skipped: Vec<ObjectRef>,
+}
+
+impl Inputs {
+    /// Adds everything from `other`.
+    pub fn extend(&mut self, other: Inputs) {
+        self.namespaces.extend(other.namespaces);
+        self.pods.extend(other.pods);
+        self.workloads.extend(other.workloads);
+        self.policies.extend(other.policies);
+        self.skipped.extend(other.skipped);
+    }
+}
+
+/// Parses and types every source. Never panics; every problem is a diagnostic.
+pub fn load(sources: &[SourceText<'_>]) -> (Inputs, Vec<Diagnostic>) {
+    let mut inputs = Inputs::default();
+    let mut diags = Vec::new();
+    for src in sources {
+        load_one(src, &mut inputs, &mut diags);
+    }
+    (inputs, diags)
+}
+
+fn load_one(src: &SourceText<'_>, inputs: &mut Inputs, diags: &mut Vec<Diagnostic>) {
+    let docs = match parse_documents(src.text) {
+        Ok(d) => d,
+        Err(e) => {
+            diags.push(Diagnostic::file_error(
+                src.name,
+                e.pos,
+                format!("malformed YAML/JSON: {}", e.message),
+            ));
+            return;
+        }
+    };
+    let file: Arc<str> = Arc::from(src.name);
+    for doc in docs {
+        let spans = Arc::new(doc.spans);
+        let origin = Origin {
+            file: file.clone(),
+            document: doc.index,
+            base: String::new(),
+            spans,
+        };
+        load_value(doc.value, origin, None, inputs, diags);
+    }
+}
+
+fn str_field<'v>(v: &'v Value, key: &str) -> Option<&'v str> {
+    v.get(key).and_then(Value::as_str)
+}
+
+fn object_ref_of(v: &Value, kind: &str) -> ObjectRef {
+    let meta = v.get("metadata");
+    ObjectRef {
+        kind: kind.to_string(),
+        namespace: meta
+            .and_then(|m| str_field(m, "namespace"))
+            .unwrap_or("")
+            .to_string(),
+        name: meta
+            .and_then(|m| str_field(m, "name"))
+            .unwrap_or("")
+            .to_string(),
+    }
+}
+
+/// `(kind, apiVersion)` inherited by items of a typed list such as `PodList`.
+type ItemDefaults = (String, String);
+
+fn load_value(
+    mut value: Value,
+    origin: Origin,
+    item_defaults: Option<&ItemDefaults>,
+    inputs: &mut Inputs,
+    diags: &mut Vec<Diagnostic>,
+) {
+    if value.is_null() {
+        return;
+    }
+    if !value.is_object() {
+        diags.push(Diagnostic::field_error(
+            Some(&origin),
+            &ObjectRef {
+                kind: String::new(),
+                namespace: String::new(),
+                name: String::new(),
+            },
+            "",
+            None,
+            "expected a Kubernetes object (a mapping with apiVersion and kind)",
+        ));
+        return;
+    }
+    if let (Some((kind, api)), Some(obj)) = (item_defaults, value.as_object_mut()) {
+        obj.entry("kind")
+            .or_insert_with(|| Value::from(kind.clone()));
+        obj.entry("apiVersion")
+            .or_insert_with(|| Value::from(api.clone()));
+    }
+    let Some(kind) = str_field(&value, "kind").map(str::to_string) else {
+        let oref = object_ref_of(&value, "<no kind>");
+        diags.push(Diagnostic::field_error(
+            Some(&origin),
+            &oref,
+            "kind",
+            None,
+            "missing field `kind`",
+        ));
+        return;
+    };
+    let api = str_field(&value, "apiVersion").unwrap_or("").to_string();
+    let oref = object_ref_of(&value, &kind);
+
+    if kind == "List" || (kind.ends_with("List") && value.get("items").is_some()) {
+        let defaults = kind
+            .strip_suffix("List")
+            .filter(|k| !k.is_empty())
+            .map(|k| (k.to_string(), api.clone()));
+        let items = match value.get_mut("items").map(Value::take) {
+            Some(Value::Array(items)) => items,
+            Some(Value::Null) | None => Vec::new(),
+            Some(_) => {
+                diags.push(Diagnostic::field_error(
+                    Some(&origin),
+                    &oref,
+                    "items",
+                    None,
+                    "expected a list of objects",
+                ));
+                return;
+            }
+        };
+        for (i, item) in items.into_iter().enumerate() {
+            let mut o = origin.clone();
+            o.base = crate::source::index_path(&child_base(&origin.base, "items"), i);
+            load_value(item, o, defaults.as_ref(), inputs, diags);
+        }
+        return;
+    }
+
+    if api.is_empty() {
+        diags.push(Diagnostic::field_error(
+            Some(&origin),
+            &oref,
+            "apiVersion",
+            None,
+            "missing field `apiVersion`",
+        ));
+        return;
+    }
+
+    let origin = Some(origin);
+    match kind.as_str() {
+        "Namespace" => {
+            if let Some(ns) = typed::<Namespace>(&value, &origin, &oref, diags) {
+                inputs.namespaces.push(Located { object: ns, origin });
+            }
+        }
+        "Pod" => {
+            if let Some(p) = typed::<Pod>(&value, &origin, &oref, diags) {
+                inputs.pods.push(Located { object: p, origin });
+            }
+        }
+        "NetworkPolicy" => {
+            if api != "networking.k8s.io/v1" {
+                diags.push(Diagnostic::field_error(
+                    origin.as_ref(),
+                    &oref,
+                    "apiVersion",
+                    Some(api.clone()),
+                    "unsupported apiVersion for NetworkPolicy: netpol reads networking.k8s.io/v1",
+                ));
+                return;
+            }
+            if let Some(p) = typed::<NetworkPolicy>(&value, &origin, &oref, diags) {
+                inputs.policies.push(Located { object: p, origin });
+            }
+        }
+        other => match WorkloadKind::parse(other) {
+            Some(wk) if wk.kind() == other => {
+                if let Some(w) = workload(wk, &mut value, &api, &origin, &oref, diags) {
+                    inputs.workloads.push(Located { object: w, origin });
+                }
+            }
+            _ => inputs.skipped.push(oref),
+        },
+    }
+}
+
+fn child_base(base: &str, key: &str) -> String {
+    crate::source::child_path(base, key)
+}
+
+/// Current apiVersion of each workload kind; older group versions of the same kinds
+/// (`extensions/v1beta1`, `apps/v1beta1`, `apps/v1beta2`, `batch/v1beta1`) carry the same
+/// metadata and Pod template and are read as the current version.
+fn current_api(kind: WorkloadKind) -> &'static str {
+    match kind {
+        WorkloadKind::Job | WorkloadKind::CronJob => "batch/v1",
+        WorkloadKind::ReplicationController => "v1",
+        _ => "apps/v1",
+    }
+}
+
+fn legacy_api(kind: WorkloadKind, api: &str) -> bool {
+    match kind {
+        WorkloadKind::Job | WorkloadKind::CronJob => {
+            api == "batch/v1beta1" || api == "batch/v2alpha1"
+        }
+        WorkloadKind::ReplicationController => false,
+        _ => matches!(api, "extensions/v1beta1" | "apps/v1beta1" | "apps/v1beta2"),
+    }
+}
+
+fn workload(
+    kind: WorkloadKind,
+    value: &mut Value,
+    api: &str,
+    origin: &Option<Origin>,
+    oref: &ObjectRef,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Workload> {
+    if api != current_api(kind) {
+        if legacy_api(kind, api) {
+            if let Some(o) = value.as_object_mut() {
+                o.insert("apiVersion".into(), Value::from(current_api(kind)));
+            }
+        } else {
+            diags.push(Diagnostic::field_error(
+                origin.as_ref(),
+                oref,
+                "apiVersion",
+                Some(api.to_string()),
+                format!(
+                    "unsupported apiVersion for {}: expected {}",
+                    kind.kind(),
+                    current_api(kind)
+                ),
+            ));
+            return None;
+        }
+    }
+    let missing_template = || {
+        Diagnostic::field_error(
+            origin.as_ref(),
+            oref,
+            "spec.template",
+            None,
+            "missing Pod template",
+        )
+    };
+    let (metadata, template) = match kind {
+        WorkloadKind::Deployment => {
+            let d: Deployment = typed(value, origin, oref, diags)?;
+            (d.metadata, d.spec.map(|s| s.template))
+        }
+        WorkloadKind::ReplicaSet => {
+            let d: ReplicaSet = typed(value, origin, oref, diags)?;
+            (d.metadata, d.spec.and_then(|s| s.template))
+        }
+        WorkloadKind::StatefulSet => {
+            let d: StatefulSet = typed(value, origin, oref, diags)?;
+            (d.metadata, d.spec.map(|s| s.template))
+        }
+        WorkloadKind::DaemonSet => {
+            let d: DaemonSet = typed(value, origin, oref, diags)?;
+            (d.metadata, d.spec.map(|s| s.template))
+        }
+        WorkloadKind::Job => {
+            let d: Job = typed(value, origin, oref, diags)?;
+            (d.metadata, d.spec.map(|s| s.template))
+        }
+        WorkloadKind::CronJob => {
+            let d: CronJob = typed(value, origin, oref, diags)?;
+            (
+                d.metadata,
+                d.spec.and_then(|s| s.job_template.spec).map(|s| s.template),
+            )
+        }
+        WorkloadKind::ReplicationController => {
+            let d: ReplicationController = typed(value, origin, oref, diags)?;
+            (d.metadata, d.spec.and_then(|s| s.template))
+        }
+    };
+    let Some(template) = template else {
+        diags.push(missing_template());
+        return None;
+    };
+    Some(Workload {
+        kind,
+        metadata,
+        template,
+    })
+}
+
+fn typed<T: DeserializeOwned>(
+    value: &Value,
+    origin: &Option<Origin>,
+    oref: &ObjectRef,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            let offending = lookup(value, &path).and_then(|v| match v {
+                Value::Object(_) | Value::Array(_) | Value::Null => None,
+                other => Some(other.to_string().trim_matches('"').to_string()),
+            });
+            diags.push(Diagnostic::field_error(
+                origin.as_ref(),
+                oref,
+                &path,
+                offending,
+                e.into_inner().to_string(),
+            ));
+            None
+        }
+    }
+}
+
+/// Finds a value by field path (`a.b[2].c`).
+fn lookup<'v>(value: &'v Value, path: &str) -> Option<&'v Value> {
+    let mut cur = value;
+    if path.is_empty() {
+        return Some(cur);
+    }
+    for seg in path.split('.') {
+        let (key, idxs) = match seg.find('[') {
+            Some(i) => (&seg[..i], &seg[i..]),
+            None => (seg, ""),
+        };
+        if !key.is_empty() {
+            cur = cur.get(key)?;
+        }
+        for idx in idxs.split('[').filter(|s| !s.is_empty()) {
+            let n: usize = idx.trim_end_matches(']').parse().ok()?;
+            cur = cur.get(n)?;
+        }
+    }
+    Some(cur)
+}
+
+/// An empty span index, for objects parsed without positions.
+pub fn no_spans() -> Arc<SpanIndex> {
+    Arc::new(SpanIndex::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(text: &str) -> (Inputs, Vec<Diagnostic>) {
+        load(&[SourceText {
+            name: "t.yaml",
+            text,
+        }])
+    }
+
+    #[test]
+    fn reads_kinds_and_skips_others() {
+        let (inputs, diags) = load_str(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: s}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: c, image: i}]}\n",
+        );
+        assert!(diags.is_empty(), "{diags:?}");
+        assert_eq!(inputs.namespaces.len(), 1);
+        assert_eq!(inputs.workloads.len(), 1);
+        assert_eq!(inputs.skipped.len(), 1);
+    }
+
+    #[test]
+    fn typed_list_items_inherit_kind() {
+        let (inputs, diags) = load_str(
+            r#"{"apiVersion": "v1", "kind": "PodList", "items": [{"metadata": {"name": "a", "namespace": "x"}, "spec": {"containers": [{"name": "c"}]}}]}"#,
+        );
+        assert!(diags.is_empty(), "{diags:?}");
+        assert_eq!(inputs.pods.len(), 1);
+    }
+
+    #[test]
+    fn type_error_names_field_and_line() {
+        let (_, diags) = load_str(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  podSelector: {}\n  ingress:\n  - ports:\n    - port: 80\n      endPort: lots\n",
+        );
+        assert_eq!(diags.len(), 1, "{diags:?}");
+        let d = &diags[0];
+        assert_eq!(d.field.as_deref(), Some("spec.ingress[0].ports[0].endPort"));
+        assert_eq!(d.line, Some(9));
+        assert_eq!(d.value.as_deref(), Some("lots"));
+    }
+
+    #[test]
+    fn legacy_workload_versions_are_read() {
+        let (inputs, diags) = load_str(
+            "apiVersion: extensions/v1beta1\nkind: DaemonSet\nmetadata: {name: d}\nspec:\n  template:\n    metadata: {labels: {app: d}}\n    spec: {containers: [{name: c}]}\n",
+        );
+        assert!(diags.is_empty(), "{diags:?}");
+        assert_eq!(inputs.workloads.len(), 1);
+    }
+
+    #[test]
+    fn malformed_yaml_is_a_file_error() {
+        let (_, diags) = load_str("kind: [\n");
+        assert_eq!(diags.len(), 1);
+        assert!(diags[0].message.starts_with("malformed"), "{}", diags[0]);
+        assert!(diags[0].line.is_some());
+    }
+}

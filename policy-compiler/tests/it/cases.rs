@@ -1,0 +1,68 @@
+//! Every golden case under testdata/cases: manifests in, hand-derived expectations checked.
+
+use std::path::{Path, PathBuf};
+
+use policy_compiler::expect::{check, parse_expectations};
+
+use crate::support::{compile_files, manifest_files, repo_root};
+
+fn case_dirs(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        if d.join("expect.yaml").is_file() {
+            out.push(d);
+            continue;
+        }
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn golden_cases_hold() {
+    let root = repo_root().join("testdata/cases");
+    let dirs = case_dirs(&root);
+    assert!(
+        dirs.len() >= 40,
+        "expected the golden cases under {}",
+        root.display()
+    );
+    let mut failed = Vec::new();
+    let mut checked = 0;
+    for dir in &dirs {
+        let name = dir.strip_prefix(&root).unwrap().display().to_string();
+        let (model, graph, diags) = compile_files(&manifest_files(dir));
+        let errors: Vec<String> = diags
+            .iter()
+            .filter(|d| d.is_error())
+            .map(ToString::to_string)
+            .collect();
+        if !errors.is_empty() {
+            failed.push(format!(
+                "{name}: invalid manifests:\n  {}",
+                errors.join("\n  ")
+            ));
+            continue;
+        }
+        let exp = parse_expectations(&std::fs::read_to_string(dir.join("expect.yaml")).unwrap())
+            .unwrap_or_else(|e| panic!("{name}/expect.yaml: {e}"));
+        checked += exp.assertions.len() + exp.matrix.len();
+        for f in check(&model, &graph, &exp) {
+            failed.push(format!("{name}: {}\n{}", f.what, f.report));
+        }
+    }
+    println!("{} cases, {checked} expectations", dirs.len());
+    assert!(
+        failed.is_empty(),
+        "{} failure(s):\n\n{}",
+        failed.len(),
+        failed.join("\n\n")
+    );
+}

@@ -1,0 +1,7 @@
+//! Integration tests of the policy compiler: golden cases from testdata/ and the np-guard
+//! conformance cases from ../shared.
+
+#![allow(clippy::unwrap_used)] // test binary: a failed unwrap is a failed test
+
+mod cases;
+mod support;
