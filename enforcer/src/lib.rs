@@ -1,1 +1,8 @@
-//! stub
+//! netpol enforcer: applies compiled nftables rulesets inside Pod network namespaces.
+//!
+//! - [`netns`]: create and delete named network namespaces, run a closure inside one on
+//!   a dedicated thread, run a command inside one.
+//! - [`nft`]: load a ruleset into a namespace in one transaction, list it back.
+
+pub mod netns;
+pub mod nft;
