@@ -2,7 +2,10 @@
 //!
 //! - [`netns`]: create and delete named network namespaces, run a closure inside one on
 //!   a dedicated thread, run a command inside one.
+//! - [`topology::Topology`]: lab hosts in their own namespaces on one bridge that lives
+//!   in a hub namespace.
 //! - [`nft`]: load a ruleset into a namespace in one transaction, list it back.
 
 pub mod netns;
 pub mod nft;
+pub mod topology;
