@@ -237,7 +237,7 @@ const RESEND: Duration = Duration::from_millis(100);
 /// How long server loops block before checking for shutdown.
 const SERVER_TICK: Duration = Duration::from_millis(100);
 /// Default number of probes run at once by [`Prober::probe_all`].
-pub const DEFAULT_PARALLELISM: usize = 32;
+pub const DEFAULT_PARALLELISM: usize = 64;
 
 struct Server {
     host: String,

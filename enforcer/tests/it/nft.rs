@@ -31,7 +31,8 @@ table inet netpol {
 ";
 
 /// Drops what conntrack finds invalid (e.g. an SCTP packet with a bad CRC32c or a wrong
-/// verification tag) and counts what it accepts as new SCTP.
+/// verification tag) and counts what it accepts as new SCTP. Conntrack here does check
+/// the CRC32c: writing the checksum big-endian instead makes this test fail.
 const CONNTRACK_STRICT: &str = "
 table inet netpol {
     counter sctp_new {}

@@ -77,7 +77,8 @@ fn all_protocols_connect_over_v4_and_v6_without_rules() {
 }
 
 /// 9 hosts, TCP/UDP/SCTP on ports 80 and 81 each; odd hosts accept only TCP 80.
-/// Probes every ordered pair (self included) on both ports and all protocols over IPv4.
+/// Probes every ordered pair (self included) on both ports and all protocols over IPv4
+/// and IPv6: 9 x 9 x 2 x 3 x 2 = 972 probes.
 #[test]
 fn nine_host_matrix_is_fast_and_matches_the_rules() {
     if !kernel::available("nine_host_matrix_is_fast_and_matches_the_rules") {
@@ -96,8 +97,11 @@ fn nine_host_matrix_is_fast_and_matches_the_rules() {
     for from in lab.hosts() {
         for (i, to) in lab.hosts().iter().enumerate() {
             for port in ports {
-                for p in Protocol::ALL {
-                    specs.push(ProbeSpec::new(from.name.clone(), v4(to), p, port));
+                for (p, addr) in Protocol::ALL
+                    .into_iter()
+                    .flat_map(|p| [(p, v4(to)), (p, v6(to))])
+                {
+                    specs.push(ProbeSpec::new(from.name.clone(), addr, p, port));
                     let allowed =
                         i % 2 == 0 || from.name == to.name || (p == Protocol::Tcp && port == 80);
                     expected.push(allowed);
