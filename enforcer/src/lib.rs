@@ -1,1 +1,49 @@
-//! stub
+//! netpol enforcer: applies compiled nftables rulesets inside Pod network namespaces,
+//! and the real-kernel lab used to prove those rulesets with real packets.
+//!
+//! Main types and modules:
+//! - [`netns`]: create and delete named network namespaces, run a closure inside one on
+//!   a dedicated thread ([`netns::run_in`], [`netns::spawn_in`]), run a command inside
+//!   one ([`netns::exec`]).
+//! - [`topology::Topology`]: lab hosts, each in its own namespace, on one bridge that
+//!   lives in a separate hub namespace (nothing touches the host's network).
+//! - [`probe::Prober`]: real TCP, UDP and SCTP servers and clients between lab hosts;
+//!   SCTP is spoken over raw IP sockets because the kernel may lack the SCTP module.
+//! - [`nft`]: load a ruleset into a namespace in one transaction, list it back.
+//!
+//! Everything here needs root and a kernel with network namespaces;
+//! [`netns::kernel_support`] says whether that is available.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use enforcer::probe::{Listener, Prober, Protocol};
+//! use enforcer::topology::{HostSpec, Topology};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let hosts = [
+//!     HostSpec::new("client", Some("10.0.0.1/24".parse()?), Some("fd00::1/64".parse()?)),
+//!     HostSpec::new("server", Some("10.0.0.2/24".parse()?), Some("fd00::2/64".parse()?)),
+//! ];
+//! let lab = Topology::build("demo", &hosts)?;
+//! enforcer::nft::apply(
+//!     &lab.host("server").ok_or("no server")?.netns,
+//!     "table inet netpol { chain input { type filter hook input priority 0; policy drop; \
+//!        ct state established,related accept; iif lo accept; \
+//!        meta l4proto ipv6-icmp accept; tcp dport 80 accept; } }",
+//! )?;
+//! let prober = Prober::start(&lab, &[Listener::new("server", Protocol::Tcp, 80)])?;
+//! let to = "10.0.0.2".parse()?;
+//! let r = prober.probe("client", to, Protocol::Tcp, 80, Duration::from_millis(400))?;
+//! assert!(r.connected, "{}", r.detail);
+//! drop(prober); // stop servers before the namespaces go away
+//! lab.teardown()?;
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod netns;
+pub mod nft;
+pub mod probe;
+pub mod topology;

@@ -1,0 +1,457 @@
+//! Named network namespaces: create, delete, enter on a dedicated thread, run commands in.
+//!
+//! Named namespaces follow the iproute2 convention: a bind mount at
+//! `/var/run/netns/<name>`. Creation and deletion go through `ip netns add/del`, so a
+//! namespace made here is visible to `ip netns list` and the other way round.
+//!
+//! `setns(2)` changes the network namespace of the *calling thread* only. Code here
+//! never enters a namespace on the caller's thread: [`run_in`] and [`spawn_in`] start a
+//! fresh `std::thread`, enter the namespace there, and run the closure. Sockets keep the
+//! namespace they were created in, so a socket made inside the closure stays bound to
+//! that namespace for its whole life.
+//!
+//! Commands run with `ip netns exec <name> …` ([`exec`], [`exec_checked`]).
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+
+use nix::sched::{CloneFlags, setns};
+
+/// Directory holding the bind mounts of named network namespaces.
+pub const NETNS_DIR: &str = "/var/run/netns";
+
+/// Errors of namespace operations; each names the namespace and the operation.
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    /// The name is empty, too long, or contains `/` or characters iproute2 rejects.
+    #[error("invalid netns name {name:?}: {reason}")]
+    InvalidName {
+        /// The rejected name.
+        name: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+    /// A program could not be started at all (not installed, not executable, …).
+    #[error("netns {netns}: {op}: could not run `{program}`")]
+    Spawn {
+        /// Namespace the command was meant for.
+        netns: String,
+        /// What was being done, e.g. `add` or `exec nft`.
+        op: String,
+        /// The program that failed to start.
+        program: String,
+        /// The underlying IO error.
+        #[source]
+        source: io::Error,
+    },
+    /// A command ran and exited unsuccessfully.
+    #[error("netns {netns}: {op} failed ({status}): {stderr}")]
+    Command {
+        /// Namespace the command ran for.
+        netns: String,
+        /// What was being done.
+        op: String,
+        /// Exit status as printed by std.
+        status: String,
+        /// The command's standard error, trimmed.
+        stderr: String,
+    },
+    /// `/var/run/netns/<name>` could not be opened (usually: no such namespace).
+    #[error("netns {netns}: cannot open {path}")]
+    Open {
+        /// Namespace name.
+        netns: String,
+        /// Path that was opened.
+        path: PathBuf,
+        /// The underlying IO error.
+        #[source]
+        source: io::Error,
+    },
+    /// `setns(2)` failed on the dedicated thread.
+    #[error("netns {netns}: setns(CLONE_NEWNET) failed")]
+    Setns {
+        /// Namespace name.
+        netns: String,
+        /// The errno.
+        #[source]
+        source: nix::Error,
+    },
+    /// The dedicated thread could not be started.
+    #[error("netns {netns}: cannot spawn thread")]
+    Thread {
+        /// Namespace name.
+        netns: String,
+        /// The underlying IO error.
+        #[source]
+        source: io::Error,
+    },
+    /// The closure run inside the namespace panicked.
+    #[error("netns {netns}: thread panicked: {message}")]
+    Panicked {
+        /// Namespace name.
+        netns: String,
+        /// The panic payload, if it was a string.
+        message: String,
+    },
+    /// Listing `/var/run/netns` failed.
+    #[error("cannot list {NETNS_DIR}")]
+    List {
+        /// The underlying IO error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Checks that `name` is usable as a named network namespace.
+///
+/// Accepts 1..=64 characters from `[A-Za-z0-9_.-]`, not `.` or `..`.
+pub fn validate_name(name: &str) -> Result<(), NetnsError> {
+    let reason = if name.is_empty() {
+        Some("empty")
+    } else if name.len() > 64 {
+        Some("longer than 64 bytes")
+    } else if name == "." || name == ".." {
+        Some("reserved")
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        Some("only [A-Za-z0-9_.-] allowed")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(NetnsError::InvalidName {
+            name: name.to_owned(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Path of the bind mount of the named namespace.
+pub fn path(name: &str) -> PathBuf {
+    PathBuf::from(NETNS_DIR).join(name)
+}
+
+/// Whether a named namespace exists.
+pub fn exists(name: &str) -> bool {
+    validate_name(name).is_ok() && path(name).exists()
+}
+
+/// Creates the named network namespace (`ip netns add NAME`).
+pub fn add(name: &str) -> Result<(), NetnsError> {
+    validate_name(name)?;
+    run_checked(name, "add", "ip", &["netns", "add", name], None).map(drop)
+}
+
+/// Deletes the named network namespace (`ip netns del NAME`).
+///
+/// Interfaces inside it are destroyed once the last user (process, thread or socket)
+/// has left; veth peers in other namespaces disappear with them.
+pub fn delete(name: &str) -> Result<(), NetnsError> {
+    validate_name(name)?;
+    run_checked(name, "del", "ip", &["netns", "del", name], None).map(drop)
+}
+
+/// Names of all named network namespaces, sorted.
+pub fn list() -> Result<Vec<String>, NetnsError> {
+    let entries = match std::fs::read_dir(NETNS_DIR) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(NetnsError::List { source }),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| NetnsError::List { source })?;
+        if let Some(name) = entry.file_name().to_str() {
+            names.push(name.to_owned());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+fn enter(name: &str) -> Result<(), NetnsError> {
+    let path = path(name);
+    let file = File::open(&path).map_err(|source| NetnsError::Open {
+        netns: name.to_owned(),
+        path: path.clone(),
+        source,
+    })?;
+    setns(&file, CloneFlags::CLONE_NEWNET).map_err(|source| NetnsError::Setns {
+        netns: name.to_owned(),
+        source,
+    })
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
+
+/// Runs `f` inside the named namespace on a fresh thread and waits for its result.
+///
+/// The caller's thread never changes namespace. `f` may borrow from the caller.
+pub fn run_in<F, T>(name: &str, f: F) -> Result<T, NetnsError>
+where
+    F: FnOnce() -> T + Send,
+    T: Send,
+{
+    validate_name(name)?;
+    thread::scope(|scope| {
+        let handle = thread::Builder::new()
+            .name(format!("netns-{name}"))
+            .spawn_scoped(scope, || {
+                enter(name)?;
+                Ok(f())
+            })
+            .map_err(|source| NetnsError::Thread {
+                netns: name.to_owned(),
+                source,
+            })?;
+        handle.join().map_err(|payload| NetnsError::Panicked {
+            netns: name.to_owned(),
+            message: panic_message(payload.as_ref()),
+        })?
+    })
+}
+
+/// Starts `f` on a new thread inside the named namespace and returns once the thread
+/// has entered it (so a failing `setns` is reported here, not lost in the thread).
+pub fn spawn_in<F, T>(name: &str, f: F) -> Result<NetnsThread<T>, NetnsError>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    validate_name(name)?;
+    let (tx, rx) = mpsc::sync_channel::<Result<(), NetnsError>>(1);
+    let owned = name.to_owned();
+    let handle = thread::Builder::new()
+        .name(format!("netns-{name}"))
+        .spawn(move || {
+            let entered = enter(&owned);
+            let ok = entered.is_ok();
+            // The caller blocks on this message; if it is gone, nobody needs the result.
+            let _ = tx.send(entered);
+            ok.then(f)
+        })
+        .map_err(|source| NetnsError::Thread {
+            netns: name.to_owned(),
+            source,
+        })?;
+    match rx.recv() {
+        Ok(Ok(())) => Ok(NetnsThread {
+            netns: name.to_owned(),
+            handle,
+        }),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(NetnsError::Panicked {
+            netns: name.to_owned(),
+            message: "thread exited before entering the namespace".to_owned(),
+        }),
+    }
+}
+
+/// A thread started by [`spawn_in`], running inside a network namespace.
+#[derive(Debug)]
+pub struct NetnsThread<T> {
+    netns: String,
+    handle: thread::JoinHandle<Option<T>>,
+}
+
+impl<T> NetnsThread<T> {
+    /// Name of the namespace the thread runs in.
+    pub fn netns(&self) -> &str {
+        &self.netns
+    }
+
+    /// Whether the thread has finished.
+    pub fn is_finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+
+    /// Waits for the thread and returns the closure's value.
+    pub fn join(self) -> Result<T, NetnsError> {
+        match self.handle.join() {
+            Ok(Some(value)) => Ok(value),
+            Ok(None) => Err(NetnsError::Panicked {
+                netns: self.netns,
+                message: "closure did not run".to_owned(),
+            }),
+            Err(payload) => Err(NetnsError::Panicked {
+                netns: self.netns,
+                message: panic_message(payload.as_ref()),
+            }),
+        }
+    }
+}
+
+/// Output of a command run in a namespace.
+#[derive(Debug, Clone)]
+pub struct CommandOutput {
+    /// Whether the command exited with status 0.
+    pub success: bool,
+    /// Exit status as printed by std.
+    pub status: String,
+    /// Standard output.
+    pub stdout: Vec<u8>,
+    /// Standard error, lossily decoded.
+    pub stderr: String,
+}
+
+fn run(
+    netns: &str,
+    op: &str,
+    program: &str,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+) -> Result<CommandOutput, NetnsError> {
+    let spawn_err = |source| NetnsError::Spawn {
+        netns: netns.to_owned(),
+        op: op.to_owned(),
+        program: program.to_owned(),
+        source,
+    };
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn_err)?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        // A write error (EPIPE) means the program exited early; its status and stderr
+        // below tell why, so the write error itself adds nothing.
+        let _ = pipe.write_all(input);
+    }
+    let output = child.wait_with_output().map_err(spawn_err)?;
+    Ok(CommandOutput {
+        success: output.status.success(),
+        status: output.status.to_string(),
+        stdout: output.stdout,
+        stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+    })
+}
+
+fn run_checked(
+    netns: &str,
+    op: &str,
+    program: &str,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+) -> Result<CommandOutput, NetnsError> {
+    let out = run(netns, op, program, args, stdin)?;
+    if out.success {
+        Ok(out)
+    } else {
+        Err(NetnsError::Command {
+            netns: netns.to_owned(),
+            op: op.to_owned(),
+            status: out.status,
+            stderr: out.stderr,
+        })
+    }
+}
+
+/// Runs `program args…` inside the namespace (`ip netns exec NAME program args…`),
+/// feeding `stdin` if given. A non-zero exit is *not* an error here; see
+/// [`exec_checked`].
+pub fn exec(
+    name: &str,
+    program: &str,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+) -> Result<CommandOutput, NetnsError> {
+    validate_name(name)?;
+    let mut full = vec!["netns", "exec", name, program];
+    full.extend_from_slice(args);
+    run(name, &format!("exec {program}"), "ip", &full, stdin)
+}
+
+/// Like [`exec`], but a non-zero exit becomes [`NetnsError::Command`] carrying stderr.
+pub fn exec_checked(
+    name: &str,
+    program: &str,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+) -> Result<CommandOutput, NetnsError> {
+    let out = exec(name, program, args, stdin)?;
+    if out.success {
+        Ok(out)
+    } else {
+        Err(NetnsError::Command {
+            netns: name.to_owned(),
+            op: format!("exec {program}"),
+            status: out.status,
+            stderr: out.stderr,
+        })
+    }
+}
+
+/// Runs `ip -n NAME -batch -` with `commands` (one iproute2 command per line, without
+/// the leading `ip`). `op` names the step in errors.
+pub fn ip_batch(name: &str, op: &str, commands: &str) -> Result<(), NetnsError> {
+    validate_name(name)?;
+    run_checked(
+        name,
+        op,
+        "ip",
+        &["-n", name, "-batch", "-"],
+        Some(commands.as_bytes()),
+    )
+    .map(drop)
+}
+
+/// Why the real-kernel features cannot be used here, or `Ok` if they can.
+///
+/// Checks that the effective user is root and that a scratch namespace can be created
+/// and deleted (`ip netns add`/`del`). Used by tests and the `lab` command to decide
+/// whether to skip.
+pub fn kernel_support() -> Result<(), String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err("not running as root (network namespaces need CAP_SYS_ADMIN)".to_owned());
+    }
+    let scratch = format!("npcheck{}", std::process::id());
+    if let Err(e) = add(&scratch) {
+        return Err(format!("`ip netns add` does not work here: {e}"));
+    }
+    let entered = run_in(&scratch, || ());
+    let deleted = delete(&scratch);
+    entered.map_err(|e| format!("cannot enter a network namespace: {e}"))?;
+    deleted.map_err(|e| format!("`ip netns del` does not work here: {e}"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_validated() {
+        assert!(validate_name("np-1").is_ok());
+        assert!(validate_name("a.b_c").is_ok());
+        for bad in ["", ".", "..", "a/b", "a b", &"x".repeat(65)] {
+            assert!(validate_name(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn invalid_name_is_rejected_before_running_anything() {
+        let err = run_in("../etc", || ()).unwrap_err();
+        assert!(matches!(err, NetnsError::InvalidName { .. }), "{err}");
+    }
+}

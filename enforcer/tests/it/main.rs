@@ -1,0 +1,12 @@
+//! Integration tests of the enforcer. Real-kernel tests need root and `ip netns`; they
+//! skip with a message otherwise, or fail if `NETPOL_REQUIRE_KERNEL=1` (see `kernel`).
+
+// This whole crate is test code; clippy's allow-unwrap-in-tests does not reach helpers
+// outside `#[test]` functions.
+#![allow(clippy::unwrap_used)]
+
+mod kernel;
+mod netns;
+mod nft;
+mod probe;
+mod topology;

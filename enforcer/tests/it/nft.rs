@@ -1,0 +1,183 @@
+use enforcer::nft::{self, NftError};
+use enforcer::probe::{Prober, Protocol};
+use enforcer::topology::Topology;
+
+use crate::kernel;
+use crate::probe::{ALLOW, DENY, listeners, v4, v6};
+
+/// Ingress allows only TCP 80 (plus replies, loopback and ICMPv6 for neighbour discovery).
+pub(crate) const INGRESS_TCP_80: &str = "
+table inet netpol {
+    chain ingress {
+        type filter hook input priority 0; policy drop;
+        ct state established,related accept
+        iif lo accept
+        meta l4proto ipv6-icmp accept
+        tcp dport 80 accept
+    }
+}
+";
+
+/// Egress drops TCP 81, UDP 80 and SCTP 80; everything else may leave.
+const EGRESS_DROPS: &str = "
+table inet netpol {
+    chain egress {
+        type filter hook output priority 0; policy accept;
+        tcp dport 81 drop
+        udp dport 80 drop
+        sctp dport 80 drop
+    }
+}
+";
+
+/// Drops what conntrack finds invalid (e.g. an SCTP packet with a bad CRC32c or a wrong
+/// verification tag) and counts what it accepts as new SCTP. Conntrack here does check
+/// the CRC32c: writing the checksum big-endian instead makes this test fail.
+const CONNTRACK_STRICT: &str = "
+table inet netpol {
+    counter sctp_new {}
+    counter invalid {}
+    chain ingress {
+        type filter hook input priority 0; policy accept;
+        ct state invalid counter name invalid drop
+        ct state new meta l4proto sctp counter name sctp_new
+    }
+    chain egress {
+        type filter hook output priority 0; policy accept;
+        ct state invalid counter name invalid drop
+    }
+}
+";
+
+fn check_matrix(
+    prober: &Prober,
+    from: &str,
+    to: &[std::net::IpAddr],
+    want: &[(Protocol, u16, bool)],
+) {
+    for &addr in to {
+        for &(p, port, allowed) in want {
+            let timeout = if allowed { ALLOW } else { DENY };
+            let r = prober.probe(from, addr, p, port, timeout).unwrap();
+            assert_eq!(
+                r.connected, allowed,
+                "{from} -> {addr}:{port} {p}: {}",
+                r.detail
+            );
+        }
+    }
+}
+
+#[test]
+fn ingress_ruleset_allows_only_tcp_80() {
+    if !kernel::available("ingress_ruleset_allows_only_tcp_80") {
+        return;
+    }
+    let lab = Topology::build(&kernel::prefix("ingr"), &kernel::dual_stack(3)).unwrap();
+    let server = &lab.hosts()[1];
+    nft::apply(&server.netns, INGRESS_TCP_80).unwrap();
+    let json = nft::list_json(&server.netns).unwrap();
+    assert!(json.to_string().contains("\"netpol\""), "{json}");
+    let prober = Prober::start(&lab, &listeners(lab.hosts(), &[80, 81])).unwrap();
+    let want = [
+        (Protocol::Tcp, 80, true),
+        (Protocol::Tcp, 81, false),
+        (Protocol::Udp, 80, false),
+        (Protocol::Sctp, 80, false),
+    ];
+    check_matrix(&prober, "h0", &[v4(server), v6(server)], &want);
+    // The unfiltered host still takes everything.
+    let open = [
+        (Protocol::Tcp, 81, true),
+        (Protocol::Udp, 80, true),
+        (Protocol::Sctp, 80, true),
+    ];
+    check_matrix(
+        &prober,
+        "h0",
+        &[v4(&lab.hosts()[2]), v6(&lab.hosts()[2])],
+        &open,
+    );
+    // Replacing the ruleset: flush opens everything again.
+    nft::flush(&server.netns).unwrap();
+    check_matrix(&prober, "h0", &[v4(server), v6(server)], &open);
+}
+
+#[test]
+fn egress_ruleset_drops_at_the_client() {
+    if !kernel::available("egress_ruleset_drops_at_the_client") {
+        return;
+    }
+    let lab = Topology::build(&kernel::prefix("egr"), &kernel::dual_stack(3)).unwrap();
+    let client = &lab.hosts()[0];
+    nft::apply(&client.netns, EGRESS_DROPS).unwrap();
+    let prober = Prober::start(&lab, &listeners(lab.hosts(), &[80, 81])).unwrap();
+    let want = [
+        (Protocol::Tcp, 80, true),
+        (Protocol::Tcp, 81, false),
+        (Protocol::Udp, 80, false),
+        (Protocol::Udp, 81, true),
+        (Protocol::Sctp, 80, false),
+        (Protocol::Sctp, 81, true),
+    ];
+    let server = &lab.hosts()[1];
+    check_matrix(&prober, "h0", &[v4(server), v6(server)], &want);
+    // Other clients are not affected.
+    check_matrix(
+        &prober,
+        "h2",
+        &[v4(server)],
+        &[(Protocol::Udp, 80, true), (Protocol::Sctp, 80, true)],
+    );
+}
+
+#[test]
+fn sctp_probe_packets_are_valid_for_conntrack() {
+    if !kernel::available("sctp_probe_packets_are_valid_for_conntrack") {
+        return;
+    }
+    let lab = Topology::build(&kernel::prefix("ctsctp"), &kernel::dual_stack(2)).unwrap();
+    for h in lab.hosts() {
+        nft::apply(&h.netns, CONNTRACK_STRICT).unwrap();
+    }
+    let prober = Prober::start(&lab, &listeners(lab.hosts(), &[80])).unwrap();
+    let server = &lab.hosts()[1];
+    check_matrix(
+        &prober,
+        "h0",
+        &[v4(server), v6(server)],
+        &[(Protocol::Sctp, 80, true)],
+    );
+    let listing = nft::list_text(&server.netns).unwrap();
+    assert!(
+        listing.contains("counter invalid {\n\t\tpackets 0"),
+        "{listing}"
+    );
+    assert!(
+        !listing.contains("counter sctp_new {\n\t\tpackets 0"),
+        "{listing}"
+    );
+}
+
+#[test]
+fn rejected_ruleset_reports_nft_stderr_and_changes_nothing() {
+    if !kernel::available("rejected_ruleset_reports_nft_stderr_and_changes_nothing") {
+        return;
+    }
+    let lab = Topology::build(&kernel::prefix("bad"), &kernel::dual_stack(1)).unwrap();
+    let ns = &lab.hosts()[0].netns;
+    nft::apply(ns, INGRESS_TCP_80).unwrap();
+    let before = nft::list_text(ns).unwrap();
+    // Valid first table, broken second one: the whole batch must be refused.
+    let bad = "flush ruleset\ntable inet other { }\ntable inet netpol { chain c { tcp dport bogus accept } }\n";
+    let err = nft::apply(ns, bad).unwrap_err();
+    assert!(matches!(err, NftError::Rejected { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains(ns.as_str()) && msg.contains("bogus"), "{msg}");
+    assert_eq!(
+        nft::list_text(ns).unwrap(),
+        before,
+        "failed apply must not change rules"
+    );
+    assert!(nft::check(ns, INGRESS_TCP_80).is_ok());
+}

@@ -1,0 +1,94 @@
+use enforcer::netns;
+use enforcer::topology::{HostSpec, Topology};
+
+use crate::kernel;
+
+fn addrs(netns: &str) -> String {
+    let out = netns::exec_checked(netns, "ip", &["-br", "addr"], None).unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn builds_and_tears_down_a_dual_stack_lab() {
+    if !kernel::available("builds_and_tears_down_a_dual_stack_lab") {
+        return;
+    }
+    let prefix = kernel::prefix("topo");
+    let hosts = [
+        HostSpec::new("a", Some("10.0.0.11/24".parse().unwrap()), None),
+        HostSpec::new("b", None, Some("fd00::12/64".parse().unwrap())),
+        kernel::dual_stack(3).pop().unwrap(),
+    ];
+    let lab = Topology::build(&prefix, &hosts).unwrap();
+    assert_eq!(lab.hub(), format!("{prefix}-hub"));
+    let names: Vec<_> = lab.hosts().iter().map(|h| h.netns.clone()).collect();
+    assert_eq!(names, [0, 1, 2].map(|n| format!("{prefix}-{n}")));
+
+    let a = addrs(&lab.host("a").unwrap().netns);
+    assert!(a.contains("10.0.0.11/24") && !a.contains("fd00"), "{a}");
+    let b = addrs(&lab.host("b").unwrap().netns);
+    assert!(b.contains("fd00::12/64") && !b.contains("10.0.0"), "{b}");
+    let c = addrs(&lab.host("h2").unwrap().netns);
+    assert!(
+        c.contains("10.0.0.13/24") && c.contains("fd00::13/64"),
+        "{c}"
+    );
+    let dad = netns::exec_checked(
+        &lab.host("h2").unwrap().netns,
+        "sysctl",
+        &["-n", "net.ipv6.conf.eth0.accept_dad"],
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&dad.stdout).trim(),
+        "0",
+        "DAD must be off"
+    );
+    let full = netns::exec_checked(&lab.host("h2").unwrap().netns, "ip", &["addr"], None).unwrap();
+    let full = String::from_utf8(full.stdout).unwrap();
+    assert!(!full.contains("tentative"), "{full}");
+    let hub = addrs(lab.hub());
+    assert!(hub.contains("br0") && hub.contains("h2@"), "{hub}");
+
+    lab.teardown().unwrap();
+    for n in names {
+        assert!(!netns::exists(&n), "{n} left behind");
+    }
+    assert!(!netns::exists(&format!("{prefix}-hub")));
+}
+
+#[test]
+fn build_refuses_existing_names_and_cleanup_stale_removes_only_its_prefix() {
+    if !kernel::available("build_refuses_existing_names_and_cleanup_stale_removes_only_its_prefix")
+    {
+        return;
+    }
+    let prefix = kernel::prefix("stale");
+    let other = format!("{prefix}9-0");
+    let stale = [
+        format!("{prefix}-hub"),
+        format!("{prefix}-0"),
+        format!("{prefix}-7"),
+    ];
+    for n in stale.iter().chain([&other]) {
+        netns::add(n).unwrap();
+    }
+    let hosts = kernel::dual_stack(1);
+    let err = Topology::build(&prefix, &hosts).unwrap_err();
+    assert!(err.to_string().contains("already exists"), "{err}");
+
+    let removed = Topology::cleanup_stale(&prefix).unwrap();
+    let exists_other = netns::exists(&other);
+    let _ = netns::delete(&other);
+    let mut expected = stale.to_vec();
+    expected.sort();
+    assert_eq!(removed, expected);
+    assert!(exists_other, "cleanup_stale removed another prefix's netns");
+    for n in &stale {
+        assert!(!netns::exists(n));
+    }
+    // Dropping without teardown cleans up too.
+    drop(Topology::build(&prefix, &hosts).unwrap());
+    assert!(!netns::exists(&format!("{prefix}-0")));
+}
