@@ -559,7 +559,11 @@ impl Builder {
                             obj,
                             &format!("{base}.containerPort"),
                             Some(p.container_port.to_string()),
-                            "must be between 1 and 65535, inclusive",
+                            if p.container_port == 0 {
+                                "required value: must be between 1 and 65535, inclusive"
+                            } else {
+                                "must be between 1 and 65535, inclusive"
+                            },
                         );
                         ok = false;
                         continue;

@@ -4,4 +4,6 @@
 #![allow(clippy::unwrap_used)] // test binary: a failed unwrap is a failed test
 
 mod cases;
+mod conformance;
+mod npguard;
 mod support;
