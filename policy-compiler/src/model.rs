@@ -378,6 +378,74 @@ impl Model {
         self.namespaces.get(ns).map(|n| &n.labels)
     }
 
+    /// Stable text dump of the normalised model: namespaces, endpoints, policies.
+    pub fn dump(&self) -> String {
+        use std::fmt::Write as _;
+        let labels = |l: &Labels| {
+            l.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let mut s = String::new();
+        for (name, ns) in &self.namespaces {
+            let implicit = if ns.declared { "" } else { " (implicit)" };
+            let _ = writeln!(s, "namespace {name}{implicit} [{}]", labels(&ns.labels));
+        }
+        for e in &self.endpoints {
+            let ips: Vec<String> = e.ips.iter().map(ToString::to_string).collect();
+            let ports: Vec<String> = e
+                .ports
+                .iter()
+                .map(|p| match &p.name {
+                    Some(n) => format!("{n}={}/{}", p.protocol, p.port),
+                    None => format!("{}/{}", p.protocol, p.port),
+                })
+                .collect();
+            let host = if e.host_network { " hostNetwork" } else { "" };
+            let _ = writeln!(
+                s,
+                "endpoint {}{host} [{}] ips [{}] ports [{}]",
+                e.key(),
+                labels(&e.labels),
+                ips.join(", "),
+                ports.join(", ")
+            );
+        }
+        for p in &self.policies {
+            let _ = writeln!(s, "policy {} selects pods {}", p.key(), p.pod_selector);
+            for dir in [Direction::Ingress, Direction::Egress] {
+                if !p.isolates(dir) {
+                    continue;
+                }
+                let rules = p.rules(dir);
+                if rules.is_empty() {
+                    let _ = writeln!(s, "  {dir}: no rules (deny all)");
+                }
+                for (i, r) in rules.iter().enumerate() {
+                    let peers = match &r.peers {
+                        None => "anyone".to_string(),
+                        Some(ps) => ps
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(" | "),
+                    };
+                    let ports = match &r.ports {
+                        None => "all ports".to_string(),
+                        Some(ps) => ps
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    };
+                    let _ = writeln!(s, "  {dir} rule {i}: {peers} on [{ports}]");
+                }
+            }
+        }
+        s
+    }
+
     /// Policies of a namespace that select `ep`, in order.
     pub fn policies_selecting(&self, ep: &Endpoint) -> impl Iterator<Item = &Policy> {
         self.policies.iter().filter(move |p| {

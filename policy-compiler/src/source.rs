@@ -102,35 +102,52 @@ pub struct ParseError {
 
 /// Parses YAML (one or more documents) or JSON (one or more concatenated values).
 ///
-/// YAML is tried first because JSON is (almost always) YAML and the YAML parser records
-/// positions for every node; a JSON text that the YAML parser rejects (for example because
-/// of tab indentation) is parsed again as plain JSON, without per-field positions.
+/// A text that starts with `{` or `[` is JSON, as for kubectl: it must be valid JSON (no
+/// trailing commas, no comments), and is then read with the YAML parser too, which records
+/// positions for every node (JSON is YAML). Where the YAML parser disagrees (tab
+/// indentation, for example), the JSON values are used without per-field positions.
 pub fn parse_documents(text: &str) -> Result<Vec<Document>, ParseError> {
+    let trimmed = text.trim_start_matches(['\u{feff}', ' ', '\t', '\r', '\n']);
+    let json = trimmed.starts_with('{') || trimmed.starts_with('[');
+    let json_docs = if json {
+        Some(parse_json_stream(text)?)
+    } else {
+        None
+    };
     // YAML 1.2 core schema for booleans: `y`, `n`, `yes`, `on` stay strings (namespaces
     // named `y` are common in NetworkPolicy tests); `0755` stays a string.
     let mut options = serde_saphyr::Options::default();
     options.strict_booleans = true;
     options.leading_zero_numbers_as_strings = true;
     match serde_saphyr::from_multiple_with_options::<Spanned<Node>>(text, options) {
-        Ok(nodes) => Ok(nodes
-            .into_iter()
-            .enumerate()
-            .map(|(index, node)| {
-                let mut spans = BTreeMap::new();
-                let value = flatten(node, String::new(), &mut spans);
-                Document {
-                    index,
-                    value,
-                    spans: SpanIndex { spans },
+        Ok(nodes) => {
+            let docs: Vec<Document> = nodes
+                .into_iter()
+                .enumerate()
+                .map(|(index, node)| {
+                    let mut spans = BTreeMap::new();
+                    let value = flatten(node, String::new(), &mut spans);
+                    Document {
+                        index,
+                        value,
+                        spans: SpanIndex { spans },
+                    }
+                })
+                .collect();
+            match json_docs {
+                // Trust the JSON parser's values; keep the YAML spans when both agree.
+                Some(j)
+                    if j.len() != docs.len()
+                        || j.iter().zip(&docs).any(|(a, b)| a.value != b.value) =>
+                {
+                    Ok(j)
                 }
-            })
-            .collect()),
+                _ => Ok(docs),
+            }
+        }
         Err(yaml_err) => {
-            let trimmed = text.trim_start();
-            if (trimmed.starts_with('{') || trimmed.starts_with('['))
-                && let Ok(docs) = parse_json_stream(text)
-            {
-                return Ok(docs);
+            if let Some(j) = json_docs {
+                return Ok(j);
             }
             let pos = yaml_err.location().and_then(|l| {
                 let (line, column) = (
@@ -147,13 +164,20 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, ParseError> {
     }
 }
 
+/// The parser's first message line, without its own `error: line N column M:` prefix (the
+/// position is reported separately).
 fn first_line(s: &str) -> String {
-    s.lines().next().unwrap_or("").trim().to_string()
+    let line = s.lines().next().unwrap_or("").trim();
+    let line = line.strip_prefix("error:").unwrap_or(line).trim_start();
+    match line.strip_prefix("line ").and_then(|r| r.split_once(": ")) {
+        Some((pos, rest)) if pos.contains("column") => rest.to_string(),
+        _ => line.to_string(),
+    }
 }
 
 fn parse_json_stream(text: &str) -> Result<Vec<Document>, ParseError> {
     let mut out = Vec::new();
-    for (index, v) in serde_json::Deserializer::from_str(text)
+    for (index, v) in serde_json::Deserializer::from_str(text.trim_start_matches('\u{feff}'))
         .into_iter::<Value>()
         .enumerate()
     {

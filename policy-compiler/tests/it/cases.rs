@@ -66,3 +66,34 @@ fn golden_cases_hold() {
         failed.join("\n\n")
     );
 }
+
+/// Stage dumps (Model, AllowGraph) of every case, pinned as `stages.txt` beside the case.
+/// Regenerate with `UPDATE_EXPECT=1 cargo test -p policy-compiler --test it`, review with
+/// `git diff`.
+#[test]
+fn stage_dumps_are_stable() {
+    let root = repo_root().join("testdata/cases");
+    let update = std::env::var_os("UPDATE_EXPECT").is_some();
+    let mut stale = Vec::new();
+    for dir in case_dirs(&root) {
+        let (model, graph, _) = compile_files(&manifest_files(&dir));
+        let dump = format!(
+            "# Model\n{}\n# AllowGraph\n{}",
+            model.dump(),
+            graph.dump(&model)
+        );
+        let path = dir.join("stages.txt");
+        let current = std::fs::read_to_string(&path).unwrap_or_default();
+        if current != dump {
+            if update {
+                std::fs::write(&path, &dump).unwrap();
+            } else {
+                stale.push(path.display().to_string());
+            }
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "stage dumps differ (run with UPDATE_EXPECT=1 and review git diff): {stale:?}"
+    );
+}

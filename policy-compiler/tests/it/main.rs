@@ -5,5 +5,7 @@
 
 mod cases;
 mod conformance;
+mod fuzz;
+mod invalid;
 mod npguard;
 mod support;

@@ -1,0 +1,220 @@
+//! Property tests: no input makes the loader or the compiler panic, and the answers hold
+//! their invariants (determinism, self traffic, matrix == explain, unisolated == open).
+
+use proptest::prelude::*;
+
+use policy_compiler::explain::explain;
+use policy_compiler::{
+    AllowGraph, MatrixQuery, Model, PortQuery, Protocol, SourceText, Subject, load, matrix,
+};
+
+fn compile(text: &str) -> (Model, AllowGraph, usize) {
+    let (inputs, mut diags) = load(&[SourceText {
+        name: "fuzz.yaml",
+        text,
+    }]);
+    let (model, d) = Model::build(&inputs);
+    diags.extend(d);
+    let graph = AllowGraph::build(&model);
+    (model, graph, diags.len())
+}
+
+fn label() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("a".to_string()),
+        Just("b".to_string()),
+        Just("c".to_string()),
+        Just("x".to_string()),
+        Just("Bad Value".to_string()),
+        Just(String::new()),
+    ]
+}
+
+fn selector() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("{}".to_string()),
+        label().prop_map(|v| format!("{{matchLabels: {{pod: '{v}'}}}}")),
+        (
+            label(),
+            prop_oneof![
+                Just("In"),
+                Just("NotIn"),
+                Just("Exists"),
+                Just("DoesNotExist"),
+                Just("Equals")
+            ]
+        )
+            .prop_map(|(v, op)| format!(
+                "{{matchExpressions: [{{key: pod, operator: {op}, values: ['{v}']}}]}}"
+            )),
+        label().prop_map(|v| format!("{{matchLabels: {{ns: '{v}'}}}}")),
+    ]
+}
+
+fn cidr() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("10.0.0.0/8".to_string()),
+        Just("10.0.1.0/24".to_string()),
+        Just("10.0.1.2/32".to_string()),
+        Just("0.0.0.0/0".to_string()),
+        Just("fd00::/8".to_string()),
+        Just("10.0.0.0/33".to_string()),
+        Just("banana".to_string()),
+    ]
+}
+
+fn peer() -> impl Strategy<Value = String> {
+    prop_oneof![
+        selector().prop_map(|s| format!("{{podSelector: {s}}}")),
+        selector().prop_map(|s| format!("{{namespaceSelector: {s}}}")),
+        (selector(), selector())
+            .prop_map(|(a, b)| format!("{{podSelector: {a}, namespaceSelector: {b}}}")),
+        (cidr(), proptest::collection::vec(cidr(), 0..2)).prop_map(|(c, ex)| format!(
+            "{{ipBlock: {{cidr: '{c}', except: [{}]}}}}",
+            ex.iter()
+                .map(|e| format!("'{e}'"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        Just("{}".to_string()),
+    ]
+}
+
+fn port() -> impl Strategy<Value = String> {
+    prop_oneof![
+        (0u32..70000).prop_map(|p| format!("{{port: {p}}}")),
+        (79u32..83, 79u32..90).prop_map(|(p, e)| format!("{{port: {p}, endPort: {e}}}")),
+        prop_oneof![
+            Just("serve-80-tcp"),
+            Just("serve-81-udp"),
+            Just("http"),
+            Just("Bad_Name")
+        ]
+        .prop_map(|n| format!("{{port: {n}}}")),
+        prop_oneof![Just("TCP"), Just("UDP"), Just("SCTP"), Just("ICMP")]
+            .prop_map(|p| format!("{{protocol: {p}}}")),
+        (prop_oneof![Just("UDP"), Just("SCTP")], 80u32..82)
+            .prop_map(|(p, n)| format!("{{protocol: {p}, port: {n}}}")),
+    ]
+}
+
+fn rule(dir: &'static str) -> impl Strategy<Value = String> {
+    (
+        proptest::option::of(proptest::collection::vec(peer(), 0..3)),
+        proptest::option::of(proptest::collection::vec(port(), 0..3)),
+    )
+        .prop_map(move |(peers, ports)| {
+            let key = if dir == "ingress" { "from" } else { "to" };
+            let mut parts = Vec::new();
+            if let Some(p) = peers {
+                parts.push(format!("{key}: [{}]", p.join(", ")));
+            }
+            if let Some(p) = ports {
+                parts.push(format!("ports: [{}]", p.join(", ")));
+            }
+            format!("{{{}}}", parts.join(", "))
+        })
+}
+
+fn policy(i: usize) -> impl Strategy<Value = String> {
+    (
+        prop_oneof![Just("x"), Just("y")],
+        selector(),
+        proptest::option::of(proptest::collection::vec(rule("ingress"), 0..3)),
+        proptest::option::of(proptest::collection::vec(rule("egress"), 0..3)),
+        prop_oneof![Just(""), Just("[Ingress]"), Just("[Egress]"), Just("[Ingress, Egress]"), Just("[Sideways]")],
+    )
+        .prop_map(move |(ns, sel, ing, eg, types)| {
+            let mut s = format!(
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p{i}, namespace: {ns}}}\nspec:\n  podSelector: {sel}\n"
+            );
+            if let Some(r) = ing {
+                s.push_str(&format!("  ingress: [{}]\n", r.join(", ")));
+            }
+            if let Some(r) = eg {
+                s.push_str(&format!("  egress: [{}]\n", r.join(", ")));
+            }
+            if !types.is_empty() {
+                s.push_str(&format!("  policyTypes: {types}\n"));
+            }
+            s
+        })
+}
+
+const CLUSTER: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: x, labels: {ns: x}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: y, labels: {ns: y}}\n";
+
+fn pod(ns: &str, name: &str, ip: &str, host: bool) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{pod: {name}}}}}\nspec:\n  hostNetwork: {host}\n  containers:\n  - name: c\n    ports:\n    - {{containerPort: 80, name: serve-80-tcp}}\n    - {{containerPort: 81, name: serve-81-udp, protocol: UDP}}\nstatus: {{phase: Running, podIPs: [{{ip: '{ip}'}}]}}\n"
+    )
+}
+
+fn cluster(policies: &[String], host_b: bool) -> String {
+    let mut docs = vec![
+        CLUSTER.to_string(),
+        pod("x", "a", "10.0.1.1", false),
+        pod("x", "b", "10.0.1.2", host_b),
+        pod("y", "a", "10.0.2.1", false),
+        pod("y", "c", "fd00::3", false),
+    ];
+    docs.extend(policies.iter().cloned());
+    docs.join("---\n")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, .. ProptestConfig::default() })]
+
+    /// Any bytes: the loader reports, never panics.
+    #[test]
+    fn arbitrary_text_never_panics(text in "\\PC{0,300}") {
+        let _ = compile(&text);
+    }
+
+    /// Mutated real manifests: never panic.
+    #[test]
+    fn mutated_manifests_never_panic(cut in 0usize..2000, insert in "[ :{}\\[\\]\\-a-z0-9'\"\n]{0,8}") {
+        let base = cluster(&[
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  podSelector: {}\n  ingress:\n  - from: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.0.1.0/24]}}]\n    ports: [{port: 80, endPort: 90}]\n".to_string()
+        ], false);
+        let at = cut.min(base.len());
+        let at = (0..=at).rev().find(|i| base.is_char_boundary(*i)).unwrap_or(0);
+        let text = format!("{}{}{}", &base[..at], insert, &base[at..]);
+        let _ = compile(&text);
+    }
+
+    /// Generated policies: deterministic, self always allowed, matrix == explain, and a
+    /// pair where neither side is isolated is fully open.
+    #[test]
+    fn compiled_answers_hold_invariants(
+        policies in proptest::collection::vec(0usize..1, 0..4)
+            .prop_flat_map(|v| (0..v.len()).map(policy).collect::<Vec<_>>()),
+        host_b in any::<bool>(),
+        port in prop_oneof![Just(80u16), Just(81), Just(85)],
+        proto in prop_oneof![Just(Protocol::Tcp), Just(Protocol::Udp), Just(Protocol::Sctp)],
+    ) {
+        let text = cluster(&policies, host_b);
+        let (model, graph, _) = compile(&text);
+        let (model2, graph2, _) = compile(&text);
+        prop_assert_eq!(graph.dump(&model), graph2.dump(&model2));
+        let q = MatrixQuery { protocol: Some(proto), port: Some(port) };
+        let m = matrix(&model, &graph, q);
+        for (i, s) in model.endpoints.iter().enumerate() {
+            for (j, d) in model.endpoints.iter().enumerate() {
+                let e = explain(&model, &graph, Subject::Endpoint(s.id), Subject::Endpoint(d.id),
+                    Some(PortQuery { protocol: proto, port }));
+                prop_assert_eq!(e.allowed, m.allowed[i][j]);
+                if i == j {
+                    prop_assert!(e.allowed);
+                }
+                if !e.egress.isolated && !e.ingress.isolated {
+                    prop_assert!(e.allowed);
+                }
+                if !e.allowed && i != j {
+                    let denying = if e.egress.allowed { &e.ingress } else { &e.egress };
+                    prop_assert!(denying.isolated);
+                    prop_assert!(denying.nearest_miss.is_some(), "{}", e);
+                }
+            }
+        }
+    }
+}
