@@ -245,8 +245,21 @@ fn load_value(
         obj.entry("apiVersion")
             .or_insert_with(|| Value::from(api.clone()));
     }
+    if value.get("kind").is_none()
+        && value.get("apiVersion").is_none()
+        && value.get("metadata").is_none()
+    {
+        // Not a Kubernetes object at all (for example a test's expect.yaml beside the
+        // manifests): skipped, like kinds that do not affect connectivity.
+        inputs.skipped.push(ObjectRef {
+            kind: "(not a Kubernetes object)".into(),
+            namespace: String::new(),
+            name: format!("{}#{}", origin.file, origin.document),
+        });
+        return;
+    }
     let Some(kind) = str_field(&value, "kind").map(str::to_string) else {
-        let oref = object_ref_of(&value, "<no kind>");
+        let oref = object_ref_of(&value, "object");
         diags.push(Diagnostic::field_error(
             Some(&origin),
             &oref,
