@@ -269,6 +269,14 @@ fn port_miss(rule: &Rule, dst: Option<&Endpoint>, q: Option<PortQuery>) -> Optio
     }
 }
 
+/// True when a selector peer's miss is about pod labels (its namespace matched).
+fn pod_label_miss(rule: &Rule, peer: usize, miss: &str) -> bool {
+    matches!(
+        rule.peers.as_ref().and_then(|p| p.get(peer)),
+        Some(Peer::Pods { .. })
+    ) && miss.starts_with("pod ")
+}
+
 #[allow(clippy::too_many_arguments)]
 fn nearest_miss(
     model: &Model,
@@ -311,10 +319,19 @@ fn nearest_miss(
                     Some(i) => format!("{} {dir} rule {ri} peer {i}", policy.key()),
                     None => format!("{} {dir} rule {ri}", policy.key()),
                 };
-                let (score, why) = match (&miss, &pm) {
-                    (None, Some(p)) => (3, p.clone()),
-                    (Some(m), None) => (2, m.clone()),
-                    (Some(m), Some(p)) => (1, format!("{m}; and {p}")),
+                // Closest first: the peer matched and only the port failed; then a peer
+                // whose namespace (or block) matched but whose pod labels did not; the
+                // port matching breaks ties.
+                let closeness = match (&miss, pi) {
+                    (None, _) => 2,
+                    (Some(m), Some(i)) if pod_label_miss(rule, i, m) => 1,
+                    _ => 0,
+                };
+                let score = closeness * 2 + u8::from(pm.is_none()) + 1;
+                let why = match (&miss, &pm) {
+                    (None, Some(p)) => p.clone(),
+                    (Some(m), None) => m.clone(),
+                    (Some(m), Some(p)) => format!("{m}; and {p}"),
                     (None, None) => continue,
                 };
                 consider(score, format!("{at}: {why}"));
@@ -389,5 +406,147 @@ impl fmt::Display for Explanation {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::{SourceText, load};
+
+    const CLUSTER: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: x, labels: {team: a}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: y}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x, labels: {app: a}}\nspec: {containers: [{name: c, ports: [{containerPort: 8080, name: http}]}]}\nstatus: {podIP: 10.0.0.1}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: y, labels: {app: b}}\nspec: {containers: [{name: c}]}\nstatus: {podIP: 10.0.0.2}\n---\n";
+
+    fn run(policies: &str, src: &str, dst: &str, port: Option<u16>) -> Explanation {
+        let text = format!("{CLUSTER}{policies}");
+        let (inputs, d) = load(&[SourceText {
+            name: "t",
+            text: &text,
+        }]);
+        assert!(d.is_empty(), "{d:?}");
+        let (model, d) = Model::build(&inputs);
+        assert!(d.is_empty(), "{d:?}");
+        let graph = AllowGraph::build(&model);
+        let s = Subject::parse(&model, src).unwrap();
+        let t = Subject::parse(&model, dst).unwrap();
+        explain(
+            &model,
+            &graph,
+            s,
+            t,
+            port.map(|port| PortQuery {
+                protocol: Protocol::Tcp,
+                port,
+            }),
+        )
+    }
+
+    const NP: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  podSelector: {}\n";
+
+    #[test]
+    fn nearest_miss_names_the_namespace_label() {
+        let e = run(
+            &format!(
+                "{NP}  ingress:\n  - from: [{{namespaceSelector: {{matchLabels: {{team: a}}}}}}]\n"
+            ),
+            "y/b",
+            "x/a",
+            Some(80),
+        );
+        assert!(!e.allowed);
+        assert_eq!(
+            e.ingress.nearest_miss.as_deref(),
+            Some("x/p ingress rule 0 peer 0: namespace y lacks label team=a")
+        );
+        assert!(e.egress.nearest_miss.is_none());
+    }
+
+    #[test]
+    fn nearest_miss_names_the_port() {
+        let e = run(
+            &format!("{NP}  ingress:\n  - ports: [{{port: 80}}, {{port: 443}}]\n"),
+            "y/b",
+            "x/a",
+            Some(8080),
+        );
+        assert_eq!(
+            e.ingress.nearest_miss.as_deref(),
+            Some("x/p ingress rule 0: TCP 8080 not in [TCP 80, TCP 443]")
+        );
+        let e = run(
+            &format!("{NP}  ingress:\n  - ports: [{{port: http}}]\n"),
+            "y/b",
+            "x/a",
+            None,
+        );
+        assert_eq!(e.verdict(), "TCP 8080 allowed; all else denied");
+        assert_eq!(e.ingress.allowed_by[0].port, None);
+        let e = run(
+            &format!("{NP}  ingress:\n  - ports: [{{port: http}}]\n"),
+            "y/b",
+            "x/a",
+            Some(8080),
+        );
+        assert_eq!(e.ingress.allowed_by[0].port, Some(0));
+        assert_eq!(
+            e.to_string().lines().next(),
+            Some("y/b -> x/a: TCP 8080 allowed")
+        );
+    }
+
+    #[test]
+    fn no_rules_and_ip_blocks() {
+        let e = run(
+            &format!("{NP}  policyTypes: [Ingress]\n"),
+            "y/b",
+            "x/a",
+            Some(80),
+        );
+        assert_eq!(
+            e.ingress.nearest_miss.as_deref(),
+            Some("x/p has no ingress rules: it denies all ingress")
+        );
+        let e = run(
+            &format!(
+                "{NP}  ingress:\n  - from: [{{ipBlock: {{cidr: 10.0.0.0/24, except: [10.0.0.2/32]}}}}]\n"
+            ),
+            "y/b",
+            "x/a",
+            Some(80),
+        );
+        assert_eq!(
+            e.ingress.nearest_miss.as_deref(),
+            Some("x/p ingress rule 0 peer 0: 10.0.0.2 is in except 10.0.0.2/32 of 10.0.0.0/24")
+        );
+        // An external client inside the block is allowed.
+        let e = run(
+            &format!(
+                "{NP}  ingress:\n  - from: [{{ipBlock: {{cidr: 10.0.0.0/24, except: [10.0.0.2/32]}}}}]\n"
+            ),
+            "10.0.0.9",
+            "x/a",
+            Some(80),
+        );
+        assert!(e.allowed);
+        assert!(!e.egress.applies);
+    }
+
+    #[test]
+    fn json_shape() {
+        let e = run(
+            &format!(
+                "{NP}  ingress:\n  - from: [{{podSelector: {{}}, namespaceSelector: {{}}}}]\n"
+            ),
+            "y/b",
+            "x/a",
+            Some(80),
+        );
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["allowed"], true);
+        assert_eq!(v["ingress"]["allowed_by"][0]["policy"], "x/p");
+        assert_eq!(v["ingress"]["allowed_by"][0]["rule"], 0);
+        assert_eq!(v["ingress"]["allowed_by"][0]["peer"], 0);
+        assert!(v["ingress"]["allowed_by"][0]["port"].is_null());
+        assert_eq!(v["egress"]["isolated"], false);
+        assert_eq!(v["protocol"], "TCP");
     }
 }
