@@ -563,7 +563,11 @@ pub(crate) fn golden_diff(fname: &str, golden: &[u8], actual: &str) -> String {
 
 fn indent(out: &mut String, text: &str, by: &str) {
     for line in text.lines() {
-        let _ = writeln!(out, "{by}{line}");
+        if line.is_empty() {
+            out.push('\n');
+        } else {
+            let _ = writeln!(out, "{by}{line}");
+        }
     }
 }
 
