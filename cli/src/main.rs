@@ -9,7 +9,9 @@
 //! netpol matrix --port 80 --protocol TCP -f manifests.yaml -o json
 //! ```
 
+mod golden;
 mod inputs;
+mod junit;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -86,6 +88,8 @@ enum Command {
         #[command(flatten)]
         input: InputArgs,
     },
+    /// Golden-file policy tests: check expect.yaml and golden outputs of every case under DIR.
+    Test(golden::TestArgs),
 }
 
 fn parse_protocol(s: &str) -> Result<Protocol, String> {
@@ -109,6 +113,7 @@ fn main() -> ExitCode {
             output,
             input,
         } => run_matrix(port, protocol, output, &input),
+        Command::Test(args) => golden::run(&args),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
