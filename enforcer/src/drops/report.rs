@@ -324,6 +324,11 @@ spec:
         assert_eq!(r.src.pod.as_deref(), Some("x/a"));
         assert_eq!(r.dst.pod, None);
         assert_eq!(r.policies, ["x/a-deny-egress"]);
+        assert_eq!(
+            r.nearest_miss.as_deref(),
+            Some("x/a-deny-egress has no egress rules: it denies all egress")
+        );
+        assert_eq!(r.note, None);
         let v: serde_json::Value = serde_json::from_str(&r.to_json_line()).unwrap();
         assert!(v["dst"].get("pod").is_none(), "{v}");
         assert_eq!(v["dst"]["ip"], "2001:db8::1");
