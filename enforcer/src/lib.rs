@@ -10,6 +10,8 @@
 //! - [`probe::Prober`]: real TCP, UDP and SCTP servers and clients between lab hosts;
 //!   SCTP is spoken over raw IP sockets because the kernel may lack the SCTP module.
 //! - [`nft`]: load a ruleset into a namespace in one transaction, list it back.
+//! - [`drops`]: drop reports: NFLOG listener per Pod namespace, rate limiting, and
+//!   JSON lines naming the Pods, isolating policies and nearest miss.
 //!
 //! Everything here needs root and a kernel with network namespaces;
 //! [`netns::kernel_support`] says whether that is available.
@@ -43,6 +45,7 @@
 //! # }
 //! ```
 
+pub mod drops;
 pub mod netns;
 pub mod nft;
 pub mod probe;

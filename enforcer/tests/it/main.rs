@@ -5,6 +5,7 @@
 // outside `#[test]` functions.
 #![allow(clippy::unwrap_used)]
 
+mod drops;
 mod kernel;
 mod netns;
 mod nft;
