@@ -4,4 +4,5 @@
 #![allow(clippy::unwrap_used)] // test binary: a failed unwrap is a failed test
 
 mod cases;
+mod ruleset;
 mod support;
