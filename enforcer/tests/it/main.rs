@@ -5,8 +5,10 @@
 // outside `#[test]` functions.
 #![allow(clippy::unwrap_used)]
 
+mod cases;
 mod kernel;
 mod netns;
 mod nft;
 mod probe;
+mod ruleset;
 mod topology;
