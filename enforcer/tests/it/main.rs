@@ -10,5 +10,6 @@ mod kernel;
 mod netns;
 mod nft;
 mod probe;
+mod proof;
 mod ruleset;
 mod topology;

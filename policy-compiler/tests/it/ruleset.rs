@@ -42,16 +42,22 @@ fn peer_addresses(model: &Model, dir: &Path) -> Vec<(Subject, IpAddr)> {
             out.push((Subject::Endpoint(e.id), *ip));
         }
     }
-    let exp = parse_expectations(&std::fs::read_to_string(dir.join("expect.yaml")).unwrap())
-        .unwrap();
+    let exp =
+        parse_expectations(&std::fs::read_to_string(dir.join("expect.yaml")).unwrap()).unwrap();
     let literals = exp
         .assertions
         .iter()
         .flat_map(|a| [a.from.as_str(), a.to.as_str()])
         .filter_map(|s| s.parse::<IpAddr>().ok());
-    let extra = ["203.0.113.7", "10.255.255.254", "0.0.0.0", "2001:db8::7", "::"]
-        .into_iter()
-        .map(|s| s.parse::<IpAddr>().unwrap());
+    let extra = [
+        "203.0.113.7",
+        "10.255.255.254",
+        "0.0.0.0",
+        "2001:db8::7",
+        "::",
+    ]
+    .into_iter()
+    .map(|s| s.parse::<IpAddr>().unwrap());
     for ip in literals.chain(extra) {
         let subject = match model.endpoint_by_ip(&ip) {
             Some(id) => Subject::Endpoint(id),
@@ -113,7 +119,10 @@ fn software_evaluation_of_every_ruleset_matches_the_allow_graph() {
                 let egress = graph.reach_at(&model, me, Some(my_ip), peer, Some(peer_ip));
                 for (p, port) in ports {
                     for (d, want) in [
-                        (Direction::Ingress, ingress.ingress.allowed.contains(p, port)),
+                        (
+                            Direction::Ingress,
+                            ingress.ingress.allowed.contains(p, port),
+                        ),
                         (Direction::Egress, egress.egress.allowed.contains(p, port)),
                     ] {
                         checked += 1;
