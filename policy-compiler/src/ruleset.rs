@@ -53,8 +53,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 
-use crate::graph::{AllowGraph, PeerSet, rule_of, rule_ports};
-use crate::model::{Direction, EndpointId, Model, PortMatch, Rule};
+use crate::graph::{AllowGraph, PeerSet, Provenance, rule_of, rule_ports};
+use crate::model::{Direction, Endpoint, EndpointId, Model, PortMatch, Rule};
 use crate::ports::{PortSet, Protocol};
 
 pub use interval::Family;
@@ -618,6 +618,22 @@ impl Side {
         };
         let all_v4: ipnet::IpNet = ipnet::IpNet::V4(ipnet::Ipv4Net::default());
         let all_v6: ipnet::IpNet = ipnet::IpNet::V6(ipnet::Ipv6Net::default());
+        // `rule_ports` is per (rule, destination); a rule is shared by all its peers, and
+        // a rule with many ports is expensive to resolve, so resolve each pair once.
+        let mut cache: BTreeMap<(Provenance, Option<EndpointId>), PortSet> = BTreeMap::new();
+        let mut ports_of = |prov: &Provenance, rule: &Rule, dst: Option<&Endpoint>| -> PortSet {
+            let key = (
+                Provenance {
+                    peer: None,
+                    ..*prov
+                },
+                dst.map(|e| e.id),
+            );
+            cache
+                .entry(key)
+                .or_insert_with(|| rule_ports(rule, dst))
+                .clone()
+        };
         for (set, prov) in graph.edges(pod, dir) {
             let rule = rule_of(model, &prov);
             let source = Source {
@@ -628,12 +644,11 @@ impl Side {
             let named = has_named_ports(rule);
             match (graph.peer_set(set), dir) {
                 (PeerSet::Endpoints(members), _) => {
-                    let own = rule_ports(rule, Some(me));
                     for id in members {
                         let e = model.endpoint(*id);
                         let ports = match dir {
-                            Direction::Ingress => own.clone(),
-                            Direction::Egress => rule_ports(rule, Some(e)),
+                            Direction::Ingress => ports_of(&prov, rule, Some(me)),
+                            Direction::Egress => ports_of(&prov, rule, Some(e)),
                         };
                         for ip in &e.ips {
                             let v = interval::to_int(ip);
@@ -647,8 +662,8 @@ impl Side {
                         _ => (vec![&all_v4, &all_v6], &[]),
                     };
                     let ports = match dir {
-                        Direction::Ingress => rule_ports(rule, Some(me)),
-                        Direction::Egress => rule_ports(rule, None),
+                        Direction::Ingress => ports_of(&prov, rule, Some(me)),
+                        Direction::Egress => ports_of(&prov, rule, None),
                     };
                     for net in &nets {
                         let family = Family::of(&net.addr());
@@ -667,7 +682,13 @@ impl Side {
                                 };
                                 if inside {
                                     let v = interval::to_int(ip);
-                                    push(v, v, Family::of(ip), rule_ports(rule, Some(e)), &source);
+                                    push(
+                                        v,
+                                        v,
+                                        Family::of(ip),
+                                        ports_of(&prov, rule, Some(e)),
+                                        &source,
+                                    );
                                 }
                             }
                         }
