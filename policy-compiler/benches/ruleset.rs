@@ -82,10 +82,19 @@ status: {{phase: Running, podIP: 10.1.{a}.{b}, podIPs: [{{ip: 10.1.{a}.{b}}}, {{
 }
 
 fn build(text: &str) -> (Model, AllowGraph) {
-    let (inputs, diags) = load(&[SourceText {
-        name: "bench.yaml",
-        text,
-    }]);
+    // One source per document: the loader caps documents per source.
+    let docs: Vec<&str> = text
+        .split("---\n")
+        .filter(|d| !d.trim().is_empty())
+        .collect();
+    let sources: Vec<SourceText<'_>> = docs
+        .iter()
+        .map(|d| SourceText {
+            name: "bench.yaml",
+            text: d,
+        })
+        .collect();
+    let (inputs, diags) = load(&sources);
     assert!(diags.is_empty(), "{:?}", diags.first());
     let (model, diags) = Model::build(&inputs);
     assert!(!policy_compiler::diagnostic::has_errors(&diags));
