@@ -12,6 +12,8 @@
 //! - [`nft`]: load a ruleset into a namespace in one transaction, list it back.
 //! - [`drops`]: drop reports: NFLOG listener per Pod namespace, rate limiting, and
 //!   JSON lines naming the Pods, isolating policies and nearest miss.
+//! - [`ruleset_json`]: a compiled [`policy_compiler::ruleset::Ruleset`] as nftables JSON
+//!   through the `nftables` crate (with the adapter for the crate's gaps).
 //!
 //! Everything here needs root and a kernel with network namespaces;
 //! [`netns::kernel_support`] says whether that is available.
@@ -49,4 +51,5 @@ pub mod drops;
 pub mod netns;
 pub mod nft;
 pub mod probe;
+pub mod ruleset_json;
 pub mod topology;

@@ -6,8 +6,11 @@
 #![allow(clippy::unwrap_used)]
 
 mod drops;
+mod cases;
 mod kernel;
 mod netns;
 mod nft;
 mod probe;
+mod proof;
+mod ruleset;
 mod topology;
