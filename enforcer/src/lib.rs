@@ -11,6 +11,16 @@
 //!   SCTP is spoken over raw IP sockets because the kernel may lack the SCTP module.
 //! - [`nft`]: load a ruleset into a namespace in one transaction, list it back.
 //!
+//! The node agent (see `docs/agent.md`):
+//! - [`state::State`]: the object index (apply/delete/reset), fed in one place;
+//! - [`manifests::ManifestDir`]: the manifest-directory source (fail closed per file);
+//! - [`plan::plan`]: pure `desired x actual -> Vec<Op>`, with [`plan::Backoff`];
+//! - [`applier::Applier`]: [`applier::NftApplier`] (real) and
+//!   [`applier::RecordingApplier`] (fake);
+//! - [`agent::Reconciler`] (synchronous core) and [`agent::Agent`] (tokio loop, HTTP);
+//! - [`metrics::Metrics`] (prometheus-client) and [`http`] (`/metrics`, `/healthz`,
+//!   `/readyz`).
+//!
 //! Everything here needs root and a kernel with network namespaces;
 //! [`netns::kernel_support`] says whether that is available.
 //!
@@ -43,7 +53,14 @@
 //! # }
 //! ```
 
+pub mod agent;
+pub mod applier;
+pub mod http;
+pub mod manifests;
+pub mod metrics;
 pub mod netns;
 pub mod nft;
+pub mod plan;
 pub mod probe;
+pub mod state;
 pub mod topology;
