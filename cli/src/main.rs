@@ -1,14 +1,16 @@
 //! `netpol`: Kubernetes NetworkPolicy, explained, tabulated, compiled and enforced.
 //!
 //! Subcommands: `explain SRC DST` (may SRC reach DST, and which rules decide),
-//! `matrix` (truth table of every endpoint pair). Every command reads manifests with
+//! `matrix` (truth table of every endpoint pair), `compile` (each Pod's nftables ruleset). Every command reads manifests with
 //! `-f PATH` (files, directories, `-` for stdin) and exits 2 on invalid input.
 //!
 //! ```text
 //! netpol explain x/a y/b --port 80 -f testdata/cases/upstream/
 //! netpol matrix --port 80 --protocol TCP -f manifests.yaml -o json
+//! netpol compile --all --out-dir rulesets/ -f manifests.yaml
 //! ```
 
+mod compile;
 mod inputs;
 
 use std::path::PathBuf;
@@ -32,10 +34,10 @@ struct Cli {
 struct InputArgs {
     /// Manifests: files, directories (recursive: *.yaml, *.yml, *.json) or - for stdin.
     #[arg(short = 'f', long = "filename", value_name = "PATH", required = true)]
-    files: Vec<PathBuf>,
+    pub(crate) files: Vec<PathBuf>,
     /// List skipped objects (kinds that do not affect connectivity).
     #[arg(short, long)]
-    verbose: bool,
+    pub(crate) verbose: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -86,6 +88,16 @@ enum Command {
         #[command(flatten)]
         input: InputArgs,
     },
+    /// Each Pod's nftables ruleset (`table inet netpol` for the Pod's own netns).
+    ///
+    /// Only Pods get rulesets: workloads (Deployments, ...) have no network namespace and
+    /// hostNetwork Pods share the node's. Output is deterministic.
+    Compile {
+        #[command(flatten)]
+        args: compile::CompileArgs,
+        #[command(flatten)]
+        input: InputArgs,
+    },
 }
 
 fn parse_protocol(s: &str) -> Result<Protocol, String> {
@@ -109,6 +121,7 @@ fn main() -> ExitCode {
             output,
             input,
         } => run_matrix(port, protocol, output, &input),
+        Command::Compile { args, input } => compile::run(&args, &input),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

@@ -10,6 +10,8 @@
 //! - [`probe::Prober`]: real TCP, UDP and SCTP servers and clients between lab hosts;
 //!   SCTP is spoken over raw IP sockets because the kernel may lack the SCTP module.
 //! - [`nft`]: load a ruleset into a namespace in one transaction, list it back.
+//! - [`ruleset_json`]: a compiled [`policy_compiler::ruleset::Ruleset`] as nftables JSON
+//!   through the `nftables` crate (with the adapter for the crate's gaps).
 //!
 //! The node agent (see `docs/agent.md`):
 //! - [`state::State`]: the object index (apply/delete/reset), fed in one place;
@@ -62,5 +64,6 @@ pub mod netns;
 pub mod nft;
 pub mod plan;
 pub mod probe;
+pub mod ruleset_json;
 pub mod state;
 pub mod topology;

@@ -58,6 +58,26 @@ pub fn apply(netns: &str, ruleset: &str) -> Result<(), NftError> {
     nft(netns, &["-f", "-"], Some(ruleset.as_bytes())).map(drop)
 }
 
+/// Applies an nftables JSON document inside `netns` in one transaction (`nft -j -f -`),
+/// reporting nft's own error text on rejection (the `nftables` crate's helper drops it).
+pub fn apply_json(netns: &str, document: &serde_json::Value) -> Result<(), NftError> {
+    let text = document.to_string();
+    nft(netns, &["-j", "-f", "-"], Some(text.as_bytes())).map(drop)
+}
+
+/// One table as nft's JSON (`nft -j list table FAMILY NAME`).
+pub fn list_table_json(
+    netns: &str,
+    family: &str,
+    name: &str,
+) -> Result<serde_json::Value, NftError> {
+    let stdout = nft(netns, &["-j", "list", "table", family, name], None)?;
+    serde_json::from_slice(&stdout).map_err(|source| NftError::Json {
+        netns: netns.to_owned(),
+        source,
+    })
+}
+
 /// Checks `ruleset` without applying it (`nft -c -f -`); still needs a namespace.
 pub fn check(netns: &str, ruleset: &str) -> Result<(), NftError> {
     nft(netns, &["-c", "-f", "-"], Some(ruleset.as_bytes())).map(drop)

@@ -24,6 +24,7 @@ pub mod load;
 pub mod matrix;
 pub mod model;
 pub mod ports;
+pub mod ruleset;
 pub mod selector;
 pub mod source;
 pub mod validate;

@@ -5,8 +5,11 @@
 // outside `#[test]` functions.
 #![allow(clippy::unwrap_used)]
 
+mod cases;
 mod kernel;
 mod netns;
 mod nft;
 mod probe;
+mod proof;
+mod ruleset;
 mod topology;

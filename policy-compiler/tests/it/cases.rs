@@ -6,7 +6,7 @@ use policy_compiler::expect::{check, parse_expectations};
 
 use crate::support::{compile_files, manifest_files, repo_root};
 
-fn case_dirs(root: &Path) -> Vec<PathBuf> {
+pub(crate) fn case_dirs(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {

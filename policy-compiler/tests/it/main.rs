@@ -8,4 +8,5 @@ mod conformance;
 mod fuzz;
 mod invalid;
 mod npguard;
+mod ruleset;
 mod support;

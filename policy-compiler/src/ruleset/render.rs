@@ -1,0 +1,168 @@
+//! `nft -f` text of a [`Ruleset`].
+//!
+//! The file starts with `add table` + `delete table`, so loading it replaces the table in
+//! one transaction whether or not it existed (nft 1.0.6 has no `destroy`). Review notes
+//! are `#` comments; provenance that must survive in the kernel is in `comment "…"`.
+
+use std::fmt::Write as _;
+
+use super::{
+    AddrField, Chain, Family, MapVerdict, ND_TYPES, PeerMap, PortElement, PortsSet, RuleKind,
+    Ruleset, TABLE,
+};
+
+/// Longest list of sources written after a map element.
+const MAX_SOURCES: usize = 3;
+
+pub(super) fn nft(rs: &Ruleset) -> String {
+    let mut s = String::new();
+    for n in &rs.notes {
+        let _ = writeln!(s, "# {n}");
+    }
+    let _ = writeln!(
+        s,
+        "# load with `nft -f FILE`: replaces table inet {TABLE} atomically"
+    );
+    let _ = writeln!(s, "add table inet {TABLE}");
+    let _ = writeln!(s, "delete table inet {TABLE}");
+    let _ = writeln!(s, "table inet {TABLE} {{");
+    let mut first = true;
+    let mut sep = |s: &mut String| {
+        if !first {
+            s.push('\n');
+        }
+        first = false;
+    };
+    for m in &rs.maps {
+        sep(&mut s);
+        map(&mut s, m);
+    }
+    for set in &rs.sets {
+        sep(&mut s);
+        ports_set(&mut s, set);
+    }
+    for c in &rs.chains {
+        sep(&mut s);
+        chain(&mut s, c);
+    }
+    s.push_str("}\n");
+    s
+}
+
+fn map(s: &mut String, m: &PeerMap) {
+    let ty = match m.family {
+        Family::V4 => "ipv4_addr",
+        Family::V6 => "ipv6_addr",
+    };
+    let _ = writeln!(s, "\tmap {} {{", m.name);
+    let _ = writeln!(s, "\t\ttype {ty} : verdict");
+    let _ = writeln!(s, "\t\tflags interval");
+    if !m.elements.is_empty() {
+        let _ = writeln!(s, "\t\telements = {{");
+        for e in &m.elements {
+            let key = match e.prefix {
+                Some(p) if p == family_bits(m.family) => e.first.to_string(),
+                Some(p) => format!("{}/{p}", e.first),
+                None => format!("{}-{}", e.first, e.last),
+            };
+            let verdict = match &e.verdict {
+                MapVerdict::Accept => "accept".to_owned(),
+                MapVerdict::Jump(c) => format!("jump {c}"),
+            };
+            let mut who: Vec<String> = e
+                .sources
+                .iter()
+                .take(MAX_SOURCES)
+                .map(ToString::to_string)
+                .collect();
+            if e.sources.len() > MAX_SOURCES {
+                who.push(format!("+{} more", e.sources.len() - MAX_SOURCES));
+            }
+            let _ = writeln!(s, "\t\t\t{key} : {verdict}, # {}", who.join("; "));
+        }
+        let _ = writeln!(s, "\t\t}}");
+    }
+    let _ = writeln!(s, "\t}}");
+}
+
+fn family_bits(f: Family) -> u8 {
+    match f {
+        Family::V4 => 32,
+        Family::V6 => 128,
+    }
+}
+
+pub(super) fn port_element(e: &PortElement) -> String {
+    let proto = e.protocol.as_str().to_ascii_lowercase();
+    if e.first == e.last {
+        format!("{proto} . {}", e.first)
+    } else {
+        format!("{proto} . {}-{}", e.first, e.last)
+    }
+}
+
+fn ports_set(s: &mut String, set: &PortsSet) {
+    let _ = writeln!(s, "\tset {} {{", set.name);
+    let _ = writeln!(s, "\t\ttype inet_proto . inet_service");
+    let _ = writeln!(s, "\t\tflags interval");
+    if !set.elements.is_empty() {
+        let _ = writeln!(s, "\t\telements = {{");
+        for e in &set.elements {
+            let _ = writeln!(s, "\t\t\t{},", port_element(e));
+        }
+        let _ = writeln!(s, "\t\t}}");
+    }
+    let _ = writeln!(s, "\t}}");
+}
+
+fn chain(s: &mut String, c: &Chain) {
+    let _ = writeln!(s, "\tchain {} {{", c.name);
+    for n in &c.notes {
+        let _ = writeln!(s, "\t\t# {n}");
+    }
+    if let Some(b) = c.base {
+        let _ = writeln!(
+            s,
+            "\t\ttype filter hook {} priority filter; policy {};",
+            b.hook.as_str(),
+            if b.accept { "accept" } else { "drop" }
+        );
+    }
+    for r in &c.rules {
+        let body = match &r.kind {
+            RuleKind::Established => "ct state established,related accept".to_owned(),
+            RuleKind::NeighbourDiscovery => {
+                format!("icmpv6 type {{ {} }} accept", ND_TYPES.join(", "))
+            }
+            RuleKind::Invalid => "ct state invalid drop".to_owned(),
+            RuleKind::Loopback(h) => match h {
+                super::Hook::Input => "iif lo accept".to_owned(),
+                super::Hook::Output => "oif lo accept".to_owned(),
+            },
+            RuleKind::PeerMap { family, field, map } => {
+                let proto = match family {
+                    Family::V4 => "ip",
+                    Family::V6 => "ip6",
+                };
+                let f = match field {
+                    AddrField::Saddr => "saddr",
+                    AddrField::Daddr => "daddr",
+                };
+                format!("{proto} {f} vmap @{map}")
+            }
+            RuleKind::Ports { set } => format!("meta l4proto . th dport @{set} accept"),
+            RuleKind::LogDrop { group, prefix } => {
+                format!("counter log group {group} prefix \"{prefix}\" drop")
+            }
+        };
+        match &r.comment {
+            Some(c) => {
+                let _ = writeln!(s, "\t\t{body} comment \"{c}\"");
+            }
+            None => {
+                let _ = writeln!(s, "\t\t{body}");
+            }
+        }
+    }
+    let _ = writeln!(s, "\t}}");
+}

@@ -1,0 +1,181 @@
+use super::*;
+use crate::{SourceText, load};
+
+fn build(yaml: &str) -> (Model, AllowGraph) {
+    let (inputs, diags) = load(&[SourceText {
+        name: "t.yaml",
+        text: yaml,
+    }]);
+    assert!(diags.is_empty(), "{diags:?}");
+    let (model, diags) = Model::build(&inputs);
+    assert!(!crate::diagnostic::has_errors(&diags), "{diags:?}");
+    let graph = AllowGraph::build(&model);
+    (model, graph)
+}
+
+fn pod(ns: &str, name: &str, labels: &str, ips: &[&str], ports: &str) -> String {
+    let pod_ips: Vec<String> = ips.iter().map(|i| format!("{{ip: \"{i}\"}}")).collect();
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{{labels}}}}}\n\
+         spec: {{containers: [{{name: c, ports: [{ports}]}}]}}\n\
+         status: {{phase: Running, podIP: \"{}\", podIPs: [{}]}}\n---\n",
+        ips[0],
+        pod_ips.join(", ")
+    )
+}
+
+fn compile(model: &Model, graph: &AllowGraph, key: &str) -> Ruleset {
+    let id = model.endpoint_by_key(key).unwrap();
+    compile_pod(model, graph, id, &RulesetOptions::default())
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn not_isolated_is_two_accepting_chains() {
+    let (m, g) = build(&pod("x", "a", "app: a", &["10.0.0.1"], ""));
+    let rs = compile(&m, &g, "x/a");
+    assert_eq!(rs.stats().rules, 0);
+    assert_eq!(rs.stats().chains, 2);
+    assert!(rs.maps.is_empty() && rs.sets.is_empty());
+    let text = rs.to_nft();
+    assert!(text.starts_with("# netpol ruleset for x/a\n"), "{text}");
+    assert!(text.contains("add table inet netpol\ndelete table inet netpol\n"));
+    assert!(rs.simulate(Direction::Ingress, ip("1.2.3.4"), Protocol::Udp, 9));
+}
+
+#[test]
+fn overlapping_peers_become_disjoint_classes() {
+    let yaml = format!(
+        "{}{}{}",
+        pod("x", "a", "app: a", &["10.0.0.1", "fd00::1"], ""),
+        pod("x", "b", "app: b", &["10.0.0.2", "fd00::2"], ""),
+        r#"apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: a}}
+  ingress:
+  - from: [{ipBlock: {cidr: 10.0.0.0/24, except: [10.0.0.128/25]}}]
+    ports: [{port: 80}]
+  - from: [{podSelector: {matchLabels: {app: b}}}]
+    ports: [{port: 81, protocol: UDP}, {port: 8000, endPort: 8080}]
+  - from: [{ipBlock: {cidr: 10.0.0.2/31}}]
+"#,
+    );
+    let (m, g) = build(&yaml);
+    let rs = compile(&m, &g, "x/a");
+    let v4 = &rs.maps[0];
+    assert_eq!(v4.name, "ingress_v4");
+    let keys: Vec<String> = v4
+        .elements
+        .iter()
+        .map(|e| format!("{}-{} {:?}", e.first, e.last, e.verdict))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "10.0.0.0-10.0.0.1 Jump(\"ingress_class_0\")",
+            "10.0.0.2-10.0.0.3 Accept",
+            "10.0.0.4-10.0.0.127 Jump(\"ingress_class_0\")",
+        ]
+    );
+    // x/b's IPv6 address gets the pod-selector rule's ports.
+    let v6 = &rs.maps[1];
+    assert_eq!(v6.elements.len(), 1);
+    assert_eq!(v6.elements[0].first, ip("fd00::2"));
+    assert_eq!(v6.elements[0].prefix, Some(128));
+    let s = rs.stats();
+    assert_eq!((s.maps, s.map_elements, s.sets), (2, 4, 2));
+    // 4 static rules, 2 vmap rules and the log rule in ingress; one per class.
+    assert_eq!(s.rules, 7 + 2);
+    assert!(rs.simulate(Direction::Ingress, ip("10.0.0.9"), Protocol::Tcp, 80));
+    assert!(!rs.simulate(Direction::Ingress, ip("10.0.0.9"), Protocol::Tcp, 81));
+    assert!(!rs.simulate(Direction::Ingress, ip("10.0.0.200"), Protocol::Tcp, 80));
+    assert!(rs.simulate(Direction::Ingress, ip("fd00::2"), Protocol::Tcp, 8080));
+    assert!(rs.simulate(Direction::Ingress, ip("fd00::2"), Protocol::Udp, 81));
+    assert!(!rs.simulate(Direction::Ingress, ip("fd00::2"), Protocol::Sctp, 81));
+    assert!(rs.simulate(Direction::Egress, ip("8.8.8.8"), Protocol::Sctp, 1));
+    let text = rs.to_nft();
+    assert!(text.contains("\t\t\t10.0.0.2/31 : accept, # x/p rule 0 peer 0; x/p rule 1 peer 0; x/p rule 2 peer 0\n"), "{text}");
+    assert!(text.contains("\t\t\tudp . 81,\n"), "{text}");
+    assert!(text.contains("\t\t\ttcp . 8000-8080,\n"), "{text}");
+    assert!(
+        text.contains(
+            "counter log group 100 prefix \"netpol:x/a:ingress \" drop comment \"isolated by x/p\""
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn egress_named_ports_resolve_per_destination() {
+    let yaml = format!(
+        "{}{}{}{}",
+        pod("x", "a", "app: a", &["10.0.0.1"], ""),
+        pod(
+            "x",
+            "b",
+            "app: b",
+            &["10.0.0.2"],
+            "{name: web, containerPort: 8080}"
+        ),
+        pod(
+            "x",
+            "c",
+            "app: c",
+            &["10.0.0.3"],
+            "{name: web, containerPort: 9090}"
+        ),
+        r#"apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: a}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{ipBlock: {cidr: 10.0.0.0/30}}]
+    ports: [{port: web}, {port: 53, protocol: UDP}]
+"#,
+    );
+    let (m, g) = build(&yaml);
+    let rs = compile(&m, &g, "x/a");
+    let e = |a: &str, p: Protocol, port: u16| rs.simulate(Direction::Egress, ip(a), p, port);
+    assert!(e("10.0.0.2", Protocol::Tcp, 8080));
+    assert!(!e("10.0.0.2", Protocol::Tcp, 9090));
+    assert!(e("10.0.0.3", Protocol::Tcp, 9090));
+    assert!(!e("10.0.0.0", Protocol::Tcp, 8080));
+    assert!(e("10.0.0.0", Protocol::Udp, 53));
+    assert!(e("10.0.0.3", Protocol::Udp, 53));
+    assert!(!e("10.0.0.4", Protocol::Udp, 53));
+    // Every address answers what the compiler says.
+    for (name, a) in [("x/b", "10.0.0.2"), ("x/c", "10.0.0.3")] {
+        let d = m.endpoint_by_key(name).unwrap();
+        let src = m.endpoint_by_key("x/a").unwrap();
+        let r = g.reach(&m, src.into(), d.into());
+        for port in [53, 8080, 9090] {
+            for p in [Protocol::Tcp, Protocol::Udp] {
+                assert_eq!(
+                    e(a, p, port),
+                    r.egress.allowed.contains(p, port),
+                    "{a} {p} {port}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn log_prefix_fits_the_kernel_limit() {
+    let long = "n".repeat(253);
+    let p = log_prefix(&"s".repeat(63), &long, Direction::Egress);
+    assert!(p.len() <= MAX_LOG_PREFIX, "{}", p.len());
+    assert!(p.ends_with(":egress "), "{p}");
+    assert_eq!(
+        log_prefix("x", "a", Direction::Ingress),
+        "netpol:x/a:ingress "
+    );
+    assert!(comment(&"y".repeat(300)).len() <= MAX_COMMENT);
+}
