@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use policy_compiler::ruleset::{RulesetOptions, compile_pod};
 use policy_compiler::{AllowGraph, EndpointId, Model, Severity};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -49,8 +50,7 @@ pub struct RenderError {
 }
 
 /// Renders one Pod's ruleset: `nft -f` text replacing `table inet netpol` in one
-/// transaction. Implemented with `policy_compiler::ruleset::compile_pod`; tests use
-/// fakes.
+/// transaction. [`CompiledRulesets`] is the real one; unit tests use fakes.
 pub trait RulesetSource: Send + Sync {
     /// The ruleset of `pod` (an endpoint of `model`).
     fn render(
@@ -59,6 +59,25 @@ pub trait RulesetSource: Send + Sync {
         graph: &AllowGraph,
         pod: EndpointId,
     ) -> Result<String, RenderError>;
+}
+
+/// The real renderer: [`policy_compiler::ruleset::compile_pod`] and its `nft -f` text
+/// (which starts with `add table` + `delete table`: one transaction replacing the table).
+#[derive(Debug, Clone, Default)]
+pub struct CompiledRulesets {
+    /// Options of the generated rulesets (NFLOG group of the drop rules).
+    pub options: RulesetOptions,
+}
+
+impl RulesetSource for CompiledRulesets {
+    fn render(
+        &self,
+        model: &Model,
+        graph: &AllowGraph,
+        pod: EndpointId,
+    ) -> Result<String, RenderError> {
+        Ok(compile_pod(model, graph, pod, &self.options).to_nft())
+    }
 }
 
 /// Settings of the reconcile loop.
