@@ -5,6 +5,7 @@
 // outside `#[test]` functions.
 #![allow(clippy::unwrap_used)]
 
+mod agent;
 mod cases;
 mod kernel;
 mod netns;
