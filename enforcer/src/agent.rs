@@ -285,11 +285,11 @@ impl Reconciler {
     /// drift (tampering): warned, and re-applied by the next [`sync`](Self::sync).
     /// Returns the drifted Pods.
     pub fn verify(&mut self) -> Vec<PodKey> {
-        let targets: Vec<(PodKey, String, Checksum)> = self
+        let targets: Vec<(PodKey, String, Option<Checksum>)> = self
             .actual
             .iter()
             .filter(|(_, a)| a.checksum.is_some())
-            .filter_map(|(p, a)| Some((p.clone(), a.netns.clone(), *self.kernel.get(p)?)))
+            .map(|(p, a)| (p.clone(), a.netns.clone(), self.kernel.get(p).copied()))
             .collect();
         let applier = self.applier.clone();
         let results = parallel(self.parallelism, targets, |(pod, netns, want)| {
@@ -300,9 +300,13 @@ impl Reconciler {
         });
         let mut drifted = Vec::new();
         for (pod, netns, want, got) in results {
-            match got {
-                Ok(Some(c)) if c == want => {}
-                Ok(got) => {
+            match (got, want) {
+                (Ok(Some(c)), Some(want)) if c == want => {}
+                (Ok(Some(c)), None) => {
+                    // The listing after the apply failed; take the baseline now.
+                    self.kernel.insert(pod, c);
+                }
+                (Ok(got), _) => {
                     tracing::warn!(
                         namespace = %pod.namespace, pod = %pod.name, netns,
                         found = if got.is_some() { "changed table" } else { "no table" },
@@ -316,7 +320,7 @@ impl Reconciler {
                     self.drifted.insert(pod.clone());
                     drifted.push(pod);
                 }
-                Err(e) => {
+                (Err(e), _) => {
                     tracing::warn!(namespace = %pod.namespace, pod = %pod.name, error = %e, "cannot verify ruleset");
                 }
             }
@@ -506,6 +510,7 @@ fn execute(applier: &dyn Applier, op: &Op) -> Outcome {
             Ok(()) => Outcome::Removed,
             Err(e) => Outcome::Failed(e),
         },
+        // `sync` never executes Keep.
         Op::Keep { .. } => Outcome::Removed,
     }
 }
