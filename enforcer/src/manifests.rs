@@ -135,12 +135,13 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ManifestError> {
     }
     entries.sort();
     for path in entries {
-        // Follows symlinks, as a ConfigMap volume's `..data` links need.
+        // Follows symlinks. Hidden directories are skipped: in a ConfigMap volume the
+        // files are symlinks into `..data`, which would otherwise be read twice.
         if path.is_dir() {
             if !path
                 .file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with('.') && n != "..data")
+                .is_some_and(|n| n.starts_with('.'))
             {
                 walk(&path, out)?;
             }
@@ -480,6 +481,9 @@ mod tests {
         std::fs::write(dir.path().join("pod.yaml"), POD_A).unwrap();
         std::fs::write(dir.path().join("sub/pol.yml"), DENY).unwrap();
         std::fs::write(dir.path().join("notes.txt"), "not yaml [").unwrap();
+        // ConfigMap volume layout: hidden data directory, symlinks at the top.
+        std::fs::create_dir(dir.path().join("..data")).unwrap();
+        std::fs::write(dir.path().join("..data/pod.yaml"), POD_A).unwrap();
         let mut src = ManifestDir::new(dir.path(), None);
         let mut state = State::new();
         let scan = src.scan();
