@@ -3,15 +3,18 @@
 //! Subcommands: `explain SRC DST` (may SRC reach DST, and which rules decide),
 //! `matrix` (truth table of every endpoint pair), `compile` (each Pod's nftables ruleset). Every command reads manifests with
 //! `-f PATH` (files, directories, `-` for stdin) and exits 2 on invalid input.
+//! `agent --manifests DIR` runs the node agent (enforcement in Pod netns).
 //!
 //! ```text
 //! netpol explain x/a y/b --port 80 -f testdata/cases/upstream/
 //! netpol matrix --port 80 --protocol TCP -f manifests.yaml -o json
 //! netpol compile --all --out-dir rulesets/ -f manifests.yaml
+//! netpol agent --manifests /etc/netpol/manifests --netns-map /etc/netpol/netns.map
 //! ```
 
-mod golden;
+mod agent;
 mod compile;
+mod golden;
 mod inputs;
 mod junit;
 
@@ -102,6 +105,12 @@ enum Command {
         #[command(flatten)]
         input: InputArgs,
     },
+    /// Node agent: keeps each local Pod's nftables table equal to the compiled policy of
+    /// a watched manifest directory (fail closed; /metrics, /healthz, /readyz).
+    Agent {
+        #[command(flatten)]
+        args: agent::AgentArgs,
+    },
 }
 
 fn parse_protocol(s: &str) -> Result<Protocol, String> {
@@ -127,6 +136,7 @@ fn main() -> ExitCode {
         } => run_matrix(port, protocol, output, &input),
         Command::Test(args) => golden::run(&args),
         Command::Compile { args, input } => compile::run(&args, &input),
+        Command::Agent { args } => agent::run(&args),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

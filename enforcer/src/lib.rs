@@ -15,6 +15,16 @@
 //! - [`ruleset_json`]: a compiled [`policy_compiler::ruleset::Ruleset`] as nftables JSON
 //!   through the `nftables` crate (with the adapter for the crate's gaps).
 //!
+//! The node agent (see `docs/agent.md`):
+//! - [`state::State`]: the object index (apply/delete/reset), fed in one place;
+//! - [`manifests::ManifestDir`]: the manifest-directory source (fail closed per file);
+//! - [`plan::plan`]: pure `desired x actual -> Vec<Op>`, with [`plan::Backoff`];
+//! - [`applier::Applier`]: [`applier::NftApplier`] (real) and
+//!   [`applier::RecordingApplier`] (fake);
+//! - [`agent::Reconciler`] (synchronous core) and [`agent::Agent`] (tokio loop, HTTP);
+//! - [`metrics::Metrics`] (prometheus-client) and [`http`] (`/metrics`, `/healthz`,
+//!   `/readyz`).
+//!
 //! Everything here needs root and a kernel with network namespaces;
 //! [`netns::kernel_support`] says whether that is available.
 //!
@@ -47,9 +57,16 @@
 //! # }
 //! ```
 
+pub mod agent;
+pub mod applier;
 pub mod drops;
+pub mod http;
+pub mod manifests;
+pub mod metrics;
 pub mod netns;
 pub mod nft;
+pub mod plan;
 pub mod probe;
 pub mod ruleset_json;
+pub mod state;
 pub mod topology;

@@ -5,8 +5,9 @@
 // outside `#[test]` functions.
 #![allow(clippy::unwrap_used)]
 
-mod drops;
+mod agent;
 mod cases;
+mod drops;
 mod kernel;
 mod netns;
 mod nft;

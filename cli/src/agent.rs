@@ -1,0 +1,146 @@
+//! `netpol agent`: the node agent on a manifest directory (see docs/agent.md).
+//!
+//! Logs are JSON lines on stderr (`RUST_LOG` filters, default `info`); the agent runs
+//! until SIGINT or SIGTERM and leaves the Pods' tables in place when it stops.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use enforcer::agent::{Agent, AgentConfig, CompiledRulesets};
+use enforcer::applier::NftApplier;
+use enforcer::manifests::{ManifestDir, WatchOptions};
+use policy_compiler::ruleset::RulesetOptions;
+
+/// Flags of `netpol agent`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct AgentArgs {
+    /// Directory of manifests (recursive: *.yaml, *.yml, *.json), watched for changes.
+    #[arg(long, value_name = "DIR")]
+    manifests: PathBuf,
+    /// Pod to netns mapping: lines `namespace/pod netns-name` (/var/run/netns/NAME).
+    /// The Pod annotation `netpol.io/netns` wins over it.
+    #[arg(long, value_name = "FILE")]
+    netns_map: Option<PathBuf>,
+    /// Only Pods with this spec.nodeName (or none) are local.
+    #[arg(long, value_name = "NODE")]
+    node: Option<String>,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    listen: SocketAddr,
+    /// How often kernel tables are compared with what was applied (e.g. 5s, 500ms, 1m).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    verify_interval: Duration,
+    /// Quiet time after a change in the directory before it is read.
+    #[arg(long, default_value = "200ms", value_parser = parse_duration)]
+    debounce: Duration,
+    /// NFLOG group of the drop rules.
+    #[arg(long, default_value_t = RulesetOptions::default().log_group)]
+    log_group: u16,
+}
+
+/// Parses `500ms`, `5s`, `2m` (a bare number is seconds).
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 5s, 1m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("invalid duration unit {unit:?}: use ms, s or m")),
+    }
+    .and_then(|d| {
+        if d.is_zero() {
+            Err("duration must be positive".to_owned())
+        } else {
+            Ok(d)
+        }
+    })
+}
+
+/// Runs the agent until a signal; returns the exit code.
+pub(crate) fn run(args: &AgentArgs) -> i32 {
+    tracing_subscriber::fmt()
+        .json()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match run_agent(args) {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "agent failed");
+            1
+        }
+    }
+}
+
+fn run_agent(args: &AgentArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    rt.block_on(async {
+        let config = AgentConfig {
+            node: args.node.clone(),
+            verify_interval: args.verify_interval,
+            watch: WatchOptions {
+                debounce: args.debounce,
+                ..WatchOptions::default()
+            },
+            listen: Some(args.listen),
+            ..AgentConfig::default()
+        };
+        let renderer = Arc::new(CompiledRulesets {
+            options: RulesetOptions {
+                log_group: args.log_group,
+            },
+        });
+        tracing::info!(
+            manifests = %args.manifests.display(),
+            netns_map = args.netns_map.as_ref().map(|p| p.display().to_string()),
+            node = args.node,
+            "netpol agent starting"
+        );
+        let mut agent = Agent::start(
+            config,
+            ManifestDir::new(&args.manifests, args.netns_map.clone()),
+            renderer,
+            Arc::new(NftApplier),
+        )
+        .await
+        .context("cannot start the agent")?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("cannot install the SIGTERM handler")?;
+        tokio::select! {
+            r = agent.wait() => return r.context("agent stopped"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping (tables stay in place)"),
+            _ = term.recv() => tracing::info!("SIGTERM: stopping (tables stay in place)"),
+        }
+        agent.stop().await.context("agent stopped with an error")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        for bad in ["", "s", "5h", "0s", "-1s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+}

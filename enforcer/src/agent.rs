@@ -1,0 +1,995 @@
+//! The node agent: keeps each local Pod's `table inet netpol` equal to the compiled policy.
+//!
+//! ```text
+//! ManifestDir ──watch──▶ Scan { events } ──State::handle (one place)──▶ State
+//!                                                                        │ compile
+//!        Model::build + AllowGraph::build + RulesetSource::render per local Pod
+//!                                                                        ▼
+//!     desired: Pod → (netns, checksum, text)      actual: Pod → (netns, checksum)
+//!                         └────────── plan ──────────┘
+//!                                       ▼
+//!                  Op::{Apply, Remove, Keep} ──Applier──▶ nft in the Pod netns
+//! ```
+//!
+//! [`Reconciler`] is the synchronous core (unit-tested with
+//! [`RecordingApplier`](crate::applier::RecordingApplier)); [`Agent`] runs it on tokio:
+//! every pass runs in `spawn_blocking`, applies run on plain threads (never on an async
+//! worker), and `nft` itself enters the netns as a child process.
+//!
+//! **Fail closed.** Nothing is flushed first: an apply replaces the table in one nft
+//! transaction, so an isolated Pod is never open in between. A failed compilation or
+//! render keeps the last good rulesets; a failed apply keeps the last good table (nft is
+//! atomic) and is retried with exponential backoff; an incomplete or unreachable source
+//! keeps the last known state. Tables found changed in the kernel (tampering) are
+//! re-applied and counted.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use policy_compiler::ruleset::{RulesetOptions, compile_pod};
+use policy_compiler::{AllowGraph, EndpointId, Model, Severity};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::applier::{Applier, ApplyError};
+use crate::http::{self, Health};
+use crate::manifests::{self, ManifestDir, Scan, WatchOptions};
+use crate::metrics::Metrics;
+use crate::plan::{Actual, Backoff, BackoffPolicy, Checksum, Desired, Op, normalise_listing, plan};
+use crate::state::{PodKey, State};
+
+/// Error of a [`RulesetSource`].
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct RenderError {
+    /// What went wrong.
+    pub message: String,
+}
+
+/// Renders one Pod's ruleset: `nft -f` text replacing `table inet netpol` in one
+/// transaction. [`CompiledRulesets`] is the real one; unit tests use fakes.
+pub trait RulesetSource: Send + Sync {
+    /// The ruleset of `pod` (an endpoint of `model`).
+    fn render(
+        &self,
+        model: &Model,
+        graph: &AllowGraph,
+        pod: EndpointId,
+    ) -> Result<String, RenderError>;
+}
+
+/// The real renderer: [`policy_compiler::ruleset::compile_pod`] and its `nft -f` text
+/// (which starts with `add table` + `delete table`: one transaction replacing the table).
+#[derive(Debug, Clone, Default)]
+pub struct CompiledRulesets {
+    /// Options of the generated rulesets (NFLOG group of the drop rules).
+    pub options: RulesetOptions,
+}
+
+impl RulesetSource for CompiledRulesets {
+    fn render(
+        &self,
+        model: &Model,
+        graph: &AllowGraph,
+        pod: EndpointId,
+    ) -> Result<String, RenderError> {
+        Ok(compile_pod(model, graph, pod, &self.options).to_nft())
+    }
+}
+
+/// Settings of the reconcile loop.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Only Pods whose `spec.nodeName` is this node (or unset) are local.
+    pub node: Option<String>,
+    /// How often the kernel tables are compared with what was applied.
+    pub verify_interval: Duration,
+    /// Manifest watch timing.
+    pub watch: WatchOptions,
+    /// Retry delays of failed applies.
+    pub backoff: BackoffPolicy,
+    /// Applies running at the same time.
+    pub parallelism: usize,
+    /// Address of `/metrics`, `/healthz`, `/readyz` (`None`: no HTTP server).
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            node: None,
+            verify_interval: Duration::from_secs(5),
+            watch: WatchOptions::default(),
+            backoff: BackoffPolicy::default(),
+            parallelism: 8,
+            listen: None,
+        }
+    }
+}
+
+/// What one [`Reconciler::sync`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Pods applied.
+    pub applied: Vec<PodKey>,
+    /// Pods whose table was removed.
+    pub removed: Vec<PodKey>,
+    /// Pods whose operation failed.
+    pub failed: Vec<PodKey>,
+    /// Pods waiting for their backoff.
+    pub deferred: Vec<PodKey>,
+    /// Earliest time a deferred or failed operation may be retried.
+    pub retry_at: Option<Instant>,
+}
+
+/// The synchronous core of the agent: state, last good desired rulesets, what the
+/// kernel holds, backoff. Its methods block on the applier.
+pub struct Reconciler {
+    state: State,
+    renderer: Arc<dyn RulesetSource>,
+    applier: Arc<dyn Applier>,
+    metrics: Arc<Metrics>,
+    node: Option<String>,
+    backoff_policy: BackoffPolicy,
+    parallelism: usize,
+    complete: bool,
+    compiled_generation: Option<u64>,
+    desired: BTreeMap<PodKey, Desired>,
+    actual: BTreeMap<PodKey, Actual>,
+    /// Checksum of the normalised kernel listing right after each apply.
+    kernel: BTreeMap<PodKey, Checksum>,
+    drifted: BTreeSet<PodKey>,
+    backoff: BTreeMap<PodKey, Backoff>,
+    synced: bool,
+}
+
+enum Outcome {
+    Applied {
+        listing: Option<Checksum>,
+        took: Duration,
+    },
+    Removed,
+    Failed(ApplyError),
+}
+
+impl Reconciler {
+    /// A reconciler with an empty state.
+    pub fn new(
+        config: &AgentConfig,
+        renderer: Arc<dyn RulesetSource>,
+        applier: Arc<dyn Applier>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            state: State::new(),
+            renderer,
+            applier,
+            metrics,
+            node: config.node.clone(),
+            backoff_policy: config.backoff,
+            parallelism: config.parallelism.max(1),
+            complete: false,
+            compiled_generation: None,
+            desired: BTreeMap::new(),
+            actual: BTreeMap::new(),
+            kernel: BTreeMap::new(),
+            drifted: BTreeSet::new(),
+            backoff: BTreeMap::new(),
+            synced: false,
+        }
+    }
+
+    /// Takes a source scan: reports its problems and feeds its events to the state.
+    /// This is the one place the state index is fed.
+    pub fn handle_scan(&mut self, scan: Scan) {
+        for d in &scan.diagnostics {
+            let (file, line, column) = (d.file.as_deref(), d.line, d.column);
+            match d.severity {
+                Severity::Error => {
+                    tracing::error!(file, line, column, diagnostic = %d, "invalid manifest")
+                }
+                Severity::Warning => {
+                    tracing::warn!(file, line, column, diagnostic = %d, "manifest warning")
+                }
+            }
+        }
+        for f in &scan.invalid_files {
+            self.metrics.manifest_errors.inc();
+            tracing::error!(file = %f.display(), "manifest file invalid: keeping its last good objects");
+        }
+        for p in &scan.problems {
+            tracing::warn!(error = %p, "manifest source problem: keeping the last known state");
+        }
+        for e in scan.events {
+            self.state.handle(e);
+        }
+        if self.complete != scan.complete && !scan.complete {
+            tracing::error!(
+                "a manifest file has never been valid: not compiling until it is (fail closed)"
+            );
+        }
+        self.complete = scan.complete;
+    }
+
+    /// The state index.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// The last good desired rulesets.
+    pub fn desired(&self) -> &BTreeMap<PodKey, Desired> {
+        &self.desired
+    }
+
+    /// What the agent knows the kernel holds.
+    pub fn actual(&self) -> &BTreeMap<PodKey, Actual> {
+        &self.actual
+    }
+
+    /// True once a complete sync has been applied (sticky).
+    pub fn synced(&self) -> bool {
+        self.synced
+    }
+
+    /// Compiles the state into desired rulesets if it changed since the last compile.
+    /// On any error the last good rulesets stay (whole compile, or per Pod render).
+    /// Returns whether the desired rulesets were recomputed.
+    pub fn compile(&mut self) -> bool {
+        if !self.complete || self.compiled_generation == Some(self.state.generation()) {
+            return false;
+        }
+        self.compiled_generation = Some(self.state.generation());
+        let inputs = self.state.inputs();
+        let (model, diags) = Model::build(&inputs);
+        let errors: Vec<_> = diags.iter().filter(|d| d.is_error()).collect();
+        if !errors.is_empty() {
+            self.metrics.compile_errors.inc();
+            for d in errors {
+                tracing::error!(file = d.file.as_deref(), line = d.line, column = d.column, diagnostic = %d, "compile error");
+            }
+            tracing::error!("compilation refused: keeping the last good rulesets");
+            return false;
+        }
+        let graph = AllowGraph::build(&model);
+        let mut desired = BTreeMap::new();
+        for (pod, netns) in self.state.local_pods(self.node.as_deref()) {
+            let Some(id) = model.endpoint_by_key(&pod.to_string()) else {
+                // Finished Pods are not endpoints: nothing to enforce.
+                continue;
+            };
+            if model.endpoint(id).host_network {
+                tracing::warn!(namespace = %pod.namespace, pod = %pod.name, netns, "hostNetwork Pod has a netns mapping: not enforced (it shares the node's network)");
+                continue;
+            }
+            match self.renderer.render(&model, &graph, id) {
+                Ok(text) => {
+                    desired.insert(pod, Desired::new(netns, text));
+                }
+                Err(e) => {
+                    self.metrics.compile_errors.inc();
+                    tracing::error!(namespace = %pod.namespace, pod = %pod.name, error = %e, "render failed: keeping the last good ruleset");
+                    if let Some(last) = self.desired.get(&pod) {
+                        desired.insert(pod, last.clone());
+                    }
+                }
+            }
+        }
+        self.desired = desired;
+        true
+    }
+
+    /// Compares every applied table with the kernel; a changed or missing table is
+    /// drift (tampering): warned, and re-applied by the next [`sync`](Self::sync).
+    /// Returns the drifted Pods.
+    pub fn verify(&mut self) -> Vec<PodKey> {
+        let targets: Vec<(PodKey, String, Option<Checksum>)> = self
+            .actual
+            .iter()
+            .filter(|(_, a)| a.checksum.is_some())
+            .map(|(p, a)| (p.clone(), a.netns.clone(), self.kernel.get(p).copied()))
+            .collect();
+        let applier = self.applier.clone();
+        let results = parallel(self.parallelism, targets, |(pod, netns, want)| {
+            let got = applier
+                .list(&pod, &netns)
+                .map(|l| l.map(|l| Checksum::of(&normalise_listing(&l))));
+            (pod, netns, want, got)
+        });
+        let mut drifted = Vec::new();
+        for (pod, netns, want, got) in results {
+            match (got, want) {
+                (Ok(Some(c)), Some(want)) if c == want => {}
+                (Ok(Some(c)), None) => {
+                    // The listing after the apply failed; take the baseline now.
+                    self.kernel.insert(pod, c);
+                }
+                (Ok(got), _) => {
+                    tracing::warn!(
+                        namespace = %pod.namespace, pod = %pod.name, netns,
+                        found = if got.is_some() { "changed table" } else { "no table" },
+                        "ruleset drift (tampering?): re-applying"
+                    );
+                    if let Some(a) = self.actual.get_mut(&pod) {
+                        a.checksum = None;
+                    }
+                    self.kernel.remove(&pod);
+                    self.backoff.remove(&pod);
+                    self.drifted.insert(pod.clone());
+                    drifted.push(pod);
+                }
+                (Err(e), _) => {
+                    tracing::warn!(namespace = %pod.namespace, pod = %pod.name, error = %e, "cannot verify ruleset");
+                }
+            }
+        }
+        self.update_gauge();
+        drifted
+    }
+
+    /// Plans and carries out what makes the kernel equal to the desired rulesets.
+    /// Operations whose backoff has not expired at `now` wait.
+    pub fn sync(&mut self, now: Instant) -> SyncReport {
+        let mut report = SyncReport::default();
+        let mut todo = Vec::new();
+        for op in plan(&self.desired, &self.actual) {
+            match &op {
+                Op::Keep { .. } => {}
+                _ => match self.backoff.get(op.pod()) {
+                    Some(b) if !b.ready(now) => {
+                        report.deferred.push(op.pod().clone());
+                        report.retry_at = earliest(report.retry_at, b.next);
+                    }
+                    _ => todo.push(op),
+                },
+            }
+        }
+        let applier = self.applier.clone();
+        let results = parallel(self.parallelism, todo, |op| {
+            let outcome = execute(applier.as_ref(), &op);
+            (op, outcome)
+        });
+        for (op, outcome) in results {
+            let pod = op.pod().clone();
+            match (op, outcome) {
+                (
+                    Op::Apply {
+                        netns, checksum, ..
+                    },
+                    Outcome::Applied { listing, took },
+                ) => {
+                    self.metrics.applies.inc();
+                    self.metrics.observe_apply(took);
+                    if self.drifted.remove(&pod) {
+                        self.metrics.drift_repairs.inc();
+                    }
+                    tracing::info!(
+                        namespace = %pod.namespace, pod = %pod.name, netns,
+                        checksum = %checksum.short(), took_ms = took.as_secs_f64() * 1e3,
+                        "ruleset applied"
+                    );
+                    self.actual.insert(
+                        pod.clone(),
+                        Actual {
+                            netns,
+                            checksum: Some(checksum),
+                        },
+                    );
+                    match listing {
+                        Some(l) => {
+                            self.kernel.insert(pod.clone(), l);
+                        }
+                        None => {
+                            self.kernel.remove(&pod);
+                        }
+                    }
+                    self.backoff.remove(&pod);
+                    report.applied.push(pod);
+                }
+                (Op::Remove { netns, .. }, Outcome::Removed) => {
+                    self.metrics.removes.inc();
+                    tracing::info!(namespace = %pod.namespace, pod = %pod.name, netns, "ruleset removed (Pod gone)");
+                    if self.actual.get(&pod).is_some_and(|a| a.netns == netns) {
+                        self.actual.remove(&pod);
+                        self.kernel.remove(&pod);
+                    }
+                    self.drifted.remove(&pod);
+                    self.backoff.remove(&pod);
+                    report.removed.push(pod);
+                }
+                (op, Outcome::Failed(e)) => {
+                    let what = if matches!(op, Op::Apply { .. }) {
+                        self.metrics.apply_errors.inc();
+                        "apply"
+                    } else {
+                        "remove"
+                    };
+                    let b = self
+                        .backoff_policy
+                        .fail(self.backoff.get(&pod).copied(), now);
+                    tracing::error!(
+                        namespace = %pod.namespace, pod = %pod.name, op = what,
+                        error = %ErrorChain(&e), failures = b.failures,
+                        retry_in_ms = (b.next - now).as_millis() as u64,
+                        "ruleset {what} failed: the kernel keeps the last good table"
+                    );
+                    self.backoff.insert(pod.clone(), b);
+                    report.retry_at = earliest(report.retry_at, b.next);
+                    report.failed.push(pod);
+                }
+                // `execute` maps Apply to Applied/Failed and Remove to Removed/Failed.
+                (_, _) => {}
+            }
+        }
+        // A Pod that is gone but whose namespace a desired Pod now uses was not removed
+        // (that Pod's apply replaced the table): forget it.
+        let in_use: BTreeSet<&str> = self.desired.values().map(|d| d.netns.as_str()).collect();
+        let desired = &self.desired;
+        self.actual
+            .retain(|p, a| desired.contains_key(p) || !in_use.contains(a.netns.as_str()));
+        let actual = &self.actual;
+        self.kernel.retain(|p, _| actual.contains_key(p));
+        // Forget backoff of Pods that are neither desired nor known any more.
+        self.backoff
+            .retain(|p, _| self.desired.contains_key(p) || self.actual.contains_key(p));
+        self.update_gauge();
+        if !self.synced
+            && self.compiled_generation.is_some()
+            && self.desired.iter().all(|(p, d)| {
+                self.actual
+                    .get(p)
+                    .is_some_and(|a| a.checksum == Some(d.checksum))
+            })
+        {
+            self.synced = true;
+            tracing::info!(pods = self.desired.len(), "first full sync applied");
+        }
+        report
+    }
+
+    fn update_gauge(&self) {
+        let enforced = self
+            .desired
+            .iter()
+            .filter(|(p, d)| {
+                self.actual
+                    .get(*p)
+                    .is_some_and(|a| a.netns == d.netns && a.checksum == Some(d.checksum))
+            })
+            .count();
+        self.metrics
+            .pods_enforced
+            .set(i64::try_from(enforced).unwrap_or(i64::MAX));
+    }
+}
+
+fn earliest(a: Option<Instant>, b: Instant) -> Option<Instant> {
+    Some(a.map_or(b, |a| a.min(b)))
+}
+
+/// Displays an error with its sources (`a: b: c`).
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut src = self.0.source();
+        while let Some(s) = src {
+            write!(f, ": {s}")?;
+            src = s.source();
+        }
+        Ok(())
+    }
+}
+
+fn execute(applier: &dyn Applier, op: &Op) -> Outcome {
+    match op {
+        Op::Apply {
+            pod, netns, text, ..
+        } => {
+            let start = Instant::now();
+            match applier.apply(pod, netns, text) {
+                Ok(()) => {
+                    let took = start.elapsed();
+                    // What the kernel holds right after the apply is what verify expects.
+                    let listing = match applier.list(pod, netns) {
+                        Ok(l) => l.map(|l| Checksum::of(&normalise_listing(&l))),
+                        Err(e) => {
+                            tracing::warn!(namespace = %pod.namespace, pod = %pod.name, error = %e, "cannot list the applied table; it will be verified later");
+                            None
+                        }
+                    };
+                    Outcome::Applied { listing, took }
+                }
+                Err(e) => Outcome::Failed(e),
+            }
+        }
+        Op::Remove { pod, netns } => match applier.remove(pod, netns) {
+            Ok(()) => Outcome::Removed,
+            Err(e) => Outcome::Failed(e),
+        },
+        // `sync` never executes Keep.
+        Op::Keep { .. } => Outcome::Removed,
+    }
+}
+
+/// Runs `f` over `items` on up to `workers` plain threads; results in input order.
+fn parallel<I, O, F>(workers: usize, items: Vec<I>, f: F) -> Vec<O>
+where
+    I: Send,
+    O: Send,
+    F: Fn(I) -> O + Sync,
+{
+    if items.len() <= 1 || workers <= 1 {
+        return items.into_iter().map(f).collect();
+    }
+    let n = items.len();
+    let queue = std::sync::Mutex::new(items.into_iter().enumerate());
+    let results = std::sync::Mutex::new(Vec::with_capacity(n));
+    std::thread::scope(|s| {
+        for _ in 0..workers.min(n) {
+            s.spawn(|| {
+                loop {
+                    // The lock is only held to take the next item; a panic in `f` happens
+                    // outside it and propagates when the scope joins.
+                    let next = queue
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .next();
+                    let Some((i, item)) = next else { break };
+                    let out = f(item);
+                    results
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push((i, out));
+                }
+            });
+        }
+    });
+    let mut results = results
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    results.sort_by_key(|(i, _)| *i);
+    results.into_iter().map(|(_, o)| o).collect()
+}
+
+/// Errors starting the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The HTTP listener could not be bound.
+    #[error("cannot listen on {addr}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The IO error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A reconcile pass panicked; the agent stopped (the kernel keeps its tables).
+    #[error("reconcile pass panicked")]
+    Panicked,
+}
+
+/// The running agent.
+pub struct Agent {
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    local_addr: Option<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<Result<(), AgentError>>,
+    http: Option<JoinHandle<()>>,
+}
+
+impl Agent {
+    /// Starts the agent on the current tokio runtime: the manifest watch, the reconcile
+    /// loop and (with `config.listen`) the HTTP server.
+    pub async fn start(
+        config: AgentConfig,
+        manifests: ManifestDir,
+        renderer: Arc<dyn RulesetSource>,
+        applier: Arc<dyn Applier>,
+    ) -> Result<Agent, AgentError> {
+        let metrics = Arc::new(Metrics::new());
+        let health = Arc::new(Health::default());
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (local_addr, http) = match config.listen {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| AgentError::Listen { addr, source })?;
+                let local = listener
+                    .local_addr()
+                    .map_err(|source| AgentError::Listen { addr, source })?;
+                tracing::info!(addr = %local, "serving /metrics, /healthz, /readyz");
+                let task = tokio::spawn(http::serve(
+                    listener,
+                    metrics.clone(),
+                    health.clone(),
+                    shutdown_rx.clone(),
+                ));
+                (Some(local), Some(task))
+            }
+            None => (None, None),
+        };
+        let reconciler = Reconciler::new(&config, renderer, applier, metrics.clone());
+        let scans = manifests::watch(manifests, config.watch);
+        let task = tokio::spawn(run(
+            reconciler,
+            scans,
+            config.verify_interval,
+            health.clone(),
+            metrics.clone(),
+            shutdown_rx,
+        ));
+        health.running.store(true, Ordering::SeqCst);
+        Ok(Agent {
+            metrics,
+            health,
+            local_addr,
+            shutdown,
+            task,
+            http,
+        })
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// True once the first full sync has been applied.
+    pub fn ready(&self) -> bool {
+        self.health.ready.load(Ordering::SeqCst)
+    }
+
+    /// Address the HTTP server listens on.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    /// Waits until the agent stops by itself (an error) — normally never.
+    pub async fn wait(&mut self) -> Result<(), AgentError> {
+        (&mut self.task).await.unwrap_or(Err(AgentError::Panicked))
+    }
+
+    /// Stops the agent; the kernel keeps the tables (Pods stay enforced).
+    pub async fn stop(self) -> Result<(), AgentError> {
+        let _ = self.shutdown.send(true);
+        let result = self.task.await.unwrap_or(Err(AgentError::Panicked));
+        if let Some(http) = self.http {
+            let _ = http.await;
+        }
+        self.health.running.store(false, Ordering::SeqCst);
+        result
+    }
+}
+
+async fn run(
+    mut reconciler: Reconciler,
+    mut scans: tokio::sync::mpsc::Receiver<Scan>,
+    verify_interval: Duration,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
+    let mut verify = tokio::time::interval(verify_interval);
+    verify.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    verify.tick().await; // the first tick is immediate; nothing to verify yet
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    let mut source_open = true;
+    loop {
+        let mut do_verify = false;
+        tokio::select! {
+            _ = shutdown.changed() => return Ok(()),
+            scan = scans.recv(), if source_open => match scan {
+                Some(scan) => reconciler.handle_scan(scan),
+                None => {
+                    tracing::error!("manifest watch ended: keeping the last known state");
+                    source_open = false;
+                }
+            },
+            _ = verify.tick() => do_verify = true,
+            () = sleep_until(retry_at) => {}
+        }
+        let pass = tokio::task::spawn_blocking(move || {
+            let start = Instant::now();
+            reconciler.compile();
+            if do_verify {
+                reconciler.verify();
+            }
+            let report = reconciler.sync(Instant::now());
+            (reconciler, report, start.elapsed())
+        });
+        let Ok((back, report, took)) = pass.await else {
+            return Err(AgentError::Panicked);
+        };
+        reconciler = back;
+        if !report.applied.is_empty() || !report.removed.is_empty() || !report.failed.is_empty() {
+            metrics.reconcile_seconds.observe(took.as_secs_f64());
+            tracing::info!(
+                applied = report.applied.len(),
+                removed = report.removed.len(),
+                failed = report.failed.len(),
+                took_ms = took.as_secs_f64() * 1e3,
+                "reconciled"
+            );
+        }
+        retry_at = report.retry_at.map(tokio::time::Instant::from_std);
+        if reconciler.synced() {
+            health.ready.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::applier::{Recorded, RecordingApplier};
+    use crate::manifests::ManifestDir;
+
+    /// Renders the isolation and the labels of the Pod: enough to see changes.
+    struct FakeRenderer {
+        fail: std::sync::Mutex<BTreeSet<String>>,
+    }
+
+    impl RulesetSource for FakeRenderer {
+        fn render(
+            &self,
+            model: &Model,
+            graph: &AllowGraph,
+            pod: EndpointId,
+        ) -> Result<String, RenderError> {
+            let ep = model.endpoint(pod);
+            if self.fail.lock().unwrap().contains(&ep.key()) {
+                return Err(RenderError {
+                    message: "injected".into(),
+                });
+            }
+            let iso = graph.isolation(pod);
+            Ok(format!(
+                "table inet netpol {{ # {} ingress {:?} egress {:?} rules {} }}",
+                ep.key(),
+                iso.ingress,
+                iso.egress,
+                graph.edges(pod, policy_compiler::Direction::Ingress).len()
+            ))
+        }
+    }
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        src: ManifestDir,
+        fake: Arc<RecordingApplier>,
+        renderer: Arc<FakeRenderer>,
+        rec: Reconciler,
+        metrics: Arc<Metrics>,
+    }
+
+    const PODS: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x, labels: {app: a}, annotations: {netpol.io/netns: ns-a}}\nspec: {containers: [{name: c}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: x, labels: {app: b}, annotations: {netpol.io/netns: ns-b}}\nspec: {containers: [{name: c}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: remote, namespace: x}\nspec: {containers: [{name: c}]}\n";
+    const DENY_A: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec: {podSelector: {matchLabels: {app: a}}}\n";
+    const ALLOW_A: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: a}}\n  ingress: [{from: [{podSelector: {}}]}]\n";
+
+    impl Fixture {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("pods.yaml"), PODS).unwrap();
+            std::fs::write(dir.path().join("pol.yaml"), DENY_A).unwrap();
+            let src = ManifestDir::new(dir.path(), None);
+            let fake = Arc::new(RecordingApplier::new());
+            let renderer = Arc::new(FakeRenderer {
+                fail: Default::default(),
+            });
+            let metrics = Arc::new(Metrics::new());
+            let config = AgentConfig {
+                backoff: BackoffPolicy {
+                    base: Duration::from_secs(1),
+                    max: Duration::from_secs(8),
+                },
+                ..AgentConfig::default()
+            };
+            let rec = Reconciler::new(&config, renderer.clone(), fake.clone(), metrics.clone());
+            Self {
+                dir,
+                src,
+                fake,
+                renderer,
+                rec,
+                metrics,
+            }
+        }
+
+        fn write(&self, file: &str, text: &str) {
+            std::fs::write(self.dir.path().join(file), text).unwrap();
+        }
+
+        /// One pass as the agent does it.
+        fn pass(&mut self, now: Instant) -> SyncReport {
+            let scan = self.src.scan();
+            self.rec.handle_scan(scan);
+            self.rec.compile();
+            self.rec.sync(now)
+        }
+    }
+
+    fn key(n: &str) -> PodKey {
+        PodKey::new("x", n)
+    }
+
+    #[test]
+    fn first_pass_applies_local_pods_then_only_changes() {
+        let mut f = Fixture::new();
+        let t0 = Instant::now();
+        let r = f.pass(t0);
+        assert_eq!(r.applied, [key("a"), key("b")], "remote has no netns");
+        assert!(f.rec.synced());
+        assert_eq!(f.metrics.pods_enforced.get(), 2);
+        let a_before = f.fake.table("ns-a").unwrap();
+        assert!(a_before.contains("ingress [PolicyId(0)]"), "{a_before}");
+
+        // Nothing changed: nothing applied.
+        assert_eq!(f.pass(t0), SyncReport::default());
+        // A policy change reaching only a: only a is re-applied.
+        f.write("pol.yaml", ALLOW_A);
+        f.fake.clear_calls();
+        let r = f.pass(t0);
+        assert_eq!(r.applied, [key("a")]);
+        assert_eq!(f.fake.applies(&key("b")), 0);
+        assert_ne!(f.fake.table("ns-a").unwrap(), a_before);
+        assert_eq!(f.metrics.applies.get(), 3);
+    }
+
+    #[test]
+    fn invalid_manifest_changes_nothing() {
+        let mut f = Fixture::new();
+        let t0 = Instant::now();
+        f.pass(t0);
+        let before = f.fake.table("ns-a");
+        f.fake.clear_calls();
+        f.write(
+            "pol.yaml",
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec: {podSelector: {matchLabels: {app: '-bad-'}}}\n",
+        );
+        assert_eq!(f.pass(t0), SyncReport::default());
+        assert!(f.fake.calls().is_empty());
+        assert_eq!(f.fake.table("ns-a"), before);
+        assert_eq!(f.metrics.manifest_errors.get(), 1);
+        // Deleting the policy file is a valid change: a is opened on purpose.
+        std::fs::remove_file(f.dir.path().join("pol.yaml")).unwrap();
+        assert_eq!(f.pass(t0).applied, [key("a")]);
+    }
+
+    #[test]
+    fn never_valid_manifests_touch_nothing_at_start() {
+        let mut f = Fixture::new();
+        f.write("pol.yaml", "kind: [\n");
+        let r = f.pass(Instant::now());
+        assert_eq!(r, SyncReport::default());
+        assert!(f.fake.calls().is_empty());
+        assert!(!f.rec.synced(), "not ready");
+        f.write("pol.yaml", DENY_A);
+        assert_eq!(f.pass(Instant::now()).applied.len(), 2);
+        assert!(f.rec.synced());
+    }
+
+    #[test]
+    fn deleted_pod_table_is_removed() {
+        let mut f = Fixture::new();
+        f.pass(Instant::now());
+        f.write("pods.yaml", &PODS.replace("name: b,", "name: b2,"));
+        let r = f.pass(Instant::now());
+        assert!(r.removed.is_empty(), "b2 reuses ns-b: {r:?}");
+        assert_eq!(r.applied, [key("b2")]);
+        assert!(
+            !f.fake
+                .calls()
+                .iter()
+                .any(|c| matches!(c, Recorded::Remove { .. }))
+        );
+        assert!(f.rec.actual().get(&key("b")).is_none(), "b forgotten");
+        // Without reuse: removed.
+        f.write(
+            "pods.yaml",
+            &PODS
+                .replace("name: b,", "name: b3,")
+                .replace("ns-b", "ns-c"),
+        );
+        let r = f.pass(Instant::now());
+        assert_eq!(r.removed, [key("b2")]);
+        assert!(f.fake.table("ns-b").is_none());
+        assert_eq!(f.metrics.removes.get(), 1);
+    }
+
+    #[test]
+    fn failed_apply_keeps_last_good_and_backs_off() {
+        let mut f = Fixture::new();
+        let t0 = Instant::now();
+        f.pass(t0);
+        let good = f.fake.table("ns-a");
+        f.fake.set_failing(&key("a"), true);
+        f.write("pol.yaml", ALLOW_A);
+        let r = f.pass(t0);
+        assert_eq!(r.failed, [key("a")]);
+        assert_eq!(r.retry_at, Some(t0 + Duration::from_secs(1)));
+        assert_eq!(f.fake.table("ns-a"), good, "last good stays");
+        assert_eq!(f.metrics.apply_errors.get(), 1);
+        assert_eq!(f.metrics.pods_enforced.get(), 1);
+        // Before the backoff expires: deferred, not attempted.
+        f.fake.clear_calls();
+        let r = f.rec.sync(t0 + Duration::from_millis(500));
+        assert_eq!(r.deferred, [key("a")]);
+        assert!(f.fake.calls().is_empty());
+        // Second failure doubles the delay.
+        let t1 = t0 + Duration::from_secs(1);
+        let r = f.rec.sync(t1);
+        assert_eq!(r.retry_at, Some(t1 + Duration::from_secs(2)));
+        // Recovery.
+        f.fake.set_failing(&key("a"), false);
+        let r = f.rec.sync(t1 + Duration::from_secs(2));
+        assert_eq!(r.applied, [key("a")]);
+        assert_ne!(f.fake.table("ns-a"), good);
+        assert_eq!(f.metrics.pods_enforced.get(), 2);
+    }
+
+    #[test]
+    fn render_failure_keeps_last_good_ruleset_of_that_pod() {
+        let mut f = Fixture::new();
+        f.pass(Instant::now());
+        f.renderer.fail.lock().unwrap().insert("x/a".into());
+        f.write("pol.yaml", ALLOW_A);
+        let r = f.pass(Instant::now());
+        assert!(r.applied.is_empty(), "{r:?}");
+        assert_eq!(f.metrics.compile_errors.get(), 1);
+        assert!(f.rec.desired().contains_key(&key("a")));
+    }
+
+    #[test]
+    fn drift_is_detected_repaired_and_counted() {
+        let mut f = Fixture::new();
+        f.pass(Instant::now());
+        assert!(f.rec.verify().is_empty());
+        f.fake.tamper("ns-a", Some("table inet netpol { }"));
+        f.fake.tamper("ns-b", None);
+        assert_eq!(f.rec.verify(), [key("a"), key("b")]);
+        assert_eq!(f.metrics.pods_enforced.get(), 0);
+        let r = f.rec.sync(Instant::now());
+        assert_eq!(r.applied, [key("a"), key("b")]);
+        assert_eq!(f.metrics.drift_repairs.get(), 2);
+        assert!(f.rec.verify().is_empty());
+    }
+
+    #[test]
+    fn node_filter_selects_local_pods() {
+        let mut f = Fixture::new();
+        let pods = PODS
+            .replacen("spec: {containers", "spec: {nodeName: n1, containers", 1)
+            .replacen("spec: {containers", "spec: {nodeName: n2, containers", 1);
+        f.write("pods.yaml", &pods);
+        let config = AgentConfig {
+            node: Some("n1".into()),
+            ..AgentConfig::default()
+        };
+        f.rec = Reconciler::new(
+            &config,
+            f.renderer.clone(),
+            f.fake.clone(),
+            f.metrics.clone(),
+        );
+        let r = f.pass(Instant::now());
+        assert_eq!(r.applied, [key("a")]);
+    }
+
+    #[test]
+    fn parallel_keeps_order() {
+        let out = parallel(4, (0..100).collect(), |i: i32| i * 2);
+        assert_eq!(out, (0..100).map(|i| i * 2).collect::<Vec<_>>());
+    }
+}

@@ -1,0 +1,323 @@
+//! Appliers: what carries out a plan's operations.
+//!
+//! [`Applier`] is the boundary between planning and the kernel. [`NftApplier`] runs `nft`
+//! inside the Pod's namespace (a child process started with `ip netns exec`, so no thread
+//! of the agent ever changes namespace); [`RecordingApplier`] is the fake for unit tests:
+//! it records every call, keeps a table per namespace in memory, and fails on demand.
+//!
+//! Methods block (they wait for `nft`): call them from a blocking context
+//! (`tokio::task::spawn_blocking`, a plain thread), never on an async worker.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+
+use crate::netns;
+use crate::nft::{self, NftError};
+use crate::state::PodKey;
+
+/// The table every Pod ruleset lives in.
+pub const TABLE: &str = "netpol";
+
+/// Errors of an [`Applier`]; each names the Pod or namespace.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// nft refused the ruleset or could not run; the kernel is unchanged (nft
+    /// transactions are atomic).
+    #[error("pod {pod}: {op} failed")]
+    Nft {
+        /// The Pod.
+        pod: PodKey,
+        /// `apply`, `remove` or `list`.
+        op: &'static str,
+        /// The nft error (includes the namespace and nft's stderr).
+        #[source]
+        source: Box<NftError>,
+    },
+    /// The namespace does not exist (yet).
+    #[error("pod {pod}: netns {netns} does not exist")]
+    NoNetns {
+        /// The Pod.
+        pod: PodKey,
+        /// The namespace.
+        netns: String,
+    },
+    /// A failure injected by [`RecordingApplier`].
+    #[error("pod {pod}: injected failure of {op}")]
+    Injected {
+        /// The Pod.
+        pod: PodKey,
+        /// The operation.
+        op: &'static str,
+    },
+}
+
+/// Carries out operations on Pod namespaces. Implementations must be atomic per call:
+/// a failed `apply` leaves the previous table in place.
+pub trait Applier: Send + Sync {
+    /// Loads `ruleset` (which replaces `table inet netpol`) into `netns` in one
+    /// transaction.
+    fn apply(&self, pod: &PodKey, netns: &str, ruleset: &str) -> Result<(), ApplyError>;
+
+    /// Deletes `table inet netpol` from `netns`; succeeds if the table or the namespace
+    /// is already gone.
+    fn remove(&self, pod: &PodKey, netns: &str) -> Result<(), ApplyError>;
+
+    /// The kernel's listing of `table inet netpol` in `netns`, `None` when there is no
+    /// such table.
+    fn list(&self, pod: &PodKey, netns: &str) -> Result<Option<String>, ApplyError>;
+}
+
+/// The real applier: `nft` in the Pod's namespace.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NftApplier;
+
+fn no_such_table(err: &NftError) -> bool {
+    matches!(err, NftError::Rejected { stderr, .. } if stderr.contains("No such file or directory"))
+}
+
+fn run_nft(netns: &str, args: &[&str]) -> Result<String, NftError> {
+    let out = netns::exec(netns, "nft", args, None).map_err(|source| NftError::Run {
+        netns: netns.to_owned(),
+        source,
+    })?;
+    if out.success {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(NftError::Rejected {
+            netns: netns.to_owned(),
+            stderr: out.stderr,
+        })
+    }
+}
+
+impl Applier for NftApplier {
+    fn apply(&self, pod: &PodKey, netns: &str, ruleset: &str) -> Result<(), ApplyError> {
+        if !netns::exists(netns) {
+            return Err(ApplyError::NoNetns {
+                pod: pod.clone(),
+                netns: netns.to_owned(),
+            });
+        }
+        nft::apply(netns, ruleset).map_err(|source| ApplyError::Nft {
+            pod: pod.clone(),
+            op: "apply",
+            source: Box::new(source),
+        })
+    }
+
+    fn remove(&self, pod: &PodKey, netns: &str) -> Result<(), ApplyError> {
+        if !netns::exists(netns) {
+            return Ok(());
+        }
+        match run_nft(netns, &["delete", "table", "inet", TABLE]) {
+            Ok(_) => Ok(()),
+            Err(e) if no_such_table(&e) => Ok(()),
+            Err(source) => Err(ApplyError::Nft {
+                pod: pod.clone(),
+                op: "remove",
+                source: Box::new(source),
+            }),
+        }
+    }
+
+    fn list(&self, pod: &PodKey, netns: &str) -> Result<Option<String>, ApplyError> {
+        if !netns::exists(netns) {
+            return Err(ApplyError::NoNetns {
+                pod: pod.clone(),
+                netns: netns.to_owned(),
+            });
+        }
+        match run_nft(netns, &["list", "table", "inet", TABLE]) {
+            Ok(text) => Ok(Some(text)),
+            Err(e) if no_such_table(&e) => Ok(None),
+            Err(source) => Err(ApplyError::Nft {
+                pod: pod.clone(),
+                op: "list",
+                source: Box::new(source),
+            }),
+        }
+    }
+}
+
+/// One call seen by [`RecordingApplier`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// `apply(pod, netns, ruleset)`.
+    Apply {
+        /// The Pod.
+        pod: PodKey,
+        /// The namespace.
+        netns: String,
+        /// The ruleset text.
+        ruleset: String,
+    },
+    /// `remove(pod, netns)`.
+    Remove {
+        /// The Pod.
+        pod: PodKey,
+        /// The namespace.
+        netns: String,
+    },
+}
+
+#[derive(Debug, Default)]
+struct Recording {
+    calls: Vec<Recorded>,
+    tables: BTreeMap<String, String>,
+    failing: BTreeSet<PodKey>,
+    fail_all: bool,
+}
+
+/// A fake applier: records calls, keeps one table text per namespace (the listing is
+/// the applied text itself), and fails for chosen Pods.
+#[derive(Debug, Default)]
+pub struct RecordingApplier {
+    inner: Mutex<Recording>,
+}
+
+impl RecordingApplier {
+    /// A fake with no tables.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Recording> {
+        // A panic while holding the lock can only come from a test assertion; the data
+        // is still consistent (every update is a single insert or push).
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Every call so far, in order.
+    pub fn calls(&self) -> Vec<Recorded> {
+        self.lock().calls.clone()
+    }
+
+    /// Forgets the recorded calls (tables stay).
+    pub fn clear_calls(&self) {
+        self.lock().calls.clear();
+    }
+
+    /// Number of `apply` calls for `pod` (failed ones included).
+    pub fn applies(&self, pod: &PodKey) -> usize {
+        self.lock()
+            .calls
+            .iter()
+            .filter(|c| matches!(c, Recorded::Apply { pod: p, .. } if p == pod))
+            .count()
+    }
+
+    /// Makes every operation on `pod` fail (`true`) or succeed again (`false`).
+    pub fn set_failing(&self, pod: &PodKey, failing: bool) {
+        let mut r = self.lock();
+        if failing {
+            r.failing.insert(pod.clone());
+        } else {
+            r.failing.remove(pod);
+        }
+    }
+
+    /// Makes every operation fail (`true`) or not (`false`).
+    pub fn set_fail_all(&self, fail: bool) {
+        self.lock().fail_all = fail;
+    }
+
+    /// The table text the fake "kernel" holds in `netns`.
+    pub fn table(&self, netns: &str) -> Option<String> {
+        self.lock().tables.get(netns).cloned()
+    }
+
+    /// Replaces (or with `None` deletes) the table of `netns` behind the agent's back.
+    pub fn tamper(&self, netns: &str, table: Option<&str>) {
+        let mut r = self.lock();
+        match table {
+            Some(t) => r.tables.insert(netns.to_owned(), t.to_owned()),
+            None => r.tables.remove(netns),
+        };
+    }
+
+    fn check(r: &Recording, pod: &PodKey, op: &'static str) -> Result<(), ApplyError> {
+        if r.fail_all || r.failing.contains(pod) {
+            Err(ApplyError::Injected {
+                pod: pod.clone(),
+                op,
+            })
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Applier for RecordingApplier {
+    fn apply(&self, pod: &PodKey, netns: &str, ruleset: &str) -> Result<(), ApplyError> {
+        let mut r = self.lock();
+        r.calls.push(Recorded::Apply {
+            pod: pod.clone(),
+            netns: netns.to_owned(),
+            ruleset: ruleset.to_owned(),
+        });
+        Self::check(&r, pod, "apply")?;
+        r.tables.insert(netns.to_owned(), ruleset.to_owned());
+        Ok(())
+    }
+
+    fn remove(&self, pod: &PodKey, netns: &str) -> Result<(), ApplyError> {
+        let mut r = self.lock();
+        r.calls.push(Recorded::Remove {
+            pod: pod.clone(),
+            netns: netns.to_owned(),
+        });
+        Self::check(&r, pod, "remove")?;
+        r.tables.remove(netns);
+        Ok(())
+    }
+
+    fn list(&self, pod: &PodKey, netns: &str) -> Result<Option<String>, ApplyError> {
+        let r = self.lock();
+        Self::check(&r, pod, "list")?;
+        Ok(r.tables.get(netns).cloned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fake_records_keeps_tables_and_fails_on_demand() {
+        let f = RecordingApplier::new();
+        let a = PodKey::new("x", "a");
+        f.apply(&a, "ns-a", "t1").unwrap();
+        assert_eq!(f.list(&a, "ns-a").unwrap().as_deref(), Some("t1"));
+        f.set_failing(&a, true);
+        assert!(matches!(
+            f.apply(&a, "ns-a", "t2"),
+            Err(ApplyError::Injected { .. })
+        ));
+        assert_eq!(
+            f.table("ns-a").as_deref(),
+            Some("t1"),
+            "failed apply is atomic"
+        );
+        f.set_failing(&a, false);
+        f.remove(&a, "ns-a").unwrap();
+        assert_eq!(f.list(&a, "ns-a").unwrap(), None);
+        assert_eq!(f.applies(&a), 2);
+        assert_eq!(f.calls().len(), 3);
+        f.tamper("ns-b", Some("x"));
+        assert_eq!(f.table("ns-b").as_deref(), Some("x"));
+        f.set_fail_all(true);
+        assert!(f.remove(&a, "ns-a").is_err());
+    }
+
+    #[test]
+    fn nft_applier_reports_missing_netns() {
+        let pod = PodKey::new("x", "a");
+        let err = NftApplier
+            .apply(&pod, "netpol-no-such-netns", "table inet netpol {}")
+            .unwrap_err();
+        assert!(matches!(err, ApplyError::NoNetns { .. }), "{err}");
+        assert!(NftApplier.remove(&pod, "netpol-no-such-netns").is_ok());
+    }
+}

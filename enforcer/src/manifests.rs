@@ -1,0 +1,641 @@
+//! The manifest-directory source: Kubernetes objects from files, watched for changes.
+//!
+//! [`ManifestDir::scan`] reads the directory (recursively: `*.yaml`, `*.yml`, `*.json`)
+//! and the optional netns mapping file, and returns the changes since the last scan as
+//! state [`Event`]s. Files are compared by content hash, so an unchanged file is never
+//! parsed again.
+//!
+//! **Fail closed.** A file that does not load, or whose objects the compiler rejects
+//! (any error [`Diagnostic`]), keeps contributing the objects of its last good version
+//! until it becomes valid again; the diagnostics are returned once per bad version. A file
+//! that has never been valid contributes nothing and makes the scan incomplete
+//! ([`Scan::complete`]): the agent does not compile an incomplete view, since a policy
+//! missing from it could open a Pod. An unreadable directory or file keeps the last
+//! known objects (source unreachable).
+//!
+//! [`watch`] runs scans on a tokio task: after filesystem notifications (inotify via
+//! `notify`), debounced, and every `rescan` interval as a safety net.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use policy_compiler::{Diagnostic, Model, Severity, SourceText, load};
+use tokio::sync::mpsc;
+
+use crate::netns;
+use crate::plan::Checksum;
+use crate::state::{Event, Object, ObjectKey, PodKey};
+
+/// Problems of the source other than invalid manifests (those are [`Diagnostic`]s).
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The directory (or a subdirectory) could not be listed; nothing changes.
+    #[error("cannot read directory {path}")]
+    ReadDir {
+        /// The directory.
+        path: PathBuf,
+        /// The IO error.
+        #[source]
+        source: io::Error,
+    },
+    /// A file could not be read; its last good objects stay.
+    #[error("cannot read {path}")]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// The IO error.
+        #[source]
+        source: io::Error,
+    },
+    /// A line of the netns mapping file is invalid; the last good mapping stays.
+    #[error("{path}:{line}: {message}")]
+    NetnsMap {
+        /// The mapping file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// Two files define the same object; the later file (in path order) wins.
+    #[error("{key} is defined in {first} and {second}; using {second}")]
+    Duplicate {
+        /// The object.
+        key: ObjectKey,
+        /// The earlier file.
+        first: String,
+        /// The later file.
+        second: String,
+    },
+}
+
+#[derive(Debug)]
+struct FileEntry {
+    hash: Checksum,
+    good: Option<Vec<Object>>,
+}
+
+#[derive(Debug, Default)]
+struct MapEntry {
+    hash: Option<Checksum>,
+    good: Option<BTreeMap<PodKey, String>>,
+}
+
+/// The result of one scan.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Changes for the state index (the first scan is one `Reset` and one `NetnsMap`).
+    pub events: Vec<Event>,
+    /// Diagnostics of files that changed in this scan (errors and warnings).
+    pub diagnostics: Vec<Diagnostic>,
+    /// Files that changed into an invalid version (their last good objects stay).
+    pub invalid_files: Vec<PathBuf>,
+    /// IO, mapping and duplicate problems.
+    pub problems: Vec<ManifestError>,
+    /// Every present file (and the mapping file) has a valid version, current or last
+    /// good: the objects are a complete view.
+    pub complete: bool,
+}
+
+impl Scan {
+    /// Whether the scan carries anything for the agent.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.diagnostics.is_empty() && self.problems.is_empty()
+    }
+}
+
+/// A directory of manifests plus an optional netns mapping file, and what was last read.
+#[derive(Debug)]
+pub struct ManifestDir {
+    root: PathBuf,
+    netns_map: Option<PathBuf>,
+    files: BTreeMap<PathBuf, FileEntry>,
+    map: MapEntry,
+    published: BTreeMap<ObjectKey, Object>,
+    started: bool,
+}
+
+fn is_manifest(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml" | "json")
+    )
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ManifestError> {
+    let err = |source| ManifestError::ReadDir {
+        path: dir.to_owned(),
+        source,
+    };
+    let mut entries = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(err)? {
+        entries.push(entry.map_err(err)?.path());
+    }
+    entries.sort();
+    for path in entries {
+        // Follows symlinks. Hidden directories are skipped: in a ConfigMap volume the
+        // files are symlinks into `..data`, which would otherwise be read twice.
+        if path.is_dir() {
+            if !path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'))
+            {
+                walk(&path, out)?;
+            }
+        } else if is_manifest(&path) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Parses a netns mapping file: lines `namespace/pod netns-name`, `#` comments.
+pub fn parse_netns_map(path: &Path, text: &str) -> Result<BTreeMap<PodKey, String>, ManifestError> {
+    let mut map = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let bad = |message: String| ManifestError::NetnsMap {
+            path: path.to_owned(),
+            line: i + 1,
+            message,
+        };
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [pod, netns] = fields[..] else {
+            return Err(bad(format!(
+                "expected `namespace/pod netns-name`, got {line:?}"
+            )));
+        };
+        let pod = PodKey::parse(pod).ok_or_else(|| bad(format!("invalid Pod {pod:?}")))?;
+        netns::validate_name(netns).map_err(|e| bad(e.to_string()))?;
+        if map.insert(pod.clone(), netns.to_owned()).is_some() {
+            return Err(bad(format!("{pod} is mapped twice")));
+        }
+    }
+    Ok(map)
+}
+
+impl ManifestDir {
+    /// A source reading `root` and, if given, the netns mapping file.
+    pub fn new(root: impl Into<PathBuf>, netns_map: Option<PathBuf>) -> Self {
+        Self {
+            root: root.into(),
+            netns_map,
+            files: BTreeMap::new(),
+            map: MapEntry::default(),
+            published: BTreeMap::new(),
+            started: false,
+        }
+    }
+
+    /// The directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The netns mapping file.
+    pub fn netns_map(&self) -> Option<&Path> {
+        self.netns_map.as_deref()
+    }
+
+    /// Reads what changed since the last scan (blocking file IO).
+    pub fn scan(&mut self) -> Scan {
+        let mut scan = Scan::default();
+        let mut paths = Vec::new();
+        match walk(&self.root, &mut paths) {
+            Ok(()) => {
+                self.files.retain(|p, _| paths.contains(p));
+                for path in paths {
+                    self.read_file(path, &mut scan);
+                }
+            }
+            Err(e) => scan.problems.push(e),
+        }
+        let map_changed = self.read_map(&mut scan);
+        scan.complete = self.files.values().all(|f| f.good.is_some())
+            && (self.netns_map.is_none() || self.map.good.is_some());
+
+        let current = self.union(&mut scan);
+        if !self.started {
+            self.started = true;
+            scan.events
+                .push(Event::Reset(current.values().cloned().collect()));
+            scan.events
+                .push(Event::NetnsMap(self.map.good.clone().unwrap_or_default()));
+        } else {
+            for (key, obj) in &current {
+                if self
+                    .published
+                    .get(key)
+                    .is_none_or(|old| !old.same_content(obj))
+                {
+                    scan.events.push(Event::Apply(Box::new(obj.clone())));
+                }
+            }
+            for key in self.published.keys() {
+                if !current.contains_key(key) {
+                    scan.events.push(Event::Delete(key.clone()));
+                }
+            }
+            if map_changed {
+                scan.events
+                    .push(Event::NetnsMap(self.map.good.clone().unwrap_or_default()));
+            }
+        }
+        self.published = current;
+        scan
+    }
+
+    fn read_file(&mut self, path: PathBuf, scan: &mut Scan) {
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            // Deleted between listing and reading: the next scan drops it.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+            Err(source) => {
+                scan.problems.push(ManifestError::ReadFile { path, source });
+                return;
+            }
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        let hash = Checksum::of(&text);
+        if self.files.get(&path).is_some_and(|f| f.hash == hash) {
+            return;
+        }
+        let name = path.display().to_string();
+        let (inputs, mut diags) = load(&[SourceText {
+            name: &name,
+            text: &text,
+        }]);
+        // Objects the compiler would reject make the file invalid too: a dropped
+        // policy must not open anything.
+        let (_, model_diags) = Model::build(&inputs);
+        diags.extend(model_diags);
+        let valid = !diags.iter().any(|d| d.severity == Severity::Error);
+        scan.diagnostics.extend(diags);
+        let good = if valid {
+            Some(Object::all(inputs))
+        } else {
+            scan.invalid_files.push(path.clone());
+            self.files.get_mut(&path).and_then(|f| f.good.take())
+        };
+        self.files.insert(path, FileEntry { hash, good });
+    }
+
+    /// Returns whether the good mapping changed.
+    fn read_map(&mut self, scan: &mut Scan) -> bool {
+        let Some(path) = &self.netns_map else {
+            return false;
+        };
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(source) => {
+                if self.map.hash.take().is_some() || self.map.good.is_none() {
+                    scan.problems.push(ManifestError::ReadFile {
+                        path: path.clone(),
+                        source,
+                    });
+                }
+                return false;
+            }
+        };
+        let hash = Checksum::of(&text);
+        if self.map.hash == Some(hash) {
+            return false;
+        }
+        self.map.hash = Some(hash);
+        match parse_netns_map(path, &text) {
+            Ok(map) => {
+                let changed = self.map.good.as_ref() != Some(&map);
+                self.map.good = Some(map);
+                changed
+            }
+            Err(e) => {
+                scan.problems.push(e);
+                false
+            }
+        }
+    }
+
+    fn union(&self, scan: &mut Scan) -> BTreeMap<ObjectKey, Object> {
+        let mut out: BTreeMap<ObjectKey, Object> = BTreeMap::new();
+        let mut from: BTreeMap<ObjectKey, &Path> = BTreeMap::new();
+        for (path, entry) in &self.files {
+            for obj in entry.good.iter().flatten() {
+                let key = obj.key();
+                if let Some(first) = from.insert(key.clone(), path) {
+                    scan.problems.push(ManifestError::Duplicate {
+                        key: key.clone(),
+                        first: first.display().to_string(),
+                        second: path.display().to_string(),
+                    });
+                }
+                out.insert(key, obj.clone());
+            }
+        }
+        out
+    }
+}
+
+/// Timing of [`watch`].
+#[derive(Debug, Clone, Copy)]
+pub struct WatchOptions {
+    /// Quiet time after the last notification before scanning.
+    pub debounce: Duration,
+    /// Scan at least this often, notifications or not.
+    pub rescan: Duration,
+}
+
+impl Default for WatchOptions {
+    fn default() -> Self {
+        Self {
+            debounce: Duration::from_millis(200),
+            rescan: Duration::from_secs(10),
+        }
+    }
+}
+
+fn relevant(event: &notify::Event) -> bool {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode};
+    match event.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
+fn notifier(
+    dir: &ManifestDir,
+    tx: mpsc::UnboundedSender<()>,
+) -> notify::Result<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if res.as_ref().is_ok_and(relevant) || res.is_err() {
+            // The receiver is gone only when the watch task ended.
+            let _ = tx.send(());
+        }
+    })?;
+    watcher.watch(dir.root(), RecursiveMode::Recursive)?;
+    if let Some(parent) = dir.netns_map().and_then(Path::parent) {
+        let parent = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
+        watcher.watch(parent, RecursiveMode::NonRecursive)?;
+    }
+    Ok(watcher)
+}
+
+/// Scans `dir` now and after every (debounced) change, on a tokio task; non-empty scans
+/// (and always the first) are sent on the returned channel. The task ends when the
+/// receiver is dropped. Without working notifications it polls every 500 ms.
+pub fn watch(mut dir: ManifestDir, opts: WatchOptions) -> mpsc::Receiver<Scan> {
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        let (ntx, nrx) = mpsc::unbounded_channel();
+        let (watcher, mut nrx, rescan) = match notifier(&dir, ntx) {
+            Ok(w) => (Some(w), Some(nrx), opts.rescan),
+            Err(e) => {
+                tracing::warn!(error = %e, dir = %dir.root().display(), "no filesystem notifications; polling");
+                (None, None, opts.rescan.min(Duration::from_millis(500)))
+            }
+        };
+        let _watcher = watcher;
+        let mut first = true;
+        loop {
+            if !first {
+                let notified = async {
+                    match nrx.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    n = notified => {
+                        if n.is_none() {
+                            nrx = None;
+                        }
+                    }
+                    () = tokio::time::sleep(rescan) => {}
+                    () = tx.closed() => return,
+                }
+                // Debounce: wait until nothing arrives for `debounce`.
+                if let Some(rx) = nrx.as_mut() {
+                    while let Ok(Some(())) = tokio::time::timeout(opts.debounce, rx.recv()).await {}
+                }
+            }
+            let task = tokio::task::spawn_blocking(move || {
+                let scan = dir.scan();
+                (dir, scan)
+            });
+            let Ok((back, scan)) = task.await else {
+                tracing::error!("manifest scan panicked; the watch stops, last known state kept");
+                return;
+            };
+            dir = back;
+            if (first || !scan.is_empty()) && tx.send(scan).await.is_err() {
+                return;
+            }
+            first = false;
+        }
+    });
+    rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::State;
+
+    const POD_A: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\nspec: {containers: [{name: c}]}\n";
+    const DENY: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\nspec: {podSelector: {}}\n";
+    const ALLOW_80: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\nspec:\n  podSelector: {}\n  ingress: [{ports: [{port: 80}]}]\n";
+    const BAD_SELECTOR: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\nspec:\n  podSelector: {matchLabels: {'bad key!': x}}\n";
+
+    fn feed(state: &mut State, scan: &Scan) {
+        for e in &scan.events {
+            state.handle(e.clone());
+        }
+    }
+
+    fn policy_has_ingress(state: &State) -> bool {
+        state.inputs().policies[0]
+            .object
+            .spec
+            .as_ref()
+            .unwrap()
+            .ingress
+            .is_some()
+    }
+
+    #[test]
+    fn first_scan_resets_then_changes_are_diffs() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("pod.yaml"), POD_A).unwrap();
+        std::fs::write(dir.path().join("sub/pol.yml"), DENY).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "not yaml [").unwrap();
+        // ConfigMap volume layout: hidden data directory, symlinks at the top.
+        std::fs::create_dir(dir.path().join("..data")).unwrap();
+        std::fs::write(dir.path().join("..data/pod.yaml"), POD_A).unwrap();
+        let mut src = ManifestDir::new(dir.path(), None);
+        let mut state = State::new();
+        let scan = src.scan();
+        assert!(scan.complete && scan.problems.is_empty(), "{scan:?}");
+        assert!(matches!(&scan.events[0], Event::Reset(o) if o.len() == 2));
+        feed(&mut state, &scan);
+        assert_eq!(state.len(), 2);
+
+        assert!(src.scan().is_empty(), "nothing changed");
+        std::fs::write(dir.path().join("sub/pol.yml"), ALLOW_80).unwrap();
+        let scan = src.scan();
+        assert!(
+            matches!(&scan.events[..], [Event::Apply(_)]),
+            "{:?}",
+            scan.events
+        );
+        feed(&mut state, &scan);
+        assert!(policy_has_ingress(&state));
+
+        std::fs::remove_file(dir.path().join("pod.yaml")).unwrap();
+        let scan = src.scan();
+        assert!(matches!(&scan.events[..], [Event::Delete(k)] if k.name == "a"));
+        feed(&mut state, &scan);
+        assert_eq!(state.len(), 1);
+    }
+
+    #[test]
+    fn invalid_file_keeps_last_good_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let pol = dir.path().join("pol.yaml");
+        std::fs::write(&pol, ALLOW_80).unwrap();
+        let mut src = ManifestDir::new(dir.path(), None);
+        let mut state = State::new();
+        feed(&mut state, &src.scan());
+
+        for bad in [BAD_SELECTOR, "kind: [\n", ""] {
+            std::fs::write(&pol, bad).unwrap();
+            let scan = src.scan();
+            if bad.is_empty() {
+                // An empty file is valid: its objects are gone.
+                assert!(matches!(&scan.events[..], [Event::Delete(_)]));
+                continue;
+            }
+            assert!(scan.events.is_empty(), "{bad}: {:?}", scan.events);
+            assert_eq!(scan.invalid_files, std::slice::from_ref(&pol));
+            assert!(scan.complete);
+            let d = scan.diagnostics.iter().find(|d| d.is_error()).unwrap();
+            assert!(
+                d.to_string().starts_with(&format!("{}:", pol.display())),
+                "{d}"
+            );
+            assert!(d.line.is_some(), "{d}");
+            feed(&mut state, &scan);
+            assert!(policy_has_ingress(&state), "last good kept");
+            assert!(src.scan().is_empty(), "reported once");
+        }
+    }
+
+    #[test]
+    fn never_valid_file_makes_the_scan_incomplete() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pol.yaml"), BAD_SELECTOR).unwrap();
+        std::fs::write(dir.path().join("pod.yaml"), POD_A).unwrap();
+        let mut src = ManifestDir::new(dir.path(), None);
+        let scan = src.scan();
+        assert!(!scan.complete);
+        std::fs::write(dir.path().join("pol.yaml"), DENY).unwrap();
+        let scan = src.scan();
+        assert!(scan.complete);
+        assert!(matches!(&scan.events[..], [Event::Apply(_)]));
+    }
+
+    #[test]
+    fn missing_directory_is_a_problem_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pod.yaml"), POD_A).unwrap();
+        let mut src = ManifestDir::new(dir.path(), None);
+        let mut state = State::new();
+        feed(&mut state, &src.scan());
+        let moved = dir.path().with_extension("moved");
+        std::fs::rename(dir.path(), &moved).unwrap();
+        let scan = src.scan();
+        assert!(scan.events.is_empty());
+        assert!(matches!(
+            &scan.problems[..],
+            [ManifestError::ReadDir { .. }]
+        ));
+        std::fs::rename(&moved, dir.path()).unwrap();
+        assert!(src.scan().events.is_empty(), "same objects as before");
+    }
+
+    #[test]
+    fn netns_map_is_parsed_and_bad_versions_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let map = dir.path().join("netns.map");
+        std::fs::write(&map, "# pods\nx/a ns-a\n\nx/b  ns-b # comment\n").unwrap();
+        let mut src = ManifestDir::new(dir.path(), Some(map.clone()));
+        let scan = src.scan();
+        let Some(Event::NetnsMap(m)) = scan.events.last() else {
+            panic!("{:?}", scan.events)
+        };
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[&PodKey::new("x", "b")], "ns-b");
+
+        std::fs::write(&map, "x/a ns-a\nx/b bad/name\n").unwrap();
+        let scan = src.scan();
+        assert!(scan.events.is_empty());
+        let msg = scan.problems[0].to_string();
+        assert!(msg.contains("netns.map:2:"), "{msg}");
+
+        std::fs::write(&map, "x/a ns-a\n").unwrap();
+        let scan = src.scan();
+        assert!(matches!(&scan.events[..], [Event::NetnsMap(m)] if m.len() == 1));
+        for bad in ["x/a", "a ns", "x/a n1\nx/a n2"] {
+            assert!(parse_netns_map(&map, bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn duplicates_are_reported_and_the_later_file_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), DENY).unwrap();
+        std::fs::write(dir.path().join("b.yaml"), ALLOW_80).unwrap();
+        let mut src = ManifestDir::new(dir.path(), None);
+        let scan = src.scan();
+        assert!(matches!(
+            &scan.problems[..],
+            [ManifestError::Duplicate { .. }]
+        ));
+        let mut state = State::new();
+        feed(&mut state, &scan);
+        assert!(policy_has_ingress(&state));
+    }
+
+    #[tokio::test]
+    async fn watch_sends_debounced_scans() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pod.yaml"), POD_A).unwrap();
+        let mut rx = watch(
+            ManifestDir::new(dir.path(), None),
+            WatchOptions {
+                debounce: Duration::from_millis(50),
+                rescan: Duration::from_secs(1),
+            },
+        );
+        let first = rx.recv().await.unwrap();
+        assert!(matches!(&first.events[0], Event::Reset(o) if o.len() == 1));
+        std::fs::write(dir.path().join("pol.yaml"), DENY).unwrap();
+        let next = tokio::time::timeout(Duration::from_secs(3), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(&next.events[..], [Event::Apply(_)]), "{next:?}");
+    }
+}

@@ -1,0 +1,362 @@
+//! Pure planning: what to do to make the kernel hold the desired rulesets.
+//!
+//! [`plan`] compares the desired ruleset of every local Pod with what the agent knows is
+//! in the kernel and returns one [`Op`] per Pod (plus removals of tables left in
+//! namespaces no Pod uses any more). [`Backoff`] spaces out retries of failed operations.
+//! Nothing here does IO or reads the clock: callers pass `now`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use crate::state::PodKey;
+
+/// SHA-256 of a ruleset text (or of a normalised kernel listing).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Checksum(pub [u8; 32]);
+
+impl Checksum {
+    /// The checksum of `text`.
+    pub fn of(text: &str) -> Self {
+        Self(Sha256::digest(text.as_bytes()).into())
+    }
+
+    /// The first 12 hex digits, for logs.
+    pub fn short(&self) -> String {
+        self.to_string()[..12].to_owned()
+    }
+}
+
+impl fmt::Display for Checksum {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Checksum {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Checksum({})", self.short())
+    }
+}
+
+/// The ruleset a Pod should have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desired {
+    /// The Pod's network namespace.
+    pub netns: String,
+    /// Checksum of `text`.
+    pub checksum: Checksum,
+    /// `nft -f` text replacing `table inet netpol` in one transaction.
+    pub text: Arc<str>,
+}
+
+impl Desired {
+    /// A desired ruleset, checksummed.
+    pub fn new(netns: impl Into<String>, text: impl Into<Arc<str>>) -> Self {
+        let text = text.into();
+        Self {
+            netns: netns.into(),
+            checksum: Checksum::of(&text),
+            text,
+        }
+    }
+}
+
+/// What the agent knows a Pod's namespace holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actual {
+    /// The namespace the table is in.
+    pub netns: String,
+    /// Checksum of the ruleset text last applied there; `None` when the kernel no longer
+    /// holds it (drift) or holds something unknown.
+    pub checksum: Option<Checksum>,
+}
+
+/// One step of a plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Load the ruleset into the namespace (one transaction replacing the table).
+    Apply {
+        /// The Pod.
+        pod: PodKey,
+        /// Its namespace.
+        netns: String,
+        /// Checksum of `text`.
+        checksum: Checksum,
+        /// The ruleset.
+        text: Arc<str>,
+    },
+    /// Delete `table inet netpol` from the namespace (the Pod is gone or moved).
+    Remove {
+        /// The Pod the table belonged to.
+        pod: PodKey,
+        /// The namespace.
+        netns: String,
+    },
+    /// Nothing to do: the kernel holds the desired ruleset.
+    Keep {
+        /// The Pod.
+        pod: PodKey,
+    },
+}
+
+impl Op {
+    /// The Pod the operation is about.
+    pub fn pod(&self) -> &PodKey {
+        match self {
+            Op::Apply { pod, .. } | Op::Remove { pod, .. } | Op::Keep { pod } => pod,
+        }
+    }
+}
+
+/// Plans the operations that make `actual` equal to `desired`, in Pod order.
+///
+/// - desired and actual agree (same namespace, same checksum): [`Op::Keep`];
+/// - otherwise [`Op::Apply`], which replaces the table atomically (never a flush first);
+/// - a Pod that moved namespace also gets [`Op::Remove`] of its old table, and a Pod that
+///   is no longer desired gets [`Op::Remove`], unless a desired Pod now uses that
+///   namespace (its apply replaces the table anyway).
+pub fn plan(desired: &BTreeMap<PodKey, Desired>, actual: &BTreeMap<PodKey, Actual>) -> Vec<Op> {
+    let in_use: BTreeSet<&str> = desired.values().map(|d| d.netns.as_str()).collect();
+    let mut ops = Vec::new();
+    let pods: BTreeSet<&PodKey> = desired.keys().chain(actual.keys()).collect();
+    for pod in pods {
+        match (desired.get(pod), actual.get(pod)) {
+            (Some(d), a) => {
+                let same = a.is_some_and(|a| a.netns == d.netns && a.checksum == Some(d.checksum));
+                if same {
+                    ops.push(Op::Keep { pod: pod.clone() });
+                } else {
+                    ops.push(Op::Apply {
+                        pod: pod.clone(),
+                        netns: d.netns.clone(),
+                        checksum: d.checksum,
+                        text: d.text.clone(),
+                    });
+                }
+                if let Some(a) = a
+                    && a.netns != d.netns
+                    && !in_use.contains(a.netns.as_str())
+                {
+                    ops.push(Op::Remove {
+                        pod: pod.clone(),
+                        netns: a.netns.clone(),
+                    });
+                }
+            }
+            (None, Some(a)) if !in_use.contains(a.netns.as_str()) => ops.push(Op::Remove {
+                pod: pod.clone(),
+                netns: a.netns.clone(),
+            }),
+            (None, _) => {}
+        }
+    }
+    ops
+}
+
+/// Exponential backoff of one failing operation: `base`, `2 base`, `4 base`, ... up to
+/// `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// Consecutive failures.
+    pub failures: u32,
+    /// Earliest time of the next attempt.
+    pub next: Instant,
+}
+
+/// Delays of [`Backoff`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackoffPolicy {
+    /// Delay after the first failure.
+    pub base: Duration,
+    /// Longest delay.
+    pub max: Duration,
+}
+
+impl Default for BackoffPolicy {
+    fn default() -> Self {
+        Self {
+            base: Duration::from_millis(200),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+impl BackoffPolicy {
+    /// The delay after `failures` consecutive failures (`failures >= 1`).
+    pub fn delay(&self, failures: u32) -> Duration {
+        let exp = failures.saturating_sub(1).min(31);
+        self.base.saturating_mul(1u32 << exp).min(self.max)
+    }
+
+    /// Records one more failure at `now`.
+    pub fn fail(&self, previous: Option<Backoff>, now: Instant) -> Backoff {
+        let failures = previous.map_or(0, |b| b.failures).saturating_add(1);
+        Backoff {
+            failures,
+            next: now + self.delay(failures),
+        }
+    }
+}
+
+impl Backoff {
+    /// Whether an attempt may be made at `now`.
+    pub fn ready(&self, now: Instant) -> bool {
+        now >= self.next
+    }
+}
+
+/// A kernel listing (`nft list table inet netpol`) reduced to what the agent controls:
+/// whitespace collapsed, counter values (`packets N bytes N`) and rule handles dropped.
+/// Two listings of the same ruleset normalise to the same text whatever traffic passed.
+pub fn normalise_listing(listing: &str) -> String {
+    let mut out = Vec::new();
+    let mut tokens = listing.split_whitespace().peekable();
+    while let Some(t) = tokens.next() {
+        let numeric = tokens
+            .peek()
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()));
+        if matches!(t, "packets" | "bytes" | "handle") && numeric {
+            tokens.next();
+            continue;
+        }
+        if t == "#" && tokens.peek() == Some(&"handle") {
+            tokens.next();
+            tokens.next();
+            continue;
+        }
+        out.push(t);
+    }
+    out.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: &str) -> PodKey {
+        PodKey::new("x", n)
+    }
+
+    fn actual(netns: &str, d: Option<&Desired>) -> Actual {
+        Actual {
+            netns: netns.into(),
+            checksum: d.map(|d| d.checksum),
+        }
+    }
+
+    #[test]
+    fn plans_apply_keep_and_remove() {
+        let a = Desired::new("ns-a", "table a");
+        let b = Desired::new("ns-b", "table b");
+        let b2 = Desired::new("ns-b", "table b v2");
+        let desired = BTreeMap::from([(key("a"), a.clone()), (key("b"), b2.clone())]);
+        let act = BTreeMap::from([
+            (key("a"), actual("ns-a", Some(&a))),
+            (key("b"), actual("ns-b", Some(&b))),
+            (key("gone"), actual("ns-gone", Some(&b))),
+        ]);
+        let ops = plan(&desired, &act);
+        assert_eq!(
+            ops,
+            [
+                Op::Keep { pod: key("a") },
+                Op::Apply {
+                    pod: key("b"),
+                    netns: "ns-b".into(),
+                    checksum: b2.checksum,
+                    text: b2.text.clone()
+                },
+                Op::Remove {
+                    pod: key("gone"),
+                    netns: "ns-gone".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_or_drifted_tables_are_applied_never_removed_first() {
+        let a = Desired::new("ns-a", "table a");
+        let desired = BTreeMap::from([(key("a"), a.clone())]);
+        // Nothing known (agent start): apply, which replaces the old table atomically.
+        let ops = plan(&desired, &BTreeMap::new());
+        assert!(matches!(&ops[..], [Op::Apply { .. }]), "{ops:?}");
+        // Drift: checksum unknown.
+        let ops = plan(
+            &desired,
+            &BTreeMap::from([(key("a"), actual("ns-a", None))]),
+        );
+        assert!(matches!(&ops[..], [Op::Apply { .. }]), "{ops:?}");
+        assert!(plan(&BTreeMap::new(), &BTreeMap::new()).is_empty());
+    }
+
+    #[test]
+    fn moved_pod_applies_new_and_removes_old_unless_reused() {
+        let a = Desired::new("ns-new", "table a");
+        let desired = BTreeMap::from([(key("a"), a.clone())]);
+        let act = BTreeMap::from([(key("a"), actual("ns-old", Some(&a)))]);
+        let ops = plan(&desired, &act);
+        assert_eq!(ops.len(), 2, "{ops:?}");
+        assert!(matches!(&ops[0], Op::Apply { netns, .. } if netns == "ns-new"));
+        assert!(matches!(&ops[1], Op::Remove { netns, .. } if netns == "ns-old"));
+
+        // Pod b was deleted and Pod c now lives in its namespace: no remove there.
+        let c = Desired::new("ns-b", "table c");
+        let desired = BTreeMap::from([(key("c"), c)]);
+        let act = BTreeMap::from([(key("b"), actual("ns-b", Some(&a)))]);
+        let ops = plan(&desired, &act);
+        assert!(matches!(&ops[..], [Op::Apply { .. }]), "{ops:?}");
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_max() {
+        let p = BackoffPolicy {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        };
+        let delays: Vec<u128> = (1..=6).map(|n| p.delay(n).as_millis()).collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(p.delay(1000), Duration::from_secs(1), "no overflow");
+        let t0 = Instant::now();
+        let b1 = p.fail(None, t0);
+        assert_eq!(b1.failures, 1);
+        assert!(!b1.ready(t0) && b1.ready(t0 + Duration::from_millis(100)));
+        let b2 = p.fail(Some(b1), t0);
+        assert_eq!((b2.failures, b2.next), (2, t0 + Duration::from_millis(200)));
+    }
+
+    #[test]
+    fn listings_normalise_counters_and_whitespace() {
+        let a = "table inet netpol {\n\tchain ingress {\n\t\tcounter packets 12 bytes 3400 drop\n\t}\n}\n";
+        let b = "table inet netpol { chain ingress { counter packets 0 bytes 0 drop } }";
+        assert_eq!(normalise_listing(a), normalise_listing(b));
+        assert_eq!(
+            normalise_listing(b),
+            "table inet netpol { chain ingress { counter drop } }"
+        );
+        assert_ne!(
+            normalise_listing(b),
+            normalise_listing("table inet netpol { chain ingress { counter accept } }")
+        );
+        assert_eq!(
+            normalise_listing("tcp dport 80 accept # handle 4"),
+            "tcp dport 80 accept"
+        );
+    }
+
+    #[test]
+    fn checksum_is_sha256_hex() {
+        assert_eq!(
+            Checksum::of("").to_string(),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(Checksum::of("").short(), "e3b0c44298fc");
+    }
+}

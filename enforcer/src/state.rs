@@ -1,0 +1,461 @@
+//! The state index: every object the agent knows, by key, fed in one place.
+//!
+//! [`State`] is a plain struct with synchronous [`State::apply`], [`State::delete`] and
+//! [`State::reset`] (the shape of a watch stream: added/modified, deleted, relisted), plus
+//! the Pod-to-netns mapping. Sources (the manifest directory today, a kube watch later)
+//! turn what they see into [`Event`]s; the agent feeds them to [`State::handle`] in one
+//! place. [`State::inputs`] gives the compiler its [`Inputs`], in key order, so the same
+//! state always compiles to the same rulesets.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use policy_compiler::{Inputs, Located, Origin, Workload, WorkloadKind};
+
+/// Annotation on a Pod naming its network namespace (`/var/run/netns/<name>`).
+pub const NETNS_ANNOTATION: &str = "netpol.io/netns";
+
+/// The kinds the state holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// v1 Namespace (cluster-scoped).
+    Namespace,
+    /// v1 Pod.
+    Pod,
+    /// A workload controller.
+    Workload(WorkloadKind),
+    /// networking.k8s.io/v1 NetworkPolicy.
+    NetworkPolicy,
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Kind::Namespace => f.write_str("Namespace"),
+            Kind::Pod => f.write_str("Pod"),
+            Kind::Workload(k) => f.write_str(k.kind()),
+            Kind::NetworkPolicy => f.write_str("NetworkPolicy"),
+        }
+    }
+}
+
+/// Identifies an object: kind, namespace (empty for Namespaces) and name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    /// Kind.
+    pub kind: Kind,
+    /// Namespace; `default` when the object names none; empty for Namespaces.
+    pub namespace: String,
+    /// `metadata.name`.
+    pub name: String,
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{} {}", self.kind, self.name)
+        } else {
+            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        }
+    }
+}
+
+/// A Pod, by namespace and name (`ns/name`, the compiler's endpoint key of a Pod).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PodKey {
+    /// Namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub name: String,
+}
+
+impl PodKey {
+    /// A key from its parts.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// Parses `ns/name`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (ns, name) = s.split_once('/')?;
+        (!ns.is_empty() && !name.is_empty() && !name.contains('/')).then(|| Self::new(ns, name))
+    }
+}
+
+impl fmt::Display for PodKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// One object with where it came from.
+#[derive(Debug, Clone)]
+pub enum Object {
+    /// A Namespace.
+    Namespace(Located<Namespace>),
+    /// A Pod.
+    Pod(Located<Pod>),
+    /// A workload controller.
+    Workload(Located<Workload>),
+    /// A NetworkPolicy.
+    NetworkPolicy(Located<NetworkPolicy>),
+}
+
+fn namespaced(meta: &ObjectMeta) -> String {
+    meta.namespace.clone().unwrap_or_else(|| "default".into())
+}
+
+impl Object {
+    /// Every object of `inputs`, in the order read.
+    pub fn all(inputs: Inputs) -> Vec<Object> {
+        let mut out = Vec::new();
+        out.extend(inputs.namespaces.into_iter().map(Object::Namespace));
+        out.extend(inputs.pods.into_iter().map(Object::Pod));
+        out.extend(inputs.workloads.into_iter().map(Object::Workload));
+        out.extend(inputs.policies.into_iter().map(Object::NetworkPolicy));
+        out
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        match self {
+            Object::Namespace(o) => &o.object.metadata,
+            Object::Pod(o) => &o.object.metadata,
+            Object::Workload(o) => &o.object.metadata,
+            Object::NetworkPolicy(o) => &o.object.metadata,
+        }
+    }
+
+    /// The object's key.
+    pub fn key(&self) -> ObjectKey {
+        let meta = self.meta();
+        let name = meta.name.clone().unwrap_or_default();
+        let (kind, namespace) = match self {
+            Object::Namespace(_) => (Kind::Namespace, String::new()),
+            Object::Pod(_) => (Kind::Pod, namespaced(meta)),
+            Object::Workload(w) => (Kind::Workload(w.object.kind), namespaced(meta)),
+            Object::NetworkPolicy(_) => (Kind::NetworkPolicy, namespaced(meta)),
+        };
+        ObjectKey {
+            kind,
+            namespace,
+            name,
+        }
+    }
+
+    /// Where the object came from (`None` for objects from the API server).
+    pub fn origin(&self) -> Option<&Origin> {
+        match self {
+            Object::Namespace(o) => o.origin.as_ref(),
+            Object::Pod(o) => o.origin.as_ref(),
+            Object::Workload(o) => o.origin.as_ref(),
+            Object::NetworkPolicy(o) => o.origin.as_ref(),
+        }
+    }
+
+    /// True when both are the same object with the same content (origins ignored).
+    pub fn same_content(&self, other: &Object) -> bool {
+        match (self, other) {
+            (Object::Namespace(a), Object::Namespace(b)) => a.object == b.object,
+            (Object::Pod(a), Object::Pod(b)) => a.object == b.object,
+            (Object::Workload(a), Object::Workload(b)) => {
+                a.object.kind == b.object.kind
+                    && a.object.metadata == b.object.metadata
+                    && a.object.template == b.object.template
+            }
+            (Object::NetworkPolicy(a), Object::NetworkPolicy(b)) => a.object == b.object,
+            _ => false,
+        }
+    }
+
+    /// The netns named by the Pod's `netpol.io/netns` annotation.
+    fn netns_annotation(&self) -> Option<&str> {
+        match self {
+            Object::Pod(p) => p
+                .object
+                .metadata
+                .annotations
+                .as_ref()?
+                .get(NETNS_ANNOTATION)
+                .map(String::as_str),
+            _ => None,
+        }
+    }
+
+    fn node_name(&self) -> Option<&str> {
+        match self {
+            Object::Pod(p) => p.object.spec.as_ref()?.node_name.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// A change seen by a source.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// An object was added or modified (boxed: objects are large).
+    Apply(Box<Object>),
+    /// An object is gone.
+    Delete(ObjectKey),
+    /// The complete set of objects (a relist): everything else is gone.
+    Reset(Vec<Object>),
+    /// The Pod-to-netns mapping file changed (replaces the previous mapping).
+    NetnsMap(BTreeMap<PodKey, String>),
+}
+
+/// Every known object by key, and the Pod-to-netns mapping.
+#[derive(Debug, Default, Clone)]
+pub struct State {
+    objects: BTreeMap<ObjectKey, Object>,
+    netns_map: BTreeMap<PodKey, String>,
+    generation: u64,
+}
+
+impl State {
+    /// An empty index.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Applies an event; the one entry point sources use. Returns whether anything
+    /// changed.
+    pub fn handle(&mut self, event: Event) -> bool {
+        match event {
+            Event::Apply(obj) => self.apply(*obj),
+            Event::Delete(key) => self.delete(&key),
+            Event::Reset(objs) => self.reset(objs),
+            Event::NetnsMap(map) => self.set_netns_map(map),
+        }
+    }
+
+    /// Adds or replaces an object. Returns whether its content changed.
+    pub fn apply(&mut self, obj: Object) -> bool {
+        let key = obj.key();
+        let changed = self
+            .objects
+            .get(&key)
+            .is_none_or(|old| !old.same_content(&obj));
+        self.objects.insert(key, obj);
+        self.bump(changed)
+    }
+
+    /// Removes an object. Returns whether it was there.
+    pub fn delete(&mut self, key: &ObjectKey) -> bool {
+        let changed = self.objects.remove(key).is_some();
+        self.bump(changed)
+    }
+
+    /// Replaces every object. Returns whether anything changed.
+    pub fn reset(&mut self, objs: impl IntoIterator<Item = Object>) -> bool {
+        let new: BTreeMap<ObjectKey, Object> = objs.into_iter().map(|o| (o.key(), o)).collect();
+        let changed = new.len() != self.objects.len()
+            || new
+                .iter()
+                .zip(&self.objects)
+                .any(|((ka, a), (kb, b))| ka != kb || !a.same_content(b));
+        self.objects = new;
+        self.bump(changed)
+    }
+
+    /// Replaces the Pod-to-netns mapping. Returns whether it changed.
+    pub fn set_netns_map(&mut self, map: BTreeMap<PodKey, String>) -> bool {
+        let changed = map != self.netns_map;
+        self.netns_map = map;
+        self.bump(changed)
+    }
+
+    fn bump(&mut self, changed: bool) -> bool {
+        if changed {
+            self.generation += 1;
+        }
+        changed
+    }
+
+    /// Increases whenever the content changes.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Number of objects.
+    pub fn len(&self) -> usize {
+        self.objects.len()
+    }
+
+    /// True when no object is known.
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty()
+    }
+
+    /// The object with this key.
+    pub fn get(&self, key: &ObjectKey) -> Option<&Object> {
+        self.objects.get(key)
+    }
+
+    /// Every object, in key order.
+    pub fn objects(&self) -> impl Iterator<Item = &Object> {
+        self.objects.values()
+    }
+
+    /// The compiler's input, in key order (deterministic).
+    pub fn inputs(&self) -> Inputs {
+        let mut inputs = Inputs::default();
+        for obj in self.objects.values() {
+            match obj.clone() {
+                Object::Namespace(o) => inputs.namespaces.push(o),
+                Object::Pod(o) => inputs.pods.push(o),
+                Object::Workload(o) => inputs.workloads.push(o),
+                Object::NetworkPolicy(o) => inputs.policies.push(o),
+            }
+        }
+        inputs
+    }
+
+    /// Pods on this node with a network namespace, and that namespace's name.
+    ///
+    /// The `netpol.io/netns` annotation wins over the mapping file. With `node`, Pods
+    /// whose `spec.nodeName` names another node are not local (Pods without a nodeName
+    /// are, when mapped).
+    pub fn local_pods(&self, node: Option<&str>) -> BTreeMap<PodKey, String> {
+        let mut out = BTreeMap::new();
+        for (key, obj) in &self.objects {
+            if key.kind != Kind::Pod {
+                continue;
+            }
+            if let (Some(want), Some(have)) = (node, obj.node_name())
+                && want != have
+            {
+                continue;
+            }
+            let pod = PodKey::new(key.namespace.clone(), key.name.clone());
+            let netns = obj
+                .netns_annotation()
+                .map(str::to_owned)
+                .or_else(|| self.netns_map.get(&pod).cloned());
+            if let Some(netns) = netns {
+                out.insert(pod, netns);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use policy_compiler::{SourceText, load};
+
+    fn objects(yaml: &str) -> Vec<Object> {
+        let (inputs, diags) = load(&[SourceText {
+            name: "t.yaml",
+            text: yaml,
+        }]);
+        assert!(diags.is_empty(), "{diags:?}");
+        Object::all(inputs)
+    }
+
+    fn pod(name: &str, extra_meta: &str, node: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: x{extra_meta}}}\nspec: {{nodeName: {node}, containers: [{{name: c}}]}}\n---\n"
+        )
+    }
+
+    const POLICY: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\nspec: {podSelector: {}}\n";
+
+    #[test]
+    fn apply_delete_reset_track_changes() {
+        let mut s = State::new();
+        let objs = objects(&format!("{}{POLICY}", pod("a", "", "n1")));
+        assert_eq!(objs.len(), 2);
+        assert!(s.reset(objs.clone()));
+        assert_eq!(s.len(), 2);
+        let g = s.generation();
+        assert!(!s.reset(objs.clone()), "same objects are no change");
+        assert!(!s.apply(objs[0].clone()));
+        assert_eq!(s.generation(), g);
+
+        let changed = objects(&pod("a", ", labels: {app: a}", "n1"));
+        assert!(s.apply(changed[0].clone()));
+        assert!(s.generation() > g);
+        let key = ObjectKey {
+            kind: Kind::NetworkPolicy,
+            namespace: "x".into(),
+            name: "deny".into(),
+        };
+        assert!(s.get(&key).is_some());
+        assert!(s.handle(Event::Delete(key.clone())));
+        assert!(!s.delete(&key));
+        assert_eq!(s.len(), 1);
+        assert!(s.reset(Vec::new()));
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn inputs_are_in_key_order_whatever_the_arrival_order() {
+        let objs = objects(&format!(
+            "{}{}{POLICY}",
+            pod("b", "", "n"),
+            pod("a", "", "n")
+        ));
+        let mut s1 = State::new();
+        let mut s2 = State::new();
+        for o in &objs {
+            s1.apply(o.clone());
+        }
+        for o in objs.iter().rev() {
+            s2.apply(o.clone());
+        }
+        let names = |s: &State| {
+            s.inputs()
+                .pods
+                .iter()
+                .map(|p| p.object.metadata.name.clone().unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&s1), ["a", "b"]);
+        assert_eq!(names(&s1), names(&s2));
+        assert_eq!(s1.inputs().policies.len(), 1);
+        assert!(s1.inputs().pods[0].origin.is_some(), "origin kept");
+    }
+
+    #[test]
+    fn local_pods_use_annotation_then_map_and_node() {
+        let yaml = format!(
+            "{}{}{}",
+            pod("a", ", annotations: {netpol.io/netns: ns-a}", "n1"),
+            pod("b", "", "n1"),
+            pod("c", "", "n2"),
+        );
+        let mut s = State::new();
+        s.reset(objects(&yaml));
+        assert_eq!(s.local_pods(None).len(), 1, "only the annotated Pod");
+        let mut map = BTreeMap::new();
+        map.insert(PodKey::new("x", "a"), "ignored".to_owned());
+        map.insert(PodKey::new("x", "b"), "ns-b".to_owned());
+        map.insert(PodKey::new("x", "c"), "ns-c".to_owned());
+        assert!(s.handle(Event::NetnsMap(map.clone())));
+        assert!(!s.set_netns_map(map));
+        let all = s.local_pods(None);
+        assert_eq!(all[&PodKey::new("x", "a")], "ns-a", "annotation wins");
+        assert_eq!(all.len(), 3);
+        let n1: Vec<String> = s
+            .local_pods(Some("n1"))
+            .keys()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(n1, ["x/a", "x/b"]);
+    }
+
+    #[test]
+    fn pod_keys_parse() {
+        assert_eq!(PodKey::parse("x/a"), Some(PodKey::new("x", "a")));
+        for bad in ["a", "/a", "x/", "x/a/b"] {
+            assert_eq!(PodKey::parse(bad), None, "{bad}");
+        }
+        assert_eq!(PodKey::new("x", "a").to_string(), "x/a");
+    }
+}
