@@ -13,8 +13,8 @@
 //! expectation); it never edits `expect.yaml`.
 //!
 //! Goldens are a table of kinds, [`GOLDEN_KINDS`]: `matrix-<proto>-<port>.txt` is
-//! [`policy_compiler::Matrix::to_text`] for that query. A new kind (per-Pod
-//! `<ns>_<name>.nft` rulesets) is one more entry there.
+//! [`policy_compiler::Matrix::to_text`] for that query; `<ns>_<pod>.nft` is that Pod's
+//! ruleset (`netpol compile --pod ns/pod`). A new kind is one more entry there.
 //!
 //! Exit codes: 0 all cases pass, 1 some case failed (invalid manifests included),
 //! 2 usage error, an unreadable DIR, no case found, or the JUnit file cannot be written.
@@ -44,7 +44,7 @@ const EXIT_FAILED: i32 = 1;
 #[derive(clap::Args)]
 pub(crate) struct TestArgs {
     /// Directories searched recursively for cases: directories holding `expect.yaml` or
-    /// golden files (`matrix-<proto>-<port>.txt`).
+    /// golden files (`matrix-<proto>-<port>.txt`, `<ns>_<pod>.nft`).
     #[arg(value_name = "DIR", required = true)]
     dirs: Vec<PathBuf>,
     /// Rewrite golden files that differ and create the matrix goldens implied by
@@ -93,12 +93,44 @@ pub(crate) struct GoldenKind {
 /// where `render_nft` splits `<ns>_<name>.nft`, finds the Pod with
 /// `Model::endpoint_by_key` and returns its ruleset text (a valid `nft -f` file). With no
 /// implied names, users create an empty `<ns>_<name>.nft` and fill it with `--update`.
-pub(crate) const GOLDEN_KINDS: &[GoldenKind] = &[GoldenKind {
-    name: "matrix",
-    owns: owns_matrix,
-    render: render_matrix,
-    implied: implied_matrix,
-}];
+pub(crate) const GOLDEN_KINDS: &[GoldenKind] = &[
+    GoldenKind {
+        name: "matrix",
+        owns: owns_matrix,
+        render: render_matrix,
+        implied: implied_matrix,
+    },
+    GoldenKind {
+        name: "nft",
+        owns: owns_nft,
+        render: render_nft,
+        implied: |_| Vec::new(),
+    },
+];
+
+fn owns_nft(f: &str) -> bool {
+    f.ends_with(".nft")
+}
+
+/// `<ns>_<name>.nft`: the Pod's ruleset (`netpol compile --pod ns/name`), default options.
+/// Namespace and Pod names cannot contain `_`, so the first `_` separates them.
+fn render_nft(o: &Outputs<'_>, f: &str) -> Result<String, String> {
+    let bad = || format!("golden name {f:?} is not <namespace>_<pod>.nft");
+    let stem = f.strip_suffix(".nft").ok_or_else(bad)?;
+    let (ns, name) = stem.split_once('_').ok_or_else(bad)?;
+    let key = format!("{ns}/{name}");
+    let id = o
+        .model
+        .endpoint_by_key(&key)
+        .ok_or_else(|| format!("{f}: no Pod {key} in the case"))?;
+    if o.model.endpoint(id).host_network {
+        return Err(format!(
+            "{f}: {key} is a hostNetwork Pod: it has no ruleset of its own"
+        ));
+    }
+    let opts = policy_compiler::ruleset::RulesetOptions::default();
+    Ok(policy_compiler::ruleset::compile_pod(o.model, o.graph, id, &opts).to_nft())
+}
 
 fn golden_kind(file_name: &str) -> Option<&'static GoldenKind> {
     GOLDEN_KINDS.iter().find(|k| (k.owns)(file_name))

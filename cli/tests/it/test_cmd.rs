@@ -460,3 +460,48 @@ fn repository_case_path_is_shown_as_given() {
         run.stdout
     );
 }
+
+#[test]
+fn nft_goldens_are_checked_and_filled_by_update() {
+    let t = tmp();
+    let dir = t.path().join("c");
+    copy_case(CASE, &dir);
+    // An empty golden is filled by --update with the Pod's ruleset.
+    write(&dir.join("x_a.nft"), "");
+    netpol_in(t.path(), &["test", "c"]).expect_code(1);
+    netpol_in(t.path(), &["test", "c", "--update"]).expect_code(0);
+    let golden = read(&dir.join("x_a.nft"));
+    let compiled = netpol_in(
+        t.path(),
+        &[
+            "compile",
+            "--pod",
+            "x/a",
+            "-f",
+            "c/cluster.yaml",
+            "-f",
+            "c/policies.yaml",
+        ],
+    );
+    compiled.expect_code(0);
+    assert_eq!(golden, compiled.stdout);
+    assert!(golden.contains("table inet netpol"), "{golden}");
+    // A hand edit is a failure with a diff.
+    write(
+        &dir.join("x_a.nft"),
+        &golden.replace("group 100", "group 7"),
+    );
+    let run = netpol_in(t.path(), &["test", "c"]);
+    run.expect_code(1);
+    assert!(
+        run.stdout.contains("--- x_a.nft (golden)"),
+        "{}",
+        run.stdout
+    );
+    // A golden naming no Pod of the case fails it.
+    write(&dir.join("x_a.nft"), &golden);
+    write(&dir.join("q_nobody.nft"), "");
+    let run = netpol_in(t.path(), &["test", "c"]);
+    run.expect_code(1);
+    assert!(run.stdout.contains("no Pod q/nobody"), "{}", run.stdout);
+}
