@@ -111,6 +111,7 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, ParseError> {
     let mut options = serde_saphyr::Options::default();
     options.strict_booleans = true;
     options.leading_zero_numbers_as_strings = true;
+    options.budget = Some(budget_for(text.len()));
     match serde_saphyr::from_multiple_with_options::<Spanned<Node>>(text, options) {
         Ok(nodes) => Ok(nodes
             .into_iter()
@@ -145,6 +146,22 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, ParseError> {
             })
         }
     }
+}
+
+/// The parser's resource budget for an input of `len` bytes.
+///
+/// serde-saphyr's defaults cap a stream at 1,024 documents, 250,000 nodes, 1,000,000
+/// events and 64 MiB of scalars: a cluster dump of a few thousand Pods breaches them. Every
+/// document, node and scalar byte takes at least one byte of input (and a node at most two
+/// events), so limits proportional to the input keep the work linear in its size; the
+/// alias, anchor and depth limits, which stop expansion bombs, stay at their defaults.
+fn budget_for(len: usize) -> serde_saphyr::Budget {
+    let mut b = serde_saphyr::Budget::default();
+    b.max_documents = b.max_documents.max(len);
+    b.max_nodes = b.max_nodes.max(len);
+    b.max_events = b.max_events.max(len.saturating_mul(2));
+    b.max_total_scalar_bytes = b.max_total_scalar_bytes.max(len);
+    b
 }
 
 fn first_line(s: &str) -> String {
@@ -334,6 +351,33 @@ mod tests {
     fn malformed_yaml_has_position() {
         let err = parse_documents("a: [1, 2\nb: c\n").unwrap_err();
         assert!(err.pos.is_some(), "{err:?}");
+    }
+
+    #[test]
+    fn large_streams_are_not_over_budget() {
+        // See: #2 (a 1,025-document file was rejected as "budget breached").
+        let doc = "kind: Pod\nmetadata: {name: a, labels: {app: a}}\n---\n";
+        let docs = parse_documents(&doc.repeat(1100)).unwrap();
+        assert_eq!(docs.len(), 1100);
+        // Over 250,000 nodes in one document: a `kubectl get -o yaml` of a few thousand Pods.
+        let list = format!(
+            "items:\n{}",
+            "- [1, 2, 3, 4, 5, 6, 7, 8, 9]\n".repeat(26_000)
+        );
+        assert_eq!(parse_documents(&list).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn alias_bombs_stay_over_budget() {
+        let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..10 {
+            let p = i - 1;
+            text.push_str(&format!(
+                "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            ));
+        }
+        let err = parse_documents(&text).unwrap_err();
+        assert!(err.message.contains("budget breached"), "{err:?}");
     }
 
     #[test]
