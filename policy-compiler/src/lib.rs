@@ -26,6 +26,7 @@ pub mod model;
 pub mod ports;
 pub mod selector;
 pub mod source;
+pub mod synth;
 pub mod validate;
 
 pub use diagnostic::{Diagnostic, ObjectRef, Origin, Severity};
