@@ -3,12 +3,15 @@
 //! Subcommands: `explain SRC DST` (may SRC reach DST, and which rules decide),
 //! `matrix` (truth table of every endpoint pair). Every command reads manifests with
 //! `-f PATH` (files, directories, `-` for stdin) and exits 2 on invalid input.
+//! `gen` writes a synthetic cluster for benchmarks.
 //!
 //! ```text
 //! netpol explain x/a y/b --port 80 -f testdata/cases/upstream/
 //! netpol matrix --port 80 --protocol TCP -f manifests.yaml -o json
+//! netpol gen --namespaces 100 --pods 10000 --policies 1000 --seed 1 -o cluster.yaml
 //! ```
 
+mod r#gen;
 mod inputs;
 
 use std::path::PathBuf;
@@ -86,6 +89,25 @@ enum Command {
         #[command(flatten)]
         input: InputArgs,
     },
+    /// Writes a synthetic cluster (Namespaces, Pods, NetworkPolicies) as YAML, for
+    /// benchmarks; the same arguments give the same bytes.
+    Gen {
+        /// Namespaces, kube-system included.
+        #[arg(long, default_value_t = 10)]
+        namespaces: usize,
+        /// Pods.
+        #[arg(long, default_value_t = 1000)]
+        pods: usize,
+        /// NetworkPolicies.
+        #[arg(long, default_value_t = 100)]
+        policies: usize,
+        /// Seed of the random stream.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Output file (default: stdout).
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
 }
 
 fn parse_protocol(s: &str) -> Result<Protocol, String> {
@@ -109,6 +131,21 @@ fn main() -> ExitCode {
             output,
             input,
         } => run_matrix(port, protocol, output, &input),
+        Command::Gen {
+            namespaces,
+            pods,
+            policies,
+            seed,
+            output,
+        } => r#gen::run(
+            &policy_compiler::synth::SynthParams {
+                namespaces,
+                pods,
+                policies,
+                seed,
+            },
+            output.as_deref(),
+        ),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
