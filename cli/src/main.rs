@@ -4,16 +4,19 @@
 //! `matrix` (truth table of every endpoint pair), `compile` (each Pod's nftables ruleset). Every command reads manifests with
 //! `-f PATH` (files, directories, `-` for stdin) and exits 2 on invalid input.
 //! `agent --manifests DIR` runs the node agent (enforcement in Pod netns).
+//! `gen` writes a synthetic cluster for benchmarks.
 //!
 //! ```text
 //! netpol explain x/a y/b --port 80 -f testdata/cases/upstream/
 //! netpol matrix --port 80 --protocol TCP -f manifests.yaml -o json
 //! netpol compile --all --out-dir rulesets/ -f manifests.yaml
 //! netpol agent --manifests /etc/netpol/manifests --netns-map /etc/netpol/netns.map
+//! netpol gen --namespaces 100 --pods 10000 --policies 1000 --seed 1 -o cluster.yaml
 //! ```
 
 mod agent;
 mod compile;
+mod r#gen;
 mod golden;
 mod inputs;
 mod junit;
@@ -111,6 +114,25 @@ enum Command {
         #[command(flatten)]
         args: agent::AgentArgs,
     },
+    /// Writes a synthetic cluster (Namespaces, Pods, NetworkPolicies) as YAML, for
+    /// benchmarks; the same arguments give the same bytes.
+    Gen {
+        /// Namespaces, kube-system included.
+        #[arg(long, default_value_t = 10)]
+        namespaces: usize,
+        /// Pods.
+        #[arg(long, default_value_t = 1000)]
+        pods: usize,
+        /// NetworkPolicies.
+        #[arg(long, default_value_t = 100)]
+        policies: usize,
+        /// Seed of the random stream.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Output file (default: stdout).
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
 }
 
 fn parse_protocol(s: &str) -> Result<Protocol, String> {
@@ -137,6 +159,21 @@ fn main() -> ExitCode {
         Command::Test(args) => golden::run(&args),
         Command::Compile { args, input } => compile::run(&args, &input),
         Command::Agent { args } => agent::run(&args),
+        Command::Gen {
+            namespaces,
+            pods,
+            policies,
+            seed,
+            output,
+        } => r#gen::run(
+            &policy_compiler::synth::SynthParams {
+                namespaces,
+                pods,
+                policies,
+                seed,
+            },
+            output.as_deref(),
+        ),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

@@ -27,6 +27,7 @@ pub mod ports;
 pub mod ruleset;
 pub mod selector;
 pub mod source;
+pub mod synth;
 pub mod validate;
 
 pub use diagnostic::{Diagnostic, ObjectRef, Origin, Severity};

@@ -529,12 +529,12 @@ impl Builder {
             ok = false;
         }
         for (k, v) in labels.into_iter().flatten() {
-            let field = format!("{labels_field}.{k}");
+            let field = || format!("{labels_field}.{k}");
             if let Err(e) = validate::label_key(k) {
                 self.err(
                     origin,
                     &obj,
-                    &field,
+                    &field(),
                     Some(k.clone()),
                     format!("invalid label key: {e}"),
                 );
@@ -544,7 +544,7 @@ impl Builder {
                 self.err(
                     origin,
                     &obj,
-                    &field,
+                    &field(),
                     Some(v.clone()),
                     format!("invalid label value: {e}"),
                 );
@@ -608,13 +608,14 @@ impl Builder {
         for (group, containers) in groups {
             for (ci, c) in containers.into_iter().flatten().enumerate() {
                 for (pi, p) in c.ports.iter().flatten().enumerate() {
-                    let base = format!("{spec_path}.{group}[{ci}].ports[{pi}]");
+                    // Field paths are only formatted for a diagnostic.
+                    let base = || format!("{spec_path}.{group}[{ci}].ports[{pi}]");
                     let protocol = match p.protocol.as_deref() {
                         None => Protocol::Tcp,
                         Some(s) => match Protocol::parse_api(s) {
                             Some(pr) => pr,
                             None => {
-                                self.err(origin, obj, &format!("{base}.protocol"), Some(s.into()),
+                                self.err(origin, obj, &format!("{}.protocol", base()), Some(s.into()),
                                     "unsupported value: supported values are \"SCTP\", \"TCP\", \"UDP\"");
                                 ok = false;
                                 continue;
@@ -625,7 +626,7 @@ impl Builder {
                         self.err(
                             origin,
                             obj,
-                            &format!("{base}.containerPort"),
+                            &format!("{}.containerPort", base()),
                             Some(p.container_port.to_string()),
                             if p.container_port == 0 {
                                 "required value: must be between 1 and 65535, inclusive"
@@ -639,7 +640,7 @@ impl Builder {
                     if let Some(n) = &p.name
                         && let Err(e) = validate::iana_svc_name(n)
                     {
-                        self.err(origin, obj, &format!("{base}.name"), Some(n.clone()), e);
+                        self.err(origin, obj, &format!("{}.name", base()), Some(n.clone()), e);
                         ok = false;
                         continue;
                     }
@@ -679,8 +680,15 @@ impl Builder {
         ) {
             return;
         }
-        let spec = pod.object.spec.clone().unwrap_or_default();
-        let Some(ports) = self.ports_of(&spec, origin, &obj, "spec") else {
+        let no_spec;
+        let spec = match &pod.object.spec {
+            Some(s) => s,
+            None => {
+                no_spec = PodSpec::default();
+                &no_spec
+            }
+        };
+        let Some(ports) = self.ports_of(spec, origin, &obj, "spec") else {
             return;
         };
         let mut ips: Vec<IpAddr> = Vec::new();
@@ -1146,7 +1154,8 @@ impl Builder {
     }
 
     fn finish(mut self) -> (Model, Vec<Diagnostic>) {
-        self.endpoints.sort_by_key(Endpoint::key);
+        // `key()` formats a String: compute it once per endpoint, not per comparison.
+        self.endpoints.sort_by_cached_key(Endpoint::key);
         let mut by_key = BTreeMap::new();
         let mut by_ip = BTreeMap::new();
         let mut by_namespace: BTreeMap<String, Vec<EndpointId>> = BTreeMap::new();

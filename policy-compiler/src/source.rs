@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::{Arc, OnceLock};
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
@@ -21,17 +22,67 @@ pub struct Pos {
 }
 
 /// Field path (`spec.ingress[0].from[1]`, `""` for the document root) to position.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+///
+/// Positions are only read when a diagnostic is made, so [`parse_documents`] does not
+/// compute them up front: the index keeps the file's text and, on the first lookup in any
+/// document of that file, parses it again with positions (once per file). Lookups give the
+/// same answers either way.
+#[derive(Debug, Clone, Default)]
 pub struct SpanIndex {
-    spans: BTreeMap<String, Pos>,
+    spans: Spans,
+}
+
+#[derive(Debug, Clone, Default)]
+enum Spans {
+    /// No positions (JSON fallback parsing, objects not from a file).
+    #[default]
+    None,
+    /// Computed.
+    Map(BTreeMap<String, Pos>),
+    /// Document `doc` of a file whose positions are computed on first use.
+    Lazy { file: Arc<LazyFile>, doc: usize },
+}
+
+/// A file's text and, once asked for, the span index of each of its documents.
+#[derive(Debug)]
+struct LazyFile {
+    text: Box<str>,
+    docs: OnceLock<Vec<BTreeMap<String, Pos>>>,
 }
 
 impl SpanIndex {
+    fn map(&self) -> Option<&BTreeMap<String, Pos>> {
+        match &self.spans {
+            Spans::None => None,
+            Spans::Map(m) => Some(m),
+            Spans::Lazy { file, doc } => file
+                .docs
+                .get_or_init(|| match parse_spanned(&file.text) {
+                    Ok(docs) => docs.into_iter().map(|d| d.spans.into_map()).collect(),
+                    // The text parsed without positions; it parses with them too. Should
+                    // it not, diagnostics go without a position rather than fail.
+                    Err(_) => Vec::new(),
+                })
+                .get(*doc),
+        }
+    }
+
+    fn into_map(self) -> BTreeMap<String, Pos> {
+        match self.spans {
+            Spans::Map(m) => m,
+            other => SpanIndex { spans: other }
+                .map()
+                .cloned()
+                .unwrap_or_default(),
+        }
+    }
+
     /// Position of `path`, or of its nearest ancestor that has one.
     pub fn locate(&self, path: &str) -> Option<Pos> {
+        let spans = self.map()?;
         let mut p = path;
         loop {
-            if let Some(pos) = self.spans.get(p) {
+            if let Some(pos) = spans.get(p) {
                 return Some(*pos);
             }
             if p.is_empty() {
@@ -43,14 +94,22 @@ impl SpanIndex {
 
     /// Number of recorded paths.
     pub fn len(&self) -> usize {
-        self.spans.len()
+        self.map().map_or(0, BTreeMap::len)
     }
 
     /// True when no path has a position (JSON fallback parsing).
     pub fn is_empty(&self) -> bool {
-        self.spans.is_empty()
+        self.len() == 0
     }
 }
+
+impl PartialEq for SpanIndex {
+    fn eq(&self, other: &Self) -> bool {
+        self.map().filter(|m| !m.is_empty()) == other.map().filter(|m| !m.is_empty())
+    }
+}
+
+impl Eq for SpanIndex {}
 
 /// The parent of a field path: `a.b[2]` -> `a.b`, `a.b` -> `a`, `a` -> ``.
 pub(crate) fn parent_path(path: &str) -> &str {
@@ -103,51 +162,88 @@ pub struct ParseError {
 /// Parses YAML (one or more documents) or JSON (one or more concatenated values).
 ///
 /// A text that starts with `{` or `[` is JSON, as for kubectl: it must be valid JSON (no
-/// trailing commas, no comments), and is then read with the YAML parser too, which records
-/// positions for every node (JSON is YAML). Where the YAML parser disagrees (tab
-/// indentation, for example), the JSON values are used without per-field positions.
+/// trailing commas, no comments). Everything is then read with the YAML parser (JSON is
+/// YAML), whose span index gives positions; where the YAML reading of a JSON text differs
+/// or fails (tab indentation, for example), the JSON values are used without positions.
+///
+/// Values are read without positions, which is a third of the parsing work; the span
+/// index of each document computes them when a diagnostic first asks (see [`SpanIndex`]).
+/// A text that does not parse goes through [`parse_spanned`], so errors carry positions.
 pub fn parse_documents(text: &str) -> Result<Vec<Document>, ParseError> {
     let trimmed = text.trim_start_matches(['\u{feff}', ' ', '\t', '\r', '\n']);
-    let json = trimmed.starts_with('{') || trimmed.starts_with('[');
-    let json_docs = if json {
+    let json_docs = if trimmed.starts_with('{') || trimmed.starts_with('[') {
         Some(parse_json_stream(text)?)
     } else {
         None
     };
+    match serde_saphyr::from_multiple_with_options::<Plain>(text, yaml_options(text.len())) {
+        Ok(values) => {
+            if let Some(j) = json_docs
+                && (j.len() != values.len() || j.iter().zip(&values).any(|(a, b)| a.value != b.0))
+            {
+                return Ok(j);
+            }
+            let file = Arc::new(LazyFile {
+                text: text.into(),
+                docs: OnceLock::new(),
+            });
+            Ok(values
+                .into_iter()
+                .enumerate()
+                .map(|(index, Plain(value))| Document {
+                    index,
+                    value,
+                    spans: SpanIndex {
+                        spans: Spans::Lazy {
+                            file: file.clone(),
+                            doc: index,
+                        },
+                    },
+                })
+                .collect())
+        }
+        Err(_) => match json_docs {
+            Some(j) => Ok(j),
+            None => parse_spanned(text),
+        },
+    }
+}
+
+fn yaml_options(len: usize) -> serde_saphyr::Options {
     // YAML 1.2 core schema for booleans: `y`, `n`, `yes`, `on` stay strings (namespaces
     // named `y` are common in NetworkPolicy tests); `0755` stays a string.
     let mut options = serde_saphyr::Options::default();
     options.strict_booleans = true;
     options.leading_zero_numbers_as_strings = true;
-    match serde_saphyr::from_multiple_with_options::<Spanned<Node>>(text, options) {
-        Ok(nodes) => {
-            let docs: Vec<Document> = nodes
-                .into_iter()
-                .enumerate()
-                .map(|(index, node)| {
-                    let mut spans = BTreeMap::new();
-                    let value = flatten(node, String::new(), &mut spans);
-                    Document {
-                        index,
-                        value,
-                        spans: SpanIndex { spans },
-                    }
-                })
-                .collect();
-            match json_docs {
-                // Trust the JSON parser's values; keep the YAML spans when both agree.
-                Some(j)
-                    if j.len() != docs.len()
-                        || j.iter().zip(&docs).any(|(a, b)| a.value != b.value) =>
-                {
-                    Ok(j)
+    options.budget = Some(budget_for(len));
+    options
+}
+
+/// [`parse_documents`] with every position computed up front.
+pub fn parse_spanned(text: &str) -> Result<Vec<Document>, ParseError> {
+    match serde_saphyr::from_multiple_with_options::<Spanned<Node>>(text, yaml_options(text.len()))
+    {
+        Ok(nodes) => Ok(nodes
+            .into_iter()
+            .enumerate()
+            .map(|(index, node)| {
+                let mut spans = BTreeMap::new();
+                let value = flatten(node, String::new(), &mut spans);
+                Document {
+                    index,
+                    value,
+                    spans: SpanIndex {
+                        spans: Spans::Map(spans),
+                    },
                 }
-                _ => Ok(docs),
-            }
-        }
+            })
+            .collect()),
         Err(yaml_err) => {
-            if let Some(j) = json_docs {
-                return Ok(j);
+            let trimmed = text.trim_start();
+            if (trimmed.starts_with('{') || trimmed.starts_with('['))
+                && let Ok(docs) = parse_json_stream(text)
+            {
+                return Ok(docs);
             }
             let pos = yaml_err.location().and_then(|l| {
                 let (line, column) = (
@@ -162,6 +258,22 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, ParseError> {
             })
         }
     }
+}
+
+/// The parser's resource budget for an input of `len` bytes.
+///
+/// serde-saphyr's defaults cap a stream at 1,024 documents, 250,000 nodes, 1,000,000
+/// events and 64 MiB of scalars: a cluster dump of a few thousand Pods breaches them. Every
+/// document, node and scalar byte takes at least one byte of input (and a node at most two
+/// events), so limits proportional to the input keep the work linear in its size; the
+/// alias, anchor and depth limits, which stop expansion bombs, stay at their defaults.
+fn budget_for(len: usize) -> serde_saphyr::Budget {
+    let mut b = serde_saphyr::Budget::default();
+    b.max_documents = b.max_documents.max(len);
+    b.max_nodes = b.max_nodes.max(len);
+    b.max_events = b.max_events.max(len.saturating_mul(2));
+    b.max_total_scalar_bytes = b.max_total_scalar_bytes.max(len);
+    b
 }
 
 /// The parser's first message line, without its own `error: line N column M:` prefix (the
@@ -274,6 +386,142 @@ impl<'de> Visitor<'de> for NodeVisitor {
     }
 }
 
+/// A document read as [`Node`] and converted by [`flatten`], without the positions: the
+/// visitors accept the same input and build the same value.
+struct Plain(Value);
+
+impl<'de> Deserialize<'de> for Plain {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(PlainVisitor).map(Plain)
+    }
+}
+
+struct PlainVisitor;
+
+impl<'de> Visitor<'de> for PlainVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any YAML value")
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        Plain::deserialize(d).map(|p| p.0)
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        Ok(float_value(v))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Plain(item)) = seq.next_element::<Plain>()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(PlainKey(k)) = map.next_key::<PlainKey>()? {
+            let Plain(v) = map.next_value::<Plain>()?;
+            out.insert(k, v);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+/// A mapping key, spelled as [`key_string`] spells a [`Node`].
+struct PlainKey(String);
+
+impl<'de> Deserialize<'de> for PlainKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(KeyVisitor).map(PlainKey)
+    }
+}
+
+struct KeyVisitor;
+
+impl<'de> Visitor<'de> for KeyVisitor {
+    type Value = String;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any YAML value")
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<String, E> {
+        Ok("null".into())
+    }
+    fn visit_none<E: de::Error>(self) -> Result<String, E> {
+        Ok("null".into())
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
+        PlainKey::deserialize(d).map(|k| k.0)
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<String, E> {
+        Ok(v)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<String, A::Error> {
+        while seq.next_element::<Plain>()?.is_some() {}
+        Ok("<complex key>".into())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<String, A::Error> {
+        while map.next_key::<PlainKey>()?.is_some() {
+            map.next_value::<Plain>()?;
+        }
+        Ok("<complex key>".into())
+    }
+}
+
+fn float_value(f: f64) -> Value {
+    serde_json::Number::from_f64(f)
+        .map(Value::Number)
+        .unwrap_or_else(|| Value::String(f.to_string()))
+}
+
 fn pos_of(n: &Spanned<Node>) -> Option<Pos> {
     let l = n.referenced;
     let line = u32::try_from(l.line()).ok()?;
@@ -302,9 +550,7 @@ fn flatten(node: Spanned<Node>, path: String, spans: &mut BTreeMap<String, Pos>)
         Node::Bool(b) => Value::Bool(b),
         Node::Int(i) => Value::from(i),
         Node::UInt(u) => Value::from(u),
-        Node::Float(f) => serde_json::Number::from_f64(f)
-            .map(Value::Number)
-            .unwrap_or_else(|| Value::String(f.to_string())),
+        Node::Float(f) => float_value(f),
         Node::Str(s) => Value::String(s),
         Node::Seq(items) => Value::Array(
             items
@@ -358,6 +604,85 @@ mod tests {
     fn malformed_yaml_has_position() {
         let err = parse_documents("a: [1, 2\nb: c\n").unwrap_err();
         assert!(err.pos.is_some(), "{err:?}");
+    }
+
+    #[test]
+    fn large_streams_are_not_over_budget() {
+        // See: #2 (a 1,025-document file was rejected as "budget breached").
+        let doc = "kind: Pod\nmetadata: {name: a, labels: {app: a}}\n---\n";
+        let docs = parse_documents(&doc.repeat(1100)).unwrap();
+        assert_eq!(docs.len(), 1100);
+        // Over 250,000 nodes in one document: a `kubectl get -o yaml` of a few thousand Pods.
+        let list = format!(
+            "items:\n{}",
+            "- [1, 2, 3, 4, 5, 6, 7, 8, 9]\n".repeat(26_000)
+        );
+        assert_eq!(parse_documents(&list).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn alias_bombs_stay_over_budget() {
+        let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..10 {
+            let p = i - 1;
+            text.push_str(&format!(
+                "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            ));
+        }
+        let err = parse_documents(&text).unwrap_err();
+        assert!(err.message.contains("budget breached"), "{err:?}");
+    }
+
+    fn assert_same_as_spanned(name: &str, text: &str) {
+        let fast = parse_documents(text);
+        let spanned = parse_spanned(text);
+        match (fast, spanned) {
+            (Ok(fast), Ok(spanned)) => {
+                assert_eq!(fast.len(), spanned.len(), "{name}");
+                for (f, s) in fast.iter().zip(&spanned) {
+                    assert_eq!(f.index, s.index, "{name}");
+                    assert_eq!(f.value, s.value, "{name} document {}", f.index);
+                    assert_eq!(f.spans, s.spans, "{name} document {}", f.index);
+                    assert_eq!(f.spans.len(), s.spans.len(), "{name}");
+                }
+            }
+            (Err(f), Err(s)) => assert_eq!(f, s, "{name}"),
+            // Strict JSON refuses what YAML's flow style accepts (a trailing comma).
+            (Err(_), Ok(_)) if text.trim_start().starts_with(['{', '[']) => {}
+            (f, s) => panic!("{name}: {f:?} vs {s:?}"),
+        }
+    }
+
+    #[test]
+    fn lazy_spans_equal_eager_spans() {
+        // See: #2 (positions are computed on first use, not while loading).
+        let edge = "a: &x {b: [1, -2, 3.5, 1e3, 0x1f, 0o17, 0755, 99999999999999999999999]}\nc: *x\nd: {<<: *x, e: ~}\n1: int key\n2.0: float key\ntrue: bool key\nnull: null key\n? [k, l]\n: complex\n? {m: n}\n: complex map\nyes: y\non: off\nq: '0755'\nr: !!str 12\ns: |\n  block\n  text\nt: >-\n  folded\n---\n---\n# comment only\n---\n- [flow, {x: 1}]\n- ''\n- \"\\u00e9\"\n";
+        assert_same_as_spanned("edge", edge);
+        assert_eq!(parse_documents(edge).unwrap().len(), 2);
+        assert_same_as_spanned(
+            "json",
+            "{\"a\": [1, 2.5, null, true], \"b\": {\"c\": \"d\"}}\n{\"e\": 1}",
+        );
+        assert_same_as_spanned("tabs", "{\n\t\"a\": [1, 2]\n}\n{\"b\": 1}");
+        assert_same_as_spanned("malformed", "a: [1, 2\nb: c\n");
+        assert_same_as_spanned("inf", "a: .inf\n");
+        assert_same_as_spanned("duplicate", "a: 1\na: 2\n");
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata");
+        let mut dirs = vec![root];
+        let mut n = 0;
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    dirs.push(p);
+                } else if p.extension().is_some_and(|x| x == "yaml" || x == "json") {
+                    let text = std::fs::read_to_string(&p).unwrap();
+                    assert_same_as_spanned(&p.display().to_string(), &text);
+                    n += 1;
+                }
+            }
+        }
+        assert!(n > 100, "{n} testdata files");
     }
 
     #[test]
