@@ -32,7 +32,8 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use enforcer::probe::{Listener, Prober, Protocol};
+//! use enforcer::probe::{Listener, Prober};
+//! use policy_compiler::Protocol;
 //! use enforcer::topology::{HostSpec, Topology};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
