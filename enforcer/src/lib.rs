@@ -62,6 +62,7 @@ pub mod agent;
 pub mod applier;
 pub mod drops;
 pub mod http;
+pub mod lab;
 pub mod manifests;
 pub mod metrics;
 pub mod netns;
