@@ -3,13 +3,16 @@
 //! Subcommands: `explain SRC DST` (may SRC reach DST, and which rules decide),
 //! `matrix` (truth table of every endpoint pair), `compile` (each Pod's nftables ruleset). Every command reads manifests with
 //! `-f PATH` (files, directories, `-` for stdin) and exits 2 on invalid input.
-//! `agent --manifests DIR` runs the node agent (enforcement in Pod netns).
+//! `agent --manifests DIR` runs the node agent (enforcement in Pod netns); `lab -f PATH`
+//! (root) runs the manifests' Pods as namespaces on this machine and compares the
+//! kernel's answers with the compiler's.
 //!
 //! ```text
 //! netpol explain x/a y/b --port 80 -f testdata/cases/upstream/
 //! netpol matrix --port 80 --protocol TCP -f manifests.yaml -o json
 //! netpol compile --all --out-dir rulesets/ -f manifests.yaml
 //! netpol agent --manifests /etc/netpol/manifests --netns-map /etc/netpol/netns.map
+//! sudo netpol lab -f testdata/cases/apps/shop-multi-tier
 //! ```
 
 mod agent;
@@ -17,6 +20,7 @@ mod compile;
 mod golden;
 mod inputs;
 mod junit;
+mod lab;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -111,6 +115,12 @@ enum Command {
         #[command(flatten)]
         args: agent::AgentArgs,
     },
+    /// Lab on this machine (root): a network namespace per Pod, rulesets applied by the
+    /// agent, every Pod pair probed with real packets and compared with `netpol matrix`.
+    ///
+    /// Exit codes: 0 the kernel agrees, 1 a disagreement, 2 invalid input, 3 not root or
+    /// no kernel support.
+    Lab(lab::LabArgs),
 }
 
 fn parse_protocol(s: &str) -> Result<Protocol, String> {
@@ -137,6 +147,7 @@ fn main() -> ExitCode {
         Command::Test(args) => golden::run(&args),
         Command::Compile { args, input } => compile::run(&args, &input),
         Command::Agent { args } => agent::run(&args),
+        Command::Lab(args) => lab::run(&args),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
