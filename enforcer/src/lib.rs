@@ -12,6 +12,8 @@
 //! - [`nft`]: load a ruleset into a namespace in one transaction, list it back.
 //! - [`drops`]: drop reports: NFLOG listener per Pod namespace, rate limiting, and
 //!   JSON lines naming the Pods, isolating policies and nearest miss.
+//! - [`lab`]: `netpol lab`: the manifests' Pods as namespaces, rulesets applied by the
+//!   agent's [`agent::Reconciler`], every pair probed, kernel vs compiler, drop reports.
 //! - [`ruleset_json`]: a compiled [`policy_compiler::ruleset::Ruleset`] as nftables JSON
 //!   through the `nftables` crate (with the adapter for the crate's gaps).
 //!

@@ -355,7 +355,7 @@ impl LabReport {
         if self.drops.is_empty() {
             let _ = writeln!(s, "\ndrops: none reported");
         } else {
-            let _ = writeln!(s, "\ndrops ({} flows):", self.drops.len());
+            let _ = writeln!(s, "\ndrops ({} flow(s)):", self.drops.len());
             for line in drop_lines(&self.drops, dual) {
                 let _ = writeln!(s, "  {line}");
             }
