@@ -4,7 +4,7 @@ use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use miette::{LabeledSpan, NamedSource, Report};
-use policy_compiler::{AllowGraph, Diagnostic, Model, Severity, SourceText, load};
+use policy_compiler::{AllowGraph, Diagnostic, Inputs, Model, Severity, SourceText, load};
 
 /// Exit code for invalid input.
 pub(crate) const EXIT_INVALID: i32 = 2;
@@ -105,6 +105,14 @@ pub(crate) struct Compiled {
 /// Reads, loads and compiles; on any error prints the diagnostics and returns `Err(2)`.
 /// Warnings are printed and compilation goes on. With `verbose`, skipped objects are listed.
 pub(crate) fn compile(paths: &[PathBuf], verbose: bool) -> Result<Compiled, i32> {
+    load_and_compile(paths, verbose).map(|(_, c)| c)
+}
+
+/// Like [`compile`], also returning the loaded objects (for `lab`, which adds to them).
+pub(crate) fn load_and_compile(
+    paths: &[PathBuf],
+    verbose: bool,
+) -> Result<(Inputs, Compiled), i32> {
     let sources = match Sources::read(paths) {
         Ok(s) => s,
         Err(diags) => {
@@ -133,7 +141,7 @@ pub(crate) fn compile(paths: &[PathBuf], verbose: bool) -> Result<Compiled, i32>
         return Err(EXIT_INVALID);
     }
     let graph = AllowGraph::build(&model);
-    Ok(Compiled { model, graph })
+    Ok((inputs, Compiled { model, graph }))
 }
 
 /// Prints diagnostics to stderr, with a source snippet where the position is known.

@@ -3,7 +3,9 @@
 //! Subcommands: `explain SRC DST` (may SRC reach DST, and which rules decide),
 //! `matrix` (truth table of every endpoint pair), `compile` (each Pod's nftables ruleset). Every command reads manifests with
 //! `-f PATH` (files, directories, `-` for stdin) and exits 2 on invalid input.
-//! `agent --manifests DIR` runs the node agent (enforcement in Pod netns).
+//! `agent --manifests DIR` runs the node agent (enforcement in Pod netns); `lab -f PATH`
+//! (root) runs the manifests' Pods as namespaces on this machine and compares the
+//! kernel's answers with the compiler's.
 //! `gen` writes a synthetic cluster for benchmarks.
 //!
 //! ```text
@@ -12,6 +14,7 @@
 //! netpol compile --all --out-dir rulesets/ -f manifests.yaml
 //! netpol agent --manifests /etc/netpol/manifests --netns-map /etc/netpol/netns.map
 //! netpol gen --namespaces 100 --pods 10000 --policies 1000 --seed 1 -o cluster.yaml
+//! sudo netpol lab -f testdata/cases/apps/shop-multi-tier
 //! ```
 
 mod agent;
@@ -20,6 +23,7 @@ mod r#gen;
 mod golden;
 mod inputs;
 mod junit;
+mod lab;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -133,6 +137,12 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
     },
+    /// Lab on this machine (root): a network namespace per Pod, rulesets applied by the
+    /// agent, every Pod pair probed with real packets and compared with `netpol matrix`.
+    ///
+    /// Exit codes: 0 the kernel agrees, 1 a disagreement, 2 invalid input, 3 not root or
+    /// no kernel support.
+    Lab(lab::LabArgs),
 }
 
 fn parse_protocol(s: &str) -> Result<Protocol, String> {
@@ -174,6 +184,7 @@ fn main() -> ExitCode {
             },
             output.as_deref(),
         ),
+        Command::Lab(args) => lab::run(&args),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

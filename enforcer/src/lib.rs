@@ -12,6 +12,8 @@
 //! - [`nft`]: load a ruleset into a namespace in one transaction, list it back.
 //! - [`drops`]: drop reports: NFLOG listener per Pod namespace, rate limiting, and
 //!   JSON lines naming the Pods, isolating policies and nearest miss.
+//! - [`lab`]: `netpol lab`: the manifests' Pods as namespaces, rulesets applied by the
+//!   agent's [`agent::Reconciler`], every pair probed, kernel vs compiler, drop reports.
 //! - [`ruleset_json`]: a compiled [`policy_compiler::ruleset::Ruleset`] as nftables JSON
 //!   through the `nftables` crate (with the adapter for the crate's gaps).
 //!
@@ -32,7 +34,8 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use enforcer::probe::{Listener, Prober, Protocol};
+//! use enforcer::probe::{Listener, Prober};
+//! use policy_compiler::Protocol;
 //! use enforcer::topology::{HostSpec, Topology};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -61,6 +64,7 @@ pub mod agent;
 pub mod applier;
 pub mod drops;
 pub mod http;
+pub mod lab;
 pub mod manifests;
 pub mod metrics;
 pub mod netns;

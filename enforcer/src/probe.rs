@@ -65,36 +65,9 @@ use nix::sys::time::{TimeVal, TimeValLike};
 use crate::netns::{self, NetnsError};
 use crate::topology::{Host, Topology};
 
-/// Transport protocol of a probe (the subset of Kubernetes' `Protocol`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Protocol {
-    /// TCP.
-    Tcp,
-    /// UDP.
-    Udp,
-    /// SCTP (spoken over raw sockets, see the module docs).
-    Sctp,
-}
-
-impl Protocol {
-    /// All protocols, in a fixed order.
-    pub const ALL: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
-
-    /// The Kubernetes spelling: `TCP`, `UDP`, `SCTP`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "TCP",
-            Protocol::Udp => "UDP",
-            Protocol::Sctp => "SCTP",
-        }
-    }
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// The protocol of a probe is the compiler's [`policy_compiler::Protocol`] (TCP, UDP,
+/// SCTP), re-exported here so `enforcer::probe::Protocol` keeps naming it.
+pub use policy_compiler::Protocol;
 
 /// Errors of the prober. A probe that is *blocked* is not an error; see
 /// [`ProbeResult::connected`].

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod explain;
+mod lab;
 mod matrix;
 mod support;
 mod test_cmd;

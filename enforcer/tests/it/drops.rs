@@ -7,9 +7,10 @@ use std::time::{Duration, Instant, SystemTime};
 use enforcer::drops::aggregate::{Aggregator, AggregatorConfig, DropSummary};
 use enforcer::drops::{DropEvent, DropListener, DropsError, L4Proto, NflogConfig};
 use enforcer::nft;
-use enforcer::probe::{Prober, Protocol};
+use enforcer::probe::Prober;
 use enforcer::topology::Topology;
 use policy_compiler::Direction;
+use policy_compiler::Protocol;
 
 use crate::kernel;
 use crate::probe::{DENY, v4, v6};

@@ -9,6 +9,7 @@ mod agent;
 mod cases;
 mod drops;
 mod kernel;
+mod lab;
 mod netns;
 mod nft;
 mod probe;

@@ -1,6 +1,7 @@
 use enforcer::nft::{self, NftError};
-use enforcer::probe::{Prober, Protocol};
+use enforcer::probe::Prober;
 use enforcer::topology::Topology;
+use policy_compiler::Protocol;
 
 use crate::kernel;
 use crate::probe::{ALLOW, DENY, listeners, v4, v6};

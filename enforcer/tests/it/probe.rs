@@ -2,8 +2,9 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use enforcer::nft;
-use enforcer::probe::{Listener, ProbeSpec, Prober, Protocol};
+use enforcer::probe::{Listener, ProbeSpec, Prober};
 use enforcer::topology::{Host, Topology};
+use policy_compiler::Protocol;
 
 use crate::kernel;
 

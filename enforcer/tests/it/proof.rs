@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use enforcer::nft;
-use enforcer::probe::{Listener, ProbeSpec, Prober, Protocol as ProbeProtocol};
+use enforcer::probe::{Listener, ProbeSpec, Prober};
 use enforcer::topology::{HostSpec, Topology};
 use policy_compiler::expect::parse_expectations;
 use policy_compiler::model::EndpointKind;
@@ -29,14 +29,6 @@ use crate::kernel;
 const QUICK: Duration = Duration::from_millis(300);
 /// Retry of a probe the kernel denied but the compiler allows (slow first packets).
 const PATIENT: Duration = Duration::from_secs(2);
-
-fn probe_protocol(p: Protocol) -> ProbeProtocol {
-    match p {
-        Protocol::Tcp => ProbeProtocol::Tcp,
-        Protocol::Udp => ProbeProtocol::Udp,
-        Protocol::Sctp => ProbeProtocol::Sctp,
-    }
-}
 
 fn parse_protocol(p: &Option<String>) -> Protocol {
     p.as_deref().map_or(Protocol::Tcp, |s| s.parse().unwrap())
@@ -202,7 +194,7 @@ pub(crate) fn prove_case(case: &Case, dir: &Path, tag: &str) -> Summary {
                             spec: ProbeSpec::new(
                                 host_of[&Subject::Endpoint(s)].clone(),
                                 dip,
-                                probe_protocol(p),
+                                p,
                                 m.port,
                             ),
                             src: s.into(),
@@ -248,7 +240,7 @@ pub(crate) fn prove_case(case: &Case, dir: &Path, tag: &str) -> Summary {
         add(
             &mut checks,
             Check {
-                spec: ProbeSpec::new(host_of[s].clone(), dip, probe_protocol(p), a.port),
+                spec: ProbeSpec::new(host_of[s].clone(), dip, p, a.port),
                 src: *s,
                 src_ip: sip,
                 dst: *d,
@@ -275,7 +267,7 @@ pub(crate) fn prove_case(case: &Case, dir: &Path, tag: &str) -> Summary {
         .flat_map(|h| {
             services
                 .iter()
-                .map(|(p, port)| Listener::new(h.name.clone(), probe_protocol(*p), *port))
+                .map(|(p, port)| Listener::new(h.name.clone(), *p, *port))
         })
         .collect();
     let prober = Prober::start(&lab, &listeners).unwrap();
