@@ -245,6 +245,7 @@ impl Worker {
             .cloned()
             .collect();
         self.start(new);
+        self.update_gauge();
     }
 
     fn retry_failed(&mut self) {
@@ -300,6 +301,10 @@ impl Worker {
                 }
             }
         }
+        self.update_gauge();
+    }
+
+    fn update_gauge(&self) {
         self.core
             .metrics
             .drop_listeners
