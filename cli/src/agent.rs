@@ -1,6 +1,7 @@
 //! `netpol agent`: the node agent on a manifest directory (see docs/agent.md).
 //!
-//! Logs are JSON lines on stderr (`RUST_LOG` filters, default `info`); the agent runs
+//! Logs are JSON lines on stderr (`RUST_LOG` filters, default `info`); drop reports are
+//! log lines of target `netpol::drops` (`--no-drops` turns them off). The agent runs
 //! until SIGINT or SIGTERM and leaves the Pods' tables in place when it stops.
 
 use std::net::SocketAddr;
@@ -12,6 +13,7 @@ use anyhow::Context as _;
 use enforcer::agent::{Agent, AgentConfig, CompiledRulesets};
 use enforcer::applier::NftApplier;
 use enforcer::manifests::{ManifestDir, WatchOptions};
+use enforcer::reporter::DropsConfig;
 use policy_compiler::ruleset::RulesetOptions;
 
 /// Flags of `netpol agent`.
@@ -39,6 +41,9 @@ pub(crate) struct AgentArgs {
     /// NFLOG group of the drop rules.
     #[arg(long, default_value_t = RulesetOptions::default().log_group)]
     log_group: u16,
+    /// Do not report drops (no NFLOG listener in the Pods' namespaces).
+    #[arg(long)]
+    no_drops: bool,
 }
 
 /// Parses `500ms`, `5s`, `2m` (a bare number is seconds).
@@ -97,6 +102,11 @@ fn run_agent(args: &AgentArgs) -> anyhow::Result<()> {
                 ..WatchOptions::default()
             },
             listen: Some(args.listen),
+            drops: (!args.no_drops).then(|| {
+                let mut d = DropsConfig::default();
+                d.nflog.group = args.log_group;
+                d
+            }),
             ..AgentConfig::default()
         };
         let renderer = Arc::new(CompiledRulesets {
@@ -108,6 +118,7 @@ fn run_agent(args: &AgentArgs) -> anyhow::Result<()> {
             manifests = %args.manifests.display(),
             netns_map = args.netns_map.as_ref().map(|p| p.display().to_string()),
             node = args.node,
+            drops = !args.no_drops,
             "netpol agent starting"
         );
         let mut agent = Agent::start(

@@ -22,6 +22,11 @@
 //! atomic) and is retried with exponential backoff; an incomplete or unreachable source
 //! keeps the last known state. Tables found changed in the kernel (tampering) are
 //! re-applied and counted.
+//!
+//! **Drop reports.** With [`AgentConfig::drops`], each compile that changes the
+//! rulesets hands the new model and the enforced namespaces to a
+//! [`DropReporter`](crate::reporter::DropReporter) (a plain thread) before anything is
+//! applied; see [`crate::reporter`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -39,6 +44,7 @@ use crate::http::{self, Health};
 use crate::manifests::{self, ManifestDir, Scan, WatchOptions};
 use crate::metrics::Metrics;
 use crate::plan::{Actual, Backoff, BackoffPolicy, Checksum, Desired, Op, normalise_listing, plan};
+use crate::reporter::{CompiledModel, DropReporter, DropsConfig};
 use crate::state::{PodKey, State};
 
 /// Error of a [`RulesetSource`].
@@ -95,6 +101,8 @@ pub struct AgentConfig {
     pub parallelism: usize,
     /// Address of `/metrics`, `/healthz`, `/readyz` (`None`: no HTTP server).
     pub listen: Option<SocketAddr>,
+    /// Drop reports (`None`: off). Its NFLOG group must be the rulesets' log group.
+    pub drops: Option<DropsConfig>,
 }
 
 impl Default for AgentConfig {
@@ -106,6 +114,7 @@ impl Default for AgentConfig {
             backoff: BackoffPolicy::default(),
             parallelism: 8,
             listen: None,
+            drops: Some(DropsConfig::default()),
         }
     }
 }
@@ -144,6 +153,9 @@ pub struct Reconciler {
     drifted: BTreeSet<PodKey>,
     backoff: BTreeMap<PodKey, Backoff>,
     synced: bool,
+    /// The last good model and graph (what drop reports are described against).
+    compiled: Option<Arc<CompiledModel>>,
+    reporter: Option<DropReporter>,
 }
 
 enum Outcome {
@@ -179,7 +191,34 @@ impl Reconciler {
             drifted: BTreeSet::new(),
             backoff: BTreeMap::new(),
             synced: false,
+            compiled: None,
+            reporter: None,
         }
+    }
+
+    /// Reports drops of the enforced Pods with `reporter` from the next compile on:
+    /// each compile that changes the rulesets hands it the new model and namespaces
+    /// (and waits until new namespaces are listened to) before anything is applied.
+    pub fn attach_reporter(&mut self, reporter: DropReporter) {
+        if let Some(c) = &self.compiled {
+            reporter.track(c.clone(), self.enforced_netns());
+        }
+        self.reporter = Some(reporter);
+    }
+
+    /// Takes the drop reporter back (to stop it).
+    pub fn detach_reporter(&mut self) -> Option<DropReporter> {
+        self.reporter.take()
+    }
+
+    /// The last good model and graph.
+    pub fn compiled(&self) -> Option<&Arc<CompiledModel>> {
+        self.compiled.as_ref()
+    }
+
+    /// Network namespaces of the Pods with a desired ruleset.
+    pub fn enforced_netns(&self) -> BTreeSet<String> {
+        self.desired.values().map(|d| d.netns.clone()).collect()
     }
 
     /// Takes a source scan: reports its problems and feeds its events to the state.
@@ -278,6 +317,12 @@ impl Reconciler {
             }
         }
         self.desired = desired;
+        let compiled = Arc::new(CompiledModel { model, graph });
+        if let Some(r) = &self.reporter {
+            // Before the sync that applies: the first drops of a new Pod are reported.
+            r.track(compiled.clone(), self.enforced_netns());
+        }
+        self.compiled = Some(compiled);
         true
     }
 
@@ -470,7 +515,7 @@ fn earliest(a: Option<Instant>, b: Instant) -> Option<Instant> {
 }
 
 /// Displays an error with its sources (`a: b: c`).
-struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+pub(crate) struct ErrorChain<'a>(pub(crate) &'a (dyn std::error::Error + 'static));
 
 impl std::fmt::Display for ErrorChain<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -570,6 +615,13 @@ pub enum AgentError {
     /// A reconcile pass panicked; the agent stopped (the kernel keeps its tables).
     #[error("reconcile pass panicked")]
     Panicked,
+    /// The drop reporter thread could not be started.
+    #[error("cannot start the drop reporter")]
+    Reporter {
+        /// The IO error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The running agent.
@@ -613,7 +665,17 @@ impl Agent {
             }
             None => (None, None),
         };
-        let reconciler = Reconciler::new(&config, renderer, applier, metrics.clone());
+        let mut reconciler = Reconciler::new(&config, renderer, applier, metrics.clone());
+        if let Some(drops) = config.drops.clone() {
+            let group = drops.nflog.group;
+            let reporter = DropReporter::start(drops, metrics.clone())
+                .map_err(|source| AgentError::Reporter { source })?;
+            reconciler.attach_reporter(reporter);
+            tracing::info!(
+                group,
+                "drop reports on (NFLOG listener per enforced Pod netns)"
+            );
+        }
         let scans = manifests::watch(manifests, config.watch);
         let task = tokio::spawn(run(
             reconciler,
@@ -682,7 +744,14 @@ async fn run(
     loop {
         let mut do_verify = false;
         tokio::select! {
-            _ = shutdown.changed() => return Ok(()),
+            _ = shutdown.changed() => {
+                // Flush the last drop reports and release the NFLOG groups, so a new
+                // agent can bind them at once.
+                if let Some(r) = reconciler.detach_reporter() {
+                    let _ = tokio::task::spawn_blocking(move || r.stop()).await;
+                }
+                return Ok(());
+            }
             scan = scans.recv(), if source_open => match scan {
                 Some(scan) => reconciler.handle_scan(scan),
                 None => {

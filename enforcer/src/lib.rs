@@ -24,6 +24,8 @@
 //! - [`applier::Applier`]: [`applier::NftApplier`] (real) and
 //!   [`applier::RecordingApplier`] (fake);
 //! - [`agent::Reconciler`] (synchronous core) and [`agent::Agent`] (tokio loop, HTTP);
+//! - [`reporter::DropReporter`]: drop reports of the enforced Pods (a listener per
+//!   Pod netns, rate limited, described against the agent's latest model);
 //! - [`metrics::Metrics`] (prometheus-client) and [`http`] (`/metrics`, `/healthz`,
 //!   `/readyz`).
 //!
@@ -71,6 +73,7 @@ pub mod netns;
 pub mod nft;
 pub mod plan;
 pub mod probe;
+pub mod reporter;
 pub mod ruleset_json;
 pub mod state;
 pub mod topology;

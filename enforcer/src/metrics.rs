@@ -12,6 +12,8 @@
 //! | `netpol_compile_errors_total` | counter | compilations or renders refused (last good kept) |
 //! | `netpol_manifest_errors_total` | counter | invalid manifest files (last good objects kept) |
 //! | `netpol_drops_total{namespace,pod,direction}` | counter | packets dropped by policy (NFLOG) |
+//! | `netpol_drops_suppressed_total` | counter | drops not reported individually (aggregator key bound) |
+//! | `netpol_drop_listeners` | gauge | Pod namespaces with a bound NFLOG listener |
 
 use std::time::Duration;
 
@@ -58,6 +60,10 @@ pub struct Metrics {
     pub manifest_errors: Counter,
     /// Dropped packets by Pod and direction.
     pub drops: Family<DropLabels, Counter>,
+    /// Drops counted but not reported individually (the aggregator's key bound).
+    pub drops_suppressed: Counter,
+    /// Pod namespaces with a bound NFLOG listener.
+    pub drop_listeners: Gauge,
 }
 
 impl Default for Metrics {
@@ -81,6 +87,8 @@ impl Metrics {
         let compile_errors = Counter::default();
         let manifest_errors = Counter::default();
         let drops = Family::<DropLabels, Counter>::default();
+        let drops_suppressed = Counter::default();
+        let drop_listeners = Gauge::default();
         registry.register(
             "applies",
             "Rulesets loaded into a Pod network namespace",
@@ -131,6 +139,16 @@ impl Metrics {
             "Packets dropped by policy, by Pod and direction",
             drops.clone(),
         );
+        registry.register(
+            "drops_suppressed",
+            "Dropped packets not reported individually (the aggregator's key bound was hit)",
+            drops_suppressed.clone(),
+        );
+        registry.register(
+            "drop_listeners",
+            "Pod network namespaces with a bound NFLOG drop listener",
+            drop_listeners.clone(),
+        );
         Self {
             registry,
             applies,
@@ -143,6 +161,8 @@ impl Metrics {
             compile_errors,
             manifest_errors,
             drops,
+            drops_suppressed,
+            drop_listeners,
         }
     }
 
@@ -194,6 +214,8 @@ mod tests {
             "netpol_compile_errors_total 0",
             "netpol_manifest_errors_total 0",
             "netpol_drops_total{namespace=\"x\",pod=\"a\",direction=\"ingress\"} 3",
+            "netpol_drops_suppressed_total 0",
+            "netpol_drop_listeners 0",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }

@@ -22,7 +22,7 @@ use crate::kernel;
 use crate::probe::{ALLOW, DENY, listeners, v4, v6};
 
 /// Bound on how long a change may take to reach the kernel.
-const CONVERGE: Duration = Duration::from_secs(5);
+pub(crate) const CONVERGE: Duration = Duration::from_secs(5);
 
 /// The real applier, counting applies per Pod and failing for chosen Pods.
 #[derive(Default)]
@@ -88,14 +88,14 @@ fn policy(from: &str) -> String {
 
 const ISOLATE_A: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-ingress, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: a}}\n";
 
-fn table(netns: &str) -> Option<String> {
+pub(crate) fn table(netns: &str) -> Option<String> {
     NftApplier
         .list(&PodKey::new("x", "t"), netns)
         .unwrap()
         .map(|l| normalise_listing(&l))
 }
 
-fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Duration {
+pub(crate) fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
     while !ok() {
         assert!(
@@ -108,7 +108,7 @@ fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Dura
 }
 
 /// `GET path` over HTTP/1.1; returns (status, body).
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+pub(crate) fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     write!(
@@ -123,7 +123,7 @@ fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body.to_owned())
 }
 
-fn metric(addr: SocketAddr, name: &str) -> f64 {
+pub(crate) fn metric(addr: SocketAddr, name: &str) -> f64 {
     let (_, body) = get(addr, "/metrics");
     body.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
@@ -131,7 +131,7 @@ fn metric(addr: SocketAddr, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("{name} not in\n{body}"))
 }
 
-fn config() -> AgentConfig {
+pub(crate) fn config() -> AgentConfig {
     AgentConfig {
         verify_interval: Duration::from_millis(300),
         watch: WatchOptions {
@@ -147,7 +147,7 @@ fn config() -> AgentConfig {
     }
 }
 
-fn write(dir: &Path, file: &str, text: &str) {
+pub(crate) fn write(dir: &Path, file: &str, text: &str) {
     // Write-then-rename, as editors and ConfigMap updates do: never a half-written file.
     let tmp = dir.join(format!(".{file}.tmp"));
     std::fs::write(&tmp, text).unwrap();

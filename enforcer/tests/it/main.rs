@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod agent;
+mod agent_live;
 mod cases;
 mod drops;
 mod kernel;
