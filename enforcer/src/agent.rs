@@ -41,10 +41,11 @@ use tokio::task::JoinHandle;
 
 use crate::applier::{Applier, ApplyError};
 use crate::http::{self, Health};
-use crate::manifests::{self, ManifestDir, Scan, WatchOptions};
+use crate::manifests::{ManifestDir, Scan, WatchOptions};
 use crate::metrics::Metrics;
 use crate::plan::{Actual, Backoff, BackoffPolicy, Checksum, Desired, Op, normalise_listing, plan};
 use crate::reporter::{CompiledModel, DropReporter, DropsConfig};
+use crate::source::{ManifestSource, StateSource};
 use crate::state::{PodKey, State};
 
 /// Error of a [`RulesetSource`].
@@ -635,11 +636,23 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts the agent on the current tokio runtime: the manifest watch, the reconcile
-    /// loop and (with `config.listen`) the HTTP server.
+    /// Starts the agent on the current tokio runtime with the manifest directory as its
+    /// source (watched with `config.watch`); see [`Agent::start_with_source`].
     pub async fn start(
         config: AgentConfig,
         manifests: ManifestDir,
+        renderer: Arc<dyn RulesetSource>,
+        applier: Arc<dyn Applier>,
+    ) -> Result<Agent, AgentError> {
+        let source = ManifestSource::new(manifests, config.watch);
+        Self::start_with_source(config, Box::new(source), renderer, applier).await
+    }
+
+    /// Starts the agent on the current tokio runtime: the state source, the reconcile
+    /// loop and (with `config.listen`) the HTTP server.
+    pub async fn start_with_source(
+        config: AgentConfig,
+        source: Box<dyn StateSource>,
         renderer: Arc<dyn RulesetSource>,
         applier: Arc<dyn Applier>,
     ) -> Result<Agent, AgentError> {
@@ -676,7 +689,8 @@ impl Agent {
                 "drop reports on (NFLOG listener per enforced Pod netns)"
             );
         }
-        let scans = manifests::watch(manifests, config.watch);
+        tracing::info!(source = %source.describe(), "state source");
+        let scans = source.start();
         let task = tokio::spawn(run(
             reconciler,
             scans,

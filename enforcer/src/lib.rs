@@ -75,5 +75,6 @@ pub mod plan;
 pub mod probe;
 pub mod reporter;
 pub mod ruleset_json;
+pub mod source;
 pub mod state;
 pub mod topology;
