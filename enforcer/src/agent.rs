@@ -516,7 +516,7 @@ fn earliest(a: Option<Instant>, b: Instant) -> Option<Instant> {
 }
 
 /// Displays an error with its sources (`a: b: c`).
-pub(crate) struct ErrorChain<'a>(pub(crate) &'a (dyn std::error::Error + 'static));
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
 
 impl std::fmt::Display for ErrorChain<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -617,17 +617,4 @@ pub fn run(plan: LabPlan, opts: &LabOptions) -> Result<LabReport, LabError> {
     Ok(report)
 }
 
-/// Displays an error with its sources (`a: b: c`).
-pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut src = self.0.source();
-        while let Some(s) = src {
-            write!(f, ": {s}")?;
-            src = s.source();
-        }
-        Ok(())
-    }
-}
+pub use crate::agent::ErrorChain;
