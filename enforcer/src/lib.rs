@@ -67,6 +67,7 @@ pub mod applier;
 pub mod drops;
 pub mod http;
 pub mod lab;
+pub mod kube;
 pub mod manifests;
 pub mod metrics;
 pub mod netns;

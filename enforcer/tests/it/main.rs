@@ -7,9 +7,11 @@
 
 mod agent;
 mod agent_live;
+mod apiserver;
 mod cases;
 mod drops;
 mod kernel;
+mod kube;
 mod lab;
 mod netns;
 mod nft;

@@ -1,0 +1,265 @@
+//! The Kubernetes source: Namespaces, Pods and NetworkPolicies from the API server.
+//!
+//! [`run_source`] runs one kube-rs [`watcher`] per kind (list, then watch with bookmarks;
+//! relist after `410 Gone`; reconnect with [`WatchStreamExt::default_backoff`]), slims
+//! every object ([`slim`]) and turns watcher events into state events in one place,
+//! [`Feed::handle`]. It sends them as [`Scan`]s, the same messages the manifest-directory
+//! source sends, so the agent consumes both alike.
+//!
+//! **Fail closed.** Until every kind has been listed once, scans say `complete: false` and
+//! the agent compiles nothing. A failing API server (unreachable, errors, a relist cut
+//! short) changes nothing: the last known objects stay until a complete relist replaces
+//! them. All Pods of the cluster are watched (peer sets need them); which are local is
+//! decided by `spec.nodeName` in [`State::local_pods`](crate::state::State::local_pods).
+//!
+//! [`WATCHED`] and [`WATCH_VERBS`] are the API calls the source makes; the ClusterRole in
+//! `manifests/` grants exactly those (a test compares them). [`snapshot`] lists live state
+//! once, for `netpol explain --cluster`.
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), enforcer::kube::KubeError> {
+//! let client = enforcer::kube::client(None, None).await?;
+//! let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+//! tokio::spawn(enforcer::kube::run_source(client, tx));
+//! while let Some(scan) = rx.recv().await {
+//!     println!("{} events, complete: {}", scan.events.len(), scan.complete);
+//! }
+//! # Ok(()) }
+//! ```
+
+pub mod feed;
+pub mod slim;
+pub mod snapshot;
+
+use std::fmt::Debug;
+use std::path::Path;
+
+use ::kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError};
+use ::kube::runtime::{WatchStreamExt, watcher};
+use ::kube::{Api, Client, Config};
+use futures::stream::BoxStream;
+use futures::{StreamExt, stream};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use policy_compiler::Located;
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+
+pub use feed::Feed;
+pub use slim::{slim_namespace, slim_pod, slim_policy};
+
+use crate::manifests::Scan;
+use crate::state::{Kind, Object};
+
+/// Errors of the Kubernetes source and of live listings.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    /// The kubeconfig file could not be read or parsed.
+    #[error("cannot read kubeconfig")]
+    Kubeconfig(#[source] KubeconfigError),
+    /// The kubeconfig has no usable context, cluster or user.
+    #[error("cannot use kubeconfig context {context:?}")]
+    Context {
+        /// The context asked for (`None`: the current context).
+        context: Option<String>,
+        /// The error.
+        #[source]
+        source: KubeconfigError,
+    },
+    /// Neither a kubeconfig nor the in-cluster service account is available.
+    #[error("cannot find a kubeconfig or in-cluster configuration")]
+    Infer(#[source] ::kube::config::InferConfigError),
+    /// The client could not be built from the configuration (TLS, auth plugin).
+    #[error("cannot build the Kubernetes client")]
+    Client(#[source] ::kube::Error),
+    /// A list call failed.
+    #[error("cannot list {resource}")]
+    List {
+        /// Resource path segment (`pods`, `deployments`).
+        resource: &'static str,
+        /// The error.
+        #[source]
+        source: ::kube::Error,
+    },
+}
+
+/// An API resource the source reads: group (empty for core), version and plural name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ApiResource {
+    /// API group (`""` for core, `networking.k8s.io`).
+    pub group: &'static str,
+    /// Version (`v1`).
+    pub version: &'static str,
+    /// Plural resource name as in RBAC rules and URLs (`pods`).
+    pub resource: &'static str,
+}
+
+const fn api_resource<K: k8s_openapi::Resource>() -> ApiResource {
+    ApiResource {
+        group: K::GROUP,
+        version: K::VERSION,
+        resource: K::URL_PATH_SEGMENT,
+    }
+}
+
+/// The resources the agent's source watches, cluster-wide: exactly the types
+/// [`run_source`] builds watchers for (see [`Watched`]).
+pub const WATCHED: [ApiResource; 3] = [
+    api_resource::<Namespace>(),
+    api_resource::<Pod>(),
+    api_resource::<NetworkPolicy>(),
+];
+
+/// The verbs a watcher uses on each of [`WATCHED`]: a (paginated) list, then watches.
+pub const WATCH_VERBS: [&str; 2] = ["list", "watch"];
+
+/// Every `(apiGroup, resource, verb)` the agent's source calls: what its RBAC must grant.
+pub fn api_calls() -> std::collections::BTreeSet<(&'static str, &'static str, &'static str)> {
+    WATCHED
+        .iter()
+        .flat_map(|r| WATCH_VERBS.iter().map(|v| (r.group, r.resource, *v)))
+        .collect()
+}
+
+/// A kind the source watches: its state kind and how an API object becomes a (slim) state
+/// object. Implemented for exactly the types of [`WATCHED`].
+pub trait Watched:
+    ::kube::Resource<DynamicType = ()>
+    + k8s_openapi::Resource
+    + Clone
+    + DeserializeOwned
+    + Debug
+    + Send
+    + Sync
+    + 'static
+{
+    /// The state kind.
+    const STATE_KIND: Kind;
+    /// The slimmed object, unlocated (it comes from the API server).
+    fn into_object(self) -> Object;
+}
+
+impl Watched for Namespace {
+    const STATE_KIND: Kind = Kind::Namespace;
+    fn into_object(self) -> Object {
+        Object::Namespace(Located::unlocated(slim_namespace(self)))
+    }
+}
+
+impl Watched for Pod {
+    const STATE_KIND: Kind = Kind::Pod;
+    fn into_object(self) -> Object {
+        Object::Pod(Located::unlocated(slim_pod(self)))
+    }
+}
+
+impl Watched for NetworkPolicy {
+    const STATE_KIND: Kind = Kind::NetworkPolicy;
+    fn into_object(self) -> Object {
+        Object::NetworkPolicy(Located::unlocated(slim_policy(self)))
+    }
+}
+
+type Item = (Kind, Result<watcher::Event<Object>, watcher::Error>);
+
+fn map_event<K>(event: watcher::Event<K>, f: impl Fn(K) -> Object) -> watcher::Event<Object> {
+    match event {
+        watcher::Event::Apply(o) => watcher::Event::Apply(f(o)),
+        watcher::Event::Delete(o) => watcher::Event::Delete(f(o)),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitApply(o) => watcher::Event::InitApply(f(o)),
+        watcher::Event::InitDone => watcher::Event::InitDone,
+    }
+}
+
+/// One kind's watcher: list + watch with bookmarks over all namespaces, relists on
+/// `410 Gone`, retried with the default backoff (800 ms doubling to 30 s, jittered).
+fn watch<K: Watched>(client: Client) -> BoxStream<'static, Item> {
+    debug_assert!(
+        WATCHED.contains(&api_resource::<K>()),
+        "RBAC covers every watched kind"
+    );
+    let api: Api<K> = Api::all(client);
+    watcher(api, watcher::Config::default())
+        .default_backoff()
+        .map(|r| (K::STATE_KIND, r.map(|ev| map_event(ev, K::into_object))))
+        .boxed()
+}
+
+/// Runs the source until `tx` is closed: watches [`WATCHED`] and sends what changed as
+/// [`Scan`]s (events that arrive together are batched into one scan). Errors are logged
+/// and retried with backoff; they never change the state (fail closed).
+pub async fn run_source(client: Client, tx: mpsc::Sender<Scan>) {
+    let streams = vec![
+        watch::<Namespace>(client.clone()),
+        watch::<Pod>(client.clone()),
+        watch::<NetworkPolicy>(client),
+    ];
+    let mut feed = Feed::new([
+        Namespace::STATE_KIND,
+        Pod::STATE_KIND,
+        NetworkPolicy::STATE_KIND,
+    ]);
+    let mut batches = stream::select_all(streams).ready_chunks(1024);
+    let mut sent_complete = false;
+    while let Some(batch) = batches.next().await {
+        let mut events = Vec::new();
+        for (kind, item) in batch {
+            match item {
+                Ok(ev) => events.extend(feed.handle(kind, ev)),
+                Err(error) => tracing::warn!(
+                    %kind,
+                    error = %error,
+                    "kubernetes watch failed: keeping the last known state, retrying with backoff"
+                ),
+            }
+        }
+        let complete = feed.synced();
+        if events.is_empty() && complete == sent_complete {
+            continue;
+        }
+        if complete && !sent_complete {
+            tracing::info!("kubernetes source synced: every kind listed");
+        }
+        sent_complete = complete;
+        let scan = Scan {
+            events,
+            complete,
+            ..Scan::default()
+        };
+        if tx.send(scan).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Builds a client: from `kubeconfig` (or `$KUBECONFIG`, `~/.kube/config`) with `context`
+/// (or the current context); without either, the first of `$KUBECONFIG`,
+/// `~/.kube/config` and the in-cluster service account that exists.
+pub async fn client(kubeconfig: Option<&Path>, context: Option<&str>) -> Result<Client, KubeError> {
+    let options = KubeConfigOptions {
+        context: context.map(str::to_owned),
+        ..KubeConfigOptions::default()
+    };
+    let config = match (kubeconfig, context) {
+        (Some(path), _) => {
+            let file = Kubeconfig::read_from(path).map_err(KubeError::Kubeconfig)?;
+            Config::from_custom_kubeconfig(file, &options)
+                .await
+                .map_err(|source| KubeError::Context {
+                    context: options.context.clone(),
+                    source,
+                })?
+        }
+        (None, Some(_)) => {
+            Config::from_kubeconfig(&options)
+                .await
+                .map_err(|source| KubeError::Context {
+                    context: options.context.clone(),
+                    source,
+                })?
+        }
+        (None, None) => Config::infer().await.map_err(KubeError::Infer)?,
+    };
+    Client::try_from(config).map_err(KubeError::Client)
+}

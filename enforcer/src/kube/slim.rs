@@ -1,0 +1,210 @@
+//! Slimming: objects from the API server reduced to the fields netpol reads.
+//!
+//! The agent holds every Pod of the cluster (peer sets), so what it keeps per Pod is what
+//! bounds its memory. Everything dropped here is either unused by the compiler
+//! (`managedFields`, images, probes, volumes, conditions, ...) or changes often without
+//! changing policy (`resourceVersion`, status timestamps): dropping it also means a
+//! status-only update is no change for the state index, so it causes no recompile.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Container, Namespace, Pod, PodSpec, PodStatus};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::state::NETNS_ANNOTATION;
+
+/// Metadata reduced to name, namespace, labels, the `netpol.io/netns` annotation and
+/// (with `owners`) the controller ownerReference.
+fn meta(m: ObjectMeta, owners: bool) -> ObjectMeta {
+    let annotations: BTreeMap<String, String> = m
+        .annotations
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| k == NETNS_ANNOTATION)
+        .collect();
+    let owner_references = if owners {
+        m.owner_references
+            .map(|refs| {
+                refs.into_iter()
+                    .filter(|r| r.controller == Some(true))
+                    .collect::<Vec<_>>()
+            })
+            .filter(|refs| !refs.is_empty())
+    } else {
+        None
+    };
+    ObjectMeta {
+        name: m.name,
+        namespace: m.namespace,
+        labels: m.labels,
+        annotations: (!annotations.is_empty()).then_some(annotations),
+        owner_references,
+        ..ObjectMeta::default()
+    }
+}
+
+/// A container reduced to its name, ports and restart policy (a sidecar init container
+/// with `restartPolicy: Always` serves its ports like any container).
+fn container(c: Container) -> Container {
+    Container {
+        name: c.name,
+        ports: c.ports,
+        restart_policy: c.restart_policy,
+        ..Container::default()
+    }
+}
+
+/// A Pod reduced to what the compiler and the agent read: name, namespace, labels, the
+/// netns annotation, the controller owner; `nodeName`, `hostNetwork`, container ports;
+/// status phase, Pod IPs and host IPs.
+pub fn slim_pod(pod: Pod) -> Pod {
+    let spec = pod.spec.map(|s| PodSpec {
+        containers: s.containers.into_iter().map(container).collect(),
+        init_containers: s
+            .init_containers
+            .map(|cs| cs.into_iter().map(container).collect()),
+        host_network: s.host_network,
+        node_name: s.node_name,
+        ..PodSpec::default()
+    });
+    let status = pod.status.map(|s| PodStatus {
+        phase: s.phase,
+        pod_ip: s.pod_ip,
+        pod_ips: s.pod_ips,
+        host_ip: s.host_ip,
+        host_ips: s.host_ips,
+        ..PodStatus::default()
+    });
+    Pod {
+        metadata: meta(pod.metadata, true),
+        spec,
+        status,
+    }
+}
+
+/// A Namespace reduced to its name and labels.
+pub fn slim_namespace(ns: Namespace) -> Namespace {
+    Namespace {
+        metadata: meta(ns.metadata, false),
+        spec: None,
+        status: None,
+    }
+}
+
+/// A NetworkPolicy reduced to name, namespace, labels and spec (the
+/// `last-applied-configuration` annotation alone is as large as the policy).
+pub fn slim_policy(p: NetworkPolicy) -> NetworkPolicy {
+    NetworkPolicy {
+        metadata: meta(p.metadata, false),
+        spec: p.spec,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(json: serde_json::Value) -> Pod {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn slim_pod_keeps_only_what_netpol_reads() {
+        let full = pod(serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {
+                "name": "web", "namespace": "shop", "uid": "u1", "resourceVersion": "42",
+                "labels": {"app": "web"},
+                "annotations": {"netpol.io/netns": "cni-1", "kubectl.kubernetes.io/last-applied-configuration": "{...}"},
+                "managedFields": [{"manager": "kubectl", "operation": "Apply"}],
+                "ownerReferences": [
+                    {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-1", "uid": "r1", "controller": true},
+                    {"apiVersion": "v1", "kind": "Thing", "name": "other", "uid": "t1"}
+                ]
+            },
+            "spec": {
+                "nodeName": "n1", "hostNetwork": false, "serviceAccountName": "sa",
+                "volumes": [{"name": "v", "emptyDir": {}}],
+                "containers": [{
+                    "name": "c", "image": "nginx:1", "env": [{"name": "A", "value": "b"}],
+                    "ports": [{"name": "http", "containerPort": 80}],
+                    "readinessProbe": {"tcpSocket": {"port": 80}}
+                }],
+                "initContainers": [{"name": "side", "image": "envoy", "restartPolicy": "Always",
+                                     "ports": [{"containerPort": 15001}]}]
+            },
+            "status": {
+                "phase": "Running", "podIP": "10.0.0.5", "podIPs": [{"ip": "10.0.0.5"}, {"ip": "fd00::5"}],
+                "hostIP": "192.168.0.1", "startTime": "2024-01-01T00:00:00Z",
+                "conditions": [{"type": "Ready", "status": "True"}],
+                "containerStatuses": [{"name": "c", "image": "nginx:1", "imageID": "x", "ready": true, "restartCount": 0}]
+            }
+        }));
+        let want = pod(serde_json::json!({
+            "metadata": {
+                "name": "web", "namespace": "shop",
+                "labels": {"app": "web"},
+                "annotations": {"netpol.io/netns": "cni-1"},
+                "ownerReferences": [
+                    {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-1", "uid": "r1", "controller": true}
+                ]
+            },
+            "spec": {
+                "nodeName": "n1", "hostNetwork": false,
+                "containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 80}]}],
+                "initContainers": [{"name": "side", "restartPolicy": "Always", "ports": [{"containerPort": 15001}]}]
+            },
+            "status": {
+                "phase": "Running", "podIP": "10.0.0.5", "podIPs": [{"ip": "10.0.0.5"}, {"ip": "fd00::5"}],
+                "hostIP": "192.168.0.1"
+            }
+        }));
+        assert_eq!(slim_pod(full.clone()), want);
+        assert_eq!(slim_pod(want.clone()), want, "idempotent");
+        // A status-only change (conditions, restarts) is no change once slimmed.
+        let mut later = full;
+        later.metadata.resource_version = Some("43".into());
+        if let Some(s) = later.status.as_mut() {
+            s.conditions = None;
+        }
+        assert_eq!(slim_pod(later), want);
+    }
+
+    #[test]
+    fn slim_pod_without_annotations_has_none() {
+        let p = pod(serde_json::json!({
+            "metadata": {"name": "a", "namespace": "x", "annotations": {"other": "1"}},
+            "spec": {"containers": [{"name": "c"}]}
+        }));
+        let s = slim_pod(p);
+        assert_eq!(s.metadata.annotations, None);
+        assert_eq!(s.metadata.owner_references, None);
+        assert!(s.status.is_none());
+    }
+
+    #[test]
+    fn slim_namespace_and_policy_drop_noise() {
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "shop", "labels": {"kubernetes.io/metadata.name": "shop"},
+                          "managedFields": [{"manager": "m"}], "resourceVersion": "7"},
+            "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}
+        }))
+        .unwrap();
+        let s = slim_namespace(ns);
+        assert_eq!(s.metadata.name.as_deref(), Some("shop"));
+        assert!(s.metadata.labels.is_some());
+        assert!(s.metadata.managed_fields.is_none() && s.spec.is_none() && s.status.is_none());
+
+        let p: NetworkPolicy = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "deny", "namespace": "shop", "generation": 3,
+                          "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}"}},
+            "spec": {"podSelector": {}}
+        }))
+        .unwrap();
+        let s = slim_policy(p.clone());
+        assert_eq!(s.spec, p.spec);
+        assert_eq!(s.metadata.annotations, None);
+        assert_eq!(s.metadata.generation, None);
+    }
+}

@@ -1,0 +1,151 @@
+//! A one-time listing of live cluster state as compiler [`Inputs`], for
+//! `netpol explain|matrix|test --cluster`.
+//!
+//! Lists Namespaces, Pods, NetworkPolicies and the workload controllers whose Pod
+//! templates are endpoints. Controllers owned by another controller (a Deployment's
+//! ReplicaSets, a CronJob's Jobs) are left out: their Pods are listed themselves, and their
+//! owner already stands for the template. Objects are slimmed and unlocated.
+
+use ::kube::api::ListParams;
+use ::kube::{Api, Client};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{Namespace, Pod, PodTemplateSpec, ReplicationController};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use policy_compiler::{Inputs, Located, Workload, WorkloadKind};
+use serde::de::DeserializeOwned;
+
+use super::{KubeError, slim_namespace, slim_pod, slim_policy};
+
+/// Page size of list calls.
+const PAGE: u32 = 500;
+
+async fn list_all<K>(client: &Client) -> Result<Vec<K>, KubeError>
+where
+    K: ::kube::Resource<DynamicType = ()>
+        + k8s_openapi::Resource
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::all(client.clone());
+    let mut out = Vec::new();
+    let mut params = ListParams::default().limit(PAGE);
+    loop {
+        let page = api.list(&params).await.map_err(|source| KubeError::List {
+            resource: <K as k8s_openapi::Resource>::URL_PATH_SEGMENT,
+            source,
+        })?;
+        out.extend(page.items);
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok(out),
+        }
+    }
+}
+
+fn owned(meta: &ObjectMeta) -> bool {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .any(|r| r.controller == Some(true))
+}
+
+fn workload(
+    kind: WorkloadKind,
+    metadata: ObjectMeta,
+    template: Option<PodTemplateSpec>,
+) -> Option<Located<Workload>> {
+    if owned(&metadata) {
+        return None;
+    }
+    let template = template?;
+    let slim = slim_pod(Pod {
+        metadata: template.metadata.unwrap_or_default(),
+        spec: template.spec,
+        status: None,
+    });
+    Some(Located::unlocated(Workload {
+        kind,
+        metadata: slim_namespace(Namespace {
+            metadata,
+            ..Namespace::default()
+        })
+        .metadata,
+        template: PodTemplateSpec {
+            metadata: Some(slim.metadata),
+            spec: slim.spec,
+        },
+    }))
+}
+
+/// Lists the live cluster state as compiler inputs (sorted by the compiler later).
+pub async fn snapshot(client: &Client) -> Result<Inputs, KubeError> {
+    let mut inputs = Inputs {
+        namespaces: list_all::<Namespace>(client)
+            .await?
+            .into_iter()
+            .map(|o| Located::unlocated(slim_namespace(o)))
+            .collect(),
+        pods: list_all::<Pod>(client)
+            .await?
+            .into_iter()
+            .map(|o| Located::unlocated(slim_pod(o)))
+            .collect(),
+        policies: list_all::<NetworkPolicy>(client)
+            .await?
+            .into_iter()
+            .map(|o| Located::unlocated(slim_policy(o)))
+            .collect(),
+        ..Inputs::default()
+    };
+    let w = &mut inputs.workloads;
+    for d in list_all::<Deployment>(client).await? {
+        w.extend(workload(
+            WorkloadKind::Deployment,
+            d.metadata,
+            d.spec.map(|s| s.template),
+        ));
+    }
+    for d in list_all::<ReplicaSet>(client).await? {
+        w.extend(workload(
+            WorkloadKind::ReplicaSet,
+            d.metadata,
+            d.spec.and_then(|s| s.template),
+        ));
+    }
+    for d in list_all::<StatefulSet>(client).await? {
+        w.extend(workload(
+            WorkloadKind::StatefulSet,
+            d.metadata,
+            d.spec.map(|s| s.template),
+        ));
+    }
+    for d in list_all::<DaemonSet>(client).await? {
+        w.extend(workload(
+            WorkloadKind::DaemonSet,
+            d.metadata,
+            d.spec.map(|s| s.template),
+        ));
+    }
+    for d in list_all::<Job>(client).await? {
+        w.extend(workload(
+            WorkloadKind::Job,
+            d.metadata,
+            d.spec.map(|s| s.template),
+        ));
+    }
+    for d in list_all::<CronJob>(client).await? {
+        let template = d.spec.and_then(|s| s.job_template.spec).map(|s| s.template);
+        w.extend(workload(WorkloadKind::CronJob, d.metadata, template));
+    }
+    for d in list_all::<ReplicationController>(client).await? {
+        w.extend(workload(
+            WorkloadKind::ReplicationController,
+            d.metadata,
+            d.spec.and_then(|s| s.template),
+        ));
+    }
+    Ok(inputs)
+}

@@ -1,0 +1,365 @@
+//! The Kubernetes source against the in-process fake API server (`apiserver.rs`): list,
+//! watch events, reconnects, 410 relists, bookmarks, an unreachable server. See: #5
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use enforcer::kube::{WATCHED, api_calls, run_source};
+use enforcer::state::{Kind, Object, ObjectKey, State};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::apiserver::{ApiServer, NAMESPACES, PODS, POLICIES};
+
+fn pod(name: &str, app: &str, node: &str) -> Value {
+    json!({
+        "metadata": {
+            "name": name, "namespace": "shop", "uid": format!("uid-{name}"),
+            "labels": {"app": app},
+            "annotations": {"netpol.io/netns": format!("ns-{name}"), "big": "x".repeat(1000)},
+            "managedFields": [{"manager": "kubelet", "operation": "Update"}]
+        },
+        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "nginx",
+                  "ports": [{"containerPort": 80, "name": "http"}]}]},
+        "status": {"phase": "Running", "podIP": "10.0.0.1", "podIPs": [{"ip": "10.0.0.1"}],
+                    "conditions": [{"type": "Ready", "status": "True"}]}
+    })
+}
+
+fn namespace(name: &str) -> Value {
+    json!({"metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name}}})
+}
+
+fn policy(name: &str) -> Value {
+    json!({"metadata": {"name": name, "namespace": "shop"}, "spec": {"podSelector": {}}})
+}
+
+/// The source running against a server, feeding a State like the agent does.
+struct Harness {
+    state: Arc<Mutex<State>>,
+    complete: Arc<Mutex<Vec<bool>>>,
+    task: tokio::task::JoinHandle<()>,
+    feeder: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.feeder.abort();
+    }
+}
+
+impl Harness {
+    fn start(server: &ApiServer) -> Harness {
+        let (tx, mut rx) = mpsc::channel(16);
+        let task = tokio::spawn(run_source(server.client(), tx));
+        let state = Arc::new(Mutex::new(State::new()));
+        let complete = Arc::new(Mutex::new(Vec::new()));
+        let (s, c) = (state.clone(), complete.clone());
+        let feeder = tokio::spawn(async move {
+            while let Some(scan) = rx.recv().await {
+                let mut st = s.lock().unwrap();
+                for e in scan.events {
+                    st.handle(e);
+                }
+                c.lock().unwrap().push(scan.complete);
+            }
+        });
+        Harness {
+            state,
+            complete,
+            task,
+            feeder,
+        }
+    }
+
+    fn keys(&self) -> Vec<String> {
+        self.state
+            .lock()
+            .unwrap()
+            .objects()
+            .map(|o| o.key().to_string())
+            .collect()
+    }
+
+    fn generation(&self) -> u64 {
+        self.state.lock().unwrap().generation()
+    }
+
+    fn synced(&self) -> bool {
+        self.complete.lock().unwrap().last() == Some(&true)
+    }
+
+    fn get(&self, kind: Kind, ns: &str, name: &str) -> Option<Object> {
+        let key = ObjectKey {
+            kind,
+            namespace: ns.into(),
+            name: name.into(),
+        };
+        self.state.lock().unwrap().get(&key).cloned()
+    }
+
+    async fn wait(&self, what: &str, f: impl Fn(&Harness) -> bool) {
+        let start = Instant::now();
+        while !f(self) {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "timed out waiting for {what}; state: {:?}",
+                self.keys()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn wait_watching(server: &ApiServer) {
+    let start = Instant::now();
+    for path in [NAMESPACES, PODS, POLICIES] {
+        while server.watchers(path) == 0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "no watch on {path}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn populated() -> (ApiServer, Harness) {
+    let server = ApiServer::start().await;
+    server.add(NAMESPACES, namespace("shop"));
+    server.add(PODS, pod("a", "a", "n1"));
+    server.add(PODS, pod("b", "b", "n2"));
+    server.add(POLICIES, policy("deny"));
+    let h = Harness::start(&server);
+    h.wait("initial sync", Harness::synced).await;
+    wait_watching(&server).await;
+    (server, h)
+}
+
+fn list_calls(server: &ApiServer, path: &str) -> usize {
+    server
+        .requests()
+        .iter()
+        .filter(|r| r.path == path && !r.is_watch())
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initial_list_populates_state_slimmed_and_uses_only_rbac_calls() {
+    let (server, h) = populated().await;
+    assert_eq!(
+        h.keys(),
+        [
+            "Namespace shop",
+            "Pod shop/a",
+            "Pod shop/b",
+            "NetworkPolicy shop/deny"
+        ]
+    );
+    let complete = h.complete.lock().unwrap().clone();
+    assert!(
+        complete.windows(2).all(|w| w[0] <= w[1]),
+        "incomplete until every kind is listed, then complete for good: {complete:?}"
+    );
+    let Some(Object::Pod(p)) = h.get(Kind::Pod, "shop", "a") else {
+        panic!("pod a")
+    };
+    assert!(p.origin.is_none());
+    let meta = &p.object.metadata;
+    assert!(meta.managed_fields.is_none() && meta.resource_version.is_none());
+    assert_eq!(
+        meta.annotations.as_ref().map(|a| a.len()),
+        Some(1),
+        "only netpol.io/netns"
+    );
+    let state = h.state.lock().unwrap().clone();
+    let local: Vec<String> = state
+        .local_pods(Some("n1"))
+        .keys()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(local, ["shop/a"], "local Pods by spec.nodeName");
+    assert_eq!(
+        state.local_pods(Some("n1"))[&enforcer::state::PodKey::new("shop", "a")],
+        "ns-a"
+    );
+
+    // Every request is a GET list or watch of a WATCHED collection, and every granted
+    // (group, resource, verb) was used: RBAC is exact.
+    let mut seen = std::collections::BTreeSet::new();
+    for r in server.requests() {
+        assert_eq!(r.method, "GET", "{r:?}");
+        let res = WATCHED
+            .iter()
+            .find(|w| {
+                let base = if w.group.is_empty() {
+                    format!("/api/{}", w.version)
+                } else {
+                    format!("/apis/{}/{}", w.group, w.version)
+                };
+                r.path == format!("{base}/{}", w.resource)
+            })
+            .unwrap_or_else(|| panic!("request outside WATCHED: {r:?}"));
+        let verb = if r.is_watch() { "watch" } else { "list" };
+        if r.is_watch() {
+            assert_eq!(
+                r.query.get("allowWatchBookmarks").map(String::as_str),
+                Some("true")
+            );
+        }
+        seen.insert((res.group, res.resource, verb));
+    }
+    assert_eq!(seen, api_calls());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn added_modified_deleted_propagate() {
+    let (server, h) = populated().await;
+    server.add(PODS, pod("c", "c", "n1"));
+    h.wait("c added", |h| h.get(Kind::Pod, "shop", "c").is_some())
+        .await;
+    server.modify(PODS, pod("a", "changed", "n1"));
+    h.wait("a modified", |h| {
+        matches!(h.get(Kind::Pod, "shop", "a"), Some(Object::Pod(p))
+            if p.object.metadata.labels.as_ref().and_then(|l| l.get("app")).map(String::as_str) == Some("changed"))
+    })
+    .await;
+    server.delete(POLICIES, "shop", "deny");
+    h.wait("policy deleted", |h| {
+        h.get(Kind::NetworkPolicy, "shop", "deny").is_none()
+    })
+    .await;
+    server.add(NAMESPACES, namespace("web"));
+    h.wait("namespace added", |h| {
+        h.get(Kind::Namespace, "", "web").is_some()
+    })
+    .await;
+    assert_eq!(list_calls(&server, PODS), 1, "no relist");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_only_updates_do_not_change_state() {
+    let (server, h) = populated().await;
+    let g = h.generation();
+    let mut p = pod("a", "a", "n1");
+    p["status"]["conditions"] = json!([{"type": "Ready", "status": "False"}]);
+    server.modify(PODS, p);
+    server.add(PODS, pod("marker", "m", "n9"));
+    h.wait("marker", |h| h.get(Kind::Pod, "shop", "marker").is_some())
+        .await;
+    assert_eq!(h.generation(), g + 1, "only the marker changed the state");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_reconnects_from_the_last_version_and_continues() {
+    let (server, h) = populated().await;
+    server.disconnect(PODS);
+    // Changed while the watch is down: replayed when the client watches again.
+    server.add(PODS, pod("c", "c", "n1"));
+    server.delete(PODS, "shop", "b");
+    h.wait("replayed events", |h| {
+        h.get(Kind::Pod, "shop", "c").is_some() && h.get(Kind::Pod, "shop", "b").is_none()
+    })
+    .await;
+    assert_eq!(list_calls(&server, PODS), 1, "resumed the watch, no relist");
+    server.add(PODS, pod("d", "d", "n1"));
+    h.wait("watch continues", |h| {
+        h.get(Kind::Pod, "shop", "d").is_some()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gone_410_relists_and_state_equals_the_new_list() {
+    let (server, h) = populated().await;
+    // Lost in a gap: b deleted, c added, a changed; then history is compacted.
+    server.compact_with(PODS, vec![pod("a", "a2", "n1"), pod("c", "c", "n1")]);
+    h.wait("relisted", |h| {
+        h.get(Kind::Pod, "shop", "c").is_some() && h.get(Kind::Pod, "shop", "b").is_none()
+    })
+    .await;
+    assert_eq!(
+        h.keys(),
+        [
+            "Namespace shop",
+            "Pod shop/a",
+            "Pod shop/c",
+            "NetworkPolicy shop/deny"
+        ],
+        "pods equal the new list, other kinds untouched"
+    );
+    assert_eq!(list_calls(&server, PODS), 2, "one relist");
+    assert_eq!(list_calls(&server, POLICIES), 1);
+    // And it watches again from the new list.
+    wait_watching(&server).await;
+    server.add(PODS, pod("d", "d", "n1"));
+    h.wait("watch after relist", |h| {
+        h.get(Kind::Pod, "shop", "d").is_some()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bookmarks_advance_without_changing_state() {
+    let (server, h) = populated().await;
+    let g = h.generation();
+    let scans = h.complete.lock().unwrap().len();
+    let rv = server.bookmark(PODS);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(h.generation(), g);
+    assert_eq!(
+        h.complete.lock().unwrap().len(),
+        scans,
+        "no scan for a bookmark"
+    );
+    // The next watch resumes from the bookmark's resourceVersion.
+    server.disconnect(PODS);
+    let start = Instant::now();
+    loop {
+        let resumed = server.requests().iter().any(|r| {
+            r.path == PODS
+                && r.is_watch()
+                && r.query.get("resourceVersion") == Some(&rv.to_string())
+        });
+        if resumed {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            server.requests()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(h.generation(), g);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_down_keeps_the_last_known_state_then_recovers() {
+    let (server, h) = populated().await;
+    let before = h.keys();
+    let g = h.generation();
+    server.stop();
+    // Long enough for several failed reconnects (backoff starts at 800 ms).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(h.keys(), before, "fail closed: nothing dropped");
+    assert_eq!(h.generation(), g);
+    assert!(h.synced(), "still complete");
+    // Back (with a change made meanwhile): the source reconnects with backoff.
+    server.restart().await;
+    server.add(PODS, pod("c", "c", "n1"));
+    h.wait("recovered", |h| h.get(Kind::Pod, "shop", "c").is_some())
+        .await;
+    assert!(h.get(Kind::Pod, "shop", "a").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_synced_source_reports_incomplete() {
+    let server = ApiServer::start().await;
+    server.stop();
+    let h = Harness::start(&server);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(h.state.lock().unwrap().is_empty());
+    assert!(!h.synced(), "no complete scan while nothing was listed");
+}
