@@ -10,6 +10,7 @@ mod agent_live;
 mod apiserver;
 mod cases;
 mod drops;
+mod install;
 mod kernel;
 mod kube;
 mod lab;

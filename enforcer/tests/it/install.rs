@@ -1,0 +1,250 @@
+//! The deployable manifests in `manifests/`: every document is its k8s-openapi type, the
+//! RBAC grants exactly the calls the kube source makes, and the DaemonSet carries the
+//! settings docs/kubernetes.md promises. See: #5
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use enforcer::kube::api_calls;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use serde_json::Value;
+
+fn manifests_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests")
+}
+
+/// Every document of every `manifests/*.yaml`, as (file, kind, value).
+fn documents() -> Vec<(String, String, Value)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(manifests_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            name.ends_with(".yaml"),
+            "{name}: only YAML here (`kubectl apply -f manifests/` reads every file)"
+        );
+        let text = std::fs::read_to_string(&f).unwrap();
+        let docs: Vec<Value> =
+            serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        for d in docs.into_iter().filter(|d| !d.is_null()) {
+            let kind = d["kind"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{name}: no kind"))
+                .to_owned();
+            out.push((name.clone(), kind, d));
+        }
+    }
+    out
+}
+
+struct Install {
+    daemonset: DaemonSet,
+    account: ServiceAccount,
+    role: ClusterRole,
+    binding: ClusterRoleBinding,
+    cni: ConfigMap,
+}
+
+fn typed<T: serde::de::DeserializeOwned>(file: &str, v: Value) -> T {
+    serde_path_to_error::deserialize(v).unwrap_or_else(|e| panic!("{file}: {e}"))
+}
+
+fn install() -> Install {
+    let mut by_kind: BTreeMap<String, Vec<(String, Value)>> = BTreeMap::new();
+    for (file, kind, v) in documents() {
+        by_kind.entry(kind).or_default().push((file, v));
+    }
+    let mut one = |kind: &str| {
+        let mut docs = by_kind.remove(kind).unwrap_or_default();
+        assert_eq!(docs.len(), 1, "exactly one {kind}");
+        docs.remove(0)
+    };
+    let (f, ds) = one("DaemonSet");
+    let daemonset = typed(&f, ds);
+    let (f, sa) = one("ServiceAccount");
+    let account = typed(&f, sa);
+    let (f, r) = one("ClusterRole");
+    let role = typed(&f, r);
+    let (f, b) = one("ClusterRoleBinding");
+    let binding = typed(&f, b);
+    let (f, c) = one("ConfigMap");
+    let cni = typed(&f, c);
+    assert!(by_kind.is_empty(), "unexpected kinds: {:?}", by_kind.keys());
+    Install {
+        daemonset,
+        account,
+        role,
+        binding,
+        cni,
+    }
+}
+
+#[test]
+fn every_manifest_is_its_typed_object() {
+    let i = install();
+    assert_eq!(i.account.metadata.name.as_deref(), Some("netpol"));
+}
+
+#[test]
+fn rbac_grants_exactly_the_calls_of_the_kube_source() {
+    let i = install();
+    let mut granted = BTreeSet::new();
+    for rule in i.role.rules.iter().flatten() {
+        assert!(rule.resource_names.is_none() && rule.non_resource_urls.is_none());
+        for g in rule.api_groups.iter().flatten() {
+            for r in rule.resources.iter().flatten() {
+                for v in &rule.verbs {
+                    granted.insert((g.clone(), r.clone(), v.clone()));
+                }
+            }
+        }
+    }
+    let wanted: BTreeSet<(String, String, String)> = api_calls()
+        .into_iter()
+        .map(|(g, r, v)| (g.to_owned(), r.to_owned(), v.to_owned()))
+        .collect();
+    assert_eq!(granted, wanted);
+
+    assert_eq!(i.binding.role_ref.kind, "ClusterRole");
+    assert_eq!(
+        Some(&i.binding.role_ref.name),
+        i.role.metadata.name.as_ref()
+    );
+    let subjects = i.binding.subjects.unwrap_or_default();
+    assert_eq!(subjects.len(), 1);
+    assert_eq!(subjects[0].kind, "ServiceAccount");
+    assert_eq!(Some(&subjects[0].name), i.account.metadata.name.as_ref());
+    assert_eq!(subjects[0].namespace, i.account.metadata.namespace);
+}
+
+#[test]
+fn daemonset_runs_the_kube_agent_with_least_privilege() {
+    let i = install();
+    let ds = i.daemonset;
+    assert_eq!(ds.metadata.namespace, i.account.metadata.namespace);
+    let spec = ds.spec.unwrap();
+    let pod = spec.template.spec.unwrap();
+    assert_eq!(pod.service_account_name, i.account.metadata.name);
+    assert_eq!(pod.host_network, Some(true));
+    assert_ne!(
+        pod.host_pid,
+        Some(true),
+        "netns are files under /var/run/netns"
+    );
+    let labels = spec.template.metadata.unwrap().labels.unwrap();
+    for (k, v) in spec.selector.match_labels.unwrap() {
+        assert_eq!(labels.get(&k), Some(&v), "selector matches the template");
+    }
+
+    let [agent] = &pod.containers[..] else {
+        panic!("one container")
+    };
+    let args = agent.args.clone().unwrap_or_default();
+    for want in ["agent", "--kubernetes", "--node=$(NODE_NAME)"] {
+        assert!(args.iter().any(|a| a == want), "{want} in {args:?}");
+    }
+    let env = agent.env.clone().unwrap_or_default();
+    let node = env.iter().find(|e| e.name == "NODE_NAME").unwrap();
+    let field = node
+        .value_from
+        .as_ref()
+        .unwrap()
+        .field_ref
+        .as_ref()
+        .unwrap();
+    assert_eq!(field.field_path, "spec.nodeName");
+
+    let sc = agent.security_context.clone().unwrap();
+    assert_eq!(sc.privileged, Some(false));
+    let caps = sc.capabilities.unwrap();
+    assert_eq!(caps.drop, Some(vec!["ALL".to_owned()]));
+    assert_eq!(
+        caps.add,
+        Some(vec!["NET_ADMIN".to_owned(), "SYS_ADMIN".to_owned()])
+    );
+
+    // Probes and metrics on the port the agent listens on.
+    let port = agent
+        .ports
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|p| p.name.as_deref() == Some("metrics"))
+        .unwrap();
+    assert!(args.contains(&format!("--listen=0.0.0.0:{}", port.container_port)));
+    let probe_path = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
+        p.as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .and_then(|h| h.path.clone())
+    };
+    assert_eq!(
+        probe_path(&agent.liveness_probe).as_deref(),
+        Some("/healthz")
+    );
+    assert_eq!(
+        probe_path(&agent.readiness_probe).as_deref(),
+        Some("/readyz")
+    );
+    let res = agent.resources.as_ref().unwrap();
+    assert!(
+        res.requests
+            .as_ref()
+            .is_some_and(|r| r.contains_key("cpu") && r.contains_key("memory"))
+    );
+    assert!(
+        res.limits
+            .as_ref()
+            .is_some_and(|r| r.contains_key("memory"))
+    );
+
+    // Netns directories mounted read-only from the host.
+    let mounts = agent.volume_mounts.clone().unwrap_or_default();
+    for path in ["/var/run/netns", "/run/netns"] {
+        let m = mounts
+            .iter()
+            .find(|m| m.mount_path == path)
+            .unwrap_or_else(|| panic!("{path}"));
+        assert_eq!(m.read_only, Some(true), "{path}");
+        let vol = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == m.name)
+            .unwrap();
+        assert_eq!(vol.host_path.as_ref().unwrap().path, path);
+    }
+    // Every mount names a volume.
+    let vols: BTreeSet<&str> = pod
+        .volumes
+        .iter()
+        .flatten()
+        .map(|v| v.name.as_str())
+        .collect();
+    for c in pod
+        .containers
+        .iter()
+        .chain(pod.init_containers.iter().flatten())
+    {
+        for m in c.volume_mounts.iter().flatten() {
+            assert!(vols.contains(m.name.as_str()), "{}: {}", c.name, m.name);
+        }
+    }
+    assert_eq!(
+        pod.init_containers.map(|c| c.len()),
+        Some(1),
+        "install-cni placeholder"
+    );
+}
+
+#[test]
+fn cni_snippet_is_json_naming_the_plugin() {
+    let data = install().cni.data.unwrap();
+    let entry: Value = serde_json::from_str(&data["netpol.conflist-entry.json"]).unwrap();
+    assert_eq!(entry["type"], "netpol-cni");
+}
