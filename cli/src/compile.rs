@@ -45,7 +45,7 @@ pub(crate) struct CompileArgs {
 
 /// Runs `compile`; returns the exit code.
 pub(crate) fn run(args: &CompileArgs, input: &crate::InputArgs) -> i32 {
-    let c = match inputs::compile(&input.files, input.verbose) {
+    let c = match inputs::compile_input(input) {
         Ok(c) => c,
         Err(code) => return code,
     };

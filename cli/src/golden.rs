@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 
 use clap::ValueEnum;
 use policy_compiler::expect::{Expectations, check, parse_expectations};
-use policy_compiler::{AllowGraph, MatrixQuery, Model, Protocol, load, matrix};
+use policy_compiler::{AllowGraph, Inputs, MatrixQuery, Model, Protocol, load, matrix};
 use serde::Serialize;
 use similar::TextDiff;
 
@@ -57,6 +57,13 @@ pub(crate) struct TestArgs {
     /// Output format on stdout. With json the `N passed, M failed` line goes to stderr.
     #[arg(short, long, value_enum, default_value = "text")]
     output: Format,
+    /// Check every case against the live cluster (listed once through the kubeconfig)
+    /// instead of the case's manifests: expect.yaml and goldens describe the cluster.
+    #[arg(long)]
+    cluster: bool,
+    /// Kubeconfig context for --cluster (default: the current context).
+    #[arg(long, value_name = "CONTEXT", requires = "cluster")]
+    context: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -279,11 +286,19 @@ pub(crate) fn run(args: &TestArgs) -> i32 {
         );
         return inputs::EXIT_INVALID;
     }
+    let live = if args.cluster {
+        match inputs::live(args.context.as_deref()) {
+            Ok(i) => Some(i),
+            Err(code) => return code,
+        }
+    } else {
+        None
+    };
     let mut suites = Vec::new();
     for (dir, cases) in plan {
         let mut reports = Vec::new();
         for case in cases {
-            let report = run_case(dir, &case, args.update);
+            let report = run_case(dir, &case, args.update, live.as_ref());
             if args.output == Format::Text {
                 print!("{}", text_report(&report));
             }
@@ -404,8 +419,9 @@ fn passed(kind: &'static str, what: impl Into<String>) -> Check {
     }
 }
 
-/// Compiles and checks one case directory.
-pub(crate) fn run_case(root: &Path, dir: &Path, update: bool) -> CaseReport {
+/// Compiles and checks one case directory (against `live` cluster state instead of its
+/// manifests when given).
+pub(crate) fn run_case(root: &Path, dir: &Path, update: bool, live: Option<&Inputs>) -> CaseReport {
     let name = match dir.strip_prefix(root) {
         Ok(p) if p.as_os_str().is_empty() => ".".to_string(),
         Ok(p) => p.display().to_string(),
@@ -418,37 +434,40 @@ pub(crate) fn run_case(root: &Path, dir: &Path, update: bool) -> CaseReport {
         checks: Vec::new(),
         warnings: Vec::new(),
     };
-    check_case(dir, update, &mut report);
+    check_case(dir, update, live, &mut report);
     report.passed = report.checks.iter().all(|c| c.status != Status::Failed);
     report
 }
 
-fn check_case(dir: &Path, update: bool, report: &mut CaseReport) {
-    // Manifests.
+/// The case's manifests, loaded: inputs, load diagnostics and the number of files.
+fn case_inputs(dir: &Path) -> Result<(Inputs, Vec<policy_compiler::Diagnostic>, usize), String> {
     let mut files = Vec::new();
-    if let Err(e) = manifests(dir, true, &mut files) {
-        report.checks.push(failed("manifests", "manifests", e));
-        return;
-    }
+    manifests(dir, true, &mut files)?;
     if files.is_empty() {
-        report.checks.push(failed(
-            "manifests",
-            "manifests",
-            "no manifest (*.yaml, *.yml, *.json) in the case directory",
-        ));
-        return;
+        return Err("no manifest (*.yaml, *.yml, *.json) in the case directory".to_owned());
     }
-    let sources = match Sources::read(&files) {
-        Ok(s) => s,
-        Err(diags) => {
-            let lines: Vec<String> = diags.iter().map(ToString::to_string).collect();
-            report
-                .checks
-                .push(failed("manifests", "manifests", lines.join("\n")));
-            return;
-        }
+    let sources = Sources::read(&files).map_err(|diags| {
+        diags
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    })?;
+    let (inputs, diags) = load(&sources.texts());
+    Ok((inputs, diags, files.len()))
+}
+
+fn check_case(dir: &Path, update: bool, live: Option<&Inputs>, report: &mut CaseReport) {
+    let (inputs, mut diags, what) = match live {
+        Some(inputs) => (inputs.clone(), Vec::new(), "live cluster".to_owned()),
+        None => match case_inputs(dir) {
+            Ok((inputs, diags, n)) => (inputs, diags, format!("{n} manifest file(s)")),
+            Err(e) => {
+                report.checks.push(failed("manifests", "manifests", e));
+                return;
+            }
+        },
     };
-    let (inputs, mut diags) = load(&sources.texts());
     let (model, d) = Model::build(&inputs);
     diags.extend(d);
     diags.sort_by_key(|d| (d.file.clone(), d.line, d.column));
@@ -465,10 +484,7 @@ fn check_case(dir: &Path, update: bool, report: &mut CaseReport) {
         report.checks.push(failed("manifests", "manifests", r));
         return;
     }
-    report.checks.push(passed(
-        "manifests",
-        format!("{} manifest file(s)", files.len()),
-    ));
+    report.checks.push(passed("manifests", what));
     let graph = AllowGraph::build(&model);
 
     // expect.yaml.

@@ -1,10 +1,13 @@
-//! Reading `-f PATH...` into a compiled model, and printing diagnostics.
+//! Reading `-f PATH...` (or, with `--cluster`, the live cluster) into a compiled model,
+//! and printing diagnostics.
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use miette::{LabeledSpan, NamedSource, Report};
 use policy_compiler::{AllowGraph, Diagnostic, Inputs, Model, Severity, SourceText, load};
+
+use crate::InputArgs;
 
 /// Exit code for invalid input.
 pub(crate) const EXIT_INVALID: i32 = 2;
@@ -142,6 +145,60 @@ pub(crate) fn load_and_compile(
     }
     let graph = AllowGraph::build(&model);
     Ok((inputs, Compiled { model, graph }))
+}
+
+/// [`compile`] of `-f` paths or, with `--cluster`, of the live cluster.
+pub(crate) fn compile_input(input: &InputArgs) -> Result<Compiled, i32> {
+    if input.cluster {
+        let inputs = live(input.context.as_deref())?;
+        compile_inputs(&inputs, Vec::new(), None)
+    } else {
+        compile(&input.files, input.verbose)
+    }
+}
+
+/// Lists the live cluster through the kubeconfig (`$KUBECONFIG` or `~/.kube/config`,
+/// `context` or the current one); prints the error and returns `Err(2)` on failure.
+pub(crate) fn live(context: Option<&str>) -> Result<Inputs, i32> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start the tokio runtime: {e}");
+            EXIT_INVALID
+        })?;
+    rt.block_on(async {
+        let client = enforcer::kube::client(None, context).await?;
+        enforcer::kube::snapshot::snapshot(&client).await
+    })
+    .map_err(|e| {
+        let mut msg = format!("error: cannot read the cluster: {e}");
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            msg.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        eprintln!("{msg}");
+        EXIT_INVALID
+    })
+}
+
+/// Builds the model of objects that did not come from files (no source snippets).
+pub(crate) fn compile_inputs(
+    inputs: &Inputs,
+    mut diags: Vec<Diagnostic>,
+    sources: Option<&Sources>,
+) -> Result<Compiled, i32> {
+    let (model, d) = Model::build(inputs);
+    diags.extend(d);
+    print_diagnostics(&diags, sources);
+    if policy_compiler::diagnostic::has_errors(&diags) {
+        let n = diags.iter().filter(|d| d.is_error()).count();
+        eprintln!("error: {n} invalid input(s): nothing was compiled");
+        return Err(EXIT_INVALID);
+    }
+    let graph = AllowGraph::build(&model);
+    Ok(Compiled { model, graph })
 }
 
 /// Prints diagnostics to stderr, with a source snippet where the position is known.

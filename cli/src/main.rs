@@ -2,7 +2,8 @@
 //!
 //! Subcommands: `explain SRC DST` (may SRC reach DST, and which rules decide),
 //! `matrix` (truth table of every endpoint pair), `compile` (each Pod's nftables ruleset). Every command reads manifests with
-//! `-f PATH` (files, directories, `-` for stdin) and exits 2 on invalid input.
+//! `-f PATH` (files, directories, `-` for stdin), or the live cluster with
+//! `--cluster [--context C]`, and exits 2 on invalid input.
 //! `agent --manifests DIR` runs the node agent (enforcement in Pod netns); `lab -f PATH`
 //! (root) runs the manifests' Pods as namespaces on this machine and compares the
 //! kernel's answers with the compiler's.
@@ -11,6 +12,7 @@
 //! ```text
 //! netpol explain x/a y/b --port 80 -f testdata/cases/upstream/
 //! netpol matrix --port 80 --protocol TCP -f manifests.yaml -o json
+//! netpol explain shop/web shop/db --port 5432 --cluster --context prod
 //! netpol compile --all --out-dir rulesets/ -f manifests.yaml
 //! netpol agent --manifests /etc/netpol/manifests --netns-map /etc/netpol/netns.map
 //! netpol gen --namespaces 100 --pods 10000 --policies 1000 --seed 1 -o cluster.yaml
@@ -45,8 +47,21 @@ struct Cli {
 #[derive(clap::Args)]
 struct InputArgs {
     /// Manifests: files, directories (recursive: *.yaml, *.yml, *.json) or - for stdin.
-    #[arg(short = 'f', long = "filename", value_name = "PATH", required = true)]
+    #[arg(
+        short = 'f',
+        long = "filename",
+        value_name = "PATH",
+        required_unless_present = "cluster",
+        conflicts_with = "cluster"
+    )]
     pub(crate) files: Vec<PathBuf>,
+    /// Read the live cluster instead of files: Namespaces, Pods, workloads and
+    /// NetworkPolicies listed through the kubeconfig ($KUBECONFIG or ~/.kube/config).
+    #[arg(long)]
+    pub(crate) cluster: bool,
+    /// Kubeconfig context for --cluster (default: the current context).
+    #[arg(long, value_name = "CONTEXT", requires = "cluster")]
+    pub(crate) context: Option<String>,
     /// List skipped objects (kinds that do not affect connectivity).
     #[arg(short, long)]
     pub(crate) verbose: bool,
@@ -202,7 +217,7 @@ fn run_explain(
     output: ExplainFormat,
     input: &InputArgs,
 ) -> i32 {
-    let c = match inputs::compile(&input.files, input.verbose) {
+    let c = match inputs::compile_input(input) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -236,7 +251,7 @@ fn run_matrix(
     output: MatrixFormat,
     input: &InputArgs,
 ) -> i32 {
-    let c = match inputs::compile(&input.files, input.verbose) {
+    let c = match inputs::compile_input(input) {
         Ok(c) => c,
         Err(code) => return code,
     };

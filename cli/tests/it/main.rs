@@ -5,6 +5,9 @@
 // outside `#[test]` functions.
 #![allow(clippy::unwrap_used)]
 
+#[path = "../../../enforcer/tests/it/apiserver.rs"]
+mod apiserver;
+mod cluster;
 mod explain;
 mod lab;
 mod matrix;

@@ -34,6 +34,11 @@ pub(crate) struct Run {
 }
 
 impl Run {
+    /// What a finished process printed and returned.
+    pub(crate) fn from_output(o: Output) -> Run {
+        Run::from(o)
+    }
+
     fn from(o: Output) -> Run {
         Run {
             code: o

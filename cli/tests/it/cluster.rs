@@ -1,0 +1,214 @@
+//! `--cluster [--context C]`: explain, matrix and test read live state from the fake API
+//! server (enforcer/tests/it/apiserver.rs) through a generated kubeconfig. See: #5
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use serde_json::{Value, json};
+
+use crate::apiserver::{ApiServer, COLLECTIONS};
+use crate::support::{case, copy_case, manifests_of, netpol, repo_root};
+
+/// Loads a repository case's cluster.yaml and policies.yaml into the server, as the API
+/// server would hold them (namespaced objects always carry their namespace).
+fn load_case(server: &ApiServer, name: &str) {
+    for f in ["cluster.yaml", "policies.yaml"] {
+        let text = std::fs::read_to_string(case(name).join(f)).unwrap();
+        let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
+        for mut d in docs.into_iter().filter(|d| !d.is_null()) {
+            let kind = d["kind"].as_str().unwrap().to_owned();
+            let (path, _, _) = COLLECTIONS
+                .iter()
+                .find(|(_, k, _)| *k == kind)
+                .unwrap_or_else(|| panic!("no collection for {kind}"));
+            if kind != "Namespace" && d["metadata"]["namespace"].is_null() {
+                d["metadata"]["namespace"] = json!("default");
+            }
+            server.add(path, d);
+        }
+    }
+}
+
+/// Runs `netpol ARGS` with KUBECONFIG set (and HOME elsewhere, so ~/.kube is not read).
+fn netpol_kube(kubeconfig: &Path, args: &[&str]) -> crate::support::Run {
+    let o = Command::new(env!("CARGO_BIN_EXE_netpol"))
+        .args(args)
+        .current_dir(repo_root())
+        .env("KUBECONFIG", kubeconfig)
+        .env("HOME", kubeconfig.parent().unwrap())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    crate::support::Run::from_output(o)
+}
+
+/// A kubeconfig whose current context points nowhere and whose `live` context points at
+/// the server.
+fn kubeconfig(server: &ApiServer, dir: &Path) -> std::path::PathBuf {
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: live\n  cluster: {{server: \"{}\"}}\n- name: nowhere\n  cluster: {{server: \"http://127.0.0.1:1\"}}\nusers:\n- name: u\n  user: {{}}\ncontexts:\n- name: live\n  context: {{cluster: live, user: u}}\n- name: nowhere\n  context: {{cluster: nowhere, user: u}}\ncurrent-context: nowhere\n",
+        server.url()
+    );
+    let path = dir.join("kubeconfig");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+const CASE: &str = "apps/shop-multi-tier";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_and_explain_of_the_live_cluster_equal_the_files() {
+    let server = ApiServer::start().await;
+    load_case(&server, CASE);
+    let tmp = tempfile::tempdir().unwrap();
+    let kc = kubeconfig(&server, tmp.path());
+
+    let mut args = vec!["matrix".to_owned(), "--port".into(), "5432".into()];
+    args.extend(manifests_of(CASE));
+    let from_files = netpol(&args);
+    from_files.expect_code(0);
+    let live = netpol_kube(
+        &kc,
+        &["matrix", "--port", "5432", "--cluster", "--context", "live"],
+    );
+    live.expect_code(0);
+    assert_eq!(live.stdout, from_files.stdout);
+
+    let mut args = vec![
+        "explain".to_owned(),
+        "shop/api".into(),
+        "shop/db".into(),
+        "--port".into(),
+        "5432".into(),
+    ];
+    args.extend(manifests_of(CASE));
+    let from_files = netpol(&args);
+    let live = netpol_kube(
+        &kc,
+        &[
+            "explain",
+            "shop/api",
+            "shop/db",
+            "--port",
+            "5432",
+            "--cluster",
+            "--context",
+            "live",
+        ],
+    );
+    live.expect_code(0);
+    assert_eq!(live.stdout, from_files.stdout);
+
+    // Only list calls, all GETs.
+    assert!(
+        server
+            .requests()
+            .iter()
+            .all(|r| r.method == "GET" && !r.is_watch())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_command_checks_expectations_against_the_cluster() {
+    let server = ApiServer::start().await;
+    load_case(&server, CASE);
+    let tmp = tempfile::tempdir().unwrap();
+    let kc = kubeconfig(&server, tmp.path());
+    let dir = tmp.path().join("case");
+    copy_case(CASE, &dir);
+    // The case's own manifests are ignored with --cluster: break them to prove it.
+    std::fs::write(dir.join("policies.yaml"), "kind: NetworkPolicy\n").unwrap();
+    let run = netpol_kube(
+        &kc,
+        &[
+            "test",
+            dir.to_str().unwrap(),
+            "--cluster",
+            "--context",
+            "live",
+        ],
+    );
+    run.expect_code(0);
+    assert!(
+        run.stdout.ends_with("1 passed, 0 failed\n"),
+        "{}",
+        run.stdout
+    );
+
+    let json_args = [
+        "test",
+        dir.to_str().unwrap(),
+        "--cluster",
+        "--context",
+        "live",
+        "-o",
+        "json",
+    ];
+    let run = netpol_kube(&kc, &json_args);
+    run.expect_code(0);
+    assert!(run.stdout.contains("\"live cluster\""), "{}", run.stdout);
+
+    // A policy deleted in the cluster makes the expectations fail.
+    server.delete("/apis/networking.k8s.io/v1/networkpolicies", "shop", "api");
+    let run = netpol_kube(
+        &kc,
+        &[
+            "test",
+            dir.to_str().unwrap(),
+            "--cluster",
+            "--context",
+            "live",
+        ],
+    );
+    run.expect_code(1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workloads_are_listed_without_owned_controllers() {
+    let server = ApiServer::start().await;
+    let template = json!({"metadata": {"labels": {"app": "web"}},
+                          "spec": {"containers": [{"name": "c", "image": "nginx", "ports": [{"containerPort": 80}]}]}});
+    server.add("/api/v1/namespaces", json!({"metadata": {"name": "shop"}}));
+    server.add(
+        "/apis/apps/v1/deployments",
+        json!({"metadata": {"name": "web", "namespace": "shop", "uid": "d1"},
+               "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": template}}),
+    );
+    server.add(
+        "/apis/apps/v1/replicasets",
+        json!({"metadata": {"name": "web-1", "namespace": "shop",
+                            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "d1", "controller": true}]},
+               "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": template}}),
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let kc = kubeconfig(&server, tmp.path());
+    let run = netpol_kube(
+        &kc,
+        &["matrix", "--cluster", "--context", "live", "-o", "json"],
+    );
+    run.expect_code(0);
+    assert!(run.stdout.contains("shop/deployment/web"), "{}", run.stdout);
+    assert!(!run.stdout.contains("replicaset"), "{}", run.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_cluster_and_bad_flags_exit_2() {
+    let server = ApiServer::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let kc = kubeconfig(&server, tmp.path());
+    // The current context points at a closed port.
+    let run = netpol_kube(&kc, &["matrix", "--cluster"]);
+    run.expect_code(2);
+    assert!(
+        run.stderr.contains("cannot read the cluster"),
+        "{}",
+        run.stderr
+    );
+    let run = netpol_kube(&kc, &["matrix", "--cluster", "--context", "missing"]);
+    run.expect_code(2);
+    assert!(run.stderr.contains("missing"), "{}", run.stderr);
+    let run = netpol_kube(&kc, &["matrix", "--cluster", "-f", "x.yaml"]);
+    run.expect_code(2);
+    let run = netpol_kube(&kc, &["matrix", "--context", "live", "-f", "x.yaml"]);
+    run.expect_code(2);
+}
