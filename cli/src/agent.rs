@@ -1,4 +1,5 @@
-//! `netpol agent`: the node agent on a manifest directory (see docs/agent.md).
+//! `netpol agent`: the node agent on a manifest directory or on the Kubernetes API
+//! (`--kubernetes`; see docs/agent.md and docs/kubernetes.md).
 //!
 //! Logs are JSON lines on stderr (`RUST_LOG` filters, default `info`); drop reports are
 //! log lines of target `netpol::drops` (`--no-drops` turns them off). The agent runs
@@ -12,19 +13,37 @@ use std::time::Duration;
 use anyhow::Context as _;
 use enforcer::agent::{Agent, AgentConfig, CompiledRulesets};
 use enforcer::applier::NftApplier;
+use enforcer::kube::KubeSource;
 use enforcer::manifests::{ManifestDir, WatchOptions};
 use enforcer::reporter::DropsConfig;
+use enforcer::source::{ManifestSource, StateSource};
 use policy_compiler::ruleset::RulesetOptions;
 
 /// Flags of `netpol agent`.
 #[derive(clap::Args, Debug)]
 pub(crate) struct AgentArgs {
     /// Directory of manifests (recursive: *.yaml, *.yml, *.json), watched for changes.
-    #[arg(long, value_name = "DIR")]
-    manifests: PathBuf,
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "kubernetes",
+        conflicts_with = "kubernetes"
+    )]
+    manifests: Option<PathBuf>,
+    /// Watch Namespaces, Pods and NetworkPolicies on the Kubernetes API instead (in-cluster
+    /// service account, or --kubeconfig / $KUBECONFIG). Needs --node.
+    #[arg(long, requires = "node")]
+    kubernetes: bool,
+    /// Kubeconfig file for --kubernetes (default: $KUBECONFIG, ~/.kube/config, then the
+    /// in-cluster service account).
+    #[arg(long, value_name = "FILE", requires = "kubernetes")]
+    kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context for --kubernetes (default: the current context).
+    #[arg(long, value_name = "CONTEXT", requires = "kubernetes")]
+    context: Option<String>,
     /// Pod to netns mapping: lines `namespace/pod netns-name` (/var/run/netns/NAME).
-    /// The Pod annotation `netpol.io/netns` wins over it.
-    #[arg(long, value_name = "FILE")]
+    /// The Pod annotation `netpol.io/netns` wins over it. Manifest source only.
+    #[arg(long, value_name = "FILE", conflicts_with = "kubernetes")]
     netns_map: Option<PathBuf>,
     /// Only Pods with this spec.nodeName (or none) are local.
     #[arg(long, value_name = "NODE")]
@@ -114,21 +133,32 @@ fn run_agent(args: &AgentArgs) -> anyhow::Result<()> {
                 log_group: args.log_group,
             },
         });
+        let source: Box<dyn StateSource> = if args.kubernetes {
+            let client =
+                enforcer::kube::client(args.kubeconfig.as_deref(), args.context.as_deref())
+                    .await
+                    .context("cannot connect to the Kubernetes API")?;
+            Box::new(KubeSource::new(client))
+        } else {
+            let manifests = args
+                .manifests
+                .clone()
+                .context("--manifests DIR or --kubernetes is required")?;
+            Box::new(ManifestSource::new(
+                ManifestDir::new(&manifests, args.netns_map.clone()),
+                config.watch,
+            ))
+        };
         tracing::info!(
-            manifests = %args.manifests.display(),
+            source = source.describe(),
             netns_map = args.netns_map.as_ref().map(|p| p.display().to_string()),
             node = args.node,
             drops = !args.no_drops,
             "netpol agent starting"
         );
-        let mut agent = Agent::start(
-            config,
-            ManifestDir::new(&args.manifests, args.netns_map.clone()),
-            renderer,
-            Arc::new(NftApplier),
-        )
-        .await
-        .context("cannot start the agent")?;
+        let mut agent = Agent::start_with_source(config, source, renderer, Arc::new(NftApplier))
+            .await
+            .context("cannot start the agent")?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("cannot install the SIGTERM handler")?;
         tokio::select! {

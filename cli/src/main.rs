@@ -4,9 +4,9 @@
 //! `matrix` (truth table of every endpoint pair), `compile` (each Pod's nftables ruleset). Every command reads manifests with
 //! `-f PATH` (files, directories, `-` for stdin), or the live cluster with
 //! `--cluster [--context C]`, and exits 2 on invalid input.
-//! `agent --manifests DIR` runs the node agent (enforcement in Pod netns); `lab -f PATH`
-//! (root) runs the manifests' Pods as namespaces on this machine and compares the
-//! kernel's answers with the compiler's.
+//! `agent --manifests DIR | --kubernetes --node NODE` runs the node agent (enforcement in
+//! Pod netns); `lab -f PATH` (root) runs the manifests' Pods as namespaces on this machine
+//! and compares the kernel's answers with the compiler's.
 //! `gen` writes a synthetic cluster for benchmarks.
 //!
 //! ```text
@@ -128,7 +128,8 @@ enum Command {
         input: InputArgs,
     },
     /// Node agent: keeps each local Pod's nftables table equal to the compiled policy of
-    /// a watched manifest directory (fail closed; /metrics, /healthz, /readyz).
+    /// a watched manifest directory or of the Kubernetes API (fail closed; /metrics,
+    /// /healthz, /readyz).
     Agent {
         #[command(flatten)]
         args: agent::AgentArgs,

@@ -49,6 +49,7 @@ pub use feed::Feed;
 pub use slim::{slim_namespace, slim_pod, slim_policy};
 
 use crate::manifests::Scan;
+use crate::source::StateSource;
 use crate::state::{Kind, Object};
 
 /// Errors of the Kubernetes source and of live listings.
@@ -186,6 +187,30 @@ fn watch<K: Watched>(client: Client) -> BoxStream<'static, Item> {
         .boxed()
 }
 
+/// The Kubernetes API as the agent's [`StateSource`]: [`run_source`] on a task.
+pub struct KubeSource {
+    client: Client,
+}
+
+impl KubeSource {
+    /// A source reading through `client`.
+    pub fn new(client: Client) -> Self {
+        Self { client }
+    }
+}
+
+impl StateSource for KubeSource {
+    fn start(self: Box<Self>) -> mpsc::Receiver<Scan> {
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(run_source(self.client, tx));
+        rx
+    }
+
+    fn describe(&self) -> String {
+        "kubernetes API".to_owned()
+    }
+}
+
 /// Runs the source until `tx` is closed: watches [`WATCHED`] and sends what changed as
 /// [`Scan`]s (events that arrive together are batched into one scan). Errors are logged
 /// and retried with backoff; they never change the state (fail closed).
@@ -202,7 +227,14 @@ pub async fn run_source(client: Client, tx: mpsc::Sender<Scan>) {
     ]);
     let mut batches = stream::select_all(streams).ready_chunks(1024);
     let mut sent_complete = false;
-    while let Some(batch) = batches.next().await {
+    loop {
+        let batch = tokio::select! {
+            () = tx.closed() => return,
+            batch = batches.next() => match batch {
+                Some(b) => b,
+                None => return,
+            },
+        };
         let mut events = Vec::new();
         for (kind, item) in batch {
             match item {

@@ -363,3 +363,54 @@ async fn never_synced_source_reports_incomplete() {
     assert!(h.state.lock().unwrap().is_empty());
     assert!(!h.synced(), "no complete scan while nothing was listed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_enforces_local_pods_from_the_api() {
+    use enforcer::agent::{Agent, AgentConfig, CompiledRulesets};
+    use enforcer::applier::RecordingApplier;
+    use enforcer::state::PodKey;
+
+    let server = ApiServer::start().await;
+    server.add(NAMESPACES, namespace("shop"));
+    server.add(PODS, pod("a", "a", "n1"));
+    server.add(PODS, pod("b", "b", "n2"));
+    server.add(POLICIES, policy("deny"));
+    let applier = Arc::new(RecordingApplier::new());
+    let config = AgentConfig {
+        node: Some("n1".into()),
+        ..AgentConfig::default()
+    };
+    let agent = Agent::start_with_source(
+        config,
+        Box::new(enforcer::kube::KubeSource::new(server.client())),
+        Arc::new(CompiledRulesets::default()),
+        applier.clone(),
+    )
+    .await
+    .unwrap();
+    let start = Instant::now();
+    while !agent.ready() {
+        assert!(start.elapsed() < Duration::from_secs(20), "agent not ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        applier.applies(&PodKey::new("shop", "a")),
+        1,
+        "local Pod enforced"
+    );
+    assert_eq!(
+        applier.applies(&PodKey::new("shop", "b")),
+        0,
+        "other node's Pod is not"
+    );
+    let table = applier.table("ns-a").unwrap();
+    assert!(table.contains("table inet netpol"), "{table}");
+    // The policy goes away in the API: a's table follows (no longer isolated).
+    server.delete(POLICIES, "shop", "deny");
+    let start = Instant::now();
+    while applier.applies(&PodKey::new("shop", "a")) < 2 {
+        assert!(start.elapsed() < Duration::from_secs(20), "no re-apply");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    agent.stop().await.unwrap();
+}
