@@ -20,6 +20,8 @@
 //! The node agent (see `docs/agent.md`):
 //! - [`state::State`]: the object index (apply/delete/reset), fed in one place;
 //! - [`manifests::ManifestDir`]: the manifest-directory source (fail closed per file);
+//! - [`kube::run_source`]: the Kubernetes source (watchers, per-kind relists, slim
+//!   objects, fail closed), and [`kube::snapshot::snapshot`] for live queries;
 //! - [`plan::plan`]: pure `desired x actual -> Vec<Op>`, with [`plan::Backoff`];
 //! - [`applier::Applier`]: [`applier::NftApplier`] (real) and
 //!   [`applier::RecordingApplier`] (fake);
