@@ -1,6 +1,6 @@
 //! The Kubernetes source: Namespaces, Pods and NetworkPolicies from the API server.
 //!
-//! [`run_source`] runs one kube-rs [`watcher`] per kind (list, then watch with bookmarks;
+//! [`run_source`] runs one kube-rs [`watcher()`] per kind (list, then watch with bookmarks;
 //! relist after `410 Gone`; reconnect with [`WatchStreamExt::default_backoff`]), slims
 //! every object ([`slim`]) and turns watcher events into state events in one place,
 //! [`Feed::handle`]. It sends them as [`Scan`]s, the same messages the manifest-directory
