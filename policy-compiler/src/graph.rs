@@ -618,3 +618,57 @@ impl<'m> GraphBuilder<'m> {
         id
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::{SourceText, load};
+
+    #[test]
+    fn subjects_parse_pods_workloads_and_addresses() {
+        let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec: {containers: [{name: c}]}\nstatus: {podIP: 10.0.0.1}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: shop}\nspec:\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: c}]}\n";
+        let (inputs, d) = load(&[SourceText { name: "t", text }]);
+        assert!(d.is_empty(), "{d:?}");
+        let (model, d) = Model::build(&inputs);
+        assert!(d.is_empty(), "{d:?}");
+        let a = model.endpoint_by_key("default/a").unwrap();
+        let web = model.endpoint_by_key("shop/deployment/web").unwrap();
+        assert_eq!(Subject::parse(&model, "a"), Ok(Subject::Endpoint(a)));
+        assert_eq!(
+            Subject::parse(&model, "default/a"),
+            Ok(Subject::Endpoint(a))
+        );
+        assert_eq!(Subject::parse(&model, "10.0.0.1"), Ok(Subject::Endpoint(a)));
+        assert_eq!(
+            Subject::parse(&model, "shop/deployment/web"),
+            Ok(Subject::Endpoint(web))
+        );
+        assert_eq!(
+            Subject::parse(&model, "shop/deploy/web"),
+            Ok(Subject::Endpoint(web))
+        );
+        assert_eq!(
+            Subject::parse(&model, "203.0.113.9"),
+            Ok(Subject::External("203.0.113.9".parse().unwrap()))
+        );
+        assert!(
+            Subject::parse(&model, "shop/widget/web")
+                .unwrap_err()
+                .contains("unknown workload kind")
+        );
+        assert!(
+            Subject::parse(&model, "shop/web")
+                .unwrap_err()
+                .contains("shop/deployment/web")
+        );
+        assert!(
+            Subject::parse(&model, "x/y/z/w")
+                .unwrap_err()
+                .contains("not an endpoint")
+        );
+        // A workload has no IP: traffic to itself is self traffic, to others is evaluated.
+        let r =
+            AllowGraph::build(&model).reach(&model, Subject::Endpoint(web), Subject::Endpoint(a));
+        assert!(r.allowed.is_all());
+    }
+}
