@@ -21,7 +21,7 @@ use petgraph::visit::EdgeRef;
 use crate::model::{
     Direction, Endpoint, EndpointId, IpBlock, Model, NamespaceScope, Peer, PolicyId, Rule,
 };
-use crate::ports::PortSet;
+use crate::ports::{PortRanges, PortSet};
 
 /// One side of a flow: an endpoint, or an address outside the cluster's endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -487,14 +487,7 @@ impl AllowGraph {
                 let _ = writeln!(s, "  {dir}: isolated by {}", names.join(", "));
                 for (set, prov) in self.edges(e.id, dir) {
                     let rule = rule_of(model, &prov);
-                    let ports = match &rule.ports {
-                        None => "all ports".to_string(),
-                        Some(ps) => ps
-                            .iter()
-                            .map(ToString::to_string)
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                    };
+                    let ports = rule.ports_text();
                     let peer = match prov.peer {
                         Some(p) => format!("peer {p}"),
                         None => "any peer".into(),
@@ -554,11 +547,10 @@ pub fn rule_ports(rule: &Rule, dst: Option<&Endpoint>) -> PortSet {
     match &rule.ports {
         None => PortSet::all(),
         Some(ports) => {
-            let mut set = PortSet::none();
-            for p in ports {
-                set.add(&PortSet::of(p.protocol, p.resolve(dst)));
-            }
-            set
+            // One merge per protocol: rules with many ports stay linear-logarithmic.
+            let resolved: Vec<(crate::ports::Protocol, PortRanges)> =
+                ports.iter().map(|p| (p.protocol, p.resolve(dst))).collect();
+            PortSet::from_parts(resolved.iter().map(|(p, r)| (*p, r)))
         }
     }
 }

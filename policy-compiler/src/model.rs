@@ -211,11 +211,11 @@ impl RulePort {
             PortMatch::Range(lo, hi) => PortRanges::range(*lo, *hi),
             PortMatch::Named(n) => dst
                 .map(|d| {
-                    d.resolve_named_port(n, self.protocol)
-                        .into_iter()
-                        .fold(PortRanges::default(), |acc, p| {
-                            acc.union(&PortRanges::range(p, p))
-                        })
+                    PortRanges::from_ranges(
+                        d.resolve_named_port(n, self.protocol)
+                            .into_iter()
+                            .map(|p| (p, p)),
+                    )
                 })
                 .unwrap_or_default(),
         }
@@ -240,6 +240,20 @@ pub struct Rule {
     pub peers: Option<Vec<Peer>>,
     /// `None`: `ports` absent or empty, every port of every protocol.
     pub ports: Option<Vec<RulePort>>,
+}
+
+impl Rule {
+    /// `all ports`, or the rule's ports as written (`TCP 80, UDP 53-60, TCP http`).
+    pub fn ports_text(&self) -> String {
+        match &self.ports {
+            None => "all ports".to_string(),
+            Some(ps) => ps
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
 }
 
 /// Traffic direction, from the selected Pod's point of view.
@@ -431,14 +445,7 @@ impl Model {
                             .collect::<Vec<_>>()
                             .join(" | "),
                     };
-                    let ports = match &r.ports {
-                        None => "all ports".to_string(),
-                        Some(ps) => ps
-                            .iter()
-                            .map(ToString::to_string)
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                    };
+                    let ports = r.ports_text();
                     let _ = writeln!(s, "  {dir} rule {i}: {peers} on [{ports}]");
                 }
             }

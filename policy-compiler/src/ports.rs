@@ -118,9 +118,9 @@ impl PortRanges {
         self.0.get(i).is_some_and(|&(lo, _)| lo <= port)
     }
 
-    /// Union.
-    pub fn union(&self, other: &Self) -> Self {
-        let mut all: Vec<(u16, u16)> = self.0.iter().chain(other.0.iter()).copied().collect();
+    /// The union of any number of inclusive ranges (one sort, one merge).
+    pub fn from_ranges(ranges: impl IntoIterator<Item = (u16, u16)>) -> Self {
+        let mut all: Vec<(u16, u16)> = ranges.into_iter().filter(|(lo, hi)| lo <= hi).collect();
         all.sort_unstable();
         let mut out: Vec<(u16, u16)> = Vec::with_capacity(all.len());
         for (lo, hi) in all {
@@ -132,6 +132,11 @@ impl PortRanges {
             }
         }
         Self(out)
+    }
+
+    /// Union.
+    pub fn union(&self, other: &Self) -> Self {
+        Self::from_ranges(self.0.iter().chain(other.0.iter()).copied())
     }
 
     /// Intersection.
@@ -196,6 +201,15 @@ impl PortSet {
     /// Every port of every protocol.
     pub fn all() -> Self {
         Self([PortRanges::all(), PortRanges::all(), PortRanges::all()])
+    }
+
+    /// Ports per protocol from `(protocol, ranges)` pairs, merged once per protocol.
+    pub fn from_parts<'a>(parts: impl IntoIterator<Item = (Protocol, &'a PortRanges)>) -> Self {
+        let mut by_proto: [Vec<(u16, u16)>; 3] = Default::default();
+        for (p, r) in parts {
+            by_proto[p.idx()].extend_from_slice(r.ranges());
+        }
+        Self(by_proto.map(PortRanges::from_ranges))
     }
 
     /// Ports of one protocol.
