@@ -11,6 +11,12 @@
 //! that namespace for its whole life.
 //!
 //! Commands run with `ip netns exec <name> …` ([`exec`], [`exec_checked`]).
+//!
+//! **Names and paths.** Everywhere a namespace is taken (except [`add`], [`delete`] and
+//! [`ip_batch`], which only make sense for named ones), an absolute path to a namespace
+//! file works too: what a container runtime hands a CNI plugin (`/proc/<pid>/ns/net`, or
+//! a bind mount elsewhere). Commands then run under `nsenter --net=<path>`. A path inside
+//! [`NETNS_DIR`] is better passed as its name; [`from_path`] does that.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -106,10 +112,53 @@ pub enum NetnsError {
     },
 }
 
-/// Checks that `name` is usable as a named network namespace.
+/// Checks that `name` is usable as a network namespace: a name (see [`validate_plain_name`])
+/// or an absolute path to a namespace file (no `..` components, no NUL, at most 4096
+/// bytes).
+pub fn validate_name(name: &str) -> Result<(), NetnsError> {
+    if is_path(name) {
+        let reason = if name.len() > 4096 {
+            Some("path longer than 4096 bytes")
+        } else if name.contains('\0') {
+            Some("path contains NUL")
+        } else if name.split('/').any(|c| c == "..") {
+            Some("path contains `..`")
+        } else {
+            None
+        };
+        return match reason {
+            Some(reason) => Err(NetnsError::InvalidName {
+                name: name.to_owned(),
+                reason,
+            }),
+            None => Ok(()),
+        };
+    }
+    validate_plain_name(name)
+}
+
+/// Whether `netns` is an absolute path rather than a name.
+pub fn is_path(netns: &str) -> bool {
+    netns.starts_with('/')
+}
+
+/// The handle for a namespace file at `path`: its name when it lives directly in
+/// [`NETNS_DIR`] (or `/run/netns`, the same directory on systemd hosts), else the path.
+pub fn from_path(path: &str) -> String {
+    for dir in [NETNS_DIR, "/run/netns"] {
+        if let Some(rest) = path.strip_prefix(dir).and_then(|r| r.strip_prefix('/'))
+            && validate_plain_name(rest).is_ok()
+        {
+            return rest.to_owned();
+        }
+    }
+    path.to_owned()
+}
+
+/// Checks that `name` is usable as a *named* network namespace (iproute2's rules).
 ///
 /// Accepts 1..=64 characters from `[A-Za-z0-9_.-]`, not `.` or `..`.
-pub fn validate_name(name: &str) -> Result<(), NetnsError> {
+pub fn validate_plain_name(name: &str) -> Result<(), NetnsError> {
     let reason = if name.is_empty() {
         Some("empty")
     } else if name.len() > 64 {
@@ -133,9 +182,13 @@ pub fn validate_name(name: &str) -> Result<(), NetnsError> {
     }
 }
 
-/// Path of the bind mount of the named namespace.
+/// Path of the namespace file: the bind mount of a named namespace, or the path itself.
 pub fn path(name: &str) -> PathBuf {
-    PathBuf::from(NETNS_DIR).join(name)
+    if is_path(name) {
+        PathBuf::from(name)
+    } else {
+        PathBuf::from(NETNS_DIR).join(name)
+    }
 }
 
 /// Whether a named namespace exists.
@@ -145,7 +198,7 @@ pub fn exists(name: &str) -> bool {
 
 /// Creates the named network namespace (`ip netns add NAME`).
 pub fn add(name: &str) -> Result<(), NetnsError> {
-    validate_name(name)?;
+    validate_plain_name(name)?;
     run_checked(name, "add", "ip", &["netns", "add", name], None).map(drop)
 }
 
@@ -154,7 +207,7 @@ pub fn add(name: &str) -> Result<(), NetnsError> {
 /// Interfaces inside it are destroyed once the last user (process, thread or socket)
 /// has left; veth peers in other namespaces disappear with them.
 pub fn delete(name: &str) -> Result<(), NetnsError> {
-    validate_name(name)?;
+    validate_plain_name(name)?;
     run_checked(name, "del", "ip", &["netns", "del", name], None).map(drop)
 }
 
@@ -189,6 +242,14 @@ fn enter(name: &str) -> Result<(), NetnsError> {
     })
 }
 
+fn thread_name(netns: &str) -> String {
+    // Linux keeps 15 bytes of a thread name: for a path, the informative end.
+    let tail = netns
+        .rsplit('/')
+        .find(|c| !c.is_empty() && *c != "net" && *c != "ns");
+    format!("netns-{}", tail.unwrap_or(netns))
+}
+
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_owned()
@@ -210,7 +271,7 @@ where
     validate_name(name)?;
     thread::scope(|scope| {
         let handle = thread::Builder::new()
-            .name(format!("netns-{name}"))
+            .name(thread_name(name))
             .spawn_scoped(scope, || {
                 enter(name)?;
                 Ok(f())
@@ -237,7 +298,7 @@ where
     let (tx, rx) = mpsc::sync_channel::<Result<(), NetnsError>>(1);
     let owned = name.to_owned();
     let handle = thread::Builder::new()
-        .name(format!("netns-{name}"))
+        .name(thread_name(name))
         .spawn(move || {
             let entered = enter(&owned);
             let ok = entered.is_ok();
@@ -367,9 +428,9 @@ fn run_checked(
     }
 }
 
-/// Runs `program args…` inside the namespace (`ip netns exec NAME program args…`),
-/// feeding `stdin` if given. A non-zero exit is *not* an error here; see
-/// [`exec_checked`].
+/// Runs `program args…` inside the namespace (`ip netns exec NAME program args…`, or
+/// `nsenter --net=PATH -- program args…` for a path), feeding `stdin` if given. A
+/// non-zero exit is *not* an error here; see [`exec_checked`].
 pub fn exec(
     name: &str,
     program: &str,
@@ -377,9 +438,16 @@ pub fn exec(
     stdin: Option<&[u8]>,
 ) -> Result<CommandOutput, NetnsError> {
     validate_name(name)?;
+    let op = format!("exec {program}");
+    if is_path(name) {
+        let net = format!("--net={name}");
+        let mut full = vec![net.as_str(), "--", program];
+        full.extend_from_slice(args);
+        return run(name, &op, "nsenter", &full, stdin);
+    }
     let mut full = vec!["netns", "exec", name, program];
     full.extend_from_slice(args);
-    run(name, &format!("exec {program}"), "ip", &full, stdin)
+    run(name, &op, "ip", &full, stdin)
 }
 
 /// Like [`exec`], but a non-zero exit becomes [`NetnsError::Command`] carrying stderr.
@@ -405,7 +473,7 @@ pub fn exec_checked(
 /// Runs `ip -n NAME -batch -` with `commands` (one iproute2 command per line, without
 /// the leading `ip`). `op` names the step in errors.
 pub fn ip_batch(name: &str, op: &str, commands: &str) -> Result<(), NetnsError> {
-    validate_name(name)?;
+    validate_plain_name(name)?;
     run_checked(
         name,
         op,
@@ -447,6 +515,21 @@ mod tests {
         for bad in ["", ".", "..", "a/b", "a b", &"x".repeat(65)] {
             assert!(validate_name(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn paths_are_accepted_and_named_namespaces_recognised() {
+        assert!(validate_name("/proc/1/ns/net").is_ok());
+        assert!(validate_name("/var/run/netns/../x").is_err());
+        assert!(validate_name("/a\0b").is_err());
+        assert!(add("/proc/1/ns/net").is_err(), "add takes names only");
+        assert_eq!(from_path("/var/run/netns/cni-1234"), "cni-1234");
+        assert_eq!(from_path("/run/netns/cni-1234"), "cni-1234");
+        assert_eq!(from_path("/proc/42/ns/net"), "/proc/42/ns/net");
+        assert_eq!(from_path("/var/run/netns/a/b"), "/var/run/netns/a/b");
+        assert_eq!(path("/proc/42/ns/net"), PathBuf::from("/proc/42/ns/net"));
+        assert_eq!(path("x"), PathBuf::from("/var/run/netns/x"));
+        assert_eq!(thread_name("/proc/42/ns/net"), "netns-42");
     }
 
     #[test]
