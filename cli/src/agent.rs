@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use enforcer::agent::{Agent, AgentConfig, CompiledRulesets};
+use enforcer::agent::{Agent, AgentConfig, CniConfig, CompiledRulesets};
 use enforcer::applier::NftApplier;
 use enforcer::kube::KubeSource;
 use enforcer::manifests::{ManifestDir, WatchOptions};
@@ -63,6 +63,14 @@ pub(crate) struct AgentArgs {
     /// Do not report drops (no NFLOG listener in the Pods' namespaces).
     #[arg(long)]
     no_drops: bool,
+    /// Serve the netpol-cni plugin on this unix socket (e.g. /run/netpol/cni.sock): new
+    /// Pods are enforced before their sandbox is handed back to the runtime.
+    #[arg(long, value_name = "PATH")]
+    cni_socket: Option<PathBuf>,
+    /// Directory keeping the plugin's records (Pod -> netns, IPs) across agent restarts
+    /// (e.g. /var/lib/netpol/cni, a hostPath).
+    #[arg(long, value_name = "DIR", requires = "cni_socket")]
+    cni_records: Option<PathBuf>,
 }
 
 /// Parses `500ms`, `5s`, `2m` (a bare number is seconds).
@@ -125,6 +133,10 @@ fn run_agent(args: &AgentArgs) -> anyhow::Result<()> {
                 let mut d = DropsConfig::default();
                 d.nflog.group = args.log_group;
                 d
+            }),
+            cni: args.cni_socket.clone().map(|socket| CniConfig {
+                socket,
+                records: args.cni_records.clone(),
             }),
             ..AgentConfig::default()
         };

@@ -28,8 +28,11 @@
 //! [`DropReporter`](crate::reporter::DropReporter) (a plain thread) before anything is
 //! applied; see [`crate::reporter`].
 
+mod cni;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -39,13 +42,17 @@ use policy_compiler::{AllowGraph, EndpointId, Model, Severity};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use self::cni::CniStatus;
 use crate::applier::{Applier, ApplyError};
+use crate::cni::records::RecordStore;
+use crate::cni::server::{self as cni_server, CniCall};
+use crate::cni::{Command, Response};
 use crate::http::{self, Health};
 use crate::manifests::{ManifestDir, Scan, WatchOptions};
 use crate::metrics::Metrics;
 use crate::plan::{Actual, Backoff, BackoffPolicy, Checksum, Desired, Op, normalise_listing, plan};
 use crate::reporter::{CompiledModel, DropReporter, DropsConfig};
-use crate::source::{ManifestSource, StateSource};
+use crate::source::{ManifestSource, PodLookup, StateSource};
 use crate::state::{PodKey, State};
 
 /// Error of a [`RulesetSource`].
@@ -104,6 +111,18 @@ pub struct AgentConfig {
     pub listen: Option<SocketAddr>,
     /// Drop reports (`None`: off). Its NFLOG group must be the rulesets' log group.
     pub drops: Option<DropsConfig>,
+    /// The `netpol-cni` socket (`None`: no plugin talks to this agent).
+    pub cni: Option<CniConfig>,
+}
+
+/// Where the agent meets the `netpol-cni` plugin.
+#[derive(Debug, Clone)]
+pub struct CniConfig {
+    /// The unix socket (`/run/netpol/cni.sock`).
+    pub socket: PathBuf,
+    /// Directory persisting the plugin's records across agent restarts (`None`: memory
+    /// only).
+    pub records: Option<PathBuf>,
 }
 
 impl Default for AgentConfig {
@@ -116,6 +135,7 @@ impl Default for AgentConfig {
             parallelism: 8,
             listen: None,
             drops: Some(DropsConfig::default()),
+            cni: None,
         }
     }
 }
@@ -157,6 +177,12 @@ pub struct Reconciler {
     /// The last good model and graph (what drop reports are described against).
     compiled: Option<Arc<CompiledModel>>,
     reporter: Option<DropReporter>,
+    /// The generation whose compilation was refused, and why.
+    refused: Option<(u64, String)>,
+    /// The last apply error of each Pod, until it applies.
+    last_error: BTreeMap<PodKey, String>,
+    records: Option<RecordStore>,
+    record_writes: Vec<cni::RecordWrite>,
 }
 
 enum Outcome {
@@ -194,6 +220,10 @@ impl Reconciler {
             synced: false,
             compiled: None,
             reporter: None,
+            refused: None,
+            last_error: BTreeMap::new(),
+            records: None,
+            record_writes: Vec::new(),
         }
     }
 
@@ -287,12 +317,17 @@ impl Reconciler {
         let errors: Vec<_> = diags.iter().filter(|d| d.is_error()).collect();
         if !errors.is_empty() {
             self.metrics.compile_errors.inc();
+            self.refused = Some((
+                self.state.generation(),
+                format!("{} error(s); first: {}", errors.len(), errors[0]),
+            ));
             for d in errors {
                 tracing::error!(file = d.file.as_deref(), line = d.line, column = d.column, diagnostic = %d, "compile error");
             }
             tracing::error!("compilation refused: keeping the last good rulesets");
             return false;
         }
+        self.refused = None;
         let graph = AllowGraph::build(&model);
         let mut desired = BTreeMap::new();
         for (pod, netns) in self.state.local_pods(self.node.as_deref()) {
@@ -432,6 +467,7 @@ impl Reconciler {
                         }
                     }
                     self.backoff.remove(&pod);
+                    self.last_error.remove(&pod);
                     report.applied.push(pod);
                 }
                 (Op::Remove { netns, .. }, Outcome::Removed) => {
@@ -462,6 +498,8 @@ impl Reconciler {
                         "ruleset {what} failed: the kernel keeps the last good table"
                     );
                     self.backoff.insert(pod.clone(), b);
+                    self.last_error
+                        .insert(pod.clone(), ErrorChain(&e).to_string());
                     report.retry_at = earliest(report.retry_at, b.next);
                     report.failed.push(pod);
                 }
@@ -480,6 +518,8 @@ impl Reconciler {
         // Forget backoff of Pods that are neither desired nor known any more.
         self.backoff
             .retain(|p, _| self.desired.contains_key(p) || self.actual.contains_key(p));
+        let desired = &self.desired;
+        self.last_error.retain(|p, _| desired.contains_key(p));
         self.update_gauge();
         if !self.synced
             && self.compiled_generation.is_some()
@@ -623,6 +663,9 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    /// The `netpol-cni` socket could not be set up.
+    #[error("cannot serve the cni socket")]
+    Cni(#[source] cni_server::ServerError),
 }
 
 /// The running agent.
@@ -689,11 +732,29 @@ impl Agent {
                 "drop reports on (NFLOG listener per enforced Pod netns)"
             );
         }
+        let cni_calls = match &config.cni {
+            Some(cni) => {
+                if let Some(dir) = &cni.records {
+                    reconciler.attach_records(RecordStore::new(dir));
+                }
+                let listener = cni_server::bind(&cni.socket).map_err(AgentError::Cni)?;
+                let (tx, rx) = tokio::sync::mpsc::channel(64);
+                tokio::spawn(cni_server::serve(listener, tx, shutdown_rx.clone()));
+                tracing::info!(socket = %cni.socket.display(), "serving netpol-cni requests");
+                Some(rx)
+            }
+            None => None,
+        };
         tracing::info!(source = %source.describe(), "state source");
+        let lookup = source.lookup();
         let scans = source.start();
         let task = tokio::spawn(run(
             reconciler,
-            scans,
+            Inputs {
+                scans,
+                cni_calls,
+                lookup,
+            },
             config.verify_interval,
             health.clone(),
             metrics.clone(),
@@ -742,14 +803,28 @@ impl Agent {
     }
 }
 
+/// What the loop listens to besides the clock.
+struct Inputs {
+    scans: tokio::sync::mpsc::Receiver<Scan>,
+    cni_calls: Option<tokio::sync::mpsc::Receiver<CniCall>>,
+    lookup: Option<Arc<dyn PodLookup>>,
+}
+
 async fn run(
     mut reconciler: Reconciler,
-    mut scans: tokio::sync::mpsc::Receiver<Scan>,
+    inputs: Inputs,
     verify_interval: Duration,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
+    let Inputs {
+        mut scans,
+        mut cni_calls,
+        lookup,
+    } = inputs;
+    let (lookup_tx, mut lookups) = tokio::sync::mpsc::channel::<Vec<crate::state::Object>>(16);
+    let mut pending = cni::PendingAdds::default();
     let mut verify = tokio::time::interval(verify_interval);
     verify.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     verify.tick().await; // the first tick is immediate; nothing to verify yet
@@ -757,6 +832,10 @@ async fn run(
     let mut source_open = true;
     loop {
         let mut do_verify = false;
+        let wake = match (retry_at, pending.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(tokio::time::Instant::from_std(b))),
+            (a, b) => a.or(b.map(tokio::time::Instant::from_std)),
+        };
         tokio::select! {
             _ = shutdown.changed() => {
                 // Flush the last drop reports and release the NFLOG groups, so a new
@@ -769,18 +848,25 @@ async fn run(
             scan = scans.recv(), if source_open => match scan {
                 Some(scan) => reconciler.handle_scan(scan),
                 None => {
-                    tracing::error!("manifest watch ended: keeping the last known state");
+                    tracing::error!("state source ended: keeping the last known state");
                     source_open = false;
                 }
             },
+            call = recv_opt(&mut cni_calls) => match call {
+                Some(call) => on_cni_call(&mut reconciler, call, &mut pending, lookup.as_ref(), &lookup_tx, &metrics),
+                None => cni_calls = None,
+            },
+            Some(objects) = lookups.recv() => reconciler.handle_lookup(objects),
             _ = verify.tick() => do_verify = true,
-            () = sleep_until(retry_at) => {}
+            () = sleep_until(wake) => {}
         }
         let pass = tokio::task::spawn_blocking(move || {
             let start = Instant::now();
+            reconciler.flush_records();
             reconciler.compile();
             if do_verify {
                 reconciler.verify();
+                reconciler.prune_cni();
             }
             let report = reconciler.sync(Instant::now());
             (reconciler, report, start.elapsed())
@@ -800,9 +886,86 @@ async fn run(
             );
         }
         retry_at = report.retry_at.map(tokio::time::Instant::from_std);
+        for (pod, ok, waited) in pending.answer(&reconciler, Instant::now()) {
+            metrics.record_cni("ADD", ok);
+            metrics.cni_add_seconds.observe(waited.as_secs_f64());
+            tracing::info!(namespace = %pod.namespace, pod = %pod.name, ok, waited_ms = waited.as_secs_f64() * 1e3, "cni ADD answered");
+        }
         if reconciler.synced() {
             health.ready.store(true, Ordering::SeqCst);
         }
+    }
+}
+
+/// How much sooner than the plugin's own deadline the agent answers (so the plugin
+/// hears why, not just a timeout).
+const CNI_ANSWER_MARGIN: Duration = Duration::from_millis(250);
+
+fn on_cni_call(
+    reconciler: &mut Reconciler,
+    call: CniCall,
+    pending: &mut cni::PendingAdds,
+    lookup: Option<&Arc<dyn PodLookup>>,
+    lookup_tx: &tokio::sync::mpsc::Sender<Vec<crate::state::Object>>,
+    metrics: &Metrics,
+) {
+    let CniCall { request, reply } = call;
+    let command = request.command;
+    tracing::info!(
+        command = %command, namespace = request.pod.namespace, pod = request.pod.name,
+        container = request.container_id, netns = request.netns, ips = ?request.ips,
+        "cni request"
+    );
+    let pod = match reconciler.cni_request(&request) {
+        Ok(pod) => pod,
+        Err(why) => {
+            metrics.record_cni(&command.to_string(), false);
+            tracing::warn!(command = %command, reason = why, "cni request refused");
+            let _ = reply.send(Response::error(why));
+            return;
+        }
+    };
+    let answer = match command {
+        Command::Add => {
+            if let Some(lookup) = lookup
+                && reconciler.needs_lookup(&pod, request.pod.uid.as_deref())
+            {
+                let (lookup, tx, p) = (lookup.clone(), lookup_tx.clone(), pod.clone());
+                tokio::spawn(async move {
+                    match lookup.lookup(p.clone()).await {
+                        Ok(objects) => {
+                            let _ = tx.send(objects).await;
+                        }
+                        Err(e) => {
+                            tracing::warn!(namespace = %p.namespace, pod = %p.name, error = e, "cannot fetch the Pod for its cni ADD")
+                        }
+                    }
+                });
+            }
+            let now = Instant::now();
+            let budget = Duration::from_millis(request.timeout_ms)
+                .saturating_sub(CNI_ANSWER_MARGIN)
+                .max(Duration::from_millis(100));
+            pending.push(pod, now, now + budget, reply);
+            return;
+        }
+        Command::Del => Response::ok(format!(
+            "sandbox {} of {pod} recorded as gone",
+            request.container_id
+        )),
+        Command::Check => match reconciler.cni_status(&pod) {
+            CniStatus::Enforced => Response::ok(format!("ruleset of {pod} in place")),
+            CniStatus::Waiting(why) | CniStatus::Failed(why) => Response::error(why),
+        },
+    };
+    metrics.record_cni(&command.to_string(), answer.ok);
+    let _ = reply.send(answer);
+}
+
+async fn recv_opt<T>(rx: &mut Option<tokio::sync::mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

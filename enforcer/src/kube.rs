@@ -37,6 +37,9 @@ use std::path::Path;
 use ::kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError};
 use ::kube::runtime::{WatchStreamExt, watcher};
 use ::kube::{Api, Client, Config};
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -49,8 +52,8 @@ pub use feed::Feed;
 pub use slim::{slim_namespace, slim_pod, slim_policy};
 
 use crate::manifests::Scan;
-use crate::source::StateSource;
-use crate::state::{Kind, Object};
+use crate::source::{PodLookup, StateSource};
+use crate::state::{Kind, Object, PodKey};
 
 /// Errors of the Kubernetes source and of live listings.
 #[derive(Debug, thiserror::Error)]
@@ -114,12 +117,55 @@ pub const WATCHED: [ApiResource; 3] = [
 /// The verbs a watcher uses on each of [`WATCHED`]: a (paginated) list, then watches.
 pub const WATCH_VERBS: [&str; 2] = ["list", "watch"];
 
+/// The single objects [`KubeLookup`] fetches (verb `get`): a Pod whose CNI `ADD` arrives
+/// before the watch shows it, and its Namespace (whose labels namespaceSelectors read).
+pub const LOOKED_UP: [ApiResource; 2] = [api_resource::<Pod>(), api_resource::<Namespace>()];
+
 /// Every `(apiGroup, resource, verb)` the agent's source calls: what its RBAC must grant.
 pub fn api_calls() -> std::collections::BTreeSet<(&'static str, &'static str, &'static str)> {
     WATCHED
         .iter()
         .flat_map(|r| WATCH_VERBS.iter().map(|v| (r.group, r.resource, *v)))
+        .chain(LOOKED_UP.iter().map(|r| (r.group, r.resource, "get")))
         .collect()
+}
+
+/// Fetches a Pod and its Namespace with `get`, for a CNI `ADD` that is ahead of the
+/// watch (the kubelet sets up a sandbox moments after the Pod is bound; the agent's
+/// watch may not have seen the Pod, or its new Namespace, yet).
+#[derive(Clone)]
+pub struct KubeLookup {
+    client: Client,
+}
+
+impl KubeLookup {
+    /// A lookup through `client`.
+    pub fn new(client: Client) -> Self {
+        Self { client }
+    }
+}
+
+impl PodLookup for KubeLookup {
+    fn lookup(&self, pod: PodKey) -> BoxFuture<'static, Result<Vec<Object>, String>> {
+        let client = self.client.clone();
+        Box::pin(async move {
+            let pods: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace);
+            let namespaces: Api<Namespace> = Api::all(client);
+            let (p, ns) = tokio::join!(pods.get_opt(&pod.name), namespaces.get_opt(&pod.namespace));
+            let mut out = Vec::new();
+            match p {
+                Ok(Some(p)) => out.push(p.into_object()),
+                Ok(None) => return Err(format!("Pod {pod} does not exist in the API")),
+                Err(e) => return Err(format!("get Pod {pod}: {e}")),
+            }
+            match ns {
+                Ok(Some(ns)) => out.push(ns.into_object()),
+                Ok(None) => {}
+                Err(e) => return Err(format!("get Namespace {}: {e}", pod.namespace)),
+            }
+            Ok(out)
+        })
+    }
 }
 
 /// A kind the source watches: its state kind and how an API object becomes a (slim) state
@@ -208,6 +254,10 @@ impl StateSource for KubeSource {
 
     fn describe(&self) -> String {
         "kubernetes API".to_owned()
+    }
+
+    fn lookup(&self) -> Option<Arc<dyn PodLookup>> {
+        Some(Arc::new(KubeLookup::new(self.client.clone())))
     }
 }
 

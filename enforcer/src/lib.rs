@@ -66,6 +66,7 @@
 
 pub mod agent;
 pub mod applier;
+pub mod cni;
 pub mod drops;
 pub mod http;
 pub mod kube;

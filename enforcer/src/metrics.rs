@@ -14,6 +14,8 @@
 //! | `netpol_drops_total{namespace,pod,direction}` | counter | packets dropped by policy (NFLOG) |
 //! | `netpol_drops_suppressed_total` | counter | drops not reported individually (aggregator key bound) |
 //! | `netpol_drop_listeners` | gauge | Pod namespaces with a bound NFLOG listener |
+//! | `netpol_cni_requests_total{command,result}` | counter | `netpol-cni` requests (ADD, DEL, CHECK) answered ok or error |
+//! | `netpol_cni_add_duration_seconds` | histogram | ADD received to answered (the Pod's ruleset applied) |
 
 use std::time::Duration;
 
@@ -34,6 +36,15 @@ pub struct DropLabels {
     pub pod: String,
     /// `ingress` or `egress`.
     pub direction: String,
+}
+
+/// Labels of `netpol_cni_requests_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct CniLabels {
+    /// `ADD`, `DEL` or `CHECK`.
+    pub command: String,
+    /// `ok` or `error`.
+    pub result: String,
 }
 
 /// Every metric of the agent and the registry that encodes them.
@@ -64,6 +75,10 @@ pub struct Metrics {
     pub drops_suppressed: Counter,
     /// Pod namespaces with a bound NFLOG listener.
     pub drop_listeners: Gauge,
+    /// `netpol-cni` requests by command and result.
+    pub cni_requests: Family<CniLabels, Counter>,
+    /// Seconds from an ADD's arrival to its answer.
+    pub cni_add_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -89,6 +104,18 @@ impl Metrics {
         let drops = Family::<DropLabels, Counter>::default();
         let drops_suppressed = Counter::default();
         let drop_listeners = Gauge::default();
+        let cni_requests = Family::<CniLabels, Counter>::default();
+        let cni_add_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        registry.register(
+            "cni_requests",
+            "netpol-cni requests (ADD, DEL, CHECK) by result",
+            cni_requests.clone(),
+        );
+        registry.register(
+            "cni_add_duration_seconds",
+            "Time from a netpol-cni ADD to its answer (the Pod's ruleset applied)",
+            cni_add_seconds.clone(),
+        );
         registry.register(
             "applies",
             "Rulesets loaded into a Pod network namespace",
@@ -163,7 +190,19 @@ impl Metrics {
             drops,
             drops_suppressed,
             drop_listeners,
+            cni_requests,
+            cni_add_seconds,
         }
+    }
+
+    /// Counts one answered `netpol-cni` request.
+    pub fn record_cni(&self, command: &str, ok: bool) {
+        self.cni_requests
+            .get_or_create(&CniLabels {
+                command: command.to_owned(),
+                result: if ok { "ok" } else { "error" }.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts `packets` dropped packets of a Pod in a direction (for the drops module).
@@ -202,6 +241,7 @@ mod tests {
         m.observe_apply(Duration::from_millis(3));
         m.record_drops("x", "a", Direction::Ingress, 2);
         m.record_drops("x", "a", Direction::Ingress, 1);
+        m.record_cni("ADD", true);
         let text = m.encode();
         for name in [
             "netpol_applies_total 1",
@@ -216,6 +256,8 @@ mod tests {
             "netpol_drops_total{namespace=\"x\",pod=\"a\",direction=\"ingress\"} 3",
             "netpol_drops_suppressed_total 0",
             "netpol_drop_listeners 0",
+            "netpol_cni_requests_total{command=\"ADD\",result=\"ok\"} 1",
+            "netpol_cni_add_duration_seconds_count 0",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }

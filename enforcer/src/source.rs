@@ -5,9 +5,20 @@
 //! complete view. The agent consumes them in one place (`Reconciler::handle_scan`), so
 //! the manifest directory and the Kubernetes API feed the state index the same way.
 
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 
 use crate::manifests::{self, ManifestDir, Scan, WatchOptions};
+use crate::state::{Object, PodKey};
+
+/// Fetches one Pod (and its Namespace) straight from the source, for a CNI `ADD` that
+/// arrives before the source's stream shows the Pod.
+pub trait PodLookup: Send + Sync {
+    /// The Pod and its Namespace as state objects (what exists of them), or why not.
+    fn lookup(&self, pod: PodKey) -> BoxFuture<'static, Result<Vec<Object>, String>>;
+}
 
 /// A producer of [`Scan`]s, started on the current tokio runtime.
 pub trait StateSource: Send {
@@ -17,6 +28,12 @@ pub trait StateSource: Send {
 
     /// A short description for logs (`manifests /etc/netpol`, `kubernetes`).
     fn describe(&self) -> String;
+
+    /// A way to fetch single Pods ahead of the stream (`None`: the stream is all there
+    /// is, as for a manifest directory).
+    fn lookup(&self) -> Option<Arc<dyn PodLookup>> {
+        None
+    }
 }
 
 /// The manifest directory, watched for changes (debounced, with periodic rescans).

@@ -9,8 +9,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod, PodIP, PodStatus};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use policy_compiler::{Inputs, Located, Origin, Workload, WorkloadKind};
@@ -206,14 +207,72 @@ pub enum Event {
     Reset(Vec<Object>),
     /// The Pod-to-netns mapping file changed (replaces the previous mapping).
     NetnsMap(BTreeMap<PodKey, String>),
+    /// The CNI plugin set up a Pod's sandbox (`ADD`).
+    CniAdd(PodKey, CniRecord),
+    /// The CNI plugin tore a Pod's sandbox down (`DEL`).
+    CniDel {
+        /// The Pod.
+        pod: PodKey,
+        /// The sandbox; a `DEL` of another (older) sandbox changes nothing.
+        container_id: String,
+    },
 }
 
-/// Every known object by key, and the Pod-to-netns mapping.
+/// What the CNI plugin reported for a Pod's sandbox: the kernel's truth on this node,
+/// known before the API server shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CniRecord {
+    /// The sandbox (`CNI_CONTAINERID`).
+    pub container_id: String,
+    /// The netns handle ([`crate::netns`]: a name in `/var/run/netns`, or a path).
+    pub netns: String,
+    /// The Pod's addresses.
+    pub ips: Vec<IpAddr>,
+    /// The Pod's UID, when the runtime passed it: a record applies to that incarnation
+    /// of the Pod only (a StatefulSet Pod recreated under the same name is another).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+}
+
+/// A Pod's CNI state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CniEntry {
+    /// The sandbox is up.
+    Live(CniRecord),
+    /// The sandbox was torn down: the Pod holds no address on this node any more (its
+    /// IP may already be another Pod's), whatever the API server still says.
+    Gone {
+        /// The sandbox that was torn down.
+        container_id: String,
+        /// The Pod's UID as recorded.
+        uid: Option<String>,
+    },
+}
+
+/// Every known object by key, the Pod-to-netns mapping and the CNI records.
 #[derive(Debug, Default, Clone)]
 pub struct State {
     objects: BTreeMap<ObjectKey, Object>,
     netns_map: BTreeMap<PodKey, String>,
+    cni: BTreeMap<PodKey, CniEntry>,
     generation: u64,
+}
+
+fn uid_of(obj: &Object) -> Option<&str> {
+    match obj {
+        Object::Pod(p) => p.object.metadata.uid.as_deref(),
+        _ => None,
+    }
+}
+
+/// Whether a record made for `record_uid` applies to a Pod object with `object_uid`
+/// (unknown on either side: it does).
+fn same_incarnation(record_uid: Option<&str>, object_uid: Option<&str>) -> bool {
+    match (record_uid, object_uid) {
+        (Some(a), Some(b)) => a == b,
+        _ => true,
+    }
 }
 
 impl State {
@@ -230,6 +289,81 @@ impl State {
             Event::Delete(key) => self.delete(&key),
             Event::Reset(objs) => self.reset(objs),
             Event::NetnsMap(map) => self.set_netns_map(map),
+            Event::CniAdd(pod, record) => self.cni_add(pod, record),
+            Event::CniDel { pod, container_id } => self.cni_del(&pod, &container_id),
+        }
+    }
+
+    /// Records a sandbox set up by the CNI plugin. Returns whether anything changed.
+    pub fn cni_add(&mut self, pod: PodKey, record: CniRecord) -> bool {
+        let entry = CniEntry::Live(record);
+        let changed = self.cni.get(&pod) != Some(&entry);
+        self.cni.insert(pod, entry);
+        self.bump(changed)
+    }
+
+    /// Records that a sandbox was torn down; a `DEL` of a sandbox other than the
+    /// recorded one (a late `DEL` of an older sandbox) changes nothing. Returns whether
+    /// anything changed.
+    pub fn cni_del(&mut self, pod: &PodKey, container_id: &str) -> bool {
+        let uid = match self.cni.get(pod) {
+            Some(CniEntry::Live(r)) if r.container_id == container_id => r.uid.clone(),
+            _ => return false,
+        };
+        self.cni.insert(
+            pod.clone(),
+            CniEntry::Gone {
+                container_id: container_id.to_owned(),
+                uid,
+            },
+        );
+        let changed = true;
+        self.bump(changed)
+    }
+
+    /// Forgets a Pod's CNI entry (its namespace is gone). Returns whether it was there.
+    pub fn cni_forget(&mut self, pod: &PodKey) -> bool {
+        let changed = self.cni.remove(pod).is_some();
+        self.bump(changed)
+    }
+
+    /// The CNI entries.
+    pub fn cni(&self) -> &BTreeMap<PodKey, CniEntry> {
+        &self.cni
+    }
+
+    /// Drops tombstones of Pods that are gone from the index (they no longer change
+    /// anything; not a content change).
+    pub fn prune_cni(&mut self) {
+        let objects = &self.objects;
+        self.cni.retain(|pod, entry| {
+            matches!(entry, CniEntry::Live(_))
+                || objects.contains_key(&ObjectKey {
+                    kind: Kind::Pod,
+                    namespace: pod.namespace.clone(),
+                    name: pod.name.clone(),
+                })
+        });
+    }
+
+    /// The Pod object of `pod`.
+    pub fn pod(&self, pod: &PodKey) -> Option<&Object> {
+        self.objects.get(&ObjectKey {
+            kind: Kind::Pod,
+            namespace: pod.namespace.clone(),
+            name: pod.name.clone(),
+        })
+    }
+
+    /// The live CNI record of `pod` that applies to the Pod object the index holds.
+    pub fn cni_record(&self, pod: &PodKey) -> Option<&CniRecord> {
+        match self.cni.get(pod)? {
+            CniEntry::Live(r)
+                if same_incarnation(r.uid.as_deref(), self.pod(pod).and_then(uid_of)) =>
+            {
+                Some(r)
+            }
+            _ => None,
         }
     }
 
@@ -304,10 +438,14 @@ impl State {
     /// The compiler's input, in key order (deterministic).
     pub fn inputs(&self) -> Inputs {
         let mut inputs = Inputs::default();
-        for obj in self.objects.values() {
+        for (key, obj) in &self.objects {
             match obj.clone() {
                 Object::Namespace(o) => inputs.namespaces.push(o),
-                Object::Pod(o) => inputs.pods.push(o),
+                Object::Pod(mut o) => {
+                    let pod = PodKey::new(key.namespace.clone(), key.name.clone());
+                    self.overlay_cni(&pod, &mut o.object);
+                    inputs.pods.push(o);
+                }
                 Object::Workload(o) => inputs.workloads.push(o),
                 Object::NetworkPolicy(o) => inputs.policies.push(o),
             }
@@ -315,9 +453,28 @@ impl State {
         inputs
     }
 
+    /// What the CNI plugin saw beats what the API server says (it is newer): a live
+    /// record sets the Pod's addresses (peers' sets hold a new Pod's IP before the
+    /// kubelet reports it); a torn-down sandbox clears them (the IP may be reused).
+    fn overlay_cni(&self, pod: &PodKey, object: &mut Pod) {
+        let uid = object.metadata.uid.as_deref();
+        let ips: Vec<IpAddr> = match self.cni.get(pod) {
+            Some(CniEntry::Live(r)) if same_incarnation(r.uid.as_deref(), uid) => r.ips.clone(),
+            Some(CniEntry::Gone { uid: gone, .. }) if same_incarnation(gone.as_deref(), uid) => {
+                Vec::new()
+            }
+            _ => return,
+        };
+        let status = object.status.get_or_insert_with(PodStatus::default);
+        status.pod_ip = ips.first().map(ToString::to_string);
+        status.pod_ips =
+            (!ips.is_empty()).then(|| ips.iter().map(|ip| PodIP { ip: ip.to_string() }).collect());
+    }
+
     /// Pods on this node with a network namespace, and that namespace's name.
     ///
-    /// The `netpol.io/netns` annotation wins over the mapping file. With `node`, Pods
+    /// The `netpol.io/netns` annotation wins over the CNI record, which wins over the
+    /// mapping file. With `node`, Pods
     /// whose `spec.nodeName` names another node are not local (Pods without a nodeName
     /// are, when mapped).
     pub fn local_pods(&self, node: Option<&str>) -> BTreeMap<PodKey, String> {
@@ -335,6 +492,7 @@ impl State {
             let netns = obj
                 .netns_annotation()
                 .map(str::to_owned)
+                .or_else(|| self.cni_record(&pod).map(|r| r.netns.clone()))
                 .or_else(|| self.netns_map.get(&pod).cloned());
             if let Some(netns) = netns {
                 out.insert(pod, netns);

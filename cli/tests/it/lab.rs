@@ -17,7 +17,7 @@ use crate::support::{EXCEPT_OUTSIDE_CIDR, case, netpol, netpol_stdin, repo_root}
 const REQUIRE_ENV: &str = "NETPOL_REQUIRE_KERNEL";
 
 /// True if a kernel test should run; mirrors `enforcer/tests/it/kernel.rs`.
-fn available(test: &str) -> bool {
+pub(crate) fn available(test: &str) -> bool {
     static SUPPORT: OnceLock<Result<(), String>> = OnceLock::new();
     let support = SUPPORT.get_or_init(|| {
         let s = netns::kernel_support();

@@ -8,6 +8,7 @@
 #[path = "../../../enforcer/tests/it/apiserver.rs"]
 mod apiserver;
 mod cluster;
+mod cni;
 mod explain;
 mod lab;
 mod matrix;

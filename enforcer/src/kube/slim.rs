@@ -15,7 +15,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use crate::state::NETNS_ANNOTATION;
 
 /// Metadata reduced to name, namespace, labels, the `netpol.io/netns` annotation and
-/// (with `owners`) the controller ownerReference.
+/// (with `owners`, for Pods) the controller ownerReference and the UID (which tells a
+/// CNI record's Pod from a later Pod of the same name; it never changes in an update).
 fn meta(m: ObjectMeta, owners: bool) -> ObjectMeta {
     let annotations: BTreeMap<String, String> = m
         .annotations
@@ -37,6 +38,7 @@ fn meta(m: ObjectMeta, owners: bool) -> ObjectMeta {
     ObjectMeta {
         name: m.name,
         namespace: m.namespace,
+        uid: if owners { m.uid } else { None },
         labels: m.labels,
         annotations: (!annotations.is_empty()).then_some(annotations),
         owner_references,
@@ -143,7 +145,7 @@ mod tests {
         }));
         let want = pod(serde_json::json!({
             "metadata": {
-                "name": "web", "namespace": "shop",
+                "name": "web", "namespace": "shop", "uid": "u1",
                 "labels": {"app": "web"},
                 "annotations": {"netpol.io/netns": "cni-1"},
                 "ownerReferences": [
