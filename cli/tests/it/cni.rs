@@ -296,6 +296,42 @@ fn add_enforces_before_returning_and_updates_peers_at_once() {
     // The record is on disk for a restarted agent.
     assert!(lab.records.join("shop_web.json").exists());
 
+    // A restarted agent knows web's netns and IP from the records: a policy change
+    // reaches web's table without any new CNI call.
+    drop(prober);
+    lab.stop(agent);
+    let agent = lab.start();
+    assert!(!table(&web.netns).unwrap().contains("81"), "port 81 not allowed yet");
+    std::fs::write(
+        lab.manifests().join("policies.yaml"),
+        POLICIES.replace(
+            "ports: [{port: 80}]}]\n",
+            "ports: [{port: 80}, {port: 81}]}]\n",
+        ),
+    )
+    .unwrap();
+    wait_until("web's table to allow port 81 after the restart", || {
+        table(&web.netns).is_some_and(|t| t.contains("81"))
+    });
+    assert!(
+        table(&srv.netns).unwrap().contains("10.0.0.12"),
+        "srv still knows web"
+    );
+    let prober = Prober::start(&topo, &listeners).unwrap();
+    let probe = |from: &str, to: &str| {
+        let r = prober
+            .probe(
+                from,
+                to.parse().unwrap(),
+                Protocol::Tcp,
+                80,
+                Duration::from_millis(700),
+            )
+            .unwrap();
+        r.connected
+    };
+    assert!(probe("web", "10.0.0.11"), "still allowed after the restart");
+
     // A late DEL of an older sandbox changes nothing.
     let mut stale = env;
     stale[0] = ("CNI_CONTAINERID", "sandbox-old");

@@ -8,7 +8,10 @@
 //! (every change gets a new resourceVersion and goes to open watches), sends bookmarks,
 //! closes watch streams, compacts history (watches from older versions get an ERROR
 //! `410 Gone`, as the real server does after etcd compaction), and stops or restarts the
-//! whole server. Every request is recorded.
+//! whole server. `GET /api/v1/namespaces/{ns}/pods/{name}` and
+//! `GET /api/v1/namespaces/{name}` answer one object (404 Status when absent), and an
+//! object can be stored without being announced to watches (a Pod the watch has not
+//! delivered yet). Every request is recorded.
 //!
 //! Shared with the cli tests (`#[path]`), so it only uses what both have.
 
@@ -103,6 +106,16 @@ impl Drop for ApiServer {
     }
 }
 
+/// The collection and key of a single-object path (Pods and Namespaces).
+fn single_object(path: &str) -> Option<(&'static str, (String, String))> {
+    let rest = path.strip_prefix("/api/v1/namespaces/")?;
+    match rest.split('/').collect::<Vec<_>>().as_slice() {
+        [ns, "pods", name] => Some((PODS, ((*ns).to_owned(), (*name).to_owned()))),
+        [name] if !name.is_empty() => Some((NAMESPACES, (String::new(), (*name).to_owned()))),
+        _ => None,
+    }
+}
+
 fn key_of(obj: &Value) -> (String, String) {
     let m = &obj["metadata"];
     (
@@ -168,6 +181,21 @@ fn handle(inner: &Mutex<Inner>, req: &Request<Incoming>) -> Response<Body> {
     let mut g = inner.lock().unwrap();
     g.requests.push(rec);
     let rv = g.rv;
+    if let Some((collection, key)) = single_object(&path)
+        && req.method() == hyper::Method::GET
+    {
+        return match g
+            .collections
+            .get(collection)
+            .and_then(|c| c.items.get(&key))
+        {
+            Some(obj) => full(StatusCode::OK, obj),
+            None => full(
+                StatusCode::NOT_FOUND,
+                &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}),
+            ),
+        };
+    }
     let Some(c) = g.collections.get_mut(&path) else {
         return full(
             StatusCode::NOT_FOUND,
@@ -335,6 +363,20 @@ impl ApiServer {
         }}));
         c.watchers.retain(|w| w.send(l.clone()).is_ok());
         rv
+    }
+
+    /// Stores `obj` in `path` without an event: `GET` sees it, lists too, open watches
+    /// do not (yet).
+    pub(crate) fn add_unannounced(&self, path: &str, mut obj: Value) {
+        let mut g = self.inner.lock().unwrap();
+        g.rv += 1;
+        obj["metadata"]["resourceVersion"] = json!(g.rv.to_string());
+        let c = g.collections.get_mut(path).expect("known collection");
+        if obj.get("kind").is_none() {
+            obj["kind"] = json!(c.kind);
+            obj["apiVersion"] = json!(c.api_version);
+        }
+        c.items.insert(key_of(&obj), obj);
     }
 
     /// Closes every open watch of `path` (the client sees the stream end).
