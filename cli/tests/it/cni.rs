@@ -301,7 +301,10 @@ fn add_enforces_before_returning_and_updates_peers_at_once() {
     drop(prober);
     lab.stop(agent);
     let agent = lab.start();
-    assert!(!table(&web.netns).unwrap().contains("81"), "port 81 not allowed yet");
+    assert!(
+        !table(&web.netns).unwrap().contains("81"),
+        "port 81 not allowed yet"
+    );
     std::fs::write(
         lab.manifests().join("policies.yaml"),
         POLICIES.replace(

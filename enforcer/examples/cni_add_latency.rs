@@ -1,0 +1,145 @@
+//! CNI ADD latency (root, real nft): an agent in this process serving the netpol-cni
+//! socket on a node that already enforces `--pods` Pods, then `--adds` new Pods set up
+//! one after another, each through the plugin's own code path (`plugin::run` with the
+//! real socket transport), as a runtime would.
+//!
+//! Measures, per ADD, the time from the plugin's start until it returns (the Pod's
+//! ruleset and every peer's updated sets applied), and prints a table of medians and
+//! tails. Every existing Pod selects the new ones as peers, so each ADD also re-applies
+//! all existing Pods' tables: the worst case for "peers' sets at once".
+//!
+//! ```text
+//! cargo run --release -p enforcer --example cni_add_latency -- [--pods 20] [--adds 30]
+//! ```
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use enforcer::agent::{Agent, AgentConfig, CniConfig, CompiledRulesets};
+use enforcer::applier::NftApplier;
+use enforcer::cni::plugin::{self, NetConf, SocketTransport, Transport};
+use enforcer::manifests::ManifestDir;
+use enforcer::netns;
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map_or(default, |v| v.parse().expect("a number"))
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e3
+}
+
+fn main() {
+    if let Err(reason) = netns::kernel_support() {
+        eprintln!("cni_add_latency needs root and network namespaces: {reason}");
+        std::process::exit(3);
+    }
+    let pods = arg("--pods", 20);
+    let adds = arg("--adds", 30);
+    let prefix = format!("npcnib{}", std::process::id() % 10_000);
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("m");
+    std::fs::create_dir_all(&manifests).unwrap();
+    let mut yaml = String::from("apiVersion: v1\nkind: Namespace\nmetadata: {name: bench}\n---\n");
+    let mut names = Vec::new();
+    for i in 0..pods {
+        let ns = format!("{prefix}-e{i}");
+        netns::add(&ns).unwrap();
+        names.push(ns.clone());
+        let _ = writeln!(
+            yaml,
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: e{i}, namespace: bench, labels: {{app: bench}}, annotations: {{netpol.io/netns: {ns}}}}}\nspec: {{containers: [{{name: c}}]}}\nstatus: {{phase: Running, podIP: 10.90.0.{}}}\n---",
+            i + 1
+        );
+    }
+    for i in 0..adds {
+        let _ = writeln!(
+            yaml,
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: n{i}, namespace: bench, labels: {{app: bench}}}}\nspec: {{containers: [{{name: c}}]}}\nstatus: {{phase: Pending}}\n---"
+        );
+    }
+    yaml.push_str("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: same-app, namespace: bench}\nspec:\n  podSelector: {matchLabels: {app: bench}}\n  ingress: [{from: [{podSelector: {matchLabels: {app: bench}}}], ports: [{port: 80}]}]\n");
+    std::fs::write(manifests.join("all.yaml"), yaml).unwrap();
+    let socket = dir.path().join("cni.sock");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let config = AgentConfig {
+        drops: None,
+        verify_interval: Duration::from_secs(60),
+        cni: Some(CniConfig {
+            socket: socket.clone(),
+            records: Some(dir.path().join("records")),
+        }),
+        ..AgentConfig::default()
+    };
+    let agent = rt
+        .block_on(Agent::start(
+            config,
+            ManifestDir::new(&manifests, None),
+            Arc::new(CompiledRulesets::default()),
+            Arc::new(NftApplier),
+        ))
+        .unwrap();
+    while !agent.ready() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut took = Vec::new();
+    for i in 0..adds {
+        let ns = format!("{prefix}-n{i}");
+        netns::add(&ns).unwrap();
+        names.push(ns.clone());
+        let path = netns::path(&ns).display().to_string();
+        let vars: BTreeMap<String, String> = [
+            ("CNI_COMMAND", "ADD".to_owned()),
+            ("CNI_CONTAINERID", format!("sandbox-{i}")),
+            ("CNI_NETNS", path),
+            ("CNI_IFNAME", "eth0".to_owned()),
+            (
+                "CNI_ARGS",
+                format!("K8S_POD_NAMESPACE=bench;K8S_POD_NAME=n{i}"),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let conf = serde_json::json!({
+            "cniVersion": "1.0.0", "name": "k8s", "type": "netpol-cni",
+            "agentSocket": socket,
+            "prevResult": {"ips": [{"address": format!("10.91.{}.{}/16", i / 250, i % 250 + 1)}]}
+        })
+        .to_string();
+        let connect = |c: &NetConf| -> Box<dyn Transport> {
+            Box::new(SocketTransport {
+                path: c.agent_socket.clone(),
+            })
+        };
+        let start = Instant::now();
+        let out = plugin::run(&vars, conf.as_bytes(), &connect);
+        took.push(start.elapsed());
+        assert_eq!(out.code, 0, "ADD {i}: {}", out.stdout);
+    }
+    rt.block_on(agent.stop()).unwrap();
+    for ns in names {
+        let _ = netns::delete(&ns);
+    }
+    took.sort();
+    println!("| existing Pods | ADDs | p50 ms | p90 ms | max ms |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| {pods} | {adds} | {:.1} | {:.1} | {:.1} |",
+        pct(&took, 0.5),
+        pct(&took, 0.9),
+        pct(&took, 1.0)
+    );
+}
