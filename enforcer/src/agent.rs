@@ -690,7 +690,7 @@ impl Agent {
             );
         }
         tracing::info!(source = %source.describe(), "state source");
-        let scans = source.start();
+        let scans = source.start_with_metrics(metrics.clone());
         let task = tokio::spawn(run(
             reconciler,
             scans,

@@ -5,15 +5,26 @@
 //! complete view. The agent consumes them in one place (`Reconciler::handle_scan`), so
 //! the manifest directory and the Kubernetes API feed the state index the same way.
 
+use std::sync::Arc;
+
 use tokio::sync::mpsc;
 
 use crate::manifests::{self, ManifestDir, Scan, WatchOptions};
+use crate::metrics::Metrics;
 
 /// A producer of [`Scan`]s, started on the current tokio runtime.
 pub trait StateSource: Send {
     /// Starts producing scans; the first one is a complete view (or says it is not).
     /// Production stops when the receiver is dropped.
     fn start(self: Box<Self>) -> mpsc::Receiver<Scan>;
+
+    /// [`StateSource::start`], for sources that keep metrics of their own in the agent's
+    /// `metrics` (the Kubernetes source's `netpol_watch_*`). The agent starts sources this
+    /// way; by default the metrics are not used.
+    fn start_with_metrics(self: Box<Self>, metrics: Arc<Metrics>) -> mpsc::Receiver<Scan> {
+        let _ = metrics;
+        self.start()
+    }
 
     /// A short description for logs (`manifests /etc/netpol`, `kubernetes`).
     fn describe(&self) -> String;
