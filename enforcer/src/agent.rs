@@ -747,7 +747,7 @@ impl Agent {
         };
         tracing::info!(source = %source.describe(), "state source");
         let lookup = source.lookup();
-        let scans = source.start();
+        let scans = source.start_with_metrics(metrics.clone());
         let task = tokio::spawn(run(
             reconciler,
             Inputs {

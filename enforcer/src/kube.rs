@@ -12,6 +12,13 @@
 //! them. All Pods of the cluster are watched (peer sets need them); which are local is
 //! decided by `spec.nodeName` in [`State::local_pods`](crate::state::State::local_pods).
 //!
+//! **Metrics.** [`run_source_with_metrics`] (which the agent uses through
+//! [`StateSource::start_with_metrics`]) keeps the `netpol_watch_*` metrics per kind: errors,
+//! complete lists, delivered events, synced, time of the last event (see
+//! [`metrics`](crate::metrics)). kube-rs reports neither a watch that works again after
+//! errors nor bookmarks, so each watcher's client reports the watch requests the API
+//! server accepted ([`Feed::watching`]); bookmarks stay unseen.
+//!
 //! [`WATCHED`] and [`WATCH_VERBS`] are the API calls the source makes; the ClusterRole in
 //! `manifests/` grants exactly those (a test compares them). [`snapshot`] lists live state
 //! once, for `netpol explain --cluster`.
@@ -33,14 +40,14 @@ pub mod snapshot;
 
 use std::fmt::Debug;
 use std::path::Path;
+use std::sync::Arc;
 
 use ::kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError};
 use ::kube::runtime::{WatchStreamExt, watcher};
 use ::kube::{Api, Client, Config};
-use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use futures::stream::BoxStream;
+use futures::stream::{BoxStream, PollNext};
 use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -52,6 +59,7 @@ pub use feed::Feed;
 pub use slim::{slim_namespace, slim_pod, slim_policy};
 
 use crate::manifests::Scan;
+use crate::metrics::Metrics;
 use crate::source::{PodLookup, StateSource};
 use crate::state::{Kind, Object, PodKey};
 
@@ -207,7 +215,17 @@ impl Watched for NetworkPolicy {
     }
 }
 
-type Item = (Kind, Result<watcher::Event<Object>, watcher::Error>);
+/// What one kind's watcher reports.
+// As large as the watcher's own items, which were passed unboxed before this enum.
+#[allow(clippy::large_enum_variant)]
+enum Signal {
+    /// A watcher event or error.
+    Watcher(Result<watcher::Event<Object>, watcher::Error>),
+    /// The API server accepted a watch request (a 2xx answer to `?watch=true`).
+    Watching,
+}
+
+type Item = (Kind, Signal);
 
 fn map_event<K>(event: watcher::Event<K>, f: impl Fn(K) -> Object) -> watcher::Event<Object> {
     match event {
@@ -219,21 +237,66 @@ fn map_event<K>(event: watcher::Event<K>, f: impl Fn(K) -> Object) -> watcher::E
     }
 }
 
+fn is_watch(uri: &hyper::Uri) -> bool {
+    uri.query().is_some_and(|q| {
+        q.split('&')
+            .any(|kv| matches!(kv, "watch=true" | "watch=1"))
+    })
+}
+
+/// `client`, also sending `()` on `accepted` for every watch request the API server
+/// answered with a success status (the stream is open). Errors and responses are passed
+/// through unchanged.
+fn report_watches(client: Client, accepted: mpsc::UnboundedSender<()>) -> Client {
+    let namespace = client.default_namespace().to_owned();
+    let service = tower::service_fn(move |req: hyper::Request<::kube::client::Body>| {
+        let client = client.clone();
+        let accepted = accepted.clone();
+        let watch = is_watch(req.uri());
+        async move {
+            let response = client.send(req).await?;
+            if watch && response.status().is_success() {
+                // The receiver is gone only when the watcher is.
+                let _ = accepted.send(());
+            }
+            Ok::<_, ::kube::Error>(response)
+        }
+    });
+    Client::new(service, namespace)
+}
+
 /// One kind's watcher: list + watch with bookmarks over all namespaces, relists on
 /// `410 Gone`, retried with the default backoff (800 ms doubling to 30 s, jittered).
-fn watch<K: Watched>(client: Client) -> BoxStream<'static, Item> {
+/// With `report`, accepted watch requests are reported too ([`Signal::Watching`]).
+fn watch<K: Watched>(client: Client, report: bool) -> BoxStream<'static, Item> {
     debug_assert!(
         WATCHED.contains(&api_resource::<K>()),
         "RBAC covers every watched kind"
     );
+    let (accepted, mut accepted_rx) = mpsc::unbounded_channel();
+    let client = if report {
+        report_watches(client, accepted)
+    } else {
+        client
+    };
     let api: Api<K> = Api::all(client);
-    watcher(api, watcher::Config::default())
+    let events = watcher(api, watcher::Config::default())
         .default_backoff()
-        .map(|r| (K::STATE_KIND, r.map(|ev| map_event(ev, K::into_object))))
-        .boxed()
+        .map(|r| {
+            (
+                K::STATE_KIND,
+                Signal::Watcher(r.map(|ev| map_event(ev, K::into_object))),
+            )
+        });
+    let watching = stream::poll_fn(move |cx| accepted_rx.poll_recv(cx))
+        .map(|()| (K::STATE_KIND, Signal::Watching));
+    // `Watching` is sent before the watcher can read anything from that watch, so
+    // polling it first keeps the order (an error read from the new watch comes after).
+    stream::select_with_strategy(watching, events, |_: &mut ()| PollNext::Left).boxed()
 }
 
-/// The Kubernetes API as the agent's [`StateSource`]: [`run_source`] on a task.
+/// The Kubernetes API as the agent's [`StateSource`]: [`run_source`] on a task, or
+/// [`run_source_with_metrics`] when started with the agent's metrics.
 pub struct KubeSource {
     client: Client,
 }
@@ -252,6 +315,12 @@ impl StateSource for KubeSource {
         rx
     }
 
+    fn start_with_metrics(self: Box<Self>, metrics: Arc<Metrics>) -> mpsc::Receiver<Scan> {
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(run_source_with_metrics(self.client, tx, metrics));
+        rx
+    }
+
     fn describe(&self) -> String {
         "kubernetes API".to_owned()
     }
@@ -265,16 +334,33 @@ impl StateSource for KubeSource {
 /// [`Scan`]s (events that arrive together are batched into one scan). Errors are logged
 /// and retried with backoff; they never change the state (fail closed).
 pub async fn run_source(client: Client, tx: mpsc::Sender<Scan>) {
+    run(client, tx, None).await;
+}
+
+/// [`run_source`], keeping the `netpol_watch_*` metrics in `metrics`.
+pub async fn run_source_with_metrics(
+    client: Client,
+    tx: mpsc::Sender<Scan>,
+    metrics: Arc<Metrics>,
+) {
+    run(client, tx, Some(metrics)).await;
+}
+
+async fn run(client: Client, tx: mpsc::Sender<Scan>, metrics: Option<Arc<Metrics>>) {
+    let report = metrics.is_some();
     let streams = vec![
-        watch::<Namespace>(client.clone()),
-        watch::<Pod>(client.clone()),
-        watch::<NetworkPolicy>(client),
+        watch::<Namespace>(client.clone(), report),
+        watch::<Pod>(client.clone(), report),
+        watch::<NetworkPolicy>(client, report),
     ];
     let mut feed = Feed::new([
         Namespace::STATE_KIND,
         Pod::STATE_KIND,
         NetworkPolicy::STATE_KIND,
     ]);
+    if let Some(metrics) = metrics {
+        feed = feed.with_metrics(metrics);
+    }
     let mut batches = stream::select_all(streams).ready_chunks(1024);
     let mut sent_complete = false;
     loop {
@@ -288,12 +374,16 @@ pub async fn run_source(client: Client, tx: mpsc::Sender<Scan>) {
         let mut events = Vec::new();
         for (kind, item) in batch {
             match item {
-                Ok(ev) => events.extend(feed.handle(kind, ev)),
-                Err(error) => tracing::warn!(
-                    %kind,
-                    error = %error,
-                    "kubernetes watch failed: keeping the last known state, retrying with backoff"
-                ),
+                Signal::Watcher(Ok(ev)) => events.extend(feed.handle(kind, ev)),
+                Signal::Watcher(Err(error)) => {
+                    feed.error(kind);
+                    tracing::warn!(
+                        %kind,
+                        error = %error,
+                        "kubernetes watch failed: keeping the last known state, retrying with backoff"
+                    );
+                }
+                Signal::Watching => feed.watching(kind),
             }
         }
         let complete = feed.synced();

@@ -21,7 +21,8 @@
 //! - [`state::State`]: the object index (apply/delete/reset), fed in one place;
 //! - [`manifests::ManifestDir`]: the manifest-directory source (fail closed per file);
 //! - [`kube::run_source`]: the Kubernetes source (watchers, per-kind relists, slim
-//!   objects, fail closed), and [`kube::snapshot::snapshot`] for live queries;
+//!   objects, fail closed, `netpol_watch_*` metrics with
+//!   [`kube::run_source_with_metrics`]), and [`kube::snapshot::snapshot`] for live queries;
 //! - [`plan::plan`]: pure `desired x actual -> Vec<Op>`, with [`plan::Backoff`];
 //! - [`applier::Applier`]: [`applier::NftApplier`] (real) and
 //!   [`applier::RecordingApplier`] (fake);

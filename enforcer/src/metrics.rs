@@ -16,8 +16,17 @@
 //! | `netpol_drop_listeners` | gauge | Pod namespaces with a bound NFLOG listener |
 //! | `netpol_cni_requests_total{command,result}` | counter | `netpol-cni` requests (ADD, DEL, CHECK) answered ok or error |
 //! | `netpol_cni_add_duration_seconds` | histogram | ADD received to answered (the Pod's ruleset applied) |
+//! | `netpol_watch_errors_total{kind}` | counter | Kubernetes watcher errors (unreachable, HTTP errors, 410 before a relist, decode errors) |
+//! | `netpol_watch_relists_total{kind}` | counter | complete lists of a kind (the first one and every relist) |
+//! | `netpol_watch_events_total{kind,type}` | counter | state events delivered by the Kubernetes source (`apply`, `delete`) |
+//! | `netpol_watch_synced{kind}` | gauge | 1: listed and watching; 0: never listed, relisting or failing |
+//! | `netpol_watch_last_event_timestamp_seconds{kind}` | gauge | unix time of the last watcher event of the kind |
+//!
+//! `kind` is the watched resource: `namespaces`, `pods`, `networkpolicies`. The `watch_`
+//! families stay empty when the agent reads a manifest directory.
 
-use std::time::Duration;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, SystemTime};
 
 use policy_compiler::Direction;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -45,6 +54,41 @@ pub struct CniLabels {
     pub command: String,
     /// `ok` or `error`.
     pub result: String,
+}
+
+/// Labels of the `netpol_watch_*` families.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct WatchLabels {
+    /// The watched resource (`namespaces`, `pods`, `networkpolicies`).
+    pub kind: &'static str,
+}
+
+/// Labels of `netpol_watch_events_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct WatchEventLabels {
+    /// The watched resource.
+    pub kind: &'static str,
+    /// `apply` or `delete`.
+    pub r#type: &'static str,
+}
+
+/// A state event type, as counted by `netpol_watch_events_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchEventType {
+    /// An object added or changed.
+    Apply,
+    /// An object removed.
+    Delete,
+}
+
+impl WatchEventType {
+    /// The label value (`apply`, `delete`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WatchEventType::Apply => "apply",
+            WatchEventType::Delete => "delete",
+        }
+    }
 }
 
 /// Every metric of the agent and the registry that encodes them.
@@ -79,6 +123,16 @@ pub struct Metrics {
     pub cni_requests: Family<CniLabels, Counter>,
     /// Seconds from an ADD's arrival to its answer.
     pub cni_add_seconds: Histogram,
+    /// Kubernetes watcher errors by kind.
+    pub watch_errors: Family<WatchLabels, Counter>,
+    /// Complete lists by kind.
+    pub watch_relists: Family<WatchLabels, Counter>,
+    /// State events delivered by the Kubernetes source, by kind and type.
+    pub watch_events: Family<WatchEventLabels, Counter>,
+    /// 1 while a kind is listed and its watch healthy, else 0.
+    pub watch_synced: Family<WatchLabels, Gauge>,
+    /// Unix time of the last watcher event, by kind.
+    pub watch_last_event: Family<WatchLabels, Gauge<f64, AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -116,6 +170,11 @@ impl Metrics {
             "Time from a netpol-cni ADD to its answer (the Pod's ruleset applied)",
             cni_add_seconds.clone(),
         );
+        let watch_errors = Family::<WatchLabels, Counter>::default();
+        let watch_relists = Family::<WatchLabels, Counter>::default();
+        let watch_events = Family::<WatchEventLabels, Counter>::default();
+        let watch_synced = Family::<WatchLabels, Gauge>::default();
+        let watch_last_event = Family::<WatchLabels, Gauge<f64, AtomicU64>>::default();
         registry.register(
             "applies",
             "Rulesets loaded into a Pod network namespace",
@@ -176,6 +235,31 @@ impl Metrics {
             "Pod network namespaces with a bound NFLOG drop listener",
             drop_listeners.clone(),
         );
+        registry.register(
+            "watch_errors",
+            "Kubernetes watcher errors (API unreachable, HTTP errors, 410 Gone before a relist, decode errors), by kind",
+            watch_errors.clone(),
+        );
+        registry.register(
+            "watch_relists",
+            "Complete lists of a kind by the Kubernetes source (the first one and every relist)",
+            watch_relists.clone(),
+        );
+        registry.register(
+            "watch_events",
+            "State events delivered by the Kubernetes source, by kind and type (apply, delete)",
+            watch_events.clone(),
+        );
+        registry.register(
+            "watch_synced",
+            "1 while the kind is listed completely and its watch is healthy; 0 while never listed, relisting or failing",
+            watch_synced.clone(),
+        );
+        registry.register(
+            "watch_last_event_timestamp_seconds",
+            "Unix time of the last watcher event of the kind (bookmarks are not seen)",
+            watch_last_event.clone(),
+        );
         Self {
             registry,
             applies,
@@ -192,6 +276,11 @@ impl Metrics {
             drop_listeners,
             cni_requests,
             cni_add_seconds,
+            watch_errors,
+            watch_relists,
+            watch_events,
+            watch_synced,
+            watch_last_event,
         }
     }
 
@@ -203,6 +292,99 @@ impl Metrics {
                 result: if ok { "ok" } else { "error" }.to_owned(),
             })
             .inc();
+    }
+
+    /// Creates the `netpol_watch_*` series of a kind at zero (not synced), so that they
+    /// exist before the first list completes.
+    pub fn init_watch(&self, kind: &'static str) {
+        // `get_or_create` creates the series; the guards it returns are not needed.
+        let l = WatchLabels { kind };
+        drop(self.watch_errors.get_or_create(&l));
+        drop(self.watch_relists.get_or_create(&l));
+        self.watch_synced.get_or_create(&l).set(0);
+        drop(self.watch_last_event.get_or_create(&l));
+        for t in [WatchEventType::Apply, WatchEventType::Delete] {
+            drop(self.watch_events.get_or_create(&WatchEventLabels {
+                kind,
+                r#type: t.as_str(),
+            }));
+        }
+    }
+
+    /// Counts a watcher error of `kind`; the kind is not synced until it recovers.
+    pub fn record_watch_error(&self, kind: &'static str) {
+        let l = WatchLabels { kind };
+        self.watch_errors.get_or_create(&l).inc();
+        self.watch_synced.get_or_create(&l).set(0);
+    }
+
+    /// Counts a complete list of `kind`.
+    pub fn record_watch_relist(&self, kind: &'static str) {
+        self.watch_relists
+            .get_or_create(&WatchLabels { kind })
+            .inc();
+    }
+
+    /// Counts `n` state events of `kind` and type `typ`.
+    pub fn record_watch_events(&self, kind: &'static str, typ: WatchEventType, n: u64) {
+        self.watch_events
+            .get_or_create(&WatchEventLabels {
+                kind,
+                r#type: typ.as_str(),
+            })
+            .inc_by(n);
+    }
+
+    /// Sets whether `kind` is synced (listed and watching without error).
+    pub fn set_watch_synced(&self, kind: &'static str, synced: bool) {
+        self.watch_synced
+            .get_or_create(&WatchLabels { kind })
+            .set(i64::from(synced));
+    }
+
+    /// Records that a watcher event of `kind` arrived now.
+    pub fn touch_watch(&self, kind: &'static str) {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        self.watch_last_event
+            .get_or_create(&WatchLabels { kind })
+            .set(now);
+    }
+
+    /// Current value of `netpol_watch_errors_total{kind}`.
+    pub fn watch_errors(&self, kind: &'static str) -> u64 {
+        self.watch_errors.get_or_create(&WatchLabels { kind }).get()
+    }
+
+    /// Current value of `netpol_watch_relists_total{kind}`.
+    pub fn watch_relists(&self, kind: &'static str) -> u64 {
+        self.watch_relists
+            .get_or_create(&WatchLabels { kind })
+            .get()
+    }
+
+    /// Current value of `netpol_watch_events_total{kind,type}`.
+    pub fn watch_events(&self, kind: &'static str, typ: WatchEventType) -> u64 {
+        self.watch_events
+            .get_or_create(&WatchEventLabels {
+                kind,
+                r#type: typ.as_str(),
+            })
+            .get()
+    }
+
+    /// Current value of `netpol_watch_synced{kind}`.
+    pub fn watch_synced(&self, kind: &'static str) -> bool {
+        self.watch_synced.get_or_create(&WatchLabels { kind }).get() == 1
+    }
+
+    /// Current value of `netpol_watch_last_event_timestamp_seconds{kind}` (0: none yet).
+    pub fn watch_last_event(&self, kind: &'static str) -> f64 {
+        self.watch_last_event
+            .get_or_create(&WatchLabels { kind })
+            .get()
     }
 
     /// Counts `packets` dropped packets of a Pod in a direction (for the drops module).
@@ -242,6 +424,13 @@ mod tests {
         m.record_drops("x", "a", Direction::Ingress, 2);
         m.record_drops("x", "a", Direction::Ingress, 1);
         m.record_cni("ADD", true);
+        m.init_watch("pods");
+        m.init_watch("namespaces");
+        m.record_watch_relist("pods");
+        m.set_watch_synced("pods", true);
+        m.record_watch_error("namespaces");
+        m.record_watch_events("pods", WatchEventType::Apply, 2);
+        m.touch_watch("pods");
         let text = m.encode();
         for name in [
             "netpol_applies_total 1",
@@ -258,9 +447,22 @@ mod tests {
             "netpol_drop_listeners 0",
             "netpol_cni_requests_total{command=\"ADD\",result=\"ok\"} 1",
             "netpol_cni_add_duration_seconds_count 0",
+            "# TYPE netpol_watch_errors counter",
+            "netpol_watch_errors_total{kind=\"namespaces\"} 1",
+            "netpol_watch_errors_total{kind=\"pods\"} 0",
+            "netpol_watch_relists_total{kind=\"pods\"} 1",
+            "netpol_watch_relists_total{kind=\"namespaces\"} 0",
+            "netpol_watch_events_total{kind=\"pods\",type=\"apply\"} 2",
+            "netpol_watch_events_total{kind=\"pods\",type=\"delete\"} 0",
+            "netpol_watch_synced{kind=\"pods\"} 1",
+            "netpol_watch_synced{kind=\"namespaces\"} 0",
+            "# TYPE netpol_watch_last_event_timestamp_seconds gauge",
+            "netpol_watch_last_event_timestamp_seconds{kind=\"namespaces\"} 0",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }
         assert!(text.ends_with("# EOF\n"));
+        assert!(m.watch_last_event("pods") > 1.6e9, "unix seconds");
+        assert!(m.watch_synced("pods") && !m.watch_synced("namespaces"));
     }
 }

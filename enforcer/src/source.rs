@@ -11,6 +11,7 @@ use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 
 use crate::manifests::{self, ManifestDir, Scan, WatchOptions};
+use crate::metrics::Metrics;
 use crate::state::{Object, PodKey};
 
 /// Fetches one Pod (and its Namespace) straight from the source, for a CNI `ADD` that
@@ -25,6 +26,14 @@ pub trait StateSource: Send {
     /// Starts producing scans; the first one is a complete view (or says it is not).
     /// Production stops when the receiver is dropped.
     fn start(self: Box<Self>) -> mpsc::Receiver<Scan>;
+
+    /// [`StateSource::start`], for sources that keep metrics of their own in the agent's
+    /// `metrics` (the Kubernetes source's `netpol_watch_*`). The agent starts sources this
+    /// way; by default the metrics are not used.
+    fn start_with_metrics(self: Box<Self>, metrics: Arc<Metrics>) -> mpsc::Receiver<Scan> {
+        let _ = metrics;
+        self.start()
+    }
 
     /// A short description for logs (`manifests /etc/netpol`, `kubernetes`).
     fn describe(&self) -> String;

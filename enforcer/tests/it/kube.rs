@@ -1,10 +1,12 @@
 //! The Kubernetes source against the in-process fake API server (`apiserver.rs`): list,
-//! watch events, reconnects, 410 relists, bookmarks, an unreachable server. See: #5
+//! watch events, reconnects, 410 relists, bookmarks, an unreachable server, and the
+//! `netpol_watch_*` metrics of each. See: #5
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use enforcer::kube::{WATCHED, api_calls, run_source};
+use enforcer::kube::{WATCHED, api_calls, run_source_with_metrics};
+use enforcer::metrics::{Metrics, WatchEventType};
 use enforcer::state::{Kind, Object, ObjectKey, State};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -36,6 +38,7 @@ fn policy(name: &str) -> Value {
 
 /// The source running against a server, feeding a State like the agent does.
 struct Harness {
+    metrics: Arc<Metrics>,
     state: Arc<Mutex<State>>,
     complete: Arc<Mutex<Vec<bool>>>,
     task: tokio::task::JoinHandle<()>,
@@ -52,7 +55,12 @@ impl Drop for Harness {
 impl Harness {
     fn start(server: &ApiServer) -> Harness {
         let (tx, mut rx) = mpsc::channel(16);
-        let task = tokio::spawn(run_source(server.client(), tx));
+        let metrics = Arc::new(Metrics::new());
+        let task = tokio::spawn(run_source_with_metrics(
+            server.client(),
+            tx,
+            metrics.clone(),
+        ));
         let state = Arc::new(Mutex::new(State::new()));
         let complete = Arc::new(Mutex::new(Vec::new()));
         let (s, c) = (state.clone(), complete.clone());
@@ -66,6 +74,7 @@ impl Harness {
             }
         });
         Harness {
+            metrics,
             state,
             complete,
             task,
@@ -110,6 +119,16 @@ impl Harness {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+const KINDS: [&str; 3] = ["namespaces", "pods", "networkpolicies"];
+
+fn applies(h: &Harness, kind: &'static str) -> u64 {
+    h.metrics.watch_events(kind, WatchEventType::Apply)
+}
+
+fn deletes(h: &Harness, kind: &'static str) -> u64 {
+    h.metrics.watch_events(kind, WatchEventType::Delete)
 }
 
 async fn wait_watching(server: &ApiServer) {
@@ -216,6 +235,32 @@ async fn initial_list_populates_state_slimmed_and_uses_only_rbac_calls() {
         seen, watch_calls,
         "the watchers list and watch, nothing else"
     );
+
+    // Metrics: one complete list per kind, synced, every listed object delivered.
+    for kind in KINDS {
+        assert_eq!(h.metrics.watch_relists(kind), 1, "{kind}");
+        assert!(h.metrics.watch_synced(kind), "{kind}");
+        assert_eq!(h.metrics.watch_errors(kind), 0, "{kind}");
+        assert_eq!(deletes(&h, kind), 0, "{kind}");
+        assert!(h.metrics.watch_last_event(kind) > 1.6e9, "{kind}");
+    }
+    assert_eq!(
+        [
+            applies(&h, "namespaces"),
+            applies(&h, "pods"),
+            applies(&h, "networkpolicies")
+        ],
+        [1, 2, 1]
+    );
+    let text = h.metrics.encode();
+    for line in [
+        "netpol_watch_relists_total{kind=\"pods\"} 1",
+        "netpol_watch_synced{kind=\"networkpolicies\"} 1",
+        "netpol_watch_events_total{kind=\"pods\",type=\"apply\"} 2",
+        "netpol_watch_errors_total{kind=\"namespaces\"} 0",
+    ] {
+        assert!(text.contains(line), "{line} missing from\n{text}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,6 +286,20 @@ async fn added_modified_deleted_propagate() {
     })
     .await;
     assert_eq!(list_calls(&server, PODS), 1, "no relist");
+    // Listed a, b; then c added, a modified: 4 applies. One policy deleted.
+    assert_eq!((applies(&h, "pods"), deletes(&h, "pods")), (4, 0));
+    assert_eq!(
+        (
+            applies(&h, "networkpolicies"),
+            deletes(&h, "networkpolicies")
+        ),
+        (1, 1)
+    );
+    assert_eq!(applies(&h, "namespaces"), 2);
+    for kind in KINDS {
+        assert_eq!(h.metrics.watch_relists(kind), 1, "{kind}");
+        assert!(h.metrics.watch_synced(kind), "{kind}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -296,6 +355,15 @@ async fn gone_410_relists_and_state_equals_the_new_list() {
     );
     assert_eq!(list_calls(&server, PODS), 2, "one relist");
     assert_eq!(list_calls(&server, POLICIES), 1);
+    // Metrics: the 410 is a pods error, followed by a second complete pods list.
+    assert_eq!(h.metrics.watch_relists("pods"), 2);
+    assert_eq!(h.metrics.watch_relists("namespaces"), 1);
+    assert_eq!(h.metrics.watch_relists("networkpolicies"), 1);
+    assert!(h.metrics.watch_errors("pods") >= 1);
+    assert_eq!(h.metrics.watch_errors("networkpolicies"), 0);
+    assert!(h.metrics.watch_synced("pods"), "synced after the relist");
+    // The relist delivered a2 and c, and the delete of b.
+    assert_eq!((applies(&h, "pods"), deletes(&h, "pods")), (4, 1));
     // And it watches again from the new list.
     wait_watching(&server).await;
     server.add(PODS, pod("d", "d", "n1"));
@@ -345,18 +413,50 @@ async fn api_down_keeps_the_last_known_state_then_recovers() {
     let (server, h) = populated().await;
     let before = h.keys();
     let g = h.generation();
+    let relists: Vec<u64> = KINDS.map(|k| h.metrics.watch_relists(k)).to_vec();
     server.stop();
     // Long enough for several failed reconnects (backoff starts at 800 ms).
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(h.keys(), before, "fail closed: nothing dropped");
     assert_eq!(h.generation(), g);
     assert!(h.synced(), "still complete");
+    // Metrics: every kind failing and not synced.
+    h.wait("errors of every kind", |h| {
+        KINDS
+            .iter()
+            .all(|k| h.metrics.watch_errors(k) >= 2 && !h.metrics.watch_synced(k))
+    })
+    .await;
+    let errors: Vec<u64> = KINDS.map(|k| h.metrics.watch_errors(k)).to_vec();
+    let text = h.metrics.encode();
+    assert!(
+        text.contains("netpol_watch_synced{kind=\"namespaces\"} 0"),
+        "{text}"
+    );
     // Back (with a change made meanwhile): the source reconnects with backoff.
     server.restart().await;
     server.add(PODS, pod("c", "c", "n1"));
     h.wait("recovered", |h| h.get(Kind::Pod, "shop", "c").is_some())
         .await;
     assert!(h.get(Kind::Pod, "shop", "a").is_some());
+    // Synced again, also the kinds without any event since (their watch resumed).
+    h.wait("synced again", |h| {
+        KINDS.iter().all(|k| h.metrics.watch_synced(k))
+    })
+    .await;
+    assert_eq!(
+        KINDS.map(|k| h.metrics.watch_relists(k)).to_vec(),
+        relists,
+        "resumed, no relist"
+    );
+    let after: Vec<u64> = KINDS.map(|k| h.metrics.watch_errors(k)).to_vec();
+    assert!(
+        after.iter().zip(&errors).all(|(a, e)| a >= e),
+        "{after:?} {errors:?}"
+    );
+    // No more errors once recovered.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(KINDS.map(|k| h.metrics.watch_errors(k)).to_vec(), after);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -367,6 +467,12 @@ async fn never_synced_source_reports_incomplete() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(h.state.lock().unwrap().is_empty());
     assert!(!h.synced(), "no complete scan while nothing was listed");
+    for kind in KINDS {
+        assert!(h.metrics.watch_errors(kind) >= 1, "{kind}");
+        assert_eq!(h.metrics.watch_relists(kind), 0, "{kind}");
+        assert!(!h.metrics.watch_synced(kind), "{kind}");
+        assert_eq!(h.metrics.watch_last_event(kind), 0.0, "{kind}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -408,6 +514,11 @@ async fn agent_enforces_local_pods_from_the_api() {
         0,
         "other node's Pod is not"
     );
+    // The agent's own metrics (on /metrics) have the source's watch series.
+    for kind in KINDS {
+        assert_eq!(agent.metrics().watch_relists(kind), 1, "{kind}");
+        assert!(agent.metrics().watch_synced(kind), "{kind}");
+    }
     let table = applier.table("ns-a").unwrap();
     assert!(table.contains("table inet netpol"), "{table}");
     // The policy goes away in the API: a's table follows (no longer isolated).
