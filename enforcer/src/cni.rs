@@ -1,0 +1,3 @@
+//! The netpol-cni chained CNI plugin.
+
+pub mod install;
