@@ -7,6 +7,10 @@
 //! docs/kubernetes.md for installing it. Everything it does is in
 //! [`enforcer::cni::plugin::run`]; this file only does the IO.
 //!
+//! `netpol-cni install` / `netpol-cni uninstall` (the DaemonSet's init container) put
+//! the binary on the node and chain it into the node's conflist, or undo that; see
+//! [`enforcer::cni::install`].
+//!
 //! ```text
 //! CNI_COMMAND=VERSION netpol-cni </dev/null
 //! {"cniVersion":"1.0.0","supportedVersions":["0.3.0","0.3.1","0.4.0","1.0.0"]}
@@ -15,12 +19,20 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 
+use enforcer::cni::install;
 use enforcer::cni::plugin::{self, NetConf, SocketTransport, Transport};
 
 /// Largest network configuration read from stdin.
 const MAX_STDIN: u64 = 4 * 1024 * 1024;
 
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if matches!(
+        args.first().map(String::as_str),
+        Some("install" | "uninstall" | "--help" | "-h")
+    ) {
+        std::process::exit(installer(&args));
+    }
     let vars: BTreeMap<String, String> = std::env::vars()
         .filter(|(k, _)| k.starts_with("CNI_"))
         .collect();
@@ -38,4 +50,29 @@ fn main() {
     let _ = std::io::stdout().write_all(out.stdout.as_bytes());
     let _ = std::io::stderr().write_all(out.stderr.as_bytes());
     std::process::exit(out.code);
+}
+
+/// `netpol-cni install|uninstall ...`: prints one summary line, or the error and usage.
+fn installer(args: &[String]) -> i32 {
+    if matches!(args.first().map(String::as_str), Some("--help" | "-h")) {
+        println!("{}", install::USAGE);
+        return 0;
+    }
+    match install::parse_args(args).and_then(|a| install::run(&a)) {
+        Ok(summary) => {
+            println!("{summary}");
+            0
+        }
+        Err(e) => {
+            let mut msg = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg.push_str(": ");
+                msg.push_str(&s.to_string());
+                src = s.source();
+            }
+            eprintln!("netpol-cni: {msg}\n\n{}", install::USAGE);
+            2
+        }
+    }
 }

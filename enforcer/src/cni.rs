@@ -19,6 +19,7 @@
 //! in [`crate::state::State`] (netns and IPs of each Pod, persisted by [`records`]).
 //! [`install`] puts the binary on the node and chains it into the node's conflist.
 
+pub mod install;
 pub mod plugin;
 pub mod records;
 pub mod server;

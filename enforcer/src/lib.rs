@@ -14,6 +14,8 @@
 //!   JSON lines naming the Pods, isolating policies and nearest miss.
 //! - [`lab`]: `netpol lab`: the manifests' Pods as namespaces, rulesets applied by the
 //!   agent's [`agent::Reconciler`], every pair probed, kernel vs compiler, drop reports.
+//! - [`cni::install`]: put the `netpol-cni` chained plugin on a node: the binary into
+//!   the CNI bin directory, an entry into the node's network configuration (and back).
 //! - [`ruleset_json`]: a compiled [`policy_compiler::ruleset::Ruleset`] as nftables JSON
 //!   through the `nftables` crate (with the adapter for the crate's gaps).
 //!

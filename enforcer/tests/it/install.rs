@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use enforcer::cni::install::{InstallArgs, PluginEntry, parse_args};
 use enforcer::kube::api_calls;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
@@ -238,13 +239,78 @@ fn daemonset_runs_the_kube_agent_with_least_privilege() {
     assert_eq!(
         pod.init_containers.map(|c| c.len()),
         Some(1),
-        "install-cni placeholder"
+        "install-cni only"
     );
 }
 
 #[test]
-fn cni_snippet_is_json_naming_the_plugin() {
+fn cni_snippet_is_the_default_plugin_entry() {
     let data = install().cni.data.unwrap();
-    let entry: Value = serde_json::from_str(&data["netpol.conflist-entry.json"]).unwrap();
-    assert_eq!(entry["type"], "netpol-cni");
+    let key = "netpol.conflist-entry.json";
+    let entry = PluginEntry::parse(&data[key], Path::new(key)).unwrap();
+    assert_eq!(entry, PluginEntry::default());
+}
+
+/// The init container's command is one `netpol-cni install` accepts, writing the host's
+/// CNI directories through its hostPath mounts, with the ConfigMap's entry, as uid 0
+/// without capabilities.
+#[test]
+fn install_cni_runs_netpol_cni_install_with_the_configmap_entry() {
+    let i = install();
+    let pod = i.daemonset.spec.unwrap().template.spec.unwrap();
+    let init = pod.init_containers.clone().unwrap_or_default();
+    let [c] = &init[..] else {
+        panic!("one init container")
+    };
+    assert_eq!(c.name, "install-cni");
+    let command = c.command.clone().unwrap_or_default();
+    assert_eq!(command.first().map(String::as_str), Some("netpol-cni"));
+    let InstallArgs::Install(o) = parse_args(&command[1..]).unwrap() else {
+        panic!("{command:?}: not install")
+    };
+    let mounts = c.volume_mounts.clone().unwrap_or_default();
+    let volume = |name: &str| {
+        pod.volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == name)
+            .unwrap_or_else(|| panic!("volume {name}"))
+            .clone()
+    };
+    for (dir, host) in [
+        (&o.bin_dir, "/opt/cni/bin"),
+        (&o.conf_dir, "/etc/cni/net.d"),
+    ] {
+        let m = mounts
+            .iter()
+            .find(|m| Path::new(&m.mount_path) == dir.as_path())
+            .unwrap_or_else(|| panic!("{} is not mounted", dir.display()));
+        assert_ne!(m.read_only, Some(true), "{} must be writable", m.mount_path);
+        assert_eq!(volume(&m.name).host_path.unwrap().path, host);
+    }
+
+    let entry_file = o.entry_file.clone().expect("--entry");
+    let m = mounts
+        .iter()
+        .find(|m| entry_file.starts_with(&m.mount_path))
+        .unwrap_or_else(|| panic!("{} is not mounted", entry_file.display()));
+    let cm = volume(&m.name).config_map.unwrap();
+    assert_eq!(Some(&cm.name), i.cni.metadata.name.as_ref());
+    let key = entry_file.file_name().unwrap().to_str().unwrap();
+    assert!(
+        i.cni.data.unwrap_or_default().contains_key(key),
+        "{key} in the ConfigMap"
+    );
+
+    let sc = c.security_context.clone().unwrap();
+    assert_eq!(
+        sc.run_as_user,
+        Some(0),
+        "the host directories are root-owned"
+    );
+    assert_eq!(sc.privileged, Some(false));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    let caps = sc.capabilities.unwrap();
+    assert_eq!(caps.drop, Some(vec!["ALL".to_owned()]));
+    assert_eq!(caps.add, None);
 }
