@@ -150,6 +150,39 @@ fn daemonset_runs_the_kube_agent_with_least_privilege() {
     for want in ["agent", "--kubernetes", "--node=$(NODE_NAME)"] {
         assert!(args.iter().any(|a| a == want), "{want} in {args:?}");
     }
+    // The agent serves the socket the plugin entry names, and keeps its CNI records, on
+    // hostPath mounts (the plugin runs on the host; records outlive the container).
+    let flag = |name: &str| {
+        args.iter()
+            .find_map(|a| a.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("{name} in {args:?}"))
+            .to_owned()
+    };
+    let socket = flag("--cni-socket");
+    assert_eq!(
+        Path::new(&socket),
+        PluginEntry::default().agent_socket.as_path()
+    );
+    for path in [socket, flag("--cni-records")] {
+        let m = agent
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| Path::new(&path).starts_with(&m.mount_path))
+            .unwrap_or_else(|| panic!("{path} is not on a mount"));
+        assert_ne!(m.read_only, Some(true), "{path} must be writable");
+        let v = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == m.name)
+            .unwrap();
+        assert_eq!(
+            v.host_path.as_ref().unwrap().path,
+            m.mount_path,
+            "{path}: hostPath"
+        );
+    }
     let env = agent.env.clone().unwrap_or_default();
     let node = env.iter().find(|e| e.name == "NODE_NAME").unwrap();
     let field = node
