@@ -71,6 +71,10 @@ pub(crate) struct AgentArgs {
     /// (e.g. /var/lib/netpol/cni, a hostPath).
     #[arg(long, value_name = "DIR", requires = "cni_socket")]
     cni_records: Option<PathBuf>,
+    /// Find the netns of this node's Pods that have none (started before netpol-cni) by
+    /// their IPs, among /var/run/netns. Needs --node.
+    #[arg(long, requires = "node")]
+    discover_netns: bool,
 }
 
 /// Parses `500ms`, `5s`, `2m` (a bare number is seconds).
@@ -134,6 +138,9 @@ fn run_agent(args: &AgentArgs) -> anyhow::Result<()> {
                 d.nflog.group = args.log_group;
                 d
             }),
+            discovery: args
+                .discover_netns
+                .then(enforcer::discovery::DiscoveryOptions::default),
             cni: args.cni_socket.clone().map(|socket| CniConfig {
                 socket,
                 records: args.cni_records.clone(),

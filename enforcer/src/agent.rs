@@ -113,6 +113,9 @@ pub struct AgentConfig {
     pub drops: Option<DropsConfig>,
     /// The `netpol-cni` socket (`None`: no plugin talks to this agent).
     pub cni: Option<CniConfig>,
+    /// Find the netns of this node's Pods that have none by their IPs (needs `node`;
+    /// `None`: off). See [`crate::discovery`].
+    pub discovery: Option<crate::discovery::DiscoveryOptions>,
 }
 
 /// Where the agent meets the `netpol-cni` plugin.
@@ -136,6 +139,7 @@ impl Default for AgentConfig {
             listen: None,
             drops: Some(DropsConfig::default()),
             cni: None,
+            discovery: None,
         }
     }
 }
@@ -183,6 +187,7 @@ pub struct Reconciler {
     last_error: BTreeMap<PodKey, String>,
     records: Option<RecordStore>,
     record_writes: Vec<cni::RecordWrite>,
+    discovery: Option<crate::discovery::DiscoveryOptions>,
 }
 
 enum Outcome {
@@ -224,6 +229,7 @@ impl Reconciler {
             last_error: BTreeMap::new(),
             records: None,
             record_writes: Vec::new(),
+            discovery: config.discovery.clone(),
         }
     }
 
@@ -863,6 +869,9 @@ async fn run(
         let pass = tokio::task::spawn_blocking(move || {
             let start = Instant::now();
             reconciler.flush_records();
+            if do_verify || !reconciler.synced() {
+                reconciler.discover_netns();
+            }
             reconciler.compile();
             if do_verify {
                 reconciler.verify();

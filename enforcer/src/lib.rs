@@ -21,6 +21,9 @@
 //!
 //! The node agent (see `docs/agent.md`):
 //! - [`state::State`]: the object index (apply/delete/reset), fed in one place;
+//! - [`discovery::discover`]: the fallback for Pods started before the CNI plugin: the
+//!   one network namespace holding a Pod's addresses (ambiguity is reported, never
+//!   guessed);
 //! - [`manifests::ManifestDir`]: the manifest-directory source (fail closed per file);
 //! - [`kube::run_source`]: the Kubernetes source (watchers, per-kind relists, slim
 //!   objects, fail closed, `netpol_watch_*` metrics with
@@ -70,6 +73,7 @@
 pub mod agent;
 pub mod applier;
 pub mod cni;
+pub mod discovery;
 pub mod drops;
 pub mod http;
 pub mod kube;

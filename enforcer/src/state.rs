@@ -256,6 +256,7 @@ pub struct State {
     objects: BTreeMap<ObjectKey, Object>,
     netns_map: BTreeMap<PodKey, String>,
     cni: BTreeMap<PodKey, CniEntry>,
+    discovered: BTreeMap<PodKey, String>,
     generation: u64,
 }
 
@@ -319,6 +320,19 @@ impl State {
         );
         let changed = true;
         self.bump(changed)
+    }
+
+    /// Replaces the netns found by IP ([`crate::discovery`]), the last fallback of
+    /// [`State::local_pods`]. Returns whether it changed.
+    pub fn set_discovered(&mut self, map: BTreeMap<PodKey, String>) -> bool {
+        let changed = map != self.discovered;
+        self.discovered = map;
+        self.bump(changed)
+    }
+
+    /// The netns found by IP.
+    pub fn discovered(&self) -> &BTreeMap<PodKey, String> {
+        &self.discovered
     }
 
     /// Forgets a Pod's CNI entry (its namespace is gone). Returns whether it was there.
@@ -474,7 +488,7 @@ impl State {
     /// Pods on this node with a network namespace, and that namespace's name.
     ///
     /// The `netpol.io/netns` annotation wins over the CNI record, which wins over the
-    /// mapping file. With `node`, Pods
+    /// mapping file, which wins over a netns discovered by IP. With `node`, Pods
     /// whose `spec.nodeName` names another node are not local (Pods without a nodeName
     /// are, when mapped).
     pub fn local_pods(&self, node: Option<&str>) -> BTreeMap<PodKey, String> {
@@ -493,7 +507,8 @@ impl State {
                 .netns_annotation()
                 .map(str::to_owned)
                 .or_else(|| self.cni_record(&pod).map(|r| r.netns.clone()))
-                .or_else(|| self.netns_map.get(&pod).cloned());
+                .or_else(|| self.netns_map.get(&pod).cloned())
+                .or_else(|| self.discovered.get(&pod).cloned());
             if let Some(netns) = netns {
                 out.insert(pod, netns);
             }
@@ -606,6 +621,67 @@ mod tests {
             .map(ToString::to_string)
             .collect();
         assert_eq!(n1, ["x/a", "x/b"]);
+    }
+
+    // See: #5
+    #[test]
+    fn cni_records_overlay_ips_and_netns_for_their_incarnation_only() {
+        let yaml = format!(
+            "{}{}",
+            pod("a", ", uid: u1", "n1"),
+            pod("b", ", uid: u2, annotations: {netpol.io/netns: ns-b}", "n1"),
+        );
+        let mut s = State::new();
+        s.reset(objects(&yaml));
+        let a = PodKey::new("x", "a");
+        let rec = |cid: &str, uid: Option<&str>| CniRecord {
+            container_id: cid.into(),
+            netns: "cni-a".into(),
+            ips: vec!["10.1.0.5".parse().unwrap(), "fd00::5".parse().unwrap()],
+            uid: uid.map(str::to_owned),
+        };
+        let ips = |s: &State| {
+            let inputs = s.inputs();
+            let st = inputs.pods[0].object.status.clone().unwrap_or_default();
+            (st.pod_ip, st.pod_ips.map(|v| v.len()))
+        };
+        assert!(s.local_pods(None).get(&a).is_none());
+        assert!(s.handle(Event::CniAdd(a.clone(), rec("c1", Some("u1")))));
+        assert!(
+            !s.cni_add(a.clone(), rec("c1", Some("u1"))),
+            "same record: no change"
+        );
+        assert_eq!(s.local_pods(Some("n1"))[&a], "cni-a");
+        assert_eq!(ips(&s), (Some("10.1.0.5".into()), Some(2)));
+        // A record of another incarnation (same name, other UID) applies to nothing.
+        s.cni_add(a.clone(), rec("c9", Some("other")));
+        assert!(s.local_pods(None).get(&a).is_none());
+        assert_eq!(ips(&s), (None, None));
+        s.cni_add(a.clone(), rec("c1", Some("u1")));
+        // DEL of another sandbox: nothing; of the recorded one: IPs cleared, not local.
+        assert!(!s.handle(Event::CniDel {
+            pod: a.clone(),
+            container_id: "old".into()
+        }));
+        assert!(s.cni_del(&a, "c1"));
+        assert!(s.local_pods(None).get(&a).is_none());
+        assert_eq!(ips(&s), (None, None));
+        // The tombstone goes once the Pod is gone from the index.
+        s.delete(&ObjectKey {
+            kind: Kind::Pod,
+            namespace: "x".into(),
+            name: "a".into(),
+        });
+        s.prune_cni();
+        assert!(s.cni().is_empty());
+        // The annotation wins over a record; discovery is the last resort.
+        let b = PodKey::new("x", "b");
+        s.cni_add(b.clone(), rec("cb", None));
+        assert_eq!(s.local_pods(None)[&b], "ns-b");
+        let mut found = BTreeMap::new();
+        found.insert(b.clone(), "found-b".to_owned());
+        assert!(s.set_discovered(found));
+        assert_eq!(s.local_pods(None)[&b], "ns-b");
     }
 
     #[test]

@@ -141,8 +141,8 @@ impl Lab {
         self.dir.path().join("manifests")
     }
 
-    fn start(&self) -> Agent {
-        let config = AgentConfig {
+    fn config(&self) -> AgentConfig {
+        AgentConfig {
             verify_interval: Duration::from_millis(500),
             drops: None,
             cni: Some(CniConfig {
@@ -150,7 +150,14 @@ impl Lab {
                 records: Some(self.records.clone()),
             }),
             ..AgentConfig::default()
-        };
+        }
+    }
+
+    fn start(&self) -> Agent {
+        self.start_with(self.config())
+    }
+
+    fn start_with(&self, config: AgentConfig) -> Agent {
         let agent = self
             .rt
             .block_on(Agent::start(
@@ -481,4 +488,62 @@ fn netns_given_as_a_proc_path_is_enforced() {
     lab.stop(agent);
     holder.kill().unwrap();
     holder.wait().unwrap();
+}
+
+/// A Pod that started before the plugin (no CNI record, no annotation) is found by its
+/// IPs and enforced; real packets prove the table.
+#[test]
+fn pods_started_before_the_plugin_are_found_by_ip() {
+    if !available("pods_started_before_the_plugin_are_found_by_ip") {
+        return;
+    }
+    let prefix = format!("npold{}", std::process::id() % 100_000);
+    Topology::cleanup_stale(&prefix).unwrap();
+    // Addresses no other test uses: discovery scans every namespace of the machine.
+    let hosts = [
+        HostSpec::new(
+            "old",
+            Some("10.77.0.21/24".parse().unwrap()),
+            Some("fd00:77::21/64".parse().unwrap()),
+        ),
+        HostSpec::new(
+            "cli",
+            Some("10.77.0.22/24".parse().unwrap()),
+            Some("fd00:77::22/64".parse().unwrap()),
+        ),
+    ];
+    let topo = Topology::build(&prefix, &hosts).unwrap();
+    let old = topo.host("old").unwrap().clone();
+    let lab = Lab::new();
+    let pods = format!(
+        "{NAMESPACE}apiVersion: v1\nkind: Pod\nmetadata: {{name: old, namespace: shop, labels: {{app: web}}}}\nspec: {{nodeName: n1, containers: [{{name: c}}]}}\nstatus: {{phase: Running, podIP: 10.77.0.21, podIPs: [{{ip: 10.77.0.21}}, {{ip: 'fd00:77::21'}}]}}\n"
+    );
+    std::fs::write(lab.manifests().join("pods.yaml"), pods).unwrap();
+    std::fs::write(lab.manifests().join("policies.yaml"), POLICIES).unwrap();
+    let config = AgentConfig {
+        node: Some("n1".into()),
+        discovery: Some(enforcer::discovery::DiscoveryOptions::default()),
+        ..lab.config()
+    };
+    let agent = lab.start_with(config);
+    wait_until("the old Pod's table", || table(&old.netns).is_some());
+    let listeners = [Listener::new("old", Protocol::Tcp, 80)];
+    let prober = Prober::start(&topo, &listeners).unwrap();
+    let r = prober
+        .probe(
+            "cli",
+            "10.77.0.21".parse().unwrap(),
+            Protocol::Tcp,
+            80,
+            Duration::from_millis(700),
+        )
+        .unwrap();
+    assert!(
+        !r.connected,
+        "the old Pod is isolated for ingress: {}",
+        r.detail
+    );
+    drop(prober);
+    lab.stop(agent);
+    topo.teardown().unwrap();
 }

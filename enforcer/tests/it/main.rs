@@ -9,6 +9,7 @@ mod agent;
 mod agent_live;
 mod apiserver;
 mod cases;
+mod discovery;
 mod drops;
 mod install;
 mod kernel;
