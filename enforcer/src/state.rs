@@ -645,7 +645,7 @@ mod tests {
             let st = inputs.pods[0].object.status.clone().unwrap_or_default();
             (st.pod_ip, st.pod_ips.map(|v| v.len()))
         };
-        assert!(s.local_pods(None).get(&a).is_none());
+        assert!(!s.local_pods(None).contains_key(&a));
         assert!(s.handle(Event::CniAdd(a.clone(), rec("c1", Some("u1")))));
         assert!(
             !s.cni_add(a.clone(), rec("c1", Some("u1"))),
@@ -655,7 +655,7 @@ mod tests {
         assert_eq!(ips(&s), (Some("10.1.0.5".into()), Some(2)));
         // A record of another incarnation (same name, other UID) applies to nothing.
         s.cni_add(a.clone(), rec("c9", Some("other")));
-        assert!(s.local_pods(None).get(&a).is_none());
+        assert!(!s.local_pods(None).contains_key(&a));
         assert_eq!(ips(&s), (None, None));
         s.cni_add(a.clone(), rec("c1", Some("u1")));
         // DEL of another sandbox: nothing; of the recorded one: IPs cleared, not local.
@@ -664,7 +664,7 @@ mod tests {
             container_id: "old".into()
         }));
         assert!(s.cni_del(&a, "c1"));
-        assert!(s.local_pods(None).get(&a).is_none());
+        assert!(!s.local_pods(None).contains_key(&a));
         assert_eq!(ips(&s), (None, None));
         // The tombstone goes once the Pod is gone from the index.
         s.delete(&ObjectKey {
