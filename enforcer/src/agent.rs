@@ -859,7 +859,14 @@ async fn run(
                 }
             },
             call = recv_opt(&mut cni_calls) => match call {
-                Some(call) => on_cni_call(&mut reconciler, call, &mut pending, lookup.as_ref(), &lookup_tx, &metrics),
+                Some(call) => {
+                    on_cni_call(&mut reconciler, call, &mut pending, lookup.as_ref(), &lookup_tx, &metrics);
+                    // A burst of sandboxes (a Deployment scaled up) is one pass, not one
+                    // pass per Pod.
+                    while let Some(call) = cni_calls.as_mut().and_then(|rx| rx.try_recv().ok()) {
+                        on_cni_call(&mut reconciler, call, &mut pending, lookup.as_ref(), &lookup_tx, &metrics);
+                    }
+                }
                 None => cni_calls = None,
             },
             Some(objects) = lookups.recv() => reconciler.handle_lookup(objects),
