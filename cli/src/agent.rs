@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use enforcer::agent::{Agent, AgentConfig, CniConfig, CompiledRulesets};
+use enforcer::agent::{Agent, AgentConfig, ChainConfig, CniConfig, CompiledRulesets};
 use enforcer::applier::NftApplier;
+use enforcer::cni::install::PluginEntry;
 use enforcer::kube::KubeSource;
 use enforcer::manifests::{ManifestDir, WatchOptions};
 use enforcer::reporter::DropsConfig;
@@ -71,6 +72,15 @@ pub(crate) struct AgentArgs {
     /// (e.g. /var/lib/netpol/cni, a hostPath).
     #[arg(long, value_name = "DIR", requires = "cni_socket")]
     cni_records: Option<PathBuf>,
+    /// Keep netpol-cni chained in this CNI configuration directory (e.g. /etc/cni/net.d):
+    /// checked every verify interval, chained again when the primary CNI rewrote its
+    /// configuration without it.
+    #[arg(long, value_name = "DIR", requires = "cni_socket")]
+    cni_conf_dir: Option<PathBuf>,
+    /// The plugin entry to chain (JSON, as for `netpol-cni install --entry`); default: the
+    /// defaults with --cni-socket as agentSocket.
+    #[arg(long, value_name = "FILE", requires = "cni_conf_dir")]
+    cni_entry: Option<PathBuf>,
     /// Find the netns of this node's Pods that have none (started before netpol-cni) by
     /// their IPs, among /var/run/netns. Needs --node.
     #[arg(long, requires = "node")]
@@ -98,6 +108,32 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
             Ok(d)
         }
     })
+}
+
+/// What `--cni-conf-dir` / `--cni-entry` ask for.
+fn chain_config(args: &AgentArgs, socket: &std::path::Path) -> anyhow::Result<Option<ChainConfig>> {
+    let Some(conf_dir) = &args.cni_conf_dir else {
+        return Ok(None);
+    };
+    let entry = match &args.cni_entry {
+        Some(file) => PluginEntry::from_file(file)
+            .with_context(|| format!("cannot read --cni-entry {}", file.display()))?,
+        None => PluginEntry {
+            agent_socket: socket.to_owned(),
+            ..PluginEntry::default()
+        },
+    };
+    if entry.agent_socket != socket {
+        anyhow::bail!(
+            "the plugin entry's agentSocket {} is not --cni-socket {}: the plugin would not reach this agent",
+            entry.agent_socket.display(),
+            socket.display()
+        );
+    }
+    Ok(Some(ChainConfig {
+        conf_dir: conf_dir.clone(),
+        entry,
+    }))
 }
 
 /// Runs the agent until a signal; returns the exit code.
@@ -141,10 +177,14 @@ fn run_agent(args: &AgentArgs) -> anyhow::Result<()> {
             discovery: args
                 .discover_netns
                 .then(enforcer::discovery::DiscoveryOptions::default),
-            cni: args.cni_socket.clone().map(|socket| CniConfig {
-                socket,
-                records: args.cni_records.clone(),
-            }),
+            cni: match &args.cni_socket {
+                Some(socket) => Some(CniConfig {
+                    socket: socket.clone(),
+                    records: args.cni_records.clone(),
+                    chain: chain_config(args, socket)?,
+                }),
+                None => None,
+            },
             ..AgentConfig::default()
         };
         let renderer = Arc::new(CompiledRulesets {

@@ -85,6 +85,7 @@ fn main() {
         cni: Some(CniConfig {
             socket: socket.clone(),
             records: Some(dir.path().join("records")),
+            chain: None,
         }),
         ..AgentConfig::default()
     };

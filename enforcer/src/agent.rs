@@ -126,6 +126,20 @@ pub struct CniConfig {
     /// Directory persisting the plugin's records across agent restarts (`None`: memory
     /// only).
     pub records: Option<PathBuf>,
+    /// Keep the plugin chained in the node's CNI configuration (`None`: the installer's
+    /// job only).
+    pub chain: Option<ChainConfig>,
+}
+
+/// The node's CNI configuration the agent keeps `netpol-cni` chained into: a primary CNI
+/// that rewrites its conflist (on upgrade, on restart) drops the entry, and new Pods
+/// would start without waiting for their policy.
+#[derive(Debug, Clone)]
+pub struct ChainConfig {
+    /// The CNI configuration directory (`/etc/cni/net.d`).
+    pub conf_dir: PathBuf,
+    /// The entry to chain.
+    pub entry: crate::cni::install::PluginEntry,
 }
 
 impl Default for AgentConfig {
@@ -188,6 +202,9 @@ pub struct Reconciler {
     records: Option<RecordStore>,
     record_writes: Vec<cni::RecordWrite>,
     discovery: Option<crate::discovery::DiscoveryOptions>,
+    chain: Option<ChainConfig>,
+    /// The last chaining problem logged (logged again only when it changes).
+    chain_problem: Option<String>,
 }
 
 enum Outcome {
@@ -230,6 +247,8 @@ impl Reconciler {
             records: None,
             record_writes: Vec::new(),
             discovery: config.discovery.clone(),
+            chain: config.cni.as_ref().and_then(|c| c.chain.clone()),
+            chain_problem: None,
         }
     }
 
@@ -883,6 +902,7 @@ async fn run(
             if do_verify {
                 reconciler.verify();
                 reconciler.prune_cni();
+                reconciler.ensure_chained();
             }
             let report = reconciler.sync(Instant::now());
             (reconciler, report, start.elapsed())

@@ -16,6 +16,7 @@
 //! | `netpol_drop_listeners` | gauge | Pod namespaces with a bound NFLOG listener |
 //! | `netpol_cni_requests_total{command,result}` | counter | `netpol-cni` requests (ADD, DEL, CHECK) answered ok or error |
 //! | `netpol_cni_add_duration_seconds` | histogram | ADD received to answered (the Pod's ruleset applied) |
+//! | `netpol_cni_rechains_total` | counter | times the agent chained netpol-cni again after the primary CNI dropped it |
 //! | `netpol_watch_errors_total{kind}` | counter | Kubernetes watcher errors (unreachable, HTTP errors, 410 before a relist, decode errors) |
 //! | `netpol_watch_relists_total{kind}` | counter | complete lists of a kind (the first one and every relist) |
 //! | `netpol_watch_events_total{kind,type}` | counter | state events delivered by the Kubernetes source (`apply`, `delete`) |
@@ -123,6 +124,8 @@ pub struct Metrics {
     pub cni_requests: Family<CniLabels, Counter>,
     /// Seconds from an ADD's arrival to its answer.
     pub cni_add_seconds: Histogram,
+    /// Times netpol-cni was chained again.
+    pub cni_rechains: Counter,
     /// Kubernetes watcher errors by kind.
     pub watch_errors: Family<WatchLabels, Counter>,
     /// Complete lists by kind.
@@ -160,6 +163,12 @@ impl Metrics {
         let drop_listeners = Gauge::default();
         let cni_requests = Family::<CniLabels, Counter>::default();
         let cni_add_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        let cni_rechains = Counter::default();
+        registry.register(
+            "cni_rechains",
+            "Times netpol-cni was chained again into the node's CNI configuration",
+            cni_rechains.clone(),
+        );
         registry.register(
             "cni_requests",
             "netpol-cni requests (ADD, DEL, CHECK) by result",
@@ -276,6 +285,7 @@ impl Metrics {
             drop_listeners,
             cni_requests,
             cni_add_seconds,
+            cni_rechains,
             watch_errors,
             watch_relists,
             watch_events,

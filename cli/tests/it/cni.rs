@@ -148,6 +148,7 @@ impl Lab {
             cni: Some(CniConfig {
                 socket: self.socket.clone(),
                 records: Some(self.records.clone()),
+                chain: None,
             }),
             ..AgentConfig::default()
         }

@@ -159,11 +159,22 @@ fn daemonset_runs_the_kube_agent_with_least_privilege() {
             .to_owned()
     };
     let socket = flag("--cni-socket");
+    // It keeps the plugin chained in the same directory the init container chains into,
+    // with the same entry.
+    let conf_dir = flag("--cni-conf-dir");
+    let entry = flag("--cni-entry");
+    let init = pod.init_containers.clone().unwrap_or_default();
+    let init_command = init[0].command.clone().unwrap_or_default();
+    let InstallArgs::Install(o) = parse_args(&init_command[1..]).unwrap() else {
+        panic!("init container: not install")
+    };
+    assert_eq!(Path::new(&conf_dir), o.conf_dir.as_path());
+    assert_eq!(Some(Path::new(&entry)), o.entry_file.as_deref());
     assert_eq!(
         Path::new(&socket),
         PluginEntry::default().agent_socket.as_path()
     );
-    for path in [socket, flag("--cni-records")] {
+    for path in [socket, flag("--cni-records"), conf_dir] {
         let m = agent
             .volume_mounts
             .iter()
@@ -177,10 +188,13 @@ fn daemonset_runs_the_kube_agent_with_least_privilege() {
             .flatten()
             .find(|v| v.name == m.name)
             .unwrap();
-        assert_eq!(
-            v.host_path.as_ref().unwrap().path,
-            m.mount_path,
-            "{path}: hostPath"
+        // Mounted at the host path, or under /host for a host directory the agent
+        // writes into (the CNI configuration).
+        let host = &v.host_path.as_ref().unwrap().path;
+        assert!(
+            m.mount_path == *host || m.mount_path == format!("/host{host}"),
+            "{path}: hostPath {host} mounted at {}",
+            m.mount_path
         );
     }
     let env = agent.env.clone().unwrap_or_default();

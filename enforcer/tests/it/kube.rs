@@ -555,6 +555,7 @@ async fn cni_add_ahead_of_the_watch_gets_the_pod() {
         cni: Some(CniConfig {
             socket: socket.clone(),
             records: None,
+            chain: None,
         }),
         ..AgentConfig::default()
     };
