@@ -548,3 +548,67 @@ fn pods_started_before_the_plugin_are_found_by_ip() {
     lab.stop(agent);
     topo.teardown().unwrap();
 }
+
+/// The init container's command and its undo, through the binary.
+#[test]
+fn install_and_uninstall_through_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bin, conf) = (dir.path().join("bin"), dir.path().join("net.d"));
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(&conf).unwrap();
+    let list = conf.join("10-containerd-net.conflist");
+    let original = r#"{"cniVersion":"1.0.0","name":"containerd-net","plugins":[{"type":"bridge","bridge":"cni0","isGateway":true,"ipMasq":true,"ipam":{"type":"host-local","ranges":[[{"subnet":"10.88.0.0/16"}]]}},{"type":"portmap","capabilities":{"portMappings":true}}]}"#;
+    std::fs::write(&list, original).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (b, c) = (bin.to_str().unwrap(), conf.to_str().unwrap());
+    let (code, out, err) = run(&[
+        "install",
+        "--bin-dir",
+        b,
+        "--conf-dir",
+        c,
+        "--timeout-seconds",
+        "20",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        std::fs::read(bin.join("netpol-cni")).unwrap(),
+        std::fs::read(BIN).unwrap()
+    );
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&list).unwrap()).unwrap();
+    let last = v["plugins"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["type"], "netpol-cni");
+    assert_eq!(last["timeoutSeconds"], 20);
+    // The installed binary answers VERSION as a runtime would call it.
+    let installed = Command::new(bin.join("netpol-cni"))
+        .env("CNI_COMMAND", "VERSION")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&installed.stdout).contains("supportedVersions"));
+    let (code, out, err) = run(&[
+        "install",
+        "--bin-dir",
+        b,
+        "--conf-dir",
+        c,
+        "--timeout-seconds",
+        "20",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = run(&["uninstall", "--bin-dir", b, "--conf-dir", c]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!bin.join("netpol-cni").exists());
+    let back: Value = serde_json::from_str(&std::fs::read_to_string(&list).unwrap()).unwrap();
+    assert_eq!(back, serde_json::from_str::<Value>(original).unwrap());
+    let (code, _, err) = run(&["install", "--bogus"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--bogus") && err.contains("usage"), "{err}");
+}
