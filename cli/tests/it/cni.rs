@@ -94,6 +94,23 @@ fn pod_args(ns: &str, name: &str, uid: &str) -> String {
     )
 }
 
+/// Lab hosts `(name, IPv4, IPv6)` on one bridge, namespaces named `<tag><pid>-N`.
+fn topology(tag: &str, hosts: &[(&str, &str, &str)]) -> Topology {
+    let prefix = format!("{tag}{}", std::process::id() % 100_000);
+    Topology::cleanup_stale(&prefix).unwrap();
+    let specs: Vec<HostSpec> = hosts
+        .iter()
+        .map(|(name, v4, v6)| {
+            HostSpec::new(
+                *name,
+                Some(format!("{v4}/24").parse().unwrap()),
+                Some(format!("{v6}/64").parse().unwrap()),
+            )
+        })
+        .collect();
+    Topology::build(&prefix, &specs).unwrap()
+}
+
 fn table(netns: &str) -> Option<String> {
     let out = netns::exec(netns, "nft", &["list", "table", "inet", "netpol"], None).unwrap();
     out.success
@@ -203,21 +220,13 @@ fn add_enforces_before_returning_and_updates_peers_at_once() {
     if !available("add_enforces_before_returning_and_updates_peers_at_once") {
         return;
     }
-    let prefix = format!("npcni{}", std::process::id() % 100_000);
-    Topology::cleanup_stale(&prefix).unwrap();
-    let hosts = [
-        HostSpec::new(
-            "srv",
-            Some("10.0.0.11/24".parse().unwrap()),
-            Some("fd00::11/64".parse().unwrap()),
-        ),
-        HostSpec::new(
-            "web",
-            Some("10.0.0.12/24".parse().unwrap()),
-            Some("fd00::12/64".parse().unwrap()),
-        ),
-    ];
-    let topo = Topology::build(&prefix, &hosts).unwrap();
+    let topo = topology(
+        "npcni",
+        &[
+            ("srv", "10.0.0.11", "fd00::11"),
+            ("web", "10.0.0.12", "fd00::12"),
+        ],
+    );
     let srv = topo.host("srv").unwrap().clone();
     let web = topo.host("web").unwrap().clone();
 
@@ -498,22 +507,14 @@ fn pods_started_before_the_plugin_are_found_by_ip() {
     if !available("pods_started_before_the_plugin_are_found_by_ip") {
         return;
     }
-    let prefix = format!("npold{}", std::process::id() % 100_000);
-    Topology::cleanup_stale(&prefix).unwrap();
     // Addresses no other test uses: discovery scans every namespace of the machine.
-    let hosts = [
-        HostSpec::new(
-            "old",
-            Some("10.77.0.21/24".parse().unwrap()),
-            Some("fd00:77::21/64".parse().unwrap()),
-        ),
-        HostSpec::new(
-            "cli",
-            Some("10.77.0.22/24".parse().unwrap()),
-            Some("fd00:77::22/64".parse().unwrap()),
-        ),
-    ];
-    let topo = Topology::build(&prefix, &hosts).unwrap();
+    let topo = topology(
+        "npold",
+        &[
+            ("old", "10.77.0.21", "fd00:77::21"),
+            ("cli", "10.77.0.22", "fd00:77::22"),
+        ],
+    );
     let old = topo.host("old").unwrap().clone();
     let lab = Lab::new();
     let pods = format!(

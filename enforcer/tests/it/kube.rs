@@ -477,7 +477,7 @@ async fn never_synced_source_reports_incomplete() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_enforces_local_pods_from_the_api() {
-    use enforcer::agent::{Agent, AgentConfig, CompiledRulesets};
+    use enforcer::agent::AgentConfig;
     use enforcer::applier::RecordingApplier;
     use enforcer::state::PodKey;
 
@@ -491,19 +491,7 @@ async fn agent_enforces_local_pods_from_the_api() {
         node: Some("n1".into()),
         ..AgentConfig::default()
     };
-    let agent = Agent::start_with_source(
-        config,
-        Box::new(enforcer::kube::KubeSource::new(server.client())),
-        Arc::new(CompiledRulesets::default()),
-        applier.clone(),
-    )
-    .await
-    .unwrap();
-    let start = Instant::now();
-    while !agent.ready() {
-        assert!(start.elapsed() < Duration::from_secs(20), "agent not ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let agent = start_ready_agent(&server, config, applier.clone()).await;
     assert_eq!(
         applier.applies(&PodKey::new("shop", "a")),
         1,
@@ -537,7 +525,7 @@ async fn agent_enforces_local_pods_from_the_api() {
 async fn cni_add_ahead_of_the_watch_gets_the_pod() {
     use std::collections::BTreeMap;
 
-    use enforcer::agent::{Agent, AgentConfig, CniConfig, CompiledRulesets};
+    use enforcer::agent::{AgentConfig, CniConfig};
     use enforcer::applier::RecordingApplier;
     use enforcer::cni::plugin::{self, SocketTransport, Transport};
     use enforcer::state::PodKey;
@@ -559,19 +547,7 @@ async fn cni_add_ahead_of_the_watch_gets_the_pod() {
         }),
         ..AgentConfig::default()
     };
-    let agent = Agent::start_with_source(
-        config,
-        Box::new(enforcer::kube::KubeSource::new(server.client())),
-        Arc::new(CompiledRulesets::default()),
-        applier.clone(),
-    )
-    .await
-    .unwrap();
-    let start = Instant::now();
-    while !agent.ready() {
-        assert!(start.elapsed() < Duration::from_secs(20), "agent not ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let agent = start_ready_agent(&server, config, applier.clone()).await;
     // The new Pod exists in the API (GET finds it) but the watch has not shown it, and
     // its Namespace is new as well.
     server.add_unannounced(NAMESPACES, namespace("fresh"));
@@ -657,4 +633,26 @@ async fn cni_add_ahead_of_the_watch_gets_the_pod() {
     }
     assert_eq!(seen, api_calls());
     agent.stop().await.unwrap();
+}
+
+/// The agent on the Kubernetes source of `server`, once its first full sync is applied.
+async fn start_ready_agent(
+    server: &ApiServer,
+    config: enforcer::agent::AgentConfig,
+    applier: Arc<enforcer::applier::RecordingApplier>,
+) -> enforcer::agent::Agent {
+    let agent = enforcer::agent::Agent::start_with_source(
+        config,
+        Box::new(enforcer::kube::KubeSource::new(server.client())),
+        Arc::new(enforcer::agent::CompiledRulesets::default()),
+        applier,
+    )
+    .await
+    .unwrap();
+    let start = Instant::now();
+    while !agent.ready() {
+        assert!(start.elapsed() < Duration::from_secs(20), "agent not ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    agent
 }
