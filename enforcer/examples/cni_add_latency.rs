@@ -5,8 +5,9 @@
 //!
 //! Measures, per ADD, the time from the plugin's start until it returns (the Pod's
 //! ruleset and every peer's updated sets applied), and prints a table of medians and
-//! tails. Every existing Pod selects the new ones as peers, so each ADD also re-applies
-//! all existing Pods' tables: the worst case for "peers' sets at once".
+//! tails. Every existing Pod (`app=bench`) allows ingress from the new ones (`app=new`,
+//! not isolated), so each ADD also re-applies all `--pods` existing tables: the worst
+//! case for "peers' sets at once".
 //!
 //! ```text
 //! cargo run --release -p enforcer --example cni_add_latency -- [--pods 20] [--adds 30]
@@ -42,6 +43,12 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
 }
 
 fn main() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     if let Err(reason) = netns::kernel_support() {
         eprintln!("cni_add_latency needs root and network namespaces: {reason}");
         std::process::exit(3);
@@ -68,10 +75,10 @@ fn main() {
     for i in 0..adds {
         let _ = writeln!(
             yaml,
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: n{i}, namespace: bench, labels: {{app: bench}}}}\nspec: {{containers: [{{name: c}}]}}\nstatus: {{phase: Pending}}\n---"
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: n{i}, namespace: bench, labels: {{app: new}}}}\nspec: {{containers: [{{name: c}}]}}\nstatus: {{phase: Pending}}\n---"
         );
     }
-    yaml.push_str("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: same-app, namespace: bench}\nspec:\n  podSelector: {matchLabels: {app: bench}}\n  ingress: [{from: [{podSelector: {matchLabels: {app: bench}}}], ports: [{port: 80}]}]\n");
+    yaml.push_str("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: same-app, namespace: bench}\nspec:\n  podSelector: {matchLabels: {app: bench}}\n  ingress: [{from: [{podSelector: {matchLabels: {app: new}}}], ports: [{port: 80}]}]\n");
     std::fs::write(manifests.join("all.yaml"), yaml).unwrap();
     let socket = dir.path().join("cni.sock");
     let rt = tokio::runtime::Builder::new_multi_thread()
