@@ -339,6 +339,8 @@ impl Reconciler {
         self.compiled_generation = Some(self.state.generation());
         let inputs = self.state.inputs();
         let (model, diags) = Model::build(&inputs);
+        // The model holds what it needs; the cloned objects go before the graph is built.
+        drop(inputs);
         let errors: Vec<_> = diags.iter().filter(|d| d.is_error()).collect();
         if !errors.is_empty() {
             self.metrics.compile_errors.inc();

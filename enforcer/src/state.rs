@@ -253,7 +253,9 @@ pub enum CniEntry {
 /// Every known object by key, the Pod-to-netns mapping and the CNI records.
 #[derive(Debug, Default, Clone)]
 pub struct State {
-    objects: BTreeMap<ObjectKey, Object>,
+    /// Boxed: a Pod is about 2.3 KB inline (k8s-openapi types), and B-tree nodes keep
+    /// spare slots; boxing keeps the slack at a pointer per slot.
+    objects: BTreeMap<ObjectKey, Box<Object>>,
     netns_map: BTreeMap<PodKey, String>,
     cni: BTreeMap<PodKey, CniEntry>,
     discovered: BTreeMap<PodKey, String>,
@@ -362,11 +364,13 @@ impl State {
 
     /// The Pod object of `pod`.
     pub fn pod(&self, pod: &PodKey) -> Option<&Object> {
-        self.objects.get(&ObjectKey {
-            kind: Kind::Pod,
-            namespace: pod.namespace.clone(),
-            name: pod.name.clone(),
-        })
+        self.objects
+            .get(&ObjectKey {
+                kind: Kind::Pod,
+                namespace: pod.namespace.clone(),
+                name: pod.name.clone(),
+            })
+            .map(|o| &**o)
     }
 
     /// The live CNI record of `pod` that applies to the Pod object the index holds.
@@ -388,7 +392,7 @@ impl State {
             .objects
             .get(&key)
             .is_none_or(|old| !old.same_content(&obj));
-        self.objects.insert(key, obj);
+        self.objects.insert(key, Box::new(obj));
         self.bump(changed)
     }
 
@@ -400,7 +404,8 @@ impl State {
 
     /// Replaces every object. Returns whether anything changed.
     pub fn reset(&mut self, objs: impl IntoIterator<Item = Object>) -> bool {
-        let new: BTreeMap<ObjectKey, Object> = objs.into_iter().map(|o| (o.key(), o)).collect();
+        let new: BTreeMap<ObjectKey, Box<Object>> =
+            objs.into_iter().map(|o| (o.key(), Box::new(o))).collect();
         let changed = new.len() != self.objects.len()
             || new
                 .iter()
@@ -441,19 +446,19 @@ impl State {
 
     /// The object with this key.
     pub fn get(&self, key: &ObjectKey) -> Option<&Object> {
-        self.objects.get(key)
+        self.objects.get(key).map(|o| &**o)
     }
 
     /// Every object, in key order.
     pub fn objects(&self) -> impl Iterator<Item = &Object> {
-        self.objects.values()
+        self.objects.values().map(|o| &**o)
     }
 
     /// The compiler's input, in key order (deterministic).
     pub fn inputs(&self) -> Inputs {
         let mut inputs = Inputs::default();
         for (key, obj) in &self.objects {
-            match obj.clone() {
+            match (**obj).clone() {
                 Object::Namespace(o) => inputs.namespaces.push(o),
                 Object::Pod(mut o) => {
                     let pod = PodKey::new(key.namespace.clone(), key.name.clone());

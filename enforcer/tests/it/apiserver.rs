@@ -1,7 +1,8 @@
 //! An in-process fake Kubernetes API server speaking the list/watch wire format, for
 //! testing kube client code without a cluster.
 //!
-//! `GET <collection>` answers a `<Kind>List` with `metadata.resourceVersion`;
+//! `GET <collection>` answers a `<Kind>List` with `metadata.resourceVersion`, paginated
+//! with `limit` / `continue` as the real server does;
 //! `GET <collection>?watch=true&resourceVersion=N` answers a chunked stream of
 //! newline-delimited `{"type": ADDED|MODIFIED|DELETED|BOOKMARK|ERROR, "object": ...}`,
 //! replaying the events after N first (like etcd's watch cache). The test mutates objects
@@ -209,12 +210,29 @@ fn handle(inner: &Mutex<Inner>, req: &Request<Incoming>) -> Response<Body> {
         );
     }
     if !watch {
-        let items: Vec<Value> = c.items.values().cloned().collect();
+        // Paginated like the real server: `limit` items from the `continue` token (here
+        // the offset), `metadata.continue` while more remain.
+        let from: usize = query
+            .get("continue")
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0);
+        let limit: usize = query
+            .get("limit")
+            .and_then(|l| l.parse().ok())
+            .filter(|l| *l > 0)
+            .unwrap_or(usize::MAX);
+        let items: Vec<Value> = c.items.values().skip(from).take(limit).cloned().collect();
+        let next = from.saturating_add(items.len());
+        let mut metadata = json!({"resourceVersion": rv.to_string()});
+        if next < c.items.len() {
+            metadata["continue"] = json!(next.to_string());
+            metadata["remainingItemCount"] = json!(c.items.len() - next);
+        }
         return full(
             StatusCode::OK,
             &json!({
                 "kind": format!("{}List", c.kind), "apiVersion": c.api_version,
-                "metadata": {"resourceVersion": rv.to_string()}, "items": items
+                "metadata": metadata, "items": items
             }),
         );
     }
