@@ -5,7 +5,8 @@
 //! the other `CNI_*` variables in the environment and the network configuration (with
 //! `prevResult`) on stdin; see [`enforcer::cni::plugin`] for the configuration fields and
 //! docs/kubernetes.md for installing it. Everything it does is in
-//! [`enforcer::cni::plugin::run`]; this file only does the IO.
+//! [`enforcer::cni::plugin::NetpolCni`], run by `rscni_plugin`'s `Plugin` (the CNI
+//! protocol); this file only starts it.
 //!
 //! `netpol-cni install` / `netpol-cni uninstall` (the DaemonSet's init container) put
 //! the binary on the node and chain it into the node's conflist, or undo that; see
@@ -13,17 +14,12 @@
 //!
 //! ```text
 //! CNI_COMMAND=VERSION netpol-cni </dev/null
-//! {"cniVersion":"1.0.0","supportedVersions":["0.3.0","0.3.1","0.4.0","1.0.0"]}
+//! {"cniVersion":"1.1.0","supportedVersions":["0.3.0","0.3.1","0.4.0","1.0.0","1.1.0"]}
 //! ```
 
-use std::collections::BTreeMap;
-use std::io::{Read, Write};
-
 use enforcer::cni::install;
-use enforcer::cni::plugin::{self, NetConf, SocketTransport, Transport};
-
-/// Largest network configuration read from stdin.
-const MAX_STDIN: u64 = 4 * 1024 * 1024;
+use enforcer::cni::plugin::NetpolCni;
+use rscni_plugin::cni::Plugin;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -33,23 +29,14 @@ fn main() {
     ) {
         std::process::exit(installer(&args));
     }
-    let vars: BTreeMap<String, String> = std::env::vars()
-        .filter(|(k, _)| k.starts_with("CNI_"))
-        .collect();
-    let mut stdin = Vec::new();
-    if let Err(e) = std::io::stdin().take(MAX_STDIN).read_to_end(&mut stdin) {
-        eprintln!("netpol-cni: cannot read stdin: {e}");
+    let plugin = Plugin::default().msg(
+        "netpol-cni: chained CNI plugin of netpol (enforces each Pod's NetworkPolicy before it \
+         starts); `netpol-cni install --help` for installing",
+    );
+    // The framework has written the CNI error object on stdout already.
+    if plugin.run(&NetpolCni::with_socket()).is_err() {
+        std::process::exit(1);
     }
-    let connect = |conf: &NetConf| -> Box<dyn Transport> {
-        Box::new(SocketTransport {
-            path: conf.agent_socket.clone(),
-        })
-    };
-    let out = plugin::run(&vars, &stdin, &connect);
-    // The runtime reads stdout to its end; a failed write leaves nothing better to do.
-    let _ = std::io::stdout().write_all(out.stdout.as_bytes());
-    let _ = std::io::stderr().write_all(out.stderr.as_bytes());
-    std::process::exit(out.code);
 }
 
 /// `netpol-cni install|uninstall ...`: prints one summary line, or the error and usage.

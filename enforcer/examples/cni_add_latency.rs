@@ -1,7 +1,7 @@
 //! CNI ADD latency (root, real nft): an agent in this process serving the netpol-cni
 //! socket on a node that already enforces `--pods` Pods, then `--adds` new Pods set up
-//! one after another, each through the plugin's own code path (`plugin::run` with the
-//! real socket transport), as a runtime would.
+//! one after another, each through the plugin's own code (`NetpolCni::add` with the real
+//! socket transport), as a runtime would.
 //!
 //! Measures, per ADD, the time from the plugin's start until it returns (the Pod's
 //! ruleset and every peer's updated sets applied), and prints a table of medians and
@@ -18,16 +18,17 @@
 //! Deployment's sandboxes), `--adds` in total.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use enforcer::agent::{Agent, AgentConfig, CniConfig, CompiledRulesets};
 use enforcer::applier::NftApplier;
-use enforcer::cni::plugin::{self, NetConf, SocketTransport, Transport};
+use enforcer::cni::plugin::NetpolCni;
 use enforcer::manifests::ManifestDir;
 use enforcer::netns;
+use rscni_plugin::cni::Cni;
+use rscni_plugin::test_util::ArgsBuilder;
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
@@ -111,34 +112,27 @@ fn main() {
     let add = |i: usize| -> Duration {
         let ns = format!("{prefix}-n{i}");
         let path = netns::path(&ns).display().to_string();
-        let vars: BTreeMap<String, String> = [
-            ("CNI_COMMAND", "ADD".to_owned()),
-            ("CNI_CONTAINERID", format!("sandbox-{i}")),
-            ("CNI_NETNS", path),
-            ("CNI_IFNAME", "eth0".to_owned()),
-            (
-                "CNI_ARGS",
-                format!("K8S_POD_NAMESPACE=bench;K8S_POD_NAME=n{i}"),
-            ),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
         let conf = serde_json::json!({
             "cniVersion": "1.0.0", "name": "k8s", "type": "netpol-cni",
             "agentSocket": socket, "timeoutSeconds": 60,
             "prevResult": {"ips": [{"address": format!("10.91.{}.{}/16", i / 250, i % 250 + 1)}]}
         })
         .to_string();
-        let connect = |c: &NetConf| -> Box<dyn Transport> {
-            Box::new(SocketTransport {
-                path: c.agent_socket.clone(),
-            })
-        };
+        let args = ArgsBuilder::new()
+            .container_id(&format!("sandbox-{i}"))
+            .unwrap()
+            .netns(&path)
+            .ifname("eth0")
+            .unwrap()
+            .args(&format!("K8S_POD_NAMESPACE=bench;K8S_POD_NAME=n{i}"))
+            .config(&conf)
+            .unwrap()
+            .build()
+            .unwrap();
         let start = Instant::now();
-        let out = plugin::run(&vars, conf.as_bytes(), &connect);
+        let out = NetpolCni::with_socket().add(args);
         let t = start.elapsed();
-        assert_eq!(out.code, 0, "ADD {i}: {}", out.stdout);
+        assert!(out.is_ok(), "ADD {i}: {out:?}");
         t
     };
     for i in 0..adds {

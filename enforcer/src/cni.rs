@@ -7,10 +7,10 @@
 //!     new sets in this pass ──one JSON line──▶ netpol-cni ──prevResult──▶ runtime
 //! ```
 //!
-//! [`plugin::run`] is the whole plugin (CNI spec 1.0: `ADD`, `DEL`, `CHECK`, `VERSION`;
-//! versions 0.3.0 to 1.0.0), with the agent behind the [`plugin::Transport`] trait (the
-//! real one is a unix socket with a deadline). The `netpol-cni` binary only reads the
-//! environment and stdin and prints what `run` returns. On `ADD` the plugin returns only
+//! [`plugin::NetpolCni`] is the plugin (`ADD`, `DEL`, `CHECK`, `STATUS`, `GC`), run by
+//! `rscni_plugin` (the CNI protocol, versions 0.3.0 to 1.1.0), with the agent behind the
+//! [`plugin::Transport`] trait (the real one is a unix socket with a deadline). The
+//! `netpol-cni` binary only starts it. On `ADD` the plugin returns only
 //! after the agent has applied the Pod's ruleset: no Pod runs a moment without its
 //! policy. When the agent cannot answer in time, `ADD` fails (the runtime tears the
 //! sandbox down and retries), unless the network config says `"failOpen": true`.

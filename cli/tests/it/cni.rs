@@ -42,12 +42,12 @@ fn cni(command: &str, env: &[(&str, &str)], conf: &Value) -> Cni {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child
+    // A plugin that does not read its configuration (no command given) closes the pipe.
+    let _ = child
         .stdin
         .take()
         .unwrap()
-        .write_all(conf.to_string().as_bytes())
-        .unwrap();
+        .write_all(conf.to_string().as_bytes());
     let out = child.wait_with_output().unwrap();
     Cni {
         code: out.status.code().unwrap_or(-1),
@@ -292,7 +292,11 @@ fn add_enforces_before_returning_and_updates_peers_at_once() {
         "srv knows web's new IP at once:\n{srv_table}"
     );
     let result: Value = serde_json::from_str(&add.stdout).unwrap();
-    assert_eq!(result, prev, "prevResult passed through");
+    // Passed through as the spec's result type; an all-empty `dns` is left out, as the
+    // reference implementation does.
+    let mut want = prev.clone();
+    want.as_object_mut().unwrap().remove("dns");
+    assert_eq!(result, want, "prevResult passed through");
     // Real packets: web -> srv:80 allowed (both sides know each other), srv -> web denied.
     assert!(probe("web", "10.0.0.11"), "web -> srv:80 allowed after ADD");
     assert!(!probe("srv", "10.0.0.12"), "web is isolated for ingress");
@@ -387,8 +391,18 @@ fn add_enforces_before_returning_and_updates_peers_at_once() {
     assert_eq!(e["code"], 100, "{e}");
     assert!(e["msg"].as_str().unwrap().contains("not known"), "{e}");
 
+    // STATUS (CNI 1.1): ready while the agent answers on its socket.
+    let v11 = conf(&lab.socket, &prev, &[("cniVersion", json!("1.1.0"))]);
+    let status = cni("STATUS", &[], &v11);
+    assert_eq!(status.code, 0, "{} {}", status.stdout, status.stderr);
+
     drop(prober);
     lab.stop(agent);
+
+    let status = cni("STATUS", &[], &v11);
+    assert_ne!(status.code, 0, "not ready without the agent");
+    let e: Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(e["code"], 50, "{e}");
 
     // Agent down: ADD fails closed (try again later), or passes with failOpen.
     let down = cni("ADD", &env, &conf(&lab.socket, &prev, &[]));
@@ -437,7 +451,7 @@ fn agent_that_never_answers_fails_closed_within_the_timeout() {
     assert_eq!(out.code, 1);
     let e: Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(e["code"], 11, "{e}");
-    assert!(e["msg"].as_str().unwrap().contains("1000 ms"), "{e}");
+    assert!(e["details"].as_str().unwrap().contains("1000 ms"), "{e}");
     assert!(
         took < Duration::from_secs(3),
         "gave up at its deadline, not the agent's"
@@ -450,11 +464,19 @@ fn version_answers_without_an_agent() {
     let out = cni("VERSION", &[], &json!({"cniVersion": "0.3.1"}));
     assert_eq!(out.code, 0);
     let v: Value = serde_json::from_str(&out.stdout).unwrap();
-    assert_eq!(v["cniVersion"], "0.3.1");
     assert_eq!(
         v["supportedVersions"],
-        json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0"])
+        json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
     );
+    // Without CNI_COMMAND (a person running it): the about text, as CNI's skel does.
+    let out = cni("", &[], &json!({}));
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    assert!(out.stderr.contains("netpol-cni"), "{}", out.stderr);
+    // An unknown command: the CNI error object.
+    let out = cni("RM", &[], &json!({}));
+    assert_ne!(out.code, 0);
+    let e: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert!(e["code"].as_u64().is_some(), "{e}");
 }
 
 #[test]

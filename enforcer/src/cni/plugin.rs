@@ -1,9 +1,16 @@
 //! The plugin side of `netpol-cni`: what the binary does once exec'd by a runtime.
 //!
-//! [`run`] takes the `CNI_*` environment, the network configuration from stdin and a
-//! [`Transport`] to the agent, and returns what to print and the exit code, so the whole
-//! plugin is tested without a runtime (and, through the binary, exactly as a runtime
-//! drives it).
+//! The CNI protocol itself (the `CNI_*` environment, the configuration on stdin, version
+//! negotiation, result layouts of 0.3.0 to 1.1.0, error objects, VERSION) is
+//! [`rscni_plugin`]'s; [`NetpolCni`] is the plugin's logic behind its
+//! [`Cni`](rscni_plugin::cni::Cni) trait, with the agent behind the [`Transport`] trait
+//! (the real one is a unix socket with a deadline). The `netpol-cni` binary is
+//! `Plugin::default().run(&NetpolCni::with_socket())`.
+//!
+//! On ADD the plugin returns `prevResult` only after the agent has applied the Pod's
+//! ruleset: no Pod runs a moment without its policy. When the agent cannot confirm that
+//! in time, ADD fails (the runtime tears the sandbox down and retries), unless the
+//! network config says `"failOpen": true`.
 //!
 //! Network configuration (the entry in the node's conflist):
 //!
@@ -14,10 +21,11 @@
 //! | `failOpen` | `false` | when the agent cannot confirm the Pod's policy in time, let the Pod start anyway (logged to stderr) instead of failing the sandbox |
 //!
 //! ```
-//! use enforcer::cni::plugin::{run, Transport, TransportError};
-//! use enforcer::cni::{Request, Response};
-//! use std::collections::BTreeMap;
 //! use std::time::Duration;
+//! use enforcer::cni::plugin::{NetpolCni, Transport, TransportError};
+//! use enforcer::cni::{Request, Response};
+//! use rscni_plugin::cni::Cni;
+//! use rscni_plugin::test_util::ArgsBuilder;
 //!
 //! struct Agent;
 //! impl Transport for Agent {
@@ -25,15 +33,17 @@
 //!         Ok(Response::ok("applied"))
 //!     }
 //! }
-//! let env: BTreeMap<String, String> = [
-//!     ("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c1"), ("CNI_NETNS", "/var/run/netns/cni-1"),
-//!     ("CNI_IFNAME", "eth0"), ("CNI_ARGS", "K8S_POD_NAMESPACE=x;K8S_POD_NAME=a"),
-//! ].into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
-//! let conf = br#"{"cniVersion":"1.0.0","name":"k8s","type":"netpol-cni",
-//!   "prevResult":{"ips":[{"address":"10.0.0.5/24"}]}}"#;
-//! let out = run(&env, conf, &|_| Box::new(Agent));
-//! assert_eq!(out.code, 0);
-//! assert!(out.stdout.contains("10.0.0.5/24"));
+//! let cni = NetpolCni::new(|_| Box::new(Agent));
+//! let args = ArgsBuilder::new()
+//!     .container_id("c1").unwrap()
+//!     .netns("/var/run/netns/cni-1")
+//!     .ifname("eth0").unwrap()
+//!     .args("K8S_POD_NAMESPACE=x;K8S_POD_NAME=a")
+//!     .config(r#"{"cniVersion":"1.0.0","name":"k8s","type":"netpol-cni",
+//!       "prevResult":{"ips":[{"address":"10.0.0.5/24"}]}}"#).unwrap()
+//!     .build().unwrap();
+//! let result = cni.add(args).unwrap();
+//! assert_eq!(result.ips[0].address.to_string(), "10.0.0.5/24");
 //! ```
 
 use std::collections::BTreeMap;
@@ -43,40 +53,21 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use rscni_plugin::cni::Cni;
+use rscni_plugin::error::Error;
+use rscni_plugin::types::{Args, CNIResult, NetConf};
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 use super::{Command, DEFAULT_SOCKET, MAX_LINE, PodRef, Request, Response, WIRE_VERSION};
 
-/// CNI versions the plugin speaks (all have `prevResult.ips[].address`).
-pub const SUPPORTED_VERSIONS: [&str; 4] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0"];
+/// CNI error code of an ADD or CHECK the agent answered and refused (the Pod's policy
+/// could not be put in place). Plugin-specific codes start at 100.
+pub const AGENT_REFUSED: u32 = 100;
 
-/// CNI error codes used here (spec 1.0, "Well-known error codes"; 100+ are the plugin's).
-pub mod code {
-    /// Incompatible CNI version.
-    pub const INCOMPATIBLE_VERSION: u32 = 1;
-    /// Invalid necessary environment variables.
-    pub const INVALID_ENV: u32 = 4;
-    /// Failed to decode content.
-    pub const DECODE: u32 = 6;
-    /// Invalid network config.
-    pub const INVALID_CONFIG: u32 = 7;
-    /// Try again later (the agent is unreachable or did not answer in time).
-    pub const TRY_AGAIN_LATER: u32 = 11;
-    /// The agent answered and refused (the Pod's policy could not be put in place).
-    pub const AGENT_REFUSED: u32 = 100;
-}
-
-/// The plugin's part of the network configuration (unknown fields are ignored: the
-/// runtime adds its own).
-#[derive(Debug, Clone, Deserialize)]
+/// The plugin's own fields of the network configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct NetConf {
-    /// The configuration's CNI version.
-    pub cni_version: String,
-    /// Network name.
-    #[serde(default)]
-    pub name: String,
+pub struct Settings {
     /// The agent's socket.
     #[serde(default = "default_socket")]
     pub agent_socket: PathBuf,
@@ -86,9 +77,6 @@ pub struct NetConf {
     /// Let the Pod start when the agent cannot confirm its policy.
     #[serde(default)]
     pub fail_open: bool,
-    /// The result of the plugins before this one.
-    #[serde(default)]
-    pub prev_result: Option<Value>,
 }
 
 fn default_socket() -> PathBuf {
@@ -97,6 +85,26 @@ fn default_socket() -> PathBuf {
 
 fn default_timeout() -> u64 {
     10
+}
+
+impl Settings {
+    /// The settings of a network configuration (its fields the CNI spec does not define).
+    pub fn from_conf(conf: &NetConf) -> Result<Self, Error> {
+        let ours: serde_json::Map<String, serde_json::Value> =
+            ["agentSocket", "timeoutSeconds", "failOpen"]
+                .into_iter()
+                .filter_map(|k| Some((k.to_owned(), conf.custom.get(k)?.clone())))
+                .collect();
+        let settings: Settings = serde_json::from_value(serde_json::Value::Object(ours))
+            .map_err(|e| Error::InvalidNetworkConfig(format!("netpol-cni: {e}")))?;
+        if !(1..=600).contains(&settings.timeout_seconds) {
+            return Err(Error::InvalidNetworkConfig(format!(
+                "netpol-cni: timeoutSeconds {} is out of range 1..=600",
+                settings.timeout_seconds
+            )));
+        }
+        Ok(settings)
+    }
 }
 
 /// Why the agent could not be asked or did not answer.
@@ -190,41 +198,6 @@ impl Transport for SocketTransport {
     }
 }
 
-/// What the plugin prints and how it exits.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Output {
-    /// Standard output: the result, the version report, or a CNI error object.
-    pub stdout: String,
-    /// Standard error: what an operator should know (fail-open, DEL without agent).
-    pub stderr: String,
-    /// Exit code: 0 on success, 1 with an error object on stdout.
-    pub code: i32,
-}
-
-struct CniError {
-    code: u32,
-    msg: String,
-    details: String,
-}
-
-fn err(code: u32, msg: impl Into<String>, details: impl Into<String>) -> CniError {
-    CniError {
-        code,
-        msg: msg.into(),
-        details: details.into(),
-    }
-}
-
-fn version_key(v: &str) -> Option<(u32, u32, u32)> {
-    let mut it = v.split('.').map(str::parse::<u32>);
-    let key = (it.next()?.ok()?, it.next()?.ok()?, it.next()?.ok()?);
-    it.next().is_none().then_some(key)
-}
-
-fn supported(v: &str) -> bool {
-    SUPPORTED_VERSIONS.contains(&v)
-}
-
 /// Parses `CNI_ARGS` (`K=V;K=V`) into the Pod it names, if it names one.
 pub fn pod_from_args(args: &str) -> Option<PodRef> {
     let map: BTreeMap<&str, &str> = args
@@ -243,246 +216,15 @@ pub fn pod_from_args(args: &str) -> Option<PodRef> {
     })
 }
 
-/// The addresses of `prevResult.ips[].address` (CIDR notation).
-pub fn result_ips(prev: &Value) -> Result<Vec<IpAddr>, String> {
-    let Some(ips) = prev.get("ips") else {
-        return Ok(Vec::new());
-    };
-    let ips = ips.as_array().ok_or("prevResult.ips is not an array")?;
+/// The Pod's addresses in a result, each once.
+pub fn result_ips(result: &CNIResult) -> Vec<IpAddr> {
     let mut out = Vec::new();
-    for (i, ip) in ips.iter().enumerate() {
-        let address = ip
-            .get("address")
-            .and_then(Value::as_str)
-            .ok_or_else(|| format!("prevResult.ips[{i}].address is missing"))?;
-        let net: ipnet::IpNet = address
-            .parse()
-            .map_err(|e| format!("prevResult.ips[{i}].address {address:?}: {e}"))?;
-        if !out.contains(&net.addr()) {
-            out.push(net.addr());
+    for ip in &result.ips {
+        if !out.contains(&ip.address.addr()) {
+            out.push(ip.address.addr());
         }
     }
-    Ok(out)
-}
-
-fn env<'a>(vars: &'a BTreeMap<String, String>, key: &str) -> Option<&'a str> {
-    vars.get(key).map(String::as_str).filter(|s| !s.is_empty())
-}
-
-fn require<'a>(vars: &'a BTreeMap<String, String>, key: &str) -> Result<&'a str, CniError> {
-    env(vars, key).ok_or_else(|| {
-        err(
-            code::INVALID_ENV,
-            format!("{key} is not set"),
-            format!("netpol-cni needs {key} for this command"),
-        )
-    })
-}
-
-/// Runs the plugin: `vars` is the environment, `stdin` the network configuration,
-/// `connect` makes the transport to the agent named by the configuration.
-pub fn run<'t>(
-    vars: &BTreeMap<String, String>,
-    stdin: &[u8],
-    connect: &dyn Fn(&NetConf) -> Box<dyn Transport + 't>,
-) -> Output {
-    let mut stderr = String::new();
-    let mut version = "1.0.0".to_owned();
-    match run_inner(vars, stdin, connect, &mut stderr, &mut version) {
-        Ok(stdout) => Output {
-            stdout,
-            stderr,
-            code: 0,
-        },
-        Err(e) => Output {
-            stdout: json!({
-                "cniVersion": version,
-                "code": e.code,
-                "msg": e.msg,
-                "details": e.details,
-            })
-            .to_string(),
-            stderr,
-            code: 1,
-        },
-    }
-}
-
-fn run_inner<'t>(
-    vars: &BTreeMap<String, String>,
-    stdin: &[u8],
-    connect: &dyn Fn(&NetConf) -> Box<dyn Transport + 't>,
-    stderr: &mut String,
-    version: &mut String,
-) -> Result<String, CniError> {
-    let command = require(vars, "CNI_COMMAND")?;
-    if command == "VERSION" {
-        // stdin may hold `{"cniVersion": "..."}`; answer in that version when we can.
-        let asked = serde_json::from_slice::<Value>(stdin)
-            .ok()
-            .and_then(|v| v.get("cniVersion")?.as_str().map(str::to_owned))
-            .filter(|v| supported(v))
-            .unwrap_or_else(|| "1.0.0".to_owned());
-        return Ok(
-            json!({"cniVersion": asked, "supportedVersions": SUPPORTED_VERSIONS}).to_string(),
-        );
-    }
-    let command = match command {
-        "ADD" => Command::Add,
-        "DEL" => Command::Del,
-        "CHECK" => Command::Check,
-        other => {
-            return Err(err(
-                code::INVALID_ENV,
-                format!("unknown CNI_COMMAND {other:?}"),
-                "expected ADD, DEL, CHECK or VERSION",
-            ));
-        }
-    };
-    let raw: Value = serde_json::from_slice(stdin).map_err(|e| {
-        err(
-            code::DECODE,
-            "cannot decode the network configuration on stdin",
-            format!("line {}, column {}: {e}", e.line(), e.column()),
-        )
-    })?;
-    if let Some(v) = raw.get("cniVersion").and_then(Value::as_str) {
-        *version = v.to_owned();
-    }
-    let conf: NetConf = serde_json::from_value(raw).map_err(|e| {
-        err(
-            code::INVALID_CONFIG,
-            "invalid netpol-cni network configuration",
-            e.to_string(),
-        )
-    })?;
-    if !supported(&conf.cni_version) {
-        *version = "1.0.0".to_owned();
-        return Err(err(
-            code::INCOMPATIBLE_VERSION,
-            format!("CNI version {:?} is not supported", conf.cni_version),
-            format!("supported: {}", SUPPORTED_VERSIONS.join(", ")),
-        ));
-    }
-    if !(1..=600).contains(&conf.timeout_seconds) {
-        return Err(err(
-            code::INVALID_CONFIG,
-            format!("timeoutSeconds {} is out of range", conf.timeout_seconds),
-            "timeoutSeconds must be between 1 and 600",
-        ));
-    }
-    if command == Command::Check && version_key(&conf.cni_version) < Some((0, 4, 0)) {
-        return Err(err(
-            code::INCOMPATIBLE_VERSION,
-            format!("CHECK is not defined for CNI version {}", conf.cni_version),
-            "CHECK needs cniVersion 0.4.0 or later",
-        ));
-    }
-    let container_id = require(vars, "CNI_CONTAINERID")?;
-    let ifname = require(vars, "CNI_IFNAME")?;
-    let netns = if command == Command::Del {
-        env(vars, "CNI_NETNS").unwrap_or_default()
-    } else {
-        require(vars, "CNI_NETNS")?
-    };
-    // The result handed on: the previous plugins' result, in this configuration's version.
-    let passthrough = || -> Result<String, CniError> {
-        let mut prev = conf.prev_result.clone().ok_or_else(|| {
-            err(
-                code::INVALID_CONFIG,
-                "no prevResult: netpol-cni is a chained plugin",
-                "list it after the plugin that sets up the interface and addresses",
-            )
-        })?;
-        if let Some(obj) = prev.as_object_mut() {
-            obj.insert("cniVersion".into(), Value::String(conf.cni_version.clone()));
-        }
-        Ok(prev.to_string())
-    };
-    let Some(pod) = pod_from_args(env(vars, "CNI_ARGS").unwrap_or_default()) else {
-        // Not a Kubernetes Pod (no K8S_POD_* arguments): nothing netpol enforces.
-        stderr.push_str("netpol-cni: CNI_ARGS names no Kubernetes Pod: passing through\n");
-        return match command {
-            Command::Add => passthrough(),
-            Command::Del | Command::Check => Ok(String::new()),
-        };
-    };
-    let ips = match &conf.prev_result {
-        Some(prev) => {
-            result_ips(prev).map_err(|e| err(code::INVALID_CONFIG, "invalid prevResult", e))?
-        }
-        None if command == Command::Del => Vec::new(),
-        // ADD and CHECK need the previous result: this fails with the reason.
-        None => return passthrough(),
-    };
-    if command == Command::Add && ips.is_empty() {
-        return Err(err(
-            code::INVALID_CONFIG,
-            "prevResult has no IP addresses",
-            "netpol-cni needs the Pod's addresses to enforce its policy and its peers'",
-        ));
-    }
-    let timeout = Duration::from_secs(conf.timeout_seconds);
-    let request = Request {
-        version: WIRE_VERSION,
-        command,
-        container_id: container_id.to_owned(),
-        netns: netns.to_owned(),
-        ifname: ifname.to_owned(),
-        pod: pod.clone(),
-        ips,
-        timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-    };
-    let transport = connect(&conf);
-    let answer = transport.call(&request, timeout);
-    let who = format!("{}/{}", pod.namespace, pod.name);
-    match (command, answer) {
-        (Command::Del, Ok(r)) if !r.ok => {
-            stderr.push_str(&format!("netpol-cni: DEL {who}: agent: {}\n", r.message));
-            Ok(String::new())
-        }
-        (Command::Del, Err(e)) => {
-            // DEL must not fail for something already gone; the agent drops records
-            // whose namespace disappeared when it comes back.
-            stderr.push_str(&format!("netpol-cni: DEL {who}: {}\n", chain(&e)));
-            Ok(String::new())
-        }
-        (Command::Del, Ok(_)) => Ok(String::new()),
-        (cmd, Ok(r)) if r.ok => match cmd {
-            Command::Add => passthrough(),
-            _ => Ok(String::new()),
-        },
-        (cmd, outcome) => {
-            let (code, msg) = match &outcome {
-                Ok(r) => (
-                    code::AGENT_REFUSED,
-                    format!("netpol agent refused {cmd} of Pod {who}: {}", r.message),
-                ),
-                Err(e) => (
-                    code::TRY_AGAIN_LATER,
-                    format!(
-                        "netpol agent did not confirm {cmd} of Pod {who}: {}",
-                        chain(e)
-                    ),
-                ),
-            };
-            if conf.fail_open {
-                stderr.push_str(&format!(
-                    "netpol-cni: failOpen: {msg}; letting the Pod start without confirmed policy\n"
-                ));
-                return match cmd {
-                    Command::Add => passthrough(),
-                    _ => Ok(String::new()),
-                };
-            }
-            Err(err(
-                code,
-                msg,
-                "failing closed: the Pod does not start until its policy is in place \
-                 (set \"failOpen\": true in the netpol-cni config to let it start)",
-            ))
-        }
-    }
+    out
 }
 
 fn chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -496,11 +238,188 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
+type Connect<'t> = Box<dyn Fn(&Settings) -> Box<dyn Transport + 't> + 't>;
+
+/// The netpol chained plugin: tells the agent about each sandbox and, on ADD, hands the
+/// previous result on once the agent has applied the Pod's ruleset.
+pub struct NetpolCni<'t> {
+    connect: Connect<'t>,
+}
+
+impl NetpolCni<'static> {
+    /// The plugin talking to the agent over the configured socket.
+    pub fn with_socket() -> Self {
+        Self::new(|s| {
+            Box::new(SocketTransport {
+                path: s.agent_socket.clone(),
+            })
+        })
+    }
+}
+
+impl<'t> NetpolCni<'t> {
+    /// The plugin with `connect` making the transport to the agent for the settings.
+    pub fn new(connect: impl Fn(&Settings) -> Box<dyn Transport + 't> + 't) -> Self {
+        Self {
+            connect: Box::new(connect),
+        }
+    }
+
+    fn request(
+        &self,
+        command: Command,
+        args: &Args,
+        pod: PodRef,
+        ips: Vec<IpAddr>,
+        s: &Settings,
+    ) -> Request {
+        Request {
+            version: WIRE_VERSION,
+            command,
+            container_id: args
+                .container_id()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            netns: args
+                .netns()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            ifname: args.ifname().map(ToString::to_string).unwrap_or_default(),
+            pod,
+            ips,
+            timeout_ms: s.timeout_seconds.saturating_mul(1000),
+        }
+    }
+
+    /// Asks the agent; `Err` is the CNI error to return (or to override with failOpen).
+    fn ask(&self, s: &Settings, request: &Request) -> Result<(), Error> {
+        let who = format!("{}/{}", request.pod.namespace, request.pod.name);
+        let cmd = request.command;
+        let transport = (self.connect)(s);
+        match transport.call(request, Duration::from_secs(s.timeout_seconds)) {
+            Ok(r) if r.ok => Ok(()),
+            Ok(r) => Err(Error::Custom(
+                AGENT_REFUSED,
+                format!("netpol agent refused {cmd} of Pod {who}: {}", r.message),
+                FAIL_CLOSED.to_owned(),
+            )),
+            Err(e) => Err(Error::TryAgainLater(format!(
+                "netpol agent did not confirm {cmd} of Pod {who}: {}. {FAIL_CLOSED}",
+                chain(&e)
+            ))),
+        }
+    }
+
+    /// `Ok` when the agent confirmed, or when it did not and the config fails open.
+    fn confirmed(&self, s: &Settings, request: &Request) -> Result<(), Error> {
+        match self.ask(s, request) {
+            Err(e) if s.fail_open => {
+                eprintln!(
+                    "netpol-cni: failOpen: {}: {}; letting the Pod start without confirmed policy",
+                    e.msg(),
+                    e.details()
+                );
+                Ok(())
+            }
+            other => other,
+        }
+    }
+}
+
+const FAIL_CLOSED: &str = "failing closed: the Pod does not start until its policy is in place \
+                           (set \"failOpen\": true in the netpol-cni config to let it start)";
+
+fn prev_result(conf: &NetConf) -> Result<CNIResult, Error> {
+    conf.prev_result.clone().ok_or_else(|| {
+        Error::InvalidNetworkConfig(
+            "no prevResult: netpol-cni is a chained plugin; list it after the plugin that sets \
+             up the interface and addresses"
+                .to_owned(),
+        )
+    })
+}
+
+impl Cni for NetpolCni<'_> {
+    fn add(&self, args: Args) -> Result<CNIResult, Error> {
+        let s = Settings::from_conf(args.config())?;
+        let prev = prev_result(args.config())?;
+        let Some(pod) = pod_from_args(args.args().unwrap_or_default()) else {
+            eprintln!("netpol-cni: CNI_ARGS names no Kubernetes Pod: passing through");
+            return Ok(prev);
+        };
+        let ips = result_ips(&prev);
+        if ips.is_empty() {
+            return Err(Error::InvalidNetworkConfig(
+                "prevResult has no IP addresses: netpol-cni needs the Pod's addresses to \
+                 enforce its policy and its peers'"
+                    .to_owned(),
+            ));
+        }
+        let request = self.request(Command::Add, &args, pod, ips, &s);
+        self.confirmed(&s, &request)?;
+        Ok(prev)
+    }
+
+    fn del(&self, args: Args) -> Result<(), Error> {
+        let s = Settings::from_conf(args.config())?;
+        let Some(pod) = pod_from_args(args.args().unwrap_or_default()) else {
+            return Ok(());
+        };
+        let ips = args
+            .config()
+            .prev_result
+            .as_ref()
+            .map(result_ips)
+            .unwrap_or_default();
+        let request = self.request(Command::Del, &args, pod, ips, &s);
+        if let Err(e) = self.ask(&s, &request) {
+            // DEL must not fail for something already gone; the agent drops records
+            // whose namespace disappeared when it comes back.
+            eprintln!("netpol-cni: DEL: {}: {}", e.msg(), e.details());
+        }
+        Ok(())
+    }
+
+    fn check(&self, args: Args) -> Result<(), Error> {
+        let s = Settings::from_conf(args.config())?;
+        let prev = prev_result(args.config())?;
+        let Some(pod) = pod_from_args(args.args().unwrap_or_default()) else {
+            return Ok(());
+        };
+        let request = self.request(Command::Check, &args, pod, result_ips(&prev), &s);
+        self.confirmed(&s, &request)
+    }
+
+    /// Ready when the agent's socket accepts connections (so ADDs can be confirmed).
+    fn status(&self, args: Args) -> Result<(), Error> {
+        let s = Settings::from_conf(args.config())?;
+        match UnixStream::connect(&s.agent_socket) {
+            Ok(_) => Ok(()),
+            Err(_) if s.fail_open => Ok(()),
+            Err(e) => Err(Error::PluginNotAvailable(format!(
+                "netpol agent socket {}: {e}",
+                s.agent_socket.display()
+            ))),
+        }
+    }
+
+    /// Nothing to collect: the agent forgets records whose namespace is gone.
+    fn gc(&self, _args: Args) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::cell::RefCell;
 
+    use rscni_plugin::test_util::ArgsBuilder;
+
     use super::*;
+
+    fn code(e: &Error) -> u32 {
+        u32::from(e)
+    }
 
     struct Fake {
         answer: Option<Response>,
@@ -517,33 +436,6 @@ mod tests {
         }
     }
 
-    fn vars(command: &str) -> BTreeMap<String, String> {
-        [
-            ("CNI_COMMAND", command),
-            ("CNI_CONTAINERID", "c1"),
-            ("CNI_NETNS", "/var/run/netns/cni-1"),
-            ("CNI_IFNAME", "eth0"),
-            ("CNI_PATH", "/opt/cni/bin"),
-            (
-                "CNI_ARGS",
-                "IgnoreUnknown=1;K8S_POD_NAMESPACE=x;K8S_POD_NAME=a;K8S_POD_INFRA_CONTAINER_ID=c1;K8S_POD_UID=u-1",
-            ),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
-    }
-
-    const CONF: &str = r#"{"cniVersion":"1.0.0","name":"k8s","type":"netpol-cni","timeoutSeconds":3,
-        "prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/var/run/netns/cni-1"}],
-        "ips":[{"address":"10.244.1.5/24","interface":0},{"address":"fd00::5/64","interface":0}],
-        "dns":{}}}"#;
-
-    fn run_with(fake: &Fake, v: &BTreeMap<String, String>, conf: &str) -> Output {
-        let connect = |_: &NetConf| -> Box<dyn Transport + '_> { Box::new(fake) };
-        run(v, conf.as_bytes(), &connect)
-    }
-
     fn fake(answer: Option<Response>) -> Fake {
         Fake {
             answer,
@@ -551,17 +443,42 @@ mod tests {
         }
     }
 
+    const CONF: &str = r#"{"cniVersion":"1.0.0","name":"k8s","type":"netpol-cni","timeoutSeconds":3,
+        "prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/var/run/netns/cni-1"}],
+        "ips":[{"address":"10.244.1.5/24","interface":0},{"address":"fd00::5/64","interface":0}],
+        "dns":{}}}"#;
+
+    const POD_ARGS: &str = "IgnoreUnknown=1;K8S_POD_NAMESPACE=x;K8S_POD_NAME=a;K8S_POD_INFRA_CONTAINER_ID=c1;K8S_POD_UID=u-1";
+
+    fn args(conf: &str, cni_args: &str) -> Args {
+        ArgsBuilder::new()
+            .container_id("c1")
+            .unwrap()
+            .netns("/var/run/netns/cni-1")
+            .ifname("eth0")
+            .unwrap()
+            .args(cni_args)
+            .config(conf)
+            .unwrap()
+            .build()
+            .unwrap()
+    }
+
+    fn plugin(f: &Fake) -> NetpolCni<'_> {
+        NetpolCni::new(move |_| Box::new(f))
+    }
+
     #[test]
     fn add_passes_prev_result_through_after_the_agent_applied() {
         let f = fake(Some(Response::ok("applied")));
-        let out = run_with(&f, &vars("ADD"), CONF);
-        assert_eq!(out.code, 0, "{out:?}");
-        let result: Value = serde_json::from_str(&out.stdout).unwrap();
-        let prev: Value = serde_json::from_str::<Value>(CONF).unwrap()["prevResult"].clone();
-        assert_eq!(result, prev);
+        let result = plugin(&f).add(args(CONF, POD_ARGS)).unwrap();
+        assert_eq!(result.ips.len(), 2);
+        assert_eq!(result.interfaces[0].name, "eth0");
         let seen = f.seen.borrow();
         assert_eq!(seen.len(), 1);
         assert_eq!(seen[0].command, Command::Add);
+        assert_eq!(seen[0].container_id, "c1");
+        assert_eq!(seen[0].netns, "/var/run/netns/cni-1");
         assert_eq!(seen[0].pod.uid.as_deref(), Some("u-1"));
         assert_eq!(
             seen[0].ips,
@@ -577,109 +494,54 @@ mod tests {
     fn add_fails_closed_unless_fail_open() {
         for answer in [None, Some(Response::error("pod x/a is not known"))] {
             let f = fake(answer.clone());
-            let out = run_with(&f, &vars("ADD"), CONF);
-            assert_eq!(out.code, 1);
-            let e: Value = serde_json::from_str(&out.stdout).unwrap();
-            let want = if answer.is_some() {
-                code::AGENT_REFUSED
-            } else {
-                code::TRY_AGAIN_LATER
-            };
-            assert_eq!(e["code"], want, "{e}");
-            assert_eq!(e["cniVersion"], "1.0.0");
-            assert!(e["msg"].as_str().unwrap().contains("x/a"), "{e}");
-
+            let e = plugin(&f).add(args(CONF, POD_ARGS)).unwrap_err();
+            let want = if answer.is_some() { AGENT_REFUSED } else { 11 };
+            assert_eq!(code(&e), want, "{e:?}");
+            assert!(
+                format!("{} {}", e.msg(), e.details()).contains("x/a"),
+                "{e:?}"
+            );
             let open = CONF.replacen(
                 "\"timeoutSeconds\":3",
                 "\"timeoutSeconds\":3,\"failOpen\":true",
                 1,
             );
-            let out = run_with(&f, &vars("ADD"), &open);
-            assert_eq!(out.code, 0, "{out:?}");
-            assert!(out.stdout.contains("10.244.1.5/24"));
-            assert!(out.stderr.contains("failOpen"), "{}", out.stderr);
+            let result = plugin(&f).add(args(&open, POD_ARGS)).unwrap();
+            assert_eq!(result.ips.len(), 2);
         }
     }
 
     #[test]
     fn del_always_succeeds_and_check_reports() {
         let f = fake(None);
-        let out = run_with(&f, &vars("DEL"), CONF);
-        assert_eq!((out.code, out.stdout.as_str()), (0, ""));
-        assert!(out.stderr.contains("cannot connect"), "{}", out.stderr);
-        let mut v = vars("DEL");
-        v.remove("CNI_NETNS");
-        let out = run_with(
-            &f,
-            &v,
-            r#"{"cniVersion":"1.0.0","name":"k8s","type":"netpol-cni"}"#,
+        plugin(&f).del(args(CONF, POD_ARGS)).unwrap();
+        let bare = r#"{"cniVersion":"1.0.0","name":"k8s","type":"netpol-cni"}"#;
+        plugin(&f).del(args(bare, POD_ARGS)).unwrap();
+        assert_eq!(
+            f.seen.borrow().len(),
+            2,
+            "DEL reported even without prevResult"
         );
-        assert_eq!(out.code, 0, "DEL without netns or prevResult: {out:?}");
 
         let f = fake(Some(Response::ok("in place")));
-        let out = run_with(&f, &vars("CHECK"), CONF);
-        assert_eq!((out.code, out.stdout.as_str()), (0, ""));
+        plugin(&f).check(args(CONF, POD_ARGS)).unwrap();
         let f = fake(Some(Response::error("no ruleset")));
-        assert_eq!(run_with(&f, &vars("CHECK"), CONF).code, 1);
-        let old = CONF.replacen("\"cniVersion\":\"1.0.0\"", "\"cniVersion\":\"0.3.1\"", 1);
-        let out = run_with(&f, &vars("CHECK"), &old);
-        assert!(out.stdout.contains("\"code\":1"), "{}", out.stdout);
+        let e = plugin(&f).check(args(CONF, POD_ARGS)).unwrap_err();
+        assert_eq!(code(&e), AGENT_REFUSED);
     }
 
     #[test]
-    fn version_and_bad_input_give_cni_errors() {
-        let f = fake(None);
-        let out = run_with(&f, &vars("VERSION"), r#"{"cniVersion":"0.4.0"}"#);
-        assert_eq!(out.code, 0);
-        let v: Value = serde_json::from_str(&out.stdout).unwrap();
-        assert_eq!(v["cniVersion"], "0.4.0");
-        assert_eq!(v["supportedVersions"].as_array().unwrap().len(), 4);
-
-        let cases: Vec<(BTreeMap<String, String>, String, u32)> = vec![
-            (BTreeMap::new(), CONF.into(), code::INVALID_ENV),
-            (vars("RM"), CONF.into(), code::INVALID_ENV),
-            (vars("ADD"), "{not json".into(), code::DECODE),
-            (
-                vars("ADD"),
-                CONF.replace("1.0.0", "2.0.0"),
-                code::INCOMPATIBLE_VERSION,
-            ),
-            (
-                vars("ADD"),
-                CONF.replacen("\"timeoutSeconds\":3", "\"timeoutSeconds\":0", 1),
-                code::INVALID_CONFIG,
-            ),
-            (
-                vars("ADD"),
-                CONF.replacen("\"timeoutSeconds\":3", "\"timeoutSeconds\":\"x\"", 1),
-                code::INVALID_CONFIG,
-            ),
-            (
-                vars("ADD"),
-                r#"{"cniVersion":"1.0.0","name":"k8s","type":"netpol-cni"}"#.into(),
-                code::INVALID_CONFIG,
-            ),
-            (
-                vars("ADD"),
-                CONF.replace("10.244.1.5/24", "10.244.1.500/24"),
-                code::INVALID_CONFIG,
-            ),
-            (
-                vars("ADD"),
-                r#"{"cniVersion":"1.0.0","prevResult":{"ips":[]}}"#.into(),
-                code::INVALID_CONFIG,
-            ),
-        ];
-        let mut no_netns = vars("ADD");
-        no_netns.remove("CNI_NETNS");
-        let mut cases = cases;
-        cases.push((no_netns, CONF.into(), code::INVALID_ENV));
-        for (v, conf, want) in cases {
-            let out = run_with(&f, &v, &conf);
-            assert_eq!(out.code, 1, "{conf}");
-            let e: Value = serde_json::from_str(&out.stdout).unwrap();
-            assert_eq!(e["code"], want, "{conf}: {e}");
-            assert!(!e["msg"].as_str().unwrap().is_empty());
+    fn bad_configuration_is_refused_before_the_agent_is_asked() {
+        let f = fake(Some(Response::ok("applied")));
+        for (conf, what) in [
+            (CONF.replacen("\"timeoutSeconds\":3", "\"timeoutSeconds\":0", 1), "out of range"),
+            (CONF.replacen("\"timeoutSeconds\":3", "\"timeoutSeconds\":\"x\"", 1), "invalid type"),
+            (r#"{"cniVersion":"1.0.0","name":"k8s","type":"netpol-cni"}"#.to_owned(), "prevResult"),
+            (r#"{"cniVersion":"1.0.0","name":"k8s","type":"netpol-cni","prevResult":{"ips":[]}}"#.to_owned(), "no IP"),
+        ] {
+            let e = plugin(&f).add(args(&conf, POD_ARGS)).unwrap_err();
+            assert_eq!(code(&e), 7, "{conf}: {e:?}");
+            assert!(format!("{} {}", e.msg(), e.details()).contains(what), "{what}: {e:?}");
         }
         assert!(f.seen.borrow().is_empty(), "nothing reached the agent");
     }
@@ -687,22 +549,36 @@ mod tests {
     #[test]
     fn non_kubernetes_containers_pass_through() {
         let f = fake(None);
-        let mut v = vars("ADD");
-        v.insert("CNI_ARGS".into(), "IgnoreUnknown=1".into());
-        let out = run_with(&f, &v, CONF);
-        assert_eq!(out.code, 0);
-        assert!(out.stdout.contains("10.244.1.5/24"));
+        let result = plugin(&f).add(args(CONF, "IgnoreUnknown=1")).unwrap();
+        assert_eq!(result.ips.len(), 2);
         assert!(f.seen.borrow().is_empty());
     }
 
     #[test]
-    fn args_and_versions_parse() {
+    fn status_reports_the_agent_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("a.sock");
+        let conf = |fail_open: bool| {
+            format!(
+                r#"{{"cniVersion":"1.1.0","name":"k8s","type":"netpol-cni","agentSocket":"{}","failOpen":{fail_open}}}"#,
+                sock.display()
+            )
+        };
+        let f = fake(None);
+        let e = plugin(&f).status(args(&conf(false), "")).unwrap_err();
+        assert_eq!(code(&e), 50, "{e:?}");
+        plugin(&f).status(args(&conf(true), "")).unwrap();
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        plugin(&f).status(args(&conf(false), "")).unwrap();
+        plugin(&f).gc(args(&conf(false), "")).unwrap();
+    }
+
+    #[test]
+    fn pod_args_parse() {
         assert_eq!(pod_from_args("K8S_POD_NAME=a"), None);
         assert_eq!(
             pod_from_args("K8S_POD_NAMESPACE=x;K8S_POD_NAME=a").map(|p| p.name),
             Some("a".into())
         );
-        assert!(version_key("0.4.0") > version_key("0.3.1"));
-        assert_eq!(version_key("1.0"), None);
     }
 }

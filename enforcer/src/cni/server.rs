@@ -16,6 +16,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{MAX_LINE, Request, Response, WIRE_VERSION};
 
+const EMPTY: &str = "connection closed before a request";
+
 /// How long a connection may take to send its request line.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -95,6 +97,9 @@ async fn read_request(stream: &mut UnixStream) -> Result<Request, String> {
         Ok(Err(e)) => return Err(format!("cannot read the request: {e}")),
         Ok(Ok(_)) => {}
     }
+    if line.is_empty() {
+        return Err(EMPTY.to_owned());
+    }
     if line.len() > MAX_LINE {
         return Err(format!("request longer than {MAX_LINE} bytes"));
     }
@@ -112,6 +117,8 @@ async fn read_request(stream: &mut UnixStream) -> Result<Request, String> {
 
 async fn connection(mut stream: UnixStream, calls: mpsc::Sender<CniCall>) {
     let response = match read_request(&mut stream).await {
+        // Connected and closed without a word: the plugin's STATUS probe.
+        Err(message) if message == EMPTY => return,
         Err(message) => {
             tracing::warn!(error = message, "bad cni request");
             Response::error(message)

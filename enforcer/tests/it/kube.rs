@@ -523,12 +523,12 @@ async fn agent_enforces_local_pods_from_the_api() {
 /// Namespace), enforces it, and answers; every call it made is in `api_calls()`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cni_add_ahead_of_the_watch_gets_the_pod() {
-    use std::collections::BTreeMap;
-
     use enforcer::agent::{AgentConfig, CniConfig};
     use enforcer::applier::RecordingApplier;
-    use enforcer::cni::plugin::{self, SocketTransport, Transport};
+    use enforcer::cni::plugin::NetpolCni;
     use enforcer::state::PodKey;
+    use rscni_plugin::cni::Cni;
+    use rscni_plugin::test_util::ArgsBuilder;
 
     let server = ApiServer::start().await;
     server.add(NAMESPACES, namespace("shop"));
@@ -556,36 +556,27 @@ async fn cni_add_ahead_of_the_watch_gets_the_pod() {
     web["metadata"]["annotations"] = json!({});
     web["status"] = json!({"phase": "Pending"});
     server.add_unannounced(PODS, web);
-    let vars: BTreeMap<String, String> = [
-        ("CNI_COMMAND", "ADD"),
-        ("CNI_CONTAINERID", "sandbox-web"),
-        ("CNI_NETNS", "/var/run/netns/cni-fake-web"),
-        ("CNI_IFNAME", "eth0"),
-        (
-            "CNI_ARGS",
-            "K8S_POD_NAMESPACE=fresh;K8S_POD_NAME=web;K8S_POD_UID=uid-web",
-        ),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
     let conf = json!({
         "cniVersion": "1.0.0", "name": "k8s", "type": "netpol-cni",
         "agentSocket": socket, "timeoutSeconds": 10,
         "prevResult": {"cniVersion": "1.0.0", "ips": [{"address": "10.0.0.9/24"}]}
     })
     .to_string();
-    let out = tokio::task::spawn_blocking(move || {
-        let connect = |c: &plugin::NetConf| -> Box<dyn Transport> {
-            Box::new(SocketTransport {
-                path: c.agent_socket.clone(),
-            })
-        };
-        plugin::run(&vars, conf.as_bytes(), &connect)
-    })
-    .await
-    .unwrap();
-    assert_eq!(out.code, 0, "{out:?}");
+    let args = ArgsBuilder::new()
+        .container_id("sandbox-web")
+        .unwrap()
+        .netns("/var/run/netns/cni-fake-web")
+        .ifname("eth0")
+        .unwrap()
+        .args("K8S_POD_NAMESPACE=fresh;K8S_POD_NAME=web;K8S_POD_UID=uid-web")
+        .config(&conf)
+        .unwrap()
+        .build()
+        .unwrap();
+    let out = tokio::task::spawn_blocking(move || NetpolCni::with_socket().add(args))
+        .await
+        .unwrap();
+    assert!(out.is_ok(), "{out:?}");
     assert_eq!(
         applier.applies(&PodKey::new("fresh", "web")),
         1,
