@@ -370,6 +370,9 @@ fn add_enforces_before_returning_and_updates_peers_at_once() {
         !table(&srv.netns).unwrap().contains("10.0.0.12")
     });
     assert!(!lab.records.join("shop_web.json").exists());
+    wait_until("web's own table removed (its sandbox is gone)", || {
+        table(&web.netns).is_none()
+    });
     let check = cni("CHECK", &env, &conf(&lab.socket, &prev, &[]));
     assert_eq!(check.code, 1, "CHECK after DEL fails: {}", check.stdout);
 
