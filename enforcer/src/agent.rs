@@ -337,10 +337,8 @@ impl Reconciler {
             return false;
         }
         self.compiled_generation = Some(self.state.generation());
-        let inputs = self.state.inputs();
-        let (model, diags) = Model::build(&inputs);
-        // The model holds what it needs; the cloned objects go before the graph is built.
-        drop(inputs);
+        // From the state's objects by reference: no second copy of the cluster.
+        let (model, diags) = self.state.build_model();
         let errors: Vec<_> = diags.iter().filter(|d| d.is_error()).collect();
         if !errors.is_empty() {
             self.metrics.compile_errors.inc();

@@ -346,17 +346,34 @@ impl Model {
     /// Builds the model, reporting every invalid object or field. Invalid objects are left
     /// out; valid ones are kept.
     pub fn build(inputs: &Inputs) -> (Model, Vec<Diagnostic>) {
+        Self::build_from(
+            &inputs.namespaces,
+            &inputs.pods,
+            &inputs.workloads,
+            &inputs.policies,
+        )
+    }
+
+    /// [`Model::build`] from objects held elsewhere (an index that owns them), by
+    /// reference, so nothing is copied into an [`Inputs`] first. Same objects in the same
+    /// order, same model.
+    pub fn build_from<'a>(
+        namespaces: impl IntoIterator<Item = &'a Located<k8s_openapi::api::core::v1::Namespace>>,
+        pods: impl IntoIterator<Item = &'a Located<k8s_openapi::api::core::v1::Pod>>,
+        workloads: impl IntoIterator<Item = &'a Located<crate::load::Workload>>,
+        policies: impl IntoIterator<Item = &'a Located<NetworkPolicy>>,
+    ) -> (Model, Vec<Diagnostic>) {
         let mut b = Builder::default();
-        for ns in &inputs.namespaces {
+        for ns in namespaces {
             b.namespace(ns);
         }
-        for pod in &inputs.pods {
+        for pod in pods {
             b.pod(pod);
         }
-        for w in &inputs.workloads {
+        for w in workloads {
             b.workload(w);
         }
-        for p in &inputs.policies {
+        for p in policies {
             b.policy(p);
         }
         b.finish()
