@@ -17,6 +17,7 @@
 //! {"cniVersion":"1.1.0","supportedVersions":["0.3.0","0.3.1","0.4.0","1.0.0","1.1.0"]}
 //! ```
 
+use enforcer::agent::ErrorChain;
 use enforcer::cni::install;
 use enforcer::cni::plugin::NetpolCni;
 use rscni_plugin::cni::Plugin;
@@ -51,14 +52,7 @@ fn installer(args: &[String]) -> i32 {
             0
         }
         Err(e) => {
-            let mut msg = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                msg.push_str(": ");
-                msg.push_str(&s.to_string());
-                src = s.source();
-            }
-            eprintln!("netpol-cni: {msg}\n\n{}", install::USAGE);
+            eprintln!("netpol-cni: {}\n\n{}", ErrorChain(&e), install::USAGE);
             2
         }
     }

@@ -82,6 +82,15 @@ impl PodKey {
         }
     }
 
+    /// The key of the Pod object.
+    pub fn object_key(&self) -> ObjectKey {
+        ObjectKey {
+            kind: Kind::Pod,
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
+
     /// Parses `ns/name`.
     pub fn parse(s: &str) -> Option<Self> {
         let (ns, name) = s.split_once('/')?;
@@ -353,24 +362,13 @@ impl State {
     pub fn prune_cni(&mut self) {
         let objects = &self.objects;
         self.cni.retain(|pod, entry| {
-            matches!(entry, CniEntry::Live(_))
-                || objects.contains_key(&ObjectKey {
-                    kind: Kind::Pod,
-                    namespace: pod.namespace.clone(),
-                    name: pod.name.clone(),
-                })
+            matches!(entry, CniEntry::Live(_)) || objects.contains_key(&pod.object_key())
         });
     }
 
     /// The Pod object of `pod`.
     pub fn pod(&self, pod: &PodKey) -> Option<&Object> {
-        self.objects
-            .get(&ObjectKey {
-                kind: Kind::Pod,
-                namespace: pod.namespace.clone(),
-                name: pod.name.clone(),
-            })
-            .map(|o| &**o)
+        self.objects.get(&pod.object_key()).map(|o| &**o)
     }
 
     /// The live CNI record of `pod` that applies to the Pod object the index holds.

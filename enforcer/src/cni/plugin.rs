@@ -58,6 +58,8 @@ use rscni_plugin::error::Error;
 use rscni_plugin::types::{Args, CNIResult, NetConf};
 use serde::Deserialize;
 
+use crate::agent::ErrorChain;
+
 use super::{Command, DEFAULT_SOCKET, MAX_LINE, PodRef, Request, Response, WIRE_VERSION};
 
 /// CNI error code of an ADD or CHECK the agent answered and refused (the Pod's policy
@@ -227,17 +229,6 @@ pub fn result_ips(result: &CNIResult) -> Vec<IpAddr> {
     out
 }
 
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        s.push_str(": ");
-        s.push_str(&x.to_string());
-        src = x.source();
-    }
-    s
-}
-
 type Connect<'t> = Box<dyn Fn(&Settings) -> Box<dyn Transport + 't> + 't>;
 
 /// The netpol chained plugin: tells the agent about each sandbox and, on ADD, hands the
@@ -305,7 +296,7 @@ impl<'t> NetpolCni<'t> {
             )),
             Err(e) => Err(Error::TryAgainLater(format!(
                 "netpol agent did not confirm {cmd} of Pod {who}: {}. {FAIL_CLOSED}",
-                chain(&e)
+                ErrorChain(&e)
             ))),
         }
     }

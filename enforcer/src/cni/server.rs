@@ -16,8 +16,6 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{MAX_LINE, Request, Response, WIRE_VERSION};
 
-const EMPTY: &str = "connection closed before a request";
-
 /// How long a connection may take to send its request line.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -89,7 +87,9 @@ pub async fn serve(
     }
 }
 
-async fn read_request(stream: &mut UnixStream) -> Result<Request, String> {
+/// The request line; `None` when the peer closed without a word (the plugin's STATUS
+/// probe).
+async fn read_request(stream: &mut UnixStream) -> Result<Option<Request>, String> {
     let mut line = Vec::new();
     let mut reader = BufReader::new(stream.take(MAX_LINE as u64 + 1));
     match tokio::time::timeout(READ_TIMEOUT, reader.read_until(b'\n', &mut line)).await {
@@ -98,7 +98,7 @@ async fn read_request(stream: &mut UnixStream) -> Result<Request, String> {
         Ok(Ok(_)) => {}
     }
     if line.is_empty() {
-        return Err(EMPTY.to_owned());
+        return Ok(None);
     }
     if line.len() > MAX_LINE {
         return Err(format!("request longer than {MAX_LINE} bytes"));
@@ -112,18 +112,17 @@ async fn read_request(stream: &mut UnixStream) -> Result<Request, String> {
             request.version
         ));
     }
-    Ok(request)
+    Ok(Some(request))
 }
 
 async fn connection(mut stream: UnixStream, calls: mpsc::Sender<CniCall>) {
     let response = match read_request(&mut stream).await {
-        // Connected and closed without a word: the plugin's STATUS probe.
-        Err(message) if message == EMPTY => return,
+        Ok(None) => return,
         Err(message) => {
             tracing::warn!(error = message, "bad cni request");
             Response::error(message)
         }
-        Ok(request) => {
+        Ok(Some(request)) => {
             let (reply, answer) = oneshot::channel();
             if calls.send(CniCall { request, reply }).await.is_err() {
                 Response::error("the agent is stopping")
