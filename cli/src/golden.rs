@@ -496,6 +496,14 @@ fn check_case(dir: &Path, update: bool, live: Option<&Inputs>, report: &mut Case
             .and_then(|t| parse_expectations(&t))
         {
             Err(e) => report.checks.push(failed("expect", "expect.yaml", e)),
+            // A case that checks nothing would pass whatever the manifests say. See: #11
+            Ok(exp) if exp.assertions.is_empty() && exp.matrix.is_empty() => {
+                report.checks.push(failed(
+                    "expect",
+                    "expect.yaml",
+                    "expect.yaml has no checks: add `assertions` or `matrix` (an empty expect.yaml would pass whatever the policies say)",
+                ));
+            }
             Ok(exp) => {
                 let total = exp.assertions.len() + exp.matrix.len();
                 let failures = check(&model, &graph, &exp);
@@ -503,7 +511,7 @@ fn check_case(dir: &Path, update: bool, live: Option<&Inputs>, report: &mut Case
                 for f in failures {
                     report.checks.push(failed("expect", f.what, f.report));
                 }
-                if ok > 0 || total == 0 {
+                if ok > 0 {
                     report.checks.push(passed(
                         "expect",
                         format!("expect.yaml: {ok} of {total} expectation(s) hold"),
