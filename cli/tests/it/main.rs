@@ -10,6 +10,7 @@ mod apiserver;
 mod cluster;
 mod cni;
 mod explain;
+mod hostile;
 mod lab;
 mod matrix;
 mod support;
