@@ -1,32 +1,41 @@
 //! Reading `-f PATH...` (or, with `--cluster`, the live cluster) into a compiled model,
 //! and printing diagnostics.
 
-use std::io::Read as _;
-use std::path::{Path, PathBuf};
+mod files;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
 
 use miette::{LabeledSpan, NamedSource, Report};
 use policy_compiler::{AllowGraph, Diagnostic, Inputs, Model, Severity, SourceText, load};
+
+pub(crate) use files::{DEFAULT_MAX_INPUT_MIB, Limits, collect};
 
 use crate::InputArgs;
 
 /// Exit code for invalid input.
 pub(crate) const EXIT_INVALID: i32 = 2;
 
-/// Files read, by display name.
+/// Files read, by display name, and the warnings of reading them.
 pub(crate) struct Sources {
     files: Vec<(String, String)>,
+    /// Skipped paths (dangling symlinks, directories reached twice).
+    pub(crate) warnings: Vec<Diagnostic>,
 }
 
 impl Sources {
-    /// Reads files, directories (recursively: `*.yaml`, `*.yml`, `*.json`, sorted) and `-`.
-    pub(crate) fn read(paths: &[PathBuf]) -> Result<Sources, Vec<Diagnostic>> {
+    /// Reads files, directories (recursively: `*.yaml`, `*.yml`, `*.json`, sorted) and `-`,
+    /// regular files only and within `limits` (see [`files`]).
+    pub(crate) fn read(paths: &[PathBuf], limits: Limits) -> Result<Sources, Vec<Diagnostic>> {
         let mut files = Vec::new();
         let mut errors = Vec::new();
+        let mut warnings = Vec::new();
+        let mut seen_dirs = BTreeSet::new();
+        let mut budget = limits.total;
         for p in paths {
             if p.as_os_str() == "-" {
-                let mut s = String::new();
-                match std::io::stdin().read_to_string(&mut s) {
-                    Ok(_) => files.push(("-".to_string(), s)),
+                match files::read_stdin(limits, &mut budget) {
+                    Ok(s) => files.push(("-".to_string(), s)),
                     Err(e) => errors.push(Diagnostic::file_error(
                         "-",
                         None,
@@ -36,25 +45,22 @@ impl Sources {
                 continue;
             }
             let mut found = Vec::new();
-            if let Err(e) = collect(p, true, &mut found) {
-                errors.push(Diagnostic::file_error(&p.display().to_string(), None, e));
+            if let Err(e) = files::collect(p, true, &mut found, &mut warnings, &mut seen_dirs) {
+                errors.push(*e);
                 continue;
             }
             for f in found {
                 let name = f.display().to_string();
-                match std::fs::read_to_string(&f) {
+                match files::read_regular(&f, limits, &mut budget) {
                     Ok(s) => files.push((name, s)),
-                    Err(e) => errors.push(Diagnostic::file_error(
-                        &name,
-                        None,
-                        format!("cannot read file: {e}"),
-                    )),
+                    Err(e) => errors.push(Diagnostic::file_error(&name, None, e)),
                 }
             }
         }
         if errors.is_empty() {
-            Ok(Sources { files })
+            Ok(Sources { files, warnings })
         } else {
+            errors.extend(warnings);
             Err(errors)
         }
     }
@@ -75,28 +81,6 @@ impl Sources {
     }
 }
 
-fn collect(p: &Path, explicit: bool, out: &mut Vec<PathBuf>) -> Result<(), String> {
-    let meta = std::fs::metadata(p).map_err(|e| format!("cannot read path: {e}"))?;
-    if meta.is_dir() {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(p)
-            .map_err(|e| format!("cannot read directory: {e}"))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
-        entries.sort();
-        for e in entries {
-            collect(&e, false, out)?;
-        }
-    } else if explicit
-        || matches!(
-            p.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml" | "json")
-        )
-    {
-        out.push(p.to_path_buf());
-    }
-    Ok(())
-}
-
 /// A compiled cluster.
 pub(crate) struct Compiled {
     /// The model.
@@ -107,16 +91,17 @@ pub(crate) struct Compiled {
 
 /// Reads, loads and compiles; on any error prints the diagnostics and returns `Err(2)`.
 /// Warnings are printed and compilation goes on. With `verbose`, skipped objects are listed.
-pub(crate) fn compile(paths: &[PathBuf], verbose: bool) -> Result<Compiled, i32> {
-    load_and_compile(paths, verbose).map(|(_, c)| c)
+pub(crate) fn compile(paths: &[PathBuf], verbose: bool, limits: Limits) -> Result<Compiled, i32> {
+    load_and_compile(paths, verbose, limits).map(|(_, c)| c)
 }
 
 /// Like [`compile`], also returning the loaded objects (for `lab`, which adds to them).
 pub(crate) fn load_and_compile(
     paths: &[PathBuf],
     verbose: bool,
+    limits: Limits,
 ) -> Result<(Inputs, Compiled), i32> {
-    let sources = match Sources::read(paths) {
+    let sources = match Sources::read(paths, limits) {
         Ok(s) => s,
         Err(diags) => {
             print_diagnostics(&diags, None);
@@ -129,7 +114,9 @@ pub(crate) fn load_and_compile(
         );
         return Err(EXIT_INVALID);
     }
-    let (inputs, mut diags) = load(&sources.texts());
+    let (inputs, mut load_diags) = load(&sources.texts());
+    let mut diags = sources.warnings.clone();
+    diags.append(&mut load_diags);
     if verbose {
         for s in &inputs.skipped {
             eprintln!("skipped {s}: kind does not affect Pod-to-Pod connectivity");
@@ -153,7 +140,11 @@ pub(crate) fn compile_input(input: &InputArgs) -> Result<Compiled, i32> {
         let inputs = live(input.context.as_deref())?;
         compile_inputs(&inputs, Vec::new(), None)
     } else {
-        compile(&input.files, input.verbose)
+        compile(
+            &input.files,
+            input.verbose,
+            Limits::mib(input.max_input_mib),
+        )
     }
 }
 

@@ -2,10 +2,12 @@
 //! campaign of #11 has a test named after it. No input may panic (exit 101) or hang.
 
 use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use crate::support::netpol_in;
+use crate::support::{Run, copy_case, netpol_in};
 
 fn tmp() -> TempDir {
     tempfile::tempdir().expect("temp dir")
@@ -65,4 +67,225 @@ fn long_line_diagnostic_never_panics() {
     run.expect_code(2);
     assert!(run.stderr.contains("err.json:1:"), "{}", run.stderr);
     assert!(run.stderr.contains("strict subset"), "{}", run.stderr);
+}
+
+/// Runs `netpol ARGS` in `cwd`, killing it (and failing) if it runs past 20 s: the inputs
+/// here used to hang it.
+fn netpol_bounded(cwd: &Path, args: &[&str]) -> Run {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_netpol"))
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run netpol");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return Run::from_output(child.wait_with_output().expect("output"));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("netpol {args:?} still running after 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A directory with the manifests of a small valid cluster.
+fn valid_dir(t: &TempDir) -> std::path::PathBuf {
+    let dir = t.path().join("m");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    copy_case("upstream/port-81-only", &dir);
+    std::fs::remove_file(dir.join("expect.yaml")).expect("no expect.yaml");
+    dir
+}
+
+fn mkfifo(p: &Path) {
+    nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o644)).expect("mkfifo");
+}
+
+#[test]
+fn fifo_input_never_blocks() {
+    // See: #11 (`-f` on a FIFO, or a directory holding one, hung forever).
+    let t = tmp();
+    let fifo = t.path().join("pipe.yaml");
+    mkfifo(&fifo);
+    let f = fifo.display().to_string();
+    let run = netpol_bounded(t.path(), &["matrix", "-f", &f]);
+    run.expect_code(2);
+    assert!(
+        run.stderr
+            .contains("pipe.yaml: a FIFO: netpol reads only regular files"),
+        "{}",
+        run.stderr
+    );
+
+    let dir = valid_dir(&t);
+    mkfifo(&dir.join("zz.yaml"));
+    let d = dir.display().to_string();
+    let run = netpol_bounded(t.path(), &["matrix", "-f", &d]);
+    run.expect_code(2);
+    assert!(run.stderr.contains("zz.yaml: a FIFO"), "{}", run.stderr);
+
+    // `netpol test` on a case holding one fails that case, without hanging.
+    std::fs::write(
+        dir.join("expect.yaml"),
+        "assertions:\n  - {from: x/a, to: x/b, port: 81, allowed: true}\n",
+    )
+    .expect("write");
+    let run = netpol_bounded(t.path(), &["test", &d]);
+    run.expect_code(1);
+    assert!(run.stdout.contains("zz.yaml: a FIFO"), "{}", run.stdout);
+}
+
+#[test]
+fn device_input_fails_fast() {
+    // See: #11 (`-f /dev/zero` grew until allocation failed).
+    let t = tmp();
+    for dev in ["/dev/zero", "/dev/null", "/dev/urandom"] {
+        let run = netpol_bounded(t.path(), &["explain", "x/a", "x/b", "-f", dev]);
+        run.expect_code(2);
+        assert!(
+            run.stderr.contains(&format!("{dev}: a character device")),
+            "{}",
+            run.stderr
+        );
+    }
+    // A socket in a directory.
+    let dir = valid_dir(&t);
+    let _sock = std::os::unix::net::UnixListener::bind(dir.join("s.json")).expect("bind");
+    let d = dir.display().to_string();
+    let run = netpol_bounded(t.path(), &["matrix", "-f", &d]);
+    run.expect_code(2);
+    assert!(run.stderr.contains("s.json: a socket"), "{}", run.stderr);
+}
+
+#[test]
+fn oversized_input_fails_fast() {
+    // See: #11 (no input size cap).
+    let t = tmp();
+    let big = t.path().join("big.yaml");
+    let f = std::fs::File::create(&big).expect("create");
+    f.set_len(65 * 1024 * 1024).expect("sparse file"); // over the default 64 MiB
+    drop(f);
+    let b = big.display().to_string();
+    let run = netpol_bounded(t.path(), &["matrix", "-f", &b]);
+    run.expect_code(2);
+    assert!(
+        run.stderr
+            .contains("big.yaml: larger than the input cap of 64 MiB per file"),
+        "{}",
+        run.stderr
+    );
+
+    // The cap holds for all inputs together, and for stdin.
+    let dir = valid_dir(&t);
+    let pad = format!("# {}\n", "x".repeat(700 * 1024));
+    for n in ["a.yaml", "b.yaml"] {
+        std::fs::write(dir.join(n), &pad).expect("write");
+    }
+    let d = dir.display().to_string();
+    let run = netpol_bounded(t.path(), &["matrix", "--max-input-mib", "1", "-f", &d]);
+    run.expect_code(2);
+    assert!(
+        run.stderr
+            .contains("inputs together are larger than the cap of 1 MiB"),
+        "{}",
+        run.stderr
+    );
+    let run = netpol_bounded(t.path(), &["matrix", "--max-input-mib", "2", "-f", &d]);
+    run.expect_code(0);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_netpol"))
+        .args(["matrix", "--max-input-mib", "1", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run netpol");
+    let mut stdin = child.stdin.take().expect("piped");
+    // netpol stops reading at the cap: the rest of the write sees a closed pipe.
+    let writer = std::thread::spawn(move || {
+        use std::io::Write as _;
+        let _ = stdin.write_all("#".repeat(4 * 1024 * 1024).as_bytes());
+    });
+    let run = Run::from_output(child.wait_with_output().expect("wait"));
+    writer.join().expect("writer");
+    run.expect_code(2);
+    assert!(
+        run.stderr.contains("-: larger than the input cap"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn dangling_symlink_is_skipped_with_a_warning() {
+    // See: #11 (an editor's `.#file.yaml` lock failed the whole run naming the directory).
+    let t = tmp();
+    let dir = valid_dir(&t);
+    let d = dir.display().to_string();
+    let before = netpol_bounded(t.path(), &["matrix", "--port", "81", "-f", &d]);
+    before.expect_code(0);
+    std::os::unix::fs::symlink("user@host.1234:1700000000", dir.join(".#policies.yaml"))
+        .expect("symlink");
+    let run = netpol_bounded(t.path(), &["matrix", "--port", "81", "-f", &d]);
+    run.expect_code(0);
+    assert_eq!(run.stdout, before.stdout);
+    assert!(
+        run.stderr
+            .contains(".#policies.yaml: warning: skipped: dangling symlink"),
+        "{}",
+        run.stderr
+    );
+    // Named explicitly, it is an error.
+    let l = dir.join(".#policies.yaml").display().to_string();
+    let run = netpol_bounded(t.path(), &["matrix", "-f", &l]);
+    run.expect_code(2);
+    assert!(
+        run.stderr.contains("cannot follow symlink"),
+        "{}",
+        run.stderr
+    );
+    // `netpol test` skips it too.
+    std::fs::write(
+        dir.join("expect.yaml"),
+        "assertions:\n  - {from: x/a, to: x/b, port: 81, allowed: true}\n",
+    )
+    .expect("write");
+    let run = netpol_bounded(t.path(), &["test", &d]);
+    run.expect_code(0);
+}
+
+#[test]
+fn directory_symlink_loop_is_read_once() {
+    // See: #11 (two symlinks to `.` made every walk fail; one read each file 41 times).
+    let t = tmp();
+    let dir = valid_dir(&t);
+    let d = dir.display().to_string();
+    let before = netpol_bounded(t.path(), &["matrix", "--port", "81", "-f", &d]);
+    before.expect_code(0);
+    std::os::unix::fs::symlink(".", dir.join("loop1")).expect("symlink");
+    std::os::unix::fs::symlink(".", dir.join("loop2")).expect("symlink");
+    std::fs::create_dir(dir.join("sub")).expect("mkdir");
+    std::os::unix::fs::symlink("..", dir.join("sub/up")).expect("symlink");
+    let run = netpol_bounded(t.path(), &["matrix", "--port", "81", "-f", &d]);
+    run.expect_code(0);
+    assert_eq!(run.stdout, before.stdout, "each file read once");
+    assert!(
+        run.stderr
+            .contains("loop1: warning: skipped: directory already read"),
+        "{}",
+        run.stderr
+    );
+    std::fs::write(
+        dir.join("expect.yaml"),
+        "assertions:\n  - {from: x/a, to: x/b, port: 81, allowed: true}\n",
+    )
+    .expect("write");
+    let run = netpol_bounded(t.path(), &["test", &d]);
+    run.expect_code(0);
+    assert!(run.stdout.contains("1 passed, 0 failed"), "{}", run.stdout);
 }
