@@ -29,6 +29,14 @@ fn one_line_list(n: usize, extra: &[serde_json::Value]) -> String {
     serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string()
 }
 
+/// stderr with miette's wrapping undone: one line, frame characters removed.
+fn flat(s: &str) -> String {
+    s.lines()
+        .map(|l| l.trim().trim_start_matches(['│', '×', '⚠']).trim())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let p = dir.join(name);
     std::fs::write(&p, text).expect("write");
@@ -288,4 +296,104 @@ fn directory_symlink_loop_is_read_once() {
     let run = netpol_bounded(t.path(), &["test", &d]);
     run.expect_code(0);
     assert!(run.stdout.contains("1 passed, 0 failed"), "{}", run.stdout);
+}
+
+#[test]
+fn unknown_field_is_rejected_with_suggestion() {
+    // See: #11 (`podSelector: {matchLabel: ...}` in a peer read as "every Pod", exit 0).
+    let t = tmp();
+    let dir = valid_dir(&t);
+    let typo = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: typo, namespace: x}\nspec:\n  podSelector: {}\n  ingress:\n  - from:\n    - podSelector:\n        matchLabel: {pod: nobody}\n";
+    std::fs::write(dir.join("typo.yaml"), typo).expect("write");
+    let d = dir.display().to_string();
+    let run = netpol_bounded(t.path(), &["explain", "x/b", "x/a", "-f", &d]);
+    run.expect_code(2);
+    assert!(
+        flat(&run.stderr).contains("typo.yaml:9:21: error: NetworkPolicy x/typo: spec.ingress[0].from[0].podSelector.matchLabel: unknown field `matchLabel`, did you mean `matchLabels`?"),
+        "{}",
+        run.stderr
+    );
+    // `netpol test` fails the case.
+    std::fs::write(
+        dir.join("expect.yaml"),
+        "assertions:\n  - {from: x/b, to: x/a, port: 81, allowed: true}\n",
+    )
+    .expect("write");
+    let run = netpol_bounded(t.path(), &["test", &d]);
+    run.expect_code(1);
+    assert!(
+        run.stdout.contains("unknown field `matchLabel`"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn json_duplicate_key_is_rejected() {
+    // See: #11 (JSON duplicate keys kept the last value silently; YAML's were refused).
+    let t = tmp();
+    let f = write(
+        t.path(),
+        "dup.json",
+        r#"{"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "p", "namespace": "x"}, "spec": {"podSelector": {"matchLabels": {"app": "db"}}, "podSelector": {}}}"#,
+    );
+    let run = netpol_bounded(t.path(), &["matrix", "-f", &f]);
+    run.expect_code(2);
+    assert!(
+        flat(&run.stderr).contains("duplicate mapping key: podSelector"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn misspelled_kind_warns_with_nearest_kind() {
+    // See: #11 (`NetworkPolcy`, `networkpolicy` and empty kinds were skipped silently).
+    let t = tmp();
+    let dir = valid_dir(&t);
+    std::fs::write(
+        dir.join("kinds.yaml"),
+        "apiVersion: networking.k8s.io/v1\nkind: networkpolicy\nmetadata: {name: a, namespace: x}\n---\napiVersion: v1\nkind: ''\nmetadata: {name: b, namespace: x}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, namespace: x}\n",
+    )
+    .expect("write");
+    let d = dir.display().to_string();
+    let run = netpol_bounded(t.path(), &["matrix", "-f", &d]);
+    run.expect_code(0);
+    assert!(
+        run.stderr
+            .contains("unknown kind `networkpolicy` is skipped, did you mean `NetworkPolicy`?"),
+        "{}",
+        run.stderr
+    );
+    assert!(flat(&run.stderr).contains("empty `kind`"), "{}", run.stderr);
+    assert!(
+        !flat(&run.stderr).contains("ConfigMap"),
+        "known kinds skip quietly: {}",
+        run.stderr
+    );
+}
+
+#[test]
+fn yaml11_boolean_label_value_warns() {
+    // See: #11 (`app: yes` is a string here, YAML 1.2, and `true` for kubectl, YAML 1.1).
+    let t = tmp();
+    let dir = valid_dir(&t);
+    std::fs::write(
+        dir.join("labels.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: z, namespace: x, labels: {plain: on, quoted: 'on'}}\nspec: {containers: [{name: c}]}\n",
+    )
+    .expect("write");
+    let d = dir.display().to_string();
+    let run = netpol_bounded(t.path(), &["matrix", "-f", &d]);
+    run.expect_code(0);
+    assert!(
+        flat(&run.stderr).contains("metadata.labels.plain: plain `on` is the string \"on\" here (YAML 1.2) but the boolean true for kubectl (YAML 1.1)"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !flat(&run.stderr).contains("labels.quoted"),
+        "{}",
+        run.stderr
+    );
 }
