@@ -139,7 +139,7 @@ pub struct ChainConfig {
     /// The CNI configuration directory (`/etc/cni/net.d`).
     pub conf_dir: PathBuf,
     /// The entry to chain.
-    pub entry: crate::cni::install::PluginEntry,
+    pub entry: crate::cni::install::PluginConfig,
 }
 
 impl Default for AgentConfig {

@@ -405,7 +405,7 @@ mod tests {
 
     use super::super::{AgentConfig, ChainConfig, CniConfig, CompiledRulesets, Reconciler};
     use crate::applier::RecordingApplier;
-    use crate::cni::install::{PluginEntry, is_chained};
+    use crate::cni::install::{PluginConfig, is_chained};
     use crate::metrics::Metrics;
 
     // See: #5
@@ -422,7 +422,7 @@ mod tests {
                 records: None,
                 chain: Some(ChainConfig {
                     conf_dir: dir.path().to_owned(),
-                    entry: PluginEntry::default(),
+                    entry: PluginConfig::default(),
                 }),
             }),
             ..AgentConfig::default()
