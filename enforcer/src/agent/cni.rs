@@ -291,11 +291,7 @@ impl Reconciler {
             let Object::Pod(p) = obj else { continue };
             let (spec, status) = (p.object.spec.as_ref(), p.object.status.as_ref());
             if spec.and_then(|s| s.node_name.as_deref()) != Some(node)
-                || spec.and_then(|s| s.host_network) == Some(true)
-                || matches!(
-                    status.and_then(|s| s.phase.as_deref()),
-                    Some("Succeeded" | "Failed")
-                )
+                || !policy_compiler::model::pod_gets_ruleset(&p.object)
             {
                 continue;
             }
