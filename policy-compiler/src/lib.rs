@@ -35,6 +35,6 @@ pub use diagnostic::{Diagnostic, ObjectRef, Origin, Severity};
 pub use explain::{Explanation, PortQuery, explain};
 pub use graph::{AllowGraph, Reach, Subject};
 pub use load::{Inputs, Located, SourceText, Workload, WorkloadKind, load};
-pub use matrix::{Matrix, MatrixQuery, matrix};
+pub use matrix::{Matrix, MatrixFormat, MatrixQuery, MatrixWriter, matrix};
 pub use model::{Direction, Endpoint, EndpointId, Model, Policy, PolicyId};
 pub use ports::{PortRanges, PortSet, Protocol};
