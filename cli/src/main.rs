@@ -31,7 +31,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use policy_compiler::{MatrixQuery, PortQuery, Protocol, explain, matrix};
+use policy_compiler::{MatrixQuery, MatrixWriter, PortQuery, Protocol, explain};
 
 #[derive(Parser)]
 #[command(
@@ -310,12 +310,21 @@ fn run_matrix(
         Ok(c) => c,
         Err(code) => return code,
     };
-    let m = matrix(&c.model, &c.graph, MatrixQuery { protocol, port });
-    match output {
-        MatrixFormat::Text => print!("{}", m.to_text()),
-        MatrixFormat::Json => println!("{}", to_json(&m)),
-        MatrixFormat::Csv => print!("{}", m.to_csv()),
-        MatrixFormat::Md => print!("{}", m.to_markdown()),
+    // Row by row: memory O(endpoints), not O(endpoints²). See: #11
+    let w = MatrixWriter::new(&c.model, &c.graph, MatrixQuery { protocol, port });
+    let format = match output {
+        MatrixFormat::Text => policy_compiler::MatrixFormat::Text,
+        MatrixFormat::Json => policy_compiler::MatrixFormat::Json,
+        MatrixFormat::Csv => policy_compiler::MatrixFormat::Csv,
+        MatrixFormat::Md => policy_compiler::MatrixFormat::Markdown,
+    };
+    match w.write(format, &mut std::io::stdout().lock()) {
+        Ok(()) => 0,
+        // `netpol matrix | head`: the reader has what it wanted.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+        Err(e) => {
+            eprintln!("error: cannot write the matrix: {e}");
+            1
+        }
     }
-    0
 }
