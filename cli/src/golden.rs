@@ -28,6 +28,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
 use clap::ValueEnum;
@@ -36,7 +37,7 @@ use policy_compiler::{AllowGraph, Inputs, MatrixQuery, Model, Protocol, load, ma
 use serde::Serialize;
 use similar::TextDiff;
 
-use crate::inputs::{self, Sources};
+use crate::inputs::{self, Limits, Sources};
 use crate::junit;
 
 /// Exit code when some case failed.
@@ -378,42 +379,74 @@ fn is_case(dir: &Path) -> Result<bool, String> {
     }))
 }
 
-/// Every case directory under `dir` (itself included), sorted.
+/// Every case directory under `dir` (itself included), sorted; a directory reached again
+/// through a symlink is not searched twice (a loop would never end).
 fn find_cases(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
+    find_cases_in(dir, out, &mut BTreeSet::new())
+}
+
+fn find_cases_in(
+    dir: &Path,
+    out: &mut Vec<PathBuf>,
+    seen: &mut BTreeSet<(u64, u64)>,
+) -> Result<(), String> {
+    if let Ok(m) = std::fs::metadata(dir)
+        && !seen.insert((m.dev(), m.ino()))
+    {
+        return Ok(());
+    }
     if is_case(dir)? {
         out.push(dir.to_path_buf());
     }
     for p in entries(dir)? {
         if p.is_dir() && !is_hidden(&p) {
-            find_cases(&p, out)?;
+            find_cases_in(&p, out, seen)?;
         }
     }
     Ok(())
 }
 
 /// Manifests of a case: files in it and in subdirectories that are not cases, sorted.
-fn manifests(dir: &Path, top: bool, out: &mut Vec<PathBuf>) -> Result<(), String> {
+/// Regular files only; dangling symlinks are skipped with a warning and every directory is
+/// read once (symlink loops), as for `-f`. See: #11
+fn manifests(dir: &Path, top: bool, out: &mut Vec<PathBuf>, walk: &mut Walk) -> Result<(), String> {
     if !top && is_case(dir)? {
         return Ok(());
     }
     for p in entries(dir)? {
         if p.is_dir() {
-            if !is_hidden(&p) {
-                manifests(&p, false, out)?;
+            if is_hidden(&p) {
+                continue;
+            }
+            match std::fs::metadata(&p) {
+                Ok(m) if !walk.seen_dirs.insert((m.dev(), m.ino())) => {
+                    walk.warnings.push(
+                        policy_compiler::Diagnostic::file_error(
+                            &p.display().to_string(),
+                            None,
+                            "skipped: directory already read (a symlink loop or a second link to it)",
+                        )
+                        .warning(),
+                    );
+                }
+                _ => manifests(&p, false, out, walk)?,
             }
             continue;
         }
         let name = file_name(&p);
-        let manifest = matches!(
-            p.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml" | "json")
-        ) && name != "expect.yaml"
-            && golden_kind(name).is_none();
-        if manifest {
-            out.push(p);
+        if name != "expect.yaml" && golden_kind(name).is_none() {
+            inputs::collect(&p, false, out, &mut walk.warnings, &mut walk.seen_dirs)
+                .map_err(|d| d.to_string())?;
         }
     }
     Ok(())
+}
+
+/// State of a walk over a case's manifests.
+#[derive(Default)]
+struct Walk {
+    warnings: Vec<policy_compiler::Diagnostic>,
+    seen_dirs: BTreeSet<(u64, u64)>,
 }
 
 fn failed(kind: &'static str, what: impl Into<String>, report: impl Into<String>) -> Check {
@@ -457,18 +490,23 @@ pub(crate) fn run_case(root: &Path, dir: &Path, update: bool, live: Option<&Inpu
 /// The case's manifests, loaded: inputs, load diagnostics and the number of files.
 fn case_inputs(dir: &Path) -> Result<(Inputs, Vec<policy_compiler::Diagnostic>, usize), String> {
     let mut files = Vec::new();
-    manifests(dir, true, &mut files)?;
+    let mut walk = Walk::default();
+    if let Ok(m) = std::fs::metadata(dir) {
+        walk.seen_dirs.insert((m.dev(), m.ino()));
+    }
+    manifests(dir, true, &mut files, &mut walk)?;
     if files.is_empty() {
         return Err("no manifest (*.yaml, *.yml, *.json) in the case directory".to_owned());
     }
-    let sources = Sources::read(&files).map_err(|diags| {
+    let sources = Sources::read(&files, Limits::default()).map_err(|diags| {
         diags
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join("\n")
     })?;
-    let (inputs, diags) = load(&sources.texts());
+    let (inputs, mut diags) = load(&sources.texts());
+    diags.extend(walk.warnings);
     Ok((inputs, diags, files.len()))
 }
 
@@ -511,6 +549,14 @@ fn check_case(dir: &Path, update: bool, live: Option<&Inputs>, report: &mut Case
             .and_then(|t| parse_expectations(&t))
         {
             Err(e) => report.checks.push(failed("expect", "expect.yaml", e)),
+            // A case that checks nothing would pass whatever the manifests say. See: #11
+            Ok(exp) if exp.assertions.is_empty() && exp.matrix.is_empty() => {
+                report.checks.push(failed(
+                    "expect",
+                    "expect.yaml",
+                    "expect.yaml has no checks: add `assertions` or `matrix` (an empty expect.yaml would pass whatever the policies say)",
+                ));
+            }
             Ok(exp) => {
                 let total = exp.assertions.len() + exp.matrix.len();
                 let failures = check(&model, &graph, &exp);
@@ -518,7 +564,7 @@ fn check_case(dir: &Path, update: bool, live: Option<&Inputs>, report: &mut Case
                 for f in failures {
                     report.checks.push(failed("expect", f.what, f.report));
                 }
-                if ok > 0 || total == 0 {
+                if ok > 0 {
                     report.checks.push(passed(
                         "expect",
                         format!("expect.yaml: {ok} of {total} expectation(s) hold"),

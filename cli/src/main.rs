@@ -65,6 +65,9 @@ struct InputArgs {
     /// List skipped objects (kinds that do not affect connectivity).
     #[arg(short, long)]
     pub(crate) verbose: bool,
+    /// Largest input read, per file and for all files together, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = inputs::DEFAULT_MAX_INPUT_MIB)]
+    pub(crate) max_input_mib: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

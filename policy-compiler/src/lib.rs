@@ -27,6 +27,7 @@ pub mod ports;
 pub mod ruleset;
 pub mod selector;
 pub mod source;
+pub mod strict;
 pub mod synth;
 pub mod validate;
 
