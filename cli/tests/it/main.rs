@@ -7,6 +7,7 @@
 
 mod cluster;
 mod explain;
+mod hostile;
 mod lab;
 mod matrix;
 mod support;
