@@ -1,7 +1,8 @@
 //! `netpol`: Kubernetes NetworkPolicy, explained, tabulated, compiled and enforced.
 //!
 //! Subcommands: `explain SRC DST` (may SRC reach DST, and which rules decide),
-//! `matrix` (truth table of every endpoint pair), `compile` (each Pod's nftables ruleset). Every command reads manifests with
+//! `matrix` (truth table of every endpoint pair), `compile` (each Pod's nftables ruleset),
+//! `test DIR...` (golden-file policy tests: `expect.yaml` and goldens). Every command reads manifests with
 //! `-f PATH` (files, directories, `-` for stdin), or the live cluster with
 //! `--cluster [--context C]`, and exits 2 on invalid input.
 //! `agent --manifests DIR | --kubernetes --node NODE` runs the node agent (enforcement in
@@ -22,10 +23,9 @@
 mod agent;
 mod compile;
 mod r#gen;
-mod golden;
 mod inputs;
-mod junit;
 mod lab;
+mod test;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -127,7 +127,7 @@ enum Command {
         input: InputArgs,
     },
     /// Golden-file policy tests: check expect.yaml and golden outputs of every case under DIR.
-    Test(golden::TestArgs),
+    Test(test::TestArgs),
     /// Each Pod's nftables ruleset (`table inet netpol` for the Pod's own netns).
     ///
     /// Only Pods get rulesets: workloads (Deployments, ...) have no network namespace and
@@ -194,7 +194,7 @@ fn main() -> ExitCode {
             output,
             input,
         } => run_matrix(port, protocol, via_services, output, &input),
-        Command::Test(args) => golden::run(&args),
+        Command::Test(args) => test::run(&args),
         Command::Compile { args, input } => compile::run(&args, &input),
         Command::Agent { args } => agent::run(&args),
         Command::Gen {

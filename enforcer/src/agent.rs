@@ -1,14 +1,18 @@
 //! The node agent: keeps each local Pod's `table inet netpol` equal to the compiled policy.
 //!
 //! ```text
-//! ManifestDir ──watch──▶ Scan { events } ──State::handle (one place)──▶ State
-//!                                                                        │ compile
-//!        Model::build + AllowGraph::build + RulesetSource::render per local Pod
-//!                                                                        ▼
+//! StateSource (ManifestSource: manifest dir | KubeSource: watches)
+//!     ──Scan { events }──▶ State::handle (one place) ◀──Event::CniAdd/CniDel── cni::server
+//!                                                   │ compile (State::build_model,
+//!                                                   │ AllowGraph::build, render per
+//!                                                   ▼ local enforceable Pod)
 //!     desired: Pod → (netns, checksum, text)      actual: Pod → (netns, checksum)
 //!                         └────────── plan ──────────┘
 //!                                       ▼
 //!                  Op::{Apply, Remove, Keep} ──Applier──▶ nft in the Pod netns
+//!                                       │
+//!            verify: kernel listing vs applied checksum ──drift──▶ re-apply
+//!            pending CNI ADDs answered once their Pod's ruleset is applied
 //! ```
 //!
 //! [`Reconciler`] is the synchronous core (unit-tested with

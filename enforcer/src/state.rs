@@ -2,8 +2,8 @@
 //!
 //! [`State`] is a plain struct with synchronous [`State::apply`], [`State::delete`] and
 //! [`State::reset`] (the shape of a watch stream: added/modified, deleted, relisted), plus
-//! the Pod-to-netns mapping. Sources (the manifest directory today, a kube watch later)
-//! turn what they see into [`Event`]s; the agent feeds them to [`State::handle`] in one
+//! the Pod-to-netns mapping. Sources (the manifest directory, the Kubernetes watches,
+//! the CNI plugin's requests) turn what they see into [`Event`]s; the agent feeds them to [`State::handle`] in one
 //! place. [`State::inputs`] gives the compiler its [`Inputs`], in key order, so the same
 //! state always compiles to the same rulesets.
 
