@@ -38,6 +38,8 @@
 //! # }
 //! ```
 
+pub mod dns;
+pub mod kubeproxy;
 pub mod plan;
 pub mod report;
 

@@ -19,5 +19,6 @@ mod netns;
 mod nft;
 mod probe;
 mod proof;
+mod realnode;
 mod ruleset;
 mod topology;
