@@ -82,6 +82,7 @@ pub mod manifests;
 pub mod metrics;
 pub mod netns;
 pub mod nft;
+pub mod node;
 pub mod plan;
 pub mod probe;
 pub mod reporter;
