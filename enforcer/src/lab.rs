@@ -62,7 +62,7 @@ use crate::manifests::Scan;
 use crate::metrics::Metrics;
 use crate::probe::{Listener, ProbeError, ProbeSpec, Prober};
 use crate::state::{Event, Object, PodKey};
-use crate::topology::{HostSpec, Topology, TopologyError};
+use crate::topology::{HostSpec, NodeSpec, Topology, TopologyError};
 use plan::LabPlan;
 use report::{Disagreement, LabMatrix, LabPodInfo, LabReport, Timings};
 
@@ -194,6 +194,21 @@ fn host_spec(p: &plan::LabPod) -> HostSpec {
     HostSpec::new(p.pod.clone(), v4, v6)
 }
 
+/// The lab's node: `lab-node`, 172.18.0.2/16 (and fd00:18::2/64 when a Pod has IPv6),
+/// the addresses a kind node typically has.
+pub const LAB_NODE: &str = "lab-node";
+
+fn lab_node(hosts: &[HostSpec]) -> NodeSpec {
+    // Both literals are valid networks.
+    let v4 = Ipv4Net::new(std::net::Ipv4Addr::new(172, 18, 0, 2), 16).unwrap_or_default();
+    let v6 = hosts
+        .iter()
+        .any(|h| h.ipv6.is_some())
+        .then(|| Ipv6Net::new(std::net::Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, 2), 64).ok())
+        .flatten();
+    NodeSpec::new(LAB_NODE, v4, v6)
+}
+
 impl Lab {
     /// Builds the lab and waits until the agent has applied every Pod's ruleset:
     /// removes leftovers of `opts.prefix`, creates one namespace per Pod, runs the
@@ -216,9 +231,10 @@ impl Lab {
             ));
         }
         let hosts: Vec<HostSpec> = plan.pods().iter().map(host_spec).collect();
+        let node = lab_node(&hosts);
         // From here on, an early return drops `topology`, which removes the namespaces.
-        let topology =
-            Topology::build(&opts.prefix, &hosts).map_err(|e| LabError::Topology(Box::new(e)))?;
+        let topology = Topology::build_routed(&opts.prefix, &node, &hosts)
+            .map_err(|e| LabError::Topology(Box::new(e)))?;
         let netns: Vec<String> = topology.hosts().iter().map(|h| h.netns.clone()).collect();
         let mut timings = Timings {
             topology_ms: ms(started.elapsed()),
