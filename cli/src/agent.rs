@@ -190,6 +190,7 @@ fn run_agent(args: &AgentArgs) -> anyhow::Result<()> {
         let renderer = Arc::new(CompiledRulesets {
             options: RulesetOptions {
                 log_group: args.log_group,
+                ..RulesetOptions::default()
             },
         });
         let source: Box<dyn StateSource> = if args.kubernetes {

@@ -102,6 +102,7 @@ pub(crate) fn run(args: &CompileArgs, input: &crate::InputArgs) -> i32 {
     };
     let opts = RulesetOptions {
         log_group: args.log_group,
+        ..RulesetOptions::default()
     };
     let mut rendered: BTreeMap<String, String> = BTreeMap::new();
     let mut json: BTreeMap<String, serde_json::Value> = BTreeMap::new();
