@@ -41,6 +41,15 @@ pub enum ApplyError {
         /// The namespace.
         netns: String,
     },
+    /// The node table (in the agent's own namespace) could not be applied or listed.
+    #[error("node table: {op} failed")]
+    Node {
+        /// `apply` or `list`.
+        op: &'static str,
+        /// The nft error (with nft's stderr).
+        #[source]
+        source: Box<NftError>,
+    },
     /// A failure injected by [`RecordingApplier`].
     #[error("pod {pod}: injected failure of {op}")]
     Injected {
@@ -65,6 +74,13 @@ pub trait Applier: Send + Sync {
     /// The kernel's listing of `table inet netpol` in `netns`, `None` when there is no
     /// such table.
     fn list(&self, pod: &PodKey, netns: &str) -> Result<Option<String>, ApplyError>;
+
+    /// Loads the node table (text replacing `table inet netpol`) into the agent's own
+    /// namespace in one transaction.
+    fn apply_node(&self, ruleset: &str) -> Result<(), ApplyError>;
+
+    /// The kernel's listing of the node table, `None` when there is none.
+    fn list_node(&self) -> Result<Option<String>, ApplyError>;
 }
 
 /// The real applier: `nft` in the Pod's namespace.
@@ -91,6 +107,20 @@ fn run_nft(netns: &str, args: &[&str]) -> Result<String, NftError> {
 }
 
 impl Applier for NftApplier {
+    fn apply_node(&self, ruleset: &str) -> Result<(), ApplyError> {
+        crate::node::apply_table(ruleset).map_err(|source| ApplyError::Node {
+            op: "apply",
+            source: Box::new(source),
+        })
+    }
+
+    fn list_node(&self) -> Result<Option<String>, ApplyError> {
+        crate::node::list_table("inet", TABLE).map_err(|source| ApplyError::Node {
+            op: "list",
+            source: Box::new(source),
+        })
+    }
+
     fn apply(&self, pod: &PodKey, netns: &str, ruleset: &str) -> Result<(), ApplyError> {
         if !netns::exists(netns) {
             return Err(ApplyError::NoNetns {
@@ -250,6 +280,16 @@ impl RecordingApplier {
 }
 
 impl Applier for RecordingApplier {
+    fn apply_node(&self, ruleset: &str) -> Result<(), ApplyError> {
+        let node = PodKey::new("", crate::node::OWN_NETNS);
+        self.apply(&node, crate::node::OWN_NETNS, ruleset)
+    }
+
+    fn list_node(&self) -> Result<Option<String>, ApplyError> {
+        let node = PodKey::new("", crate::node::OWN_NETNS);
+        self.list(&node, crate::node::OWN_NETNS)
+    }
+
     fn apply(&self, pod: &PodKey, netns: &str, ruleset: &str) -> Result<(), ApplyError> {
         let mut r = self.lock();
         r.calls.push(Recorded::Apply {

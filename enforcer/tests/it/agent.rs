@@ -68,6 +68,14 @@ impl Applier for Counting {
     fn list(&self, pod: &PodKey, netns: &str) -> Result<Option<String>, ApplyError> {
         NftApplier.list(pod, netns)
     }
+
+    fn apply_node(&self, ruleset: &str) -> Result<(), ApplyError> {
+        NftApplier.apply_node(ruleset)
+    }
+
+    fn list_node(&self) -> Result<Option<String>, ApplyError> {
+        NftApplier.list_node()
+    }
 }
 
 fn pod(name: &str, h: &Host) -> String {
