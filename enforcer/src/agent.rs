@@ -342,7 +342,7 @@ impl Reconciler {
     /// object named by `--node`. A failure to list is logged and counts as none (the
     /// Node object's addresses still count).
     fn current_node_addresses(&self) -> Vec<IpAddr> {
-        let own = crate::node::own_addresses().unwrap_or_else(|e| {
+        let own = self.applier.node_addresses().unwrap_or_else(|e| {
             tracing::warn!(error = %ErrorChain(&e), "cannot list the node's own addresses");
             Vec::new()
         });
@@ -488,9 +488,19 @@ impl Reconciler {
         self.compiled.as_ref()
     }
 
-    /// Network namespaces of the Pods with a desired ruleset.
+    /// Network namespaces of the Pods with a desired ruleset, and the node's
+    /// ([`crate::node::OWN_NETNS`]) when the agent owns a node table.
     pub fn enforced_netns(&self) -> BTreeSet<String> {
-        self.desired.values().map(|d| d.netns.clone()).collect()
+        self.desired
+            .values()
+            .map(|d| d.netns.clone())
+            .chain(
+                self.node_table
+                    .as_ref()
+                    .filter(|n| n.desired.is_some())
+                    .map(|_| crate::node::OWN_NETNS.to_owned()),
+            )
+            .collect()
     }
 
     /// Takes a source scan: reports its problems and feeds its events to the state.

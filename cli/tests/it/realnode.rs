@@ -554,7 +554,28 @@ fn agent_enforces_through_services_on_a_routed_node_like_a_harness() {
         }
     }
 
-    let log = std::fs::read_to_string(tmp.path().join("agent.log")).unwrap_or_default();
+    // The node table's drop of the /4-except flow through the Service names both Pods,
+    // the direction, the isolating policy and the Service (reports flush each second).
+    let want = [
+        "\"netns\":\"(node)\"",
+        "\"pod\":\"ipb/probe\"",
+        "\"direction\":\"egress\"",
+        "\"dst_pod\":\"ipb/removed\"",
+        "\"policies\":\"ipb/wide-except\"",
+        "\"services\":\"ipb/removed\"",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut log = String::new();
+    while Instant::now() < deadline {
+        log = std::fs::read_to_string(tmp.path().join("agent.log")).unwrap_or_default();
+        if log.lines().any(|l| want.iter().all(|w| l.contains(w))) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    if !log.lines().any(|l| want.iter().all(|w| l.contains(w))) {
+        failures.push(format!("no node-table drop report with {want:?}"));
+    }
     if std::env::var_os("NETPOL_KEEP_AGENT_LOG").is_some() {
         let _ = std::fs::write("/tmp/netpol-realnode-agent.log", &log);
     }

@@ -440,6 +440,7 @@ mod tests {
             policies: vec!["x/deny-all".into()],
             nearest_miss: None,
             note: None,
+            services: Vec::new(),
         };
         assert_eq!(
             drop_line(&d, false),

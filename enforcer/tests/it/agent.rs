@@ -76,6 +76,10 @@ impl Applier for Counting {
     fn list_node(&self) -> Result<Option<String>, ApplyError> {
         NftApplier.list_node()
     }
+
+    fn node_addresses(&self) -> Result<Vec<std::net::IpAddr>, ApplyError> {
+        NftApplier.node_addresses()
+    }
 }
 
 fn pod(name: &str, h: &Host) -> String {
