@@ -10,9 +10,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use enforcer::lab::plan::{LabPlan, PlanError};
-use enforcer::lab::{ErrorChain, KeptLab, LAB_PREFIX, Lab, LabOptions};
-use enforcer::topology::Topology;
+use netpol_lab::lab::plan::{LabPlan, PlanError};
+use netpol_lab::lab::{ErrorChain, KeptLab, LAB_PREFIX, Lab, LabOptions};
+use netpol_lab::topology::Topology;
 
 use crate::inputs::{self, EXIT_INVALID};
 
@@ -79,10 +79,11 @@ pub(crate) fn run(args: &LabArgs) -> i32 {
     if args.down {
         return down();
     }
-    let (loaded, _) = match inputs::load_and_compile(&args.files, args.verbose) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
+    let (loaded, _) =
+        match inputs::load_and_compile(&args.files, args.verbose, inputs::Limits::default()) {
+            Ok(c) => c,
+            Err(code) => return code,
+        };
     let plan = match LabPlan::new(loaded) {
         Ok(p) => p,
         Err(PlanError::Invalid(diags)) => {

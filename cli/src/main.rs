@@ -65,6 +65,9 @@ struct InputArgs {
     /// List skipped objects (kinds that do not affect connectivity).
     #[arg(short, long)]
     pub(crate) verbose: bool,
+    /// Largest input read, per file and for all files together, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = inputs::DEFAULT_MAX_INPUT_MIB)]
+    pub(crate) max_input_mib: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -85,13 +88,16 @@ enum MatrixFormat {
 enum Command {
     /// May SRC reach DST? Which policies isolate each side and which rules allow or miss.
     Explain {
-        /// Source: ns/name (Pod), name (Pod in default), ns/kind/name (workload) or an IP.
+        /// Source: ns/name (Pod), name (Pod in default), ns/kind/name (workload), an IP, or
+        /// node/NAME (the node's first address).
         src: String,
-        /// Destination, as SRC.
+        /// Destination: as SRC (without node/NAME), or a Service ns/service/name (alias
+        /// svc): answered per backend, after DNAT.
         dst: String,
-        /// Port to ask about; without it, the answer covers all ports and protocols.
+        /// Port to ask about; without it, the answer covers all ports and protocols (for a
+        /// Service: its port number or name; without it, every Service port).
         #[arg(long)]
-        port: Option<u16>,
+        port: Option<String>,
         /// Protocol of --port (default TCP).
         #[arg(long, value_parser = parse_protocol)]
         protocol: Option<Protocol>,
@@ -213,7 +219,7 @@ fn to_json<T: serde::Serialize>(v: &T) -> String {
 fn run_explain(
     src: &str,
     dst: &str,
-    port: Option<u16>,
+    port: Option<String>,
     protocol: Option<Protocol>,
     output: ExplainFormat,
     input: &InputArgs,
@@ -222,8 +228,10 @@ fn run_explain(
         Ok(c) => c,
         Err(code) => return code,
     };
-    let subject = |arg: &str| policy_compiler::Subject::parse(&c.model, arg);
-    let (s, d) = match (subject(src), subject(dst)) {
+    let (s, d) = match (
+        policy_compiler::parse_source(&c.model, src),
+        policy_compiler::parse_destination(&c.model, dst),
+    ) {
         (Ok(s), Ok(d)) => (s, d),
         (Err(e), _) | (_, Err(e)) => {
             eprintln!("error: {e}");
@@ -234,6 +242,52 @@ fn run_explain(
         eprintln!("error: --protocol needs --port");
         return inputs::EXIT_INVALID;
     }
+    let d = match d {
+        policy_compiler::Destination::Subject(d) => d,
+        policy_compiler::Destination::Service(svc) => {
+            let ports: Vec<usize> = match &port {
+                None => Vec::new(),
+                Some(p) => {
+                    let found: Vec<usize> = svc
+                        .find_ports(p)
+                        .into_iter()
+                        .filter(|i| protocol.is_none_or(|pr| svc.ports[*i].protocol == pr))
+                        .collect();
+                    if found.is_empty() {
+                        let have: Vec<String> = svc.ports.iter().map(|p| p.describe()).collect();
+                        eprintln!(
+                            "error: Service {} has no port {p}{}; its ports: {}",
+                            svc.key(),
+                            protocol.map(|p| format!(" ({p})")).unwrap_or_default(),
+                            if have.is_empty() {
+                                "none".to_owned()
+                            } else {
+                                have.join(", ")
+                            }
+                        );
+                        return inputs::EXIT_INVALID;
+                    }
+                    found
+                }
+            };
+            let e = policy_compiler::explain_service(&c.model, &c.graph, s, svc, &ports);
+            match output {
+                ExplainFormat::Text => print!("{e}"),
+                ExplainFormat::Json => println!("{}", to_json(&e)),
+            }
+            return 0;
+        }
+    };
+    let port = match port.as_deref().map(str::parse::<u16>) {
+        None => None,
+        Some(Ok(p)) => Some(p),
+        Some(_) => {
+            eprintln!(
+                "error: --port must be a port number for a Pod, workload or address destination (port names are for Services)"
+            );
+            return inputs::EXIT_INVALID;
+        }
+    };
     let query = port.map(|port| PortQuery {
         protocol: protocol.unwrap_or(Protocol::Tcp),
         port,

@@ -200,7 +200,8 @@ pub struct Reach {
     /// Traffic from an endpoint to itself: always allowed.
     pub to_self: bool,
     /// Traffic from the destination Pod's own node (an address of its node, or a
-    /// hostNetwork Pod on it): ingress always allows it, whatever the policies.
+    /// hostNetwork Pod on it): the ingress side allows it (`ingress.allowed` is
+    /// everything), whatever the policies.
     pub from_node: bool,
     /// Egress at the source.
     pub egress: SideVerdict,
@@ -431,10 +432,14 @@ impl AllowGraph {
         let to_self = exempt_self
             && matches!((src, dst), (Subject::Endpoint(a), Subject::Endpoint(b)) if a == b);
         let from_node = from_own_node(model, src, src_ip, dst);
+        let mut ingress = ingress;
+        if from_node {
+            // The destination's ingress always admits its own node (enforced in its table
+            // by `ip saddr @node_v4 accept`).
+            ingress.allowed = PortSet::all();
+        }
         let allowed = if to_self {
             PortSet::all()
-        } else if from_node {
-            egress.allowed.clone()
         } else {
             egress.allowed.intersect(&ingress.allowed)
         };

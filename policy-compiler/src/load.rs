@@ -390,9 +390,88 @@ fn load_value(
                     inputs.workloads.push(Located { object: w, origin });
                 }
             }
-            _ => inputs.skipped.push(oref),
+            _ => {
+                if let Some(d) = kind_warning(&kind, origin.as_ref(), &oref) {
+                    diags.push(d);
+                }
+                inputs.skipped.push(oref);
+            }
         },
     }
+}
+
+/// The kinds netpol evaluates (`load_value`'s match; Service, EndpointSlice and Node are
+/// listed ahead of being read) for typo suggestions. Keep in step with the match.
+const EVALUATED_KINDS: &[&str] = &[
+    "Namespace",
+    "Pod",
+    "NetworkPolicy",
+    "Deployment",
+    "ReplicaSet",
+    "StatefulSet",
+    "DaemonSet",
+    "Job",
+    "CronJob",
+    "ReplicationController",
+    "Service",
+    "EndpointSlice",
+    "Node",
+];
+
+/// Built-in kinds that are skipped on purpose: never reported as a typo of an evaluated
+/// kind (`Node` is two edits from `Pod`, `Role` one from `Node`).
+const KNOWN_SKIPPED_KINDS: &[&str] = &[
+    "APIService",
+    "Binding",
+    "CSIDriver",
+    "CSINode",
+    "CertificateSigningRequest",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "ComponentStatus",
+    "ConfigMap",
+    "ControllerRevision",
+    "CustomResourceDefinition",
+    "Endpoints",
+    "Event",
+    "HorizontalPodAutoscaler",
+    "Ingress",
+    "IngressClass",
+    "Lease",
+    "LimitRange",
+    "MutatingWebhookConfiguration",
+    "PersistentVolume",
+    "PersistentVolumeClaim",
+    "PodDisruptionBudget",
+    "PodTemplate",
+    "PriorityClass",
+    "ResourceQuota",
+    "Role",
+    "RoleBinding",
+    "RuntimeClass",
+    "Secret",
+    "ServiceAccount",
+    "StorageClass",
+    "ValidatingWebhookConfiguration",
+    "VolumeAttachment",
+];
+
+/// A warning for a skipped `kind` that is empty or looks like a misspelled evaluated kind
+/// (`NetworkPolcy`, `networkpolicy`): such an object would otherwise vanish silently.
+/// See: #11
+fn kind_warning(kind: &str, origin: Option<&Origin>, oref: &ObjectRef) -> Option<Diagnostic> {
+    if KNOWN_SKIPPED_KINDS.contains(&kind) {
+        return None;
+    }
+    let message = if kind.trim().is_empty() {
+        "empty `kind`: the object is skipped".to_string()
+    } else {
+        let nearest = crate::strict::nearest(kind, EVALUATED_KINDS.iter().copied())?;
+        format!(
+            "unknown kind `{kind}` is skipped, did you mean `{nearest}`? (kinds are case-sensitive)"
+        )
+    };
+    Some(Diagnostic::field_error(origin, oref, "kind", Some(kind.to_string()), message).warning())
 }
 
 fn child_base(base: &str, key: &str) -> String {
@@ -428,8 +507,9 @@ fn workload(
     oref: &ObjectRef,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<Workload> {
+    let legacy = api != current_api(kind) && legacy_api(kind, api);
     if api != current_api(kind) {
-        if legacy_api(kind, api) {
+        if legacy {
             if let Some(o) = value.as_object_mut() {
                 o.insert("apiVersion".into(), Value::from(current_api(kind)));
             }
@@ -459,34 +539,34 @@ fn workload(
     };
     let (metadata, template) = match kind {
         WorkloadKind::Deployment => {
-            let d: Deployment = typed(value, origin, oref, diags)?;
+            let d: Deployment = typed_as(value, origin, oref, diags, legacy)?;
             (d.metadata, d.spec.map(|s| s.template))
         }
         WorkloadKind::ReplicaSet => {
-            let d: ReplicaSet = typed(value, origin, oref, diags)?;
+            let d: ReplicaSet = typed_as(value, origin, oref, diags, legacy)?;
             (d.metadata, d.spec.and_then(|s| s.template))
         }
         WorkloadKind::StatefulSet => {
-            let d: StatefulSet = typed(value, origin, oref, diags)?;
+            let d: StatefulSet = typed_as(value, origin, oref, diags, legacy)?;
             (d.metadata, d.spec.map(|s| s.template))
         }
         WorkloadKind::DaemonSet => {
-            let d: DaemonSet = typed(value, origin, oref, diags)?;
+            let d: DaemonSet = typed_as(value, origin, oref, diags, legacy)?;
             (d.metadata, d.spec.map(|s| s.template))
         }
         WorkloadKind::Job => {
-            let d: Job = typed(value, origin, oref, diags)?;
+            let d: Job = typed_as(value, origin, oref, diags, legacy)?;
             (d.metadata, d.spec.map(|s| s.template))
         }
         WorkloadKind::CronJob => {
-            let d: CronJob = typed(value, origin, oref, diags)?;
+            let d: CronJob = typed_as(value, origin, oref, diags, legacy)?;
             (
                 d.metadata,
                 d.spec.and_then(|s| s.job_template.spec).map(|s| s.template),
             )
         }
         WorkloadKind::ReplicationController => {
-            let d: ReplicationController = typed(value, origin, oref, diags)?;
+            let d: ReplicationController = typed_as(value, origin, oref, diags, legacy)?;
             (d.metadata, d.spec.and_then(|s| s.template))
         }
     };
@@ -501,13 +581,61 @@ fn workload(
     })
 }
 
+/// Types `value` as `T`. Every problem is a diagnostic: a type error (the object is then
+/// dropped) and every field `T` does not know, which `kubectl --validate=strict` (its
+/// default) rejects: a typo like `matchLabel` would otherwise read as an empty selector.
+/// Unknown fields are errors, except under `status` (written by the cluster, and newer
+/// clusters add fields there) and in objects of a legacy group version read as the
+/// current one, where they are warnings. See: #11
 fn typed<T: DeserializeOwned>(
     value: &Value,
     origin: &Option<Origin>,
     oref: &ObjectRef,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<T> {
-    match serde_path_to_error::deserialize::<_, T>(value) {
+    typed_as(value, origin, oref, diags, false)
+}
+
+fn typed_as<T: DeserializeOwned>(
+    value: &Value,
+    origin: &Option<Origin>,
+    oref: &ObjectRef,
+    diags: &mut Vec<Diagnostic>,
+    legacy: bool,
+) -> Option<T> {
+    if let Some(o) = origin {
+        yaml11_warnings(value, o, oref, diags);
+    }
+    let (result, unknown) = crate::strict::deserialize::<T>(value);
+    let mut strict_error = false;
+    for u in unknown {
+        let hint = match u.suggestion() {
+            Some(s) => format!(", did you mean `{s}`?"),
+            None => String::new(),
+        };
+        let in_status = u.path == "status" || u.path.starts_with("status.");
+        let why = if in_status {
+            "ignored: status is written by the cluster, perhaps by a newer release"
+        } else if legacy {
+            "ignored: a field of the legacy apiVersion"
+        } else {
+            "the API server rejects unknown fields; netpol would read the object without it"
+        };
+        let d = Diagnostic::field_error(
+            origin.as_ref(),
+            oref,
+            &u.path,
+            None,
+            format!("unknown field `{}`{hint} ({why})", u.name),
+        );
+        let lenient = legacy || in_status;
+        strict_error |= !lenient;
+        diags.push(if lenient { d.warning() } else { d });
+    }
+    match result {
+        // Never half-read: an object with an unknown field is left out, like one with a
+        // type error.
+        Ok(_) if strict_error => None,
         Ok(t) => Some(t),
         Err(e) => {
             let path = e.path().to_string();
@@ -525,6 +653,97 @@ fn typed<T: DeserializeOwned>(
             ));
             None
         }
+    }
+}
+
+/// Plain scalars that YAML 1.1 (kubectl's parser) reads as booleans while YAML 1.2 (netpol's)
+/// reads them as strings.
+const YAML11_BOOLS: &[&str] = &[
+    "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off",
+    "OFF",
+];
+
+/// Warns about label and selector values (`labels`, `matchLabels`, `matchExpressions[].values`
+/// anywhere in the object) written as a plain YAML 1.1 boolean: netpol reads `app: yes` as
+/// the string `yes`, kubectl as the boolean `true` (sent as `"true"` or rejected), so the
+/// same file would select different Pods. Quoted values are fine. See: #11
+fn yaml11_warnings(value: &Value, origin: &Origin, oref: &ObjectRef, diags: &mut Vec<Diagnostic>) {
+    fn walk(v: &Value, path: &mut String, label_values: bool, out: &mut Vec<(String, String)>) {
+        match v {
+            Value::String(s) if label_values && YAML11_BOOLS.contains(&s.as_str()) => {
+                out.push((path.clone(), s.clone()));
+            }
+            Value::Object(m) => {
+                for (k, child) in m {
+                    let len = path.len();
+                    if !path.is_empty() {
+                        path.push('.');
+                    }
+                    path.push_str(k);
+                    let labels =
+                        matches!(k.as_str(), "labels" | "matchLabels") && child.is_object();
+                    let values = k == "values" && path.contains("matchExpressions[");
+                    if labels || values {
+                        // The values one level down are labels or selector values.
+                        match child {
+                            Value::Object(m) => {
+                                for (lk, lv) in m {
+                                    let l = path.len();
+                                    path.push('.');
+                                    path.push_str(lk);
+                                    walk(lv, path, true, out);
+                                    path.truncate(l);
+                                }
+                            }
+                            Value::Array(items) => {
+                                for (i, lv) in items.iter().enumerate() {
+                                    let l = path.len();
+                                    path.push_str(&format!("[{i}]"));
+                                    walk(lv, path, true, out);
+                                    path.truncate(l);
+                                }
+                            }
+                            _ => {}
+                        }
+                    } else {
+                        walk(child, path, false, out);
+                    }
+                    path.truncate(len);
+                }
+            }
+            Value::Array(items) => {
+                for (i, child) in items.iter().enumerate() {
+                    let len = path.len();
+                    path.push_str(&format!("[{i}]"));
+                    walk(child, path, false, out);
+                    path.truncate(len);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    walk(value, &mut String::new(), false, &mut found);
+    for (path, s) in found {
+        if origin.is_quoted(&path) != Some(false) {
+            continue;
+        }
+        let as_bool = matches!(
+            s.as_str(),
+            "y" | "Y" | "yes" | "Yes" | "YES" | "on" | "On" | "ON"
+        );
+        diags.push(
+            Diagnostic::field_error(
+                Some(origin),
+                oref,
+                &path,
+                Some(s.clone()),
+                format!(
+                    "plain `{s}` is the string \"{s}\" here (YAML 1.2) but the boolean {as_bool} for kubectl (YAML 1.1), which then selects or labels differently or rejects the object: quote it"
+                ),
+            )
+            .warning(),
+        );
     }
 }
 

@@ -1429,7 +1429,7 @@ mod tests {
     #[test]
     fn selector_errors_have_full_paths() {
         let d = errors_of(
-            "  podSelector:\n    matchExpressions: [{key: a, operator: In, values: []}]\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {'-x': y}}\n",
+            "  podSelector:\n    matchExpressions: [{key: a, operator: In, values: []}]\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {'-x': z}}\n",
         );
         let fields: Vec<_> = d.iter().map(|d| d.field.clone().unwrap()).collect();
         assert_eq!(

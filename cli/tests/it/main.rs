@@ -5,13 +5,14 @@
 // outside `#[test]` functions.
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../../enforcer/tests/it/apiserver.rs"]
-mod apiserver;
 mod cluster;
-mod cni;
 mod explain;
+mod hostile;
 mod lab;
 mod matrix;
 mod realnode;
 mod support;
 mod test_cmd;
+
+// The fake API server, for `--cluster`.
+use testkit::apiserver;

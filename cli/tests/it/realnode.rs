@@ -14,11 +14,11 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use enforcer::lab::dns::{self, DnsServer, Transport, Zone};
-use enforcer::lab::kubeproxy::{self, ServicePort};
 use enforcer::netns;
-use enforcer::probe::{Listener, Prober, Protocol};
-use enforcer::topology::{HostSpec, NodeSpec, Topology};
+use netpol_lab::lab::dns::{self, DnsServer, Transport, Zone};
+use netpol_lab::lab::kubeproxy::{self, ServicePort};
+use netpol_lab::probe::{Listener, Prober, Protocol};
+use netpol_lab::topology::{HostSpec, NodeSpec, Topology};
 
 use crate::lab::available;
 

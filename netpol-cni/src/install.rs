@@ -1,0 +1,1621 @@
+//! Putting the `netpol-cni` chained plugin on a node, and taking it off again.
+//!
+//! Two steps, in this order (the runtime must never find an entry whose binary is
+//! missing):
+//! 1. [`install_binary`] copies the plugin to `<bin dir>/netpol-cni` atomically (a
+//!    temporary file in the same directory, fsync, mode 0755, rename; a running copy is
+//!    never written to, so no `ETXTBSY`) and skips the copy when the content is identical.
+//! 2. [`chain`] adds a [`PluginEntry`] to the network configuration the runtime uses:
+//!    the lexicographically first file of the configuration directory ending in
+//!    `.conflist`, `.conf` or `.json` (what libcni, containerd and CRI-O pick).
+//!    - A configuration list (it has `plugins`) gets the entry appended as the last
+//!      plugin, or an existing `"type": "netpol-cni"` entry replaced in place. When the
+//!      file already holds exactly the wanted entry nothing is written
+//!      ([`ChainOutcome::Unchanged`]), so a second run leaves it byte-identical.
+//!    - A single-plugin configuration (`.conf`/`.json` without `plugins`) is converted:
+//!      `<stem>.conflist` is written with `cniVersion` and `name` of the original and
+//!      `plugins: [<the original minus cniVersion and name>, <entry>]`, then the
+//!      original is renamed to `<file>.netpol-orig` ([`ORIG_SUFFIX`], an extension the
+//!      runtime ignores) so the new list is the first file. [`unchain`] renames it back.
+//!
+//! Every write is a temporary file (`.<name>.netpol-tmp`, ignored by the runtime) in the
+//! same directory, fsynced and renamed over the target with the target's mode: the
+//! runtime sees the old or the new file, never a partial one, and a failed write removes
+//! its temporary file. Other fields and plugins are kept as they are (as values: keys
+//! come out sorted, since serde_json's `preserve_order` is not enabled).
+//!
+//! [`unchain`] undoes [`chain`] (idempotent); [`is_chained`] is the cheap check the agent
+//! can repeat to notice that the primary CNI rewrote its configuration. [`parse_args`]
+//! and [`run`] are `netpol-cni install|uninstall` for the plugin binary ([`USAGE`]).
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use netpol_cni::install::{chain, install_binary, PluginEntry};
+//!
+//! # fn main() -> Result<(), netpol_cni::install::InstallError> {
+//! let entry = PluginEntry { fail_open: true, ..PluginEntry::default() };
+//! install_binary(Path::new("/usr/local/bin/netpol-cni"), Path::new("/host/opt/cni/bin"))?;
+//! let outcome = chain(Path::new("/host/etc/cni/net.d"), &entry)?;
+//! println!("{outcome}"); // e.g. "/host/etc/cni/net.d/10-flannel.conflist: entry added"
+//! # Ok(())
+//! # }
+//! ```
+
+use std::ffi::OsString;
+use std::fmt;
+use std::fs::{self, File, OpenOptions, Permissions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+/// The plugin's `type` in a network configuration (also its binary's name).
+pub const PLUGIN_TYPE: &str = "netpol-cni";
+/// The file name of the plugin binary in the CNI bin directory.
+pub const BINARY_NAME: &str = "netpol-cni";
+/// Appended to a single-plugin configuration [`chain`] converted to a list: the runtime
+/// only reads `.conflist`, `.conf` and `.json` files, so it ignores the original.
+pub const ORIG_SUFFIX: &str = ".netpol-orig";
+/// Suffix of temporary files (ignored by the runtime for the same reason).
+const TMP_SUFFIX: &str = ".netpol-tmp";
+/// Extensions of the files the runtime reads network configurations from.
+const CONFIG_EXTENSIONS: [&str; 3] = ["conflist", "conf", "json"];
+/// Default agent socket the plugin talks to.
+pub const DEFAULT_AGENT_SOCKET: &str = "/run/netpol/cni.sock";
+/// Default seconds the plugin waits for the agent.
+pub const DEFAULT_TIMEOUT_SECONDS: u64 = 10;
+/// Default CNI bin directory (the host's `/opt/cni/bin` as the DaemonSet mounts it).
+pub const DEFAULT_BIN_DIR: &str = "/host/opt/cni/bin";
+/// Default CNI configuration directory (the host's `/etc/cni/net.d`, mounted).
+pub const DEFAULT_CONF_DIR: &str = "/host/etc/cni/net.d";
+
+/// `netpol-cni install|uninstall` usage text.
+pub const USAGE: &str = "\
+usage: netpol-cni install [--bin-dir DIR] [--conf-dir DIR] [--source PATH] [--entry FILE]
+                          [--agent-socket PATH] [--timeout-seconds N] [--fail-open]
+       netpol-cni uninstall [--bin-dir DIR] [--conf-dir DIR]
+
+  --bin-dir DIR          CNI bin directory (default /host/opt/cni/bin)
+  --conf-dir DIR         CNI network configuration directory (default /host/etc/cni/net.d)
+  --source PATH          plugin binary to copy (default: this executable)
+  --entry FILE           JSON plugin entry {\"type\":\"netpol-cni\",\"agentSocket\",\"timeoutSeconds\",\"failOpen\"};
+                         the flags below override its fields
+  --agent-socket PATH    agent socket the plugin talks to (default /run/netpol/cni.sock)
+  --timeout-seconds N    how long the plugin waits for the agent (default 10)
+  --fail-open            let Pods start when the agent does not answer (default: fail)";
+
+/// Errors of installing, chaining and unchaining; each names the file or flag.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    /// A filesystem operation failed.
+    #[error("{}: cannot {action}", path.display())]
+    Io {
+        /// The file or directory operated on.
+        path: PathBuf,
+        /// What was being done (`read`, `rename to …`, …).
+        action: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The configuration directory has no `.conflist`, `.conf` or `.json` file.
+    #[error("{}: no CNI network configuration (*.conflist, *.conf, *.json)", dir.display())]
+    NoConfig {
+        /// The configuration directory.
+        dir: PathBuf,
+    },
+    /// A configuration or entry file is not valid JSON.
+    #[error("{}: invalid JSON at line {line}, column {column}", path.display())]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the error.
+        line: usize,
+        /// 1-based column of the error.
+        column: usize,
+        /// serde_json's error (what was expected).
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A configuration file is JSON but not an object.
+    #[error("{}: not a JSON object", path.display())]
+    NotAnObject {
+        /// The file.
+        path: PathBuf,
+    },
+    /// `plugins` of a configuration list is not an array.
+    #[error("{}: `plugins` is not an array", path.display())]
+    PluginsNotArray {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A required string field is missing (`cniVersion`; `name` and `type` of a
+    /// single-plugin configuration; `plugins` of a `.conflist`).
+    #[error("{}: `{field}` is missing or not a {expected}", path.display())]
+    MissingField {
+        /// The file.
+        path: PathBuf,
+        /// The field.
+        field: &'static str,
+        /// Its JSON type (`string`, `array`).
+        expected: &'static str,
+    },
+    /// A file netpol-cni would replace or delete exists but was not written by it (it has
+    /// no `netpol-cni` plugin), so it is left alone.
+    #[error("{}: exists and has no netpol-cni plugin, not replacing it", path.display())]
+    Foreign {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Converting `path` to a list would not make the list the runtime's choice: another
+    /// configuration file sorts between the two names.
+    #[error(
+        "{}: converting it to {} would not take effect: {} sorts first",
+        path.display(),
+        list.display(),
+        first.display()
+    )]
+    Shadowed {
+        /// The single-plugin configuration.
+        path: PathBuf,
+        /// The list it would become.
+        list: PathBuf,
+        /// The file the runtime would read instead.
+        first: PathBuf,
+    },
+    /// An `--entry` file is not a valid plugin entry (wrong `type`, unknown field, wrong
+    /// value type).
+    #[error("{}: invalid netpol-cni entry", path.display())]
+    InvalidEntry {
+        /// The file.
+        path: PathBuf,
+        /// What serde found.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The path of the running executable (the default `--source`) is unknown.
+    #[error("cannot find the netpol-cni executable, pass --source")]
+    CurrentExe {
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// No subcommand was given.
+    #[error("missing command: install or uninstall")]
+    MissingCommand,
+    /// The subcommand is neither `install` nor `uninstall`.
+    #[error("unknown command `{0}`: expected install or uninstall")]
+    UnknownCommand(String),
+    /// A flag the subcommand does not have.
+    #[error("unknown flag `{flag}` for `netpol-cni {command}`")]
+    UnknownFlag {
+        /// The subcommand.
+        command: &'static str,
+        /// The flag as given.
+        flag: String,
+    },
+    /// A flag that takes a value is last, or followed by another flag.
+    #[error("flag `{flag}` needs a value")]
+    MissingValue {
+        /// The flag.
+        flag: String,
+    },
+    /// A flag's value cannot be used.
+    #[error("flag `{flag}`: invalid value `{value}`: {reason}")]
+    InvalidValue {
+        /// The flag.
+        flag: String,
+        /// The value given.
+        value: String,
+        /// Why it is invalid.
+        reason: &'static str,
+    },
+}
+
+fn io_err(path: &Path, action: impl Into<String>) -> impl FnOnce(io::Error) -> InstallError {
+    let path = path.to_owned();
+    let action = action.into();
+    move |source| InstallError::Io {
+        path,
+        action,
+        source,
+    }
+}
+
+/// The plugin's entry in a configuration list. The JSON field names are the plugin's
+/// configuration contract: it reads them from the network configuration on its stdin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginEntry {
+    /// Unix socket of the node agent (`agentSocket`).
+    pub agent_socket: PathBuf,
+    /// How long the plugin waits for the agent, in seconds (`timeoutSeconds`).
+    pub timeout_seconds: u64,
+    /// Whether a Pod may start when the agent does not answer in time (`failOpen`).
+    pub fail_open: bool,
+}
+
+impl Default for PluginEntry {
+    fn default() -> Self {
+        Self {
+            agent_socket: PathBuf::from(DEFAULT_AGENT_SOCKET),
+            timeout_seconds: DEFAULT_TIMEOUT_SECONDS,
+            fail_open: false,
+        }
+    }
+}
+
+/// The `--entry` file's shape: every field but `type` optional (default), nothing else.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct EntryFile {
+    #[serde(rename = "type")]
+    kind: EntryType,
+    agent_socket: Option<PathBuf>,
+    timeout_seconds: Option<u64>,
+    fail_open: Option<bool>,
+}
+
+#[derive(Deserialize)]
+enum EntryType {
+    #[serde(rename = "netpol-cni")]
+    NetpolCni,
+}
+
+impl PluginEntry {
+    /// The entry as it goes into `plugins`:
+    /// `{"type":"netpol-cni","agentSocket":…,"timeoutSeconds":…,"failOpen":…}` (a
+    /// non-UTF-8 socket path is converted lossily).
+    pub fn to_json(&self) -> Value {
+        json!({
+            "type": PLUGIN_TYPE,
+            "agentSocket": self.agent_socket.to_string_lossy(),
+            "timeoutSeconds": self.timeout_seconds,
+            "failOpen": self.fail_open,
+        })
+    }
+
+    /// Parses an entry in [`to_json`](Self::to_json)'s form (`text` read from `path`,
+    /// which errors name). `type` must be `netpol-cni`; missing fields take their
+    /// defaults; unknown fields are errors (a typo must not silently become a default).
+    pub fn parse(text: &str, path: &Path) -> Result<Self, InstallError> {
+        let value: Value = serde_json::from_str(text).map_err(|e| json_error(path, e))?;
+        let EntryFile {
+            kind: EntryType::NetpolCni,
+            agent_socket,
+            timeout_seconds,
+            fail_open,
+        } = serde_json::from_value(value).map_err(|source| InstallError::InvalidEntry {
+            path: path.to_owned(),
+            source,
+        })?;
+        let default = Self::default();
+        Ok(Self {
+            agent_socket: agent_socket.unwrap_or(default.agent_socket),
+            timeout_seconds: timeout_seconds.unwrap_or(default.timeout_seconds),
+            fail_open: fail_open.unwrap_or(default.fail_open),
+        })
+    }
+
+    /// Reads and [`parse`](Self::parse)s an entry file.
+    pub fn from_file(path: &Path) -> Result<Self, InstallError> {
+        let text = fs::read_to_string(path).map_err(io_err(path, "read"))?;
+        Self::parse(&text, path)
+    }
+}
+
+fn json_error(path: &Path, source: serde_json::Error) -> InstallError {
+    InstallError::Json {
+        path: path.to_owned(),
+        line: source.line(),
+        column: source.column(),
+        source,
+    }
+}
+
+/// What [`install_binary`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstalledBinary {
+    /// `<bin dir>/netpol-cni`.
+    pub path: PathBuf,
+    /// False when the installed binary already had the same content.
+    pub copied: bool,
+}
+
+impl fmt::Display for InstalledBinary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = if self.copied {
+            "installed"
+        } else {
+            "up to date"
+        };
+        write!(f, "{}: {what}", self.path.display())
+    }
+}
+
+/// Copies `src` to `bin_dir/netpol-cni` atomically with mode 0755, unless that file
+/// already has the same content (then only its mode is corrected).
+pub fn install_binary(src: &Path, bin_dir: &Path) -> Result<InstalledBinary, InstallError> {
+    let dst = bin_dir.join(BINARY_NAME);
+    if same_content(src, &dst)? {
+        let mode = fs::metadata(&dst).map_err(io_err(&dst, "stat"))?.mode() & 0o7777;
+        if mode != 0o755 {
+            fs::set_permissions(&dst, Permissions::from_mode(0o755))
+                .map_err(io_err(&dst, "chmod 0755"))?;
+        }
+        return Ok(InstalledBinary {
+            path: dst,
+            copied: false,
+        });
+    }
+    let mut from = File::open(src).map_err(io_err(src, "open"))?;
+    write_atomic(&dst, 0o755, |tmp, file| {
+        let mut buf = vec![0; 64 * 1024];
+        loop {
+            let n = from.read(&mut buf).map_err(io_err(src, "read"))?;
+            if n == 0 {
+                return Ok(());
+            }
+            file.write_all(&buf[..n]).map_err(io_err(tmp, "write"))?;
+        }
+    })?;
+    Ok(InstalledBinary {
+        path: dst,
+        copied: true,
+    })
+}
+
+/// Whether `dst` exists with the content of `src`, compared in chunks (the binary can be
+/// larger than the init container's memory limit allows twice).
+fn same_content(src: &Path, dst: &Path) -> Result<bool, InstallError> {
+    let mut b = match File::open(dst) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(io_err(dst, "open")(e)),
+    };
+    let mut a = File::open(src).map_err(io_err(src, "open"))?;
+    let len = |f: &File, p: &Path| f.metadata().map(|m| m.len()).map_err(io_err(p, "stat"));
+    if len(&a, src)? != len(&b, dst)? {
+        return Ok(false);
+    }
+    let (mut x, mut y) = (vec![0; 64 * 1024], vec![0; 64 * 1024]);
+    loop {
+        let n = a.read(&mut x).map_err(io_err(src, "read"))?;
+        if n == 0 {
+            return Ok(true);
+        }
+        b.read_exact(&mut y[..n]).map_err(io_err(dst, "read"))?;
+        if x[..n] != y[..n] {
+            return Ok(false);
+        }
+    }
+}
+
+/// Removes a temporary file unless it was renamed into place.
+struct TempFile {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// `.<name>.netpol-tmp` beside `path`.
+fn temp_path(path: &Path) -> PathBuf {
+    let mut name = OsString::from(".");
+    name.push(path.file_name().unwrap_or_default());
+    name.push(TMP_SUFFIX);
+    path.with_file_name(name)
+}
+
+/// Writes `path` atomically: `fill` writes a temporary file in the same directory, which
+/// is given `mode`, fsynced and renamed over `path`; on any error the temporary file is
+/// removed and `path` is untouched.
+fn write_atomic(
+    path: &Path,
+    mode: u32,
+    fill: impl FnOnce(&Path, &mut File) -> Result<(), InstallError>,
+) -> Result<(), InstallError> {
+    let tmp = TempFile {
+        path: temp_path(path),
+        keep: false,
+    };
+    // Left over by an interrupted run (the init container is often pid 1 every time).
+    match fs::remove_file(&tmp.path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            return Err(io_err(&tmp.path, "remove stale temporary file")(e));
+        }
+        _ => {}
+    }
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp.path)
+        .map_err(io_err(&tmp.path, "create"))?;
+    fill(&tmp.path, &mut file)?;
+    // The umask applied at creation; set the mode exactly.
+    file.set_permissions(Permissions::from_mode(mode))
+        .map_err(io_err(&tmp.path, format!("chmod {mode:o}")))?;
+    file.sync_all().map_err(io_err(&tmp.path, "fsync"))?;
+    drop(file);
+    fs::rename(&tmp.path, path)
+        .map_err(io_err(&tmp.path, format!("rename to {}", path.display())))?;
+    let mut tmp = tmp;
+    tmp.keep = true;
+    sync_dir(path);
+    Ok(())
+}
+
+fn write_json_atomic(path: &Path, mode: u32, value: &Value) -> Result<(), InstallError> {
+    // `{:#}` is serde_json's pretty printer, infallible for a Value.
+    let text = format!("{value:#}\n");
+    write_atomic(path, mode, |tmp, file| {
+        file.write_all(text.as_bytes())
+            .map_err(io_err(tmp, "write"))
+    })
+}
+
+/// Makes a rename in `path`'s directory durable. Best effort: the rename has happened,
+/// and a filesystem without directory fsync must not turn success into an error.
+fn sync_dir(path: &Path) {
+    let dir = parent(path);
+    if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot fsync directory");
+    }
+}
+
+fn parent(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+fn rename(from: &Path, to: &Path) -> Result<(), InstallError> {
+    fs::rename(from, to).map_err(io_err(from, format!("rename to {}", to.display())))?;
+    sync_dir(to);
+    Ok(())
+}
+
+fn remove(path: &Path) -> Result<(), InstallError> {
+    fs::remove_file(path).map_err(io_err(path, "remove"))?;
+    sync_dir(path);
+    Ok(())
+}
+
+fn file_mode(path: &Path) -> Result<u32, InstallError> {
+    Ok(fs::metadata(path).map_err(io_err(path, "stat"))?.mode() & 0o7777)
+}
+
+/// The network configuration files of `dir` in the order the runtime considers them
+/// (byte order of the names; the runtime uses the first).
+fn config_files(dir: &Path) -> Result<Vec<PathBuf>, InstallError> {
+    let mut files = Vec::new();
+    for e in fs::read_dir(dir).map_err(io_err(dir, "read directory"))? {
+        let path = e.map_err(io_err(dir, "read directory"))?.path();
+        let is_config = path
+            .extension()
+            .and_then(|x| x.to_str())
+            .is_some_and(|x| CONFIG_EXTENSIONS.contains(&x));
+        if !is_config {
+            continue;
+        }
+        match fs::metadata(&path) {
+            Ok(m) if m.is_file() => files.push(path),
+            Ok(_) => {}
+            // A dangling symlink: nothing the runtime can read either.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&path, "stat")(e)),
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// The configuration file the runtime uses, if any.
+fn first_config(dir: &Path) -> Result<Option<PathBuf>, InstallError> {
+    Ok(config_files(dir)?.into_iter().next())
+}
+
+fn read_config(path: &Path) -> Result<Map<String, Value>, InstallError> {
+    let bytes = fs::read(path).map_err(io_err(path, "read"))?;
+    match serde_json::from_slice(&bytes).map_err(|e| json_error(path, e))? {
+        Value::Object(m) => Ok(m),
+        _ => Err(InstallError::NotAnObject {
+            path: path.to_owned(),
+        }),
+    }
+}
+
+fn require_str<'a>(
+    config: &'a Map<String, Value>,
+    field: &'static str,
+    path: &Path,
+) -> Result<&'a str, InstallError> {
+    config
+        .get(field)
+        .and_then(Value::as_str)
+        .ok_or_else(|| InstallError::MissingField {
+            path: path.to_owned(),
+            field,
+            expected: "string",
+        })
+}
+
+fn is_ours(plugin: &Value) -> bool {
+    plugin.get("type").and_then(Value::as_str) == Some(PLUGIN_TYPE)
+}
+
+/// The `plugins` array of a configuration: `Ok(None)` for a single-plugin
+/// configuration, an error for a `.conflist` without it or a non-array.
+fn plugins<'a>(
+    config: &'a mut Map<String, Value>,
+    path: &Path,
+) -> Result<Option<&'a mut Vec<Value>>, InstallError> {
+    let is_list_file = path.extension().is_some_and(|x| x == "conflist");
+    match config.get_mut("plugins") {
+        Some(Value::Array(p)) => Ok(Some(p)),
+        Some(_) => Err(InstallError::PluginsNotArray {
+            path: path.to_owned(),
+        }),
+        None if is_list_file => Err(InstallError::MissingField {
+            path: path.to_owned(),
+            field: "plugins",
+            expected: "array",
+        }),
+        None => Ok(None),
+    }
+}
+
+/// Whether the configuration at `path` is a list with a `netpol-cni` plugin.
+fn has_entry(path: &Path) -> Result<bool, InstallError> {
+    let mut config = read_config(path)?;
+    Ok(plugins(&mut config, path)?.is_some_and(|p| p.iter().any(is_ours)))
+}
+
+/// What [`chain`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChainOutcome {
+    /// The entry was appended to this list.
+    Added(PathBuf),
+    /// This list had a different `netpol-cni` entry (or several); it was replaced.
+    Updated(PathBuf),
+    /// This list already had exactly the entry; nothing was written.
+    Unchanged(PathBuf),
+    /// A single-plugin configuration was converted to a list with the entry.
+    Converted {
+        /// The original configuration (now renamed to `original`).
+        from: PathBuf,
+        /// The list written.
+        to: PathBuf,
+        /// Where the original went (`<from>.netpol-orig`).
+        original: PathBuf,
+    },
+}
+
+impl ChainOutcome {
+    /// The configuration list holding the entry now.
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::Added(p) | Self::Updated(p) | Self::Unchanged(p) => p,
+            Self::Converted { to, .. } => to,
+        }
+    }
+}
+
+impl fmt::Display for ChainOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Added(p) => write!(f, "{}: entry added", p.display()),
+            Self::Updated(p) => write!(f, "{}: entry updated", p.display()),
+            Self::Unchanged(p) => write!(f, "{}: entry up to date", p.display()),
+            Self::Converted { from, to, original } => write!(
+                f,
+                "{}: written with the entry from {} (original kept as {})",
+                to.display(),
+                from.display(),
+                original.display()
+            ),
+        }
+    }
+}
+
+/// Adds `entry` to the network configuration the runtime uses in `conf_dir` (see the
+/// module docs). Idempotent: with the entry already in place nothing is written.
+pub fn chain(conf_dir: &Path, entry: &PluginEntry) -> Result<ChainOutcome, InstallError> {
+    let files = config_files(conf_dir)?;
+    let Some(first) = files.first() else {
+        return Err(InstallError::NoConfig {
+            dir: conf_dir.to_owned(),
+        });
+    };
+    let mut config = read_config(first)?;
+    require_str(&config, "cniVersion", first)?;
+    let want = entry.to_json();
+    let Some(plugins) = plugins(&mut config, first)? else {
+        return convert(first, &files[1..], config, want);
+    };
+    let ours: Vec<usize> = (0..plugins.len())
+        .filter(|&i| is_ours(&plugins[i]))
+        .collect();
+    let outcome = match ours.split_first() {
+        None => {
+            plugins.push(want);
+            ChainOutcome::Added(first.clone())
+        }
+        Some((&i, rest)) => {
+            if rest.is_empty() && plugins[i] == want {
+                return Ok(ChainOutcome::Unchanged(first.clone()));
+            }
+            plugins[i] = want;
+            for &j in rest.iter().rev() {
+                plugins.remove(j);
+            }
+            ChainOutcome::Updated(first.clone())
+        }
+    };
+    write_json_atomic(first, file_mode(first)?, &Value::Object(config))?;
+    Ok(outcome)
+}
+
+/// `<stem>.conflist` beside a single-plugin configuration.
+fn list_path(single: &Path) -> PathBuf {
+    let mut name = single.file_stem().unwrap_or_default().to_owned();
+    name.push(".conflist");
+    single.with_file_name(name)
+}
+
+fn orig_path(single: &Path) -> PathBuf {
+    let mut name = single.as_os_str().to_owned();
+    name.push(ORIG_SUFFIX);
+    PathBuf::from(name)
+}
+
+/// Converts the single-plugin configuration `path` (`others`: the configuration files
+/// sorting after it) into `<stem>.conflist` with `want` as second plugin.
+fn convert(
+    path: &Path,
+    others: &[PathBuf],
+    mut config: Map<String, Value>,
+    want: Value,
+) -> Result<ChainOutcome, InstallError> {
+    let version = require_str(&config, "cniVersion", path)?.to_owned();
+    let name = require_str(&config, "name", path)?.to_owned();
+    require_str(&config, "type", path)?;
+    let list = list_path(path);
+    if let Some(first) = others.iter().find(|o| **o != list && **o < list) {
+        return Err(InstallError::Shadowed {
+            path: path.to_owned(),
+            list,
+            first: first.clone(),
+        });
+    }
+    // Our own list from an earlier conversion (the primary CNI has since rewritten the
+    // original) is replaced; anything else is not ours to overwrite.
+    if fs::symlink_metadata(&list).is_ok() && !has_entry(&list)? {
+        return Err(InstallError::Foreign { path: list });
+    }
+    config.remove("cniVersion");
+    config.remove("name");
+    let converted = json!({
+        "cniVersion": version,
+        "name": name,
+        "plugins": [Value::Object(config), want],
+    });
+    // The list first: until the rename below the runtime keeps using the original, and no
+    // moment exists without a configuration.
+    write_json_atomic(&list, file_mode(path)?, &converted)?;
+    let original = orig_path(path);
+    rename(path, &original)?;
+    Ok(ChainOutcome::Converted {
+        from: path.to_owned(),
+        to: list,
+        original,
+    })
+}
+
+/// One change [`unchain`] made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnchainAction {
+    /// The `netpol-cni` plugin was removed from this list.
+    Removed(PathBuf),
+    /// A converted configuration was put back: `original` restored (or, when the
+    /// primary CNI had rewritten it meanwhile, its `.netpol-orig` copy dropped) and the
+    /// list [`chain`] wrote deleted.
+    Restored {
+        /// The single-plugin configuration.
+        original: PathBuf,
+        /// The list deleted (`None`: it was already gone).
+        deleted: Option<PathBuf>,
+    },
+}
+
+impl fmt::Display for UnchainAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Removed(p) => write!(f, "{}: entry removed", p.display()),
+            Self::Restored { original, deleted } => {
+                write!(f, "{}: restored", original.display())?;
+                match deleted {
+                    Some(d) => write!(f, " ({} deleted)", d.display()),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+}
+
+/// Undoes [`chain`] in `conf_dir`: restores every configuration it converted (a
+/// `*.netpol-orig` whose list still carries the entry) and removes the `netpol-cni`
+/// plugin from the configuration the runtime uses. Idempotent: an empty result means
+/// nothing was chained.
+pub fn unchain(conf_dir: &Path) -> Result<Vec<UnchainAction>, InstallError> {
+    let mut actions = Vec::new();
+    let mut origs = Vec::new();
+    for e in fs::read_dir(conf_dir).map_err(io_err(conf_dir, "read directory"))? {
+        let path = e.map_err(io_err(conf_dir, "read directory"))?.path();
+        if let Some(single) = path
+            .to_str()
+            .and_then(|p| p.strip_suffix(ORIG_SUFFIX))
+            .map(PathBuf::from)
+        {
+            origs.push((path, single));
+        }
+    }
+    origs.sort();
+    for (orig, single) in origs {
+        let list = list_path(&single);
+        let list_exists = fs::symlink_metadata(&list).is_ok();
+        if list_exists && !has_entry(&list)? {
+            return Err(InstallError::Foreign { path: list });
+        }
+        if fs::symlink_metadata(&single).is_ok() {
+            // Rewritten by the primary CNI after the conversion: the newer file wins.
+            remove(&orig)?;
+        } else {
+            rename(&orig, &single)?;
+        }
+        let deleted = if list_exists {
+            remove(&list)?;
+            Some(list)
+        } else {
+            None
+        };
+        actions.push(UnchainAction::Restored {
+            original: single,
+            deleted,
+        });
+    }
+    if let Some(first) = first_config(conf_dir)? {
+        let mut config = read_config(&first)?;
+        if let Some(plugins) = plugins(&mut config, &first)? {
+            let before = plugins.len();
+            plugins.retain(|p| !is_ours(p));
+            if plugins.len() != before {
+                write_json_atomic(&first, file_mode(&first)?, &Value::Object(config))?;
+                actions.push(UnchainAction::Removed(first));
+            }
+        }
+    }
+    Ok(actions)
+}
+
+/// Whether the configuration the runtime uses in `conf_dir` has the `netpol-cni` plugin
+/// (false when there is no configuration at all). One directory listing and one read.
+pub fn is_chained(conf_dir: &Path) -> Result<bool, InstallError> {
+    match first_config(conf_dir)? {
+        Some(first) => has_entry(&first),
+        None => Ok(false),
+    }
+}
+
+/// Removes `bin_dir/netpol-cni`; false when it was not there.
+pub fn remove_binary(bin_dir: &Path) -> Result<bool, InstallError> {
+    let path = bin_dir.join(BINARY_NAME);
+    match fs::remove_file(&path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_err(&path, "remove")(e)),
+    }
+}
+
+/// `netpol-cni install` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstallOptions {
+    /// `--bin-dir`.
+    pub bin_dir: PathBuf,
+    /// `--conf-dir`.
+    pub conf_dir: PathBuf,
+    /// `--source`; `None`: the running executable.
+    pub source: Option<PathBuf>,
+    /// `--entry`: base entry read from a file (the DaemonSet's ConfigMap).
+    pub entry_file: Option<PathBuf>,
+    /// `--agent-socket`, overriding the entry file.
+    pub agent_socket: Option<PathBuf>,
+    /// `--timeout-seconds`, overriding the entry file.
+    pub timeout_seconds: Option<u64>,
+    /// `--fail-open` (sets `failOpen`; without it the entry file or default decides).
+    pub fail_open: bool,
+}
+
+impl Default for InstallOptions {
+    fn default() -> Self {
+        Self {
+            bin_dir: PathBuf::from(DEFAULT_BIN_DIR),
+            conf_dir: PathBuf::from(DEFAULT_CONF_DIR),
+            source: None,
+            entry_file: None,
+            agent_socket: None,
+            timeout_seconds: None,
+            fail_open: false,
+        }
+    }
+}
+
+impl InstallOptions {
+    /// The entry to chain: the `--entry` file (or the defaults), then the flags.
+    pub fn entry(&self) -> Result<PluginEntry, InstallError> {
+        let mut entry = match &self.entry_file {
+            Some(f) => PluginEntry::from_file(f)?,
+            None => PluginEntry::default(),
+        };
+        if let Some(s) = &self.agent_socket {
+            entry.agent_socket = s.clone();
+        }
+        if let Some(t) = self.timeout_seconds {
+            entry.timeout_seconds = t;
+        }
+        entry.fail_open |= self.fail_open;
+        Ok(entry)
+    }
+}
+
+/// A parsed `netpol-cni install|uninstall` command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InstallArgs {
+    /// `netpol-cni install …`.
+    Install(InstallOptions),
+    /// `netpol-cni uninstall …`.
+    Uninstall {
+        /// `--bin-dir`.
+        bin_dir: PathBuf,
+        /// `--conf-dir`.
+        conf_dir: PathBuf,
+    },
+}
+
+/// Parses the arguments after the program name (`install …` or `uninstall …`, see
+/// [`USAGE`]); flags take `--flag VALUE` or `--flag=VALUE`. Pure: the default `--source`
+/// is resolved by [`run`].
+pub fn parse_args(args: &[String]) -> Result<InstallArgs, InstallError> {
+    let (command, rest) = args.split_first().ok_or(InstallError::MissingCommand)?;
+    let command: &'static str = match command.as_str() {
+        "install" => "install",
+        "uninstall" => "uninstall",
+        other => return Err(InstallError::UnknownCommand(other.to_owned())),
+    };
+    let mut o = InstallOptions::default();
+    let mut it = rest.iter();
+    while let Some(arg) = it.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v)),
+            _ => (arg.as_str(), None),
+        };
+        let mut value = || -> Result<String, InstallError> {
+            match inline {
+                Some(v) => Ok(v.to_owned()),
+                None => match it.next() {
+                    Some(v) if !v.starts_with("--") => Ok(v.clone()),
+                    _ => Err(InstallError::MissingValue {
+                        flag: flag.to_owned(),
+                    }),
+                },
+            }
+        };
+        match (command, flag) {
+            (_, "--bin-dir") => o.bin_dir = value()?.into(),
+            (_, "--conf-dir") => o.conf_dir = value()?.into(),
+            ("install", "--source") => o.source = Some(value()?.into()),
+            ("install", "--entry") => o.entry_file = Some(value()?.into()),
+            ("install", "--agent-socket") => o.agent_socket = Some(value()?.into()),
+            ("install", "--timeout-seconds") => {
+                let v = value()?;
+                o.timeout_seconds = Some(v.parse().map_err(|_| InstallError::InvalidValue {
+                    flag: flag.to_owned(),
+                    value: v.clone(),
+                    reason: "expected a whole number of seconds",
+                })?);
+            }
+            ("install", "--fail-open") => match inline {
+                None => o.fail_open = true,
+                Some(v) => {
+                    return Err(InstallError::InvalidValue {
+                        flag: flag.to_owned(),
+                        value: v.to_owned(),
+                        reason: "the flag takes no value",
+                    });
+                }
+            },
+            _ => {
+                return Err(InstallError::UnknownFlag {
+                    command,
+                    flag: arg.clone(),
+                });
+            }
+        }
+    }
+    Ok(match command {
+        "install" => InstallArgs::Install(o),
+        _ => InstallArgs::Uninstall {
+            bin_dir: o.bin_dir,
+            conf_dir: o.conf_dir,
+        },
+    })
+}
+
+/// Runs a parsed command and returns a one-line summary of what changed.
+///
+/// `install` copies the binary before chaining (an entry must never point at a missing
+/// binary); `uninstall` unchains before removing the binary, for the same reason.
+pub fn run(args: &InstallArgs) -> Result<String, InstallError> {
+    match args {
+        InstallArgs::Install(o) => {
+            let entry = o.entry()?;
+            let source = match &o.source {
+                Some(s) => s.clone(),
+                None => {
+                    std::env::current_exe().map_err(|source| InstallError::CurrentExe { source })?
+                }
+            };
+            let binary = install_binary(&source, &o.bin_dir)?;
+            let chained = chain(&o.conf_dir, &entry)?;
+            Ok(format!("{binary}; {chained}"))
+        }
+        InstallArgs::Uninstall { bin_dir, conf_dir } => {
+            let actions = unchain(conf_dir)?;
+            let mut parts: Vec<String> = actions.iter().map(ToString::to_string).collect();
+            if actions.is_empty() {
+                parts.push(format!("{}: not chained", conf_dir.display()));
+            }
+            let path = bin_dir.join(BINARY_NAME);
+            let removed = if remove_binary(bin_dir)? {
+                "removed"
+            } else {
+                "not installed"
+            };
+            parts.push(format!("{}: {removed}", path.display()));
+            Ok(parts.join("; "))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// containerd's default bridge configuration (`10-containerd-net.conflist`), plus an
+    /// unrelated top-level field.
+    const CONTAINERD: &str = r#"{
+  "cniVersion": "1.0.0",
+  "name": "containerd-net",
+  "disableCheck": false,
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "cni0",
+      "isGateway": true,
+      "ipMasq": true,
+      "promiscMode": true,
+      "ipam": {
+        "type": "host-local",
+        "ranges": [
+          [{ "subnet": "10.88.0.0/16" }],
+          [{ "subnet": "2001:4860:4860::/64" }]
+        ],
+        "routes": [{ "dst": "0.0.0.0/0" }, { "dst": "::/0" }]
+      }
+    },
+    { "type": "portmap", "capabilities": { "portMappings": true } }
+  ]
+}
+"#;
+
+    /// flannel's `10-flannel.conflist`.
+    const FLANNEL: &str = r#"{
+  "name": "cbr0",
+  "cniVersion": "0.3.1",
+  "plugins": [
+    { "type": "flannel", "delegate": { "hairpinMode": true, "isDefaultGateway": true } },
+    { "type": "portmap", "capabilities": { "portMappings": true } }
+  ]
+}
+"#;
+
+    /// A single-plugin configuration (the CNI bridge plugin's README example).
+    const BRIDGE_CONF: &str = r#"{
+  "cniVersion": "0.4.0",
+  "name": "mynet",
+  "type": "bridge",
+  "bridge": "cnio0",
+  "isGateway": true,
+  "ipMasq": true,
+  "ipam": {
+    "type": "host-local",
+    "ranges": [[{ "subnet": "10.22.0.0/16" }]],
+    "routes": [{ "dst": "0.0.0.0/0" }]
+  }
+}
+"#;
+
+    fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            fs::write(dir.path().join(name), text).unwrap();
+        }
+        dir
+    }
+
+    fn json_of(path: &Path) -> Value {
+        serde_json::from_slice(&fs::read(path).unwrap()).unwrap()
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().mode() & 0o7777
+    }
+
+    #[test]
+    fn entry_json_is_the_plugin_contract() {
+        assert_eq!(
+            PluginEntry::default().to_json(),
+            json!({"type": "netpol-cni", "agentSocket": "/run/netpol/cni.sock",
+                   "timeoutSeconds": 10, "failOpen": false})
+        );
+        let e = PluginEntry {
+            agent_socket: "/x.sock".into(),
+            timeout_seconds: 3,
+            fail_open: true,
+        };
+        let p = Path::new("e.json");
+        assert_eq!(PluginEntry::parse(&e.to_json().to_string(), p).unwrap(), e);
+        assert_eq!(
+            PluginEntry::parse(r#"{"type":"netpol-cni"}"#, p).unwrap(),
+            PluginEntry::default()
+        );
+        for bad in [
+            r#"{"type":"bridge"}"#,
+            r#"{"type":"netpol-cni","logLevel":"info"}"#,
+            r#"{"type":"netpol-cni","timeoutSeconds":"10"}"#,
+            r#"{"agentSocket":"/x"}"#,
+        ] {
+            let err = PluginEntry::parse(bad, p).unwrap_err();
+            assert!(
+                matches!(err, InstallError::InvalidEntry { .. }),
+                "{bad}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn appends_to_a_conflist_keeping_everything_else() {
+        let dir = dir_with(&[("10-containerd-net.conflist", CONTAINERD)]);
+        let path = dir.path().join("10-containerd-net.conflist");
+        fs::set_permissions(&path, Permissions::from_mode(0o600)).unwrap();
+        let before: Value = serde_json::from_str(CONTAINERD).unwrap();
+
+        let out = chain(dir.path(), &PluginEntry::default()).unwrap();
+        assert_eq!(out, ChainOutcome::Added(path.clone()));
+        let after = json_of(&path);
+        let mut expected = before.clone();
+        expected["plugins"]
+            .as_array_mut()
+            .unwrap()
+            .push(PluginEntry::default().to_json());
+        assert_eq!(after, expected, "every other field and plugin as before");
+        assert_eq!(mode(&path), 0o600, "mode kept");
+        assert_eq!(
+            names(dir.path()),
+            ["10-containerd-net.conflist"],
+            "no leftovers"
+        );
+        assert!(is_chained(dir.path()).unwrap());
+    }
+
+    #[test]
+    fn a_second_run_changes_nothing() {
+        let dir = dir_with(&[("10-flannel.conflist", FLANNEL)]);
+        let path = dir.path().join("10-flannel.conflist");
+        let entry = PluginEntry::default();
+        chain(dir.path(), &entry).unwrap();
+        let first = fs::read(&path).unwrap();
+        let inode = fs::metadata(&path).unwrap().ino();
+        assert_eq!(
+            chain(dir.path(), &entry).unwrap(),
+            ChainOutcome::Unchanged(path.clone())
+        );
+        assert_eq!(fs::read(&path).unwrap(), first, "byte-identical");
+        assert_eq!(
+            fs::metadata(&path).unwrap().ino(),
+            inode,
+            "not even rewritten"
+        );
+    }
+
+    #[test]
+    fn a_changed_entry_is_updated_in_place() {
+        let dir = dir_with(&[("10-flannel.conflist", FLANNEL)]);
+        let path = dir.path().join("10-flannel.conflist");
+        chain(dir.path(), &PluginEntry::default()).unwrap();
+        // Another chained plugin added after ours, and a stale duplicate of ours.
+        let mut v = json_of(&path);
+        let plugins = v["plugins"].as_array_mut().unwrap();
+        plugins.push(json!({"type": "bandwidth", "capabilities": {"bandwidth": true}}));
+        plugins.push(json!({"type": "netpol-cni", "logLevel": "debug"}));
+        fs::write(&path, v.to_string()).unwrap();
+
+        let entry = PluginEntry {
+            timeout_seconds: 30,
+            fail_open: true,
+            ..PluginEntry::default()
+        };
+        assert_eq!(
+            chain(dir.path(), &entry).unwrap(),
+            ChainOutcome::Updated(path.clone())
+        );
+        let types: Vec<String> = json_of(&path)["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["type"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(types, ["flannel", "portmap", "netpol-cni", "bandwidth"]);
+        assert_eq!(json_of(&path)["plugins"][2], entry.to_json());
+        assert_eq!(
+            chain(dir.path(), &entry).unwrap(),
+            ChainOutcome::Unchanged(path)
+        );
+    }
+
+    #[test]
+    fn a_single_plugin_conf_is_converted_and_restored() {
+        let dir = dir_with(&[("10-bridge.conf", BRIDGE_CONF)]);
+        let conf = dir.path().join("10-bridge.conf");
+        fs::set_permissions(&conf, Permissions::from_mode(0o640)).unwrap();
+        let list = dir.path().join("10-bridge.conflist");
+        let orig = dir.path().join("10-bridge.conf.netpol-orig");
+        let entry = PluginEntry::default();
+
+        assert!(!is_chained(dir.path()).unwrap());
+        assert_eq!(
+            chain(dir.path(), &entry).unwrap(),
+            ChainOutcome::Converted {
+                from: conf.clone(),
+                to: list.clone(),
+                original: orig.clone(),
+            }
+        );
+        assert_eq!(
+            names(dir.path()),
+            ["10-bridge.conf.netpol-orig", "10-bridge.conflist"]
+        );
+        let mut plugin: Value = serde_json::from_str(BRIDGE_CONF).unwrap();
+        let plugin_map = plugin.as_object_mut().unwrap();
+        plugin_map.remove("cniVersion");
+        plugin_map.remove("name");
+        assert_eq!(
+            json_of(&list),
+            json!({"cniVersion": "0.4.0", "name": "mynet",
+                   "plugins": [plugin, entry.to_json()]})
+        );
+        assert_eq!(mode(&list), 0o640);
+        assert_eq!(fs::read_to_string(&orig).unwrap(), BRIDGE_CONF);
+        assert!(is_chained(dir.path()).unwrap());
+        assert_eq!(
+            chain(dir.path(), &entry).unwrap(),
+            ChainOutcome::Unchanged(list.clone())
+        );
+
+        assert_eq!(
+            unchain(dir.path()).unwrap(),
+            [UnchainAction::Restored {
+                original: conf.clone(),
+                deleted: Some(list),
+            }]
+        );
+        assert_eq!(names(dir.path()), ["10-bridge.conf"]);
+        assert_eq!(
+            fs::read_to_string(&conf).unwrap(),
+            BRIDGE_CONF,
+            "byte-identical"
+        );
+        assert_eq!(mode(&conf), 0o640);
+        assert!(unchain(dir.path()).unwrap().is_empty(), "idempotent");
+        assert!(!is_chained(dir.path()).unwrap());
+    }
+
+    #[test]
+    fn a_conf_rewritten_after_conversion_is_converted_again() {
+        let dir = dir_with(&[("10-bridge.conf", BRIDGE_CONF)]);
+        let conf = dir.path().join("10-bridge.conf");
+        chain(dir.path(), &PluginEntry::default()).unwrap();
+        // The primary CNI writes its configuration again: the runtime now uses it.
+        let newer = BRIDGE_CONF.replace("10.22.0.0/16", "10.23.0.0/16");
+        fs::write(&conf, &newer).unwrap();
+        assert!(!is_chained(dir.path()).unwrap());
+        assert!(matches!(
+            chain(dir.path(), &PluginEntry::default()).unwrap(),
+            ChainOutcome::Converted { .. }
+        ));
+        let list = dir.path().join("10-bridge.conflist");
+        assert_eq!(
+            json_of(&list)["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
+            "10.23.0.0/16"
+        );
+        unchain(dir.path()).unwrap();
+        assert_eq!(names(dir.path()), ["10-bridge.conf"]);
+        assert_eq!(fs::read_to_string(&conf).unwrap(), newer);
+    }
+
+    #[test]
+    fn the_first_config_file_by_name_is_chained() {
+        let dir = dir_with(&[
+            ("05-notes.txt", "not JSON"),
+            ("10-b.conf", BRIDGE_CONF),
+            ("20-flannel.conflist", FLANNEL),
+            ("99-late.json", BRIDGE_CONF),
+        ]);
+        fs::create_dir(dir.path().join("00-dir.conflist")).unwrap();
+        std::os::unix::fs::symlink("/nonexistent", dir.path().join("01-dangling.conf")).unwrap();
+        let out = chain(dir.path(), &PluginEntry::default()).unwrap();
+        assert_eq!(out.path(), dir.path().join("10-b.conflist"));
+        assert_eq!(
+            fs::read_to_string(dir.path().join("20-flannel.conflist")).unwrap(),
+            FLANNEL
+        );
+
+        // Byte order: ".conf" sorts before ".conflist", "10" before "9".
+        let dir = dir_with(&[("9-a.conflist", FLANNEL), ("10-a.json", BRIDGE_CONF)]);
+        let out = chain(dir.path(), &PluginEntry::default()).unwrap();
+        assert_eq!(out.path(), dir.path().join("10-a.conflist"));
+        let dir = dir_with(&[("10-a.conflist", FLANNEL), ("10-a.conf", "{")]);
+        let err = chain(dir.path(), &PluginEntry::default()).unwrap_err();
+        assert!(err.to_string().contains("10-a.conf:"), "{err}");
+    }
+
+    #[test]
+    fn invalid_json_names_file_line_and_column() {
+        let text = "{\n  \"cniVersion\": \"1.0.0\",\n  \"plugins\": [\n    {\"type\": \"bridge\",}\n  ]\n}\n";
+        let dir = dir_with(&[("10-net.conflist", text)]);
+        let err = chain(dir.path(), &PluginEntry::default()).unwrap_err();
+        let InstallError::Json { path, line, .. } = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(path, &dir.path().join("10-net.conflist"));
+        assert_eq!(*line, 4);
+        let msg = err.to_string();
+        assert!(
+            msg.contains("10-net.conflist: invalid JSON at line 4, column"),
+            "{msg}"
+        );
+        assert!(is_chained(dir.path()).is_err());
+        assert_eq!(fs::read_to_string(path).unwrap(), text, "untouched");
+        assert_eq!(names(dir.path()), ["10-net.conflist"]);
+    }
+
+    #[test]
+    fn malformed_configs_are_errors_naming_the_file() {
+        let entry = PluginEntry::default();
+        let cases = [
+            (
+                "a.conflist",
+                r#"{"cniVersion":"1.0.0","plugins":{}}"#,
+                "`plugins` is not an array",
+            ),
+            (
+                "a.conflist",
+                r#"{"name":"x","plugins":[]}"#,
+                "`cniVersion` is missing",
+            ),
+            (
+                "a.conflist",
+                r#"{"cniVersion":"1.0.0","name":"x"}"#,
+                "`plugins` is missing",
+            ),
+            (
+                "a.conf",
+                r#"{"cniVersion":"1.0.0","type":"bridge"}"#,
+                "`name` is missing",
+            ),
+            (
+                "a.conf",
+                r#"{"cniVersion":"1.0.0","name":"x"}"#,
+                "`type` is missing",
+            ),
+            ("a.json", "[1, 2]", "not a JSON object"),
+        ];
+        for (file, text, want) in cases {
+            let dir = dir_with(&[(file, text)]);
+            let msg = chain(dir.path(), &entry).unwrap_err().to_string();
+            assert!(
+                msg.contains(file) && msg.contains(want),
+                "{file} {text}: {msg}"
+            );
+            assert_eq!(names(dir.path()), [file], "{text}: nothing written");
+        }
+    }
+
+    #[test]
+    fn no_config_file_is_an_error_naming_the_directory() {
+        let dir = dir_with(&[("README", "x"), ("10-x.conf.netpol-orig", BRIDGE_CONF)]);
+        let err = chain(dir.path(), &PluginEntry::default()).unwrap_err();
+        assert!(matches!(err, InstallError::NoConfig { .. }), "{err:?}");
+        assert!(err.to_string().contains(&*dir.path().to_string_lossy()));
+        assert!(!is_chained(dir.path()).unwrap());
+        let missing = dir.path().join("missing");
+        let err = chain(&missing, &PluginEntry::default()).unwrap_err();
+        assert!(
+            err.to_string().contains("missing: cannot read directory"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn conversion_refuses_foreign_and_shadowed_lists() {
+        let dir = dir_with(&[
+            ("10-bridge.conf", BRIDGE_CONF),
+            ("10-bridge.conflist", FLANNEL),
+        ]);
+        let err = chain(dir.path(), &PluginEntry::default()).unwrap_err();
+        assert!(matches!(err, InstallError::Foreign { .. }), "{err:?}");
+        assert_eq!(
+            fs::read_to_string(dir.path().join("10-bridge.conflist")).unwrap(),
+            FLANNEL
+        );
+        // "10-bridge.conf.json" sorts between "10-bridge.conf" and "10-bridge.conflist".
+        let dir = dir_with(&[
+            ("10-bridge.conf", BRIDGE_CONF),
+            ("10-bridge.conf.json", BRIDGE_CONF),
+        ]);
+        let err = chain(dir.path(), &PluginEntry::default()).unwrap_err();
+        assert!(matches!(err, InstallError::Shadowed { .. }), "{err:?}");
+        assert_eq!(names(dir.path()), ["10-bridge.conf", "10-bridge.conf.json"]);
+    }
+
+    #[test]
+    fn unchain_removes_the_entry_and_is_idempotent() {
+        let dir = dir_with(&[("10-flannel.conflist", FLANNEL)]);
+        let path = dir.path().join("10-flannel.conflist");
+        chain(dir.path(), &PluginEntry::default()).unwrap();
+        assert_eq!(
+            unchain(dir.path()).unwrap(),
+            [UnchainAction::Removed(path.clone())]
+        );
+        assert_eq!(
+            json_of(&path),
+            serde_json::from_str::<Value>(FLANNEL).unwrap()
+        );
+        assert!(!is_chained(dir.path()).unwrap());
+        let bytes = fs::read(&path).unwrap();
+        assert!(unchain(dir.path()).unwrap().is_empty());
+        assert_eq!(fs::read(&path).unwrap(), bytes);
+    }
+
+    #[test]
+    fn a_read_only_directory_fails_without_leaving_anything() {
+        let dir = dir_with(&[("10-flannel.conflist", FLANNEL)]);
+        let path = dir.path().join("10-flannel.conflist");
+        fs::set_permissions(dir.path(), Permissions::from_mode(0o555)).unwrap();
+        let probe = dir.path().join("probe");
+        if fs::write(&probe, "").is_ok() {
+            // root with CAP_DAC_OVERRIDE: the write cannot fail here; the injected
+            // failure below covers the cleanup.
+            eprintln!("skipped: the directory stays writable for this user (root?)");
+            fs::remove_file(&probe).unwrap();
+            return;
+        }
+        let err = chain(dir.path(), &PluginEntry::default()).unwrap_err();
+        fs::set_permissions(dir.path(), Permissions::from_mode(0o755)).unwrap();
+        assert!(
+            err.to_string()
+                .contains(".10-flannel.conflist.netpol-tmp: cannot create"),
+            "{err}"
+        );
+        assert_eq!(fs::read_to_string(&path).unwrap(), FLANNEL);
+        assert_eq!(names(dir.path()), ["10-flannel.conflist"]);
+    }
+
+    #[test]
+    fn a_failed_rename_removes_the_temporary_file() {
+        let src = dir_with(&[("netpol-cni", "#!/bin/sh\n")]);
+        // A non-empty directory where the binary goes: the rename fails after the
+        // temporary file was written.
+        let bin = tempfile::tempdir().unwrap();
+        fs::create_dir(bin.path().join("netpol-cni")).unwrap();
+        fs::write(bin.path().join("netpol-cni/x"), "").unwrap();
+        let err = install_binary(&src.path().join("netpol-cni"), bin.path()).unwrap_err();
+        assert!(err.to_string().contains("cannot rename to"), "{err}");
+        assert_eq!(names(bin.path()), ["netpol-cni"]);
+    }
+
+    #[test]
+    fn the_binary_is_copied_once_with_mode_0755() {
+        let src = dir_with(&[("netpol-cni", "#!/bin/sh\necho v1\n")]);
+        let src = src.path().join("netpol-cni");
+        let bin = tempfile::tempdir().unwrap();
+        let dst = bin.path().join("netpol-cni");
+        let out = install_binary(&src, bin.path()).unwrap();
+        assert_eq!(
+            out,
+            InstalledBinary {
+                path: dst.clone(),
+                copied: true
+            }
+        );
+        assert_eq!(fs::read(&dst).unwrap(), fs::read(&src).unwrap());
+        assert_eq!(mode(&dst), 0o755);
+
+        assert!(!install_binary(&src, bin.path()).unwrap().copied);
+        fs::set_permissions(&dst, Permissions::from_mode(0o644)).unwrap();
+        assert!(!install_binary(&src, bin.path()).unwrap().copied);
+        assert_eq!(mode(&dst), 0o755, "mode repaired");
+
+        fs::write(&src, "#!/bin/sh\necho v2\n").unwrap();
+        assert!(install_binary(&src, bin.path()).unwrap().copied);
+        assert_eq!(fs::read_to_string(&dst).unwrap(), "#!/bin/sh\necho v2\n");
+        assert_eq!(names(bin.path()), ["netpol-cni"]);
+        assert!(remove_binary(bin.path()).unwrap());
+        assert!(!remove_binary(bin.path()).unwrap());
+    }
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn command_lines() {
+        assert_eq!(
+            parse_args(&args("install")).unwrap(),
+            InstallArgs::Install(InstallOptions::default())
+        );
+        assert_eq!(
+            parse_args(&args(
+                "install --bin-dir /b --conf-dir=/c --source /s --entry /e \
+                 --agent-socket /a.sock --timeout-seconds 3 --fail-open"
+            ))
+            .unwrap(),
+            InstallArgs::Install(InstallOptions {
+                bin_dir: "/b".into(),
+                conf_dir: "/c".into(),
+                source: Some("/s".into()),
+                entry_file: Some("/e".into()),
+                agent_socket: Some("/a.sock".into()),
+                timeout_seconds: Some(3),
+                fail_open: true,
+            })
+        );
+        assert_eq!(
+            parse_args(&args("uninstall --conf-dir /c")).unwrap(),
+            InstallArgs::Uninstall {
+                bin_dir: DEFAULT_BIN_DIR.into(),
+                conf_dir: "/c".into(),
+            }
+        );
+        let errors = [
+            ("", "missing command"),
+            ("add", "unknown command `add`"),
+            (
+                "install --bogus",
+                "unknown flag `--bogus` for `netpol-cni install`",
+            ),
+            (
+                "uninstall --fail-open",
+                "unknown flag `--fail-open` for `netpol-cni uninstall`",
+            ),
+            ("install --bin-dir", "flag `--bin-dir` needs a value"),
+            (
+                "install --bin-dir --fail-open",
+                "flag `--bin-dir` needs a value",
+            ),
+            (
+                "install --timeout-seconds ten",
+                "flag `--timeout-seconds`: invalid value `ten`",
+            ),
+            (
+                "install --fail-open=yes",
+                "flag `--fail-open`: invalid value `yes`",
+            ),
+        ];
+        for (line, want) in errors {
+            let msg = parse_args(&args(line)).unwrap_err().to_string();
+            assert!(msg.contains(want), "{line}: {msg}");
+        }
+    }
+
+    #[test]
+    fn entry_file_then_flags() {
+        let dir = dir_with(&[(
+            "e.json",
+            r#"{"type":"netpol-cni","timeoutSeconds":5,"failOpen":true}"#,
+        )]);
+        let o = InstallOptions {
+            entry_file: Some(dir.path().join("e.json")),
+            agent_socket: Some("/a.sock".into()),
+            ..InstallOptions::default()
+        };
+        assert_eq!(
+            o.entry().unwrap(),
+            PluginEntry {
+                agent_socket: "/a.sock".into(),
+                timeout_seconds: 5,
+                fail_open: true
+            }
+        );
+        let o = InstallOptions {
+            entry_file: Some(dir.path().join("missing.json")),
+            ..InstallOptions::default()
+        };
+        assert!(
+            o.entry()
+                .unwrap_err()
+                .to_string()
+                .contains("missing.json: cannot read")
+        );
+    }
+
+    #[test]
+    fn install_then_uninstall() {
+        let src = dir_with(&[("netpol-cni", "binary")]);
+        let bin = tempfile::tempdir().unwrap();
+        let conf = dir_with(&[("10-flannel.conflist", FLANNEL)]);
+        let install = InstallArgs::Install(InstallOptions {
+            bin_dir: bin.path().into(),
+            conf_dir: conf.path().into(),
+            source: Some(src.path().join("netpol-cni")),
+            ..InstallOptions::default()
+        });
+        let summary = run(&install).unwrap();
+        let list = conf.path().join("10-flannel.conflist");
+        let want = format!("netpol-cni: installed; {}: entry added", list.display());
+        assert!(summary.ends_with(&want), "{summary}");
+        assert!(is_chained(conf.path()).unwrap());
+        let again = run(&install).unwrap();
+        assert!(
+            again.contains("up to date;") && again.ends_with("entry up to date"),
+            "{again}"
+        );
+
+        let uninstall = InstallArgs::Uninstall {
+            bin_dir: bin.path().into(),
+            conf_dir: conf.path().into(),
+        };
+        let summary = run(&uninstall).unwrap();
+        assert!(
+            summary.contains("entry removed") && summary.ends_with("netpol-cni: removed"),
+            "{summary}"
+        );
+        assert!(!is_chained(conf.path()).unwrap());
+        assert!(names(bin.path()).is_empty());
+        let summary = run(&uninstall).unwrap();
+        assert!(
+            summary.contains("not chained") && summary.ends_with("not installed"),
+            "{summary}"
+        );
+    }
+}

@@ -1,0 +1,59 @@
+//! `netpol-cni`: the chained CNI plugin that hands each new Pod sandbox to the netpol
+//! agent and returns only once the Pod's ruleset is applied.
+//!
+//! A container runtime runs it with `CNI_COMMAND` (`ADD`, `DEL`, `CHECK`, `VERSION`) and
+//! the other `CNI_*` variables in the environment and the network configuration (with
+//! `prevResult`) on stdin; see [`netpol_cni::plugin`] for the configuration fields and
+//! docs/kubernetes.md for installing it. Everything it does is in
+//! [`netpol_cni::plugin::NetpolCni`], run by `rscni_plugin`'s `Plugin` (the CNI
+//! protocol); this file only starts it.
+//!
+//! `netpol-cni install` / `netpol-cni uninstall` (the DaemonSet's init container) put
+//! the binary on the node and chain it into the node's conflist, or undo that; see
+//! [`netpol_cni::install`].
+//!
+//! ```text
+//! CNI_COMMAND=VERSION netpol-cni </dev/null
+//! {"cniVersion":"1.1.0","supportedVersions":["0.3.0","0.3.1","0.4.0","1.0.0","1.1.0"]}
+//! ```
+
+use netpol_cni::install;
+use netpol_cni::plugin::NetpolCni;
+use netpol_common::ErrorChain;
+use rscni_plugin::cni::Plugin;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if matches!(
+        args.first().map(String::as_str),
+        Some("install" | "uninstall" | "--help" | "-h")
+    ) {
+        std::process::exit(installer(&args));
+    }
+    let plugin = Plugin::default().msg(
+        "netpol-cni: chained CNI plugin of netpol (enforces each Pod's NetworkPolicy before it \
+         starts); `netpol-cni install --help` for installing",
+    );
+    // The framework has written the CNI error object on stdout already.
+    if plugin.run(&NetpolCni::with_socket()).is_err() {
+        std::process::exit(1);
+    }
+}
+
+/// `netpol-cni install|uninstall ...`: prints one summary line, or the error and usage.
+fn installer(args: &[String]) -> i32 {
+    if matches!(args.first().map(String::as_str), Some("--help" | "-h")) {
+        println!("{}", install::USAGE);
+        return 0;
+    }
+    match install::parse_args(args).and_then(|a| install::run(&a)) {
+        Ok(summary) => {
+            println!("{summary}");
+            0
+        }
+        Err(e) => {
+            eprintln!("netpol-cni: {}\n\n{}", ErrorChain(&e), install::USAGE);
+            2
+        }
+    }
+}

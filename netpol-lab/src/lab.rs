@@ -1,0 +1,639 @@
+//! The one-machine lab behind `netpol lab`: the manifests' Pods as network namespaces,
+//! enforced by the real agent code, probed with real packets, compared with the compiler.
+//!
+//! ```text
+//!  Inputs ──LabPlan::new (pure)──▶ Pods + addresses (assigned ones written into status),
+//!                                  services (container ports), probes with expectations
+//!     │
+//!  Lab::start: cleanup_stale(prefix) ─▶ Topology (netns per Pod, bridge in the hub)
+//!            ─▶ agent::Reconciler fed the inputs + a netns map ─▶ NftApplier per Pod
+//!            ─▶ DropListener per Pod netns ─▶ Prober listeners (every Pod, every service)
+//!     │
+//!  Lab::probe: Prober::probe_all (every ordered pair, service and family; retries)
+//!            ─▶ LabReport: kernel matrix beside `netpol matrix`, disagreements, drops
+//!     │
+//!  Lab::teardown (or Lab::keep) — and Drop: servers and listeners stop, namespaces go
+//! ```
+//!
+//! The rulesets are applied by [`crate::agent::Reconciler`] with the real
+//! [`crate::applier::NftApplier`], fed the plan's objects and a Pod-to-netns map as one
+//! [`Scan`]: the same compile / render / plan / apply path as `netpol agent`.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use netpol_lab::lab::{Lab, LabOptions, plan::LabPlan};
+//! use policy_compiler::{SourceText, load};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let text = std::fs::read_to_string("manifests.yaml")?;
+//! let (inputs, _diags) = load(&[SourceText { name: "manifests.yaml", text: &text }]);
+//! let plan = LabPlan::new(inputs)?;
+//! let mut lab = Lab::start(plan, &LabOptions::default())?;
+//! let report = lab.probe()?;
+//! lab.teardown()?;
+//! print!("{}", report.to_text(false));
+//! assert!(report.agree);
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod dns;
+pub mod kubeproxy;
+pub mod plan;
+pub mod report;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ipnet::{Ipv4Net, Ipv6Net};
+use policy_compiler::explain::explain_reach;
+use policy_compiler::ruleset::RulesetOptions;
+use policy_compiler::{PortQuery, Subject};
+
+use crate::agent::{AgentConfig, CompiledRulesets, Reconciler};
+use crate::applier::NftApplier;
+use crate::drops::aggregate::{Aggregator, AggregatorConfig};
+use crate::drops::report::describe;
+use crate::drops::{DropListener, NflogConfig};
+use crate::manifests::Scan;
+use crate::metrics::Metrics;
+use crate::probe::{Listener, ProbeError, ProbeSpec, Prober};
+use crate::state::{Event, Object, PodKey};
+use crate::topology::{HostSpec, NodeSpec, Topology, TopologyError};
+use plan::LabPlan;
+use report::{Disagreement, LabMatrix, LabPodInfo, LabReport, Timings};
+
+/// Namespace prefix of `netpol lab`: `netpollab-hub`, `netpollab-0`, … A run first
+/// removes every namespace of this prefix (the leftovers of a crashed or kept run).
+pub const LAB_PREFIX: &str = "netpollab";
+
+/// How a lab runs.
+#[derive(Debug, Clone)]
+pub struct LabOptions {
+    /// Namespace prefix (1..=16 ASCII letters or digits).
+    pub prefix: String,
+    /// How long one probe waits for an answer (a denied probe costs this much).
+    pub timeout: Duration,
+    /// Second, patient try of a probe the compiler allows but the kernel did not
+    /// answer in `timeout` (first packets can be slow).
+    pub retry_timeout: Duration,
+    /// NFLOG group of the rulesets' drop rules and of the drop listeners.
+    pub log_group: u16,
+    /// How long the agent may take to apply every ruleset.
+    pub ready_timeout: Duration,
+    /// Probes run at once.
+    pub parallelism: usize,
+}
+
+impl Default for LabOptions {
+    fn default() -> Self {
+        Self {
+            prefix: LAB_PREFIX.to_owned(),
+            timeout: Duration::from_millis(300),
+            retry_timeout: Duration::from_secs(2),
+            log_group: RulesetOptions::default().log_group,
+            ready_timeout: Duration::from_secs(20),
+            parallelism: crate::probe::DEFAULT_PARALLELISM,
+        }
+    }
+}
+
+/// Errors of a lab run. Everything here is about the kernel or the environment; input
+/// problems are [`plan::PlanError`]s.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    /// Removing the namespaces of an earlier run failed.
+    #[error("cannot remove the leftovers of an earlier lab with prefix {prefix}")]
+    Cleanup {
+        /// The prefix.
+        prefix: String,
+        /// The failing step.
+        #[source]
+        source: Box<TopologyError>,
+    },
+    /// Creating the namespaces, links or addresses failed.
+    #[error("cannot build the lab topology")]
+    Topology(#[source] Box<TopologyError>),
+    /// The agent did not apply every Pod's ruleset in time (nft missing or failing).
+    #[error("the agent did not apply every ruleset within {timeout:?}: {detail}")]
+    NotReady {
+        /// The wait.
+        timeout: Duration,
+        /// Which Pods are missing, with the last failure.
+        detail: String,
+    },
+    /// A probe server could not be started.
+    #[error("cannot start the probe listeners")]
+    Listeners(#[source] Box<ProbeError>),
+    /// A probe could not be run at all (this says nothing about the ruleset).
+    #[error("probe {probe} could not run")]
+    Probe {
+        /// The probe.
+        probe: String,
+        /// Why.
+        #[source]
+        source: Box<ProbeError>,
+    },
+    /// Removing the lab's namespaces failed.
+    #[error("lab teardown failed")]
+    Teardown(#[source] Box<TopologyError>),
+}
+
+/// A lab left running by [`Lab::keep`]: its namespaces and tables stay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptLab {
+    /// Namespace prefix; `netpol lab --down` (or `Topology::cleanup_stale`) removes it.
+    pub prefix: String,
+    /// The hub namespace.
+    pub hub: String,
+    /// `(ns/name, netns)` of every Pod.
+    pub pods: Vec<(String, String)>,
+}
+
+/// A running lab. Dropping it stops the probe servers and drop listeners and removes
+/// the namespaces; [`Lab::teardown`] does the same and reports errors.
+pub struct Lab {
+    // Field order is drop order: servers and listeners stop before the namespaces go.
+    prober: Prober,
+    drops: Vec<DropListener>,
+    topology: Topology,
+    plan: LabPlan,
+    opts: LabOptions,
+    netns: Vec<String>,
+    notes: Vec<String>,
+    timings: Timings,
+    started: Instant,
+}
+
+impl std::fmt::Debug for Lab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lab")
+            .field("prefix", &self.opts.prefix)
+            .field("pods", &self.netns.len())
+            .finish()
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn host_spec(p: &plan::LabPod) -> HostSpec {
+    let v4 = p.ips.iter().find_map(|i| match i {
+        // Prefix lengths 16 and 64 are always valid.
+        IpAddr::V4(a) => Ipv4Net::new(*a, 16).ok(),
+        IpAddr::V6(_) => None,
+    });
+    let v6 = p.ips.iter().find_map(|i| match i {
+        IpAddr::V6(a) => Ipv6Net::new(*a, 64).ok(),
+        IpAddr::V4(_) => None,
+    });
+    HostSpec::new(p.pod.clone(), v4, v6)
+}
+
+/// The lab's node: `lab-node`, 172.18.0.2/16 (and fd00:18::2/64 when a Pod has IPv6),
+/// the addresses a kind node typically has.
+pub const LAB_NODE: &str = "lab-node";
+
+fn lab_node(hosts: &[HostSpec]) -> NodeSpec {
+    // Both literals are valid networks.
+    let v4 = Ipv4Net::new(std::net::Ipv4Addr::new(172, 18, 0, 2), 16).unwrap_or_default();
+    let v6 = hosts
+        .iter()
+        .any(|h| h.ipv6.is_some())
+        .then(|| Ipv6Net::new(std::net::Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, 2), 64).ok())
+        .flatten();
+    NodeSpec::new(LAB_NODE, v4, v6)
+}
+
+impl Lab {
+    /// Builds the lab and waits until the agent has applied every Pod's ruleset:
+    /// removes leftovers of `opts.prefix`, creates one namespace per Pod, runs the
+    /// agent's reconciler, starts a drop listener per Pod namespace (a failure there is
+    /// a note, not an error) and the probe servers. On error everything made so far is
+    /// removed again.
+    pub fn start(plan: LabPlan, opts: &LabOptions) -> Result<Lab, LabError> {
+        let started = Instant::now();
+        let mut notes = plan.notes().to_vec();
+        let removed =
+            Topology::cleanup_stale(&opts.prefix).map_err(|source| LabError::Cleanup {
+                prefix: opts.prefix.clone(),
+                source: Box::new(source),
+            })?;
+        if !removed.is_empty() {
+            notes.push(format!(
+                "removed {} namespace(s) left by an earlier lab: {}",
+                removed.len(),
+                removed.join(", ")
+            ));
+        }
+        let hosts: Vec<HostSpec> = plan.pods().iter().map(host_spec).collect();
+        let node = lab_node(&hosts);
+        // From here on, an early return drops `topology`, which removes the namespaces.
+        let topology = Topology::build_routed(&opts.prefix, &node, &hosts)
+            .map_err(|e| LabError::Topology(Box::new(e)))?;
+        let netns: Vec<String> = topology.hosts().iter().map(|h| h.netns.clone()).collect();
+        let mut timings = Timings {
+            topology_ms: ms(started.elapsed()),
+            ..Timings::default()
+        };
+
+        let t = Instant::now();
+        enforce(&plan, &netns, opts)?;
+        timings.agent_ms = ms(t.elapsed());
+
+        let config = NflogConfig {
+            group: opts.log_group,
+            ..NflogConfig::default()
+        };
+        let mut drops = Vec::new();
+        for ns in &netns {
+            match DropListener::start(ns, &config) {
+                Ok(l) => drops.push(l),
+                Err(e) => {
+                    notes.push(format!("no drop reports: {}", ErrorChain(&e)));
+                    drops.clear();
+                    break;
+                }
+            }
+        }
+        let listeners: Vec<Listener> = plan
+            .pods()
+            .iter()
+            .flat_map(|p| {
+                plan.services()
+                    .iter()
+                    .map(|&(proto, port)| Listener::new(p.pod.clone(), proto, port))
+            })
+            .collect();
+        let prober = Prober::start(&topology, &listeners)
+            .map_err(|e| LabError::Listeners(Box::new(e)))?
+            .with_parallelism(opts.parallelism);
+        Ok(Lab {
+            prober,
+            drops,
+            topology,
+            plan,
+            opts: opts.clone(),
+            netns,
+            notes,
+            timings,
+            started,
+        })
+    }
+
+    /// The plan the lab was built from.
+    pub fn plan(&self) -> &LabPlan {
+        &self.plan
+    }
+
+    /// `(ns/name, netns)` of every Pod.
+    pub fn pods(&self) -> Vec<(String, String)> {
+        self.plan
+            .pods()
+            .iter()
+            .map(|p| p.pod.clone())
+            .zip(self.netns.iter().cloned())
+            .collect()
+    }
+
+    /// Probes every ordered pair of Pods on every service (both address families of
+    /// dual-stack pairs), retries allowed-but-unanswered probes once, collects the drop
+    /// reports, and compares with the compiler.
+    pub fn probe(&mut self) -> Result<LabReport, LabError> {
+        let t = Instant::now();
+        let prober = &self.prober;
+        let planned = self.plan.probes();
+        let pods = self.plan.pods();
+        let specs: Vec<ProbeSpec> = planned
+            .iter()
+            .map(|p| ProbeSpec::new(pods[p.src].pod.clone(), p.dst_ip, p.protocol, p.port))
+            .collect();
+        let run = |specs: &[ProbeSpec], timeout| -> Result<Vec<(bool, String)>, LabError> {
+            prober
+                .probe_all(specs, timeout)
+                .into_iter()
+                .zip(specs)
+                .map(|(r, s)| {
+                    r.map(|r| (r.connected, r.detail))
+                        .map_err(|source| LabError::Probe {
+                            probe: s.to_string(),
+                            source: Box::new(source),
+                        })
+                })
+                .collect()
+        };
+        let mut results = run(&specs, self.opts.timeout)?;
+        let retry: Vec<usize> = (0..planned.len())
+            .filter(|&i| planned[i].expected && !results[i].0)
+            .collect();
+        if !retry.is_empty() {
+            let again: Vec<ProbeSpec> = retry.iter().map(|&i| specs[i].clone()).collect();
+            for (&i, r) in retry
+                .iter()
+                .zip(run(&again, self.opts.retry_timeout.max(self.opts.timeout))?)
+            {
+                results[i] = r;
+            }
+        }
+        let drops = collect_drops(&self.drops, &self.plan, &mut self.notes);
+
+        let model = self.plan.model();
+        let graph = self.plan.graph();
+        let n = pods.len();
+        let mut matrices = Vec::new();
+        for &(protocol, port) in self.plan.services() {
+            let expected = self.plan.expected(protocol, port);
+            let mut allowed = vec![vec![false; n]; n];
+            for (p, (connected, _)) in planned.iter().zip(&results) {
+                if p.primary && p.protocol == protocol && p.port == port {
+                    allowed[p.src][p.dst] = *connected;
+                }
+            }
+            matrices.push(LabMatrix {
+                port,
+                protocol,
+                endpoints: expected.endpoints,
+                allowed,
+                expected: expected.allowed,
+            });
+        }
+        let mut disagreements = Vec::new();
+        for (p, (connected, detail)) in planned.iter().zip(&results) {
+            if *connected == p.expected {
+                continue;
+            }
+            let (s, d) = (
+                Subject::Endpoint(pods[p.src].id),
+                Subject::Endpoint(pods[p.dst].id),
+            );
+            let reach = graph.reach_at(model, s, Some(p.src_ip), d, Some(p.dst_ip));
+            let query = Some(PortQuery {
+                protocol: p.protocol,
+                port: p.port,
+            });
+            disagreements.push(Disagreement {
+                src: pods[p.src].pod.clone(),
+                dst: pods[p.dst].pod.clone(),
+                src_ip: p.src_ip,
+                dst_ip: p.dst_ip,
+                protocol: p.protocol,
+                port: p.port,
+                kernel: *connected,
+                expected: p.expected,
+                primary: p.primary,
+                detail: detail.clone(),
+                explanation: explain_reach(model, graph, &reach, query).to_string(),
+            });
+        }
+        self.timings.probes_ms = ms(t.elapsed());
+        self.timings.total_ms = ms(self.started.elapsed());
+        Ok(LabReport {
+            agree: disagreements.is_empty(),
+            prefix: self.opts.prefix.clone(),
+            hub: format!("{}-hub", self.opts.prefix),
+            pods: pods
+                .iter()
+                .zip(&self.netns)
+                .map(|(p, ns)| LabPodInfo {
+                    pod: p.pod.clone(),
+                    netns: ns.clone(),
+                    ips: p.ips.clone(),
+                    assigned: p.assigned,
+                })
+                .collect(),
+            skipped: self.plan.skipped().to_vec(),
+            notes: self.notes.clone(),
+            matrices,
+            disagreements,
+            drops,
+            probes: planned.len(),
+            timings_ms: self.timings,
+        })
+    }
+
+    /// Stops the servers and listeners and removes every namespace of the lab.
+    pub fn teardown(self) -> Result<(), LabError> {
+        let Lab {
+            prober,
+            drops,
+            topology,
+            ..
+        } = self;
+        stop_servers(prober, drops);
+        topology
+            .teardown()
+            .map_err(|e| LabError::Teardown(Box::new(e)))
+    }
+
+    /// Stops the servers and listeners but leaves the namespaces, with their tables,
+    /// in place (`ip netns exec <netns> …`); the next lab run with the same prefix
+    /// (or [`Topology::cleanup_stale`]) removes them.
+    pub fn keep(self) -> KeptLab {
+        let kept = KeptLab {
+            prefix: self.opts.prefix.clone(),
+            hub: self.topology.hub().to_owned(),
+            pods: self.pods(),
+        };
+        let Lab {
+            prober,
+            drops,
+            topology,
+            ..
+        } = self;
+        stop_servers(prober, drops);
+        // Dropping a Topology removes its namespaces; keeping them is the point.
+        std::mem::forget(topology);
+        kept
+    }
+}
+
+/// Reads what the drop listeners have until they are quiet, one report per flow.
+fn collect_drops(
+    listeners: &[DropListener],
+    plan: &LabPlan,
+    notes: &mut Vec<String>,
+) -> Vec<crate::drops::report::DropReport> {
+    if listeners.is_empty() {
+        return Vec::new();
+    }
+    // One window longer than any run: one summary per flow, with its count.
+    let mut agg = Aggregator::new(AggregatorConfig {
+        window: Duration::from_secs(3600),
+        max_keys: 1 << 16,
+    });
+    let quiet = Duration::from_millis(150);
+    let give_up = Instant::now() + Duration::from_secs(2);
+    let mut last = Instant::now();
+    while Instant::now() < give_up {
+        let mut got = false;
+        for l in listeners {
+            for ev in l.try_iter() {
+                agg.record(&ev, Instant::now());
+                got = true;
+            }
+        }
+        if got {
+            last = Instant::now();
+        } else if last.elapsed() >= quiet {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let lost: u64 = listeners.iter().map(|l| l.stats().lost).sum();
+    if lost > 0 {
+        notes.push(format!(
+            "{lost} drop log message(s) lost (socket buffer overrun)"
+        ));
+    }
+    let flushed = agg.drain();
+    if flushed.suppressed > 0 {
+        notes.push(format!(
+            "{} drop(s) not reported (too many flows)",
+            flushed.suppressed
+        ));
+    }
+    // Only traffic between the lab's Pods: the namespaces also send packets of their
+    // own (IPv6 multicast listener reports when an interface comes up), which isolated
+    // egress chains drop too.
+    let pod_ips: std::collections::BTreeSet<IpAddr> = plan
+        .pods()
+        .iter()
+        .flat_map(|p| p.ips.iter().copied())
+        .collect();
+    let (between, background): (Vec<_>, Vec<_>) = flushed
+        .summaries
+        .iter()
+        .partition(|s| pod_ips.contains(&s.key.src_ip) && pod_ips.contains(&s.key.dst_ip));
+    if !background.is_empty() {
+        let packets: u64 = background.iter().map(|s| s.count).sum();
+        notes.push(format!(
+            "{packets} dropped packet(s) not between lab Pods not shown (e.g. IPv6 multicast listener reports to ff02::16 from isolated egress)"
+        ));
+    }
+    let mut reports: Vec<_> = between
+        .into_iter()
+        .map(|s| describe(s, plan.model(), plan.graph()))
+        .collect();
+    reports.sort_by(|a, b| {
+        let key = |r: &crate::drops::report::DropReport| {
+            (
+                r.src.pod.clone(),
+                r.dst.pod.clone(),
+                r.protocol.number(),
+                r.dst_port,
+                r.dst.ip,
+                r.pod.clone(),
+                r.direction,
+            )
+        };
+        key(a).cmp(&key(b))
+    });
+    reports
+}
+
+fn stop_servers(prober: Prober, drops: Vec<DropListener>) {
+    if let Err(e) = prober.stop() {
+        tracing::warn!(error = %e, "lab probe server failed");
+    }
+    for l in drops {
+        if let Err(e) = l.stop() {
+            tracing::warn!(error = %e, "lab drop listener failed");
+        }
+    }
+}
+
+/// Runs the agent's reconciler (real renderer, real `nft` applier) on the plan's objects
+/// and a Pod-to-netns map until every Pod's table is applied.
+fn enforce(plan: &LabPlan, netns: &[String], opts: &LabOptions) -> Result<(), LabError> {
+    let renderer = Arc::new(CompiledRulesets {
+        options: RulesetOptions {
+            log_group: opts.log_group,
+            ..RulesetOptions::default()
+        },
+    });
+    let mut rec = Reconciler::new(
+        &AgentConfig::default(),
+        renderer,
+        Arc::new(NftApplier),
+        Arc::new(Metrics::new()),
+    );
+    let map: BTreeMap<PodKey, String> = plan
+        .pods()
+        .iter()
+        .zip(netns)
+        .filter_map(|(p, ns)| PodKey::parse(&p.pod).map(|k| (k, ns.clone())))
+        .collect();
+    let keys: Vec<PodKey> = map.keys().cloned().collect();
+    rec.handle_scan(Scan {
+        events: vec![
+            Event::Reset(Object::all(plan.inputs().clone())),
+            Event::NetnsMap(map),
+        ],
+        complete: true,
+        ..Scan::default()
+    });
+    rec.compile();
+    let enforced = |rec: &Reconciler, k: &PodKey| {
+        rec.desired().get(k).is_some_and(|d| {
+            rec.actual()
+                .get(k)
+                .is_some_and(|a| a.checksum == Some(d.checksum))
+        })
+    };
+    let deadline = Instant::now() + opts.ready_timeout;
+    let mut failed: Vec<PodKey> = Vec::new();
+    loop {
+        let report = rec.sync(Instant::now());
+        if !report.failed.is_empty() {
+            failed = report.failed;
+        }
+        if rec.synced() && keys.iter().all(|k| enforced(&rec, k)) {
+            return Ok(());
+        }
+        let now = Instant::now();
+        // Synced but a Pod has no ruleset: waiting will not change that.
+        if now >= deadline || (rec.synced() && report.retry_at.is_none()) {
+            let missing: Vec<String> = keys
+                .iter()
+                .filter(|k| !enforced(&rec, k))
+                .map(ToString::to_string)
+                .collect();
+            let failed: Vec<String> = failed.iter().map(ToString::to_string).collect();
+            return Err(LabError::NotReady {
+                timeout: opts.ready_timeout,
+                detail: format!(
+                    "not enforced: {}; failed applies: {} (RUST_LOG=warn shows the nft errors)",
+                    missing.join(", "),
+                    if failed.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        failed.join(", ")
+                    }
+                ),
+            });
+        }
+        let wait = report
+            .retry_at
+            .map_or(Duration::from_millis(50), |at| {
+                at.saturating_duration_since(now)
+            })
+            .min(deadline - now);
+        std::thread::sleep(wait);
+    }
+}
+
+/// Builds a lab, probes it and tears it down (also when probing fails).
+pub fn run(plan: LabPlan, opts: &LabOptions) -> Result<LabReport, LabError> {
+    let mut lab = Lab::start(plan, opts)?;
+    let report = lab.probe();
+    let down = lab.teardown();
+    let report = report?;
+    down?;
+    Ok(report)
+}
+
+pub use crate::agent::ErrorChain;
