@@ -338,6 +338,7 @@ spec:
                     L4Proto::Icmp
                 },
                 dst_port: port,
+                netns: "ns-a".to_owned(),
             },
             netns: "np-1".to_owned(),
             count: 7,
