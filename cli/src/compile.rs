@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
-use policy_compiler::model::EndpointKind;
+use policy_compiler::model::NoRuleset;
 use policy_compiler::ruleset::{NodeContext, Ruleset, RulesetOptions, compile_node, compile_pod};
 use policy_compiler::{EndpointId, Subject};
 
@@ -74,38 +74,34 @@ pub(crate) fn run(args: &CompileArgs, input: &crate::InputArgs) -> i32 {
             }
         };
         let e = model.endpoint(id);
-        if e.kind != EndpointKind::Pod {
-            eprintln!(
-                "error: {} is a workload, not a Pod: only Pods have a network namespace",
-                e.key()
-            );
-            return EXIT_INVALID;
-        }
-        if e.host_network {
-            eprintln!(
-                "error: {} uses hostNetwork: it shares the node's network namespace and gets no ruleset",
-                e.key()
-            );
-            return EXIT_INVALID;
+        match e.no_ruleset() {
+            Some(NoRuleset::Workload) => {
+                eprintln!(
+                    "error: {} is a workload, not a Pod: only Pods have a network namespace",
+                    e.key()
+                );
+                return EXIT_INVALID;
+            }
+            Some(NoRuleset::HostNetwork) => {
+                eprintln!(
+                    "error: {} uses hostNetwork: it shares the node's network namespace and gets no ruleset",
+                    e.key()
+                );
+                return EXIT_INVALID;
+            }
+            None => {}
         }
         vec![id]
     } else {
-        let mut out = Vec::new();
+        let node = args.node.as_deref();
         for e in &model.endpoints {
-            if e.kind != EndpointKind::Pod {
-                continue;
-            }
-            if let Some(n) = &args.node
-                && e.node.as_deref() != Some(n.as_str())
+            if e.no_ruleset() == Some(NoRuleset::HostNetwork)
+                && node.is_none_or(|n| e.node.as_deref() == Some(n))
             {
-                continue;
-            }
-            if e.host_network {
                 eprintln!("note: skipping hostNetwork Pod {}", e.key());
-                continue;
             }
-            out.push(e.id);
         }
+        let out: Vec<_> = model.enforceable_pods(node).map(|e| e.id).collect();
         if out.is_empty() {
             eprintln!("note: no Pods selected");
         }

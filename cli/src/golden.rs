@@ -33,6 +33,7 @@ use std::path::{Path, PathBuf};
 
 use clap::ValueEnum;
 use policy_compiler::expect::{Expectations, check, parse_expectations};
+use policy_compiler::model::NoRuleset;
 use policy_compiler::{AllowGraph, Inputs, MatrixQuery, Model, Protocol, load, matrix};
 use serde::Serialize;
 use similar::TextDiff;
@@ -146,7 +147,7 @@ fn render_nft(o: &Outputs<'_>, f: &str) -> Result<String, String> {
         }
         None => return Err(format!("{f}: no Pod {key} in the case")),
     };
-    if o.model.endpoint(id).host_network {
+    if o.model.endpoint(id).no_ruleset() == Some(NoRuleset::HostNetwork) {
         return Err(format!(
             "{f}: {key} is a hostNetwork Pod: it has no ruleset of its own"
         ));

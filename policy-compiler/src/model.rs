@@ -6,6 +6,10 @@
 //! applied as the API server applies them, and every invalid field becomes a
 //! [`Diagnostic`].
 
+mod enforce;
+
+pub use enforce::{NoRuleset, is_finished, pod_gets_ruleset};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
@@ -731,10 +735,7 @@ impl Builder {
         let ns = meta.namespace.clone().unwrap_or_else(|| "default".into());
         let obj = oref("Pod", meta, &ns);
         let status = pod.object.status.as_ref();
-        if matches!(
-            status.and_then(|s| s.phase.as_deref()),
-            Some("Succeeded" | "Failed")
-        ) {
+        if is_finished(&pod.object) {
             return;
         }
         if !self.check_meta(
