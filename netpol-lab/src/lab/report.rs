@@ -337,7 +337,7 @@ impl LabReport {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "lab {}: {} Pod(s), bridge in netns {}",
+            "lab {}: {} Pod(s), node netns {} (routed veths, kube-proxy DNAT)",
             self.prefix,
             self.pods.len(),
             self.hub
