@@ -10,6 +10,7 @@ mod explain;
 mod hostile;
 mod lab;
 mod matrix;
+mod realnode;
 mod support;
 mod test_cmd;
 
