@@ -14,7 +14,9 @@
 //!
 //! Goldens are a table of kinds, [`GOLDEN_KINDS`]: `matrix-<proto>-<port>.txt` is
 //! [`policy_compiler::Matrix::to_text`] for that query; `<ns>_<pod>.nft` is that Pod's
-//! ruleset (`netpol compile --pod ns/pod`). A new kind is one more entry there.
+//! ruleset (`netpol compile --pod ns/pod`), and `node_<name>.nft` (when no Pod
+//! `node/<name>` exists) the node table of node `<name>` (`netpol compile --node-table
+//! <name>`). A new kind is one more entry there.
 //!
 //! Exit codes: 0 all cases pass, 1 some case failed (invalid manifests included),
 //! 2 usage error, an unreadable DIR, no case found, or the JUnit file cannot be written.
@@ -31,6 +33,7 @@ use std::path::{Path, PathBuf};
 
 use clap::ValueEnum;
 use policy_compiler::expect::{Expectations, check, parse_expectations};
+use policy_compiler::model::NoRuleset;
 use policy_compiler::{AllowGraph, Inputs, MatrixQuery, Model, Protocol, load, matrix};
 use serde::Serialize;
 use similar::TextDiff;
@@ -127,11 +130,24 @@ fn render_nft(o: &Outputs<'_>, f: &str) -> Result<String, String> {
     let stem = f.strip_suffix(".nft").ok_or_else(bad)?;
     let (ns, name) = stem.split_once('_').ok_or_else(bad)?;
     let key = format!("{ns}/{name}");
-    let id = o
-        .model
-        .endpoint_by_key(&key)
-        .ok_or_else(|| format!("{f}: no Pod {key} in the case"))?;
-    if o.model.endpoint(id).host_network {
+    let id = match o.model.endpoint_by_key(&key) {
+        Some(id) => id,
+        // `node_<name>.nft`: the node table of node <name> (`netpol compile --node-table`),
+        // when no Pod node/<name> exists. See: #10
+        None if ns == "node" && o.model.node_names().contains(&name) => {
+            let ctx = policy_compiler::ruleset::NodeContext::new(
+                o.model,
+                name,
+                o.model.node_addresses(name),
+            );
+            let opts = policy_compiler::ruleset::RulesetOptions::default();
+            return Ok(
+                policy_compiler::ruleset::compile_node(o.model, o.graph, &ctx, &opts).to_nft(),
+            );
+        }
+        None => return Err(format!("{f}: no Pod {key} in the case")),
+    };
+    if o.model.endpoint(id).no_ruleset() == Some(NoRuleset::HostNetwork) {
         return Err(format!(
             "{f}: {key} is a hostNetwork Pod: it has no ruleset of its own"
         ));

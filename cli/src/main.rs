@@ -88,13 +88,16 @@ enum MatrixFormat {
 enum Command {
     /// May SRC reach DST? Which policies isolate each side and which rules allow or miss.
     Explain {
-        /// Source: ns/name (Pod), name (Pod in default), ns/kind/name (workload) or an IP.
+        /// Source: ns/name (Pod), name (Pod in default), ns/kind/name (workload), an IP, or
+        /// node/NAME (the node's first address).
         src: String,
-        /// Destination, as SRC.
+        /// Destination: as SRC (without node/NAME), or a Service ns/service/name (alias
+        /// svc): answered per backend, after DNAT.
         dst: String,
-        /// Port to ask about; without it, the answer covers all ports and protocols.
+        /// Port to ask about; without it, the answer covers all ports and protocols (for a
+        /// Service: its port number or name; without it, every Service port).
         #[arg(long)]
-        port: Option<u16>,
+        port: Option<String>,
         /// Protocol of --port (default TCP).
         #[arg(long, value_parser = parse_protocol)]
         protocol: Option<Protocol>,
@@ -112,6 +115,11 @@ enum Command {
         /// Protocol (default TCP when --port is given).
         #[arg(long, value_parser = parse_protocol)]
         protocol: Option<Protocol>,
+        /// Columns are Service ports instead of endpoints: each connection judged per
+        /// backend after DNAT (`.` every backend, `X` none, `N/M` some, `-` no backends);
+        /// --port/--protocol keep the Service ports of that number/protocol.
+        #[arg(long)]
+        via_services: bool,
         /// Output format.
         #[arg(short, long, value_enum, default_value = "text")]
         output: MatrixFormat,
@@ -182,9 +190,10 @@ fn main() -> ExitCode {
         Command::Matrix {
             port,
             protocol,
+            via_services,
             output,
             input,
-        } => run_matrix(port, protocol, output, &input),
+        } => run_matrix(port, protocol, via_services, output, &input),
         Command::Test(args) => golden::run(&args),
         Command::Compile { args, input } => compile::run(&args, &input),
         Command::Agent { args } => agent::run(&args),
@@ -216,7 +225,7 @@ fn to_json<T: serde::Serialize>(v: &T) -> String {
 fn run_explain(
     src: &str,
     dst: &str,
-    port: Option<u16>,
+    port: Option<String>,
     protocol: Option<Protocol>,
     output: ExplainFormat,
     input: &InputArgs,
@@ -225,8 +234,10 @@ fn run_explain(
         Ok(c) => c,
         Err(code) => return code,
     };
-    let subject = |arg: &str| policy_compiler::Subject::parse(&c.model, arg);
-    let (s, d) = match (subject(src), subject(dst)) {
+    let (s, d) = match (
+        policy_compiler::parse_source(&c.model, src),
+        policy_compiler::parse_destination(&c.model, dst),
+    ) {
         (Ok(s), Ok(d)) => (s, d),
         (Err(e), _) | (_, Err(e)) => {
             eprintln!("error: {e}");
@@ -237,6 +248,52 @@ fn run_explain(
         eprintln!("error: --protocol needs --port");
         return inputs::EXIT_INVALID;
     }
+    let d = match d {
+        policy_compiler::Destination::Subject(d) => d,
+        policy_compiler::Destination::Service(svc) => {
+            let ports: Vec<usize> = match &port {
+                None => Vec::new(),
+                Some(p) => {
+                    let found: Vec<usize> = svc
+                        .find_ports(p)
+                        .into_iter()
+                        .filter(|i| protocol.is_none_or(|pr| svc.ports[*i].protocol == pr))
+                        .collect();
+                    if found.is_empty() {
+                        let have: Vec<String> = svc.ports.iter().map(|p| p.describe()).collect();
+                        eprintln!(
+                            "error: Service {} has no port {p}{}; its ports: {}",
+                            svc.key(),
+                            protocol.map(|p| format!(" ({p})")).unwrap_or_default(),
+                            if have.is_empty() {
+                                "none".to_owned()
+                            } else {
+                                have.join(", ")
+                            }
+                        );
+                        return inputs::EXIT_INVALID;
+                    }
+                    found
+                }
+            };
+            let e = policy_compiler::explain_service(&c.model, &c.graph, s, svc, &ports);
+            match output {
+                ExplainFormat::Text => print!("{e}"),
+                ExplainFormat::Json => println!("{}", to_json(&e)),
+            }
+            return 0;
+        }
+    };
+    let port = match port.as_deref().map(str::parse::<u16>) {
+        None => None,
+        Some(Ok(p)) => Some(p),
+        Some(_) => {
+            eprintln!(
+                "error: --port must be a port number for a Pod, workload or address destination (port names are for Services)"
+            );
+            return inputs::EXIT_INVALID;
+        }
+    };
     let query = port.map(|port| PortQuery {
         protocol: protocol.unwrap_or(Protocol::Tcp),
         port,
@@ -252,6 +309,7 @@ fn run_explain(
 fn run_matrix(
     port: Option<u16>,
     protocol: Option<Protocol>,
+    via_services: bool,
     output: MatrixFormat,
     input: &InputArgs,
 ) -> i32 {
@@ -259,6 +317,18 @@ fn run_matrix(
         Ok(c) => c,
         Err(code) => return code,
     };
+    if via_services {
+        let m = policy_compiler::service_matrix(&c.model, &c.graph, port, protocol);
+        match output {
+            MatrixFormat::Text => print!("{}", m.to_text()),
+            MatrixFormat::Json => println!("{}", to_json(&m)),
+            MatrixFormat::Csv | MatrixFormat::Md => {
+                eprintln!("error: --via-services prints text or json");
+                return inputs::EXIT_INVALID;
+            }
+        }
+        return 0;
+    }
     // Row by row: memory O(endpoints), not O(endpoints²). See: #11
     let w = MatrixWriter::new(&c.model, &c.graph, MatrixQuery { protocol, port });
     let format = match output {

@@ -56,58 +56,18 @@ use std::time::{Duration, Instant};
 use rscni_plugin::cni::Cni;
 use rscni_plugin::error::Error;
 use rscni_plugin::types::{Args, CNIResult, NetConf};
-use serde::Deserialize;
 
 use netpol_common::ErrorChain;
 
-use super::{Command, DEFAULT_SOCKET, MAX_LINE, PodRef, Request, Response, WIRE_VERSION};
+use super::{Command, MAX_LINE, PodRef, Request, Response, WIRE_VERSION};
 
 /// CNI error code of an ADD or CHECK the agent answered and refused (the Pod's policy
 /// could not be put in place). Plugin-specific codes start at 100.
 pub const AGENT_REFUSED: u32 = 100;
 
-/// The plugin's own fields of the network configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Settings {
-    /// The agent's socket.
-    #[serde(default = "default_socket")]
-    pub agent_socket: PathBuf,
-    /// Seconds `ADD` waits for the agent.
-    #[serde(default = "default_timeout")]
-    pub timeout_seconds: u64,
-    /// Let the Pod start when the agent cannot confirm its policy.
-    #[serde(default)]
-    pub fail_open: bool,
-}
-
-fn default_socket() -> PathBuf {
-    PathBuf::from(DEFAULT_SOCKET)
-}
-
-fn default_timeout() -> u64 {
-    10
-}
-
-impl Settings {
-    /// The settings of a network configuration (its fields the CNI spec does not define).
-    pub fn from_conf(conf: &NetConf) -> Result<Self, Error> {
-        let ours: serde_json::Map<String, serde_json::Value> =
-            ["agentSocket", "timeoutSeconds", "failOpen"]
-                .into_iter()
-                .filter_map(|k| Some((k.to_owned(), conf.custom.get(k)?.clone())))
-                .collect();
-        let settings: Settings = serde_json::from_value(serde_json::Value::Object(ours))
-            .map_err(|e| Error::InvalidNetworkConfig(format!("netpol-cni: {e}")))?;
-        if !(1..=600).contains(&settings.timeout_seconds) {
-            return Err(Error::InvalidNetworkConfig(format!(
-                "netpol-cni: timeoutSeconds {} is out of range 1..=600",
-                settings.timeout_seconds
-            )));
-        }
-        Ok(settings)
-    }
-}
+/// The plugin's own fields of the network configuration: the installer's struct, one
+/// contract with one set of defaults ([`crate::config`]).
+pub use crate::config::PluginConfig as Settings;
 
 /// Why the agent could not be asked or did not answer.
 #[derive(Debug, thiserror::Error)]

@@ -1,7 +1,8 @@
 //! Documents to typed Kubernetes objects.
 //!
 //! Reads the object kinds netpol cares about (Namespace, Pod, workload controllers,
-//! `networking.k8s.io/v1` NetworkPolicy) into k8s-openapi types, expands `List` kinds,
+//! `networking.k8s.io/v1` NetworkPolicy, v1 Service, `discovery.k8s.io/v1` EndpointSlice,
+//! v1 Node) into k8s-openapi types, expands `List` kinds,
 //! and skips everything else (reported in [`Inputs::skipped`]). Type errors carry the
 //! field path and the position in the file.
 
@@ -9,7 +10,10 @@ use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{Namespace, Pod, PodTemplateSpec, ReplicationController};
+use k8s_openapi::api::core::v1::{
+    Namespace, Node, Pod, PodTemplateSpec, ReplicationController, Service,
+};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
@@ -143,7 +147,13 @@ pub struct Inputs {
     pub workloads: Vec<Located<Workload>>,
     /// NetworkPolicies.
     pub policies: Vec<Located<NetworkPolicy>>,
-    /// Objects of other kinds, which do not affect Pod-to-Pod connectivity.
+    /// Services (v1).
+    pub services: Vec<Located<Service>>,
+    /// EndpointSlices (`discovery.k8s.io/v1`).
+    pub endpoint_slices: Vec<Located<EndpointSlice>>,
+    /// Nodes (v1).
+    pub nodes: Vec<Located<Node>>,
+    /// Objects of other kinds, which do not affect connectivity.
     pub skipped: Vec<ObjectRef>,
 }
 
@@ -154,6 +164,9 @@ impl Inputs {
         self.pods.extend(other.pods);
         self.workloads.extend(other.workloads);
         self.policies.extend(other.policies);
+        self.services.extend(other.services);
+        self.endpoint_slices.extend(other.endpoint_slices);
+        self.nodes.extend(other.nodes);
         self.skipped.extend(other.skipped);
     }
 }
@@ -335,6 +348,40 @@ fn load_value(
             }
             if let Some(p) = typed::<NetworkPolicy>(&value, &origin, &oref, diags) {
                 inputs.policies.push(Located { object: p, origin });
+            }
+        }
+        "Service" | "Node" if api != "v1" => {
+            diags.push(Diagnostic::field_error(
+                origin.as_ref(),
+                &oref,
+                "apiVersion",
+                Some(api.clone()),
+                format!("unsupported apiVersion for {kind}: netpol reads v1"),
+            ));
+        }
+        "Service" => {
+            if let Some(s) = typed::<Service>(&value, &origin, &oref, diags) {
+                inputs.services.push(Located { object: s, origin });
+            }
+        }
+        "Node" => {
+            if let Some(n) = typed::<Node>(&value, &origin, &oref, diags) {
+                inputs.nodes.push(Located { object: n, origin });
+            }
+        }
+        "EndpointSlice" => {
+            if api != "discovery.k8s.io/v1" {
+                diags.push(Diagnostic::field_error(
+                    origin.as_ref(),
+                    &oref,
+                    "apiVersion",
+                    Some(api.clone()),
+                    "unsupported apiVersion for EndpointSlice: netpol reads discovery.k8s.io/v1",
+                ));
+                return;
+            }
+            if let Some(s) = typed::<EndpointSlice>(&value, &origin, &oref, diags) {
+                inputs.endpoint_slices.push(Located { object: s, origin });
             }
         }
         other => match WorkloadKind::parse(other) {
@@ -741,11 +788,12 @@ mod tests {
     #[test]
     fn reads_kinds_and_skips_others() {
         let (inputs, diags) = load_str(
-            "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: s}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: c, image: i}]}\n",
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: s}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: s}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: c, image: i}]}\n",
         );
         assert!(diags.is_empty(), "{diags:?}");
         assert_eq!(inputs.namespaces.len(), 1);
         assert_eq!(inputs.workloads.len(), 1);
+        assert_eq!(inputs.services.len(), 1);
         assert_eq!(inputs.skipped.len(), 1);
     }
 

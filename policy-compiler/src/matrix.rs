@@ -448,3 +448,103 @@ mod tests {
         }
     }
 }
+
+/// `matrix --via-services`: every source endpoint against every Service port. A cell
+/// counts the backends the connection is allowed to (after DNAT, per backend, as
+/// [`AllowGraph::reach_service`] judges it) out of the backends serving that port.
+// See: #10
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServiceMatrix {
+    /// Source endpoint names, sorted (the rows).
+    pub sources: Vec<String>,
+    /// Service ports, `ns/service/name:port/PROTO`, sorted by Service then port order
+    /// (the columns).
+    pub columns: Vec<String>,
+    /// `allowed[src][col]`: backends the connection is allowed to.
+    pub allowed: Vec<Vec<usize>>,
+    /// `backends[src][col]`: backends serving the port (0: no backends).
+    pub backends: Vec<Vec<usize>>,
+}
+
+/// Computes the Service matrix; `port` (and `protocol`) keep only Service ports with that
+/// number (and protocol).
+pub fn service_matrix(
+    model: &Model,
+    graph: &AllowGraph,
+    port: Option<u16>,
+    protocol: Option<Protocol>,
+) -> ServiceMatrix {
+    let cols: Vec<(&crate::model::Service, usize)> = model
+        .services
+        .iter()
+        .flat_map(|s| (0..s.ports.len()).map(move |i| (s, i)))
+        .filter(|(s, i)| {
+            let sp = &s.ports[*i];
+            port.is_none_or(|p| sp.port == p) && protocol.is_none_or(|p| sp.protocol == p)
+        })
+        .collect();
+    let mut allowed = Vec::with_capacity(model.endpoints.len());
+    let mut backends = Vec::with_capacity(model.endpoints.len());
+    for src in &model.endpoints {
+        let mut arow = Vec::with_capacity(cols.len());
+        let mut brow = Vec::with_capacity(cols.len());
+        for (svc, i) in &cols {
+            let flows = graph.reach_service(model, Subject::Endpoint(src.id), svc, *i);
+            arow.push(flows.iter().filter(|f| f.allowed).count());
+            brow.push(flows.len());
+        }
+        allowed.push(arow);
+        backends.push(brow);
+    }
+    ServiceMatrix {
+        sources: model.endpoints.iter().map(|e| e.key()).collect(),
+        columns: cols
+            .iter()
+            .map(|(s, i)| {
+                let sp = &s.ports[*i];
+                format!("{}:{}/{}", s.display(), sp.port, sp.protocol)
+            })
+            .collect(),
+        allowed,
+        backends,
+    }
+}
+
+impl ServiceMatrix {
+    /// Text table: `.` allowed to every backend, `X` to none, `N/M` to some, `-` no
+    /// backends. Rows are sources, columns Service ports.
+    pub fn to_text(&self) -> String {
+        let cell = |a: usize, b: usize| match (a, b) {
+            (_, 0) => "-".to_string(),
+            (a, b) if a == b => ".".to_string(),
+            (0, _) => "X".to_string(),
+            (a, b) => format!("{a}/{b}"),
+        };
+        let w0 = self
+            .sources
+            .iter()
+            .map(String::len)
+            .chain([1])
+            .max()
+            .unwrap_or(1);
+        let widths: Vec<usize> = self.columns.iter().map(String::len).collect();
+        let mut s = String::new();
+        let _ = write!(s, "{:<w0$}", "-");
+        for (c, w) in self.columns.iter().zip(&widths) {
+            let _ = write!(s, " {c:<w$}");
+        }
+        s.push('\n');
+        for (r, name) in self.sources.iter().enumerate() {
+            let _ = write!(s, "{name:<w0$}");
+            for (c, w) in widths.iter().enumerate() {
+                let _ = write!(s, " {:<w$}", cell(self.allowed[r][c], self.backends[r][c]));
+            }
+            s.push('\n');
+        }
+        // Trailing spaces of the last column are noise.
+        s.lines()
+            .map(str::trim_end)
+            .map(|l| format!("{l}\n"))
+            .collect()
+    }
+}
