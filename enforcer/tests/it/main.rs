@@ -9,6 +9,7 @@ mod agent;
 mod agent_live;
 mod discovery;
 mod drops;
+mod fuzz;
 mod install;
 mod kube;
 mod netns;
