@@ -103,6 +103,28 @@ pub(crate) struct Compiled {
     pub(crate) model: Model,
     /// Its allow graph.
     pub(crate) graph: AllowGraph,
+    /// Objects of other policy engines in the input (`apiVersion Kind ns/name`): answers
+    /// may differ in the cluster.
+    pub(crate) unevaluated: Vec<String>,
+}
+
+impl Compiled {
+    /// What answers should say when the input holds policies netpol does not evaluate.
+    pub(crate) fn caveats(&self) -> Vec<String> {
+        if self.unevaluated.is_empty() {
+            return Vec::new();
+        }
+        vec![format!(
+            "the input holds {} polic{} netpol does not evaluate ({}): the answer may differ in the cluster",
+            self.unevaluated.len(),
+            if self.unevaluated.len() == 1 {
+                "y"
+            } else {
+                "ies"
+            },
+            self.unevaluated.join(", ")
+        )]
+    }
 }
 
 /// Reads, loads and compiles; on any error prints the diagnostics and returns `Err(2)`.
@@ -144,7 +166,15 @@ pub(crate) fn load_and_compile(
         return Err(EXIT_INVALID);
     }
     let graph = AllowGraph::build(&model);
-    Ok((inputs, Compiled { model, graph }))
+    let unevaluated = inputs.unevaluated.iter().map(ToString::to_string).collect();
+    Ok((
+        inputs,
+        Compiled {
+            model,
+            graph,
+            unevaluated,
+        },
+    ))
 }
 
 /// [`compile`] of `-f` paths or, with `--cluster`, of the live cluster.
@@ -198,7 +228,12 @@ pub(crate) fn compile_inputs(
         return Err(EXIT_INVALID);
     }
     let graph = AllowGraph::build(&model);
-    Ok(Compiled { model, graph })
+    let unevaluated = inputs.unevaluated.iter().map(ToString::to_string).collect();
+    Ok(Compiled {
+        model,
+        graph,
+        unevaluated,
+    })
 }
 
 /// Prints diagnostics to stderr, with a source snippet where the position is known.

@@ -26,6 +26,7 @@ mod golden;
 mod inputs;
 mod junit;
 mod lab;
+mod output;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -238,10 +239,11 @@ fn run_explain(
         protocol: protocol.unwrap_or(Protocol::Tcp),
         port,
     });
-    let e = explain(&c.model, &c.graph, s, d, query);
+    let mut e = explain(&c.model, &c.graph, s, d, query);
+    e.caveats = c.caveats();
     match output {
-        ExplainFormat::Text => print!("{e}"),
-        ExplainFormat::Json => println!("{}", to_json(&e)),
+        ExplainFormat::Text => crate::output::emit(&e.to_string()),
+        ExplainFormat::Json => crate::output::emitln(&to_json(&e)),
     }
     0
 }
@@ -258,10 +260,10 @@ fn run_matrix(
     };
     let m = matrix(&c.model, &c.graph, MatrixQuery { protocol, port });
     match output {
-        MatrixFormat::Text => print!("{}", m.to_text()),
-        MatrixFormat::Json => println!("{}", to_json(&m)),
-        MatrixFormat::Csv => print!("{}", m.to_csv()),
-        MatrixFormat::Md => print!("{}", m.to_markdown()),
+        MatrixFormat::Text => crate::output::emit(&m.to_text()),
+        MatrixFormat::Json => crate::output::emitln(&to_json(&m)),
+        MatrixFormat::Csv => crate::output::emit(&m.to_csv()),
+        MatrixFormat::Md => crate::output::emit(&m.to_markdown()),
     }
     0
 }

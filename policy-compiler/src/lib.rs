@@ -19,6 +19,7 @@
 pub mod diagnostic;
 pub mod expect;
 pub mod explain;
+pub mod foreign;
 pub mod graph;
 pub mod load;
 pub mod matrix;

@@ -12,5 +12,6 @@ mod cni;
 mod explain;
 mod lab;
 mod matrix;
+mod regressions;
 mod support;
 mod test_cmd;

@@ -8,5 +8,6 @@ mod conformance;
 mod fuzz;
 mod invalid;
 mod npguard;
+mod regressions;
 mod ruleset;
 mod support;
