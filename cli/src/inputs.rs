@@ -151,6 +151,15 @@ pub(crate) fn load_and_compile(
         );
         return Err(EXIT_INVALID);
     }
+    compile_sources(&sources, verbose)
+}
+
+/// Compiles texts read elsewhere (`diff --base`: files of a git revision), by name.
+pub(crate) fn compile_texts(files: Vec<(String, String)>, verbose: bool) -> Result<Compiled, i32> {
+    compile_sources(&Sources { files }, verbose).map(|(_, c)| c)
+}
+
+fn compile_sources(sources: &Sources, verbose: bool) -> Result<(Inputs, Compiled), i32> {
     let (inputs, mut diags) = load(&sources.texts());
     if verbose {
         for s in &inputs.skipped {
@@ -159,7 +168,7 @@ pub(crate) fn load_and_compile(
     }
     let (model, d) = Model::build(&inputs);
     diags.extend(d);
-    print_diagnostics(&diags, Some(&sources));
+    print_diagnostics(&diags, Some(sources));
     if policy_compiler::diagnostic::has_errors(&diags) {
         let n = diags.iter().filter(|d| d.is_error()).count();
         eprintln!("error: {n} invalid input(s): nothing was compiled");

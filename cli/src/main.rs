@@ -21,11 +21,13 @@
 
 mod agent;
 mod compile;
+mod diff;
 mod r#gen;
 mod golden;
 mod inputs;
 mod junit;
 mod lab;
+mod list;
 mod output;
 
 use std::path::PathBuf;
@@ -114,8 +116,21 @@ enum Command {
         #[arg(short, long, value_enum, default_value = "text")]
         output: MatrixFormat,
         #[command(flatten)]
+        filter: list::FilterArgs,
+        #[command(flatten)]
         input: InputArgs,
     },
+    /// Every ordered pair that may talk, with the exact allowed ports (IP ranges of
+    /// ipBlocks as endpoints): text, json, csv, md, dot.
+    List {
+        #[command(flatten)]
+        args: list::ListArgs,
+        #[command(flatten)]
+        input: InputArgs,
+    },
+    /// What changed between two policy sets (OLD NEW, or --base REV -f PATH): every pair
+    /// whose allowed set changed, as added/removed/changed. Exit 1 when anything changed.
+    Diff(diff::DiffArgs),
     /// Golden-file policy tests: check expect.yaml and golden outputs of every case under DIR.
     Test(golden::TestArgs),
     /// Each Pod's nftables ruleset (`table inet netpol` for the Pod's own netns).
@@ -181,8 +196,11 @@ fn main() -> ExitCode {
             port,
             protocol,
             output,
+            filter,
             input,
-        } => run_matrix(port, protocol, output, &input),
+        } => run_matrix(port, protocol, output, &filter, &input),
+        Command::List { args, input } => list::run(&args, &input),
+        Command::Diff(args) => diff::run(&args),
         Command::Test(args) => golden::run(&args),
         Command::Compile { args, input } => compile::run(&args, &input),
         Command::Agent { args } => agent::run(&args),
@@ -252,13 +270,19 @@ fn run_matrix(
     port: Option<u16>,
     protocol: Option<Protocol>,
     output: MatrixFormat,
+    filter: &list::FilterArgs,
     input: &InputArgs,
 ) -> i32 {
     let c = match inputs::compile_input(input) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let m = matrix(&c.model, &c.graph, MatrixQuery { protocol, port });
+    let mut m = matrix(&c.model, &c.graph, MatrixQuery { protocol, port });
+    let f = filter.filter();
+    if !f.is_empty() {
+        let keep: Vec<bool> = c.model.endpoints.iter().map(|e| f.matches(e)).collect();
+        m.retain(&keep);
+    }
     match output {
         MatrixFormat::Text => crate::output::emit(&m.to_text()),
         MatrixFormat::Json => crate::output::emitln(&to_json(&m)),

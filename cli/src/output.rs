@@ -29,3 +29,32 @@ pub(crate) fn exit_on(e: &std::io::Error) -> ! {
     eprintln!("error: cannot write to stdout: {e}");
     std::process::exit(1);
 }
+
+/// Buffered stdout for long streamed outputs (`list`, `diff`), with [`emit`]'s handling
+/// of a closed pipe.
+pub(crate) struct Out {
+    w: std::io::BufWriter<std::io::StdoutLock<'static>>,
+}
+
+impl Out {
+    /// Locks stdout.
+    pub(crate) fn new() -> Out {
+        Out {
+            w: std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock()),
+        }
+    }
+
+    /// Writes `s`.
+    pub(crate) fn put(&mut self, s: &str) {
+        if let Err(e) = self.w.write_all(s.as_bytes()) {
+            exit_on(&e);
+        }
+    }
+
+    /// Flushes.
+    pub(crate) fn finish(mut self) {
+        if let Err(e) = self.w.flush() {
+            exit_on(&e);
+        }
+    }
+}

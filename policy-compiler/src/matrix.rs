@@ -83,6 +83,34 @@ impl Matrix {
         })
     }
 
+    /// Keeps only the endpoints `i` with `keep[i]` (rows and columns); endpoints past the
+    /// end of `keep` are kept.
+    pub fn retain(&mut self, keep: &[bool]) {
+        fn pick<T>(keep: &[bool], v: &mut Vec<T>) {
+            let mut i = 0;
+            v.retain(|_| {
+                i += 1;
+                keep.get(i - 1).copied().unwrap_or(true)
+            });
+        }
+        let mut names = std::mem::take(&mut self.endpoints);
+        pick(keep, &mut names);
+        self.endpoints = names;
+        let mut rows = std::mem::take(&mut self.allowed);
+        pick(keep, &mut rows);
+        for r in &mut rows {
+            pick(keep, r);
+        }
+        self.allowed = rows;
+        if let Some(mut t) = self.traffic.take() {
+            pick(keep, &mut t);
+            for r in &mut t {
+                pick(keep, r);
+            }
+            self.traffic = Some(t);
+        }
+    }
+
     fn title(&self) -> String {
         match (self.protocol, self.port) {
             (Some(p), Some(port)) => format!("{p}/{port}"),

@@ -5,6 +5,7 @@
 
 mod cases;
 mod conformance;
+mod connectivity;
 mod fuzz;
 mod invalid;
 mod npguard;
