@@ -22,6 +22,7 @@
 mod agent;
 mod compile;
 mod diff;
+mod explain_cmd;
 mod r#gen;
 mod golden;
 mod inputs;
@@ -34,7 +35,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use policy_compiler::{MatrixQuery, PortQuery, Protocol, explain, matrix};
+use policy_compiler::{MatrixQuery, Protocol, matrix};
 
 #[derive(Parser)]
 #[command(
@@ -92,15 +93,19 @@ enum Command {
         src: String,
         /// Destination, as SRC.
         dst: String,
-        /// Port to ask about; without it, the answer covers all ports and protocols.
-        #[arg(long)]
-        port: Option<u16>,
+        /// Port to ask about: a number, a range LO-HI (allowed when every port is) or a
+        /// port name of DST; without it, the answer covers all ports and protocols.
+        #[arg(long, value_parser = explain_cmd::parse_port)]
+        port: Option<explain_cmd::PortArg>,
         /// Protocol of --port (default TCP).
         #[arg(long, value_parser = parse_protocol)]
         protocol: Option<Protocol>,
         /// Output format.
         #[arg(short, long, value_enum, default_value = "text")]
         output: ExplainFormat,
+        /// Exit 1 when the answer is denied (0 when allowed), for scripts.
+        #[arg(long)]
+        exit_code: bool,
         #[command(flatten)]
         input: InputArgs,
     },
@@ -190,8 +195,17 @@ fn main() -> ExitCode {
             port,
             protocol,
             output,
+            exit_code,
             input,
-        } => run_explain(&src, &dst, port, protocol, output, &input),
+        } => explain_cmd::run(&explain_cmd::ExplainArgs {
+            src: &src,
+            dst: &dst,
+            port,
+            protocol,
+            output,
+            exit_code,
+            input: &input,
+        }),
         Command::Matrix {
             port,
             protocol,
@@ -227,43 +241,6 @@ fn main() -> ExitCode {
 fn to_json<T: serde::Serialize>(v: &T) -> String {
     // Serializing plain data structs with string keys cannot fail.
     serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
-}
-
-fn run_explain(
-    src: &str,
-    dst: &str,
-    port: Option<u16>,
-    protocol: Option<Protocol>,
-    output: ExplainFormat,
-    input: &InputArgs,
-) -> i32 {
-    let c = match inputs::compile_input(input) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let subject = |arg: &str| policy_compiler::Subject::parse(&c.model, arg);
-    let (s, d) = match (subject(src), subject(dst)) {
-        (Ok(s), Ok(d)) => (s, d),
-        (Err(e), _) | (_, Err(e)) => {
-            eprintln!("error: {e}");
-            return inputs::EXIT_INVALID;
-        }
-    };
-    if protocol.is_some() && port.is_none() {
-        eprintln!("error: --protocol needs --port");
-        return inputs::EXIT_INVALID;
-    }
-    let query = port.map(|port| PortQuery {
-        protocol: protocol.unwrap_or(Protocol::Tcp),
-        port,
-    });
-    let mut e = explain(&c.model, &c.graph, s, d, query);
-    e.caveats = c.caveats();
-    match output {
-        ExplainFormat::Text => crate::output::emit(&e.to_string()),
-        ExplainFormat::Json => crate::output::emitln(&to_json(&e)),
-    }
-    0
 }
 
 fn run_matrix(

@@ -5,6 +5,7 @@
 // outside `#[test]` functions.
 #![allow(clippy::unwrap_used)]
 
+mod analysis;
 #[path = "../../../enforcer/tests/it/apiserver.rs"]
 mod apiserver;
 mod cluster;
