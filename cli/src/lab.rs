@@ -10,9 +10,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use enforcer::lab::plan::{LabPlan, PlanError};
-use enforcer::lab::{ErrorChain, KeptLab, LAB_PREFIX, Lab, LabOptions};
-use enforcer::topology::Topology;
+use netpol_lab::lab::plan::{LabPlan, PlanError};
+use netpol_lab::lab::{ErrorChain, KeptLab, LAB_PREFIX, Lab, LabOptions};
+use netpol_lab::topology::Topology;
 
 use crate::inputs::{self, EXIT_INVALID};
 

@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 
 use enforcer::agent::{Agent, AgentConfig, CniConfig, CompiledRulesets};
 use enforcer::applier::NftApplier;
-use enforcer::cni::plugin::NetpolCni;
 use enforcer::manifests::ManifestDir;
 use enforcer::netns;
+use netpol_cni::plugin::NetpolCni;
 use rscni_plugin::cni::Cni;
 use rscni_plugin::test_util::ArgsBuilder;
 

@@ -11,9 +11,6 @@
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
-#[path = "../tests/it/apiserver.rs"]
-mod apiserver;
-
 use std::io::{BufRead, BufReader, Write as _};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -26,7 +23,7 @@ use policy_compiler::synth::{SynthParams, generate};
 use policy_compiler::{SourceText, load};
 use serde_json::{Value, json};
 
-use apiserver::{ApiServer, NAMESPACES, PODS, POLICIES};
+use testkit::apiserver::{ApiServer, NAMESPACES, PODS, POLICIES};
 
 /// What the API server adds to a Pod that netpol does not read.
 fn bloat(pod: &mut Value, i: usize) {

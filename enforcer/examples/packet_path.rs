@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use enforcer::topology::{HostSpec, Topology};
 use enforcer::{netns, nft};
+use netpol_lab::topology::{HostSpec, Topology};
 use policy_compiler::ruleset::{RulesetOptions, compile_pod};
 use policy_compiler::{AllowGraph, Model, SourceText, load};
 

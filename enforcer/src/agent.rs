@@ -580,20 +580,9 @@ fn earliest(a: Option<Instant>, b: Instant) -> Option<Instant> {
     Some(a.map_or(b, |a| a.min(b)))
 }
 
-/// Displays an error with its sources (`a: b: c`).
-pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut src = self.0.source();
-        while let Some(s) = src {
-            write!(f, ": {s}")?;
-            src = s.source();
-        }
-        Ok(())
-    }
-}
+/// Displays an error with its sources (`a: b: c`); defined in `netpol-common`, shared by
+/// every crate.
+pub use netpol_common::ErrorChain;
 
 fn execute(applier: &dyn Applier, op: &Op) -> Outcome {
     match op {

@@ -1,23 +1,21 @@
-//! netpol enforcer: applies compiled nftables rulesets inside Pod network namespaces,
-//! and the real-kernel lab used to prove those rulesets with real packets.
+//! netpol enforcer: the node agent, which applies compiled nftables rulesets inside Pod
+//! network namespaces and keeps them equal to the compiled policy.
 //!
 //! Main types and modules:
 //! - [`netns`]: create and delete named network namespaces, run a closure inside one on
 //!   a dedicated thread ([`netns::run_in`], [`netns::spawn_in`]), run a command inside
 //!   one ([`netns::exec`]).
-//! - [`topology::Topology`]: lab hosts, each in its own namespace, on one bridge that
-//!   lives in a separate hub namespace (nothing touches the host's network).
-//! - [`probe::Prober`]: real TCP, UDP and SCTP servers and clients between lab hosts;
-//!   SCTP is spoken over raw IP sockets because the kernel may lack the SCTP module.
 //! - [`nft`]: load a ruleset into a namespace in one transaction, list it back.
 //! - [`drops`]: drop reports: NFLOG listener per Pod namespace, rate limiting, and
 //!   JSON lines naming the Pods, isolating policies and nearest miss.
-//! - [`lab`]: `netpol lab`: the manifests' Pods as namespaces, rulesets applied by the
-//!   agent's [`agent::Reconciler`], every pair probed, kernel vs compiler, drop reports.
-//! - [`cni::install`]: put the `netpol-cni` chained plugin on a node: the binary into
-//!   the CNI bin directory, an entry into the node's network configuration (and back).
+//! - [`cni`]: the agent's end of the `netpol-cni` plugin ([`cni::server`], the records
+//!   of [`cni::records`]); the wire types come from the `netpol-cni` crate, which is the
+//!   plugin's own process.
 //! - [`ruleset_json`]: a compiled [`policy_compiler::ruleset::Ruleset`] as nftables JSON
 //!   through the `nftables` crate (with the adapter for the crate's gaps).
+//!
+//! The lab (topologies, probes, `netpol lab`) is the `netpol-lab` crate, which drives this
+//! agent's [`agent::Reconciler`]; the plugin and its installer are the `netpol-cni` crate.
 //!
 //! The node agent (see `docs/agent.md`):
 //! - [`state::State`]: the object index (apply/delete/reset), fed in one place;
@@ -43,49 +41,45 @@
 //! # Example
 //!
 //! ```no_run
-//! use std::time::Duration;
-//! use enforcer::probe::{Listener, Prober};
-//! use policy_compiler::Protocol;
-//! use enforcer::topology::{HostSpec, Topology};
-//!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let hosts = [
-//!     HostSpec::new("client", Some("10.0.0.1/24".parse()?), Some("fd00::1/64".parse()?)),
-//!     HostSpec::new("server", Some("10.0.0.2/24".parse()?), Some("fd00::2/64".parse()?)),
-//! ];
-//! let lab = Topology::build("demo", &hosts)?;
+//! enforcer::netns::kernel_support()?;
+//! enforcer::netns::add("demo")?;
 //! enforcer::nft::apply(
-//!     &lab.host("server").ok_or("no server")?.netns,
+//!     "demo",
 //!     "table inet netpol { chain input { type filter hook input priority 0; policy drop; \
-//!        ct state established,related accept; iif lo accept; \
-//!        meta l4proto ipv6-icmp accept; tcp dport 80 accept; } }",
+//!        ct state established,related accept; iif lo accept; tcp dport 80 accept; } }",
 //! )?;
-//! let prober = Prober::start(&lab, &[Listener::new("server", Protocol::Tcp, 80)])?;
-//! let to = "10.0.0.2".parse()?;
-//! let r = prober.probe("client", to, Protocol::Tcp, 80, Duration::from_millis(400))?;
-//! assert!(r.connected, "{}", r.detail);
-//! drop(prober); // stop servers before the namespaces go away
-//! lab.teardown()?;
+//! println!("{}", enforcer::nft::list_text("demo")?);
+//! enforcer::netns::delete("demo")?;
 //! # Ok(())
 //! # }
 //! ```
 
 pub mod agent;
 pub mod applier;
-pub mod cni;
+/// The agent's end of the `netpol-cni` plugin: the socket server and the records on
+/// disk. The wire types, and the conflist transforms the agent uses to keep the plugin
+/// chained ([`install::is_chained`], [`install::chain`]), are the `netpol-cni` crate's
+/// (re-exported here).
+pub mod cni {
+    pub use netpol_cni::install;
+    pub use netpol_cni::{
+        Command, DEFAULT_SOCKET, MAX_LINE, PodRef, Request, Response, WIRE_VERSION,
+    };
+
+    pub mod records;
+    pub mod server;
+}
 pub mod discovery;
 pub mod drops;
 pub mod http;
 pub mod kube;
-pub mod lab;
 pub mod manifests;
 pub mod metrics;
 pub mod netns;
 pub mod nft;
 pub mod plan;
-pub mod probe;
 pub mod reporter;
 pub mod ruleset_json;
 pub mod source;
 pub mod state;
-pub mod topology;

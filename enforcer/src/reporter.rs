@@ -289,7 +289,7 @@ impl Worker {
                 }
                 Ok(Err(e)) => {
                     tracing::warn!(
-                        target: TARGET, netns = %n, error = %crate::agent::ErrorChain(&e),
+                        target: TARGET, netns = %n, error = %netpol_common::ErrorChain(&e),
                         retry_in_ms = self.config.retry.as_millis() as u64,
                         "cannot listen for drops"
                     );
@@ -332,7 +332,7 @@ fn stop_all(listeners: Vec<DropListener>) {
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        tracing::warn!(target: TARGET, netns, error = %crate::agent::ErrorChain(&e), "drop listener failed");
+                        tracing::warn!(target: TARGET, netns, error = %netpol_common::ErrorChain(&e), "drop listener failed");
                     }
                 }
             });

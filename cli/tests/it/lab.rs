@@ -8,8 +8,8 @@ use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use enforcer::lab::LAB_PREFIX;
 use enforcer::netns;
+use netpol_lab::lab::LAB_PREFIX;
 use serde_json::Value;
 
 use crate::support::{EXCEPT_OUTSIDE_CIDR, case, netpol, netpol_stdin, repo_root};

@@ -6,13 +6,13 @@
 #![allow(clippy::unwrap_used)]
 
 mod analysis;
-#[path = "../../../enforcer/tests/it/apiserver.rs"]
-mod apiserver;
 mod cluster;
-mod cni;
 mod explain;
 mod lab;
 mod matrix;
 mod regressions;
 mod support;
 mod test_cmd;
+
+// The fake API server, for `--cluster`.
+use testkit::apiserver;

@@ -40,7 +40,7 @@ impl Reconciler {
     pub fn attach_records(&mut self, store: RecordStore) {
         let (records, errors) = store.load();
         for e in &errors {
-            tracing::warn!(error = %super::ErrorChain(e), "cni record skipped (the Pod falls back to netns discovery)");
+            tracing::warn!(error = %netpol_common::ErrorChain(e), "cni record skipped (the Pod falls back to netns discovery)");
         }
         tracing::info!(dir = %store.dir().display(), records = records.len(), "cni records loaded");
         for (pod, record) in records {
@@ -102,7 +102,7 @@ impl Reconciler {
                 RecordWrite::Remove(pod) => store.remove(pod),
             };
             if let Err(e) = result {
-                tracing::error!(error = %super::ErrorChain(&e), "cannot persist cni record");
+                tracing::error!(error = %netpol_common::ErrorChain(&e), "cannot persist cni record");
             }
         }
     }
@@ -336,7 +336,7 @@ impl Reconciler {
                     tracing::warn!(conflict = %c, "netns discovery: ambiguous, nothing mapped");
                 }
                 for e in &found.errors {
-                    tracing::debug!(error = %super::ErrorChain(e), "netns discovery: candidate skipped");
+                    tracing::debug!(error = %netpol_common::ErrorChain(e), "netns discovery: candidate skipped");
                 }
                 // Only what no better source gives.
                 let mut map = BTreeMap::new();
@@ -358,7 +358,7 @@ impl Reconciler {
                 self.state.set_discovered(map);
             }
             Err(e) => {
-                tracing::warn!(error = %super::ErrorChain(&e), "netns discovery failed");
+                tracing::warn!(error = %netpol_common::ErrorChain(&e), "netns discovery failed");
             }
         }
     }
@@ -386,7 +386,7 @@ impl Reconciler {
                 tracing::warn!(%outcome, "netpol-cni was not chained in the node's CNI configuration (rewritten by the primary CNI?): chained again");
             }
             Err(e) => {
-                let problem = super::ErrorChain(&e).to_string();
+                let problem = netpol_common::ErrorChain(&e).to_string();
                 if self.chain_problem.as_deref() != Some(&problem) {
                     tracing::error!(
                         error = problem,

@@ -14,12 +14,12 @@ use enforcer::applier::{Applier, ApplyError, NftApplier};
 use enforcer::manifests::{ManifestDir, WatchOptions};
 use enforcer::netns;
 use enforcer::plan::{BackoffPolicy, normalise_listing};
-use enforcer::probe::{Prober, Protocol};
 use enforcer::state::PodKey;
-use enforcer::topology::{Host, Topology};
+use netpol_lab::probe::{Prober, Protocol};
+use netpol_lab::topology::{Host, Topology};
 
 use crate::kernel;
-use crate::probe::{ALLOW, DENY, listeners, v4, v6};
+use testkit::kernel::{ALLOW, DENY, listeners, v4, v6};
 
 /// Bound on how long a change may take to reach the kernel.
 pub(crate) const CONVERGE: Duration = Duration::from_secs(5);

@@ -15,16 +15,16 @@ use enforcer::applier::NftApplier;
 use enforcer::drops::aggregate::AggregatorConfig;
 use enforcer::drops::report::DropReport;
 use enforcer::manifests::ManifestDir;
-use enforcer::probe::{Listener, ProbeSpec, Prober, Protocol as ProbeProtocol};
 use enforcer::reporter::DropsConfig;
-use enforcer::topology::{Host, Topology};
+use netpol_lab::probe::{Listener, ProbeSpec, Prober, Protocol as ProbeProtocol};
+use netpol_lab::topology::{Host, Topology};
 use policy_compiler::{
     AllowGraph, MatrixQuery, Model, Protocol, SourceText, Subject, load, matrix,
 };
 
 use crate::agent::{CONVERGE, config, metric, wait_for, write};
 use crate::kernel;
-use crate::probe::{ALLOW, DENY, v4, v6};
+use testkit::kernel::{ALLOW, DENY, v4, v6};
 
 /// A Pod on lab host `h` with these labels.
 fn pod(ns: &str, name: &str, labels: &str, h: &Host) -> String {

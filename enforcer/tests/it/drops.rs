@@ -7,13 +7,13 @@ use std::time::{Duration, Instant, SystemTime};
 use enforcer::drops::aggregate::{Aggregator, AggregatorConfig, DropSummary};
 use enforcer::drops::{DropEvent, DropListener, DropsError, L4Proto, NflogConfig};
 use enforcer::nft;
-use enforcer::probe::Prober;
-use enforcer::topology::Topology;
+use netpol_lab::probe::Prober;
+use netpol_lab::topology::Topology;
 use policy_compiler::Direction;
 use policy_compiler::Protocol;
 
 use crate::kernel;
-use crate::probe::{DENY, v4, v6};
+use testkit::kernel::{DENY, v4, v6};
 
 /// The ingress chain of Pod x/b: TCP, UDP and SCTP to port 81 are logged and dropped.
 const B_INGRESS: &str = r#"

@@ -5,11 +5,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use enforcer::cni::install::{InstallArgs, PluginEntry, parse_args};
 use enforcer::kube::api_calls;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use netpol_cni::install::{InstallArgs, PluginEntry, parse_args};
 use serde_json::Value;
 
 fn manifests_dir() -> PathBuf {

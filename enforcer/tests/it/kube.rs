@@ -525,8 +525,8 @@ async fn agent_enforces_local_pods_from_the_api() {
 async fn cni_add_ahead_of_the_watch_gets_the_pod() {
     use enforcer::agent::{AgentConfig, CniConfig};
     use enforcer::applier::RecordingApplier;
-    use enforcer::cni::plugin::NetpolCni;
     use enforcer::state::PodKey;
+    use netpol_cni::plugin::NetpolCni;
     use rscni_plugin::cni::Cni;
     use rscni_plugin::test_util::ArgsBuilder;
 

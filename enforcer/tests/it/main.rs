@@ -7,17 +7,13 @@
 
 mod agent;
 mod agent_live;
-mod apiserver;
-mod cases;
 mod discovery;
 mod drops;
 mod install;
-mod kernel;
 mod kube;
-mod lab;
 mod netns;
 mod nft;
-mod probe;
-mod proof;
 mod ruleset;
-mod topology;
+
+// The shared test kit, under the paths the modules here use.
+use testkit::{apiserver, cases, kernel};

@@ -1,23 +1,10 @@
 use enforcer::nft::{self, NftError};
-use enforcer::probe::Prober;
-use enforcer::topology::Topology;
+use netpol_lab::probe::Prober;
+use netpol_lab::topology::Topology;
 use policy_compiler::Protocol;
 
 use crate::kernel;
-use crate::probe::{ALLOW, DENY, listeners, v4, v6};
-
-/// Ingress allows only TCP 80 (plus replies, loopback and ICMPv6 for neighbour discovery).
-pub(crate) const INGRESS_TCP_80: &str = "
-table inet netpol {
-    chain ingress {
-        type filter hook input priority 0; policy drop;
-        ct state established,related accept
-        iif lo accept
-        meta l4proto ipv6-icmp accept
-        tcp dport 80 accept
-    }
-}
-";
+use testkit::kernel::{ALLOW, DENY, INGRESS_TCP_80, listeners, v4, v6};
 
 /// Egress drops TCP 81, UDP 80 and SCTP 80; everything else may leave.
 const EGRESS_DROPS: &str = "

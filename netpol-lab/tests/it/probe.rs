@@ -1,35 +1,10 @@
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use enforcer::nft;
-use enforcer::probe::{Listener, ProbeSpec, Prober};
-use enforcer::topology::{Host, Topology};
+use netpol_lab::probe::{ProbeSpec, Prober};
+use netpol_lab::topology::Topology;
 use policy_compiler::Protocol;
-
-use crate::kernel;
-
-pub(crate) const ALLOW: Duration = Duration::from_secs(2);
-pub(crate) const DENY: Duration = Duration::from_millis(400);
-
-pub(crate) fn v4(h: &Host) -> IpAddr {
-    IpAddr::V4(h.ipv4.unwrap().addr())
-}
-
-pub(crate) fn v6(h: &Host) -> IpAddr {
-    IpAddr::V6(h.ipv6.unwrap().addr())
-}
-
-pub(crate) fn listeners(hosts: &[Host], ports: &[u16]) -> Vec<Listener> {
-    let mut out = Vec::new();
-    for h in hosts {
-        for &port in ports {
-            for p in Protocol::ALL {
-                out.push(Listener::new(h.name.clone(), p, port));
-            }
-        }
-    }
-    out
-}
+use testkit::kernel::{self, ALLOW, DENY, listeners, v4, v6};
 
 #[test]
 fn all_protocols_connect_over_v4_and_v6_without_rules() {
@@ -88,7 +63,7 @@ fn nine_host_matrix_is_fast_and_matches_the_rules() {
     let lab = Topology::build(&kernel::prefix("mx"), &kernel::dual_stack(9)).unwrap();
     for (i, h) in lab.hosts().iter().enumerate() {
         if i % 2 == 1 {
-            nft::apply(&h.netns, crate::nft::INGRESS_TCP_80).unwrap();
+            nft::apply(&h.netns, kernel::INGRESS_TCP_80).unwrap();
         }
     }
     let ports = [80, 81];

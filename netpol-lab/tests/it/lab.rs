@@ -8,10 +8,10 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use enforcer::lab::plan::LabPlan;
-use enforcer::lab::report::LabReport;
-use enforcer::lab::{LabOptions, run};
 use enforcer::netns;
+use netpol_lab::lab::plan::LabPlan;
+use netpol_lab::lab::report::LabReport;
+use netpol_lab::lab::{LabOptions, run};
 use policy_compiler::{Direction, Inputs, SourceText, Subject, load};
 
 use crate::cases::repo_root;
@@ -167,7 +167,7 @@ fn lab_agrees_with_compiler_and_reports_drops_on_pod_selector() {
     let line = report
         .drops
         .iter()
-        .map(|d| enforcer::lab::report::drop_line(d, false))
+        .map(|d| netpol_lab::lab::report::drop_line(d, false))
         .find(|l| l.starts_with("x/c -> x/a TCP 80 "))
         .unwrap();
     assert!(

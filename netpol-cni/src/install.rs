@@ -32,9 +32,9 @@
 //!
 //! ```no_run
 //! use std::path::Path;
-//! use enforcer::cni::install::{chain, install_binary, PluginEntry};
+//! use netpol_cni::install::{chain, install_binary, PluginEntry};
 //!
-//! # fn main() -> Result<(), enforcer::cni::install::InstallError> {
+//! # fn main() -> Result<(), netpol_cni::install::InstallError> {
 //! let entry = PluginEntry { fail_open: true, ..PluginEntry::default() };
 //! install_binary(Path::new("/usr/local/bin/netpol-cni"), Path::new("/host/opt/cni/bin"))?;
 //! let outcome = chain(Path::new("/host/etc/cni/net.d"), &entry)?;

@@ -13,8 +13,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use enforcer::nft;
-use enforcer::probe::{Listener, ProbeSpec, Prober};
-use enforcer::topology::{HostSpec, Topology};
+use netpol_lab::probe::{Listener, ProbeSpec, Prober};
+use netpol_lab::topology::{HostSpec, Topology};
 use policy_compiler::expect::parse_expectations;
 use policy_compiler::model::EndpointKind;
 use policy_compiler::ruleset::{RulesetOptions, compile_pod};

@@ -66,7 +66,7 @@ use crate::netns::{self, NetnsError};
 use crate::topology::{Host, Topology};
 
 /// The protocol of a probe is the compiler's [`policy_compiler::Protocol`] (TCP, UDP,
-/// SCTP), re-exported here so `enforcer::probe::Protocol` keeps naming it.
+/// SCTP), re-exported here so `netpol_lab::probe::Protocol` keeps naming it.
 pub use policy_compiler::Protocol;
 
 /// Errors of the prober. A probe that is *blocked* is not an error; see

@@ -15,14 +15,19 @@
 //! policy. When the agent cannot answer in time, `ADD` fails (the runtime tears the
 //! sandbox down and retries), unless the network config says `"failOpen": true`.
 //!
-//! The agent side: [`server`] (the socket, one request per connection) and the records
-//! in [`crate::state::State`] (netns and IPs of each Pod, persisted by [`records`]).
+//! The agent side lives in the `enforcer` crate (`enforcer::cni::server`: the socket,
+//! one request per connection; the records in `enforcer::state::State`: netns and IPs of
+//! each Pod, persisted by `enforcer::cni::records`); it depends on this crate for the wire
+//! types only ([`Request`], [`Response`], [`Command`], [`PodRef`] and the constants).
 //! [`install`] puts the binary on the node and chains it into the node's conflist.
+//!
+//! This crate is one process's code (the plugin the runtime execs per Pod, and its
+//! installer in the DaemonSet's init container): it depends on serde, serde_json,
+//! rscni-plugin and thiserror, never on kube, tokio, hyper or the policy compiler
+//! (`.ci/run` checks that).
 
 pub mod install;
 pub mod plugin;
-pub mod records;
-pub mod server;
 
 use std::net::IpAddr;
 

@@ -22,7 +22,7 @@
 //! # Example
 //!
 //! ```no_run
-//! use enforcer::lab::{Lab, LabOptions, plan::LabPlan};
+//! use netpol_lab::lab::{Lab, LabOptions, plan::LabPlan};
 //! use policy_compiler::{SourceText, load};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {

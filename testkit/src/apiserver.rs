@@ -14,7 +14,7 @@
 //! object can be stored without being announced to watches (a Pod the watch has not
 //! delivered yet). Every request is recorded.
 //!
-//! Shared with the cli tests (`#[path]`), so it only uses what both have.
+//! Used by the enforcer and cli tests and the `kube_memory` example.
 
 #![allow(dead_code)]
 
@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 /// Collections served, with their kind and apiVersion.
-pub(crate) const COLLECTIONS: &[(&str, &str, &str)] = &[
+pub const COLLECTIONS: &[(&str, &str, &str)] = &[
     ("/api/v1/namespaces", "Namespace", "v1"),
     ("/api/v1/pods", "Pod", "v1"),
     (
@@ -54,20 +54,20 @@ pub(crate) const COLLECTIONS: &[(&str, &str, &str)] = &[
     ("/apis/batch/v1/cronjobs", "CronJob", "batch/v1"),
 ];
 
-pub(crate) const PODS: &str = "/api/v1/pods";
-pub(crate) const NAMESPACES: &str = "/api/v1/namespaces";
-pub(crate) const POLICIES: &str = "/apis/networking.k8s.io/v1/networkpolicies";
+pub const PODS: &str = "/api/v1/pods";
+pub const NAMESPACES: &str = "/api/v1/namespaces";
+pub const POLICIES: &str = "/apis/networking.k8s.io/v1/networkpolicies";
 
 /// One recorded request.
 #[derive(Debug, Clone)]
-pub(crate) struct Recorded {
-    pub(crate) method: String,
-    pub(crate) path: String,
-    pub(crate) query: BTreeMap<String, String>,
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub query: BTreeMap<String, String>,
 }
 
 impl Recorded {
-    pub(crate) fn is_watch(&self) -> bool {
+    pub fn is_watch(&self) -> bool {
         matches!(
             self.query.get("watch").map(String::as_str),
             Some("true" | "1")
@@ -95,7 +95,7 @@ struct Inner {
 }
 
 /// The fake server. Dropping it stops it.
-pub(crate) struct ApiServer {
+pub struct ApiServer {
     addr: SocketAddr,
     inner: Arc<Mutex<Inner>>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -256,7 +256,7 @@ fn handle(inner: &Mutex<Inner>, req: &Request<Incoming>) -> Response<Body> {
 
 impl ApiServer {
     /// Starts an empty server on 127.0.0.1 (a free port).
-    pub(crate) async fn start() -> ApiServer {
+    pub async fn start() -> ApiServer {
         let mut inner = Inner {
             rv: 1,
             ..Inner::default()
@@ -306,18 +306,18 @@ impl ApiServer {
     }
 
     /// `http://127.0.0.1:PORT`.
-    pub(crate) fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
     /// A kube client for this server (no auth, no TLS).
-    pub(crate) fn client(&self) -> kube::Client {
+    pub fn client(&self) -> kube::Client {
         let config = kube::Config::new(self.url().parse().unwrap());
         kube::Client::try_from(config).unwrap()
     }
 
     /// A kubeconfig file text with one context, `name`, pointing at this server.
-    pub(crate) fn kubeconfig(&self, name: &str) -> String {
+    pub fn kubeconfig(&self, name: &str) -> String {
         format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: {name}\n  cluster: {{server: \"{}\"}}\nusers:\n- name: {name}\n  user: {{}}\ncontexts:\n- name: {name}\n  context: {{cluster: {name}, user: {name}}}\ncurrent-context: {name}\n",
             self.url()
@@ -347,17 +347,17 @@ impl ApiServer {
     }
 
     /// Adds an object (ADDED to watches). Returns its resourceVersion.
-    pub(crate) fn add(&self, path: &str, obj: Value) -> u64 {
+    pub fn add(&self, path: &str, obj: Value) -> u64 {
         self.record(path, "ADDED", obj)
     }
 
     /// Replaces an object (MODIFIED).
-    pub(crate) fn modify(&self, path: &str, obj: Value) -> u64 {
+    pub fn modify(&self, path: &str, obj: Value) -> u64 {
         self.record(path, "MODIFIED", obj)
     }
 
     /// Deletes the object `namespace/name` (DELETED with its last state).
-    pub(crate) fn delete(&self, path: &str, namespace: &str, name: &str) -> u64 {
+    pub fn delete(&self, path: &str, namespace: &str, name: &str) -> u64 {
         let obj = {
             let g = self.inner.lock().unwrap();
             g.collections[path]
@@ -370,7 +370,7 @@ impl ApiServer {
     }
 
     /// Sends a BOOKMARK at a new resourceVersion (no object changes). Returns it.
-    pub(crate) fn bookmark(&self, path: &str) -> u64 {
+    pub fn bookmark(&self, path: &str) -> u64 {
         let mut g = self.inner.lock().unwrap();
         g.rv += 1;
         let rv = g.rv;
@@ -385,7 +385,7 @@ impl ApiServer {
 
     /// Stores `obj` in `path` without an event: `GET` sees it, lists too, open watches
     /// do not (yet).
-    pub(crate) fn add_unannounced(&self, path: &str, mut obj: Value) {
+    pub fn add_unannounced(&self, path: &str, mut obj: Value) {
         let mut g = self.inner.lock().unwrap();
         g.rv += 1;
         obj["metadata"]["resourceVersion"] = json!(g.rv.to_string());
@@ -398,7 +398,7 @@ impl ApiServer {
     }
 
     /// Closes every open watch of `path` (the client sees the stream end).
-    pub(crate) fn disconnect(&self, path: &str) {
+    pub fn disconnect(&self, path: &str) {
         let mut g = self.inner.lock().unwrap();
         g.collections
             .get_mut(path)
@@ -410,7 +410,7 @@ impl ApiServer {
     /// Replaces the collection's objects *without* watch events (changes lost in a gap)
     /// and compacts its history: open watches get ERROR 410 and close, and watches from
     /// any older resourceVersion get 410 too, so clients must relist.
-    pub(crate) fn compact_with(&self, path: &str, items: Vec<Value>) {
+    pub fn compact_with(&self, path: &str, items: Vec<Value>) {
         let mut g = self.inner.lock().unwrap();
         g.rv += 1;
         let rv = g.rv;
@@ -433,7 +433,7 @@ impl ApiServer {
     }
 
     /// Number of open watches of `path`.
-    pub(crate) fn watchers(&self, path: &str) -> usize {
+    pub fn watchers(&self, path: &str) -> usize {
         let mut g = self.inner.lock().unwrap();
         let c = g.collections.get_mut(path).expect("known collection");
         c.watchers.retain(|w| !w.is_closed());
@@ -441,12 +441,12 @@ impl ApiServer {
     }
 
     /// Every request so far.
-    pub(crate) fn requests(&self) -> Vec<Recorded> {
+    pub fn requests(&self) -> Vec<Recorded> {
         self.inner.lock().unwrap().requests.clone()
     }
 
     /// Stops listening and drops every connection (the API server is unreachable).
-    pub(crate) fn stop(&self) {
+    pub fn stop(&self) {
         if let Some(task) = self.task.lock().unwrap().take() {
             task.abort();
         }
@@ -457,7 +457,7 @@ impl ApiServer {
     }
 
     /// Listens again on the same address, with the same objects.
-    pub(crate) async fn restart(&self) {
+    pub async fn restart(&self) {
         self.stop();
         let listener = loop {
             match tokio::net::TcpListener::bind(self.addr).await {

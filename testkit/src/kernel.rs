@@ -2,17 +2,21 @@
 //! runs, plus shared lab fixtures.
 
 use std::io::Write as _;
+use std::net::IpAddr;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use enforcer::netns;
-use enforcer::topology::{HostSpec, Topology};
+use netpol_lab::probe::Listener;
+use netpol_lab::topology::{Host, HostSpec, Topology};
+use policy_compiler::Protocol;
 
 /// Environment variable that turns "skip" into "fail".
-pub(crate) const REQUIRE_ENV: &str = "NETPOL_REQUIRE_KERNEL";
+pub const REQUIRE_ENV: &str = "NETPOL_REQUIRE_KERNEL";
 
 /// True if the test should run. Prints why it is skipped otherwise; panics instead of
 /// skipping when `NETPOL_REQUIRE_KERNEL=1`.
-pub(crate) fn available(test: &str) -> bool {
+pub fn available(test: &str) -> bool {
     static SUPPORT: OnceLock<Result<(), String>> = OnceLock::new();
     let support = SUPPORT.get_or_init(|| {
         let support = netns::kernel_support();
@@ -41,7 +45,7 @@ pub(crate) fn available(test: &str) -> bool {
 /// A topology prefix unique to this test process and `tag` (1..=6 ASCII letters):
 /// `np<pid><tag>`. The first call also removes the namespaces of test processes that
 /// died without cleaning up (their pid no longer runs).
-pub(crate) fn prefix(tag: &str) -> String {
+pub fn prefix(tag: &str) -> String {
     assert!(
         (1..=6).contains(&tag.len()) && tag.bytes().all(|b| b.is_ascii_alphabetic()),
         "bad tag {tag:?}"
@@ -79,7 +83,7 @@ fn sweep_dead_runs() {
 }
 
 /// `n` dual-stack hosts `h0..hn` with 10.0.0.(11+i)/24 and fd00::(11+i)/64.
-pub(crate) fn dual_stack(n: u8) -> Vec<HostSpec> {
+pub fn dual_stack(n: u8) -> Vec<HostSpec> {
     (0..n)
         .map(|i| {
             HostSpec::new(
@@ -90,3 +94,44 @@ pub(crate) fn dual_stack(n: u8) -> Vec<HostSpec> {
         })
         .collect()
 }
+
+/// How long a probe that the rules allow may take.
+pub const ALLOW: Duration = Duration::from_secs(2);
+/// How long to wait before calling a probe denied.
+pub const DENY: Duration = Duration::from_millis(400);
+
+/// The host's IPv4 address (the host must have one).
+pub fn v4(h: &Host) -> IpAddr {
+    IpAddr::V4(h.ipv4.unwrap().addr())
+}
+
+/// The host's IPv6 address (the host must have one).
+pub fn v6(h: &Host) -> IpAddr {
+    IpAddr::V6(h.ipv6.unwrap().addr())
+}
+
+/// A listener on every host, port and protocol.
+pub fn listeners(hosts: &[Host], ports: &[u16]) -> Vec<Listener> {
+    let mut out = Vec::new();
+    for h in hosts {
+        for &port in ports {
+            for p in Protocol::ALL {
+                out.push(Listener::new(h.name.clone(), p, port));
+            }
+        }
+    }
+    out
+}
+
+/// Ingress allows only TCP 80 (plus replies, loopback and ICMPv6 for neighbour discovery).
+pub const INGRESS_TCP_80: &str = "
+table inet netpol {
+    chain ingress {
+        type filter hook input priority 0; policy drop;
+        ct state established,related accept
+        iif lo accept
+        meta l4proto ipv6-icmp accept
+        tcp dport 80 accept
+    }
+}
+";

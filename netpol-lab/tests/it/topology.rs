@@ -1,5 +1,5 @@
 use enforcer::netns;
-use enforcer::topology::{HostSpec, Topology};
+use netpol_lab::topology::{HostSpec, Topology};
 
 use crate::kernel;
 

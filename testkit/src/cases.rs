@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use policy_compiler::{AllowGraph, Model, SourceText, load};
 
 /// Repository root (the workspace).
-pub(crate) fn repo_root() -> PathBuf {
+pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap()
@@ -13,7 +13,7 @@ pub(crate) fn repo_root() -> PathBuf {
 }
 
 /// Every case directory (holding `expect.yaml`), sorted.
-pub(crate) fn case_dirs() -> Vec<PathBuf> {
+pub fn case_dirs() -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![repo_root().join("testdata/cases")];
     while let Some(d) = stack.pop() {
@@ -33,7 +33,7 @@ pub(crate) fn case_dirs() -> Vec<PathBuf> {
 }
 
 /// `upstream/pod-selector` for a case directory.
-pub(crate) fn case_name(dir: &Path) -> String {
+pub fn case_name(dir: &Path) -> String {
     dir.strip_prefix(repo_root().join("testdata/cases"))
         .unwrap()
         .display()
@@ -41,14 +41,14 @@ pub(crate) fn case_name(dir: &Path) -> String {
 }
 
 /// A compiled case.
-pub(crate) struct Case {
-    pub(crate) name: String,
-    pub(crate) model: Model,
-    pub(crate) graph: AllowGraph,
+pub struct Case {
+    pub name: String,
+    pub model: Model,
+    pub graph: AllowGraph,
 }
 
 /// Loads and compiles the manifests of a case (everything but `expect.yaml`).
-pub(crate) fn compile(dir: &Path) -> Case {
+pub fn compile(dir: &Path) -> Case {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())

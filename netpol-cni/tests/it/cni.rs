@@ -15,12 +15,12 @@ use enforcer::agent::{Agent, AgentConfig, CniConfig, CompiledRulesets};
 use enforcer::applier::NftApplier;
 use enforcer::manifests::ManifestDir;
 use enforcer::netns;
-use enforcer::probe::{Listener, Prober};
-use enforcer::topology::{HostSpec, Topology};
+use netpol_lab::probe::{Listener, Prober};
+use netpol_lab::topology::{HostSpec, Topology};
 use policy_compiler::Protocol;
 use serde_json::{Value, json};
 
-use crate::lab::available;
+use testkit::kernel::available;
 
 const BIN: &str = env!("CARGO_BIN_EXE_netpol-cni");
 

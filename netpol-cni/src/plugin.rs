@@ -22,8 +22,8 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use enforcer::cni::plugin::{NetpolCni, Transport, TransportError};
-//! use enforcer::cni::{Request, Response};
+//! use netpol_cni::plugin::{NetpolCni, Transport, TransportError};
+//! use netpol_cni::{Request, Response};
 //! use rscni_plugin::cni::Cni;
 //! use rscni_plugin::test_util::ArgsBuilder;
 //!
@@ -58,7 +58,7 @@ use rscni_plugin::error::Error;
 use rscni_plugin::types::{Args, CNIResult, NetConf};
 use serde::Deserialize;
 
-use crate::agent::ErrorChain;
+use netpol_common::ErrorChain;
 
 use super::{Command, DEFAULT_SOCKET, MAX_LINE, PodRef, Request, Response, WIRE_VERSION};
 

@@ -3,23 +3,23 @@
 //!
 //! A container runtime runs it with `CNI_COMMAND` (`ADD`, `DEL`, `CHECK`, `VERSION`) and
 //! the other `CNI_*` variables in the environment and the network configuration (with
-//! `prevResult`) on stdin; see [`enforcer::cni::plugin`] for the configuration fields and
+//! `prevResult`) on stdin; see [`netpol_cni::plugin`] for the configuration fields and
 //! docs/kubernetes.md for installing it. Everything it does is in
-//! [`enforcer::cni::plugin::NetpolCni`], run by `rscni_plugin`'s `Plugin` (the CNI
+//! [`netpol_cni::plugin::NetpolCni`], run by `rscni_plugin`'s `Plugin` (the CNI
 //! protocol); this file only starts it.
 //!
 //! `netpol-cni install` / `netpol-cni uninstall` (the DaemonSet's init container) put
 //! the binary on the node and chain it into the node's conflist, or undo that; see
-//! [`enforcer::cni::install`].
+//! [`netpol_cni::install`].
 //!
 //! ```text
 //! CNI_COMMAND=VERSION netpol-cni </dev/null
 //! {"cniVersion":"1.1.0","supportedVersions":["0.3.0","0.3.1","0.4.0","1.0.0","1.1.0"]}
 //! ```
 
-use enforcer::agent::ErrorChain;
-use enforcer::cni::install;
-use enforcer::cni::plugin::NetpolCni;
+use netpol_cni::install;
+use netpol_cni::plugin::NetpolCni;
+use netpol_common::ErrorChain;
 use rscni_plugin::cni::Plugin;
 
 fn main() {
