@@ -28,6 +28,7 @@ mod golden;
 mod inputs;
 mod junit;
 mod lab;
+mod lint;
 mod list;
 mod output;
 
@@ -136,6 +137,14 @@ enum Command {
     /// What changed between two policy sets (OLD NEW, or --base REV -f PATH): every pair
     /// whose allowed set changed, as added/removed/changed. Exit 1 when anything changed.
     Diff(diff::DiffArgs),
+    /// Policies that are valid but probably wrong (rule ids, file:line): text, json, or
+    /// SARIF for code scanning. Exit 1 when something was found.
+    Lint {
+        #[command(flatten)]
+        args: lint::LintArgs,
+        #[command(flatten)]
+        input: InputArgs,
+    },
     /// Golden-file policy tests: check expect.yaml and golden outputs of every case under DIR.
     Test(golden::TestArgs),
     /// Each Pod's nftables ruleset (`table inet netpol` for the Pod's own netns).
@@ -215,6 +224,7 @@ fn main() -> ExitCode {
         } => run_matrix(port, protocol, output, &filter, &input),
         Command::List { args, input } => list::run(&args, &input),
         Command::Diff(args) => diff::run(&args),
+        Command::Lint { args, input } => lint::run(&args, &input),
         Command::Test(args) => golden::run(&args),
         Command::Compile { args, input } => compile::run(&args, &input),
         Command::Agent { args } => agent::run(&args),

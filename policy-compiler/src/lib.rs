@@ -22,6 +22,7 @@ pub mod expect;
 pub mod explain;
 pub mod foreign;
 pub mod graph;
+pub mod lint;
 pub mod load;
 pub mod matrix;
 pub mod model;

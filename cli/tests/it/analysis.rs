@@ -54,3 +54,49 @@ fn analysis_goldens_hold() {
     }
     assert!(failed.is_empty(), "{}", failed.join("\n"));
 }
+
+// SARIF 2.1.0 as GitHub code scanning reads it: the schema's required properties
+// (sarifLog: version, runs; run: tool; tool: driver; toolComponent: name; result:
+// message; reportingDescriptor: id) and a physical location with a region per result.
+#[test]
+fn sarif_has_the_required_fields_and_locations() {
+    let run = netpol(&[
+        "lint",
+        "-f",
+        "testdata/analysis/manifests/lint.yaml",
+        "-o",
+        "sarif",
+    ]);
+    run.expect_code(1);
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(v["version"], "2.1.0");
+    assert!(v["$schema"].as_str().unwrap().contains("sarif-2.1.0"));
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 1);
+    let driver = &runs[0]["tool"]["driver"];
+    assert_eq!(driver["name"], "netpol");
+    let rules = driver["rules"].as_array().unwrap();
+    let ids: Vec<&str> = rules.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    let results = runs[0]["results"].as_array().unwrap();
+    assert!(results.len() >= 8, "{results:?}");
+    for r in results {
+        let id = r["ruleId"].as_str().unwrap();
+        let index = r["ruleIndex"].as_u64().unwrap() as usize;
+        assert_eq!(ids[index], id);
+        assert!(!r["message"]["text"].as_str().unwrap().is_empty());
+        assert!(matches!(r["level"].as_str(), Some("warning" | "note")));
+        let loc = &r["locations"][0]["physicalLocation"];
+        assert_eq!(
+            loc["artifactLocation"]["uri"],
+            "testdata/analysis/manifests/lint.yaml"
+        );
+        assert!(loc["region"]["startLine"].as_u64().unwrap() >= 1);
+        assert!(loc["region"]["startColumn"].as_u64().unwrap() >= 1);
+    }
+    // Every check of the fixture fires.
+    for id in [
+        "NP001", "NP002", "NP003", "NP004", "NP005", "NP006", "NP007", "NP008",
+    ] {
+        assert!(results.iter().any(|r| r["ruleId"] == id), "{id} missing");
+    }
+}
