@@ -33,6 +33,7 @@ pub(crate) enum DiffFormat {
     Csv,
     Md,
     Dot,
+    Html,
 }
 
 /// Arguments of `diff`.
@@ -240,6 +241,28 @@ fn render(args: &DiffArgs, old: &Compiled, new: &Compiled, changes: &[Change]) {
                     text_of(&ch.new)
                 ));
             }
+        }
+        DiffFormat::Html => {
+            let edges = changes
+                .iter()
+                .map(|ch| {
+                    let by = if ch.new.is_some() { new } else { old };
+                    crate::html::Edge {
+                        src: ch.src.clone(),
+                        dst: ch.dst.clone(),
+                        kind: ch.diff_type(),
+                        ports: text_of(&ch.new),
+                        old: Some(text_of(&ch.old)),
+                        rules: explain_pair(by, &ch.src, &ch.dst)
+                            .map(|e| crate::html::rules_of(&e))
+                            .unwrap_or_default(),
+                    }
+                })
+                .collect();
+            out.put(&crate::html::page(&crate::html::Picture::new(
+                "netpol diff".into(),
+                edges,
+            )));
         }
         DiffFormat::Dot => {
             out.put("digraph netpol_diff {\n  rankdir=LR;\n  node [shape=box];\n");

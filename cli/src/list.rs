@@ -1,5 +1,6 @@
 //! `netpol list`: every ordered pair that may talk, with the exact allowed ports
-//! (`policy_compiler::connectivity`), as text, JSON, CSV, Markdown, DOT or HTML.
+//! (`policy_compiler::connectivity`), as text, JSON, CSV, Markdown, DOT or HTML
+//! (`crate::html`).
 //!
 //! ```text
 //! netpol list -f cluster/ --namespace shop -o json
@@ -25,6 +26,7 @@ pub(crate) enum ListFormat {
     Csv,
     Md,
     Dot,
+    Html,
 }
 
 /// Endpoint filters shared by every command that lists endpoints.
@@ -88,11 +90,45 @@ pub(crate) fn run(args: &ListArgs, input: &InputArgs) -> i32 {
     let conn = Connectivity::new(&c.model, &c.graph, &[]);
     let filter = args.filter.filter();
     let mut out = Out::new();
+    if let ListFormat::Html = args.output {
+        let mut edges = Vec::new();
+        conn.for_each(&filter, |x| {
+            let src = x.src.name(&c.model);
+            let dst = x.dst.name(&c.model);
+            let e =
+                policy_compiler::explain(&c.model, &c.graph, subject(x.src), subject(x.dst), None);
+            edges.push(crate::html::Edge {
+                src,
+                dst,
+                kind: "allowed",
+                ports: ports_text(&x.ports),
+                old: None,
+                rules: crate::html::rules_of(&e),
+            });
+        });
+        out.put(&crate::html::page(&crate::html::Picture::new(
+            "netpol list".into(),
+            edges,
+        )));
+        out.finish();
+        return 0;
+    }
     let mut w = Writer::new(args.output, &mut out);
     conn.for_each(&filter, |x| w.connection(&c.model, &x));
     w.end();
     out.finish();
     0
+}
+
+fn subject(p: policy_compiler::connectivity::Party) -> policy_compiler::Subject {
+    match p {
+        policy_compiler::connectivity::Party::Endpoint(id) => {
+            policy_compiler::Subject::Endpoint(id)
+        }
+        policy_compiler::connectivity::Party::Range(n) => {
+            policy_compiler::Subject::External(n.network())
+        }
+    }
 }
 
 /// A streaming renderer of connections.
@@ -111,7 +147,7 @@ impl<'o> Writer<'o> {
             ListFormat::Csv => out.put("src,dst,conn\n"),
             ListFormat::Md => out.put("| src | dst | conn |\n|---|---|---|\n"),
             ListFormat::Dot => out.put("digraph netpol {\n  rankdir=LR;\n  node [shape=box];\n"),
-            ListFormat::Text => {}
+            ListFormat::Text | ListFormat::Html => {}
         }
         Writer {
             format,
@@ -129,7 +165,7 @@ impl<'o> Writer<'o> {
 
     pub(crate) fn pair(&mut self, src: &str, dst: &str, ports: &PortSet) {
         let line = match self.format {
-            ListFormat::Text => {
+            ListFormat::Text | ListFormat::Html => {
                 format!("{src} => {dst} : {}\n", ports_text(ports))
             }
             ListFormat::Json => {

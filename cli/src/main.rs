@@ -25,6 +25,7 @@ mod diff;
 mod explain_cmd;
 mod r#gen;
 mod golden;
+mod html;
 mod inputs;
 mod junit;
 mod lab;
@@ -127,7 +128,7 @@ enum Command {
         input: InputArgs,
     },
     /// Every ordered pair that may talk, with the exact allowed ports (IP ranges of
-    /// ipBlocks as endpoints): text, json, csv, md, dot.
+    /// ipBlocks as endpoints): text, json, csv, md, dot, html.
     List {
         #[command(flatten)]
         args: list::ListArgs,

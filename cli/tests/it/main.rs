@@ -8,6 +8,7 @@
 mod analysis;
 mod cluster;
 mod explain;
+mod html;
 mod lab;
 mod matrix;
 mod regressions;
