@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use enforcer::agent::{Agent, AgentConfig, ChainConfig, CniConfig, CompiledRulesets};
 use enforcer::applier::NftApplier;
-use enforcer::cni::install::PluginEntry;
+use enforcer::cni::install::{self, PluginConfig};
 use enforcer::kube::KubeSource;
 use enforcer::manifests::{ManifestDir, WatchOptions};
 use enforcer::reporter::DropsConfig;
@@ -116,11 +116,11 @@ fn chain_config(args: &AgentArgs, socket: &std::path::Path) -> anyhow::Result<Op
         return Ok(None);
     };
     let entry = match &args.cni_entry {
-        Some(file) => PluginEntry::from_file(file)
+        Some(file) => install::read_entry(file)
             .with_context(|| format!("cannot read --cni-entry {}", file.display()))?,
-        None => PluginEntry {
+        None => PluginConfig {
             agent_socket: socket.to_owned(),
-            ..PluginEntry::default()
+            ..PluginConfig::default()
         },
     };
     if entry.agent_socket != socket {
@@ -190,6 +190,7 @@ fn run_agent(args: &AgentArgs) -> anyhow::Result<()> {
         let renderer = Arc::new(CompiledRulesets {
             options: RulesetOptions {
                 log_group: args.log_group,
+                ..RulesetOptions::default()
             },
         });
         let source: Box<dyn StateSource> = if args.kubernetes {

@@ -1,11 +1,12 @@
-//! `netpol compile`: each selected Pod's nftables ruleset, as `nft -f` text or JSON.
+//! `netpol compile`: each selected Pod's nftables ruleset (or a node table), as `nft -f`
+//! text or JSON.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
-use policy_compiler::model::EndpointKind;
-use policy_compiler::ruleset::{RulesetOptions, compile_pod};
+use policy_compiler::model::NoRuleset;
+use policy_compiler::ruleset::{NodeContext, Ruleset, RulesetOptions, compile_node, compile_pod};
 use policy_compiler::{EndpointId, Subject};
 
 use crate::inputs::{self, EXIT_INVALID};
@@ -21,7 +22,7 @@ pub(crate) enum CompileFormat {
 
 /// Which Pods and how to write their rulesets.
 #[derive(Args)]
-#[command(group = clap::ArgGroup::new("which").required(true).args(["pod", "node", "all"]))]
+#[command(group = clap::ArgGroup::new("which").required(true).args(["pod", "node", "node_table", "all"]))]
 pub(crate) struct CompileArgs {
     /// One Pod: ns/name (or name in default).
     #[arg(long)]
@@ -32,6 +33,10 @@ pub(crate) struct CompileArgs {
     /// Every Pod.
     #[arg(long)]
     all: bool,
+    /// The node table of NODE (`table inet netpol` for the node's own netns: egress of
+    /// its Pods judged after DNAT), named `node/NODE` (file `node_NODE.nft`).
+    #[arg(long, value_name = "NODE")]
+    node_table: Option<String>,
     /// Output format.
     #[arg(short, long, value_enum, default_value = "nft")]
     output: CompileFormat,
@@ -50,7 +55,13 @@ pub(crate) fn run(args: &CompileArgs, input: &crate::InputArgs) -> i32 {
         Err(code) => return code,
     };
     let model = &c.model;
-    let pods: Vec<EndpointId> = if let Some(p) = &args.pod {
+    let opts = RulesetOptions {
+        log_group: args.log_group,
+        ..RulesetOptions::default()
+    };
+    let pods: Vec<EndpointId> = if args.node_table.is_some() {
+        Vec::new()
+    } else if let Some(p) = &args.pod {
         let id = match Subject::parse(model, p) {
             Ok(Subject::Endpoint(id)) => id,
             Ok(Subject::External(ip)) => {
@@ -63,50 +74,55 @@ pub(crate) fn run(args: &CompileArgs, input: &crate::InputArgs) -> i32 {
             }
         };
         let e = model.endpoint(id);
-        if e.kind != EndpointKind::Pod {
-            eprintln!(
-                "error: {} is a workload, not a Pod: only Pods have a network namespace",
-                e.key()
-            );
-            return EXIT_INVALID;
-        }
-        if e.host_network {
-            eprintln!(
-                "error: {} uses hostNetwork: it shares the node's network namespace and gets no ruleset",
-                e.key()
-            );
-            return EXIT_INVALID;
+        match e.no_ruleset() {
+            Some(NoRuleset::Workload) => {
+                eprintln!(
+                    "error: {} is a workload, not a Pod: only Pods have a network namespace",
+                    e.key()
+                );
+                return EXIT_INVALID;
+            }
+            Some(NoRuleset::HostNetwork) => {
+                eprintln!(
+                    "error: {} uses hostNetwork: it shares the node's network namespace and gets no ruleset",
+                    e.key()
+                );
+                return EXIT_INVALID;
+            }
+            None => {}
         }
         vec![id]
     } else {
-        let mut out = Vec::new();
+        let node = args.node.as_deref();
         for e in &model.endpoints {
-            if e.kind != EndpointKind::Pod {
-                continue;
-            }
-            if let Some(n) = &args.node
-                && e.node.as_deref() != Some(n.as_str())
+            if e.no_ruleset() == Some(NoRuleset::HostNetwork)
+                && node.is_none_or(|n| e.node.as_deref() == Some(n))
             {
-                continue;
-            }
-            if e.host_network {
                 eprintln!("note: skipping hostNetwork Pod {}", e.key());
-                continue;
             }
-            out.push(e.id);
         }
+        let out: Vec<_> = model.enforceable_pods(node).map(|e| e.id).collect();
         if out.is_empty() {
             eprintln!("note: no Pods selected");
         }
         out
     };
-    let opts = RulesetOptions {
-        log_group: args.log_group,
-    };
+    let mut rulesets: Vec<Ruleset> = pods
+        .into_iter()
+        .map(|id| compile_pod(model, &c.graph, id, &opts))
+        .collect();
+    if let Some(n) = &args.node_table {
+        if !model.node_names().contains(&n.as_str()) {
+            eprintln!(
+                "note: node {n} is not in the input (no Node object, no Pod with spec.nodeName {n})"
+            );
+        }
+        let ctx = NodeContext::new(model, n, model.node_addresses(n));
+        rulesets.push(compile_node(model, &c.graph, &ctx, &opts));
+    }
     let mut rendered: BTreeMap<String, String> = BTreeMap::new();
     let mut json: BTreeMap<String, serde_json::Value> = BTreeMap::new();
-    for id in pods {
-        let rs = compile_pod(model, &c.graph, id, &opts);
+    for rs in rulesets {
         match args.output {
             CompileFormat::Nft => {
                 rendered.insert(rs.pod.clone(), rs.to_nft());
@@ -145,7 +161,10 @@ pub(crate) fn run(args: &CompileArgs, input: &crate::InputArgs) -> i32 {
                 }
             }
         }
-        None if args.output == CompileFormat::Json && args.pod.is_none() => {
+        None if args.output == CompileFormat::Json
+            && args.pod.is_none()
+            && args.node_table.is_none() =>
+        {
             // Several documents: one object keyed by Pod.
             crate::output::emitln(&crate::to_json(&json));
         }

@@ -61,6 +61,9 @@ pub(crate) struct DiffArgs {
     /// List skipped objects.
     #[arg(short, long)]
     verbose: bool,
+    /// Largest input read, per file and for all files together, in MiB (per version).
+    #[arg(long, value_name = "MIB", default_value_t = inputs::DEFAULT_MAX_INPUT_MIB)]
+    max_input_mib: u64,
     #[command(flatten)]
     filter: FilterArgs,
 }
@@ -103,10 +106,11 @@ fn text_of(p: &Option<PortSet>) -> String {
 
 /// Runs `netpol diff`.
 pub(crate) fn run(args: &DiffArgs) -> i32 {
+    let limits = inputs::Limits::mib(args.max_input_mib);
     let (old, new) = match (&args.old, &args.new, &args.base) {
         (Some(o), Some(n), None) => {
-            let old = inputs::compile(std::slice::from_ref(o), args.verbose);
-            let new = inputs::compile(std::slice::from_ref(n), args.verbose);
+            let old = inputs::compile(std::slice::from_ref(o), args.verbose, limits);
+            let new = inputs::compile(std::slice::from_ref(n), args.verbose, limits);
             match (old, new) {
                 (Ok(o), Ok(n)) => (o, n),
                 (Err(c), _) | (_, Err(c)) => return c,
@@ -120,7 +124,7 @@ pub(crate) fn run(args: &DiffArgs) -> i32 {
                     return EXIT_INVALID;
                 }
             };
-            let new = inputs::compile(&args.files, args.verbose);
+            let new = inputs::compile(&args.files, args.verbose, limits);
             match (old, new) {
                 (Ok(o), Ok(n)) => (o, n),
                 (Err(c), _) | (_, Err(c)) => return c,

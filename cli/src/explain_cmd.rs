@@ -46,7 +46,7 @@ pub(crate) fn parse_port(s: &str) -> Result<PortArg, String> {
 pub(crate) struct ExplainArgs<'a> {
     pub(crate) src: &'a str,
     pub(crate) dst: &'a str,
-    pub(crate) port: Option<PortArg>,
+    pub(crate) port: Option<String>,
     pub(crate) protocol: Option<Protocol>,
     pub(crate) output: ExplainFormat,
     pub(crate) exit_code: bool,
@@ -65,14 +65,61 @@ struct RangeAnswer<'a> {
     explanation: &'a policy_compiler::Explanation,
 }
 
+/// A Service destination: answered per backend after DNAT (`--port` a Service port
+/// number or name).
+fn run_service(
+    a: &ExplainArgs<'_>,
+    c: &inputs::Compiled,
+    s: Subject,
+    svc: &policy_compiler::Service,
+) -> i32 {
+    let ports: Vec<usize> = match &a.port {
+        None => Vec::new(),
+        Some(p) => {
+            let found: Vec<usize> = svc
+                .find_ports(p)
+                .into_iter()
+                .filter(|i| a.protocol.is_none_or(|pr| svc.ports[*i].protocol == pr))
+                .collect();
+            if found.is_empty() {
+                let have: Vec<String> = svc.ports.iter().map(|p| p.describe()).collect();
+                eprintln!(
+                    "error: Service {} has no port {p}{}; its ports: {}",
+                    svc.key(),
+                    a.protocol.map(|p| format!(" ({p})")).unwrap_or_default(),
+                    if have.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        have.join(", ")
+                    }
+                );
+                return EXIT_INVALID;
+            }
+            found
+        }
+    };
+    let e = policy_compiler::explain_service(&c.model, &c.graph, s, svc, &ports);
+    match a.output {
+        ExplainFormat::Text => crate::output::emit(&e.to_string()),
+        ExplainFormat::Json => crate::output::emitln(&crate::to_json(&e)),
+    }
+    if a.exit_code && !e.allowed {
+        EXIT_DENIED
+    } else {
+        0
+    }
+}
+
 /// Runs `netpol explain`.
 pub(crate) fn run(a: &ExplainArgs<'_>) -> i32 {
     let c = match inputs::compile_input(a.input) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let subject = |arg: &str| Subject::parse(&c.model, arg);
-    let (s, d) = match (subject(a.src), subject(a.dst)) {
+    let (s, d) = match (
+        policy_compiler::parse_source(&c.model, a.src),
+        policy_compiler::parse_destination(&c.model, a.dst),
+    ) {
         (Ok(s), Ok(d)) => (s, d),
         (Err(e), _) | (_, Err(e)) => {
             eprintln!("error: {e}");
@@ -83,8 +130,22 @@ pub(crate) fn run(a: &ExplainArgs<'_>) -> i32 {
         eprintln!("error: --protocol needs --port");
         return EXIT_INVALID;
     }
+    let d = match d {
+        policy_compiler::Destination::Subject(d) => d,
+        policy_compiler::Destination::Service(svc) => {
+            return run_service(a, &c, s, svc);
+        }
+    };
+    let port = match a.port.as_deref().map(parse_port) {
+        None => None,
+        Some(Ok(p)) => Some(p),
+        Some(Err(e)) => {
+            eprintln!("error: --port {e}");
+            return EXIT_INVALID;
+        }
+    };
     let protocol = a.protocol.unwrap_or(Protocol::Tcp);
-    let number = match &a.port {
+    let number = match &port {
         None => None,
         Some(PortArg::Number(n)) => Some(*n),
         Some(PortArg::Range(..)) => None,
@@ -111,7 +172,7 @@ pub(crate) fn run(a: &ExplainArgs<'_>) -> i32 {
     let query = number.map(|port| PortQuery { protocol, port });
     let mut e = explain(&c.model, &c.graph, s, d, query);
     e.caveats = c.caveats();
-    let allowed = if let Some(PortArg::Range(lo, hi)) = a.port {
+    let allowed = if let Some(PortArg::Range(lo, hi)) = port {
         let want = PortSet::of(protocol, PortRanges::range(lo, hi));
         let part = e.allowed_traffic.intersect(&want);
         let all = part == want;

@@ -14,7 +14,9 @@
 //!
 //! Goldens are a table of kinds, [`GOLDEN_KINDS`]: `matrix-<proto>-<port>.txt` is
 //! [`policy_compiler::Matrix::to_text`] for that query; `<ns>_<pod>.nft` is that Pod's
-//! ruleset (`netpol compile --pod ns/pod`). A new kind is one more entry there.
+//! ruleset (`netpol compile --pod ns/pod`), and `node_<name>.nft` (when no Pod
+//! `node/<name>` exists) the node table of node `<name>` (`netpol compile --node-table
+//! <name>`). A new kind is one more entry there.
 //!
 //! Exit codes: 0 all cases pass, 1 some case failed (invalid manifests included),
 //! 2 usage error, an unreadable DIR, no case found, or the JUnit file cannot be written.
@@ -26,15 +28,17 @@
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
 use clap::ValueEnum;
 use policy_compiler::expect::{Expectations, check, parse_expectations_in};
+use policy_compiler::model::NoRuleset;
 use policy_compiler::{AllowGraph, Inputs, MatrixQuery, Model, Protocol, load, matrix};
 use serde::Serialize;
 use similar::TextDiff;
 
-use crate::inputs::{self, Sources};
+use crate::inputs::{self, Limits, Sources};
 use crate::junit;
 
 /// Exit code when some case failed.
@@ -126,11 +130,24 @@ fn render_nft(o: &Outputs<'_>, f: &str) -> Result<String, String> {
     let stem = f.strip_suffix(".nft").ok_or_else(bad)?;
     let (ns, name) = stem.split_once('_').ok_or_else(bad)?;
     let key = format!("{ns}/{name}");
-    let id = o
-        .model
-        .endpoint_by_key(&key)
-        .ok_or_else(|| format!("{f}: no Pod {key} in the case"))?;
-    if o.model.endpoint(id).host_network {
+    let id = match o.model.endpoint_by_key(&key) {
+        Some(id) => id,
+        // `node_<name>.nft`: the node table of node <name> (`netpol compile --node-table`),
+        // when no Pod node/<name> exists. See: #10
+        None if ns == "node" && o.model.node_names().contains(&name) => {
+            let ctx = policy_compiler::ruleset::NodeContext::new(
+                o.model,
+                name,
+                o.model.node_addresses(name),
+            );
+            let opts = policy_compiler::ruleset::RulesetOptions::default();
+            return Ok(
+                policy_compiler::ruleset::compile_node(o.model, o.graph, &ctx, &opts).to_nft(),
+            );
+        }
+        None => return Err(format!("{f}: no Pod {key} in the case")),
+    };
+    if o.model.endpoint(id).no_ruleset() == Some(NoRuleset::HostNetwork) {
         return Err(format!(
             "{f}: {key} is a hostNetwork Pod: it has no ruleset of its own"
         ));
@@ -363,42 +380,74 @@ fn is_case(dir: &Path) -> Result<bool, String> {
     }))
 }
 
-/// Every case directory under `dir` (itself included), sorted.
+/// Every case directory under `dir` (itself included), sorted; a directory reached again
+/// through a symlink is not searched twice (a loop would never end).
 fn find_cases(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
+    find_cases_in(dir, out, &mut BTreeSet::new())
+}
+
+fn find_cases_in(
+    dir: &Path,
+    out: &mut Vec<PathBuf>,
+    seen: &mut BTreeSet<(u64, u64)>,
+) -> Result<(), String> {
+    if let Ok(m) = std::fs::metadata(dir)
+        && !seen.insert((m.dev(), m.ino()))
+    {
+        return Ok(());
+    }
     if is_case(dir)? {
         out.push(dir.to_path_buf());
     }
     for p in entries(dir)? {
         if p.is_dir() && !is_hidden(&p) {
-            find_cases(&p, out)?;
+            find_cases_in(&p, out, seen)?;
         }
     }
     Ok(())
 }
 
 /// Manifests of a case: files in it and in subdirectories that are not cases, sorted.
-fn manifests(dir: &Path, top: bool, out: &mut Vec<PathBuf>) -> Result<(), String> {
+/// Regular files only; dangling symlinks are skipped with a warning and every directory is
+/// read once (symlink loops), as for `-f`. See: #11
+fn manifests(dir: &Path, top: bool, out: &mut Vec<PathBuf>, walk: &mut Walk) -> Result<(), String> {
     if !top && is_case(dir)? {
         return Ok(());
     }
     for p in entries(dir)? {
         if p.is_dir() {
-            if !is_hidden(&p) {
-                manifests(&p, false, out)?;
+            if is_hidden(&p) {
+                continue;
+            }
+            match std::fs::metadata(&p) {
+                Ok(m) if !walk.seen_dirs.insert((m.dev(), m.ino())) => {
+                    walk.warnings.push(
+                        policy_compiler::Diagnostic::file_error(
+                            &p.display().to_string(),
+                            None,
+                            "skipped: directory already read (a symlink loop or a second link to it)",
+                        )
+                        .warning(),
+                    );
+                }
+                _ => manifests(&p, false, out, walk)?,
             }
             continue;
         }
         let name = file_name(&p);
-        let manifest = matches!(
-            p.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml" | "json")
-        ) && name != "expect.yaml"
-            && golden_kind(name).is_none();
-        if manifest {
-            out.push(p);
+        if name != "expect.yaml" && golden_kind(name).is_none() {
+            inputs::collect(&p, false, out, &mut walk.warnings, &mut walk.seen_dirs)
+                .map_err(|d| d.to_string())?;
         }
     }
     Ok(())
+}
+
+/// State of a walk over a case's manifests.
+#[derive(Default)]
+struct Walk {
+    warnings: Vec<policy_compiler::Diagnostic>,
+    seen_dirs: BTreeSet<(u64, u64)>,
 }
 
 fn failed(kind: &'static str, what: impl Into<String>, report: impl Into<String>) -> Check {
@@ -442,18 +491,23 @@ pub(crate) fn run_case(root: &Path, dir: &Path, update: bool, live: Option<&Inpu
 /// The case's manifests, loaded: inputs, load diagnostics and the number of files.
 fn case_inputs(dir: &Path) -> Result<(Inputs, Vec<policy_compiler::Diagnostic>, usize), String> {
     let mut files = Vec::new();
-    manifests(dir, true, &mut files)?;
+    let mut walk = Walk::default();
+    if let Ok(m) = std::fs::metadata(dir) {
+        walk.seen_dirs.insert((m.dev(), m.ino()));
+    }
+    manifests(dir, true, &mut files, &mut walk)?;
     if files.is_empty() {
         return Err("no manifest (*.yaml, *.yml, *.json) in the case directory".to_owned());
     }
-    let sources = Sources::read(&files).map_err(|diags| {
+    let sources = Sources::read(&files, Limits::default()).map_err(|diags| {
         diags
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join("\n")
     })?;
-    let (inputs, diags) = load(&sources.texts());
+    let (inputs, mut diags) = load(&sources.texts());
+    diags.extend(walk.warnings);
     Ok((inputs, diags, files.len()))
 }
 
@@ -496,6 +550,14 @@ fn check_case(dir: &Path, update: bool, live: Option<&Inputs>, report: &mut Case
             .and_then(|t| parse_expectations_in(&expect_path.display().to_string(), &t))
         {
             Err(e) => report.checks.push(failed("expect", "expect.yaml", e)),
+            // A case that checks nothing would pass whatever the manifests say. See: #11
+            Ok(exp) if exp.assertions.is_empty() && exp.matrix.is_empty() => {
+                report.checks.push(failed(
+                    "expect",
+                    "expect.yaml",
+                    "expect.yaml has no checks: add `assertions` or `matrix` (an empty expect.yaml would pass whatever the policies say)",
+                ));
+            }
             Ok(exp) => {
                 let total = exp.assertions.len() + exp.matrix.len();
                 let failures = check(&model, &graph, &exp);
@@ -503,7 +565,7 @@ fn check_case(dir: &Path, update: bool, live: Option<&Inputs>, report: &mut Case
                 for f in failures {
                     report.checks.push(failed("expect", f.what, f.report));
                 }
-                if ok > 0 || total == 0 {
+                if ok > 0 {
                     report.checks.push(passed(
                         "expect",
                         format!("expect.yaml: {ok} of {total} expectation(s) hold"),

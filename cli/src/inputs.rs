@@ -1,32 +1,41 @@
 //! Reading `-f PATH...` (or, with `--cluster`, the live cluster) into a compiled model,
 //! and printing diagnostics.
 
-use std::io::Read as _;
-use std::path::{Path, PathBuf};
+mod files;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
 
 use miette::{LabeledSpan, NamedSource, Report};
 use policy_compiler::{AllowGraph, Diagnostic, Inputs, Model, Severity, SourceText, load};
+
+pub(crate) use files::{DEFAULT_MAX_INPUT_MIB, Limits, collect};
 
 use crate::InputArgs;
 
 /// Exit code for invalid input.
 pub(crate) const EXIT_INVALID: i32 = 2;
 
-/// Files read, by display name.
+/// Files read, by display name, and the warnings of reading them.
 pub(crate) struct Sources {
     files: Vec<(String, String)>,
+    /// Skipped paths (dangling symlinks, directories reached twice).
+    pub(crate) warnings: Vec<Diagnostic>,
 }
 
 impl Sources {
-    /// Reads files, directories (recursively: `*.yaml`, `*.yml`, `*.json`, sorted) and `-`.
-    pub(crate) fn read(paths: &[PathBuf]) -> Result<Sources, Vec<Diagnostic>> {
+    /// Reads files, directories (recursively: `*.yaml`, `*.yml`, `*.json`, sorted) and `-`,
+    /// regular files only and within `limits` (see [`files`]).
+    pub(crate) fn read(paths: &[PathBuf], limits: Limits) -> Result<Sources, Vec<Diagnostic>> {
         let mut files = Vec::new();
         let mut errors = Vec::new();
+        let mut warnings = Vec::new();
+        let mut seen_dirs = BTreeSet::new();
+        let mut budget = limits.total;
         for p in paths {
             if p.as_os_str() == "-" {
-                let mut s = String::new();
-                match std::io::stdin().read_to_string(&mut s) {
-                    Ok(_) => files.push(("-".to_string(), s)),
+                match files::read_stdin(limits, &mut budget) {
+                    Ok(s) => files.push(("-".to_string(), s)),
                     Err(e) => errors.push(Diagnostic::file_error(
                         "-",
                         None,
@@ -36,25 +45,22 @@ impl Sources {
                 continue;
             }
             let mut found = Vec::new();
-            if let Err(e) = collect(p, true, &mut found) {
-                errors.push(Diagnostic::file_error(&p.display().to_string(), None, e));
+            if let Err(e) = files::collect(p, true, &mut found, &mut warnings, &mut seen_dirs) {
+                errors.push(*e);
                 continue;
             }
             for f in found {
                 let name = f.display().to_string();
-                match std::fs::read_to_string(&f) {
+                match files::read_regular(&f, limits, &mut budget) {
                     Ok(s) => files.push((name, s)),
-                    Err(e) => errors.push(Diagnostic::file_error(
-                        &name,
-                        None,
-                        format!("cannot read file: {e}"),
-                    )),
+                    Err(e) => errors.push(Diagnostic::file_error(&name, None, e)),
                 }
             }
         }
         if errors.is_empty() {
-            Ok(Sources { files })
+            Ok(Sources { files, warnings })
         } else {
+            errors.extend(warnings);
             Err(errors)
         }
     }
@@ -73,28 +79,6 @@ impl Sources {
             .find(|(n, _)| n == name)
             .map(|(_, t)| t.as_str())
     }
-}
-
-fn collect(p: &Path, explicit: bool, out: &mut Vec<PathBuf>) -> Result<(), String> {
-    let meta = std::fs::metadata(p).map_err(|e| format!("cannot read path: {e}"))?;
-    if meta.is_dir() {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(p)
-            .map_err(|e| format!("cannot read directory: {e}"))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
-        entries.sort();
-        for e in entries {
-            collect(&e, false, out)?;
-        }
-    } else if explicit
-        || matches!(
-            p.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml" | "json")
-        )
-    {
-        out.push(p.to_path_buf());
-    }
-    Ok(())
 }
 
 /// A compiled cluster.
@@ -129,16 +113,17 @@ impl Compiled {
 
 /// Reads, loads and compiles; on any error prints the diagnostics and returns `Err(2)`.
 /// Warnings are printed and compilation goes on. With `verbose`, skipped objects are listed.
-pub(crate) fn compile(paths: &[PathBuf], verbose: bool) -> Result<Compiled, i32> {
-    load_and_compile(paths, verbose).map(|(_, c)| c)
+pub(crate) fn compile(paths: &[PathBuf], verbose: bool, limits: Limits) -> Result<Compiled, i32> {
+    load_and_compile(paths, verbose, limits).map(|(_, c)| c)
 }
 
 /// Like [`compile`], also returning the loaded objects (for `lab`, which adds to them).
 pub(crate) fn load_and_compile(
     paths: &[PathBuf],
     verbose: bool,
+    limits: Limits,
 ) -> Result<(Inputs, Compiled), i32> {
-    let sources = match Sources::read(paths) {
+    let sources = match Sources::read(paths, limits) {
         Ok(s) => s,
         Err(diags) => {
             print_diagnostics(&diags, None);
@@ -156,11 +141,20 @@ pub(crate) fn load_and_compile(
 
 /// Compiles texts read elsewhere (`diff --base`: files of a git revision), by name.
 pub(crate) fn compile_texts(files: Vec<(String, String)>, verbose: bool) -> Result<Compiled, i32> {
-    compile_sources(&Sources { files }, verbose).map(|(_, c)| c)
+    compile_sources(
+        &Sources {
+            files,
+            warnings: Vec::new(),
+        },
+        verbose,
+    )
+    .map(|(_, c)| c)
 }
 
 fn compile_sources(sources: &Sources, verbose: bool) -> Result<(Inputs, Compiled), i32> {
-    let (inputs, mut diags) = load(&sources.texts());
+    let (inputs, mut load_diags) = load(&sources.texts());
+    let mut diags = sources.warnings.clone();
+    diags.append(&mut load_diags);
     if verbose {
         for s in &inputs.skipped {
             eprintln!("skipped {s}: kind does not affect Pod-to-Pod connectivity");
@@ -192,7 +186,11 @@ pub(crate) fn compile_input(input: &InputArgs) -> Result<Compiled, i32> {
         let inputs = live(input.context.as_deref())?;
         compile_inputs(&inputs, Vec::new(), None)
     } else {
-        compile(&input.files, input.verbose)
+        compile(
+            &input.files,
+            input.verbose,
+            Limits::mib(input.max_input_mib),
+        )
     }
 }
 
@@ -251,47 +249,122 @@ pub(crate) fn print_diagnostics(diags: &[Diagnostic], sources: Option<&Sources>)
     let mut sorted: Vec<&Diagnostic> = diags.iter().collect();
     sorted.sort_by_key(|d| (d.file.clone(), d.line, d.column));
     for d in sorted {
-        let snippet = match (sources, &d.file, d.line, d.column) {
-            (Some(s), Some(f), Some(l), Some(c)) => {
-                s.text_of(f).and_then(|t| offset(t, l, c).map(|o| (t, o)))
-            }
+        let text = match (sources, &d.file) {
+            (Some(s), Some(f)) => s.text_of(f),
             _ => None,
         };
-        match snippet {
-            Some((text, off)) => {
-                let label = d.field.clone().unwrap_or_else(|| "here".into());
-                let sev = match d.severity {
-                    Severity::Error => miette::Severity::Error,
-                    Severity::Warning => miette::Severity::Warning,
-                };
-                let report = Report::from(
-                    miette::MietteDiagnostic::new(d.to_string())
-                        .with_severity(sev)
-                        .with_label(LabeledSpan::at_offset(off, label)),
-                )
-                .with_source_code(NamedSource::new(
-                    d.file.clone().unwrap_or_default(),
-                    text.to_string(),
-                ));
-                eprintln!("{report:?}");
-            }
-            None => eprintln!("{d}"),
-        }
+        eprintln!("{}", render_diagnostic(d, text));
     }
 }
 
-fn offset(text: &str, line: u32, col: u32) -> Option<usize> {
+/// Longest source line shown as a miette snippet. Longer lines (one-line JSON from
+/// `kubectl get -o json | jq -c`, minified manifests) get a short excerpt around the
+/// column instead: miette cannot render columns past 65535 (it panics), and a snippet of a
+/// megabyte-long line helps nobody. See: #11
+const MAX_SNIPPET_LINE: usize = 400;
+
+/// Characters of a long line shown on each side of the column.
+const EXCERPT_RADIUS: usize = 40;
+
+/// One diagnostic as printed: a miette report with a source snippet when `text` (the
+/// diagnostic's file) holds its position on a line of at most [`MAX_SNIPPET_LINE`] bytes,
+/// else the one-line form plus, when the position is in `text`, an excerpt of the line.
+/// Never panics, whatever the line and column.
+pub(crate) fn render_diagnostic(d: &Diagnostic, text: Option<&str>) -> String {
+    let located = match (text, d.line, d.column) {
+        (Some(t), Some(l), Some(c)) => line_at(t, l).map(|(start, line)| (t, start, line, c)),
+        _ => None,
+    };
+    let Some((text, start, line, col)) = located else {
+        return d.to_string();
+    };
+    let line = line.trim_end_matches(['\n', '\r']);
+    let col = (col as usize).saturating_sub(1);
+    if line.len() > MAX_SNIPPET_LINE {
+        let chars: Vec<char> = line.chars().collect();
+        let at = col.min(chars.len());
+        let from = at.saturating_sub(EXCERPT_RADIUS);
+        let to = at.saturating_add(EXCERPT_RADIUS).min(chars.len());
+        let excerpt: String = chars[from..to].iter().collect();
+        let before = if from > 0 { "…" } else { "" };
+        let after = if to < chars.len() { "…" } else { "" };
+        return format!(
+            "{d}\n  near: {before}{excerpt}{after}\n        {}^",
+            " ".repeat(before.chars().count() + (at - from))
+        );
+    }
+    let off = start + line.chars().take(col).map(char::len_utf8).sum::<usize>();
+    let label = d.field.clone().unwrap_or_else(|| "here".into());
+    let sev = match d.severity {
+        Severity::Error => miette::Severity::Error,
+        Severity::Warning => miette::Severity::Warning,
+    };
+    let report = Report::from(
+        miette::MietteDiagnostic::new(d.to_string())
+            .with_severity(sev)
+            .with_label(LabeledSpan::at_offset(off, label)),
+    )
+    .with_source_code(NamedSource::new(
+        d.file.clone().unwrap_or_default(),
+        text.to_string(),
+    ));
+    format!("{report:?}")
+}
+
+/// The byte offset and text (with its line break) of 1-based line `line`.
+fn line_at(text: &str, line: u32) -> Option<(usize, &str)> {
     let mut off = 0usize;
     for (i, l) in text.split_inclusive('\n').enumerate() {
         if i + 1 == line as usize {
-            let chars: usize = l
-                .chars()
-                .take((col as usize).saturating_sub(1))
-                .map(char::len_utf8)
-                .sum();
-            return Some(off + chars);
+            return Some((off, l));
         }
         off += l.len();
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn diag(line: u32, column: u32) -> Diagnostic {
+        let mut d = Diagnostic::file_error("f.json", None, "something is off");
+        d.line = Some(line);
+        d.column = Some(column);
+        d
+    }
+
+    #[test]
+    fn long_line_diagnostic_never_panics() {
+        // See: #11 (a diagnostic past column 65535 panicked miette: exit 101).
+        let long = format!("{{\"a\": \"{}\", \"b\": 1}}\n", "x".repeat(200_000));
+        for col in [1, 70_000, 200_005, u32::MAX] {
+            for d in [diag(1, col), diag(1, col).warning()] {
+                let out = render_diagnostic(&d, Some(&long));
+                assert!(out.contains("f.json:1:"), "{out}");
+                assert!(out.len() < 1_000, "an excerpt, not the whole line");
+            }
+        }
+        let near = render_diagnostic(&diag(1, 200_005), Some(&long));
+        assert!(near.contains("near: …xxx"), "{near}");
+        assert!(near.contains("\"b\""), "{near}");
+    }
+
+    #[test]
+    fn any_position_renders() {
+        let text = "a: 1\n\tb: é\r\n\nc: \u{1F600}\u{1F600}\n";
+        for line in [0, 1, 2, 3, 4, 5, 99, u32::MAX] {
+            for col in [0, 1, 2, 3, 5, 8, 400, 65_536, u32::MAX] {
+                let out = render_diagnostic(&diag(line, col), Some(text));
+                assert!(out.contains("something is off"), "{out}");
+            }
+        }
+        assert!(render_diagnostic(&diag(1, 1), Some("")).contains("something is off"));
+    }
+
+    #[test]
+    fn short_lines_get_a_snippet() {
+        let out = render_diagnostic(&diag(2, 3), Some("a: 1\nbb: 2\n"));
+        assert!(out.contains("bb: 2"), "{out}");
+    }
 }

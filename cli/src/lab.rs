@@ -79,10 +79,11 @@ pub(crate) fn run(args: &LabArgs) -> i32 {
     if args.down {
         return down();
     }
-    let (loaded, _) = match inputs::load_and_compile(&args.files, args.verbose) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
+    let (loaded, _) =
+        match inputs::load_and_compile(&args.files, args.verbose, inputs::Limits::default()) {
+            Ok(c) => c,
+            Err(code) => return code,
+        };
     let plan = match LabPlan::new(loaded) {
         Ok(p) => p,
         Err(PlanError::Invalid(diags)) => {

@@ -37,7 +37,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use policy_compiler::{MatrixQuery, Protocol, matrix};
+use policy_compiler::{MatrixQuery, MatrixWriter, Protocol};
 
 #[derive(Parser)]
 #[command(
@@ -71,6 +71,9 @@ struct InputArgs {
     /// List skipped objects (kinds that do not affect connectivity).
     #[arg(short, long)]
     pub(crate) verbose: bool,
+    /// Largest input read, per file and for all files together, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = inputs::DEFAULT_MAX_INPUT_MIB)]
+    pub(crate) max_input_mib: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -91,14 +94,17 @@ enum MatrixFormat {
 enum Command {
     /// May SRC reach DST? Which policies isolate each side and which rules allow or miss.
     Explain {
-        /// Source: ns/name (Pod), name (Pod in default), ns/kind/name (workload) or an IP.
+        /// Source: ns/name (Pod), name (Pod in default), ns/kind/name (workload), an IP, or
+        /// node/NAME (the node's first address).
         src: String,
-        /// Destination, as SRC.
+        /// Destination: as SRC (without node/NAME), or a Service ns/service/name (alias
+        /// svc): answered per backend, after DNAT.
         dst: String,
         /// Port to ask about: a number, a range LO-HI (allowed when every port is) or a
-        /// port name of DST; without it, the answer covers all ports and protocols.
-        #[arg(long, value_parser = explain_cmd::parse_port)]
-        port: Option<explain_cmd::PortArg>,
+        /// port name of DST (for a Service: its port number or name; without it, every
+        /// Service port); without it, the answer covers all ports and protocols.
+        #[arg(long)]
+        port: Option<String>,
         /// Protocol of --port (default TCP).
         #[arg(long, value_parser = parse_protocol)]
         protocol: Option<Protocol>,
@@ -119,6 +125,11 @@ enum Command {
         /// Protocol (default TCP when --port is given).
         #[arg(long, value_parser = parse_protocol)]
         protocol: Option<Protocol>,
+        /// Columns are Service ports instead of endpoints: each connection judged per
+        /// backend after DNAT (`.` every backend, `X` none, `N/M` some, `-` no backends);
+        /// --port/--protocol keep the Service ports of that number/protocol.
+        #[arg(long)]
+        via_services: bool,
         /// Output format.
         #[arg(short, long, value_enum, default_value = "text")]
         output: MatrixFormat,
@@ -219,10 +230,11 @@ fn main() -> ExitCode {
         Command::Matrix {
             port,
             protocol,
+            via_services,
             output,
             filter,
             input,
-        } => run_matrix(port, protocol, output, &filter, &input),
+        } => run_matrix(port, protocol, via_services, output, &filter, &input),
         Command::List { args, input } => list::run(&args, &input),
         Command::Diff(args) => diff::run(&args),
         Command::Lint { args, input } => lint::run(&args, &input),
@@ -257,6 +269,7 @@ fn to_json<T: serde::Serialize>(v: &T) -> String {
 fn run_matrix(
     port: Option<u16>,
     protocol: Option<Protocol>,
+    via_services: bool,
     output: MatrixFormat,
     filter: &list::FilterArgs,
     input: &InputArgs,
@@ -265,17 +278,34 @@ fn run_matrix(
         Ok(c) => c,
         Err(code) => return code,
     };
-    let mut m = matrix(&c.model, &c.graph, MatrixQuery { protocol, port });
+    if via_services {
+        let m = policy_compiler::service_matrix(&c.model, &c.graph, port, protocol);
+        match output {
+            MatrixFormat::Text => crate::output::emit(&m.to_text()),
+            MatrixFormat::Json => crate::output::emitln(&to_json(&m)),
+            MatrixFormat::Csv | MatrixFormat::Md => {
+                eprintln!("error: --via-services prints text or json");
+                return inputs::EXIT_INVALID;
+            }
+        }
+        return 0;
+    }
+    // Row by row: memory O(endpoints), not O(endpoints²). See: #11
+    let mut w = MatrixWriter::new(&c.model, &c.graph, MatrixQuery { protocol, port });
     let f = filter.filter();
     if !f.is_empty() {
         let keep: Vec<bool> = c.model.endpoints.iter().map(|e| f.matches(e)).collect();
-        m.retain(&keep);
+        w.retain(&keep);
     }
-    match output {
-        MatrixFormat::Text => crate::output::emit(&m.to_text()),
-        MatrixFormat::Json => crate::output::emitln(&to_json(&m)),
-        MatrixFormat::Csv => crate::output::emit(&m.to_csv()),
-        MatrixFormat::Md => crate::output::emit(&m.to_markdown()),
+    let format = match output {
+        MatrixFormat::Text => policy_compiler::MatrixFormat::Text,
+        MatrixFormat::Json => policy_compiler::MatrixFormat::Json,
+        MatrixFormat::Csv => policy_compiler::MatrixFormat::Csv,
+        MatrixFormat::Md => policy_compiler::MatrixFormat::Markdown,
+    };
+    match w.write(format, &mut std::io::stdout().lock()) {
+        Ok(()) => 0,
+        // `netpol matrix | head`: the reader has what it wanted. See: #14
+        Err(e) => crate::output::exit_on(&e),
     }
-    0
 }

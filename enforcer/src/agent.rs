@@ -139,7 +139,7 @@ pub struct ChainConfig {
     /// The CNI configuration directory (`/etc/cni/net.d`).
     pub conf_dir: PathBuf,
     /// The entry to chain.
-    pub entry: crate::cni::install::PluginEntry,
+    pub entry: crate::cni::install::PluginConfig,
 }
 
 impl Default for AgentConfig {
@@ -360,8 +360,9 @@ impl Reconciler {
                 // Finished Pods are not endpoints: nothing to enforce.
                 continue;
             };
-            if model.endpoint(id).host_network {
-                tracing::warn!(namespace = %pod.namespace, pod = %pod.name, netns, "hostNetwork Pod has a netns mapping: not enforced (it shares the node's network)");
+            // Which Pods get a ruleset is the compiler's one definition.
+            if let Some(why) = model.endpoint(id).no_ruleset() {
+                tracing::warn!(namespace = %pod.namespace, pod = %pod.name, netns, "Pod has a netns mapping but is {why}: not enforced");
                 continue;
             }
             match self.renderer.render(&model, &graph, id) {

@@ -71,25 +71,6 @@ pub trait Applier: Send + Sync {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NftApplier;
 
-fn no_such_table(err: &NftError) -> bool {
-    matches!(err, NftError::Rejected { stderr, .. } if stderr.contains("No such file or directory"))
-}
-
-fn run_nft(netns: &str, args: &[&str]) -> Result<String, NftError> {
-    let out = netns::exec(netns, "nft", args, None).map_err(|source| NftError::Run {
-        netns: netns.to_owned(),
-        source,
-    })?;
-    if out.success {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(NftError::Rejected {
-            netns: netns.to_owned(),
-            stderr: out.stderr,
-        })
-    }
-}
-
 impl Applier for NftApplier {
     fn apply(&self, pod: &PodKey, netns: &str, ruleset: &str) -> Result<(), ApplyError> {
         if !netns::exists(netns) {
@@ -109,9 +90,9 @@ impl Applier for NftApplier {
         if !netns::exists(netns) {
             return Ok(());
         }
-        match run_nft(netns, &["delete", "table", "inet", TABLE]) {
+        match nft::delete_table(netns, "inet", TABLE) {
             Ok(_) => Ok(()),
-            Err(e) if no_such_table(&e) => Ok(()),
+            Err(e) if nft::is_no_such_table(&e) => Ok(()),
             Err(source) => Err(ApplyError::Nft {
                 pod: pod.clone(),
                 op: "remove",
@@ -127,9 +108,9 @@ impl Applier for NftApplier {
                 netns: netns.to_owned(),
             });
         }
-        match run_nft(netns, &["list", "table", "inet", TABLE]) {
+        match nft::list_table(netns, "inet", TABLE) {
             Ok(text) => Ok(Some(text)),
-            Err(e) if no_such_table(&e) => Ok(None),
+            Err(e) if nft::is_no_such_table(&e) => Ok(None),
             Err(source) => Err(ApplyError::Nft {
                 pod: pod.clone(),
                 op: "list",

@@ -4,6 +4,9 @@
 //! (`ip netns exec NAME nft -f -`). `nft -f` loads a file as one netlink batch, so the
 //! ruleset is applied atomically: either all of it or nothing. Put `flush table …` or
 //! `destroy table …` at the top of the text to replace a table in the same transaction.
+//!
+//! This is the one place that runs `nft` (the agent's [`crate::applier::NftApplier`]
+//! goes through it too).
 
 use crate::netns::{self, NetnsError};
 
@@ -81,6 +84,22 @@ pub fn list_table_json(
 /// Checks `ruleset` without applying it (`nft -c -f -`); still needs a namespace.
 pub fn check(netns: &str, ruleset: &str) -> Result<(), NftError> {
     nft(netns, &["-c", "-f", "-"], Some(ruleset.as_bytes())).map(drop)
+}
+
+/// One table as nft text (`nft list table FAMILY NAME`).
+pub fn list_table(netns: &str, family: &str, name: &str) -> Result<String, NftError> {
+    let stdout = nft(netns, &["list", "table", family, name], None)?;
+    Ok(String::from_utf8_lossy(&stdout).into_owned())
+}
+
+/// Deletes one table (`nft delete table FAMILY NAME`).
+pub fn delete_table(netns: &str, family: &str, name: &str) -> Result<(), NftError> {
+    nft(netns, &["delete", "table", family, name], None).map(drop)
+}
+
+/// Whether `err` is nft saying the table (or chain, set) does not exist.
+pub fn is_no_such_table(err: &NftError) -> bool {
+    matches!(err, NftError::Rejected { stderr, .. } if stderr.contains("No such file or directory"))
 }
 
 /// Removes every table in `netns` (`nft flush ruleset`).

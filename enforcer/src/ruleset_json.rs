@@ -33,8 +33,8 @@ use nftables::schema::{
 use nftables::stmt::{AnonymousCounter, Counter, JumpTarget, Log, Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 use policy_compiler::ruleset::{
-    AddrField, Chain, Family, Hook, MapVerdict, ND_TYPES, NftRule, PeerMap, PortsSet, RuleKind,
-    Ruleset, TABLE,
+    AddrField, AddrSet, Chain, Family, Hook, MapVerdict, ND_TYPES, NftRule, PeerMap, PortsSet,
+    RuleKind, Ruleset, ServiceSet, TABLE,
 };
 
 /// Value type the crate can express, used for verdict maps and patched by [`to_json`].
@@ -97,6 +97,12 @@ pub fn to_nftables(rs: &Ruleset) -> Nftables<'static> {
     }
     for set in &rs.sets {
         objects.push(add(NfListObject::Set(Box::new(ports_set(set)))));
+    }
+    for set in &rs.addr_sets {
+        objects.push(add(NfListObject::Set(Box::new(addr_set(set)))));
+    }
+    for set in &rs.service_sets {
+        objects.push(add(NfListObject::Set(Box::new(service_set(set)))));
     }
     for c in &rs.chains {
         for r in &c.rules {
@@ -246,6 +252,70 @@ fn ports_set(set: &PortsSet) -> NfSet<'static> {
     }
 }
 
+fn addr_type(f: Family) -> SetType {
+    match f {
+        Family::V4 => SetType::Ipv4Addr,
+        Family::V6 => SetType::Ipv6Addr,
+    }
+}
+
+fn addr_set(set: &AddrSet) -> NfSet<'static> {
+    let elem: Vec<Expression<'static>> = set.elements.iter().map(|a| s(a.to_string())).collect();
+    NfSet {
+        family: NfFamily::INet,
+        table: table_name(),
+        name: Cow::Owned(set.name.clone()),
+        handle: None,
+        set_type: SetTypeValue::Single(addr_type(set.family)),
+        policy: None,
+        flags: None,
+        elem: (!elem.is_empty()).then_some(Cow::Owned(elem)),
+        timeout: None,
+        gc_interval: None,
+        size: None,
+        comment: None,
+    }
+}
+
+fn service_set(set: &ServiceSet) -> NfSet<'static> {
+    let elem: Vec<Expression<'static>> = set
+        .elements
+        .iter()
+        .map(|e| {
+            Expression::Named(NamedExpression::Concat(vec![
+                s(e.addr.to_string()),
+                s(e.protocol.as_str().to_ascii_lowercase()),
+                Expression::Number(u32::from(e.port)),
+            ]))
+        })
+        .collect();
+    NfSet {
+        family: NfFamily::INet,
+        table: table_name(),
+        name: Cow::Owned(set.name.clone()),
+        handle: None,
+        set_type: SetTypeValue::Concatenated(Cow::Owned(vec![
+            addr_type(set.family),
+            SetType::InetProto,
+            SetType::InetService,
+        ])),
+        policy: None,
+        flags: None,
+        elem: (!elem.is_empty()).then_some(Cow::Owned(elem)),
+        timeout: None,
+        gc_interval: None,
+        size: None,
+        comment: None,
+    }
+}
+
+fn family_proto(f: Family) -> &'static str {
+    match f {
+        Family::V4 => "ip",
+        Family::V6 => "ip6",
+    }
+}
+
 fn chain(c: &Chain) -> NfChain<'static> {
     let mut out = NfChain {
         family: NfFamily::INet,
@@ -258,6 +328,7 @@ fn chain(c: &Chain) -> NfChain<'static> {
         out.hook = Some(match b.hook {
             Hook::Input => NfHook::Input,
             Hook::Output => NfHook::Output,
+            Hook::Forward => NfHook::Forward,
         });
         out.prio = Some(0);
         out.policy = Some(if b.accept {
@@ -326,7 +397,7 @@ fn statements(kind: &RuleKind) -> Vec<Statement<'static>> {
         RuleKind::Loopback(h) => vec![
             matches(
                 meta(match h {
-                    Hook::Input => MetaKey::Iif,
+                    Hook::Input | Hook::Forward => MetaKey::Iif,
                     Hook::Output => MetaKey::Oif,
                 }),
                 Operator::EQ,
@@ -351,6 +422,26 @@ fn statements(kind: &RuleKind) -> Vec<Statement<'static>> {
         RuleKind::Ports { set } => vec![
             matches(
                 Expression::Named(NamedExpression::Concat(vec![
+                    meta(MetaKey::L4proto),
+                    payload("th", "dport"),
+                ])),
+                Operator::EQ,
+                s(format!("@{set}")),
+            ),
+            accept,
+        ],
+        RuleKind::AddrSetAccept { family, field, set } => vec![
+            matches(
+                payload(family_proto(*family), field.as_str()),
+                Operator::EQ,
+                s(format!("@{set}")),
+            ),
+            accept,
+        ],
+        RuleKind::ServiceAccept { family, set } => vec![
+            matches(
+                Expression::Named(NamedExpression::Concat(vec![
+                    payload(family_proto(*family), "daddr"),
                     meta(MetaKey::L4proto),
                     payload("th", "dport"),
                 ])),
@@ -412,6 +503,8 @@ mod tests {
                     last: 81,
                 }],
             }],
+            addr_sets: vec![],
+            service_sets: vec![],
             chains: vec![Chain {
                 name: "ingress".into(),
                 base: Some(BaseChain {

@@ -5,7 +5,7 @@
 //! 1. [`install_binary`] copies the plugin to `<bin dir>/netpol-cni` atomically (a
 //!    temporary file in the same directory, fsync, mode 0755, rename; a running copy is
 //!    never written to, so no `ETXTBSY`) and skips the copy when the content is identical.
-//! 2. [`chain`] adds a [`PluginEntry`] to the network configuration the runtime uses:
+//! 2. [`chain`] adds a [`PluginConfig`] to the network configuration the runtime uses:
 //!    the lexicographically first file of the configuration directory ending in
 //!    `.conflist`, `.conf` or `.json` (what libcni, containerd and CRI-O pick).
 //!    - A configuration list (it has `plugins`) gets the entry appended as the last
@@ -32,10 +32,10 @@
 //!
 //! ```no_run
 //! use std::path::Path;
-//! use netpol_cni::install::{chain, install_binary, PluginEntry};
+//! use netpol_cni::install::{chain, install_binary, PluginConfig};
 //!
 //! # fn main() -> Result<(), netpol_cni::install::InstallError> {
-//! let entry = PluginEntry { fail_open: true, ..PluginEntry::default() };
+//! let entry = PluginConfig { fail_open: true, ..PluginConfig::default() };
 //! install_binary(Path::new("/usr/local/bin/netpol-cni"), Path::new("/host/opt/cni/bin"))?;
 //! let outcome = chain(Path::new("/host/etc/cni/net.d"), &entry)?;
 //! println!("{outcome}"); // e.g. "/host/etc/cni/net.d/10-flannel.conflist: entry added"
@@ -43,31 +43,23 @@
 //! # }
 //! ```
 
-use std::ffi::OsString;
 use std::fmt;
-use std::fs::{self, File, OpenOptions, Permissions};
+use std::fs::{self, File, Permissions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use netpol_common::fs::{WriteStep, parent};
 use serde_json::{Map, Value, json};
 
-/// The plugin's `type` in a network configuration (also its binary's name).
-pub const PLUGIN_TYPE: &str = "netpol-cni";
+pub use crate::config::{DEFAULT_TIMEOUT_SECONDS, PLUGIN_TYPE, PluginConfig};
 /// The file name of the plugin binary in the CNI bin directory.
 pub const BINARY_NAME: &str = "netpol-cni";
 /// Appended to a single-plugin configuration [`chain`] converted to a list: the runtime
 /// only reads `.conflist`, `.conf` and `.json` files, so it ignores the original.
 pub const ORIG_SUFFIX: &str = ".netpol-orig";
-/// Suffix of temporary files (ignored by the runtime for the same reason).
-const TMP_SUFFIX: &str = ".netpol-tmp";
 /// Extensions of the files the runtime reads network configurations from.
 const CONFIG_EXTENSIONS: [&str; 3] = ["conflist", "conf", "json"];
-/// Default agent socket the plugin talks to.
-pub const DEFAULT_AGENT_SOCKET: &str = "/run/netpol/cni.sock";
-/// Default seconds the plugin waits for the agent.
-pub const DEFAULT_TIMEOUT_SECONDS: u64 = 10;
 /// Default CNI bin directory (the host's `/opt/cni/bin` as the DaemonSet mounts it).
 pub const DEFAULT_BIN_DIR: &str = "/host/opt/cni/bin";
 /// Default CNI configuration directory (the host's `/etc/cni/net.d`, mounted).
@@ -226,85 +218,21 @@ fn io_err(path: &Path, action: impl Into<String>) -> impl FnOnce(io::Error) -> I
     }
 }
 
-/// The plugin's entry in a configuration list. The JSON field names are the plugin's
-/// configuration contract: it reads them from the network configuration on its stdin.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PluginEntry {
-    /// Unix socket of the node agent (`agentSocket`).
-    pub agent_socket: PathBuf,
-    /// How long the plugin waits for the agent, in seconds (`timeoutSeconds`).
-    pub timeout_seconds: u64,
-    /// Whether a Pod may start when the agent does not answer in time (`failOpen`).
-    pub fail_open: bool,
+/// Parses an entry in [`PluginConfig::to_json`]'s form (`text` read from `path`, which
+/// errors name): `type` must be `netpol-cni`; missing fields take their defaults; unknown
+/// fields are errors (a typo must not silently become a default).
+pub fn parse_entry(text: &str, path: &Path) -> Result<PluginConfig, InstallError> {
+    let value: Value = serde_json::from_str(text).map_err(|e| json_error(path, e))?;
+    PluginConfig::from_entry(value).map_err(|source| InstallError::InvalidEntry {
+        path: path.to_owned(),
+        source,
+    })
 }
 
-impl Default for PluginEntry {
-    fn default() -> Self {
-        Self {
-            agent_socket: PathBuf::from(DEFAULT_AGENT_SOCKET),
-            timeout_seconds: DEFAULT_TIMEOUT_SECONDS,
-            fail_open: false,
-        }
-    }
-}
-
-/// The `--entry` file's shape: every field but `type` optional (default), nothing else.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct EntryFile {
-    #[serde(rename = "type")]
-    kind: EntryType,
-    agent_socket: Option<PathBuf>,
-    timeout_seconds: Option<u64>,
-    fail_open: Option<bool>,
-}
-
-#[derive(Deserialize)]
-enum EntryType {
-    #[serde(rename = "netpol-cni")]
-    NetpolCni,
-}
-
-impl PluginEntry {
-    /// The entry as it goes into `plugins`:
-    /// `{"type":"netpol-cni","agentSocket":…,"timeoutSeconds":…,"failOpen":…}` (a
-    /// non-UTF-8 socket path is converted lossily).
-    pub fn to_json(&self) -> Value {
-        json!({
-            "type": PLUGIN_TYPE,
-            "agentSocket": self.agent_socket.to_string_lossy(),
-            "timeoutSeconds": self.timeout_seconds,
-            "failOpen": self.fail_open,
-        })
-    }
-
-    /// Parses an entry in [`to_json`](Self::to_json)'s form (`text` read from `path`,
-    /// which errors name). `type` must be `netpol-cni`; missing fields take their
-    /// defaults; unknown fields are errors (a typo must not silently become a default).
-    pub fn parse(text: &str, path: &Path) -> Result<Self, InstallError> {
-        let value: Value = serde_json::from_str(text).map_err(|e| json_error(path, e))?;
-        let EntryFile {
-            kind: EntryType::NetpolCni,
-            agent_socket,
-            timeout_seconds,
-            fail_open,
-        } = serde_json::from_value(value).map_err(|source| InstallError::InvalidEntry {
-            path: path.to_owned(),
-            source,
-        })?;
-        let default = Self::default();
-        Ok(Self {
-            agent_socket: agent_socket.unwrap_or(default.agent_socket),
-            timeout_seconds: timeout_seconds.unwrap_or(default.timeout_seconds),
-            fail_open: fail_open.unwrap_or(default.fail_open),
-        })
-    }
-
-    /// Reads and [`parse`](Self::parse)s an entry file.
-    pub fn from_file(path: &Path) -> Result<Self, InstallError> {
-        let text = fs::read_to_string(path).map_err(io_err(path, "read"))?;
-        Self::parse(&text, path)
-    }
+/// Reads and [`parse_entry`]s an entry file.
+pub fn read_entry(path: &Path) -> Result<PluginConfig, InstallError> {
+    let text = fs::read_to_string(path).map_err(io_err(path, "read"))?;
+    parse_entry(&text, path)
 }
 
 fn json_error(path: &Path, source: serde_json::Error) -> InstallError {
@@ -394,64 +322,22 @@ fn same_content(src: &Path, dst: &Path) -> Result<bool, InstallError> {
     }
 }
 
-/// Removes a temporary file unless it was renamed into place.
-struct TempFile {
-    path: PathBuf,
-    keep: bool,
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if !self.keep {
-            let _ = fs::remove_file(&self.path);
-        }
-    }
-}
-
-/// `.<name>.netpol-tmp` beside `path`.
-fn temp_path(path: &Path) -> PathBuf {
-    let mut name = OsString::from(".");
-    name.push(path.file_name().unwrap_or_default());
-    name.push(TMP_SUFFIX);
-    path.with_file_name(name)
-}
-
-/// Writes `path` atomically: `fill` writes a temporary file in the same directory, which
-/// is given `mode`, fsynced and renamed over `path`; on any error the temporary file is
-/// removed and `path` is untouched.
+/// Writes `path` atomically ([`netpol_common::fs::write_atomic`]: temporary file
+/// `.<name>.netpol-tmp` in the same directory, ignored by the runtime, exact mode, fsync,
+/// rename, directory fsync); on any error the temporary file is removed and `path` is
+/// untouched.
 fn write_atomic(
     path: &Path,
     mode: u32,
     fill: impl FnOnce(&Path, &mut File) -> Result<(), InstallError>,
 ) -> Result<(), InstallError> {
-    let tmp = TempFile {
-        path: temp_path(path),
-        keep: false,
-    };
-    // Left over by an interrupted run (the init container is often pid 1 every time).
-    match fs::remove_file(&tmp.path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => {
-            return Err(io_err(&tmp.path, "remove stale temporary file")(e));
-        }
-        _ => {}
+    let written = netpol_common::fs::write_atomic(path, mode, fill).map_err(|e| match e.step {
+        WriteStep::Fill(e) => e,
+        WriteStep::Io { op, source } => io_err(&e.path, op)(source),
+    })?;
+    if let Err(e) = written.dir_sync {
+        log_dir_sync(path, &e);
     }
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp.path)
-        .map_err(io_err(&tmp.path, "create"))?;
-    fill(&tmp.path, &mut file)?;
-    // The umask applied at creation; set the mode exactly.
-    file.set_permissions(Permissions::from_mode(mode))
-        .map_err(io_err(&tmp.path, format!("chmod {mode:o}")))?;
-    file.sync_all().map_err(io_err(&tmp.path, "fsync"))?;
-    drop(file);
-    fs::rename(&tmp.path, path)
-        .map_err(io_err(&tmp.path, format!("rename to {}", path.display())))?;
-    let mut tmp = tmp;
-    tmp.keep = true;
-    sync_dir(path);
     Ok(())
 }
 
@@ -467,17 +353,13 @@ fn write_json_atomic(path: &Path, mode: u32, value: &Value) -> Result<(), Instal
 /// Makes a rename in `path`'s directory durable. Best effort: the rename has happened,
 /// and a filesystem without directory fsync must not turn success into an error.
 fn sync_dir(path: &Path) {
-    let dir = parent(path);
-    if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
-        tracing::warn!(dir = %dir.display(), error = %e, "cannot fsync directory");
+    if let Err(e) = File::open(parent(path)).and_then(|d| d.sync_all()) {
+        log_dir_sync(path, &e);
     }
 }
 
-fn parent(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
+fn log_dir_sync(path: &Path, e: &io::Error) {
+    tracing::warn!(dir = %parent(path).display(), error = %e, "cannot fsync directory");
 }
 
 fn rename(from: &Path, to: &Path) -> Result<(), InstallError> {
@@ -631,7 +513,7 @@ impl fmt::Display for ChainOutcome {
 
 /// Adds `entry` to the network configuration the runtime uses in `conf_dir` (see the
 /// module docs). Idempotent: with the entry already in place nothing is written.
-pub fn chain(conf_dir: &Path, entry: &PluginEntry) -> Result<ChainOutcome, InstallError> {
+pub fn chain(conf_dir: &Path, entry: &PluginConfig) -> Result<ChainOutcome, InstallError> {
     let files = config_files(conf_dir)?;
     let Some(first) = files.first() else {
         return Err(InstallError::NoConfig {
@@ -863,10 +745,10 @@ impl Default for InstallOptions {
 
 impl InstallOptions {
     /// The entry to chain: the `--entry` file (or the defaults), then the flags.
-    pub fn entry(&self) -> Result<PluginEntry, InstallError> {
+    pub fn entry(&self) -> Result<PluginConfig, InstallError> {
         let mut entry = match &self.entry_file {
-            Some(f) => PluginEntry::from_file(f)?,
-            None => PluginEntry::default(),
+            Some(f) => read_entry(f)?,
+            None => PluginConfig::default(),
         };
         if let Some(s) = &self.agent_socket {
             entry.agent_socket = s.clone();
@@ -1084,20 +966,20 @@ mod tests {
     #[test]
     fn entry_json_is_the_plugin_contract() {
         assert_eq!(
-            PluginEntry::default().to_json(),
+            PluginConfig::default().to_json(),
             json!({"type": "netpol-cni", "agentSocket": "/run/netpol/cni.sock",
                    "timeoutSeconds": 10, "failOpen": false})
         );
-        let e = PluginEntry {
+        let e = PluginConfig {
             agent_socket: "/x.sock".into(),
             timeout_seconds: 3,
             fail_open: true,
         };
         let p = Path::new("e.json");
-        assert_eq!(PluginEntry::parse(&e.to_json().to_string(), p).unwrap(), e);
+        assert_eq!(parse_entry(&e.to_json().to_string(), p).unwrap(), e);
         assert_eq!(
-            PluginEntry::parse(r#"{"type":"netpol-cni"}"#, p).unwrap(),
-            PluginEntry::default()
+            parse_entry(r#"{"type":"netpol-cni"}"#, p).unwrap(),
+            PluginConfig::default()
         );
         for bad in [
             r#"{"type":"bridge"}"#,
@@ -1105,7 +987,7 @@ mod tests {
             r#"{"type":"netpol-cni","timeoutSeconds":"10"}"#,
             r#"{"agentSocket":"/x"}"#,
         ] {
-            let err = PluginEntry::parse(bad, p).unwrap_err();
+            let err = parse_entry(bad, p).unwrap_err();
             assert!(
                 matches!(err, InstallError::InvalidEntry { .. }),
                 "{bad}: {err:?}"
@@ -1120,14 +1002,14 @@ mod tests {
         fs::set_permissions(&path, Permissions::from_mode(0o600)).unwrap();
         let before: Value = serde_json::from_str(CONTAINERD).unwrap();
 
-        let out = chain(dir.path(), &PluginEntry::default()).unwrap();
+        let out = chain(dir.path(), &PluginConfig::default()).unwrap();
         assert_eq!(out, ChainOutcome::Added(path.clone()));
         let after = json_of(&path);
         let mut expected = before.clone();
         expected["plugins"]
             .as_array_mut()
             .unwrap()
-            .push(PluginEntry::default().to_json());
+            .push(PluginConfig::default().to_json());
         assert_eq!(after, expected, "every other field and plugin as before");
         assert_eq!(mode(&path), 0o600, "mode kept");
         assert_eq!(
@@ -1142,7 +1024,7 @@ mod tests {
     fn a_second_run_changes_nothing() {
         let dir = dir_with(&[("10-flannel.conflist", FLANNEL)]);
         let path = dir.path().join("10-flannel.conflist");
-        let entry = PluginEntry::default();
+        let entry = PluginConfig::default();
         chain(dir.path(), &entry).unwrap();
         let first = fs::read(&path).unwrap();
         let inode = fs::metadata(&path).unwrap().ino();
@@ -1162,7 +1044,7 @@ mod tests {
     fn a_changed_entry_is_updated_in_place() {
         let dir = dir_with(&[("10-flannel.conflist", FLANNEL)]);
         let path = dir.path().join("10-flannel.conflist");
-        chain(dir.path(), &PluginEntry::default()).unwrap();
+        chain(dir.path(), &PluginConfig::default()).unwrap();
         // Another chained plugin added after ours, and a stale duplicate of ours.
         let mut v = json_of(&path);
         let plugins = v["plugins"].as_array_mut().unwrap();
@@ -1170,10 +1052,10 @@ mod tests {
         plugins.push(json!({"type": "netpol-cni", "logLevel": "debug"}));
         fs::write(&path, v.to_string()).unwrap();
 
-        let entry = PluginEntry {
+        let entry = PluginConfig {
             timeout_seconds: 30,
             fail_open: true,
-            ..PluginEntry::default()
+            ..PluginConfig::default()
         };
         assert_eq!(
             chain(dir.path(), &entry).unwrap(),
@@ -1200,7 +1082,7 @@ mod tests {
         fs::set_permissions(&conf, Permissions::from_mode(0o640)).unwrap();
         let list = dir.path().join("10-bridge.conflist");
         let orig = dir.path().join("10-bridge.conf.netpol-orig");
-        let entry = PluginEntry::default();
+        let entry = PluginConfig::default();
 
         assert!(!is_chained(dir.path()).unwrap());
         assert_eq!(
@@ -1254,13 +1136,13 @@ mod tests {
     fn a_conf_rewritten_after_conversion_is_converted_again() {
         let dir = dir_with(&[("10-bridge.conf", BRIDGE_CONF)]);
         let conf = dir.path().join("10-bridge.conf");
-        chain(dir.path(), &PluginEntry::default()).unwrap();
+        chain(dir.path(), &PluginConfig::default()).unwrap();
         // The primary CNI writes its configuration again: the runtime now uses it.
         let newer = BRIDGE_CONF.replace("10.22.0.0/16", "10.23.0.0/16");
         fs::write(&conf, &newer).unwrap();
         assert!(!is_chained(dir.path()).unwrap());
         assert!(matches!(
-            chain(dir.path(), &PluginEntry::default()).unwrap(),
+            chain(dir.path(), &PluginConfig::default()).unwrap(),
             ChainOutcome::Converted { .. }
         ));
         let list = dir.path().join("10-bridge.conflist");
@@ -1283,7 +1165,7 @@ mod tests {
         ]);
         fs::create_dir(dir.path().join("00-dir.conflist")).unwrap();
         std::os::unix::fs::symlink("/nonexistent", dir.path().join("01-dangling.conf")).unwrap();
-        let out = chain(dir.path(), &PluginEntry::default()).unwrap();
+        let out = chain(dir.path(), &PluginConfig::default()).unwrap();
         assert_eq!(out.path(), dir.path().join("10-b.conflist"));
         assert_eq!(
             fs::read_to_string(dir.path().join("20-flannel.conflist")).unwrap(),
@@ -1292,10 +1174,10 @@ mod tests {
 
         // Byte order: ".conf" sorts before ".conflist", "10" before "9".
         let dir = dir_with(&[("9-a.conflist", FLANNEL), ("10-a.json", BRIDGE_CONF)]);
-        let out = chain(dir.path(), &PluginEntry::default()).unwrap();
+        let out = chain(dir.path(), &PluginConfig::default()).unwrap();
         assert_eq!(out.path(), dir.path().join("10-a.conflist"));
         let dir = dir_with(&[("10-a.conflist", FLANNEL), ("10-a.conf", "{")]);
-        let err = chain(dir.path(), &PluginEntry::default()).unwrap_err();
+        let err = chain(dir.path(), &PluginConfig::default()).unwrap_err();
         assert!(err.to_string().contains("10-a.conf:"), "{err}");
     }
 
@@ -1303,7 +1185,7 @@ mod tests {
     fn invalid_json_names_file_line_and_column() {
         let text = "{\n  \"cniVersion\": \"1.0.0\",\n  \"plugins\": [\n    {\"type\": \"bridge\",}\n  ]\n}\n";
         let dir = dir_with(&[("10-net.conflist", text)]);
-        let err = chain(dir.path(), &PluginEntry::default()).unwrap_err();
+        let err = chain(dir.path(), &PluginConfig::default()).unwrap_err();
         let InstallError::Json { path, line, .. } = &err else {
             panic!("{err:?}")
         };
@@ -1321,7 +1203,7 @@ mod tests {
 
     #[test]
     fn malformed_configs_are_errors_naming_the_file() {
-        let entry = PluginEntry::default();
+        let entry = PluginConfig::default();
         let cases = [
             (
                 "a.conflist",
@@ -1364,12 +1246,12 @@ mod tests {
     #[test]
     fn no_config_file_is_an_error_naming_the_directory() {
         let dir = dir_with(&[("README", "x"), ("10-x.conf.netpol-orig", BRIDGE_CONF)]);
-        let err = chain(dir.path(), &PluginEntry::default()).unwrap_err();
+        let err = chain(dir.path(), &PluginConfig::default()).unwrap_err();
         assert!(matches!(err, InstallError::NoConfig { .. }), "{err:?}");
         assert!(err.to_string().contains(&*dir.path().to_string_lossy()));
         assert!(!is_chained(dir.path()).unwrap());
         let missing = dir.path().join("missing");
-        let err = chain(&missing, &PluginEntry::default()).unwrap_err();
+        let err = chain(&missing, &PluginConfig::default()).unwrap_err();
         assert!(
             err.to_string().contains("missing: cannot read directory"),
             "{err}"
@@ -1382,7 +1264,7 @@ mod tests {
             ("10-bridge.conf", BRIDGE_CONF),
             ("10-bridge.conflist", FLANNEL),
         ]);
-        let err = chain(dir.path(), &PluginEntry::default()).unwrap_err();
+        let err = chain(dir.path(), &PluginConfig::default()).unwrap_err();
         assert!(matches!(err, InstallError::Foreign { .. }), "{err:?}");
         assert_eq!(
             fs::read_to_string(dir.path().join("10-bridge.conflist")).unwrap(),
@@ -1393,7 +1275,7 @@ mod tests {
             ("10-bridge.conf", BRIDGE_CONF),
             ("10-bridge.conf.json", BRIDGE_CONF),
         ]);
-        let err = chain(dir.path(), &PluginEntry::default()).unwrap_err();
+        let err = chain(dir.path(), &PluginConfig::default()).unwrap_err();
         assert!(matches!(err, InstallError::Shadowed { .. }), "{err:?}");
         assert_eq!(names(dir.path()), ["10-bridge.conf", "10-bridge.conf.json"]);
     }
@@ -1402,7 +1284,7 @@ mod tests {
     fn unchain_removes_the_entry_and_is_idempotent() {
         let dir = dir_with(&[("10-flannel.conflist", FLANNEL)]);
         let path = dir.path().join("10-flannel.conflist");
-        chain(dir.path(), &PluginEntry::default()).unwrap();
+        chain(dir.path(), &PluginConfig::default()).unwrap();
         assert_eq!(
             unchain(dir.path()).unwrap(),
             [UnchainAction::Removed(path.clone())]
@@ -1430,7 +1312,7 @@ mod tests {
             fs::remove_file(&probe).unwrap();
             return;
         }
-        let err = chain(dir.path(), &PluginEntry::default()).unwrap_err();
+        let err = chain(dir.path(), &PluginConfig::default()).unwrap_err();
         fs::set_permissions(dir.path(), Permissions::from_mode(0o755)).unwrap();
         assert!(
             err.to_string()
@@ -1561,7 +1443,7 @@ mod tests {
         };
         assert_eq!(
             o.entry().unwrap(),
-            PluginEntry {
+            PluginConfig {
                 agent_socket: "/a.sock".into(),
                 timeout_seconds: 5,
                 fail_open: true

@@ -26,6 +26,7 @@
 //! rscni-plugin and thiserror, never on kube, tokio, hyper or the policy compiler
 //! (`.ci/run` checks that).
 
+pub mod config;
 pub mod install;
 pub mod plugin;
 

@@ -47,7 +47,7 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::IpAddr;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -56,58 +56,18 @@ use std::time::{Duration, Instant};
 use rscni_plugin::cni::Cni;
 use rscni_plugin::error::Error;
 use rscni_plugin::types::{Args, CNIResult, NetConf};
-use serde::Deserialize;
 
 use netpol_common::ErrorChain;
 
-use super::{Command, DEFAULT_SOCKET, MAX_LINE, PodRef, Request, Response, WIRE_VERSION};
+use super::{Command, MAX_LINE, PodRef, Request, Response, WIRE_VERSION};
 
 /// CNI error code of an ADD or CHECK the agent answered and refused (the Pod's policy
 /// could not be put in place). Plugin-specific codes start at 100.
 pub const AGENT_REFUSED: u32 = 100;
 
-/// The plugin's own fields of the network configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Settings {
-    /// The agent's socket.
-    #[serde(default = "default_socket")]
-    pub agent_socket: PathBuf,
-    /// Seconds `ADD` waits for the agent.
-    #[serde(default = "default_timeout")]
-    pub timeout_seconds: u64,
-    /// Let the Pod start when the agent cannot confirm its policy.
-    #[serde(default)]
-    pub fail_open: bool,
-}
-
-fn default_socket() -> PathBuf {
-    PathBuf::from(DEFAULT_SOCKET)
-}
-
-fn default_timeout() -> u64 {
-    10
-}
-
-impl Settings {
-    /// The settings of a network configuration (its fields the CNI spec does not define).
-    pub fn from_conf(conf: &NetConf) -> Result<Self, Error> {
-        let ours: serde_json::Map<String, serde_json::Value> =
-            ["agentSocket", "timeoutSeconds", "failOpen"]
-                .into_iter()
-                .filter_map(|k| Some((k.to_owned(), conf.custom.get(k)?.clone())))
-                .collect();
-        let settings: Settings = serde_json::from_value(serde_json::Value::Object(ours))
-            .map_err(|e| Error::InvalidNetworkConfig(format!("netpol-cni: {e}")))?;
-        if !(1..=600).contains(&settings.timeout_seconds) {
-            return Err(Error::InvalidNetworkConfig(format!(
-                "netpol-cni: timeoutSeconds {} is out of range 1..=600",
-                settings.timeout_seconds
-            )));
-        }
-        Ok(settings)
-    }
-}
+/// The plugin's own fields of the network configuration: the installer's struct, one
+/// contract with one set of defaults ([`crate::config`]).
+pub use crate::config::PluginConfig as Settings;
 
 /// Why the agent could not be asked or did not answer.
 #[derive(Debug, thiserror::Error)]
@@ -177,11 +137,38 @@ impl Transport for SocketTransport {
         })?;
         line.push(b'\n');
         (&stream).write_all(&line).map_err(io)?;
-        stream.set_read_timeout(Some(left())).map_err(io)?;
+        // The deadline is the whole call's: each read waits at most what is left, so an
+        // agent trickling a byte at a time cannot keep the plugin alive past it. See: #11
+        let deadline = start + timeout;
         let mut answer = Vec::new();
-        BufReader::new(stream.take(MAX_LINE as u64 + 1))
-            .read_until(b'\n', &mut answer)
-            .map_err(io)?;
+        let mut buf = [0u8; 4096];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the agent did not finish its answer in time",
+                )));
+            }
+            stream.set_read_timeout(Some(left)).map_err(io)?;
+            let n = match (&stream).read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io(e)),
+            };
+            if n == 0 {
+                break;
+            }
+            let chunk = &buf[..n];
+            if let Some(end) = chunk.iter().position(|b| *b == b'\n') {
+                answer.extend_from_slice(&chunk[..=end]);
+                break;
+            }
+            answer.extend_from_slice(chunk);
+            if answer.len() > MAX_LINE {
+                break;
+            }
+        }
         if answer.last() != Some(&b'\n') {
             return Err(if answer.len() > MAX_LINE {
                 TransportError::Protocol {
@@ -351,8 +338,19 @@ impl Cni for NetpolCni<'_> {
         Ok(prev)
     }
 
+    /// Never fails (the CNI spec: DEL of something half-made or already gone must
+    /// succeed): problems are logged to stderr. The binary also exits 0 when the runtime's
+    /// environment or stdin cannot be read for a DEL. See: #11
     fn del(&self, args: Args) -> Result<(), Error> {
-        let s = Settings::from_conf(args.config())?;
+        let s = Settings::from_conf(args.config()).unwrap_or_else(|e| {
+            eprintln!(
+                "netpol-cni: DEL: {}: {}; telling the agent at the default socket",
+                e.msg(),
+                e.details()
+            );
+            // The defaults: the default socket and timeout, fail closed.
+            Settings::default()
+        });
         let Some(pod) = pod_from_args(args.args().unwrap_or_default()) else {
             return Ok(());
         };

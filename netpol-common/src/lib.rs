@@ -4,6 +4,9 @@
 //!
 //! - [`ErrorChain`]: an error with its sources on one line (`a: b: c`), for logs and
 //!   command-line messages.
+//! - [`fs::write_atomic`]: the one atomic file write (temporary file in the same
+//!   directory, exact mode, fsync, rename, directory fsync), used by the CNI installer
+//!   (node configuration, the plugin binary) and the agent's CNI records.
 //!
 //! # Example
 //!
@@ -26,6 +29,8 @@
 //! let e = Outer(std::io::Error::other("disk on fire"));
 //! assert_eq!(ErrorChain(&e).to_string(), "reading config: disk on fire");
 //! ```
+
+pub mod fs;
 
 /// Displays an error with its sources (`a: b: c`).
 pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));

@@ -534,6 +534,7 @@ fn enforce(plan: &LabPlan, netns: &[String], opts: &LabOptions) -> Result<(), La
     let renderer = Arc::new(CompiledRulesets {
         options: RulesetOptions {
             log_group: opts.log_group,
+            ..RulesetOptions::default()
         },
     });
     let mut rec = Reconciler::new(

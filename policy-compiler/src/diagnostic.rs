@@ -63,13 +63,21 @@ pub struct Origin {
 impl Origin {
     /// Position of a field path relative to the object (or its nearest located ancestor).
     pub fn locate(&self, field: &str) -> Option<Pos> {
-        let full = match (self.base.is_empty(), field.is_empty()) {
+        self.spans.locate(&self.full_path(field))
+    }
+
+    /// Whether the scalar at `field` (relative to the object) is quoted in the source.
+    pub fn is_quoted(&self, field: &str) -> Option<bool> {
+        self.spans.is_quoted(&self.full_path(field))
+    }
+
+    fn full_path(&self, field: &str) -> String {
+        match (self.base.is_empty(), field.is_empty()) {
             (true, _) => field.to_string(),
             (false, true) => self.base.clone(),
             (false, false) if field.starts_with('[') => format!("{}{field}", self.base),
             (false, false) => format!("{}.{field}", self.base),
-        };
-        self.spans.locate(&full)
+        }
     }
 }
 

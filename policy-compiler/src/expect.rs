@@ -4,6 +4,10 @@
 //! description: what the case pins
 //! assertions:
 //!   - {from: x/a, to: y/b, port: 80, protocol: TCP, allowed: false}
+//!   # through a Service (port = the Service port): all backends, or one
+//!   - {from: x/a, to: x/service/db, port: 5432, allowed: true}
+//!   - {from: node/n1, to: x/b, port: 80, allowed: true}
+//!   - {from: x/a, to: x/service/db, port: 5432, backend: x/db-1, allowed: false}
 //! matrix:
 //!   - port: 80
 //!     protocol: TCP
@@ -18,7 +22,9 @@ use std::fmt::Write as _;
 
 use serde::Deserialize;
 
-use crate::explain::{PortQuery, explain};
+use crate::explain::{
+    Destination, PortQuery, explain, explain_service, parse_destination, parse_source,
+};
 use crate::graph::{AllowGraph, Subject};
 use crate::matrix::{MatrixQuery, matrix};
 use crate::model::Model;
@@ -43,12 +49,17 @@ pub struct Expectations {
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Assertion {
-    /// Source endpoint or IP.
+    /// Source endpoint, IP or `node/NAME`.
     pub from: String,
-    /// Destination endpoint or IP.
+    /// Destination endpoint, IP or Service `ns/service/name`.
     pub to: String,
-    /// Port.
+    /// Port (the Service port for a Service destination).
     pub port: u16,
+    /// For a Service destination: the one backend (`ns/name`) whose verdict is asserted.
+    /// Without it, `allowed: true` means every backend is allowed (and there is one),
+    /// `allowed: false` that not every backend is.
+    #[serde(default)]
+    pub backend: Option<String>,
     /// `TCP` (default), `UDP` or `SCTP`.
     #[serde(default)]
     pub protocol: Option<String>,
@@ -115,8 +126,8 @@ pub fn check(model: &Model, graph: &AllowGraph, exp: &Expectations) -> Vec<Failu
         );
         let resolved = (|| {
             Ok::<_, String>((
-                Subject::parse(model, &a.from)?,
-                Subject::parse(model, &a.to)?,
+                parse_source(model, &a.from)?,
+                parse_destination(model, &a.to)?,
                 protocol(&a.protocol)?,
             ))
         })();
@@ -127,6 +138,22 @@ pub fn check(model: &Model, graph: &AllowGraph, exp: &Expectations) -> Vec<Failu
                     what,
                     report: format!("invalid assertion: {e}"),
                 });
+                continue;
+            }
+        };
+        let d = match (d, &a.backend) {
+            (Destination::Subject(d), None) => d,
+            (Destination::Subject(_), Some(_)) => {
+                failures.push(Failure {
+                    what,
+                    report: "invalid assertion: `backend` needs a Service destination".into(),
+                });
+                continue;
+            }
+            (Destination::Service(svc), backend) => {
+                if let Some(f) = check_service(model, graph, s, svc, p, a, backend.as_deref()) {
+                    failures.push(Failure { what, report: f });
+                }
                 continue;
             }
         };
@@ -167,6 +194,52 @@ pub fn check(model: &Model, graph: &AllowGraph, exp: &Expectations) -> Vec<Failu
         }
     }
     failures
+}
+
+/// A Service assertion: `None` when it holds, else the report.
+fn check_service(
+    model: &Model,
+    graph: &AllowGraph,
+    src: Subject,
+    svc: &crate::model::Service,
+    p: Protocol,
+    a: &Assertion,
+    backend: Option<&str>,
+) -> Option<String> {
+    let ports: Vec<usize> = svc
+        .find_ports(&a.port.to_string())
+        .into_iter()
+        .filter(|i| svc.ports[*i].protocol == p)
+        .collect();
+    if ports.is_empty() {
+        return Some(format!(
+            "invalid assertion: Service {} has no {p} port {}",
+            svc.key(),
+            a.port
+        ));
+    }
+    let e = explain_service(model, graph, src, svc, &ports);
+    let got = match backend {
+        None => e.allowed,
+        Some(b) => {
+            let name = match Subject::parse(model, b) {
+                Ok(s) => s.display(model),
+                Err(err) => return Some(format!("invalid assertion: backend: {err}")),
+            };
+            match e.backends.iter().find(|x| x.backend == name) {
+                Some(x) => x.allowed,
+                None => {
+                    return Some(format!(
+                        "invalid assertion: {name} is not a backend of {} on {p} {}\n{e}",
+                        svc.key(),
+                        a.port
+                    ));
+                }
+            }
+        }
+    };
+    (got != a.allowed)
+        .then(|| format!("expected {}, got {}\n{e}", verdict(a.allowed), verdict(got)))
 }
 
 fn verdict(b: bool) -> &'static str {

@@ -9,7 +9,7 @@ use std::fmt::{self, Write as _};
 use serde::Serialize;
 
 use crate::graph::{AllowGraph, Provenance, Reach, SideVerdict, Subject, rule_ports};
-use crate::model::{Direction, Endpoint, Model, NamespaceScope, Peer, PortMatch, Rule};
+use crate::model::{Direction, Endpoint, Model, NamespaceScope, Peer, PortMatch, Rule, Service};
 use crate::ports::{PortSet, Protocol};
 
 /// A port query: one protocol and port.
@@ -86,6 +86,10 @@ pub struct Explanation {
     /// filled by the caller, which knows what was skipped.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub caveats: Vec<String>,
+    /// Traffic from the destination Pod's own node (always allowed into it); only
+    /// serialised when true.
+    #[serde(skip_serializing_if = "is_false")]
+    pub from_node: bool,
     /// Egress at the source.
     pub egress: SideExplanation,
     /// Ingress at the destination.
@@ -170,6 +174,7 @@ pub fn explain_reach(
             _ => None,
         },
         caveats: Vec::new(),
+        from_node: reach.from_node,
         egress: side(Direction::Egress, &reach.egress, reach.src, reach.dst),
         ingress: side(Direction::Ingress, &reach.ingress, reach.dst, reach.src),
     }
@@ -400,6 +405,14 @@ impl fmt::Display for Explanation {
                 self.source
             )?;
         }
+        if self.from_node {
+            writeln!(
+                f,
+                "  {} is the node of {}: a Pod's own node may always connect to it",
+                self.source, self.destination
+            )?;
+            return Ok(());
+        }
         for side in [&self.egress, &self.ingress] {
             let mut line = String::new();
             let _ = write!(line, "  {} at {}: ", side.direction, side.at);
@@ -432,6 +445,296 @@ impl fmt::Display for Explanation {
                 if let Some(m) = &side.nearest_miss {
                     writeln!(f, "    denied; nearest miss: {m}")?;
                 }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// What `explain` was asked about as destination.
+#[derive(Debug, Clone, Copy)]
+pub enum Destination<'m> {
+    /// A Pod, workload or address.
+    Subject(Subject),
+    /// A Service (`ns/service/name` or `ns/svc/name`).
+    Service(&'m Service),
+}
+
+/// Parses a source: anything [`Subject::parse`] takes, or `node/NAME` (the first address
+/// of node NAME, when no Pod `node/NAME` exists).
+pub fn parse_source(model: &Model, arg: &str) -> Result<Subject, String> {
+    let sub = Subject::parse(model, arg);
+    if sub.is_ok() {
+        return sub;
+    }
+    if let Some(name) = arg.strip_prefix("node/").filter(|n| !n.contains('/')) {
+        let addrs = model.node_addresses(name);
+        return match addrs.first() {
+            Some(ip) => Ok(Subject::External(*ip)),
+            None if model.nodes.contains_key(name) => Err(format!(
+                "node {name} has no InternalIP/ExternalIP address and no hostNetwork Pod with an IP"
+            )),
+            None => Err(format!("no node {name} in the input")),
+        };
+    }
+    sub
+}
+
+/// Parses a destination: a Service (`ns/service/name`, `ns/svc/name`), else anything
+/// [`Subject::parse`] takes.
+pub fn parse_destination<'m>(model: &'m Model, arg: &str) -> Result<Destination<'m>, String> {
+    let parts: Vec<&str> = arg.split('/').collect();
+    if let [ns, kind, name] = parts.as_slice()
+        && matches!(
+            kind.to_ascii_lowercase().as_str(),
+            "service" | "svc" | "services"
+        )
+    {
+        let key = format!("{ns}/{name}");
+        return match model.service(&key) {
+            Some(s) => Ok(Destination::Service(s)),
+            None => {
+                let known: Vec<String> = model
+                    .services
+                    .iter()
+                    .filter(|s| s.namespace == *ns)
+                    .map(Service::display)
+                    .take(20)
+                    .collect();
+                if known.is_empty() {
+                    Err(format!(
+                        "no Service {key}: namespace {ns} has no Services in the input"
+                    ))
+                } else {
+                    Err(format!(
+                        "no Service {key}; Services in {ns}: {}",
+                        known.join(", ")
+                    ))
+                }
+            }
+        };
+    }
+    Subject::parse(model, arg).map(Destination::Subject)
+}
+
+/// A Service port, as `explain` names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServicePortRef {
+    /// Port name, if any.
+    pub name: Option<String>,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// The Service port.
+    pub port: u16,
+}
+
+/// One backend's answer for a connection through a Service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BackendExplanation {
+    /// The Service port connected to.
+    pub service_port: ServicePortRef,
+    /// The backend: `ns/name`, `ns/kind/name` or an address.
+    pub backend: String,
+    /// The port the backend receives the connection on.
+    pub port: u16,
+    /// `targetPort` as the Service spells it (a number or a container port name).
+    #[serde(rename = "targetPort")]
+    pub target_port: String,
+    /// Whether the flow source -> backend on `port` is allowed.
+    pub allowed: bool,
+    /// The source is this backend (hairpin): judged like any flow.
+    pub hairpin: bool,
+    /// Egress at the source.
+    pub egress: SideExplanation,
+    /// Ingress at the backend.
+    pub ingress: SideExplanation,
+    /// The full explanation of the flow to the backend (text rendering).
+    #[serde(skip)]
+    pub explanation: Explanation,
+}
+
+/// The answer to `netpol explain SRC ns/service/NAME [--port P]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServiceExplanation {
+    /// Source name.
+    pub source: String,
+    /// `ns/service/name`.
+    pub destination: String,
+    /// The Service: name, type and the addresses clients use.
+    pub service: ServiceRef,
+    /// The Service ports asked about.
+    pub ports: Vec<ServicePortRef>,
+    /// True when every backend flow is allowed (and there is at least one).
+    pub allowed: bool,
+    /// `allowed to 2 of 3 backends`, `no backends`, ...
+    pub verdict: String,
+    /// One entry per backend and Service port, in Service port then backend order.
+    pub backends: Vec<BackendExplanation>,
+    /// Service ports no backend serves (for example a named targetPort nobody declares).
+    pub unserved_ports: Vec<ServicePortRef>,
+}
+
+/// A Service, as `explain` names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServiceRef {
+    /// `ns/name`.
+    pub name: String,
+    /// `ClusterIP`, `NodePort`, `LoadBalancer` or `ExternalName`.
+    #[serde(rename = "type")]
+    pub service_type: &'static str,
+    /// Cluster, external and load-balancer IPs.
+    pub addresses: Vec<String>,
+    /// `clusterIP: None`.
+    pub headless: bool,
+    /// Where the backends came from: `endpointslices`, `selector` or `nothing`.
+    pub backends_from: &'static str,
+}
+
+/// Explains a connection from `src` to Service `svc` on the Service ports `ports`
+/// (indices into `svc.ports`; all of them when empty): per backend, after DNAT.
+pub fn explain_service(
+    model: &Model,
+    graph: &AllowGraph,
+    src: Subject,
+    svc: &Service,
+    ports: &[usize],
+) -> ServiceExplanation {
+    let indices: Vec<usize> = if ports.is_empty() {
+        (0..svc.ports.len()).collect()
+    } else {
+        ports.to_vec()
+    };
+    let port_ref = |i: usize| {
+        let sp = &svc.ports[i];
+        ServicePortRef {
+            name: sp.name.clone(),
+            protocol: sp.protocol,
+            port: sp.port,
+        }
+    };
+    let mut backends = Vec::new();
+    let mut unserved = Vec::new();
+    for &i in indices.iter().filter(|i| **i < svc.ports.len()) {
+        let sp = &svc.ports[i];
+        let flows = graph.reach_service(model, src, svc, i);
+        if flows.is_empty() && !svc.backends.is_empty() {
+            unserved.push(port_ref(i));
+        }
+        for flow in flows {
+            let q = PortQuery {
+                protocol: flow.protocol,
+                port: flow.target_port,
+            };
+            let e = explain_reach(model, graph, &flow.reach, Some(q));
+            backends.push(BackendExplanation {
+                service_port: port_ref(i),
+                backend: flow.backend.display(model),
+                port: flow.target_port,
+                target_port: sp.target_port.to_string(),
+                allowed: flow.allowed,
+                hairpin: flow.hairpin,
+                egress: e.egress.clone(),
+                ingress: e.ingress.clone(),
+                explanation: e,
+            });
+        }
+    }
+    let n_ok = backends.iter().filter(|b| b.allowed).count();
+    let distinct: std::collections::BTreeSet<&str> =
+        backends.iter().map(|b| b.backend.as_str()).collect();
+    let unit = if indices.len() > 1 && backends.len() != distinct.len() {
+        "backend ports"
+    } else {
+        "backends"
+    };
+    let verdict = if backends.is_empty() {
+        if svc.service_type == crate::model::ServiceType::ExternalName {
+            "no backends (ExternalName: a DNS alias, not proxied)".to_owned()
+        } else {
+            "no backends".to_owned()
+        }
+    } else {
+        let unit = if backends.len() == 1 {
+            unit.trim_end_matches('s')
+        } else {
+            unit
+        };
+        format!("allowed to {n_ok} of {} {unit}", backends.len())
+    };
+    ServiceExplanation {
+        source: src.display(model),
+        destination: svc.display(),
+        service: ServiceRef {
+            name: svc.key(),
+            service_type: svc.service_type.as_str(),
+            addresses: svc.addresses().iter().map(ToString::to_string).collect(),
+            headless: svc.headless,
+            backends_from: match svc.backend_source {
+                crate::model::BackendSource::EndpointSlices(_) => "endpointslices",
+                crate::model::BackendSource::Selector => "selector",
+                crate::model::BackendSource::Nothing => "nothing",
+            },
+        },
+        ports: indices
+            .iter()
+            .filter(|i| **i < svc.ports.len())
+            .map(|i| port_ref(*i))
+            .collect(),
+        allowed: !backends.is_empty() && n_ok == backends.len(),
+        verdict,
+        backends,
+        unserved_ports: unserved,
+    }
+}
+
+impl fmt::Display for ServiceExplanation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ports = match self.ports.as_slice() {
+            [p] => format!(":{} ({})", p.port, p.protocol),
+            _ => String::new(),
+        };
+        writeln!(
+            f,
+            "{} -> {}{ports}: {}",
+            self.source, self.destination, self.verdict
+        )?;
+        if self.backends.is_empty() && self.ports.is_empty() {
+            writeln!(f, "  the Service has no ports")?;
+        }
+        for p in &self.unserved_ports {
+            writeln!(
+                f,
+                "  port {} ({}): no backend serves it (targetPort not declared by any backend)",
+                p.port, p.protocol
+            )?;
+        }
+        for b in &self.backends {
+            let allowed = if b.allowed { "allowed" } else { "denied" };
+            writeln!(
+                f,
+                "  {}:{} -> {}:{} (targetPort {}): {} {} {allowed}",
+                self.destination,
+                b.service_port.port,
+                b.backend,
+                b.port,
+                b.target_port,
+                b.service_port.protocol,
+                b.port
+            )?;
+            if b.hairpin {
+                writeln!(
+                    f,
+                    "    hairpin: {} reaches itself through the Service, which policies judge like any flow",
+                    b.backend
+                )?;
+            }
+            let text = b.explanation.to_string();
+            for line in text.lines().skip(1) {
+                writeln!(f, "  {line}")?;
             }
         }
         Ok(())

@@ -19,7 +19,8 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::EdgeRef;
 
 use crate::model::{
-    Direction, Endpoint, EndpointId, IpBlock, Model, NamespaceScope, Peer, PolicyId, Rule,
+    BackendTarget, Direction, Endpoint, EndpointId, IpBlock, Model, NamespaceScope, Peer, PolicyId,
+    Rule, Service,
 };
 use crate::ports::{PortRanges, PortSet};
 
@@ -212,6 +213,10 @@ pub struct Reach {
     /// Traffic from a single Pod to itself: always allowed. False between two replicas
     /// of one workload with `replicas != 1` (or unknown), which are judged as any pair.
     pub to_self: bool,
+    /// Traffic from the destination Pod's own node (an address of its node, or a
+    /// hostNetwork Pod on it): the ingress side allows it (`ingress.allowed` is
+    /// everything), whatever the policies.
+    pub from_node: bool,
     /// Egress at the source.
     pub egress: SideVerdict,
     /// Ingress at the destination.
@@ -413,6 +418,18 @@ impl AllowGraph {
         dst: Subject,
         dst_ip: Option<IpAddr>,
     ) -> Reach {
+        self.reach_inner(model, src, src_ip, dst, dst_ip, true)
+    }
+
+    fn reach_inner(
+        &self,
+        model: &Model,
+        src: Subject,
+        src_ip: Option<IpAddr>,
+        dst: Subject,
+        dst_ip: Option<IpAddr>,
+        exempt_self: bool,
+    ) -> Reach {
         let dst_ep = dst.endpoint(model);
         let egress = match src {
             Subject::Endpoint(id) if model.endpoint(id).selectable() => {
@@ -427,7 +444,15 @@ impl AllowGraph {
             _ => not_applicable(),
         };
         // A workload with several (or an unknown number of) replicas: two distinct Pods.
-        let to_self = matches!((src, dst), (Subject::Endpoint(a), Subject::Endpoint(b)) if a == b && model.endpoint(a).single());
+        let to_self = exempt_self
+            && matches!((src, dst), (Subject::Endpoint(a), Subject::Endpoint(b)) if a == b && model.endpoint(a).single());
+        let from_node = from_own_node(model, src, src_ip, dst);
+        let mut ingress = ingress;
+        if from_node {
+            // The destination's ingress always admits its own node (enforced in its table
+            // by `ip saddr @node_v4 accept`).
+            ingress.allowed = PortSet::all();
+        }
         let allowed = if to_self {
             PortSet::all()
         } else {
@@ -439,10 +464,50 @@ impl AllowGraph {
             src_ip,
             dst_ip,
             to_self,
+            from_node,
             egress,
             ingress,
             allowed,
         }
+    }
+
+    /// The flows of a connection to Service port `port` (index into `svc.ports`) of
+    /// `svc`: one per backend that serves the port, each judged after DNAT exactly as a
+    /// direct connection to the backend on its target port ([`AllowGraph::reach`]).
+    pub fn reach_service(
+        &self,
+        model: &Model,
+        src: Subject,
+        svc: &Service,
+        port: usize,
+    ) -> Vec<ServiceFlow> {
+        let Some(sp) = svc.ports.get(port) else {
+            return Vec::new();
+        };
+        svc.backends
+            .iter()
+            .filter_map(|b| {
+                let target_port = b.ports.get(port).copied().flatten()?;
+                let dst = match b.target {
+                    BackendTarget::Endpoint(id) => Subject::Endpoint(id),
+                    BackendTarget::Address(ip) => Subject::External(ip),
+                };
+                // Hairpin (a Pod to itself through a Service) is judged like any flow: the
+                // self exemption covers a Pod's own IP only (network-policy-api).
+                let hairpin = src == dst;
+                let (src_ip, dst_ip) = Self::addresses(model, src, dst);
+                let reach = self.reach_inner(model, src, src_ip, dst, dst_ip, false);
+                let allowed = reach.allowed.contains(sp.protocol, target_port);
+                Some(ServiceFlow {
+                    backend: dst,
+                    protocol: sp.protocol,
+                    target_port,
+                    allowed,
+                    hairpin,
+                    reach,
+                })
+            })
+            .collect()
     }
 
     fn side(
@@ -535,6 +600,45 @@ impl AllowGraph {
     /// The peer a set was interned from (`None` for "anyone").
     pub fn peer_source(&self, set: PeerSetId) -> Option<&Peer> {
         self.peer_sources[set.0 as usize].as_ref()
+    }
+}
+
+/// One backend's flow of a connection through a Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceFlow {
+    /// The backend (the destination after DNAT).
+    pub backend: Subject,
+    /// Protocol of the Service port.
+    pub protocol: crate::ports::Protocol,
+    /// The port the backend receives the connection on.
+    pub target_port: u16,
+    /// Whether the flow is allowed on `target_port`.
+    pub allowed: bool,
+    /// The source is the backend itself (hairpin): judged, not exempt.
+    pub hairpin: bool,
+    /// The full verdict of the flow `src -> backend`.
+    pub reach: Reach,
+}
+
+/// True when `src` (seen at `src_ip`) is the node `dst` runs on: an address of that node
+/// (its Node object's, or a hostNetwork Pod's on it) or a hostNetwork Pod on it. Pod IPs
+/// never count, even when a Node object lists them.
+fn from_own_node(model: &Model, src: Subject, src_ip: Option<IpAddr>, dst: Subject) -> bool {
+    let Subject::Endpoint(d) = dst else {
+        return false;
+    };
+    let de = model.endpoint(d);
+    let Some(node) = de.node.as_deref().filter(|_| de.selectable()) else {
+        return false;
+    };
+    match src {
+        Subject::External(ip) => model.is_node_address(node, &ip),
+        Subject::Endpoint(s) => {
+            let se = model.endpoint(s);
+            !se.selectable()
+                && (se.node.as_deref() == Some(node)
+                    || src_ip.is_some_and(|ip| model.is_node_address(node, &ip)))
+        }
     }
 }
 

@@ -30,13 +30,19 @@ pub mod ports;
 pub mod ruleset;
 pub mod selector;
 pub mod source;
+pub mod strict;
 pub mod synth;
 pub mod validate;
 
 pub use diagnostic::{Diagnostic, ObjectRef, Origin, Severity};
-pub use explain::{Explanation, PortQuery, explain};
+pub use explain::{
+    Destination, Explanation, PortQuery, ServiceExplanation, explain, explain_service,
+    parse_destination, parse_source,
+};
 pub use graph::{AllowGraph, Reach, Subject};
 pub use load::{Inputs, Located, SourceText, Workload, WorkloadKind, load};
-pub use matrix::{Matrix, MatrixQuery, matrix};
-pub use model::{Direction, Endpoint, EndpointId, Model, Policy, PolicyId};
+pub use matrix::{
+    Matrix, MatrixFormat, MatrixQuery, MatrixWriter, ServiceMatrix, matrix, service_matrix,
+};
+pub use model::{Direction, Endpoint, EndpointId, Model, Policy, PolicyId, Service};
 pub use ports::{PortRanges, PortSet, Protocol};

@@ -1,7 +1,8 @@
 //! Documents to typed Kubernetes objects.
 //!
 //! Reads the object kinds netpol cares about (Namespace, Pod, workload controllers,
-//! `networking.k8s.io/v1` NetworkPolicy) into k8s-openapi types, expands `List` kinds,
+//! `networking.k8s.io/v1` NetworkPolicy, v1 Service, `discovery.k8s.io/v1` EndpointSlice,
+//! v1 Node) into k8s-openapi types, expands `List` kinds,
 //! and skips everything else (reported in [`Inputs::skipped`]). Type errors carry the
 //! field path and the position in the file.
 
@@ -9,7 +10,10 @@ use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{Namespace, Pod, PodTemplateSpec, ReplicationController};
+use k8s_openapi::api::core::v1::{
+    Namespace, Node, Pod, PodTemplateSpec, ReplicationController, Service,
+};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
@@ -148,7 +152,13 @@ pub struct Inputs {
     pub workloads: Vec<Located<Workload>>,
     /// NetworkPolicies.
     pub policies: Vec<Located<NetworkPolicy>>,
-    /// Objects of other kinds, which do not affect Pod-to-Pod connectivity.
+    /// Services (v1).
+    pub services: Vec<Located<Service>>,
+    /// EndpointSlices (`discovery.k8s.io/v1`).
+    pub endpoint_slices: Vec<Located<EndpointSlice>>,
+    /// Nodes (v1).
+    pub nodes: Vec<Located<Node>>,
+    /// Objects of other kinds, which do not affect connectivity.
     pub skipped: Vec<ObjectRef>,
     /// Policies of other engines (Cilium, Calico, AdminNetworkPolicy, ...) that do affect
     /// connectivity but that netpol does not evaluate (`kind` is `apiVersion Kind`); see
@@ -163,6 +173,9 @@ impl Inputs {
         self.pods.extend(other.pods);
         self.workloads.extend(other.workloads);
         self.policies.extend(other.policies);
+        self.services.extend(other.services);
+        self.endpoint_slices.extend(other.endpoint_slices);
+        self.nodes.extend(other.nodes);
         self.skipped.extend(other.skipped);
         self.unevaluated.extend(other.unevaluated);
     }
@@ -366,15 +379,128 @@ fn load_value(
                 inputs.policies.push(Located { object: p, origin });
             }
         }
+        "Service" | "Node" if api != "v1" => {
+            diags.push(Diagnostic::field_error(
+                origin.as_ref(),
+                &oref,
+                "apiVersion",
+                Some(api.clone()),
+                format!("unsupported apiVersion for {kind}: netpol reads v1"),
+            ));
+        }
+        "Service" => {
+            if let Some(s) = typed::<Service>(&value, &origin, &oref, diags) {
+                inputs.services.push(Located { object: s, origin });
+            }
+        }
+        "Node" => {
+            if let Some(n) = typed::<Node>(&value, &origin, &oref, diags) {
+                inputs.nodes.push(Located { object: n, origin });
+            }
+        }
+        "EndpointSlice" => {
+            if api != "discovery.k8s.io/v1" {
+                diags.push(Diagnostic::field_error(
+                    origin.as_ref(),
+                    &oref,
+                    "apiVersion",
+                    Some(api.clone()),
+                    "unsupported apiVersion for EndpointSlice: netpol reads discovery.k8s.io/v1",
+                ));
+                return;
+            }
+            if let Some(s) = typed::<EndpointSlice>(&value, &origin, &oref, diags) {
+                inputs.endpoint_slices.push(Located { object: s, origin });
+            }
+        }
         other => match WorkloadKind::parse(other) {
             Some(wk) if wk.kind() == other => {
                 if let Some(w) = workload(wk, &mut value, &api, &origin, &oref, diags) {
                     inputs.workloads.push(Located { object: w, origin });
                 }
             }
-            _ => inputs.skipped.push(oref),
+            _ => {
+                if let Some(d) = kind_warning(&kind, origin.as_ref(), &oref) {
+                    diags.push(d);
+                }
+                inputs.skipped.push(oref);
+            }
         },
     }
+}
+
+/// The kinds netpol evaluates (`load_value`'s match; Service, EndpointSlice and Node are
+/// listed ahead of being read) for typo suggestions. Keep in step with the match.
+const EVALUATED_KINDS: &[&str] = &[
+    "Namespace",
+    "Pod",
+    "NetworkPolicy",
+    "Deployment",
+    "ReplicaSet",
+    "StatefulSet",
+    "DaemonSet",
+    "Job",
+    "CronJob",
+    "ReplicationController",
+    "Service",
+    "EndpointSlice",
+    "Node",
+];
+
+/// Built-in kinds that are skipped on purpose: never reported as a typo of an evaluated
+/// kind (`Node` is two edits from `Pod`, `Role` one from `Node`).
+const KNOWN_SKIPPED_KINDS: &[&str] = &[
+    "APIService",
+    "Binding",
+    "CSIDriver",
+    "CSINode",
+    "CertificateSigningRequest",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "ComponentStatus",
+    "ConfigMap",
+    "ControllerRevision",
+    "CustomResourceDefinition",
+    "Endpoints",
+    "Event",
+    "HorizontalPodAutoscaler",
+    "Ingress",
+    "IngressClass",
+    "Lease",
+    "LimitRange",
+    "MutatingWebhookConfiguration",
+    "PersistentVolume",
+    "PersistentVolumeClaim",
+    "PodDisruptionBudget",
+    "PodTemplate",
+    "PriorityClass",
+    "ResourceQuota",
+    "Role",
+    "RoleBinding",
+    "RuntimeClass",
+    "Secret",
+    "ServiceAccount",
+    "StorageClass",
+    "ValidatingWebhookConfiguration",
+    "VolumeAttachment",
+];
+
+/// A warning for a skipped `kind` that is empty or looks like a misspelled evaluated kind
+/// (`NetworkPolcy`, `networkpolicy`): such an object would otherwise vanish silently.
+/// See: #11
+fn kind_warning(kind: &str, origin: Option<&Origin>, oref: &ObjectRef) -> Option<Diagnostic> {
+    if KNOWN_SKIPPED_KINDS.contains(&kind) {
+        return None;
+    }
+    let message = if kind.trim().is_empty() {
+        "empty `kind`: the object is skipped".to_string()
+    } else {
+        let nearest = crate::strict::nearest(kind, EVALUATED_KINDS.iter().copied())?;
+        format!(
+            "unknown kind `{kind}` is skipped, did you mean `{nearest}`? (kinds are case-sensitive)"
+        )
+    };
+    Some(Diagnostic::field_error(origin, oref, "kind", Some(kind.to_string()), message).warning())
 }
 
 fn child_base(base: &str, key: &str) -> String {
@@ -410,8 +536,9 @@ fn workload(
     oref: &ObjectRef,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<Workload> {
+    let legacy = api != current_api(kind) && legacy_api(kind, api);
     if api != current_api(kind) {
-        if legacy_api(kind, api) {
+        if legacy {
             if let Some(o) = value.as_object_mut() {
                 o.insert("apiVersion".into(), Value::from(current_api(kind)));
             }
@@ -441,37 +568,37 @@ fn workload(
     };
     let (metadata, template, replicas) = match kind {
         WorkloadKind::Deployment => {
-            let d: Deployment = typed(value, origin, oref, diags)?;
+            let d: Deployment = typed_as(value, origin, oref, diags, legacy)?;
             let n = d.spec.as_ref().and_then(|s| s.replicas);
             (d.metadata, d.spec.map(|s| s.template), n)
         }
         WorkloadKind::ReplicaSet => {
-            let d: ReplicaSet = typed(value, origin, oref, diags)?;
+            let d: ReplicaSet = typed_as(value, origin, oref, diags, legacy)?;
             let n = d.spec.as_ref().and_then(|s| s.replicas);
             (d.metadata, d.spec.and_then(|s| s.template), n)
         }
         WorkloadKind::StatefulSet => {
-            let d: StatefulSet = typed(value, origin, oref, diags)?;
+            let d: StatefulSet = typed_as(value, origin, oref, diags, legacy)?;
             let n = d.spec.as_ref().and_then(|s| s.replicas);
             (d.metadata, d.spec.map(|s| s.template), n)
         }
         WorkloadKind::DaemonSet => {
-            let d: DaemonSet = typed(value, origin, oref, diags)?;
+            let d: DaemonSet = typed_as(value, origin, oref, diags, legacy)?;
             (d.metadata, d.spec.map(|s| s.template), Some(-1))
         }
         WorkloadKind::Job => {
-            let d: Job = typed(value, origin, oref, diags)?;
+            let d: Job = typed_as(value, origin, oref, diags, legacy)?;
             let n = d.spec.as_ref().and_then(|s| s.parallelism);
             (d.metadata, d.spec.map(|s| s.template), n)
         }
         WorkloadKind::CronJob => {
-            let d: CronJob = typed(value, origin, oref, diags)?;
+            let d: CronJob = typed_as(value, origin, oref, diags, legacy)?;
             let job = d.spec.and_then(|s| s.job_template.spec);
             let n = job.as_ref().and_then(|s| s.parallelism);
             (d.metadata, job.map(|s| s.template), n)
         }
         WorkloadKind::ReplicationController => {
-            let d: ReplicationController = typed(value, origin, oref, diags)?;
+            let d: ReplicationController = typed_as(value, origin, oref, diags, legacy)?;
             let n = d.spec.as_ref().and_then(|s| s.replicas);
             (d.metadata, d.spec.and_then(|s| s.template), n)
         }
@@ -494,13 +621,61 @@ pub fn replica_count(declared: Option<i32>) -> Option<u32> {
     u32::try_from(declared.unwrap_or(1)).ok()
 }
 
+/// Types `value` as `T`. Every problem is a diagnostic: a type error (the object is then
+/// dropped) and every field `T` does not know, which `kubectl --validate=strict` (its
+/// default) rejects: a typo like `matchLabel` would otherwise read as an empty selector.
+/// Unknown fields are errors, except under `status` (written by the cluster, and newer
+/// clusters add fields there) and in objects of a legacy group version read as the
+/// current one, where they are warnings. See: #11
 fn typed<T: DeserializeOwned>(
     value: &Value,
     origin: &Option<Origin>,
     oref: &ObjectRef,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<T> {
-    match serde_path_to_error::deserialize::<_, T>(value) {
+    typed_as(value, origin, oref, diags, false)
+}
+
+fn typed_as<T: DeserializeOwned>(
+    value: &Value,
+    origin: &Option<Origin>,
+    oref: &ObjectRef,
+    diags: &mut Vec<Diagnostic>,
+    legacy: bool,
+) -> Option<T> {
+    if let Some(o) = origin {
+        yaml11_warnings(value, o, oref, diags);
+    }
+    let (result, unknown) = crate::strict::deserialize::<T>(value);
+    let mut strict_error = false;
+    for u in unknown {
+        let hint = match u.suggestion() {
+            Some(s) => format!(", did you mean `{s}`?"),
+            None => String::new(),
+        };
+        let in_status = u.path == "status" || u.path.starts_with("status.");
+        let why = if in_status {
+            "ignored: status is written by the cluster, perhaps by a newer release"
+        } else if legacy {
+            "ignored: a field of the legacy apiVersion"
+        } else {
+            "the API server rejects unknown fields; netpol would read the object without it"
+        };
+        let d = Diagnostic::field_error(
+            origin.as_ref(),
+            oref,
+            &u.path,
+            None,
+            format!("unknown field `{}`{hint} ({why})", u.name),
+        );
+        let lenient = legacy || in_status;
+        strict_error |= !lenient;
+        diags.push(if lenient { d.warning() } else { d });
+    }
+    match result {
+        // Never half-read: an object with an unknown field is left out, like one with a
+        // type error.
+        Ok(_) if strict_error => None,
         Ok(t) => Some(t),
         Err(e) => {
             let path = e.path().to_string();
@@ -518,6 +693,97 @@ fn typed<T: DeserializeOwned>(
             ));
             None
         }
+    }
+}
+
+/// Plain scalars that YAML 1.1 (kubectl's parser) reads as booleans while YAML 1.2 (netpol's)
+/// reads them as strings.
+const YAML11_BOOLS: &[&str] = &[
+    "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off",
+    "OFF",
+];
+
+/// Warns about label and selector values (`labels`, `matchLabels`, `matchExpressions[].values`
+/// anywhere in the object) written as a plain YAML 1.1 boolean: netpol reads `app: yes` as
+/// the string `yes`, kubectl as the boolean `true` (sent as `"true"` or rejected), so the
+/// same file would select different Pods. Quoted values are fine. See: #11
+fn yaml11_warnings(value: &Value, origin: &Origin, oref: &ObjectRef, diags: &mut Vec<Diagnostic>) {
+    fn walk(v: &Value, path: &mut String, label_values: bool, out: &mut Vec<(String, String)>) {
+        match v {
+            Value::String(s) if label_values && YAML11_BOOLS.contains(&s.as_str()) => {
+                out.push((path.clone(), s.clone()));
+            }
+            Value::Object(m) => {
+                for (k, child) in m {
+                    let len = path.len();
+                    if !path.is_empty() {
+                        path.push('.');
+                    }
+                    path.push_str(k);
+                    let labels =
+                        matches!(k.as_str(), "labels" | "matchLabels") && child.is_object();
+                    let values = k == "values" && path.contains("matchExpressions[");
+                    if labels || values {
+                        // The values one level down are labels or selector values.
+                        match child {
+                            Value::Object(m) => {
+                                for (lk, lv) in m {
+                                    let l = path.len();
+                                    path.push('.');
+                                    path.push_str(lk);
+                                    walk(lv, path, true, out);
+                                    path.truncate(l);
+                                }
+                            }
+                            Value::Array(items) => {
+                                for (i, lv) in items.iter().enumerate() {
+                                    let l = path.len();
+                                    path.push_str(&format!("[{i}]"));
+                                    walk(lv, path, true, out);
+                                    path.truncate(l);
+                                }
+                            }
+                            _ => {}
+                        }
+                    } else {
+                        walk(child, path, false, out);
+                    }
+                    path.truncate(len);
+                }
+            }
+            Value::Array(items) => {
+                for (i, child) in items.iter().enumerate() {
+                    let len = path.len();
+                    path.push_str(&format!("[{i}]"));
+                    walk(child, path, false, out);
+                    path.truncate(len);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    walk(value, &mut String::new(), false, &mut found);
+    for (path, s) in found {
+        if origin.is_quoted(&path) != Some(false) {
+            continue;
+        }
+        let as_bool = matches!(
+            s.as_str(),
+            "y" | "Y" | "yes" | "Yes" | "YES" | "on" | "On" | "ON"
+        );
+        diags.push(
+            Diagnostic::field_error(
+                Some(origin),
+                oref,
+                &path,
+                Some(s.clone()),
+                format!(
+                    "plain `{s}` is the string \"{s}\" here (YAML 1.2) but the boolean {as_bool} for kubectl (YAML 1.1), which then selects or labels differently or rejects the object: quote it"
+                ),
+            )
+            .warning(),
+        );
     }
 }
 
@@ -562,11 +828,12 @@ mod tests {
     #[test]
     fn reads_kinds_and_skips_others() {
         let (inputs, diags) = load_str(
-            "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: s}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: c, image: i}]}\n",
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: s}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: s}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: c, image: i}]}\n",
         );
         assert!(diags.is_empty(), "{diags:?}");
         assert_eq!(inputs.namespaces.len(), 1);
         assert_eq!(inputs.workloads.len(), 1);
+        assert_eq!(inputs.services.len(), 1);
         assert_eq!(inputs.skipped.len(), 1);
     }
 

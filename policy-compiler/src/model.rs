@@ -6,6 +6,10 @@
 //! applied as the API server applies them, and every invalid field becomes a
 //! [`Diagnostic`].
 
+mod enforce;
+
+pub use enforce::{NoRuleset, is_finished, pod_gets_ruleset};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
@@ -21,6 +25,13 @@ use crate::load::{Inputs, Located, WorkloadKind};
 use crate::ports::{PortRanges, Protocol};
 use crate::selector::{Labels, Selector};
 use crate::validate;
+
+mod service;
+
+pub use service::{
+    Backend, BackendSource, BackendTarget, NodeInfo, SERVICE_NAME_LABEL, Service, ServicePort,
+    ServiceType, TargetPort, unusable_service_ip,
+};
 
 /// The label every Namespace carries with its own name.
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
@@ -347,6 +358,12 @@ pub struct Model {
     pub endpoints: Vec<Endpoint>,
     /// Policies sorted by `ns/name`; `policies[i].id == PolicyId(i)`.
     pub policies: Vec<Policy>,
+    /// Services sorted by `ns/name`, with their backends.
+    pub services: Vec<Service>,
+    /// Nodes given as objects, by name.
+    pub nodes: BTreeMap<String, NodeInfo>,
+    service_by_key: BTreeMap<String, usize>,
+    node_ips: BTreeMap<String, BTreeSet<IpAddr>>,
     by_key: BTreeMap<String, EndpointId>,
     by_ip: BTreeMap<IpAddr, EndpointId>,
     by_namespace: BTreeMap<String, Vec<EndpointId>>,
@@ -357,11 +374,14 @@ impl Model {
     /// Builds the model, reporting every invalid object or field. Invalid objects are left
     /// out; valid ones are kept.
     pub fn build(inputs: &Inputs) -> (Model, Vec<Diagnostic>) {
-        Self::build_from(
+        Self::build_with_services(
             &inputs.namespaces,
             &inputs.pods,
             &inputs.workloads,
             &inputs.policies,
+            &inputs.services,
+            &inputs.endpoint_slices,
+            &inputs.nodes,
         )
     }
 
@@ -374,7 +394,31 @@ impl Model {
         workloads: impl IntoIterator<Item = &'a Located<crate::load::Workload>>,
         policies: impl IntoIterator<Item = &'a Located<NetworkPolicy>>,
     ) -> (Model, Vec<Diagnostic>) {
+        Self::build_with_services(namespaces, pods, workloads, policies, [], [], [])
+    }
+
+    /// [`Model::build_from`] with Services, EndpointSlices and Nodes (by reference too).
+    pub fn build_with_services<'a>(
+        namespaces: impl IntoIterator<Item = &'a Located<k8s_openapi::api::core::v1::Namespace>>,
+        pods: impl IntoIterator<Item = &'a Located<k8s_openapi::api::core::v1::Pod>>,
+        workloads: impl IntoIterator<Item = &'a Located<crate::load::Workload>>,
+        policies: impl IntoIterator<Item = &'a Located<NetworkPolicy>>,
+        services: impl IntoIterator<Item = &'a Located<k8s_openapi::api::core::v1::Service>>,
+        endpoint_slices: impl IntoIterator<
+            Item = &'a Located<k8s_openapi::api::discovery::v1::EndpointSlice>,
+        >,
+        nodes: impl IntoIterator<Item = &'a Located<k8s_openapi::api::core::v1::Node>>,
+    ) -> (Model, Vec<Diagnostic>) {
         let mut b = Builder::default();
+        for n in nodes {
+            b.node(n);
+        }
+        for s in services {
+            b.service(s);
+        }
+        for s in endpoint_slices {
+            b.endpoint_slice(s);
+        }
         for ns in namespaces {
             b.namespace(ns);
         }
@@ -485,6 +529,7 @@ impl Model {
                 }
             }
         }
+        service::dump(self, &mut s);
         s
     }
 
@@ -503,6 +548,9 @@ struct Builder {
     policies: Vec<Policy>,
     diags: Vec<Diagnostic>,
     seen: BTreeSet<(String, String, String)>,
+    services: Vec<Service>,
+    slices: Vec<service::PendingSlice>,
+    nodes: BTreeMap<String, NodeInfo>,
 }
 
 fn oref(kind: &str, meta: &ObjectMeta, ns: &str) -> ObjectRef {
@@ -705,10 +753,7 @@ impl Builder {
         let ns = meta.namespace.clone().unwrap_or_else(|| "default".into());
         let obj = oref("Pod", meta, &ns);
         let status = pod.object.status.as_ref();
-        if matches!(
-            status.and_then(|s| s.phase.as_deref()),
-            Some("Succeeded" | "Failed")
-        ) {
+        if is_finished(&pod.object) {
             return;
         }
         if !self.check_meta(
@@ -1337,18 +1382,30 @@ impl Builder {
         for (i, p) in self.policies.iter_mut().enumerate() {
             p.id = PolicyId(u32::try_from(i).unwrap_or(u32::MAX));
         }
-        (
-            Model {
-                namespaces: self.namespaces,
-                endpoints: self.endpoints,
-                policies: self.policies,
-                by_key,
-                by_ip,
-                by_namespace,
-                replaced,
-            },
-            self.diags,
-        )
+        let mut model = Model {
+            namespaces: self.namespaces,
+            endpoints: self.endpoints,
+            policies: self.policies,
+            services: Vec::new(),
+            nodes: self.nodes,
+            service_by_key: BTreeMap::new(),
+            node_ips: BTreeMap::new(),
+            by_key,
+            by_ip,
+            by_namespace,
+            replaced,
+        };
+        let mut services = self.services;
+        services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        service::resolve_backends(&model, &mut services, &self.slices, &mut self.diags);
+        model.service_by_key = services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.key(), i))
+            .collect();
+        model.services = services;
+        model.node_ips = service::node_ips(&model);
+        (model, self.diags)
     }
 }
 
@@ -1489,7 +1546,7 @@ mod tests {
     #[test]
     fn selector_errors_have_full_paths() {
         let d = errors_of(
-            "  podSelector:\n    matchExpressions: [{key: a, operator: In, values: []}]\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {'-x': y}}\n",
+            "  podSelector:\n    matchExpressions: [{key: a, operator: In, values: []}]\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {'-x': z}}\n",
         );
         let fields: Vec<_> = d.iter().map(|d| d.field.clone().unwrap()).collect();
         assert_eq!(

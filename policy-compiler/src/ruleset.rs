@@ -54,7 +54,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use crate::graph::{AllowGraph, PeerSet, Provenance, rule_of, rule_ports};
-use crate::model::{Direction, Endpoint, EndpointId, Model, PortMatch, Rule};
+use crate::model::{Direction, Endpoint, EndpointId, EndpointKind, Model, PortMatch, Rule};
 use crate::ports::{PortSet, Protocol};
 
 pub use interval::Family;
@@ -83,11 +83,20 @@ pub const ND_TYPES: [&str; 4] = [
 pub struct RulesetOptions {
     /// nflog group of the logging drop rule.
     pub log_group: u16,
+    /// Addresses of the Pod's node known at runtime (the agent passes the addresses of
+    /// the node's own network namespace), added to those the model knows
+    /// ([`Model::node_addresses`]). They fill the `node_v4`/`node_v6` sets an isolated
+    /// ingress chain accepts, and the node-address entries (on node ports) of `svc_v4`/
+    /// `svc_v6`.
+    pub node_addresses: Vec<IpAddr>,
 }
 
 impl Default for RulesetOptions {
     fn default() -> Self {
-        Self { log_group: 100 }
+        Self {
+            log_group: 100,
+            node_addresses: Vec::new(),
+        }
     }
 }
 
@@ -115,18 +124,21 @@ impl fmt::Display for Source {
 /// Where a base chain hooks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Hook {
-    /// `input`: traffic into the Pod (ingress).
+    /// `input`: traffic into the Pod (ingress); in the node table, traffic to the node.
     Input,
     /// `output`: traffic out of the Pod (egress).
     Output,
+    /// `forward`: the node table's hook for traffic routed through the node.
+    Forward,
 }
 
 impl Hook {
-    /// `input` / `output`.
+    /// `input` / `output` / `forward`.
     pub fn as_str(self) -> &'static str {
         match self {
             Hook::Input => "input",
             Hook::Output => "output",
+            Hook::Forward => "forward",
         }
     }
 }
@@ -195,6 +207,42 @@ pub struct PortsSet {
     pub elements: Vec<PortElement>,
 }
 
+/// A named set of addresses (`type ipv4_addr` / `ipv6_addr`): the node's addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddrSet {
+    /// Set name (`node_v4`, `node_v6`).
+    pub name: String,
+    /// Address family.
+    pub family: Family,
+    /// Addresses, sorted, deduplicated.
+    pub elements: Vec<IpAddr>,
+}
+
+/// One element of a Service set: address, protocol, port, and the Service it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceElement {
+    /// A Service address (cluster IP, external IP, load-balancer IP) or a node address.
+    pub addr: IpAddr,
+    /// Protocol of the Service port.
+    pub protocol: Protocol,
+    /// The Service port (or the node port, with a node address).
+    pub port: u16,
+    /// `ns/name` of the Service (rendered as a `#` note).
+    pub service: String,
+}
+
+/// A named set of type `ipv4_addr . inet_proto . inet_service` (or `ipv6_addr . …`):
+/// destinations that kube-proxy rewrites, judged after DNAT by the node table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSet {
+    /// Set name (`svc_v4`, `svc_v6`).
+    pub name: String,
+    /// Address family.
+    pub family: Family,
+    /// Elements sorted by address, protocol, port; one per triple.
+    pub elements: Vec<ServiceElement>,
+}
+
 /// Address selector of a peer-map rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum AddrField {
@@ -236,6 +284,22 @@ pub enum RuleKind {
     },
     /// `meta l4proto . th dport @set accept`.
     Ports {
+        /// The set.
+        set: String,
+    },
+    /// `ip saddr @node_v4 accept` (and friends): an address set.
+    AddrSetAccept {
+        /// Family of the address match.
+        family: Family,
+        /// Source or destination address.
+        field: AddrField,
+        /// The [`AddrSet`].
+        set: String,
+    },
+    /// `ip daddr . meta l4proto . th dport @svc_v4 accept`: a [`ServiceSet`].
+    ServiceAccept {
+        /// Family of the address match.
+        family: Family,
         /// The set.
         set: String,
     },
@@ -298,6 +362,10 @@ pub struct Ruleset {
     pub maps: Vec<PeerMap>,
     /// Port sets.
     pub sets: Vec<PortsSet>,
+    /// Address sets (the node's addresses); empty without node addresses.
+    pub addr_sets: Vec<AddrSet>,
+    /// Service sets; empty without Services.
+    pub service_sets: Vec<ServiceSet>,
     /// Chains: `ingress`, `egress`, then the class chains.
     pub chains: Vec<Chain>,
 }
@@ -308,8 +376,18 @@ impl Ruleset {
         RulesetStats {
             chains: self.chains.len(),
             rules: self.chains.iter().map(|c| c.rules.len()).sum(),
-            sets: self.sets.len(),
-            set_elements: self.sets.iter().map(|s| s.elements.len()).sum(),
+            sets: self.sets.len() + self.addr_sets.len() + self.service_sets.len(),
+            set_elements: self.sets.iter().map(|s| s.elements.len()).sum::<usize>()
+                + self
+                    .addr_sets
+                    .iter()
+                    .map(|s| s.elements.len())
+                    .sum::<usize>()
+                + self
+                    .service_sets
+                    .iter()
+                    .map(|s| s.elements.len())
+                    .sum::<usize>(),
             maps: self.maps.len(),
             map_elements: self.maps.iter().map(|m| m.elements.len()).sum(),
         }
@@ -327,46 +405,128 @@ impl Ruleset {
         let Some(base) = self.chains.iter().find(|c| c.name == dir.as_str()) else {
             return true;
         };
-        let family = Family::of(&peer);
-        for r in &base.rules {
+        let pkt = match dir {
+            Direction::Ingress => Packet {
+                saddr: Some(peer),
+                daddr: None,
+                protocol,
+                port,
+            },
+            Direction::Egress => Packet {
+                saddr: None,
+                daddr: Some(peer),
+                protocol,
+                port,
+            },
+        };
+        self.eval(base, &pkt, 0).unwrap_or(true)
+    }
+
+    /// Evaluates a node table ([`compile_node`]) for a new flow `src -> dst` after DNAT
+    /// (`dst` is the backend), as its `forward` chain would.
+    pub fn simulate_node(&self, src: IpAddr, dst: IpAddr, protocol: Protocol, port: u16) -> bool {
+        let Some(base) = self.chains.iter().find(|c| c.name == NODE_FORWARD_CHAIN) else {
+            return true;
+        };
+        let pkt = Packet {
+            saddr: Some(src),
+            daddr: Some(dst),
+            protocol,
+            port,
+        };
+        self.eval(base, &pkt, 0).unwrap_or(true)
+    }
+
+    /// `Some(verdict)` when the chain decides, `None` when it returns (non-base chains).
+    fn eval(&self, chain: &Chain, pkt: &Packet, depth: u8) -> Option<bool> {
+        // Chains only jump downwards (base -> pod -> class); the bound guards the IR.
+        if depth > 4 {
+            return None;
+        }
+        let addr = |field: &AddrField| match field {
+            AddrField::Saddr => pkt.saddr,
+            AddrField::Daddr => pkt.daddr,
+        };
+        for r in &chain.rules {
             match &r.kind {
-                RuleKind::PeerMap { family: f, map, .. } if *f == family => {
+                RuleKind::PeerMap { family, field, map } => {
+                    let Some(a) = addr(field).filter(|a| Family::of(a) == *family) else {
+                        continue;
+                    };
                     let Some(m) = self.maps.iter().find(|m| &m.name == map) else {
                         continue;
                     };
-                    let v = interval::to_int(&peer);
+                    let v = interval::to_int(&a);
                     let hit = m.elements.iter().find(|e| {
                         interval::to_int(&e.first) <= v && v <= interval::to_int(&e.last)
                     });
                     match hit.map(|e| &e.verdict) {
-                        Some(MapVerdict::Accept) => return true,
-                        Some(MapVerdict::Jump(c)) if self.class_allows(c, protocol, port) => {
-                            return true;
+                        Some(MapVerdict::Accept) => return Some(true),
+                        Some(MapVerdict::Jump(c)) => {
+                            if let Some(target) = self.chains.iter().find(|ch| &ch.name == c)
+                                && let Some(v) = self.eval(target, pkt, depth + 1)
+                            {
+                                return Some(v);
+                            }
                         }
-                        Some(MapVerdict::Jump(_)) | None => {}
+                        None => {}
                     }
                 }
-                RuleKind::LogDrop { .. } => return false,
-                _ => {}
+                RuleKind::Ports { set } => {
+                    let hit = self.sets.iter().any(|s| {
+                        &s.name == set
+                            && s.elements.iter().any(|e| {
+                                e.protocol == pkt.protocol
+                                    && e.first <= pkt.port
+                                    && pkt.port <= e.last
+                            })
+                    });
+                    if hit {
+                        return Some(true);
+                    }
+                }
+                RuleKind::AddrSetAccept { family, field, set } => {
+                    let Some(a) = addr(field).filter(|a| Family::of(a) == *family) else {
+                        continue;
+                    };
+                    if self
+                        .addr_sets
+                        .iter()
+                        .any(|s| &s.name == set && s.elements.contains(&a))
+                    {
+                        return Some(true);
+                    }
+                }
+                RuleKind::ServiceAccept { family, set } => {
+                    let Some(a) = pkt.daddr.filter(|a| Family::of(a) == *family) else {
+                        continue;
+                    };
+                    if self.service_sets.iter().any(|s| {
+                        &s.name == set
+                            && s.elements.iter().any(|e| {
+                                e.addr == a && e.protocol == pkt.protocol && e.port == pkt.port
+                            })
+                    }) {
+                        return Some(true);
+                    }
+                }
+                RuleKind::LogDrop { .. } => return Some(false),
+                RuleKind::Established
+                | RuleKind::NeighbourDiscovery
+                | RuleKind::Invalid
+                | RuleKind::Loopback(_) => {}
             }
         }
-        base.base.is_none_or(|b| b.accept)
+        chain.base.map(|b| b.accept)
     }
+}
 
-    fn class_allows(&self, chain: &str, protocol: Protocol, port: u16) -> bool {
-        let Some(c) = self.chains.iter().find(|c| c.name == chain) else {
-            return false;
-        };
-        c.rules.iter().any(|r| match &r.kind {
-            RuleKind::Ports { set } => self.sets.iter().any(|s| {
-                &s.name == set
-                    && s.elements
-                        .iter()
-                        .any(|e| e.protocol == protocol && e.first <= port && port <= e.last)
-            }),
-            _ => false,
-        })
-    }
+/// A new connection as the simulator sees it.
+struct Packet {
+    saddr: Option<IpAddr>,
+    daddr: Option<IpAddr>,
+    protocol: Protocol,
+    port: u16,
 }
 
 impl fmt::Display for RulesetStats {
@@ -379,7 +539,20 @@ impl fmt::Display for RulesetStats {
     }
 }
 
+/// Name of the node table's base chain on hook `forward`.
+pub const NODE_FORWARD_CHAIN: &str = "forward";
+
+/// Name of the node table's base chain on hook `input`.
+pub const NODE_INPUT_CHAIN: &str = "input";
+
 /// Compiles the ruleset of one endpoint (meant for Pods: workloads have no netns).
+///
+/// With node addresses (the model's for the Pod's node, plus
+/// [`RulesetOptions::node_addresses`]) an isolated ingress chain accepts them first
+/// (`ip saddr @node_v4 accept`): a Pod's own node may always connect. With Services, an
+/// isolated egress chain lets Service-addressed flows through
+/// (`ip daddr . meta l4proto . th dport @svc_v4 accept`): they are judged after DNAT by
+/// the node table ([`compile_node`]). Without either, the table is what it always was.
 pub fn compile_pod(
     model: &Model,
     graph: &AllowGraph,
@@ -393,8 +566,11 @@ pub fn compile_pod(
         notes: vec![format!("netpol ruleset for {key}")],
         maps: Vec::new(),
         sets: Vec::new(),
+        addr_sets: Vec::new(),
+        service_sets: Vec::new(),
         chains: Vec::new(),
     };
+    let node_addrs = pod_node_addresses(model, ep, opts);
     let mut class_chains = Vec::new();
     for dir in [Direction::Ingress, Direction::Egress] {
         let policies: Vec<String> = graph
@@ -425,64 +601,46 @@ pub fn compile_pod(
         }
         rs.notes
             .push(format!("{dir}: isolated by {}", policies.join(", ")));
-        let side = Side::compile(model, graph, pod, dir);
-        let field = match dir {
-            Direction::Ingress => AddrField::Saddr,
-            Direction::Egress => AddrField::Daddr,
-        };
         let mut rules = vec![
             rule(RuleKind::Established, None),
             rule(RuleKind::NeighbourDiscovery, None),
             rule(RuleKind::Invalid, None),
             rule(RuleKind::Loopback(hook), None),
         ];
-        // Classes: distinct PortSets other than "all traffic", in PortSet order.
-        let mut classes: BTreeMap<&PortSet, BTreeSet<&Source>> = BTreeMap::new();
-        for seg in side.v4.iter().chain(&side.v6) {
-            if !seg.ports.is_all() {
-                classes.entry(&seg.ports).or_default().extend(&seg.sources);
+        match dir {
+            Direction::Ingress => {
+                for set in node_sets(&node_addrs) {
+                    rules.push(rule(
+                        RuleKind::AddrSetAccept {
+                            family: set.family,
+                            field: AddrField::Saddr,
+                            set: set.name.clone(),
+                        },
+                        Some(comment("the Pod's node may always connect")),
+                    ));
+                    rs.addr_sets.push(set);
+                }
+            }
+            Direction::Egress => {
+                for set in service_sets(model, &node_addrs) {
+                    rules.push(rule(
+                        RuleKind::ServiceAccept {
+                            family: set.family,
+                            set: set.name.clone(),
+                        },
+                        Some(comment(
+                            "Service addresses: judged after DNAT by the node table",
+                        )),
+                    ));
+                    rs.service_sets.push(set);
+                }
             }
         }
-        let class_names: BTreeMap<&PortSet, String> = classes
-            .keys()
-            .enumerate()
-            .map(|(k, ps)| (*ps, format!("{dir}_class_{k}")))
-            .collect();
-        for (family, segs) in [(Family::V4, &side.v4), (Family::V6, &side.v6)] {
-            let name = format!(
-                "{dir}_{}",
-                match family {
-                    Family::V4 => "v4",
-                    Family::V6 => "v6",
-                }
-            );
-            let elements = segs
-                .iter()
-                .map(|s| MapElement {
-                    first: family.addr(s.lo),
-                    last: family.addr(s.hi),
-                    prefix: interval::as_prefix(s.lo, s.hi, family),
-                    verdict: match class_names.get(&s.ports) {
-                        Some(c) => MapVerdict::Jump(c.clone()),
-                        None => MapVerdict::Accept,
-                    },
-                    sources: s.sources.iter().cloned().collect(),
-                })
-                .collect();
-            rules.push(rule(
-                RuleKind::PeerMap {
-                    family,
-                    field,
-                    map: name.clone(),
-                },
-                None,
-            ));
-            rs.maps.push(PeerMap {
-                name,
-                family,
-                elements,
-            });
-        }
+        let lookup = PeerLookup::compile(model, graph, pod, dir, dir.as_str());
+        rules.extend(lookup.rules);
+        rs.maps.extend(lookup.maps);
+        rs.sets.extend(lookup.sets);
+        class_chains.extend(lookup.class_chains);
         rules.push(rule(
             RuleKind::LogDrop {
                 group: opts.log_group,
@@ -499,6 +657,161 @@ pub fn compile_pod(
             notes: vec![format!("isolated by {}", policies.join(", "))],
             rules,
         });
+    }
+    rs.chains.extend(class_chains);
+    rs
+}
+
+/// The addresses that count as `ep`'s node in its ruleset: the model's
+/// ([`Model::node_addresses`]) plus the caller's. Sorted, deduplicated.
+fn pod_node_addresses(model: &Model, ep: &Endpoint, opts: &RulesetOptions) -> Vec<IpAddr> {
+    let mut v: Vec<IpAddr> = ep
+        .node
+        .as_deref()
+        .map(|n| model.node_addresses(n))
+        .unwrap_or_default();
+    v.extend(opts.node_addresses.iter().copied());
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// `node_v4` / `node_v6`, only the non-empty ones.
+fn node_sets(addrs: &[IpAddr]) -> Vec<AddrSet> {
+    [Family::V4, Family::V6]
+        .into_iter()
+        .map(|family| AddrSet {
+            name: format!("node_{}", family_suffix(family)),
+            family,
+            elements: addrs
+                .iter()
+                .filter(|a| Family::of(a) == family)
+                .copied()
+                .collect(),
+        })
+        .filter(|s| !s.elements.is_empty())
+        .collect()
+}
+
+fn family_suffix(f: Family) -> &'static str {
+    match f {
+        Family::V4 => "v4",
+        Family::V6 => "v6",
+    }
+}
+
+/// Every destination kube-proxy rewrites, as `svc_v4` / `svc_v6` (only the non-empty
+/// ones): each proxied Service's addresses on its ports, and the node addresses on its
+/// node ports. Headless and ExternalName Services are not proxied: connections to their
+/// backends are direct and judged as such.
+pub fn service_sets(model: &Model, node_addrs: &[IpAddr]) -> Vec<ServiceSet> {
+    let mut elems: BTreeMap<(IpAddr, Protocol, u16), String> = BTreeMap::new();
+    for svc in model.services.iter().filter(|s| s.proxied()) {
+        let key = svc.key();
+        for sp in &svc.ports {
+            for a in svc.addresses() {
+                elems
+                    .entry((a, sp.protocol, sp.port))
+                    .or_insert_with(|| key.clone());
+            }
+            if let Some(np) = sp.node_port {
+                for a in node_addrs {
+                    elems
+                        .entry((*a, sp.protocol, np))
+                        .or_insert_with(|| key.clone());
+                }
+            }
+        }
+    }
+    [Family::V4, Family::V6]
+        .into_iter()
+        .map(|family| ServiceSet {
+            name: format!("svc_{}", family_suffix(family)),
+            family,
+            elements: elems
+                .iter()
+                .filter(|((a, _, _), _)| Family::of(a) == family)
+                .map(|((addr, protocol, port), service)| ServiceElement {
+                    addr: *addr,
+                    protocol: *protocol,
+                    port: *port,
+                    service: service.clone(),
+                })
+                .collect(),
+        })
+        .filter(|s| !s.elements.is_empty())
+        .collect()
+}
+
+/// One direction's peer lookup of one Pod: the peer maps `<prefix>_v4`/`<prefix>_v6`,
+/// their rules, the class chains `<prefix>_class_<k>` and their port sets.
+struct PeerLookup {
+    maps: Vec<PeerMap>,
+    sets: Vec<PortsSet>,
+    rules: Vec<NftRule>,
+    class_chains: Vec<Chain>,
+}
+
+impl PeerLookup {
+    fn compile(
+        model: &Model,
+        graph: &AllowGraph,
+        pod: EndpointId,
+        dir: Direction,
+        prefix: &str,
+    ) -> PeerLookup {
+        let side = Side::compile(model, graph, pod, dir);
+        let field = match dir {
+            Direction::Ingress => AddrField::Saddr,
+            Direction::Egress => AddrField::Daddr,
+        };
+        let mut out = PeerLookup {
+            maps: Vec::new(),
+            sets: Vec::new(),
+            rules: Vec::new(),
+            class_chains: Vec::new(),
+        };
+        // Classes: distinct PortSets other than "all traffic", in PortSet order.
+        let mut classes: BTreeMap<&PortSet, BTreeSet<&Source>> = BTreeMap::new();
+        for seg in side.v4.iter().chain(&side.v6) {
+            if !seg.ports.is_all() {
+                classes.entry(&seg.ports).or_default().extend(&seg.sources);
+            }
+        }
+        let class_names: BTreeMap<&PortSet, String> = classes
+            .keys()
+            .enumerate()
+            .map(|(k, ps)| (*ps, format!("{prefix}_class_{k}")))
+            .collect();
+        for (family, segs) in [(Family::V4, &side.v4), (Family::V6, &side.v6)] {
+            let name = format!("{prefix}_{}", family_suffix(family));
+            let elements = segs
+                .iter()
+                .map(|s| MapElement {
+                    first: family.addr(s.lo),
+                    last: family.addr(s.hi),
+                    prefix: interval::as_prefix(s.lo, s.hi, family),
+                    verdict: match class_names.get(&s.ports) {
+                        Some(c) => MapVerdict::Jump(c.clone()),
+                        None => MapVerdict::Accept,
+                    },
+                    sources: s.sources.iter().cloned().collect(),
+                })
+                .collect();
+            out.rules.push(rule(
+                RuleKind::PeerMap {
+                    family,
+                    field,
+                    map: name.clone(),
+                },
+                None,
+            ));
+            out.maps.push(PeerMap {
+                name,
+                family,
+                elements,
+            });
+        }
         for (ports, sources) in &classes {
             let name = class_names.get(ports).cloned().unwrap_or_default();
             let set = format!("{name}_ports");
@@ -512,7 +825,7 @@ pub fn compile_pod(
                     });
                 }
             }
-            rs.sets.push(PortsSet {
+            out.sets.push(PortsSet {
                 name: set.clone(),
                 elements,
             });
@@ -524,7 +837,7 @@ pub fn compile_pod(
                 .iter()
                 .map(|(p, r)| format!("{p} rule {r}"))
                 .collect();
-            class_chains.push(Chain {
+            out.class_chains.push(Chain {
                 name,
                 base: None,
                 notes: vec![ports.to_string()],
@@ -534,7 +847,209 @@ pub fn compile_pod(
                 )],
             });
         }
+        out
     }
+}
+
+/// What the node table needs to know about its node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeContext {
+    /// The node's name (`spec.nodeName` of its Pods).
+    pub node: String,
+    /// Addresses of the node's own network namespace (informational in the node table:
+    /// flows from them are never judged there).
+    pub addresses: Vec<IpAddr>,
+    /// The node's Pods whose egress the table judges (only the egress-isolated ones with
+    /// IPs get a chain); see [`NodeContext::new`].
+    pub pods: Vec<EndpointId>,
+}
+
+impl NodeContext {
+    /// The context of node `node`: its Pods are the model's Pods (not workloads, not
+    /// hostNetwork) whose `spec.nodeName` is `node`, sorted.
+    pub fn new(model: &Model, node: &str, addresses: Vec<IpAddr>) -> NodeContext {
+        let pods = model
+            .endpoints
+            .iter()
+            .filter(|e| {
+                e.kind == EndpointKind::Pod && e.selectable() && e.node.as_deref() == Some(node)
+            })
+            .map(|e| e.id)
+            .collect();
+        NodeContext {
+            node: node.to_owned(),
+            addresses,
+            pods,
+        }
+    }
+}
+
+/// Compiles the node table: `table inet netpol` in the node's own network namespace,
+/// judging every new flow from a local egress-isolated Pod on its destination after DNAT
+/// (kube-proxy rewrites at prerouting/output, before this table's `forward`/`input` hooks
+/// at priority filter, and masquerades only at postrouting, after it).
+///
+/// ```text
+/// table inet netpol
+///   map egress_src_v4 / _v6     Pod address -> jump egress_pod_<k>
+///   chain forward (hook forward, policy accept) / chain input (hook input, policy accept)
+///     ct state established,related accept
+///     icmpv6 type { nd-* } accept
+///     ip saddr vmap @egress_src_v4
+///     ip6 saddr vmap @egress_src_v6
+///   chain egress_pod_<k>          one per local egress-isolated Pod
+///     ip daddr vmap @egress_pod_<k>_v4     the Pod's egress peers, as in its own table
+///     ip6 daddr vmap @egress_pod_<k>_v6
+///     counter log group N prefix "netpol:<ns>/<pod>:egress " drop
+///   chain egress_pod_<k>_class_<j>  meta l4proto . th dport @egress_pod_<k>_class_<j>_ports accept
+/// ```
+///
+/// Flows from anything else (non-isolated Pods, the node itself, other nodes) are
+/// accepted: this table never judges the node's own traffic. There is no self exemption:
+/// a Pod reaching itself through a Service (hairpin) is judged like any flow.
+pub fn compile_node(
+    model: &Model,
+    graph: &AllowGraph,
+    ctx: &NodeContext,
+    opts: &RulesetOptions,
+) -> Ruleset {
+    let mut rs = Ruleset {
+        pod: format!("node/{}", ctx.node),
+        notes: vec![format!(
+            "netpol node table for node {}: egress of its Pods after DNAT",
+            ctx.node
+        )],
+        maps: Vec::new(),
+        sets: Vec::new(),
+        addr_sets: Vec::new(),
+        service_sets: Vec::new(),
+        chains: Vec::new(),
+    };
+    if !ctx.addresses.is_empty() {
+        let a: Vec<String> = ctx.addresses.iter().map(ToString::to_string).collect();
+        rs.notes.push(format!(
+            "node addresses (never judged here): {}",
+            a.join(", ")
+        ));
+    }
+    let mut pods: Vec<EndpointId> = ctx.pods.clone();
+    pods.sort_unstable();
+    pods.dedup();
+    let mut src_v4 = Vec::new();
+    let mut src_v6 = Vec::new();
+    let mut pod_chains = Vec::new();
+    let mut class_chains = Vec::new();
+    let mut k = 0usize;
+    for id in pods {
+        let ep = model.endpoint(id);
+        let policies: Vec<String> = graph
+            .isolation(id)
+            .by(Direction::Egress)
+            .iter()
+            .map(|p| model.policy(*p).key())
+            .collect();
+        if policies.is_empty() || !ep.selectable() {
+            continue;
+        }
+        if ep.ips.is_empty() {
+            rs.notes
+                .push(format!("{}: egress-isolated but has no IP yet", ep.key()));
+            continue;
+        }
+        let chain = format!("egress_pod_{k}");
+        k += 1;
+        rs.notes.push(format!(
+            "{chain}: {} egress isolated by {}",
+            ep.key(),
+            policies.join(", ")
+        ));
+        for ip in &ep.ips {
+            let v = interval::to_int(ip);
+            let family = Family::of(ip);
+            let el = MapElement {
+                first: *ip,
+                last: *ip,
+                prefix: interval::as_prefix(v, v, family),
+                verdict: MapVerdict::Jump(chain.clone()),
+                sources: Vec::new(),
+            };
+            match family {
+                Family::V4 => src_v4.push((el, ep.key())),
+                Family::V6 => src_v6.push((el, ep.key())),
+            }
+        }
+        let lookup = PeerLookup::compile(model, graph, id, Direction::Egress, &chain);
+        let mut rules = lookup.rules;
+        rules.push(rule(
+            RuleKind::LogDrop {
+                group: opts.log_group,
+                prefix: log_prefix(&ep.namespace, &ep.name, Direction::Egress),
+            },
+            Some(comment(&format!("isolated by {}", policies.join(", ")))),
+        ));
+        rs.maps.extend(lookup.maps);
+        rs.sets.extend(lookup.sets);
+        class_chains.extend(lookup.class_chains);
+        pod_chains.push(Chain {
+            name: chain,
+            base: None,
+            notes: vec![format!(
+                "{} egress, isolated by {}",
+                ep.key(),
+                policies.join(", ")
+            )],
+            rules,
+        });
+    }
+    let mut src_maps = Vec::new();
+    for (family, mut elems) in [(Family::V4, src_v4), (Family::V6, src_v6)] {
+        // Stable sort: two Pods with one address (the model warned), the first by key
+        // keeps it.
+        elems.sort_by_key(|(e, _)| interval::to_int(&e.first));
+        elems.dedup_by_key(|(e, _)| interval::to_int(&e.first));
+        src_maps.push(PeerMap {
+            name: format!("egress_src_{}", family_suffix(family)),
+            family,
+            elements: elems.into_iter().map(|(e, _)| e).collect(),
+        });
+    }
+    let mut maps = src_maps;
+    maps.append(&mut rs.maps);
+    rs.maps = maps;
+    for (name, hook) in [
+        (NODE_FORWARD_CHAIN, Hook::Forward),
+        (NODE_INPUT_CHAIN, Hook::Input),
+    ] {
+        rs.chains.push(Chain {
+            name: name.to_owned(),
+            base: Some(BaseChain { hook, accept: true }),
+            notes: vec![
+                "new flows from local egress-isolated Pods, after DNAT; everything else passes"
+                    .to_owned(),
+            ],
+            rules: vec![
+                rule(RuleKind::Established, None),
+                rule(RuleKind::NeighbourDiscovery, None),
+                rule(
+                    RuleKind::PeerMap {
+                        family: Family::V4,
+                        field: AddrField::Saddr,
+                        map: "egress_src_v4".to_owned(),
+                    },
+                    None,
+                ),
+                rule(
+                    RuleKind::PeerMap {
+                        family: Family::V6,
+                        field: AddrField::Saddr,
+                        map: "egress_src_v6".to_owned(),
+                    },
+                    None,
+                ),
+            ],
+        });
+    }
+    rs.chains.extend(pod_chains);
     rs.chains.extend(class_chains);
     rs
 }

@@ -92,6 +92,21 @@ impl SpanIndex {
         }
     }
 
+    /// Whether the scalar at exactly `path` is quoted in the source (`"yes"` or `'yes'`),
+    /// when the text and the position are known.
+    pub fn is_quoted(&self, path: &str) -> Option<bool> {
+        let Spans::Lazy { file, .. } = &self.spans else {
+            return None;
+        };
+        let pos = self.map()?.get(path)?;
+        let line = file
+            .text
+            .split('\n')
+            .nth((pos.line as usize).checked_sub(1)?)?;
+        let c = line.chars().nth((pos.column as usize).checked_sub(1)?)?;
+        Some(c == '"' || c == '\'')
+    }
+
     /// Number of recorded paths.
     pub fn len(&self) -> usize {
         self.map().map_or(0, BTreeMap::len)
@@ -240,10 +255,9 @@ pub fn parse_spanned(text: &str) -> Result<Vec<Document>, ParseError> {
             .collect()),
         Err(yaml_err) => {
             let trimmed = text.trim_start();
-            if (trimmed.starts_with('{') || trimmed.starts_with('['))
-                && let Ok(docs) = parse_json_stream(text)
-            {
-                return Ok(docs);
+            // JSON text: the JSON reading decides, as in `parse_documents`.
+            if trimmed.starts_with('{') || trimmed.starts_with('[') {
+                return parse_json_stream(text);
             }
             let pos = yaml_err.location().and_then(|l| {
                 let (line, column) = (
@@ -308,11 +322,16 @@ pub fn yaml_error(e: &serde_saphyr::Error) -> (String, Option<Pos>) {
 fn parse_json_stream(text: &str) -> Result<Vec<Document>, ParseError> {
     let mut out = Vec::new();
     for (index, v) in serde_json::Deserializer::from_str(text.trim_start_matches('\u{feff}'))
-        .into_iter::<Value>()
+        .into_iter::<Plain>()
         .enumerate()
     {
-        let value = v.map_err(|e| ParseError {
-            message: e.to_string(),
+        let Plain(value) = v.map_err(|e| ParseError {
+            // The position is reported separately.
+            message: {
+                let m = e.to_string();
+                let at = format!(" at line {} column {}", e.line(), e.column());
+                m.strip_suffix(&at).map_or(m.clone(), str::to_string)
+            },
             pos: Some(Pos {
                 line: u32::try_from(e.line()).unwrap_or(u32::MAX),
                 column: u32::try_from(e.column()).unwrap_or(u32::MAX),
@@ -466,6 +485,11 @@ impl<'de> Visitor<'de> for PlainVisitor {
         let mut out = serde_json::Map::new();
         while let Some(PlainKey(k)) = map.next_key::<PlainKey>()? {
             let Plain(v) = map.next_value::<Plain>()?;
+            // JSON duplicate keys are refused like YAML's (serde_json would keep the last
+            // value silently). See: #11
+            if out.contains_key(&k) {
+                return Err(de::Error::custom(format!("duplicate mapping key: {k}")));
+            }
             out.insert(k, v);
         }
         Ok(Value::Object(out))
@@ -701,6 +725,36 @@ mod tests {
             }
         }
         assert!(n > 100, "{n} testdata files");
+    }
+
+    #[test]
+    fn quoted_scalars_are_told_apart() {
+        let text = "a: yes\nb: \"yes\"\nc: 'on'\nd:\n  - \"x\"\n  - y\n";
+        let docs = parse_documents(text).unwrap();
+        let s = &docs[0].spans;
+        assert_eq!(s.is_quoted("a"), Some(false));
+        assert_eq!(s.is_quoted("b"), Some(true));
+        assert_eq!(s.is_quoted("c"), Some(true));
+        assert_eq!(s.is_quoted("d[0]"), Some(true));
+        assert_eq!(s.is_quoted("d[1]"), Some(false));
+        assert_eq!(s.is_quoted("nope"), None);
+    }
+
+    #[test]
+    fn json_duplicate_keys_are_rejected_like_yaml() {
+        // See: #11 (JSON kept the last value silently while YAML refused).
+        for text in [
+            "{\"a\": 1, \"a\": 2}",
+            "{\"a\": {\"b\": 1, \"c\": [{\"d\": 1, \"d\": 1}]}}",
+            "a: 1\na: 2\n",
+        ] {
+            let err = parse_documents(text).unwrap_err();
+            assert!(
+                err.message.starts_with("duplicate mapping key"),
+                "{text}: {err:?}"
+            );
+            assert!(err.pos.is_some(), "{text}");
+        }
     }
 
     #[test]

@@ -20,6 +20,17 @@ pub fn dns1123_label(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// DNS-1035 label: a DNS-1123 label that starts with a letter (Service names).
+pub fn dns1035_label(s: &str) -> Result<(), String> {
+    dns1123_label(s).map_err(|_| {
+        "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character".to_string()
+    })?;
+    if !s.bytes().next().is_some_and(|c| c.is_ascii_lowercase()) {
+        return Err("a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character".into());
+    }
+    Ok(())
+}
+
 /// DNS-1123 subdomain: at most 253 characters, dot-separated lowercase labels (Pod,
 /// NetworkPolicy and workload names, label key prefixes).
 pub fn dns1123_subdomain(s: &str) -> Result<(), String> {

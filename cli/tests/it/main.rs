@@ -8,6 +8,7 @@
 mod analysis;
 mod cluster;
 mod explain;
+mod hostile;
 mod html;
 mod lab;
 mod matrix;

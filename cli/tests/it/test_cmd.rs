@@ -505,3 +505,30 @@ fn nft_goldens_are_checked_and_filled_by_update() {
     run.expect_code(1);
     assert!(run.stdout.contains("no Pod q/nobody"), "{}", run.stdout);
 }
+
+#[test]
+fn empty_expect_yaml_fails_the_case() {
+    // See: #11 (an empty expect.yaml passed vacuously).
+    for (i, text) in [
+        "",
+        "# nothing yet\n",
+        "description: wip\n",
+        "assertions: []\nmatrix: []\n",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let t = tmp();
+        let dir = t.path().join("c");
+        copy_case(CASE, &dir);
+        write(&dir.join("expect.yaml"), text);
+        let run = netpol_in(t.path(), &["test", "c"]);
+        run.expect_code(1);
+        assert!(
+            run.stdout.contains("expect.yaml has no checks"),
+            "{i}: {}",
+            run.stdout
+        );
+        assert_eq!(last_line(&run.stdout), "0 passed, 1 failed", "{i}");
+    }
+}

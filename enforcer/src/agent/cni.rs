@@ -291,11 +291,7 @@ impl Reconciler {
             let Object::Pod(p) = obj else { continue };
             let (spec, status) = (p.object.spec.as_ref(), p.object.status.as_ref());
             if spec.and_then(|s| s.node_name.as_deref()) != Some(node)
-                || spec.and_then(|s| s.host_network) == Some(true)
-                || matches!(
-                    status.and_then(|s| s.phase.as_deref()),
-                    Some("Succeeded" | "Failed")
-                )
+                || !policy_compiler::model::pod_gets_ruleset(&p.object)
             {
                 continue;
             }
@@ -405,7 +401,7 @@ mod tests {
 
     use super::super::{AgentConfig, ChainConfig, CniConfig, CompiledRulesets, Reconciler};
     use crate::applier::RecordingApplier;
-    use crate::cni::install::{PluginEntry, is_chained};
+    use crate::cni::install::{PluginConfig, is_chained};
     use crate::metrics::Metrics;
 
     // See: #5
@@ -422,7 +418,7 @@ mod tests {
                 records: None,
                 chain: Some(ChainConfig {
                     conf_dir: dir.path().to_owned(),
-                    entry: PluginEntry::default(),
+                    entry: PluginConfig::default(),
                 }),
             }),
             ..AgentConfig::default()

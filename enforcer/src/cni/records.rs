@@ -1,7 +1,8 @@
 //! CNI records on disk, so a restarted agent still knows each Pod's netns and IPs.
 //!
 //! One JSON file per Pod (`<namespace>_<name>.json`: `_` is valid in neither, so names
-//! never collide), written atomically (temp file, fsync, rename). The directory is a
+//! never collide), written atomically ([`netpol_common::fs::write_atomic`]: temp file,
+//! fsync, rename, directory fsync). The directory is a
 //! hostPath (`/var/lib/netpol/cni`) in the DaemonSet. A file that cannot be read is
 //! reported and skipped: that Pod falls back to netns discovery.
 
@@ -11,7 +12,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use netpol_common::fs::WriteStep;
+
 use crate::state::{CniRecord, PodKey};
+
+/// Mode of a record file (what `File::create` gave them under the usual umask 022).
+const RECORD_MODE: u32 = 0o644;
 
 /// Errors of the record store; each names the file.
 #[derive(Debug, thiserror::Error)]
@@ -86,17 +92,15 @@ impl RecordStore {
             path: path.clone(),
             source,
         })?;
-        let tmp = path.with_extension("json.tmp");
-        let write = || -> io::Result<()> {
-            let mut f = fs::File::create(&tmp)?;
-            f.write_all(&body)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path)
-        };
-        write().map_err(|e| {
-            let _ = fs::remove_file(&tmp);
-            io("write", e)
-        })
+        let written =
+            netpol_common::fs::write_atomic(&path, RECORD_MODE, |_, f| f.write_all(&body))
+                .map_err(|e| match e.step {
+                    WriteStep::Io { source, .. } | WriteStep::Fill(source) => io("write", source),
+                })?;
+        if let Err(e) = written.dir_sync {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot fsync the cni records directory");
+        }
+        Ok(())
     }
 
     /// Removes `pod`'s record (absent is fine).
@@ -188,7 +192,11 @@ mod tests {
         let leftovers: Vec<_> = std::fs::read_dir(store.dir())
             .unwrap()
             .filter_map(Result::ok)
-            .filter(|e| e.path().to_string_lossy().ends_with(".tmp"))
+            .filter(|e| {
+                e.path()
+                    .to_string_lossy()
+                    .ends_with(netpol_common::fs::TMP_SUFFIX)
+            })
             .collect();
         assert!(leftovers.is_empty());
     }

@@ -9,7 +9,7 @@ use enforcer::kube::api_calls;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-use netpol_cni::install::{InstallArgs, PluginEntry, parse_args};
+use netpol_cni::install::{self, InstallArgs, PluginConfig, parse_args};
 use serde_json::Value;
 
 fn manifests_dir() -> PathBuf {
@@ -172,7 +172,7 @@ fn daemonset_runs_the_kube_agent_with_least_privilege() {
     assert_eq!(Some(Path::new(&entry)), o.entry_file.as_deref());
     assert_eq!(
         Path::new(&socket),
-        PluginEntry::default().agent_socket.as_path()
+        PluginConfig::default().agent_socket.as_path()
     );
     for path in [socket, flag("--cni-records"), conf_dir] {
         let m = agent
@@ -294,8 +294,8 @@ fn daemonset_runs_the_kube_agent_with_least_privilege() {
 fn cni_snippet_is_the_default_plugin_entry() {
     let data = install().cni.data.unwrap();
     let key = "netpol.conflist-entry.json";
-    let entry = PluginEntry::parse(&data[key], Path::new(key)).unwrap();
-    assert_eq!(entry, PluginEntry::default());
+    let entry = install::parse_entry(&data[key], Path::new(key)).unwrap();
+    assert_eq!(entry, PluginConfig::default());
 }
 
 /// The init container's command is one `netpol-cni install` accepts, writing the host's

@@ -8,7 +8,7 @@ use enforcer::netns;
 use enforcer::nft;
 use enforcer::ruleset_json;
 use policy_compiler::model::EndpointKind;
-use policy_compiler::ruleset::{RulesetOptions, compile_pod};
+use policy_compiler::ruleset::{NodeContext, RulesetOptions, compile_node, compile_pod};
 use serde_json::Value;
 
 use crate::cases::{self, case_dirs};
@@ -70,6 +70,7 @@ fn text_and_json_renderings_load_identically_for_every_pod_of_every_case() {
     let (text_ns, json_ns) = (&ns.0[0], &ns.0[1]);
     let start = Instant::now();
     let mut pods = 0;
+    let mut nodes = 0;
     for dir in case_dirs() {
         let case = cases::compile(&dir);
         for e in case
@@ -95,8 +96,33 @@ fn text_and_json_renderings_load_identically_for_every_pod_of_every_case() {
             );
             pods += 1;
         }
+        // The node table of every node the case names (See: #10).
+        for node in case.model.node_names() {
+            let ctx = NodeContext::new(&case.model, node, case.model.node_addresses(node));
+            let rs = compile_node(&case.model, &case.graph, &ctx, &RulesetOptions::default());
+            let text = rs.to_nft();
+            nft::apply(text_ns, &text)
+                .unwrap_or_else(|err| panic!("{} node {node}: {err}\n{text}", case.name));
+            let json = ruleset_json::to_json(&rs).unwrap();
+            nft::apply_json(json_ns, &json)
+                .unwrap_or_else(|err| panic!("{} node {node}: {err}\n{json}", case.name));
+            assert_eq!(
+                listing(text_ns),
+                listing(json_ns),
+                "{} node {node}: text and JSON load differently\ntext:\n{text}\njson:\n{json}",
+                case.name
+            );
+            nodes += 1;
+        }
     }
-    eprintln!("text/JSON parity: {pods} pods in {:?}", start.elapsed());
+    eprintln!(
+        "text/JSON parity: {pods} pods, {nodes} node tables in {:?}",
+        start.elapsed()
+    );
+    assert!(
+        nodes >= 2,
+        "expected node tables in testdata/cases/services, found {nodes}"
+    );
     // Loading twice replaces the table (no "exists" error, no duplicate rules).
     let before = listing(text_ns);
     let any = cases::compile(&case_dirs()[0]);

@@ -203,12 +203,7 @@ impl LabPlan {
             .iter()
             .flat_map(|e| e.ips.iter().copied())
             .collect();
-        let pods0 = || {
-            model0
-                .endpoints
-                .iter()
-                .filter(|e| e.kind == EndpointKind::Pod && !e.host_network)
-        };
+        let pods0 = || model0.endpoints.iter().filter(|e| e.enforceable());
         let has_v4 = pods0().any(|e| e.ips.iter().any(IpAddr::is_ipv4));
         let has_v6 = pods0().any(|e| e.ips.iter().any(IpAddr::is_ipv6));
         let (want_v4, want_v6) = (has_v4 || !has_v6, has_v6);

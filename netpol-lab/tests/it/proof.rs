@@ -110,6 +110,21 @@ pub(crate) fn prove_case(case: &Case, dir: &Path, tag: &str) -> Summary {
     let mut assertions = Vec::new();
     for (i, a) in exp.assertions.iter().enumerate() {
         let (Ok(s), Ok(d)) = (Subject::parse(model, &a.from), Subject::parse(model, &a.to)) else {
+            // Through a Service or from a node: needs the node netns with kube-proxy-style
+            // DNAT, which this Pod-to-Pod proof does not build (#10).
+            let via_service = matches!(
+                policy_compiler::parse_destination(model, &a.to),
+                Ok(policy_compiler::Destination::Service(_))
+            );
+            let from_node = a.from.starts_with("node/")
+                && policy_compiler::parse_source(model, &a.from).is_ok();
+            if via_service || from_node {
+                notes.push(format!(
+                    "skipped assertion {i} ({} -> {}): via a Service or from a node",
+                    a.from, a.to
+                ));
+                continue;
+            }
             panic!("{}: assertion {i} does not resolve", case.name);
         };
         if skipped_host(&s) || skipped_host(&d) {

@@ -7,8 +7,8 @@
 use std::fmt::Write as _;
 
 use super::{
-    AddrField, Chain, Family, MapVerdict, ND_TYPES, PeerMap, PortElement, PortsSet, RuleKind,
-    Ruleset, TABLE,
+    AddrField, AddrSet, Chain, Family, MapVerdict, ND_TYPES, PeerMap, PortElement, PortsSet,
+    RuleKind, Ruleset, ServiceSet, TABLE,
 };
 
 /// Longest list of sources written after a map element.
@@ -40,6 +40,14 @@ pub(super) fn nft(rs: &Ruleset) -> String {
     for set in &rs.sets {
         sep(&mut s);
         ports_set(&mut s, set);
+    }
+    for set in &rs.addr_sets {
+        sep(&mut s);
+        addr_set(&mut s, set);
+    }
+    for set in &rs.service_sets {
+        sep(&mut s);
+        service_set(&mut s, set);
     }
     for c in &rs.chains {
         sep(&mut s);
@@ -78,11 +86,66 @@ fn map(s: &mut String, m: &PeerMap) {
             if e.sources.len() > MAX_SOURCES {
                 who.push(format!("+{} more", e.sources.len() - MAX_SOURCES));
             }
-            let _ = writeln!(s, "\t\t\t{key} : {verdict}, # {}", who.join("; "));
+            if who.is_empty() {
+                let _ = writeln!(s, "\t\t\t{key} : {verdict},");
+            } else {
+                let _ = writeln!(s, "\t\t\t{key} : {verdict}, # {}", who.join("; "));
+            }
         }
         let _ = writeln!(s, "\t\t}}");
     }
     let _ = writeln!(s, "\t}}");
+}
+
+fn addr_type(f: Family) -> &'static str {
+    match f {
+        Family::V4 => "ipv4_addr",
+        Family::V6 => "ipv6_addr",
+    }
+}
+
+fn addr_set(s: &mut String, set: &AddrSet) {
+    let _ = writeln!(s, "\tset {} {{", set.name);
+    let _ = writeln!(s, "\t\ttype {}", addr_type(set.family));
+    if !set.elements.is_empty() {
+        let _ = writeln!(s, "\t\telements = {{");
+        for e in &set.elements {
+            let _ = writeln!(s, "\t\t\t{e},");
+        }
+        let _ = writeln!(s, "\t\t}}");
+    }
+    let _ = writeln!(s, "\t}}");
+}
+
+fn service_set(s: &mut String, set: &ServiceSet) {
+    let _ = writeln!(s, "\tset {} {{", set.name);
+    let _ = writeln!(
+        s,
+        "\t\ttype {} . inet_proto . inet_service",
+        addr_type(set.family)
+    );
+    if !set.elements.is_empty() {
+        let _ = writeln!(s, "\t\telements = {{");
+        for e in &set.elements {
+            let _ = writeln!(
+                s,
+                "\t\t\t{} . {} . {}, # {}",
+                e.addr,
+                e.protocol.as_str().to_ascii_lowercase(),
+                e.port,
+                e.service
+            );
+        }
+        let _ = writeln!(s, "\t\t}}");
+    }
+    let _ = writeln!(s, "\t}}");
+}
+
+fn family_proto(f: Family) -> &'static str {
+    match f {
+        Family::V4 => "ip",
+        Family::V6 => "ip6",
+    }
 }
 
 fn family_bits(f: Family) -> u8 {
@@ -136,9 +199,16 @@ fn chain(s: &mut String, c: &Chain) {
             }
             RuleKind::Invalid => "ct state invalid drop".to_owned(),
             RuleKind::Loopback(h) => match h {
-                super::Hook::Input => "iif lo accept".to_owned(),
+                super::Hook::Input | super::Hook::Forward => "iif lo accept".to_owned(),
                 super::Hook::Output => "oif lo accept".to_owned(),
             },
+            RuleKind::AddrSetAccept { family, field, set } => {
+                format!("{} {} @{set} accept", family_proto(*family), field.as_str())
+            }
+            RuleKind::ServiceAccept { family, set } => format!(
+                "{} daddr . meta l4proto . th dport @{set} accept",
+                family_proto(*family)
+            ),
             RuleKind::PeerMap { family, field, map } => {
                 let proto = match family {
                     Family::V4 => "ip",

@@ -179,3 +179,188 @@ fn log_prefix_fits_the_kernel_limit() {
     );
     assert!(comment(&"y".repeat(300)).len() <= MAX_COMMENT);
 }
+
+/// A node `n1` with CoreDNS, a client and a server, default deny in `app` plus the
+/// common allow-DNS egress rule; Services `kube-system/kube-dns` and `app/server`.
+// See: #10
+const NODE_CASE: &str = r#"apiVersion: v1
+kind: Node
+metadata: {name: n1}
+status: {addresses: [{type: InternalIP, address: 192.168.0.1}, {type: Hostname, address: n1}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: coredns-a, namespace: kube-system, labels: {k8s-app: kube-dns}}
+spec:
+  nodeName: n1
+  containers: [{name: c, ports: [{name: dns, containerPort: 53, protocol: UDP}, {name: dns-tcp, containerPort: 53}]}]
+status: {phase: Running, podIP: 10.0.9.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: app, labels: {app: client}}
+spec: {nodeName: n1, containers: [{name: c}]}
+status: {phase: Running, podIP: 10.0.1.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server, namespace: app, labels: {app: server}}
+spec: {nodeName: n1, containers: [{name: c, ports: [{name: http, containerPort: 8080}]}]}
+status: {phase: Running, podIP: 10.0.1.2}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: kube-dns, namespace: kube-system}
+spec:
+  clusterIP: 10.96.0.10
+  selector: {k8s-app: kube-dns}
+  ports: [{name: dns, port: 53, protocol: UDP, targetPort: dns}, {name: dns-tcp, port: 53, targetPort: 53}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: server, namespace: app}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.50
+  selector: {app: server}
+  ports: [{port: 80, targetPort: http, nodePort: 30080}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: default-deny, namespace: app}
+spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-dns, namespace: app}
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+  egress:
+  - to: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: kube-system}}, podSelector: {matchLabels: {k8s-app: kube-dns}}}]
+    ports: [{protocol: UDP, port: 53}, {protocol: TCP, port: 53}]
+"#;
+
+#[test]
+fn isolated_ingress_accepts_the_node_and_egress_defers_services() {
+    let (m, g) = build(NODE_CASE);
+    let server = compile(&m, &g, "app/server");
+    assert_eq!(server.addr_sets.len(), 1);
+    assert_eq!(server.addr_sets[0].elements, vec![ip("192.168.0.1")]);
+    assert!(server.simulate(Direction::Ingress, ip("192.168.0.1"), Protocol::Udp, 9));
+    assert!(!server.simulate(Direction::Ingress, ip("192.168.0.2"), Protocol::Tcp, 8080));
+    assert!(!server.simulate(Direction::Ingress, ip("10.0.1.1"), Protocol::Tcp, 8080));
+    let text = server.to_nft();
+    assert!(
+        text.contains(
+            "\t\tip saddr @node_v4 accept comment \"the Pod's node may always connect\"\n"
+        ),
+        "{text}"
+    );
+    let client = compile(&m, &g, "app/client");
+    let svc = &client.service_sets[0];
+    let elems: Vec<String> = svc
+        .elements
+        .iter()
+        .map(|e| format!("{} {} {} {}", e.addr, e.protocol, e.port, e.service))
+        .collect();
+    assert_eq!(
+        elems,
+        [
+            "10.96.0.10 TCP 53 kube-system/kube-dns",
+            "10.96.0.10 UDP 53 kube-system/kube-dns",
+            "10.96.0.50 TCP 80 app/server",
+            "192.168.0.1 TCP 30080 app/server",
+        ]
+    );
+    // Service addresses pass the Pod's egress chain (judged after DNAT on the node) ...
+    assert!(client.simulate(Direction::Egress, ip("10.96.0.50"), Protocol::Tcp, 80));
+    assert!(client.simulate(Direction::Egress, ip("10.96.0.10"), Protocol::Udp, 53));
+    // ... other ports of the same address do not.
+    assert!(!client.simulate(Direction::Egress, ip("10.96.0.50"), Protocol::Tcp, 81));
+    // Direct destinations are judged as before.
+    assert!(client.simulate(Direction::Egress, ip("10.0.9.1"), Protocol::Udp, 53));
+    assert!(!client.simulate(Direction::Egress, ip("10.0.1.2"), Protocol::Tcp, 8080));
+    // The client's ingress has the node set too, its egress no node exemption.
+    assert!(!client.simulate(Direction::Egress, ip("192.168.0.1"), Protocol::Tcp, 22));
+    // Runtime node addresses join the model's.
+    let id = m.endpoint_by_key("app/server").unwrap();
+    let opts = RulesetOptions {
+        node_addresses: vec![ip("fd00::1"), ip("192.168.0.1")],
+        ..RulesetOptions::default()
+    };
+    let rs = compile_pod(&m, &g, id, &opts);
+    assert_eq!(rs.addr_sets.len(), 2);
+    assert!(rs.simulate(Direction::Ingress, ip("fd00::1"), Protocol::Tcp, 1));
+}
+
+#[test]
+fn node_table_judges_local_egress_after_dnat() {
+    let (m, g) = build(NODE_CASE);
+    let ctx = NodeContext::new(&m, "n1", vec![ip("192.168.0.1")]);
+    let rs = compile_node(&m, &g, &ctx, &RulesetOptions::default());
+    // Two egress-isolated local Pods (client, server), CoreDNS is not isolated.
+    let pod_chains: Vec<&str> = rs
+        .chains
+        .iter()
+        .map(|c| c.name.as_str())
+        .filter(|n| n.starts_with("egress_pod_") && !n.contains("class"))
+        .collect();
+    assert_eq!(pod_chains, ["egress_pod_0", "egress_pod_1"]);
+    let dns = ip("10.0.9.1");
+    let (client, server) = (ip("10.0.1.1"), ip("10.0.1.2"));
+    assert!(rs.simulate_node(client, dns, Protocol::Udp, 53));
+    assert!(rs.simulate_node(client, dns, Protocol::Tcp, 53));
+    assert!(!rs.simulate_node(client, dns, Protocol::Tcp, 80));
+    assert!(!rs.simulate_node(client, server, Protocol::Tcp, 8080));
+    // Hairpin: no self exemption on the node.
+    assert!(!rs.simulate_node(server, server, Protocol::Tcp, 8080));
+    // Not judged: the node itself, non-isolated Pods.
+    assert!(rs.simulate_node(ip("192.168.0.1"), server, Protocol::Tcp, 8080));
+    assert!(rs.simulate_node(dns, server, Protocol::Tcp, 8080));
+    let text = rs.to_nft();
+    assert!(text.contains("type filter hook forward priority filter; policy accept;"));
+    assert!(text.contains("type filter hook input priority filter; policy accept;"));
+    assert!(
+        text.contains("\t\t\t10.0.1.1 : jump egress_pod_0,\n"),
+        "{text}"
+    );
+    assert!(text.contains("counter log group 100 prefix \"netpol:app/client:egress \" drop"));
+}
+
+#[test]
+fn node_table_agrees_with_reach_through_every_service() {
+    // See: #10 — via-Service verdict == node table verdict on the backend.
+    let (m, g) = build(NODE_CASE);
+    let ctx = NodeContext::new(&m, "n1", Vec::new());
+    let rs = compile_node(&m, &g, &ctx, &RulesetOptions::default());
+    let mut checked = 0;
+    for src in &ctx.pods {
+        let src_ip = m.endpoint(*src).ips[0];
+        for svc in &m.services {
+            for port in 0..svc.ports.len() {
+                for flow in g.reach_service(&m, (*src).into(), svc, port) {
+                    let crate::graph::Subject::Endpoint(b) = flow.backend else {
+                        continue;
+                    };
+                    let dst = m.endpoint(b).ips[0];
+                    let egress = flow
+                        .reach
+                        .egress
+                        .allowed
+                        .contains(flow.protocol, flow.target_port);
+                    assert_eq!(
+                        rs.simulate_node(src_ip, dst, flow.protocol, flow.target_port),
+                        egress,
+                        "{} -> {} via {}",
+                        m.endpoint(*src).key(),
+                        m.endpoint(b).key(),
+                        svc.key()
+                    );
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked >= 6, "{checked}");
+}

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use policy_compiler::expect::parse_expectations;
 use policy_compiler::model::EndpointKind;
-use policy_compiler::ruleset::{RulesetOptions, compile_pod};
+use policy_compiler::ruleset::{NodeContext, RulesetOptions, compile_node, compile_pod};
 use policy_compiler::{AllowGraph, Direction, Model, Protocol, Subject};
 
 use crate::cases::case_dirs;
@@ -21,7 +21,14 @@ pub(crate) const GOLDENS: &[(&str, &str)] = &[
     ("semantics/ipv6-dual-stack", "y/a"),
     ("semantics/ipv6-dual-stack", "z/a"),
     ("apps/shop-multi-tier", "shop/api"),
+    // See: #10 — node_v4 in ingress, svc_v4 in egress.
+    ("services/allow-dns", "app/client"),
+    ("services/nodeport", "web/server"),
 ];
+
+/// Node tables pinned as `node_<name>.nft`: (case, node).
+// See: #10
+pub(crate) const NODE_GOLDENS: &[(&str, &str)] = &[("services/allow-dns", "n1")];
 
 fn compiled(dir: &Path) -> (Model, AllowGraph) {
     let (model, graph, diags) = compile_files(&manifest_files(dir));
@@ -174,4 +181,133 @@ fn nft_goldens_match() {
         "golden .nft files differ (UPDATE_EXPECT=1 cargo test to update, review with git diff):\n{}",
         stale.join("\n")
     );
+}
+
+#[test]
+fn node_table_goldens_match() {
+    let root = repo_root().join("testdata/cases");
+    let update = std::env::var("UPDATE_EXPECT").is_ok_and(|v| v == "1");
+    let mut stale = Vec::new();
+    for (case, node) in NODE_GOLDENS {
+        let dir = root.join(case);
+        let (model, graph) = compiled(&dir);
+        let ctx = NodeContext::new(&model, node, model.node_addresses(node));
+        let text = compile_node(&model, &graph, &ctx, &RulesetOptions::default()).to_nft();
+        let path = dir.join(format!("node_{node}.nft"));
+        let old = std::fs::read_to_string(&path).unwrap_or_default();
+        if old != text {
+            if update {
+                std::fs::write(&path, &text).unwrap();
+            } else {
+                stale.push(format!("{}:\n{text}", path.display()));
+            }
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "golden node .nft files differ (UPDATE_EXPECT=1 cargo test to update):\n{}",
+        stale.join("\n")
+    );
+}
+
+/// Through every Service of every case, from every Pod: the node table's verdict on the
+/// post-DNAT flow equals the source side of `reach_service`, the Pod table lets the
+/// Service address through exactly on the Service's ports, and the backend's Pod table
+/// agrees with the ingress side.
+// See: #10
+#[test]
+fn via_service_verdicts_match_the_rulesets() {
+    let root = repo_root().join("testdata/cases");
+    let mut checked = 0usize;
+    let mut failures = Vec::new();
+    for dir in case_dirs(&root) {
+        let name = dir.strip_prefix(&root).unwrap().display().to_string();
+        let (model, graph) = compiled(&dir);
+        if model.services.is_empty() {
+            continue;
+        }
+        let pods: Vec<_> = model
+            .endpoints
+            .iter()
+            .filter(|e| e.kind == EndpointKind::Pod && !e.host_network && !e.ips.is_empty())
+            .collect();
+        // One node holding every Pod: the table of a node judges only its own Pods.
+        let ctx = NodeContext {
+            node: "all".into(),
+            addresses: Vec::new(),
+            pods: pods.iter().map(|e| e.id).collect(),
+        };
+        let node_rs = compile_node(&model, &graph, &ctx, &RulesetOptions::default());
+        for src in &pods {
+            let src_rs = compile_pod(&model, &graph, src.id, &RulesetOptions::default());
+            for svc in &model.services {
+                for (i, sp) in svc.ports.iter().enumerate() {
+                    if svc.proxied() {
+                        for addr in svc.addresses() {
+                            let through =
+                                src_rs.simulate(Direction::Egress, addr, sp.protocol, sp.port);
+                            if !through {
+                                failures.push(format!(
+                                    "{name}: {} egress drops Service address {addr} {} {}",
+                                    src.key(),
+                                    sp.protocol,
+                                    sp.port
+                                ));
+                            }
+                        }
+                    }
+                    for flow in graph.reach_service(&model, Subject::Endpoint(src.id), svc, i) {
+                        let Subject::Endpoint(b) = flow.backend else {
+                            continue;
+                        };
+                        let backend = model.endpoint(b);
+                        let Some(dst_ip) = same_family(&model, Subject::Endpoint(b), &src.ips[0])
+                        else {
+                            continue;
+                        };
+                        let egress = flow
+                            .reach
+                            .egress
+                            .allowed
+                            .contains(flow.protocol, flow.target_port);
+                        let ingress = flow
+                            .reach
+                            .ingress
+                            .allowed
+                            .contains(flow.protocol, flow.target_port);
+                        let node = node_rs.simulate_node(
+                            src.ips[0],
+                            dst_ip,
+                            flow.protocol,
+                            flow.target_port,
+                        );
+                        let dst_rs = compile_pod(&model, &graph, b, &RulesetOptions::default());
+                        let at_backend = backend.host_network
+                            || dst_rs.simulate(
+                                Direction::Ingress,
+                                src.ips[0],
+                                flow.protocol,
+                                flow.target_port,
+                            );
+                        checked += 1;
+                        if node != egress
+                            || at_backend != ingress
+                            || (egress && ingress) != flow.allowed
+                        {
+                            failures.push(format!(
+                                "{name}: {} -> {} via {}: node table {node}, backend table {at_backend}, graph egress {egress} ingress {ingress}",
+                                src.key(), backend.key(), svc.key()
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    println!("{checked} via-Service flows");
+    assert!(
+        checked >= 20,
+        "expected Service flows in testdata/cases/services, found {checked}"
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
