@@ -40,7 +40,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use clap::ValueEnum;
-use policy_compiler::expect::{check, parse_expectations};
+use policy_compiler::expect::{check, parse_expectations_in};
 use policy_compiler::{AllowGraph, Inputs, Model};
 
 use crate::inputs;
@@ -126,7 +126,7 @@ pub(crate) fn run(args: &TestArgs) -> i32 {
         for case in cases {
             let report = run_case(dir, &case, args.update, live.as_ref());
             if args.output == Format::Text {
-                print!("{}", text_report(&report));
+                crate::output::emit(&text_report(&report));
             }
             reports.push(report);
         }
@@ -144,14 +144,14 @@ pub(crate) fn run(args: &TestArgs) -> i32 {
     let passed = total - failed;
     let summary = format!("{passed} passed, {failed} failed");
     match args.output {
-        Format::Text => println!("\n{summary}"),
+        Format::Text => crate::output::emitln(&format!("\n{summary}")),
         Format::Json => {
             let json = JsonReport {
                 suites: &suites,
                 passed,
                 failed,
             };
-            println!("{}", crate::to_json(&json));
+            crate::output::emitln(&crate::to_json(&json));
             eprintln!("{summary}");
         }
     }
@@ -220,7 +220,7 @@ fn check_case(dir: &Path, update: bool, live: Option<&Inputs>, report: &mut Case
     if expect_path.is_file() {
         match std::fs::read_to_string(&expect_path)
             .map_err(|e| format!("cannot read: {e}"))
-            .and_then(|t| parse_expectations(&t))
+            .and_then(|t| parse_expectations_in(&expect_path.display().to_string(), &t))
         {
             Err(e) => report.checks.push(failed("expect", "expect.yaml", e)),
             // A case that checks nothing would pass whatever the manifests say. See: #11

@@ -210,6 +210,7 @@ impl Object {
                 a.object.kind == b.object.kind
                     && a.object.metadata == b.object.metadata
                     && a.object.template == b.object.template
+                    && a.object.replicas == b.object.replicas
             }
             (Object::NetworkPolicy(a), Object::NetworkPolicy(b)) => a.object == b.object,
             (Object::Service(a), Object::Service(b)) => a.object == b.object,

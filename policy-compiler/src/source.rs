@@ -315,13 +315,31 @@ fn budget_for(len: usize) -> serde_saphyr::Budget {
 
 /// The parser's first message line, without its own `error: line N column M:` prefix (the
 /// position is reported separately).
-fn first_line(s: &str) -> String {
+/// The parser's message without position prefix, source snippet or hints meant for
+/// programmers using the library (`, set DuplicateKeyPolicy in Options if acceptable`).
+pub fn first_line(s: &str) -> String {
     let line = s.lines().next().unwrap_or("").trim();
     let line = line.strip_prefix("error:").unwrap_or(line).trim_start();
-    match line.strip_prefix("line ").and_then(|r| r.split_once(": ")) {
-        Some((pos, rest)) if pos.contains("column") => rest.to_string(),
-        _ => line.to_string(),
+    let msg = match line.strip_prefix("line ").and_then(|r| r.split_once(": ")) {
+        Some((pos, rest)) if pos.contains("column") => rest,
+        _ => line,
+    };
+    match msg.split_once(", set ") {
+        Some((m, hint)) if hint.contains("Options") => m.to_string(),
+        _ => msg.to_string(),
     }
+}
+
+/// A serde-saphyr error as a message ([`first_line`]) and a position.
+pub fn yaml_error(e: &serde_saphyr::Error) -> (String, Option<Pos>) {
+    let pos = e.location().and_then(|l| {
+        let (line, column) = (
+            u32::try_from(l.line()).ok()?,
+            u32::try_from(l.column()).ok()?,
+        );
+        (line > 0).then_some(Pos { line, column })
+    });
+    (first_line(&e.to_string()), pos)
 }
 
 fn parse_json_stream(text: &str) -> Result<Vec<Document>, ParseError> {
