@@ -125,9 +125,9 @@ impl Applier for NodeNetnsApplier {
     }
 
     fn list_node(&self) -> Result<Option<String>, ApplyError> {
-        match run_nft(&self.node, &["list", "table", "inet", TABLE]) {
+        match nft::list_table(&self.node, "inet", TABLE) {
             Ok(text) => Ok(Some(text)),
-            Err(e) if no_such_table(&e) => Ok(None),
+            Err(e) if nft::is_no_such_table(&e) => Ok(None),
             Err(source) => Err(ApplyError::Node {
                 op: "list",
                 source: Box::new(source),

@@ -349,9 +349,8 @@ impl Cni for NetpolCni<'_> {
                 e.details()
             );
             Settings {
-                agent_socket: default_socket(),
-                timeout_seconds: default_timeout(),
                 fail_open: false,
+                ..Settings::default()
             }
         });
         let Some(pod) = pod_from_args(args.args().unwrap_or_default()) else {
