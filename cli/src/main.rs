@@ -31,7 +31,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use policy_compiler::{MatrixQuery, PortQuery, Protocol, explain, matrix};
+use policy_compiler::{MatrixQuery, MatrixWriter, PortQuery, Protocol, explain};
 
 #[derive(Parser)]
 #[command(
@@ -115,6 +115,11 @@ enum Command {
         /// Protocol (default TCP when --port is given).
         #[arg(long, value_parser = parse_protocol)]
         protocol: Option<Protocol>,
+        /// Columns are Service ports instead of endpoints: each connection judged per
+        /// backend after DNAT (`.` every backend, `X` none, `N/M` some, `-` no backends);
+        /// --port/--protocol keep the Service ports of that number/protocol.
+        #[arg(long)]
+        via_services: bool,
         /// Output format.
         #[arg(short, long, value_enum, default_value = "text")]
         output: MatrixFormat,
@@ -185,9 +190,10 @@ fn main() -> ExitCode {
         Command::Matrix {
             port,
             protocol,
+            via_services,
             output,
             input,
-        } => run_matrix(port, protocol, output, &input),
+        } => run_matrix(port, protocol, via_services, output, &input),
         Command::Test(args) => test::run(&args),
         Command::Compile { args, input } => compile::run(&args, &input),
         Command::Agent { args } => agent::run(&args),
@@ -303,6 +309,7 @@ fn run_explain(
 fn run_matrix(
     port: Option<u16>,
     protocol: Option<Protocol>,
+    via_services: bool,
     output: MatrixFormat,
     input: &InputArgs,
 ) -> i32 {
@@ -310,12 +317,33 @@ fn run_matrix(
         Ok(c) => c,
         Err(code) => return code,
     };
-    let m = matrix(&c.model, &c.graph, MatrixQuery { protocol, port });
-    match output {
-        MatrixFormat::Text => print!("{}", m.to_text()),
-        MatrixFormat::Json => println!("{}", to_json(&m)),
-        MatrixFormat::Csv => print!("{}", m.to_csv()),
-        MatrixFormat::Md => print!("{}", m.to_markdown()),
+    if via_services {
+        let m = policy_compiler::service_matrix(&c.model, &c.graph, port, protocol);
+        match output {
+            MatrixFormat::Text => print!("{}", m.to_text()),
+            MatrixFormat::Json => println!("{}", to_json(&m)),
+            MatrixFormat::Csv | MatrixFormat::Md => {
+                eprintln!("error: --via-services prints text or json");
+                return inputs::EXIT_INVALID;
+            }
+        }
+        return 0;
     }
-    0
+    // Row by row: memory O(endpoints), not O(endpoints²). See: #11
+    let w = MatrixWriter::new(&c.model, &c.graph, MatrixQuery { protocol, port });
+    let format = match output {
+        MatrixFormat::Text => policy_compiler::MatrixFormat::Text,
+        MatrixFormat::Json => policy_compiler::MatrixFormat::Json,
+        MatrixFormat::Csv => policy_compiler::MatrixFormat::Csv,
+        MatrixFormat::Md => policy_compiler::MatrixFormat::Markdown,
+    };
+    match w.write(format, &mut std::io::stdout().lock()) {
+        Ok(()) => 0,
+        // `netpol matrix | head`: the reader has what it wanted.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+        Err(e) => {
+            eprintln!("error: cannot write the matrix: {e}");
+            1
+        }
+    }
 }

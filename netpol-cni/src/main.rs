@@ -34,8 +34,20 @@ fn main() {
         "netpol-cni: chained CNI plugin of netpol (enforces each Pod's NetworkPolicy before it \
          starts); `netpol-cni install --help` for installing",
     );
+    let del = std::env::var("CNI_COMMAND").is_ok_and(|c| c == "DEL");
     // The framework has written the CNI error object on stdout already.
-    if plugin.run(&NetpolCni::with_socket()).is_err() {
+    if let Err(e) = plugin.run(&NetpolCni::with_socket()) {
+        if del {
+            // DEL never fails (junk stdin, a missing variable, an unsupported version):
+            // the runtime would retry it forever and keep the sandbox. A runtime ignores
+            // the output of a DEL that exits 0. See: #11
+            eprintln!(
+                "netpol-cni: DEL: {}: {}; exiting 0 (DEL never fails)",
+                e.msg(),
+                e.details()
+            );
+            return;
+        }
         std::process::exit(1);
     }
 }

@@ -47,7 +47,7 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::IpAddr;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -137,11 +137,38 @@ impl Transport for SocketTransport {
         })?;
         line.push(b'\n');
         (&stream).write_all(&line).map_err(io)?;
-        stream.set_read_timeout(Some(left())).map_err(io)?;
+        // The deadline is the whole call's: each read waits at most what is left, so an
+        // agent trickling a byte at a time cannot keep the plugin alive past it. See: #11
+        let deadline = start + timeout;
         let mut answer = Vec::new();
-        BufReader::new(stream.take(MAX_LINE as u64 + 1))
-            .read_until(b'\n', &mut answer)
-            .map_err(io)?;
+        let mut buf = [0u8; 4096];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the agent did not finish its answer in time",
+                )));
+            }
+            stream.set_read_timeout(Some(left)).map_err(io)?;
+            let n = match (&stream).read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io(e)),
+            };
+            if n == 0 {
+                break;
+            }
+            let chunk = &buf[..n];
+            if let Some(end) = chunk.iter().position(|b| *b == b'\n') {
+                answer.extend_from_slice(&chunk[..=end]);
+                break;
+            }
+            answer.extend_from_slice(chunk);
+            if answer.len() > MAX_LINE {
+                break;
+            }
+        }
         if answer.last() != Some(&b'\n') {
             return Err(if answer.len() > MAX_LINE {
                 TransportError::Protocol {
@@ -311,8 +338,18 @@ impl Cni for NetpolCni<'_> {
         Ok(prev)
     }
 
+    /// Never fails (the CNI spec: DEL of something half-made or already gone must
+    /// succeed): problems are logged to stderr. The binary also exits 0 when the runtime's
+    /// environment or stdin cannot be read for a DEL. See: #11
     fn del(&self, args: Args) -> Result<(), Error> {
-        let s = Settings::from_conf(args.config())?;
+        let s = Settings::from_conf(args.config()).unwrap_or_else(|e| {
+            eprintln!(
+                "netpol-cni: DEL: {}: {}; telling the agent at the default socket",
+                e.msg(),
+                e.details()
+            );
+            Settings::default()
+        });
         let Some(pod) = pod_from_args(args.args().unwrap_or_default()) else {
             return Ok(());
         };

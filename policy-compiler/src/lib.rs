@@ -38,6 +38,8 @@ pub use explain::{
 };
 pub use graph::{AllowGraph, Reach, Subject};
 pub use load::{Inputs, Located, SourceText, Workload, WorkloadKind, load};
-pub use matrix::{Matrix, MatrixQuery, matrix};
+pub use matrix::{
+    Matrix, MatrixFormat, MatrixQuery, MatrixWriter, ServiceMatrix, matrix, service_matrix,
+};
 pub use model::{Direction, Endpoint, EndpointId, Model, Policy, PolicyId, Service};
 pub use ports::{PortRanges, PortSet, Protocol};

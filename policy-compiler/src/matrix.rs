@@ -5,11 +5,14 @@
 //! without one they answer "may anything flow", and the per-cell traffic is kept too.
 
 use std::fmt::Write as _;
+use std::io::{self, Write};
 
 use serde::Serialize;
+use serde::ser::SerializeSeq as _;
 
 use crate::explain::PortQuery;
 use crate::graph::{AllowGraph, Subject};
+use crate::model::EndpointId;
 use crate::model::Model;
 use crate::ports::{PortSet, Protocol};
 
@@ -38,40 +41,321 @@ pub struct Matrix {
     pub traffic: Option<Vec<Vec<PortSet>>>,
 }
 
-/// Computes the matrix over all endpoints of the model.
+/// Computes the matrix over all endpoints of the model, held in memory: O(endpoints²).
+/// To print a large matrix, use [`MatrixWriter`], which computes and writes one row at a
+/// time.
 pub fn matrix(model: &Model, graph: &AllowGraph, q: MatrixQuery) -> Matrix {
-    let protocol = q.protocol.or(q.port.map(|_| Protocol::Tcp));
-    let ids: Vec<_> = model.endpoints.iter().map(|e| e.id).collect();
-    let mut allowed = Vec::with_capacity(ids.len());
-    let mut traffic = Vec::with_capacity(ids.len());
-    for &s in &ids {
-        let mut row = Vec::with_capacity(ids.len());
-        let mut trow = Vec::new();
-        for &d in &ids {
-            let r = graph.reach(model, Subject::Endpoint(s), Subject::Endpoint(d));
-            let ok = match (protocol, q.port) {
+    let w = MatrixWriter::new(model, graph, q);
+    let rows: Vec<Row> = (0..w.names.len()).map(|i| w.row(i)).collect();
+    let traffic = q.port.is_none().then(|| {
+        rows.iter()
+            .map(|r| r.traffic.clone().unwrap_or_default())
+            .collect()
+    });
+    Matrix {
+        port: w.port,
+        protocol: w.protocol,
+        allowed: rows.into_iter().map(|r| r.allowed).collect(),
+        endpoints: w.names,
+        traffic,
+    }
+}
+
+/// Output formats of [`MatrixWriter::write`] (and of [`Matrix`]'s `to_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatrixFormat {
+    /// [`Matrix::to_text`].
+    Text,
+    /// Pretty JSON, the shape of [`Matrix`] serialized.
+    Json,
+    /// [`Matrix::to_csv`].
+    Csv,
+    /// [`Matrix::to_markdown`].
+    Markdown,
+}
+
+/// One source's row.
+#[derive(Debug, Clone)]
+struct Row {
+    allowed: Vec<bool>,
+    /// Per-cell traffic, only without a port query.
+    traffic: Option<Vec<PortSet>>,
+}
+
+/// What the renderers need: names, the query, and any row on demand.
+trait Rows {
+    fn names(&self) -> &[String];
+    fn protocol(&self) -> Option<Protocol>;
+    fn port(&self) -> Option<u16>;
+    /// Whether rows carry per-cell traffic (`~` marks, the legend, JSON `traffic`).
+    fn has_traffic(&self) -> bool;
+    fn row(&self, i: usize) -> Row;
+}
+
+/// The matrix computed row by row while it is written: memory O(endpoints) whatever the
+/// size (a 5,000-endpoint matrix held whole, with per-cell traffic, took 4.3 GB). Output
+/// is byte-identical to rendering [`matrix`]'s result. See: #11
+pub struct MatrixWriter<'a> {
+    model: &'a Model,
+    graph: &'a AllowGraph,
+    protocol: Option<Protocol>,
+    port: Option<u16>,
+    ids: Vec<EndpointId>,
+    names: Vec<String>,
+}
+
+impl<'a> MatrixWriter<'a> {
+    /// A writer of the matrix of `q` over all endpoints of the model.
+    pub fn new(model: &'a Model, graph: &'a AllowGraph, q: MatrixQuery) -> Self {
+        MatrixWriter {
+            model,
+            graph,
+            protocol: q.protocol.or(q.port.map(|_| Protocol::Tcp)),
+            port: q.port,
+            ids: model.endpoints.iter().map(|e| e.id).collect(),
+            names: model.endpoints.iter().map(|e| e.key()).collect(),
+        }
+    }
+
+    /// Writes the whole matrix in `format`, one row at a time.
+    pub fn write(&self, format: MatrixFormat, out: &mut dyn Write) -> io::Result<()> {
+        render(self, format, out)
+    }
+}
+
+impl Rows for MatrixWriter<'_> {
+    fn names(&self) -> &[String] {
+        &self.names
+    }
+    fn protocol(&self) -> Option<Protocol> {
+        self.protocol
+    }
+    fn port(&self) -> Option<u16> {
+        self.port
+    }
+    fn has_traffic(&self) -> bool {
+        self.port.is_none()
+    }
+    fn row(&self, i: usize) -> Row {
+        let s = self.ids[i];
+        let mut allowed = Vec::with_capacity(self.ids.len());
+        let mut traffic = Vec::new();
+        for &d in &self.ids {
+            let r = self
+                .graph
+                .reach(self.model, Subject::Endpoint(s), Subject::Endpoint(d));
+            let ok = match (self.protocol, self.port) {
                 (Some(p), Some(port)) => r.allowed.contains(p, port),
                 (Some(p), None) => !r.allowed.get(p).is_empty(),
                 _ => !r.allowed.is_empty(),
             };
-            row.push(ok);
-            if q.port.is_none() {
-                trow.push(match protocol {
+            allowed.push(ok);
+            if self.port.is_none() {
+                traffic.push(match self.protocol {
                     Some(p) => PortSet::of(p, r.allowed.get(p).clone()),
                     None => r.allowed,
                 });
             }
         }
-        allowed.push(row);
-        traffic.push(trow);
+        Row {
+            allowed,
+            traffic: self.port.is_none().then_some(traffic),
+        }
     }
-    Matrix {
-        port: q.port,
-        protocol,
-        endpoints: model.endpoints.iter().map(|e| e.key()).collect(),
-        allowed,
-        traffic: q.port.is_none().then_some(traffic),
+}
+
+impl Rows for Matrix {
+    fn names(&self) -> &[String] {
+        &self.endpoints
     }
+    fn protocol(&self) -> Option<Protocol> {
+        self.protocol
+    }
+    fn port(&self) -> Option<u16> {
+        self.port
+    }
+    fn has_traffic(&self) -> bool {
+        self.traffic.is_some()
+    }
+    fn row(&self, i: usize) -> Row {
+        Row {
+            allowed: self.allowed.get(i).cloned().unwrap_or_default(),
+            traffic: self
+                .traffic
+                .as_ref()
+                .map(|t| t.get(i).cloned().unwrap_or_default()),
+        }
+    }
+}
+
+fn title(protocol: Option<Protocol>, port: Option<u16>) -> String {
+    match (protocol, port) {
+        (Some(p), Some(port)) => format!("{p}/{port}"),
+        (Some(p), None) => format!("{p}/any"),
+        _ => "any".into(),
+    }
+}
+
+/// `.` allowed, `X` denied, `~` partly allowed (only with per-cell traffic).
+fn mark(row: &Row, j: usize, protocol: Option<Protocol>) -> &'static str {
+    if !row.allowed.get(j).copied().unwrap_or(false) {
+        return "X";
+    }
+    match row.traffic.as_ref().and_then(|t| t.get(j)) {
+        Some(t) if protocol.is_none() && !t.is_all() => "~",
+        Some(t) if protocol.is_some_and(|p| !t.get(p).is_all()) => "~",
+        _ => ".",
+    }
+}
+
+fn render<R: Rows + ?Sized>(r: &R, format: MatrixFormat, out: &mut dyn Write) -> io::Result<()> {
+    let mut out = io::BufWriter::new(out);
+    match format {
+        MatrixFormat::Text => render_text(r, &mut out)?,
+        MatrixFormat::Csv => render_csv(r, &mut out)?,
+        MatrixFormat::Markdown => render_markdown(r, &mut out)?,
+        MatrixFormat::Json => {
+            render_json(r, &mut out)?;
+            out.write_all(b"\n")?;
+        }
+    }
+    out.flush()
+}
+
+fn render_text<R: Rows + ?Sized>(r: &R, s: &mut dyn Write) -> io::Result<()> {
+    let names = r.names();
+    let title = title(r.protocol(), r.port());
+    let w = names
+        .iter()
+        .map(String::len)
+        .max()
+        .unwrap_or(1)
+        .max(title.len());
+    write!(s, "{title:<w$}")?;
+    for e in names {
+        write!(s, " {e}")?;
+    }
+    s.write_all(b"\n")?;
+    let mut line = String::new();
+    for (i, src) in names.iter().enumerate() {
+        let row = r.row(i);
+        line.clear();
+        let _ = write!(line, "{src:<w$}");
+        for (j, dst) in names.iter().enumerate() {
+            let _ = write!(
+                line,
+                " {:<width$}",
+                mark(&row, j, r.protocol()),
+                width = dst.len()
+            );
+        }
+        s.write_all(line.trim_end().as_bytes())?;
+        s.write_all(b"\n")?;
+    }
+    if r.has_traffic() {
+        s.write_all(b"legend: . all allowed, ~ partly allowed, X denied\n")?;
+    }
+    Ok(())
+}
+
+fn render_csv<R: Rows + ?Sized>(r: &R, s: &mut dyn Write) -> io::Result<()> {
+    let names = r.names();
+    s.write_all(b"source")?;
+    for e in names {
+        write!(s, ",{e}")?;
+    }
+    s.write_all(b"\n")?;
+    for (i, src) in names.iter().enumerate() {
+        let row = r.row(i);
+        s.write_all(src.as_bytes())?;
+        for a in &row.allowed {
+            write!(s, ",{a}")?;
+        }
+        s.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+fn render_markdown<R: Rows + ?Sized>(r: &R, s: &mut dyn Write) -> io::Result<()> {
+    let names = r.names();
+    write!(s, "| {} |", title(r.protocol(), r.port()))?;
+    for e in names {
+        write!(s, " {e} |")?;
+    }
+    s.write_all(b"\n|---|")?;
+    for _ in names {
+        s.write_all(b"---|")?;
+    }
+    s.write_all(b"\n")?;
+    for (i, src) in names.iter().enumerate() {
+        let row = r.row(i);
+        write!(s, "| {src} |")?;
+        for j in 0..names.len() {
+            let cell = match mark(&row, j, r.protocol()) {
+                "X" => "✗",
+                "~" => "~",
+                _ => "✓",
+            };
+            write!(s, " {cell} |")?;
+        }
+        s.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+/// The JSON of [`Matrix`] (`serde_json` pretty), with `allowed` and `traffic` serialized
+/// from rows computed while writing (the traffic rows are computed a second time).
+fn render_json<R: Rows + ?Sized>(r: &R, s: &mut dyn Write) -> io::Result<()> {
+    struct Lazy<'r, R: ?Sized> {
+        rows: &'r R,
+        traffic: bool,
+    }
+    impl<R: Rows + ?Sized> Serialize for Lazy<'_, R> {
+        fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+            let n = self.rows.names().len();
+            let mut seq = ser.serialize_seq(Some(n))?;
+            for i in 0..n {
+                let row = self.rows.row(i);
+                if self.traffic {
+                    seq.serialize_element(&row.traffic.unwrap_or_default())?;
+                } else {
+                    seq.serialize_element(&row.allowed)?;
+                }
+            }
+            seq.end()
+        }
+    }
+    #[derive(Serialize)]
+    #[serde(bound = "")]
+    struct Shape<'r, R: Rows + ?Sized> {
+        port: Option<u16>,
+        protocol: Option<Protocol>,
+        endpoints: &'r [String],
+        allowed: Lazy<'r, R>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        traffic: Option<Lazy<'r, R>>,
+    }
+    let shape = Shape {
+        port: r.port(),
+        protocol: r.protocol(),
+        endpoints: r.names(),
+        allowed: Lazy {
+            rows: r,
+            traffic: false,
+        },
+        traffic: r.has_traffic().then_some(Lazy {
+            rows: r,
+            traffic: true,
+        }),
+    };
+    serde_json::to_writer_pretty(s, &shape).map_err(io::Error::other)
+}
+
+fn render_string(m: &Matrix, format: MatrixFormat) -> String {
+    let mut out = Vec::new();
+    // Writing to a Vec cannot fail; the renderers write UTF-8 only.
+    let _ = render(m, format, &mut out);
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl Matrix {
@@ -83,96 +367,184 @@ impl Matrix {
         })
     }
 
-    fn title(&self) -> String {
-        match (self.protocol, self.port) {
-            (Some(p), Some(port)) => format!("{p}/{port}"),
-            (Some(p), None) => format!("{p}/any"),
-            _ => "any".into(),
-        }
-    }
-
-    fn mark(&self, i: usize, j: usize) -> &'static str {
-        if !self.allowed[i][j] {
-            return "X";
-        }
-        match &self.traffic {
-            Some(t) if !t[i][j].is_all() && self.protocol.is_none() => "~",
-            Some(t) if self.protocol.is_some_and(|p| !t[i][j].get(p).is_all()) => "~",
-            _ => ".",
-        }
-    }
-
     /// Upstream e2e style grid: `.` allowed, `X` denied (and `~` partly allowed, without a
     /// port query), with a header row whose first cell names the query.
     pub fn to_text(&self) -> String {
-        let w = self
-            .endpoints
-            .iter()
-            .map(String::len)
-            .max()
-            .unwrap_or(1)
-            .max(self.title().len());
-        let mut s = String::new();
-        let _ = write!(s, "{:<w$}", self.title());
-        for e in &self.endpoints {
-            let _ = write!(s, " {e}");
-        }
-        s.push('\n');
-        for (i, src) in self.endpoints.iter().enumerate() {
-            let _ = write!(s, "{src:<w$}");
-            for (j, dst) in self.endpoints.iter().enumerate() {
-                let _ = write!(s, " {:<width$}", self.mark(i, j), width = dst.len());
-            }
-            let trimmed = s.trim_end().len();
-            s.truncate(trimmed);
-            s.push('\n');
-        }
-        if self.traffic.is_some() {
-            s.push_str("legend: . all allowed, ~ partly allowed, X denied\n");
-        }
-        s
+        render_string(self, MatrixFormat::Text)
     }
 
     /// CSV: header `source,<dst>...`, cells `true`/`false`.
     pub fn to_csv(&self) -> String {
-        let mut s = String::from("source");
-        for e in &self.endpoints {
-            let _ = write!(s, ",{e}");
-        }
-        s.push('\n');
-        for (i, src) in self.endpoints.iter().enumerate() {
-            s.push_str(src);
-            for j in 0..self.endpoints.len() {
-                let _ = write!(s, ",{}", self.allowed[i][j]);
-            }
-            s.push('\n');
-        }
-        s
+        render_string(self, MatrixFormat::Csv)
     }
 
     /// Markdown table with ✓ / ✗ cells.
     pub fn to_markdown(&self) -> String {
-        let mut s = format!("| {} |", self.title());
-        for e in &self.endpoints {
-            let _ = write!(s, " {e} |");
+        render_string(self, MatrixFormat::Markdown)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::{SourceText, load};
+
+    fn compiled() -> (Model, AllowGraph) {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../testdata/cases/upstream/port-81-only/cluster.yaml"
+        ))
+        .unwrap()
+            + "\n---\n"
+            + &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../testdata/cases/upstream/port-81-only/policies.yaml"
+            ))
+            .unwrap();
+        let (inputs, d) = load(&[SourceText {
+            name: "c",
+            text: &text,
+        }]);
+        assert!(d.is_empty(), "{d:?}");
+        let (model, d) = Model::build(&inputs);
+        assert!(d.is_empty(), "{d:?}");
+        let graph = AllowGraph::build(&model);
+        (model, graph)
+    }
+
+    #[test]
+    fn streamed_matrix_equals_the_held_one() {
+        // See: #11 (the streamed rows must print what the whole matrix printed).
+        let (model, graph) = compiled();
+        for q in [
+            MatrixQuery::default(),
+            MatrixQuery {
+                protocol: Some(Protocol::Udp),
+                port: None,
+            },
+            MatrixQuery {
+                protocol: None,
+                port: Some(81),
+            },
+            MatrixQuery {
+                protocol: Some(Protocol::Tcp),
+                port: Some(80),
+            },
+        ] {
+            let m = matrix(&model, &graph, q);
+            let w = MatrixWriter::new(&model, &graph, q);
+            let out = |f| {
+                let mut v = Vec::new();
+                w.write(f, &mut v).unwrap();
+                String::from_utf8(v).unwrap()
+            };
+            // JSON against serde's own serialization of the held matrix.
+            let json = serde_json::to_string_pretty(&m).unwrap() + "\n";
+            assert_eq!(out(MatrixFormat::Json), json, "{q:?}");
+            assert_eq!(out(MatrixFormat::Text), m.to_text(), "{q:?}");
+            assert_eq!(out(MatrixFormat::Csv), m.to_csv(), "{q:?}");
+            assert_eq!(out(MatrixFormat::Markdown), m.to_markdown(), "{q:?}");
+            assert_eq!(m.allowed.len(), 9);
         }
-        s.push_str("\n|---|");
-        for _ in &self.endpoints {
-            s.push_str("---|");
+    }
+}
+
+/// `matrix --via-services`: every source endpoint against every Service port. A cell
+/// counts the backends the connection is allowed to (after DNAT, per backend, as
+/// [`AllowGraph::reach_service`] judges it) out of the backends serving that port.
+// See: #10
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServiceMatrix {
+    /// Source endpoint names, sorted (the rows).
+    pub sources: Vec<String>,
+    /// Service ports, `ns/service/name:port/PROTO`, sorted by Service then port order
+    /// (the columns).
+    pub columns: Vec<String>,
+    /// `allowed[src][col]`: backends the connection is allowed to.
+    pub allowed: Vec<Vec<usize>>,
+    /// `backends[src][col]`: backends serving the port (0: no backends).
+    pub backends: Vec<Vec<usize>>,
+}
+
+/// Computes the Service matrix; `port` (and `protocol`) keep only Service ports with that
+/// number (and protocol).
+pub fn service_matrix(
+    model: &Model,
+    graph: &AllowGraph,
+    port: Option<u16>,
+    protocol: Option<Protocol>,
+) -> ServiceMatrix {
+    let cols: Vec<(&crate::model::Service, usize)> = model
+        .services
+        .iter()
+        .flat_map(|s| (0..s.ports.len()).map(move |i| (s, i)))
+        .filter(|(s, i)| {
+            let sp = &s.ports[*i];
+            port.is_none_or(|p| sp.port == p) && protocol.is_none_or(|p| sp.protocol == p)
+        })
+        .collect();
+    let mut allowed = Vec::with_capacity(model.endpoints.len());
+    let mut backends = Vec::with_capacity(model.endpoints.len());
+    for src in &model.endpoints {
+        let mut arow = Vec::with_capacity(cols.len());
+        let mut brow = Vec::with_capacity(cols.len());
+        for (svc, i) in &cols {
+            let flows = graph.reach_service(model, Subject::Endpoint(src.id), svc, *i);
+            arow.push(flows.iter().filter(|f| f.allowed).count());
+            brow.push(flows.len());
+        }
+        allowed.push(arow);
+        backends.push(brow);
+    }
+    ServiceMatrix {
+        sources: model.endpoints.iter().map(|e| e.key()).collect(),
+        columns: cols
+            .iter()
+            .map(|(s, i)| {
+                let sp = &s.ports[*i];
+                format!("{}:{}/{}", s.display(), sp.port, sp.protocol)
+            })
+            .collect(),
+        allowed,
+        backends,
+    }
+}
+
+impl ServiceMatrix {
+    /// Text table: `.` allowed to every backend, `X` to none, `N/M` to some, `-` no
+    /// backends. Rows are sources, columns Service ports.
+    pub fn to_text(&self) -> String {
+        let cell = |a: usize, b: usize| match (a, b) {
+            (_, 0) => "-".to_string(),
+            (a, b) if a == b => ".".to_string(),
+            (0, _) => "X".to_string(),
+            (a, b) => format!("{a}/{b}"),
+        };
+        let w0 = self
+            .sources
+            .iter()
+            .map(String::len)
+            .chain([1])
+            .max()
+            .unwrap_or(1);
+        let widths: Vec<usize> = self.columns.iter().map(String::len).collect();
+        let mut s = String::new();
+        let _ = write!(s, "{:<w0$}", "-");
+        for (c, w) in self.columns.iter().zip(&widths) {
+            let _ = write!(s, " {c:<w$}");
         }
         s.push('\n');
-        for (i, src) in self.endpoints.iter().enumerate() {
-            let _ = write!(s, "| {src} |");
-            for j in 0..self.endpoints.len() {
-                let cell = match self.mark(i, j) {
-                    "X" => "✗",
-                    "~" => "~",
-                    _ => "✓",
-                };
-                let _ = write!(s, " {cell} |");
+        for (r, name) in self.sources.iter().enumerate() {
+            let _ = write!(s, "{name:<w0$}");
+            for (c, w) in widths.iter().enumerate() {
+                let _ = write!(s, " {:<w$}", cell(self.allowed[r][c], self.backends[r][c]));
             }
             s.push('\n');
         }
-        s
+        // Trailing spaces of the last column are noise.
+        s.lines()
+            .map(str::trim_end)
+            .map(|l| format!("{l}\n"))
+            .collect()
     }
 }

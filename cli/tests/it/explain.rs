@@ -162,3 +162,162 @@ fn reads_stdin() {
         run.stdout
     );
 }
+
+/// `netpol explain` with the manifests of a `services/` case.
+fn explain_services(case_name: &str, args: &[&str]) -> crate::support::Run {
+    let mut all: Vec<String> = ["explain"]
+        .iter()
+        .chain(args)
+        .map(ToString::to_string)
+        .collect();
+    all.extend(["-f".to_string(), case(case_name).display().to_string()]);
+    netpol(&all)
+}
+
+// See: #10
+#[test]
+fn through_a_service_answers_per_backend_with_the_port_mapping() {
+    let run = explain_services(
+        "services/multi-backend",
+        &["shop/web", "shop/service/db", "--port", "postgres"],
+    );
+    run.expect_code(0);
+    assert_eq!(
+        run.stdout,
+        "shop/web -> shop/service/db:5432 (TCP): allowed to 1 of 2 backends\n\
+         \x20 shop/service/db:5432 -> shop/db-0:5432 (targetPort postgres): TCP 5432 allowed\n\
+         \x20   egress at shop/web: not isolated\n\
+         \x20   ingress at shop/db-0: isolated by shop/db-primary\n\
+         \x20     allowed by shop/db-primary ingress rule 0 peer 0 port 0 (TCP 5432)\n\
+         \x20 shop/service/db:5432 -> shop/db-1:5432 (targetPort postgres): TCP 5432 denied\n\
+         \x20   egress at shop/web: not isolated\n\
+         \x20   ingress at shop/db-1: isolated by shop/db-replica-deny\n\
+         \x20     denied; nearest miss: shop/db-replica-deny has no ingress rules: it denies all ingress\n"
+    );
+    // `svc` alias and the port by number: the same answer.
+    let by_number = explain_services(
+        "services/multi-backend",
+        &["shop/web", "shop/svc/db", "--port", "5432"],
+    );
+    assert_eq!(by_number.stdout, run.stdout);
+}
+
+// See: #10
+#[test]
+fn through_a_service_json_lists_the_backends() {
+    let run = explain_services(
+        "services/named-target-port",
+        &[
+            "api/client",
+            "api/service/api",
+            "--port",
+            "80",
+            "-o",
+            "json",
+        ],
+    );
+    run.expect_code(0);
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON");
+    assert_eq!(v["destination"], "api/service/api");
+    assert_eq!(v["service"]["name"], "api/api");
+    assert_eq!(v["service"]["type"], "ClusterIP");
+    assert_eq!(v["service"]["addresses"], serde_json::json!(["10.96.0.30"]));
+    assert_eq!(v["verdict"], "allowed to 1 of 2 backends");
+    assert_eq!(v["allowed"], false);
+    let b = v["backends"].as_array().expect("backends");
+    let rows: Vec<(String, u64, String, bool)> = b
+        .iter()
+        .map(|x| {
+            (
+                x["backend"].as_str().unwrap().to_owned(),
+                x["port"].as_u64().unwrap(),
+                x["targetPort"].as_str().unwrap().to_owned(),
+                x["allowed"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("api/api-v1".to_owned(), 8080, "http".to_owned(), true),
+            ("api/api-v2".to_owned(), 9090, "http".to_owned(), false),
+        ]
+    );
+    assert_eq!(b[1]["ingress"]["isolated"], true);
+    assert!(
+        b[1]["ingress"]["nearest_miss"]
+            .as_str()
+            .unwrap()
+            .contains("TCP 9090")
+    );
+}
+
+// See: #10
+#[test]
+fn a_service_without_backends_says_so_and_bad_ports_are_usage_errors() {
+    let run = explain_services(
+        "services/no-backends",
+        &["misc/client", "misc/service/nobody"],
+    );
+    run.expect_code(0);
+    assert_eq!(
+        run.stdout,
+        "misc/client -> misc/service/nobody:80 (TCP): no backends\n"
+    );
+    let run = explain_services(
+        "services/no-backends",
+        &["misc/client", "misc/service/nobody", "--port", "81"],
+    );
+    run.expect_code(2);
+    assert!(run.stderr.contains("has no port 81"), "{}", run.stderr);
+    let run = explain_services(
+        "services/no-backends",
+        &["misc/client", "misc/service/nope"],
+    );
+    run.expect_code(2);
+    assert!(
+        run.stderr.contains("no Service misc/nope"),
+        "{}",
+        run.stderr
+    );
+    let run = explain_services(
+        "services/no-backends",
+        &["misc/client", "misc/client", "--port", "http"],
+    );
+    run.expect_code(2);
+    assert!(
+        run.stderr.contains("port names are for Services"),
+        "{}",
+        run.stderr
+    );
+}
+
+// See: #10
+#[test]
+fn the_pods_own_node_always_connects() {
+    let run = explain_services(
+        "services/allow-dns",
+        &["node/n1", "app/server", "--port", "8080"],
+    );
+    run.expect_code(0);
+    assert_eq!(
+        run.stdout,
+        "192.168.6.1 -> app/server: TCP 8080 allowed\n\
+         \x20 192.168.6.1 is the node of app/server: a Pod's own node may always connect to it\n"
+    );
+    let json = explain_services(
+        "services/allow-dns",
+        &["node/n1", "app/server", "--port", "8080", "-o", "json"],
+    );
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).expect("JSON");
+    assert_eq!(v["from_node"], true);
+    assert_eq!(v["allowed"], true);
+    // Non-node queries do not carry the field (their JSON is unchanged).
+    let other = explain_services(
+        "services/allow-dns",
+        &["app/client", "app/server", "--port", "8080", "-o", "json"],
+    );
+    let v: serde_json::Value = serde_json::from_str(&other.stdout).expect("JSON");
+    assert!(v.get("from_node").is_none());
+    assert_eq!(v["allowed"], false);
+}

@@ -153,3 +153,58 @@ fn reads_stdin() {
         run.stdout
     );
 }
+
+// See: #10
+#[test]
+fn via_services_columns_are_service_ports() {
+    let dir = crate::support::case("services/allow-dns")
+        .display()
+        .to_string();
+    let run = crate::support::netpol(&["matrix", "--via-services", "-f", &dir]);
+    run.expect_code(0);
+    let lines: Vec<Vec<&str>> = run
+        .stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            vec![
+                "-",
+                "app/service/server:80/TCP",
+                "kube-system/service/kube-dns:53/UDP",
+                "kube-system/service/kube-dns:53/TCP",
+                "kube-system/service/kube-dns:9153/TCP"
+            ],
+            vec!["app/client", "X", ".", ".", "X"],
+            vec!["app/server", "X", ".", ".", "X"],
+            vec!["kube-system/coredns-a", "X", ".", ".", "."],
+            vec!["kube-system/coredns-b", "X", ".", ".", "."],
+        ]
+    );
+    let dir = crate::support::case("services/multi-backend")
+        .display()
+        .to_string();
+    let run = crate::support::netpol(&[
+        "matrix",
+        "--via-services",
+        "--port",
+        "5432",
+        "-o",
+        "json",
+        "-f",
+        &dir,
+    ]);
+    run.expect_code(0);
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON");
+    assert_eq!(
+        v["columns"],
+        serde_json::json!(["shop/service/db:5432/TCP"])
+    );
+    assert_eq!(v["sources"][2], "shop/web");
+    assert_eq!(v["allowed"][2][0], 1);
+    assert_eq!(v["backends"][2][0], 2);
+    let run = crate::support::netpol(&["matrix", "--via-services", "-o", "csv", "-f", &dir]);
+    run.expect_code(2);
+}

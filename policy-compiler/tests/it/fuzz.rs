@@ -218,3 +218,50 @@ proptest! {
         }
     }
 }
+
+/// A Service selecting `pod: a` in x (x/a, or x/b too when it carries the label) with a
+/// named and a numeric port, and one with an unrelated selector.
+const SERVICES: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: x}\nspec:\n  clusterIP: 10.96.0.1\n  selector: {pod: a}\n  ports:\n  - {name: web, port: 8080, targetPort: serve-80-tcp}\n  - {name: dns, port: 53, protocol: UDP, targetPort: 81}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: all, namespace: y}\nspec:\n  clusterIP: 10.96.0.2\n  selector: {pod: c}\n  ports:\n  - {port: 80}\n";
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, .. ProptestConfig::default() })]
+
+    /// Through a Service, each backend's verdict is the direct verdict to that backend on
+    /// its target port, except hairpin, which is judged instead of exempt.
+    // See: #10
+    #[test]
+    fn via_service_equals_direct_to_the_backend(
+        policies in proptest::collection::vec(0usize..1, 0..4)
+            .prop_flat_map(|v| (0..v.len()).map(policy).collect::<Vec<_>>()),
+        host_b in any::<bool>(),
+    ) {
+        let mut docs = policies.clone();
+        docs.push(SERVICES.to_string());
+        let text = cluster(&docs, host_b);
+        let (model, graph, _) = compile(&text);
+        prop_assert_eq!(model.services.len(), 2);
+        for src in &model.endpoints {
+            for svc in &model.services {
+                for (i, sp) in svc.ports.iter().enumerate() {
+                    for flow in graph.reach_service(&model, Subject::Endpoint(src.id), svc, i) {
+                        let direct = graph.reach(&model, Subject::Endpoint(src.id), flow.backend);
+                        let want = if flow.hairpin {
+                            flow.reach.egress.allowed.contains(sp.protocol, flow.target_port)
+                                && flow.reach.ingress.allowed.contains(sp.protocol, flow.target_port)
+                        } else {
+                            direct.allowed.contains(sp.protocol, flow.target_port)
+                        };
+                        prop_assert_eq!(flow.allowed, want);
+                        if !flow.hairpin {
+                            prop_assert_eq!(&flow.reach, &direct);
+                        }
+                        // Named targetPort: the backend's own container port.
+                        if sp.name.as_deref() == Some("web") {
+                            prop_assert_eq!(flow.target_port, 80);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
