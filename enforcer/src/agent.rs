@@ -29,6 +29,7 @@
 //! applied; see [`crate::reporter`].
 
 mod cni;
+mod netns_guard;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -205,6 +206,8 @@ pub struct Reconciler {
     chain: Option<ChainConfig>,
     /// The last chaining problem logged (logged again only when it changes).
     chain_problem: Option<String>,
+    /// Namespaces claimed by several Pods (denied: [`crate::trust`]).
+    netns_conflicts: BTreeMap<String, Vec<PodKey>>,
 }
 
 enum Outcome {
@@ -249,6 +252,7 @@ impl Reconciler {
             discovery: config.discovery.clone(),
             chain: config.cni.as_ref().and_then(|c| c.chain.clone()),
             chain_problem: None,
+            netns_conflicts: BTreeMap::new(),
         }
     }
 
@@ -354,8 +358,9 @@ impl Reconciler {
         }
         self.refused = None;
         let graph = AllowGraph::build(&model);
-        let mut desired = BTreeMap::new();
-        for (pod, netns) in self.state.local_pods(self.node.as_deref()) {
+        let local = self.state.local_pods(self.node.as_deref());
+        let (local, mut desired) = self.fail_closed_on_shared_netns(local);
+        for (pod, netns) in local {
             let Some(id) = model.endpoint_by_key(&pod.to_string()) else {
                 // Finished Pods are not endpoints: nothing to enforce.
                 continue;
@@ -566,9 +571,11 @@ impl Reconciler {
             .desired
             .iter()
             .filter(|(p, d)| {
-                self.actual
-                    .get(*p)
-                    .is_some_and(|a| a.netns == d.netns && a.checksum == Some(d.checksum))
+                !self.netns_conflicts.values().flatten().any(|c| c == *p)
+                    && self
+                        .actual
+                        .get(*p)
+                        .is_some_and(|a| a.netns == d.netns && a.checksum == Some(d.checksum))
             })
             .count();
         self.metrics
@@ -760,7 +767,8 @@ impl Agent {
             }
             None => None,
         };
-        tracing::info!(source = %source.describe(), "state source");
+        tracing::info!(source = %source.describe(), trust = ?source.netns_trust(), "state source");
+        reconciler.set_netns_trust(source.netns_trust());
         let lookup = source.lookup();
         let scans = source.start_with_metrics(metrics.clone());
         let task = tokio::spawn(run(

@@ -2,7 +2,8 @@
 //!
 //! - `GET /metrics`: Prometheus/OpenMetrics text of [`Metrics`];
 //! - `GET /healthz`: 200 while the agent runs;
-//! - `GET /readyz`: 200 once the first full sync is applied, 503 before.
+//! - `GET /readyz`: 200 once the first full sync is applied, 503 before and while any
+//!   network namespace is claimed by several Pods ([`crate::trust`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -51,6 +52,11 @@ pub fn respond(path: &str, metrics: &Metrics, health: &Health) -> Response<Full<
             StatusCode::SERVICE_UNAVAILABLE,
             PLAIN,
             "not running\n".into(),
+        ),
+        "/readyz" if metrics.netns_conflicts.get() > 0 => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            PLAIN,
+            "network namespace claimed by several Pods (see netpol_netns_conflicts)\n".into(),
         ),
         "/readyz" if health.ready.load(Ordering::SeqCst) => {
             text(StatusCode::OK, PLAIN, "ready\n".into())
@@ -121,5 +127,12 @@ mod tests {
         assert_eq!(respond("/healthz", &m, &h).status(), StatusCode::OK);
         assert_eq!(respond("/metrics", &m, &h).status(), StatusCode::OK);
         assert_eq!(respond("/nope", &m, &h).status(), StatusCode::NOT_FOUND);
+        // See: #11
+        m.netns_conflicts.set(1);
+        assert_eq!(
+            respond("/readyz", &m, &h).status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready while a netns is shared"
+        );
     }
 }

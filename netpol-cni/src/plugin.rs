@@ -348,11 +348,7 @@ impl Cni for NetpolCni<'_> {
                 e.msg(),
                 e.details()
             );
-            Settings {
-                agent_socket: default_socket(),
-                timeout_seconds: default_timeout(),
-                fail_open: false,
-            }
+            Settings::default()
         });
         let Some(pod) = pod_from_args(args.args().unwrap_or_default()) else {
             return Ok(());
