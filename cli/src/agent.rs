@@ -43,7 +43,7 @@ pub(crate) struct AgentArgs {
     #[arg(long, value_name = "CONTEXT", requires = "kubernetes")]
     context: Option<String>,
     /// Pod to netns mapping: lines `namespace/pod netns-name` (/var/run/netns/NAME).
-    /// The Pod annotation `netpol.io/netns` wins over it. Manifest source only.
+    /// The Pod annotation `netpol.io/netns` (a plain name only) wins over it. Manifest source only.
     #[arg(long, value_name = "FILE", conflicts_with = "kubernetes")]
     netns_map: Option<PathBuf>,
     /// Only Pods with this spec.nodeName (or none) are local.

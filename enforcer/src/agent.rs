@@ -33,6 +33,7 @@
 //! applied; see [`crate::reporter`].
 
 mod cni;
+mod netns_guard;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -267,6 +268,8 @@ pub struct Reconciler {
     chain_problem: Option<String>,
     /// The node table (when [`AgentConfig::node_table`]).
     node_table: Option<NodeTable>,
+    /// Namespaces claimed by several Pods (denied: [`crate::trust`]).
+    netns_conflicts: BTreeMap<String, Vec<PodKey>>,
 }
 
 /// The agent's node table: desired, applied, kernel listing, retries.
@@ -327,6 +330,7 @@ impl Reconciler {
             chain: config.cni.as_ref().and_then(|c| c.chain.clone()),
             chain_problem: None,
             node_table: config.node_table.then(NodeTable::default),
+            netns_conflicts: BTreeMap::new(),
         }
     }
 
@@ -588,9 +592,10 @@ impl Reconciler {
             Some(_) => self.current_node_addresses(),
             None => Vec::new(),
         };
-        let mut desired = BTreeMap::new();
+        let local = self.state.local_pods(self.node.as_deref());
+        let (local, mut desired) = self.fail_closed_on_shared_netns(local);
         let mut local_ids = Vec::new();
-        for (pod, netns) in self.state.local_pods(self.node.as_deref()) {
+        for (pod, netns) in local {
             let Some(id) = model.endpoint_by_key(&pod.to_string()) else {
                 // Finished Pods are not endpoints: nothing to enforce.
                 continue;
@@ -832,9 +837,11 @@ impl Reconciler {
             .desired
             .iter()
             .filter(|(p, d)| {
-                self.actual
-                    .get(*p)
-                    .is_some_and(|a| a.netns == d.netns && a.checksum == Some(d.checksum))
+                !self.netns_conflicts.values().flatten().any(|c| c == *p)
+                    && self
+                        .actual
+                        .get(*p)
+                        .is_some_and(|a| a.netns == d.netns && a.checksum == Some(d.checksum))
             })
             .count();
         self.metrics
@@ -1026,7 +1033,8 @@ impl Agent {
             }
             None => None,
         };
-        tracing::info!(source = %source.describe(), "state source");
+        tracing::info!(source = %source.describe(), trust = ?source.netns_trust(), "state source");
+        reconciler.set_netns_trust(source.netns_trust());
         let lookup = source.lookup();
         let scans = source.start_with_metrics(metrics.clone());
         let task = tokio::spawn(run(

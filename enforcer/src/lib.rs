@@ -84,3 +84,4 @@ pub mod reporter;
 pub mod ruleset_json;
 pub mod source;
 pub mod state;
+pub mod trust;

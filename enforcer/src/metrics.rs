@@ -7,6 +7,7 @@
 //! | `netpol_removes_total` | counter | tables removed for Pods that are gone |
 //! | `netpol_drift_repairs_total` | counter | tables found changed behind the agent's back and re-applied |
 //! | `netpol_pods_enforced` | gauge | Pods whose kernel table equals the desired ruleset |
+//! | `netpol_netns_conflicts` | gauge | netns claimed by several local Pods (deny-all there; `/readyz` 503) |
 //! | `netpol_apply_duration_seconds` | histogram | one apply (nft transaction) |
 //! | `netpol_reconcile_duration_seconds` | histogram | one reconcile pass (compile, render, plan, apply) |
 //! | `netpol_compile_errors_total` | counter | compilations or renders refused (last good kept) |
@@ -106,6 +107,8 @@ pub struct Metrics {
     pub drift_repairs: Counter,
     /// Pods whose table equals the desired ruleset.
     pub pods_enforced: Gauge,
+    /// Network namespaces claimed by more than one local Pod (denied, fail closed).
+    pub netns_conflicts: Gauge,
     /// Seconds per apply.
     pub apply_seconds: Histogram,
     /// Seconds per reconcile pass.
@@ -153,6 +156,7 @@ impl Metrics {
         let removes = Counter::default();
         let drift_repairs = Counter::default();
         let pods_enforced = Gauge::default();
+        let netns_conflicts = Gauge::default();
         // 1 ms .. ~16 s
         let apply_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 15));
         let reconcile_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 15));
@@ -208,6 +212,11 @@ impl Metrics {
             "pods_enforced",
             "Local Pods whose kernel table equals the desired ruleset",
             pods_enforced.clone(),
+        );
+        registry.register(
+            "netns_conflicts",
+            "Network namespaces claimed by more than one local Pod (deny-all applied there)",
+            netns_conflicts.clone(),
         );
         registry.register(
             "apply_duration_seconds",
@@ -276,6 +285,7 @@ impl Metrics {
             removes,
             drift_repairs,
             pods_enforced,
+            netns_conflicts,
             apply_seconds,
             reconcile_seconds,
             compile_errors,

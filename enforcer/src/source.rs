@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use crate::manifests::{self, ManifestDir, Scan, WatchOptions};
 use crate::metrics::Metrics;
 use crate::state::{Object, PodKey};
+use crate::trust::NetnsTrust;
 
 /// Fetches one Pod (and its Namespace) straight from the source, for a CNI `ADD` that
 /// arrives before the source's stream shows the Pod.
@@ -37,6 +38,12 @@ pub trait StateSource: Send {
 
     /// A short description for logs (`manifests /etc/netpol`, `kubernetes`).
     fn describe(&self) -> String;
+
+    /// How far this source's Pod annotations are trusted to name a netns
+    /// ([`crate::trust`]). By default not at all: whoever writes a Pod writes them.
+    fn netns_trust(&self) -> NetnsTrust {
+        NetnsTrust::NoAnnotation
+    }
 
     /// A way to fetch single Pods ahead of the stream (`None`: the stream is all there
     /// is, as for a manifest directory).
@@ -66,6 +73,11 @@ impl StateSource for ManifestSource {
 
     fn describe(&self) -> String {
         format!("manifests {}", self.dir.root().display())
+    }
+
+    /// The operator writes the directory: plain netns names are trusted.
+    fn netns_trust(&self) -> NetnsTrust {
+        NetnsTrust::PlainNames
     }
 }
 

@@ -17,6 +17,8 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use policy_compiler::{Diagnostic, Inputs, Located, Model, Origin, Workload, WorkloadKind};
 
+use crate::trust::{self, NetnsTrust};
+
 /// Annotation on a Pod naming its network namespace (`/var/run/netns/<name>`).
 pub const NETNS_ANNOTATION: &str = "netpol.io/netns";
 
@@ -306,6 +308,7 @@ pub struct State {
     cni: BTreeMap<PodKey, CniEntry>,
     discovered: BTreeMap<PodKey, String>,
     generation: u64,
+    netns_trust: NetnsTrust,
 }
 
 fn uid_of(obj: &Object) -> Option<&str> {
@@ -450,6 +453,29 @@ impl State {
         self.bump(changed)
     }
 
+    /// Sets how far Pod annotations are trusted to name a netns (the source's trust
+    /// level; [`NetnsTrust::PlainNames`] by default). Returns whether it changed.
+    pub fn set_netns_trust(&mut self, trust: NetnsTrust) -> bool {
+        let changed = trust != self.netns_trust;
+        self.netns_trust = trust;
+        self.bump(changed)
+    }
+
+    /// The annotation's netns when the trust level accepts it (a refused value is
+    /// logged and ignored: the other sources still apply).
+    fn trusted_annotation<'a>(&self, pod: &PodKey, obj: &'a Object) -> Option<&'a str> {
+        if self.netns_trust == NetnsTrust::NoAnnotation {
+            return None;
+        }
+        match trust::check_annotation(obj.netns_annotation()?) {
+            Ok(name) => Some(name),
+            Err(e) => {
+                tracing::error!(namespace = %pod.namespace, pod = %pod.name, error = %e, "netns annotation ignored");
+                None
+            }
+        }
+    }
+
     /// Replaces the Pod-to-netns mapping. Returns whether it changed.
     pub fn set_netns_map(&mut self, map: BTreeMap<PodKey, String>) -> bool {
         let changed = map != self.netns_map;
@@ -591,8 +617,9 @@ impl State {
 
     /// Pods on this node with a network namespace, and that namespace's name.
     ///
-    /// The `netpol.io/netns` annotation wins over the CNI record, which wins over the
-    /// mapping file, which wins over a netns discovered by IP. With `node`, Pods
+    /// The `netpol.io/netns` annotation (only with [`NetnsTrust::PlainNames`], and only
+    /// a plain name) wins over the CNI record, which wins over the mapping file, which
+    /// wins over a netns discovered by IP. With `node`, Pods
     /// whose `spec.nodeName` names another node are not local (Pods without a nodeName
     /// are, when mapped).
     pub fn local_pods(&self, node: Option<&str>) -> BTreeMap<PodKey, String> {
@@ -607,8 +634,8 @@ impl State {
                 continue;
             }
             let pod = PodKey::new(key.namespace.clone(), key.name.clone());
-            let netns = obj
-                .netns_annotation()
+            let netns = self
+                .trusted_annotation(&pod, obj)
                 .map(str::to_owned)
                 .or_else(|| self.cni_record(&pod).map(|r| r.netns.clone()))
                 .or_else(|| self.netns_map.get(&pod).cloned())

@@ -404,3 +404,23 @@ fn agent_with_never_valid_manifests_touches_nothing() {
     assert_ne!(table(&h.netns).unwrap(), before);
     rt.block_on(agent.stop()).unwrap();
 }
+
+/// The fail-closed table for a netns claimed by several Pods loads in the real kernel,
+/// replaces whatever table was there (also itself), and drops on both hooks.
+// See: #11
+#[test]
+fn shared_netns_deny_all_loads_and_replaces_the_table() {
+    if !kernel::available("shared_netns_deny_all_loads_and_replaces_the_table") {
+        return;
+    }
+    let lab = Topology::build(&kernel::prefix("agdeny"), &kernel::dual_stack(1)).unwrap();
+    let h = &lab.hosts()[0];
+    let open = "table inet netpol {\n chain ingress {\n type filter hook input priority 0; policy accept;\n }\n}\n";
+    nft_apply(&h.netns, open);
+    nft_apply(&h.netns, enforcer::trust::DENY_ALL);
+    nft_apply(&h.netns, enforcer::trust::DENY_ALL);
+    let listed = table(&h.netns).unwrap();
+    assert!(!listed.contains("policy accept"), "{listed}");
+    assert_eq!(listed.matches("policy drop").count(), 2, "{listed}");
+    assert!(listed.contains("hook output"), "{listed}");
+}

@@ -477,18 +477,40 @@ async fn never_synced_source_reports_incomplete() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_enforces_local_pods_from_the_api() {
-    use enforcer::agent::AgentConfig;
+    use enforcer::agent::{AgentConfig, CniConfig};
     use enforcer::applier::RecordingApplier;
-    use enforcer::state::PodKey;
+    use enforcer::cni::records::RecordStore;
+    use enforcer::state::{CniRecord, PodKey};
 
     let server = ApiServer::start().await;
     server.add(NAMESPACES, namespace("shop"));
     server.add(PODS, pod("a", "a", "n1"));
     server.add(PODS, pod("b", "b", "n2"));
+    // Local, annotated (`netpol.io/netns: ns-c`), but no CNI record.
+    server.add(PODS, pod("c", "c", "n1"));
     server.add(POLICIES, policy("deny"));
+    // The netns comes from the CNI record, never from the annotation (`ns-a`).
+    let dir = tempfile::tempdir().unwrap();
+    let records = dir.path().join("records");
+    RecordStore::new(&records)
+        .save(
+            &PodKey::new("shop", "a"),
+            &CniRecord {
+                container_id: "ca".into(),
+                netns: "cni-a".into(),
+                ips: vec!["10.0.0.1".parse().unwrap()],
+                uid: Some("uid-a".into()),
+            },
+        )
+        .unwrap();
     let applier = Arc::new(RecordingApplier::new());
     let config = AgentConfig {
         node: Some("n1".into()),
+        cni: Some(CniConfig {
+            socket: dir.path().join("cni.sock"),
+            records: Some(records),
+            chain: None,
+        }),
         ..AgentConfig::default()
     };
     let agent = start_ready_agent(&server, config, applier.clone()).await;
@@ -502,12 +524,20 @@ async fn agent_enforces_local_pods_from_the_api() {
         0,
         "other node's Pod is not"
     );
+    // See: #11 (annotation in Kubernetes mode ignored: a Pod's author writes it)
+    assert_eq!(
+        applier.applies(&PodKey::new("shop", "c")),
+        0,
+        "an annotation alone maps nothing from the API"
+    );
+    assert!(applier.table("ns-a").is_none(), "annotation not used");
+    assert!(applier.table("ns-c").is_none(), "annotation not used");
     // The agent's own metrics (on /metrics) have the source's watch series.
     for kind in KINDS {
         assert_eq!(agent.metrics().watch_relists(kind), 1, "{kind}");
         assert!(agent.metrics().watch_synced(kind), "{kind}");
     }
-    let table = applier.table("ns-a").unwrap();
+    let table = applier.table("cni-a").unwrap();
     assert!(table.contains("table inet netpol"), "{table}");
     // The policy goes away in the API: a's table follows (no longer isolated).
     server.delete(POLICIES, "shop", "deny");

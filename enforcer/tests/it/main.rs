@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod agent;
+mod agent_http;
 mod agent_live;
 mod discovery;
 mod drops;
