@@ -9,7 +9,7 @@
 //!     desired: Pod → (netns, checksum, text)      actual: Pod → (netns, checksum)
 //!                         └────────── plan ──────────┘
 //!                                       ▼
-//!                  Op::{Apply, Remove, Keep} ──Applier──▶ nft in the Pod netns
+//!                  Op::{Apply, Remove} ──Applier──▶ nft in the Pod netns
 //!                                       │
 //!            verify: kernel listing vs applied checksum ──drift──▶ re-apply
 //!            pending CNI ADDs answered once their Pod's ruleset is applied
@@ -287,13 +287,27 @@ struct NodeTable {
     last_error: Option<String>,
 }
 
-enum Outcome {
+/// What [`execute`] did: each variant carries its operation's data, so no impossible
+/// operation/outcome pair can be matched.
+enum Done {
     Applied {
+        pod: PodKey,
+        netns: String,
+        checksum: Checksum,
+        /// Checksum of the kernel's listing right after the apply (`None`: unknown).
         listing: Option<Checksum>,
         took: Duration,
     },
-    Removed,
-    Failed(ApplyError),
+    Removed {
+        pod: PodKey,
+        netns: String,
+    },
+    Failed {
+        pod: PodKey,
+        /// `apply` or `remove`.
+        op: &'static str,
+        error: ApplyError,
+    },
 }
 
 impl Reconciler {
@@ -712,31 +726,25 @@ impl Reconciler {
         self.sync_node_table(now, &mut report);
         let mut todo = Vec::new();
         for op in plan(&self.desired, &self.actual) {
-            match &op {
-                Op::Keep { .. } => {}
-                _ => match self.backoff.get(op.pod()) {
-                    Some(b) if !b.ready(now) => {
-                        report.deferred.push(op.pod().clone());
-                        report.retry_at = earliest(report.retry_at, b.next);
-                    }
-                    _ => todo.push(op),
-                },
+            match self.backoff.get(op.pod()) {
+                Some(b) if !b.ready(now) => {
+                    report.deferred.push(op.pod().clone());
+                    report.retry_at = earliest(report.retry_at, b.next);
+                }
+                _ => todo.push(op),
             }
         }
         let applier = self.applier.clone();
-        let results = parallel(self.parallelism, todo, |op| {
-            let outcome = execute(applier.as_ref(), &op);
-            (op, outcome)
-        });
-        for (op, outcome) in results {
-            let pod = op.pod().clone();
-            match (op, outcome) {
-                (
-                    Op::Apply {
-                        netns, checksum, ..
-                    },
-                    Outcome::Applied { listing, took },
-                ) => {
+        let results = parallel(self.parallelism, todo, |op| execute(applier.as_ref(), op));
+        for done in results {
+            match done {
+                Done::Applied {
+                    pod,
+                    netns,
+                    checksum,
+                    listing,
+                    took,
+                } => {
                     self.metrics.applies.inc();
                     self.metrics.observe_apply(took);
                     if self.drifted.remove(&pod) {
@@ -766,7 +774,7 @@ impl Reconciler {
                     self.last_error.remove(&pod);
                     report.applied.push(pod);
                 }
-                (Op::Remove { netns, .. }, Outcome::Removed) => {
+                Done::Removed { pod, netns } => {
                     self.metrics.removes.inc();
                     tracing::info!(namespace = %pod.namespace, pod = %pod.name, netns, "ruleset removed (Pod gone)");
                     if self.actual.get(&pod).is_some_and(|a| a.netns == netns) {
@@ -777,13 +785,14 @@ impl Reconciler {
                     self.backoff.remove(&pod);
                     report.removed.push(pod);
                 }
-                (op, Outcome::Failed(e)) => {
-                    let what = if matches!(op, Op::Apply { .. }) {
+                Done::Failed {
+                    pod,
+                    op: what,
+                    error: e,
+                } => {
+                    if what == "apply" {
                         self.metrics.apply_errors.inc();
-                        "apply"
-                    } else {
-                        "remove"
-                    };
+                    }
                     let b = self
                         .backoff_policy
                         .fail(self.backoff.get(&pod).copied(), now);
@@ -799,8 +808,6 @@ impl Reconciler {
                     report.retry_at = earliest(report.retry_at, b.next);
                     report.failed.push(pod);
                 }
-                // `execute` maps Apply to Applied/Failed and Remove to Removed/Failed.
-                (_, _) => {}
             }
         }
         // A Pod that is gone but whose namespace a desired Pod now uses was not removed
@@ -858,34 +865,49 @@ fn earliest(a: Option<Instant>, b: Instant) -> Option<Instant> {
 /// every crate.
 pub use netpol_common::ErrorChain;
 
-fn execute(applier: &dyn Applier, op: &Op) -> Outcome {
+fn execute(applier: &dyn Applier, op: Op) -> Done {
     match op {
         Op::Apply {
-            pod, netns, text, ..
+            pod,
+            netns,
+            checksum,
+            text,
         } => {
             let start = Instant::now();
-            match applier.apply(pod, netns, text) {
+            match applier.apply(&pod, &netns, &text) {
                 Ok(()) => {
                     let took = start.elapsed();
                     // What the kernel holds right after the apply is what verify expects.
-                    let listing = match applier.list(pod, netns) {
+                    let listing = match applier.list(&pod, &netns) {
                         Ok(l) => l.map(|l| Checksum::of(&normalise_listing(&l))),
                         Err(e) => {
                             tracing::warn!(namespace = %pod.namespace, pod = %pod.name, error = %e, "cannot list the applied table; it will be verified later");
                             None
                         }
                     };
-                    Outcome::Applied { listing, took }
+                    Done::Applied {
+                        pod,
+                        netns,
+                        checksum,
+                        listing,
+                        took,
+                    }
                 }
-                Err(e) => Outcome::Failed(e),
+                Err(error) => Done::Failed {
+                    pod,
+                    op: "apply",
+                    error,
+                },
             }
         }
-        Op::Remove { pod, netns } => match applier.remove(pod, netns) {
-            Ok(()) => Outcome::Removed,
-            Err(e) => Outcome::Failed(e),
+        Op::Remove { pod, netns } => match applier.remove(&pod, &netns) {
+            Ok(()) => Done::Removed { pod, netns },
+            Err(error) => Done::Failed {
+                pod,
+                op: "remove",
+                error,
+            },
         },
-        // `sync` never executes Keep.
-        Op::Keep { .. } => Outcome::Removed,
     }
 }
 

@@ -99,25 +99,21 @@ pub enum Op {
         /// The namespace.
         netns: String,
     },
-    /// Nothing to do: the kernel holds the desired ruleset.
-    Keep {
-        /// The Pod.
-        pod: PodKey,
-    },
 }
 
 impl Op {
     /// The Pod the operation is about.
     pub fn pod(&self) -> &PodKey {
         match self {
-            Op::Apply { pod, .. } | Op::Remove { pod, .. } | Op::Keep { pod } => pod,
+            Op::Apply { pod, .. } | Op::Remove { pod, .. } => pod,
         }
     }
 }
 
-/// Plans the operations that make `actual` equal to `desired`, in Pod order.
+/// Plans the operations that make `actual` equal to `desired`, in Pod order: only work
+/// to do.
 ///
-/// - desired and actual agree (same namespace, same checksum): [`Op::Keep`];
+/// - desired and actual agree (same namespace, same checksum): nothing;
 /// - otherwise [`Op::Apply`], which replaces the table atomically (never a flush first);
 /// - a Pod that moved namespace also gets [`Op::Remove`] of its old table, and a Pod that
 ///   is no longer desired gets [`Op::Remove`], unless a desired Pod now uses that
@@ -130,9 +126,7 @@ pub fn plan(desired: &BTreeMap<PodKey, Desired>, actual: &BTreeMap<PodKey, Actua
         match (desired.get(pod), actual.get(pod)) {
             (Some(d), a) => {
                 let same = a.is_some_and(|a| a.netns == d.netns && a.checksum == Some(d.checksum));
-                if same {
-                    ops.push(Op::Keep { pod: pod.clone() });
-                } else {
+                if !same {
                     ops.push(Op::Apply {
                         pod: pod.clone(),
                         netns: d.netns.clone(),
@@ -252,7 +246,7 @@ mod tests {
     }
 
     #[test]
-    fn plans_apply_keep_and_remove() {
+    fn plans_apply_and_remove_and_nothing_for_what_is_in_place() {
         let a = Desired::new("ns-a", "table a");
         let b = Desired::new("ns-b", "table b");
         let b2 = Desired::new("ns-b", "table b v2");
@@ -265,8 +259,8 @@ mod tests {
         let ops = plan(&desired, &act);
         assert_eq!(
             ops,
+            // `a` is in place: no operation.
             [
-                Op::Keep { pod: key("a") },
                 Op::Apply {
                     pod: key("b"),
                     netns: "ns-b".into(),
