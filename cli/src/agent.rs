@@ -85,6 +85,11 @@ pub(crate) struct AgentArgs {
     /// their IPs, among /var/run/netns. Needs --node.
     #[arg(long, requires = "node")]
     discover_netns: bool,
+    /// Do not own the node table (`table inet netpol` in the agent's own network
+    /// namespace, which judges the egress of this node's Pods after kube-proxy's DNAT).
+    /// Without it, connections through Services are not judged on their backend.
+    #[arg(long)]
+    no_node_table: bool,
 }
 
 /// Parses `500ms`, `5s`, `2m` (a bare number is seconds).
@@ -185,6 +190,7 @@ fn run_agent(args: &AgentArgs) -> anyhow::Result<()> {
                 }),
                 None => None,
             },
+            node_table: !args.no_node_table,
             ..AgentConfig::default()
         };
         let renderer = Arc::new(CompiledRulesets {

@@ -166,11 +166,11 @@ pub(crate) fn run(args: &CompileArgs, input: &crate::InputArgs) -> i32 {
             && args.node_table.is_none() =>
         {
             // Several documents: one object keyed by Pod.
-            println!("{}", crate::to_json(&json));
+            crate::output::emitln(&crate::to_json(&json));
         }
         None => {
             for text in rendered.values() {
-                print!("{text}");
+                crate::output::emit(text);
             }
         }
     }

@@ -13,10 +13,11 @@ pub(crate) fn run(params: &SynthParams, out: Option<&Path>) -> i32 {
         }
         None => {
             use std::io::Write as _;
-            std::io::stdout()
-                .lock()
-                .write_all(text.as_bytes())
-                .map_err(|e| format!("cannot write to stdout: {e}"))
+            let mut out = std::io::stdout().lock();
+            if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+                crate::output::exit_on(&e);
+            }
+            Ok(())
         }
     };
     match written {

@@ -87,6 +87,28 @@ pub(crate) struct Compiled {
     pub(crate) model: Model,
     /// Its allow graph.
     pub(crate) graph: AllowGraph,
+    /// Objects of other policy engines in the input (`apiVersion Kind ns/name`): answers
+    /// may differ in the cluster.
+    pub(crate) unevaluated: Vec<String>,
+}
+
+impl Compiled {
+    /// What answers should say when the input holds policies netpol does not evaluate.
+    pub(crate) fn caveats(&self) -> Vec<String> {
+        if self.unevaluated.is_empty() {
+            return Vec::new();
+        }
+        vec![format!(
+            "the input holds {} polic{} netpol does not evaluate ({}): the answer may differ in the cluster",
+            self.unevaluated.len(),
+            if self.unevaluated.len() == 1 {
+                "y"
+            } else {
+                "ies"
+            },
+            self.unevaluated.join(", ")
+        )]
+    }
 }
 
 /// Reads, loads and compiles; on any error prints the diagnostics and returns `Err(2)`.
@@ -114,6 +136,22 @@ pub(crate) fn load_and_compile(
         );
         return Err(EXIT_INVALID);
     }
+    compile_sources(&sources, verbose)
+}
+
+/// Compiles texts read elsewhere (`diff --base`: files of a git revision), by name.
+pub(crate) fn compile_texts(files: Vec<(String, String)>, verbose: bool) -> Result<Compiled, i32> {
+    compile_sources(
+        &Sources {
+            files,
+            warnings: Vec::new(),
+        },
+        verbose,
+    )
+    .map(|(_, c)| c)
+}
+
+fn compile_sources(sources: &Sources, verbose: bool) -> Result<(Inputs, Compiled), i32> {
     let (inputs, mut load_diags) = load(&sources.texts());
     let mut diags = sources.warnings.clone();
     diags.append(&mut load_diags);
@@ -124,14 +162,22 @@ pub(crate) fn load_and_compile(
     }
     let (model, d) = Model::build(&inputs);
     diags.extend(d);
-    print_diagnostics(&diags, Some(&sources));
+    print_diagnostics(&diags, Some(sources));
     if policy_compiler::diagnostic::has_errors(&diags) {
         let n = diags.iter().filter(|d| d.is_error()).count();
         eprintln!("error: {n} invalid input(s): nothing was compiled");
         return Err(EXIT_INVALID);
     }
     let graph = AllowGraph::build(&model);
-    Ok((inputs, Compiled { model, graph }))
+    let unevaluated = inputs.unevaluated.iter().map(ToString::to_string).collect();
+    Ok((
+        inputs,
+        Compiled {
+            model,
+            graph,
+            unevaluated,
+        },
+    ))
 }
 
 /// [`compile`] of `-f` paths or, with `--cluster`, of the live cluster.
@@ -189,7 +235,12 @@ pub(crate) fn compile_inputs(
         return Err(EXIT_INVALID);
     }
     let graph = AllowGraph::build(&model);
-    Ok(Compiled { model, graph })
+    let unevaluated = inputs.unevaluated.iter().map(ToString::to_string).collect();
+    Ok(Compiled {
+        model,
+        graph,
+        unevaluated,
+    })
 }
 
 /// Prints diagnostics to stderr, with a source snippet where the position is known.

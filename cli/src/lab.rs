@@ -135,9 +135,9 @@ pub(crate) fn run(args: &LabArgs) -> i32 {
     match args.output {
         LabFormat::Text => {
             let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-            print!("{}", report.to_text(color));
+            crate::output::emit(&report.to_text(color));
         }
-        LabFormat::Json => println!("{}", crate::to_json(&report)),
+        LabFormat::Json => crate::output::emitln(&crate::to_json(&report)),
     }
     if args.keep {
         print_kept(&lab.keep());

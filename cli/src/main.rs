@@ -1,7 +1,8 @@
 //! `netpol`: Kubernetes NetworkPolicy, explained, tabulated, compiled and enforced.
 //!
 //! Subcommands: `explain SRC DST` (may SRC reach DST, and which rules decide),
-//! `matrix` (truth table of every endpoint pair), `compile` (each Pod's nftables ruleset). Every command reads manifests with
+//! `matrix` (truth table of every endpoint pair), `compile` (each Pod's nftables ruleset),
+//! `test DIR...` (golden-file policy tests: `expect.yaml` and goldens). Every command reads manifests with
 //! `-f PATH` (files, directories, `-` for stdin), or the live cluster with
 //! `--cluster [--context C]`, and exits 2 on invalid input.
 //! `agent --manifests DIR | --kubernetes --node NODE` runs the node agent (enforcement in
@@ -21,17 +22,22 @@
 
 mod agent;
 mod compile;
+mod diff;
+mod explain_cmd;
 mod r#gen;
-mod golden;
+mod html;
 mod inputs;
-mod junit;
 mod lab;
+mod lint;
+mod list;
+mod output;
+mod test;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use policy_compiler::{MatrixQuery, MatrixWriter, PortQuery, Protocol, explain};
+use policy_compiler::{MatrixQuery, MatrixWriter, Protocol};
 
 #[derive(Parser)]
 #[command(
@@ -94,8 +100,9 @@ enum Command {
         /// Destination: as SRC (without node/NAME), or a Service ns/service/name (alias
         /// svc): answered per backend, after DNAT.
         dst: String,
-        /// Port to ask about; without it, the answer covers all ports and protocols (for a
-        /// Service: its port number or name; without it, every Service port).
+        /// Port to ask about: a number, a range LO-HI (allowed when every port is) or a
+        /// port name of DST (for a Service: its port number or name; without it, every
+        /// Service port); without it, the answer covers all ports and protocols.
         #[arg(long)]
         port: Option<String>,
         /// Protocol of --port (default TCP).
@@ -104,6 +111,9 @@ enum Command {
         /// Output format.
         #[arg(short, long, value_enum, default_value = "text")]
         output: ExplainFormat,
+        /// Exit 1 when the answer is denied (0 when allowed), for scripts.
+        #[arg(long)]
+        exit_code: bool,
         #[command(flatten)]
         input: InputArgs,
     },
@@ -124,10 +134,31 @@ enum Command {
         #[arg(short, long, value_enum, default_value = "text")]
         output: MatrixFormat,
         #[command(flatten)]
+        filter: list::FilterArgs,
+        #[command(flatten)]
+        input: InputArgs,
+    },
+    /// Every ordered pair that may talk, with the exact allowed ports (IP ranges of
+    /// ipBlocks as endpoints): text, json, csv, md, dot, html.
+    List {
+        #[command(flatten)]
+        args: list::ListArgs,
+        #[command(flatten)]
+        input: InputArgs,
+    },
+    /// What changed between two policy sets (OLD NEW, or --base REV -f PATH): every pair
+    /// whose allowed set changed, as added/removed/changed. Exit 1 when anything changed.
+    Diff(diff::DiffArgs),
+    /// Policies that are valid but probably wrong (rule ids, file:line): text, json, or
+    /// SARIF for code scanning. Exit 1 when something was found.
+    Lint {
+        #[command(flatten)]
+        args: lint::LintArgs,
+        #[command(flatten)]
         input: InputArgs,
     },
     /// Golden-file policy tests: check expect.yaml and golden outputs of every case under DIR.
-    Test(golden::TestArgs),
+    Test(test::TestArgs),
     /// Each Pod's nftables ruleset (`table inet netpol` for the Pod's own netns).
     ///
     /// Only Pods get rulesets: workloads (Deployments, ...) have no network namespace and
@@ -185,16 +216,29 @@ fn main() -> ExitCode {
             port,
             protocol,
             output,
+            exit_code,
             input,
-        } => run_explain(&src, &dst, port, protocol, output, &input),
+        } => explain_cmd::run(&explain_cmd::ExplainArgs {
+            src: &src,
+            dst: &dst,
+            port,
+            protocol,
+            output,
+            exit_code,
+            input: &input,
+        }),
         Command::Matrix {
             port,
             protocol,
             via_services,
             output,
+            filter,
             input,
-        } => run_matrix(port, protocol, via_services, output, &input),
-        Command::Test(args) => golden::run(&args),
+        } => run_matrix(port, protocol, via_services, output, &filter, &input),
+        Command::List { args, input } => list::run(&args, &input),
+        Command::Diff(args) => diff::run(&args),
+        Command::Lint { args, input } => lint::run(&args, &input),
+        Command::Test(args) => test::run(&args),
         Command::Compile { args, input } => compile::run(&args, &input),
         Command::Agent { args } => agent::run(&args),
         Command::Gen {
@@ -222,95 +266,12 @@ fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }
 
-fn run_explain(
-    src: &str,
-    dst: &str,
-    port: Option<String>,
-    protocol: Option<Protocol>,
-    output: ExplainFormat,
-    input: &InputArgs,
-) -> i32 {
-    let c = match inputs::compile_input(input) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let (s, d) = match (
-        policy_compiler::parse_source(&c.model, src),
-        policy_compiler::parse_destination(&c.model, dst),
-    ) {
-        (Ok(s), Ok(d)) => (s, d),
-        (Err(e), _) | (_, Err(e)) => {
-            eprintln!("error: {e}");
-            return inputs::EXIT_INVALID;
-        }
-    };
-    if protocol.is_some() && port.is_none() {
-        eprintln!("error: --protocol needs --port");
-        return inputs::EXIT_INVALID;
-    }
-    let d = match d {
-        policy_compiler::Destination::Subject(d) => d,
-        policy_compiler::Destination::Service(svc) => {
-            let ports: Vec<usize> = match &port {
-                None => Vec::new(),
-                Some(p) => {
-                    let found: Vec<usize> = svc
-                        .find_ports(p)
-                        .into_iter()
-                        .filter(|i| protocol.is_none_or(|pr| svc.ports[*i].protocol == pr))
-                        .collect();
-                    if found.is_empty() {
-                        let have: Vec<String> = svc.ports.iter().map(|p| p.describe()).collect();
-                        eprintln!(
-                            "error: Service {} has no port {p}{}; its ports: {}",
-                            svc.key(),
-                            protocol.map(|p| format!(" ({p})")).unwrap_or_default(),
-                            if have.is_empty() {
-                                "none".to_owned()
-                            } else {
-                                have.join(", ")
-                            }
-                        );
-                        return inputs::EXIT_INVALID;
-                    }
-                    found
-                }
-            };
-            let e = policy_compiler::explain_service(&c.model, &c.graph, s, svc, &ports);
-            match output {
-                ExplainFormat::Text => print!("{e}"),
-                ExplainFormat::Json => println!("{}", to_json(&e)),
-            }
-            return 0;
-        }
-    };
-    let port = match port.as_deref().map(str::parse::<u16>) {
-        None => None,
-        Some(Ok(p)) => Some(p),
-        Some(_) => {
-            eprintln!(
-                "error: --port must be a port number for a Pod, workload or address destination (port names are for Services)"
-            );
-            return inputs::EXIT_INVALID;
-        }
-    };
-    let query = port.map(|port| PortQuery {
-        protocol: protocol.unwrap_or(Protocol::Tcp),
-        port,
-    });
-    let e = explain(&c.model, &c.graph, s, d, query);
-    match output {
-        ExplainFormat::Text => print!("{e}"),
-        ExplainFormat::Json => println!("{}", to_json(&e)),
-    }
-    0
-}
-
 fn run_matrix(
     port: Option<u16>,
     protocol: Option<Protocol>,
     via_services: bool,
     output: MatrixFormat,
+    filter: &list::FilterArgs,
     input: &InputArgs,
 ) -> i32 {
     let c = match inputs::compile_input(input) {
@@ -320,8 +281,8 @@ fn run_matrix(
     if via_services {
         let m = policy_compiler::service_matrix(&c.model, &c.graph, port, protocol);
         match output {
-            MatrixFormat::Text => print!("{}", m.to_text()),
-            MatrixFormat::Json => println!("{}", to_json(&m)),
+            MatrixFormat::Text => crate::output::emit(&m.to_text()),
+            MatrixFormat::Json => crate::output::emitln(&to_json(&m)),
             MatrixFormat::Csv | MatrixFormat::Md => {
                 eprintln!("error: --via-services prints text or json");
                 return inputs::EXIT_INVALID;
@@ -330,7 +291,12 @@ fn run_matrix(
         return 0;
     }
     // Row by row: memory O(endpoints), not O(endpoints²). See: #11
-    let w = MatrixWriter::new(&c.model, &c.graph, MatrixQuery { protocol, port });
+    let mut w = MatrixWriter::new(&c.model, &c.graph, MatrixQuery { protocol, port });
+    let f = filter.filter();
+    if !f.is_empty() {
+        let keep: Vec<bool> = c.model.endpoints.iter().map(|e| f.matches(e)).collect();
+        w.retain(&keep);
+    }
     let format = match output {
         MatrixFormat::Text => policy_compiler::MatrixFormat::Text,
         MatrixFormat::Json => policy_compiler::MatrixFormat::Json,
@@ -339,11 +305,7 @@ fn run_matrix(
     };
     match w.write(format, &mut std::io::stdout().lock()) {
         Ok(()) => 0,
-        // `netpol matrix | head`: the reader has what it wanted.
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
-        Err(e) => {
-            eprintln!("error: cannot write the matrix: {e}");
-            1
-        }
+        // `netpol matrix | head`: the reader has what it wanted. See: #14
+        Err(e) => crate::output::exit_on(&e),
     }
 }

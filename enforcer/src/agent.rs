@@ -1,14 +1,18 @@
 //! The node agent: keeps each local Pod's `table inet netpol` equal to the compiled policy.
 //!
 //! ```text
-//! ManifestDir ──watch──▶ Scan { events } ──State::handle (one place)──▶ State
-//!                                                                        │ compile
-//!        Model::build + AllowGraph::build + RulesetSource::render per local Pod
-//!                                                                        ▼
+//! StateSource (ManifestSource: manifest dir | KubeSource: watches)
+//!     ──Scan { events }──▶ State::handle (one place) ◀──Event::CniAdd/CniDel── cni::server
+//!                                                   │ compile (State::build_model,
+//!                                                   │ AllowGraph::build, render per
+//!                                                   ▼ local enforceable Pod)
 //!     desired: Pod → (netns, checksum, text)      actual: Pod → (netns, checksum)
 //!                         └────────── plan ──────────┘
 //!                                       ▼
 //!                  Op::{Apply, Remove, Keep} ──Applier──▶ nft in the Pod netns
+//!                                       │
+//!            verify: kernel listing vs applied checksum ──drift──▶ re-apply
+//!            pending CNI ADDs answered once their Pod's ruleset is applied
 //! ```
 //!
 //! [`Reconciler`] is the synchronous core (unit-tested with
@@ -32,13 +36,13 @@ mod cni;
 mod netns_guard;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use policy_compiler::ruleset::{RulesetOptions, compile_pod};
+use policy_compiler::ruleset::{NodeContext, RulesetOptions, compile_node, compile_pod};
 use policy_compiler::{AllowGraph, EndpointId, Model, Severity};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -74,6 +78,31 @@ pub trait RulesetSource: Send + Sync {
         graph: &AllowGraph,
         pod: EndpointId,
     ) -> Result<String, RenderError>;
+
+    /// The ruleset of `pod` on a node whose own namespace has `node_addresses` (traffic
+    /// from them is the node's). Defaults to [`RulesetSource::render`].
+    fn render_on_node(
+        &self,
+        model: &Model,
+        graph: &AllowGraph,
+        pod: EndpointId,
+        node_addresses: &[IpAddr],
+    ) -> Result<String, RenderError> {
+        let _ = node_addresses;
+        self.render(model, graph, pod)
+    }
+
+    /// The node table (`nft -f` text replacing the node's `table inet netpol`), or
+    /// `None` when this source has none. Defaults to `None`.
+    fn render_node(
+        &self,
+        model: &Model,
+        graph: &AllowGraph,
+        ctx: &NodeContext,
+    ) -> Result<Option<String>, RenderError> {
+        let _ = (model, graph, ctx);
+        Ok(None)
+    }
 }
 
 /// The real renderer: [`policy_compiler::ruleset::compile_pod`] and its `nft -f` text
@@ -92,6 +121,31 @@ impl RulesetSource for CompiledRulesets {
         pod: EndpointId,
     ) -> Result<String, RenderError> {
         Ok(compile_pod(model, graph, pod, &self.options).to_nft())
+    }
+
+    fn render_on_node(
+        &self,
+        model: &Model,
+        graph: &AllowGraph,
+        pod: EndpointId,
+        node_addresses: &[IpAddr],
+    ) -> Result<String, RenderError> {
+        let options = RulesetOptions {
+            node_addresses: node_addresses.to_vec(),
+            ..self.options.clone()
+        };
+        Ok(compile_pod(model, graph, pod, &options).to_nft())
+    }
+
+    fn render_node(
+        &self,
+        model: &Model,
+        graph: &AllowGraph,
+        ctx: &NodeContext,
+    ) -> Result<Option<String>, RenderError> {
+        Ok(Some(
+            compile_node(model, graph, ctx, &self.options).to_nft(),
+        ))
     }
 }
 
@@ -117,6 +171,11 @@ pub struct AgentConfig {
     /// Find the netns of this node's Pods that have none by their IPs (needs `node`;
     /// `None`: off). See [`crate::discovery`].
     pub discovery: Option<crate::discovery::DiscoveryOptions>,
+    /// Own the node table: `table inet netpol` in the agent's own network namespace
+    /// (the node's), judging the egress of this node's Pods after kube-proxy's DNAT
+    /// (see [`crate::node`]). Off by default: in-process tests run in the host's
+    /// namespace; `netpol agent` turns it on.
+    pub node_table: bool,
 }
 
 /// Where the agent meets the `netpol-cni` plugin.
@@ -155,6 +214,7 @@ impl Default for AgentConfig {
             drops: Some(DropsConfig::default()),
             cni: None,
             discovery: None,
+            node_table: false,
         }
     }
 }
@@ -208,6 +268,23 @@ pub struct Reconciler {
     chain_problem: Option<String>,
     /// Namespaces claimed by several Pods (denied: [`crate::trust`]).
     netns_conflicts: BTreeMap<String, Vec<PodKey>>,
+    /// The node table (when [`AgentConfig::node_table`]).
+    node_table: Option<NodeTable>,
+}
+
+/// The agent's node table: desired, applied, kernel listing, retries.
+#[derive(Debug, Default)]
+struct NodeTable {
+    /// The node's addresses used by the last compile (own namespace + Node object).
+    addresses: Vec<IpAddr>,
+    desired: Option<Desired>,
+    /// Checksum of what was last applied.
+    actual: Option<Checksum>,
+    /// Checksum of the normalised kernel listing right after the apply.
+    kernel: Option<Checksum>,
+    drifted: bool,
+    backoff: Option<Backoff>,
+    last_error: Option<String>,
 }
 
 enum Outcome {
@@ -253,7 +330,150 @@ impl Reconciler {
             chain: config.cni.as_ref().and_then(|c| c.chain.clone()),
             chain_problem: None,
             netns_conflicts: BTreeMap::new(),
+            node_table: config.node_table.then(NodeTable::default),
         }
+    }
+
+    /// The node's addresses the last compile used (empty without the node table).
+    pub fn node_addresses(&self) -> &[IpAddr] {
+        self.node_table
+            .as_ref()
+            .map_or(&[], |n| n.addresses.as_slice())
+    }
+
+    /// The node table text the last compile produced, if the agent owns one.
+    pub fn node_table(&self) -> Option<&str> {
+        self.node_table.as_ref()?.desired.as_ref().map(|d| &*d.text)
+    }
+
+    /// The node's addresses now: the agent's own namespace (getifaddrs) and the Node
+    /// object named by `--node`. A failure to list is logged and counts as none (the
+    /// Node object's addresses still count).
+    fn current_node_addresses(&self) -> Vec<IpAddr> {
+        let own = self.applier.node_addresses().unwrap_or_else(|e| {
+            tracing::warn!(error = %ErrorChain(&e), "cannot list the node's own addresses");
+            Vec::new()
+        });
+        crate::node::node_addresses(&own, self.node.as_deref().and_then(|n| self.state.node(n)))
+    }
+
+    /// Applies the node table when it differs from what was applied (and its backoff
+    /// has expired). Runs before the Pods' tables: Service flows a Pod table lets out
+    /// are judged by the node table, so it must be there first.
+    fn sync_node_table(&mut self, now: Instant, report: &mut SyncReport) {
+        let applier = self.applier.clone();
+        let Some(n) = &mut self.node_table else {
+            return;
+        };
+        let Some(d) = n.desired.clone() else {
+            return;
+        };
+        if n.actual == Some(d.checksum) {
+            return;
+        }
+        if let Some(b) = n.backoff
+            && !b.ready(now)
+        {
+            report.retry_at = earliest(report.retry_at, b.next);
+            return;
+        }
+        let start = Instant::now();
+        match applier.apply_node(&d.text) {
+            Ok(()) => {
+                let took = start.elapsed();
+                self.metrics.applies.inc();
+                self.metrics.observe_apply(took);
+                if std::mem::take(&mut n.drifted) {
+                    self.metrics.drift_repairs.inc();
+                }
+                n.kernel = match applier.list_node() {
+                    Ok(l) => l.map(|l| Checksum::of(&normalise_listing(&l))),
+                    Err(e) => {
+                        tracing::warn!(error = %ErrorChain(&e), "cannot list the applied node table; it will be verified later");
+                        None
+                    }
+                };
+                n.actual = Some(d.checksum);
+                n.backoff = None;
+                n.last_error = None;
+                tracing::info!(
+                    node = self.node.as_deref(),
+                    addresses = ?n.addresses,
+                    checksum = %d.checksum.short(),
+                    took_ms = took.as_secs_f64() * 1e3,
+                    "node table applied"
+                );
+            }
+            Err(e) => {
+                self.metrics.apply_errors.inc();
+                let b = self.backoff_policy.fail(n.backoff, now);
+                tracing::error!(
+                    error = %ErrorChain(&e), failures = b.failures,
+                    retry_in_ms = (b.next - now).as_millis() as u64,
+                    "node table apply failed: the kernel keeps the last good table"
+                );
+                n.backoff = Some(b);
+                n.last_error = Some(ErrorChain(&e).to_string());
+                report.retry_at = earliest(report.retry_at, b.next);
+            }
+        }
+    }
+
+    /// Compares the node table with the kernel (drift is re-applied by the next sync)
+    /// and the node's addresses with the last compile's (a change recompiles).
+    fn verify_node_table(&mut self) {
+        let addresses = if self.node_table.is_some() {
+            self.current_node_addresses()
+        } else {
+            return;
+        };
+        let applier = self.applier.clone();
+        let Some(n) = &mut self.node_table else {
+            return;
+        };
+        if addresses != n.addresses {
+            tracing::info!(old = ?n.addresses, new = ?addresses, "the node's addresses changed: recompiling");
+            self.compiled_generation = None;
+        }
+        if n.actual.is_none() {
+            return;
+        }
+        match applier.list_node() {
+            Ok(Some(l)) => {
+                let c = Checksum::of(&normalise_listing(&l));
+                match n.kernel {
+                    Some(want) if want == c => {}
+                    None => n.kernel = Some(c),
+                    Some(_) => {
+                        tracing::warn!("node table drift (tampering?): re-applying");
+                        n.actual = None;
+                        n.kernel = None;
+                        n.backoff = None;
+                        n.drifted = true;
+                    }
+                }
+            }
+            Ok(None) => {
+                tracing::warn!(
+                    found = "no table",
+                    "node table drift (tampering?): re-applying"
+                );
+                n.actual = None;
+                n.kernel = None;
+                n.backoff = None;
+                n.drifted = true;
+            }
+            Err(e) => tracing::warn!(error = %ErrorChain(&e), "cannot verify the node table"),
+        }
+    }
+
+    /// The node table is applied as desired (or the agent owns none).
+    fn node_synced(&self) -> bool {
+        self.node_table.as_ref().is_none_or(|n| {
+            n.desired
+                .as_ref()
+                .is_some_and(|d| n.actual == Some(d.checksum))
+        })
     }
 
     /// Reports drops of the enforced Pods with `reporter` from the next compile on:
@@ -276,9 +496,19 @@ impl Reconciler {
         self.compiled.as_ref()
     }
 
-    /// Network namespaces of the Pods with a desired ruleset.
+    /// Network namespaces of the Pods with a desired ruleset, and the node's
+    /// ([`crate::node::OWN_NETNS`]) when the agent owns a node table.
     pub fn enforced_netns(&self) -> BTreeSet<String> {
-        self.desired.values().map(|d| d.netns.clone()).collect()
+        self.desired
+            .values()
+            .map(|d| d.netns.clone())
+            .chain(
+                self.node_table
+                    .as_ref()
+                    .filter(|n| n.desired.is_some())
+                    .map(|_| crate::node::OWN_NETNS.to_owned()),
+            )
+            .collect()
     }
 
     /// Takes a source scan: reports its problems and feeds its events to the state.
@@ -358,8 +588,13 @@ impl Reconciler {
         }
         self.refused = None;
         let graph = AllowGraph::build(&model);
+        let node_addresses = match &self.node_table {
+            Some(_) => self.current_node_addresses(),
+            None => Vec::new(),
+        };
         let local = self.state.local_pods(self.node.as_deref());
         let (local, mut desired) = self.fail_closed_on_shared_netns(local);
+        let mut local_ids = Vec::new();
         for (pod, netns) in local {
             let Some(id) = model.endpoint_by_key(&pod.to_string()) else {
                 // Finished Pods are not endpoints: nothing to enforce.
@@ -370,7 +605,11 @@ impl Reconciler {
                 tracing::warn!(namespace = %pod.namespace, pod = %pod.name, netns, "Pod has a netns mapping but is {why}: not enforced");
                 continue;
             }
-            match self.renderer.render(&model, &graph, id) {
+            local_ids.push(id);
+            match self
+                .renderer
+                .render_on_node(&model, &graph, id, &node_addresses)
+            {
                 Ok(text) => {
                     desired.insert(pod, Desired::new(netns, text));
                 }
@@ -384,6 +623,30 @@ impl Reconciler {
             }
         }
         self.desired = desired;
+        if self.node_table.is_some() {
+            let mut ctx = NodeContext::new(
+                &model,
+                self.node.as_deref().unwrap_or_default(),
+                node_addresses.clone(),
+            );
+            ctx.pods.extend(local_ids);
+            ctx.pods.sort_unstable();
+            ctx.pods.dedup();
+            let rendered = self.renderer.render_node(&model, &graph, &ctx);
+            if let Some(n) = &mut self.node_table {
+                n.addresses = node_addresses;
+                match rendered {
+                    Ok(Some(text)) => {
+                        n.desired = Some(Desired::new(crate::node::OWN_NETNS, text));
+                    }
+                    Ok(None) => n.desired = None,
+                    Err(e) => {
+                        self.metrics.compile_errors.inc();
+                        tracing::error!(error = %e, "node table render failed: keeping the last good one");
+                    }
+                }
+            }
+        }
         let compiled = Arc::new(CompiledModel { model, graph });
         if let Some(r) = &self.reporter {
             // Before the sync that applies: the first drops of a new Pod are reported.
@@ -397,6 +660,7 @@ impl Reconciler {
     /// drift (tampering): warned, and re-applied by the next [`sync`](Self::sync).
     /// Returns the drifted Pods.
     pub fn verify(&mut self) -> Vec<PodKey> {
+        self.verify_node_table();
         let targets: Vec<(PodKey, String, Option<Checksum>)> = self
             .actual
             .iter()
@@ -445,6 +709,7 @@ impl Reconciler {
     /// Operations whose backoff has not expired at `now` wait.
     pub fn sync(&mut self, now: Instant) -> SyncReport {
         let mut report = SyncReport::default();
+        self.sync_node_table(now, &mut report);
         let mut todo = Vec::new();
         for op in plan(&self.desired, &self.actual) {
             match &op {
@@ -554,6 +819,7 @@ impl Reconciler {
         self.update_gauge();
         if !self.synced
             && self.compiled_generation.is_some()
+            && self.node_synced()
             && self.desired.iter().all(|(p, d)| {
                 self.actual
                     .get(p)

@@ -41,6 +41,23 @@ pub enum ApplyError {
         /// The namespace.
         netns: String,
     },
+    /// The node table (in the agent's own namespace) could not be applied or listed.
+    #[error("node table: {op} failed")]
+    Node {
+        /// `apply` or `list`.
+        op: &'static str,
+        /// The nft error (with nft's stderr).
+        #[source]
+        source: Box<NftError>,
+    },
+    /// The node's addresses could not be listed.
+    #[error("netns {netns}: cannot list the node's addresses: {message}")]
+    NodeAddresses {
+        /// The node's namespace.
+        netns: String,
+        /// What failed.
+        message: String,
+    },
     /// A failure injected by [`RecordingApplier`].
     #[error("pod {pod}: injected failure of {op}")]
     Injected {
@@ -65,6 +82,68 @@ pub trait Applier: Send + Sync {
     /// The kernel's listing of `table inet netpol` in `netns`, `None` when there is no
     /// such table.
     fn list(&self, pod: &PodKey, netns: &str) -> Result<Option<String>, ApplyError>;
+
+    /// Loads the node table (text replacing `table inet netpol`) into the agent's own
+    /// namespace in one transaction.
+    fn apply_node(&self, ruleset: &str) -> Result<(), ApplyError>;
+
+    /// The kernel's listing of the node table, `None` when there is none.
+    fn list_node(&self) -> Result<Option<String>, ApplyError>;
+
+    /// The addresses of the node's network namespace (where the node table lives), as
+    /// [`crate::node::own_addresses`] lists them.
+    fn node_addresses(&self) -> Result<Vec<std::net::IpAddr>, ApplyError>;
+}
+
+/// [`NftApplier`] for an agent that does not run in the node's namespace (the lab): Pod
+/// tables as usual, the node table and the node's addresses in the named namespace
+/// `node` (through `ip netns exec` and a namespace thread).
+#[derive(Debug, Clone)]
+pub struct NodeNetnsApplier {
+    /// The node's namespace.
+    pub node: String,
+}
+
+impl Applier for NodeNetnsApplier {
+    fn apply(&self, pod: &PodKey, netns: &str, ruleset: &str) -> Result<(), ApplyError> {
+        NftApplier.apply(pod, netns, ruleset)
+    }
+
+    fn remove(&self, pod: &PodKey, netns: &str) -> Result<(), ApplyError> {
+        NftApplier.remove(pod, netns)
+    }
+
+    fn list(&self, pod: &PodKey, netns: &str) -> Result<Option<String>, ApplyError> {
+        NftApplier.list(pod, netns)
+    }
+
+    fn apply_node(&self, ruleset: &str) -> Result<(), ApplyError> {
+        nft::apply(&self.node, ruleset).map_err(|source| ApplyError::Node {
+            op: "apply",
+            source: Box::new(source),
+        })
+    }
+
+    fn list_node(&self) -> Result<Option<String>, ApplyError> {
+        match nft::list_table(&self.node, "inet", TABLE) {
+            Ok(text) => Ok(Some(text)),
+            Err(e) if nft::is_no_such_table(&e) => Ok(None),
+            Err(source) => Err(ApplyError::Node {
+                op: "list",
+                source: Box::new(source),
+            }),
+        }
+    }
+
+    fn node_addresses(&self) -> Result<Vec<std::net::IpAddr>, ApplyError> {
+        let err = |message: String| ApplyError::NodeAddresses {
+            netns: self.node.clone(),
+            message,
+        };
+        netns::run_in(&self.node, crate::node::own_addresses)
+            .map_err(|e| err(e.to_string()))?
+            .map_err(|e| err(e.to_string()))
+    }
 }
 
 /// The real applier: `nft` in the Pod's namespace.
@@ -72,6 +151,27 @@ pub trait Applier: Send + Sync {
 pub struct NftApplier;
 
 impl Applier for NftApplier {
+    fn apply_node(&self, ruleset: &str) -> Result<(), ApplyError> {
+        crate::node::apply_table(ruleset).map_err(|source| ApplyError::Node {
+            op: "apply",
+            source: Box::new(source),
+        })
+    }
+
+    fn list_node(&self) -> Result<Option<String>, ApplyError> {
+        crate::node::list_table("inet", TABLE).map_err(|source| ApplyError::Node {
+            op: "list",
+            source: Box::new(source),
+        })
+    }
+
+    fn node_addresses(&self) -> Result<Vec<std::net::IpAddr>, ApplyError> {
+        crate::node::own_addresses().map_err(|source| ApplyError::NodeAddresses {
+            netns: crate::node::OWN_NETNS.to_owned(),
+            message: source.to_string(),
+        })
+    }
+
     fn apply(&self, pod: &PodKey, netns: &str, ruleset: &str) -> Result<(), ApplyError> {
         if !netns::exists(netns) {
             return Err(ApplyError::NoNetns {
@@ -147,6 +247,7 @@ struct Recording {
     tables: BTreeMap<String, String>,
     failing: BTreeSet<PodKey>,
     fail_all: bool,
+    node_addresses: Vec<std::net::IpAddr>,
 }
 
 /// A fake applier: records calls, keeps one table text per namespace (the listing is
@@ -199,6 +300,11 @@ impl RecordingApplier {
         }
     }
 
+    /// The addresses [`Applier::node_addresses`] answers from now on.
+    pub fn set_node_addresses(&self, addresses: Vec<std::net::IpAddr>) {
+        self.lock().node_addresses = addresses;
+    }
+
     /// Makes every operation fail (`true`) or not (`false`).
     pub fn set_fail_all(&self, fail: bool) {
         self.lock().fail_all = fail;
@@ -231,6 +337,20 @@ impl RecordingApplier {
 }
 
 impl Applier for RecordingApplier {
+    fn apply_node(&self, ruleset: &str) -> Result<(), ApplyError> {
+        let node = PodKey::new("", crate::node::OWN_NETNS);
+        self.apply(&node, crate::node::OWN_NETNS, ruleset)
+    }
+
+    fn list_node(&self) -> Result<Option<String>, ApplyError> {
+        let node = PodKey::new("", crate::node::OWN_NETNS);
+        self.list(&node, crate::node::OWN_NETNS)
+    }
+
+    fn node_addresses(&self) -> Result<Vec<std::net::IpAddr>, ApplyError> {
+        Ok(self.lock().node_addresses.clone())
+    }
+
     fn apply(&self, pod: &PodKey, netns: &str, ruleset: &str) -> Result<(), ApplyError> {
         let mut r = self.lock();
         r.calls.push(Recorded::Apply {

@@ -49,14 +49,17 @@ use ::kube::{Api, Client, Config};
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, PollNext};
 use futures::{StreamExt, stream};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use policy_compiler::Located;
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
 pub use feed::Feed;
-pub use slim::{slim_namespace, slim_pod, slim_policy};
+pub use slim::{
+    slim_endpoint_slice, slim_namespace, slim_node, slim_pod, slim_policy, slim_service,
+};
 
 use crate::manifests::Scan;
 use crate::metrics::Metrics;
@@ -116,10 +119,13 @@ const fn api_resource<K: k8s_openapi::Resource>() -> ApiResource {
 
 /// The resources the agent's source watches, cluster-wide: exactly the types
 /// [`run_source`] builds watchers for (see [`Watched`]).
-pub const WATCHED: [ApiResource; 3] = [
+pub const WATCHED: [ApiResource; 6] = [
     api_resource::<Namespace>(),
     api_resource::<Pod>(),
     api_resource::<NetworkPolicy>(),
+    api_resource::<Service>(),
+    api_resource::<EndpointSlice>(),
+    api_resource::<Node>(),
 ];
 
 /// The verbs a watcher uses on each of [`WATCHED`]: a (paginated) list, then watches.
@@ -212,6 +218,27 @@ impl Watched for NetworkPolicy {
     const STATE_KIND: Kind = Kind::NetworkPolicy;
     fn into_object(self) -> Object {
         Object::NetworkPolicy(Located::unlocated(slim_policy(self)))
+    }
+}
+
+impl Watched for Service {
+    const STATE_KIND: Kind = Kind::Service;
+    fn into_object(self) -> Object {
+        Object::Service(Located::unlocated(slim_service(self)))
+    }
+}
+
+impl Watched for EndpointSlice {
+    const STATE_KIND: Kind = Kind::EndpointSlice;
+    fn into_object(self) -> Object {
+        Object::EndpointSlice(Located::unlocated(slim_endpoint_slice(self)))
+    }
+}
+
+impl Watched for Node {
+    const STATE_KIND: Kind = Kind::Node;
+    fn into_object(self) -> Object {
+        Object::Node(Located::unlocated(slim_node(self)))
     }
 }
 
@@ -351,12 +378,18 @@ async fn run(client: Client, tx: mpsc::Sender<Scan>, metrics: Option<Arc<Metrics
     let streams = vec![
         watch::<Namespace>(client.clone(), report),
         watch::<Pod>(client.clone(), report),
-        watch::<NetworkPolicy>(client, report),
+        watch::<NetworkPolicy>(client.clone(), report),
+        watch::<Service>(client.clone(), report),
+        watch::<EndpointSlice>(client.clone(), report),
+        watch::<Node>(client, report),
     ];
     let mut feed = Feed::new([
         Namespace::STATE_KIND,
         Pod::STATE_KIND,
         NetworkPolicy::STATE_KIND,
+        Service::STATE_KIND,
+        EndpointSlice::STATE_KIND,
+        Node::STATE_KIND,
     ]);
     if let Some(metrics) = metrics {
         feed = feed.with_metrics(metrics);

@@ -78,6 +78,7 @@ pub mod manifests;
 pub mod metrics;
 pub mod netns;
 pub mod nft;
+pub mod node;
 pub mod plan;
 pub mod reporter;
 pub mod ruleset_json;

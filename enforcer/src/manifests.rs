@@ -203,7 +203,7 @@ impl ManifestDir {
         self.netns_map.as_deref()
     }
 
-    /// Reads what changed since the last scan (blocking file IO).
+    /// Reads what changed since the last scan (file IO; never blocks on a FIFO or device).
     pub fn scan(&mut self) -> Scan {
         let mut scan = Scan::default();
         let mut paths = Vec::new();
@@ -252,7 +252,7 @@ impl ManifestDir {
     }
 
     fn read_file(&mut self, path: PathBuf, scan: &mut Scan) {
-        let bytes = match std::fs::read(&path) {
+        let bytes = match read_regular(&path) {
             Ok(b) => b,
             // Deleted between listing and reading: the next scan drops it.
             Err(e) if e.kind() == io::ErrorKind::NotFound => return,
@@ -261,7 +261,27 @@ impl ManifestDir {
                 return;
             }
         };
-        let text = String::from_utf8_lossy(&bytes);
+        // Invalid UTF-8 makes the file invalid, as the CLI refuses it: one rule for both
+        // (decoding it lossily could change a name or a label). See: #11
+        let text = match String::from_utf8(bytes) {
+            Ok(t) => t,
+            Err(e) => {
+                let name = path.display().to_string();
+                scan.diagnostics.push(Diagnostic::file_error(
+                    &name,
+                    None,
+                    format!(
+                        "not UTF-8 text (invalid byte at offset {})",
+                        e.utf8_error().valid_up_to()
+                    ),
+                ));
+                scan.invalid_files.push(path.clone());
+                let good = self.files.get_mut(&path).and_then(|f| f.good.take());
+                let hash = Checksum::of(&String::from_utf8_lossy(e.as_bytes()));
+                self.files.insert(path, FileEntry { hash, good });
+                return;
+            }
+        };
         let hash = Checksum::of(&text);
         if self.files.get(&path).is_some_and(|f| f.hash == hash) {
             return;
@@ -448,6 +468,52 @@ pub fn watch(mut dir: ManifestDir, opts: WatchOptions) -> mpsc::Receiver<Scan> {
     rx
 }
 
+/// Largest manifest file read (bigger files are a read problem, not an allocation).
+pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Reads a regular file of at most [`MAX_FILE_BYTES`]: the type is checked before opening
+/// and on the open file, which is opened `O_NONBLOCK`, so a FIFO named `*.yaml` or a
+/// link to `/dev/zero` never blocks the scan or fills memory. See: #11
+fn read_regular(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let not_regular = || {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file (a FIFO, socket or device): skipped",
+        )
+    };
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(not_regular());
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits() | nix::fcntl::OFlag::O_NOCTTY.bits())
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(not_regular());
+    }
+    let too_big = || {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "larger than the cap of {} MiB",
+                MAX_FILE_BYTES / (1024 * 1024)
+            ),
+        )
+    };
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(too_big());
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(too_big());
+    }
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -554,6 +620,60 @@ mod tests {
         let scan = src.scan();
         assert!(scan.complete);
         assert!(matches!(&scan.events[..], [Event::Apply(_)]));
+    }
+
+    #[test]
+    fn fifo_and_device_files_never_block_the_scan() {
+        // See: #11 (a FIFO named `*.yaml` blocked the scan forever; a link to /dev/zero
+        // allocated ~2 GB per scan).
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pod.yaml"), POD_A).unwrap();
+        nix::unistd::mkfifo(
+            &dir.path().join("pipe.yaml"),
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("/dev/zero", dir.path().join("zero.yaml")).unwrap();
+        let root = dir.path().to_path_buf();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut src = ManifestDir::new(root, None);
+            let _ = tx.send(src.scan());
+        });
+        let scan = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the scan returns: it never opens a FIFO for blocking reads");
+        let problems: Vec<String> = scan.problems.iter().map(|p| format!("{p:?}")).collect();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems.iter().any(|p| p.contains("pipe.yaml")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.contains("zero.yaml")),
+            "{problems:?}"
+        );
+        assert!(matches!(&scan.events[..], [Event::Reset(objs), _] if objs.len() == 1));
+    }
+
+    #[test]
+    fn invalid_utf8_file_is_invalid_like_in_the_cli() {
+        // See: #11 (the agent decoded invalid UTF-8 lossily while the CLI rejected it).
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = POD_A.as_bytes().to_vec();
+        bytes.extend_from_slice(b"\n# \xff\xfe\n");
+        std::fs::write(dir.path().join("pod.yaml"), &bytes).unwrap();
+        let mut src = ManifestDir::new(dir.path(), None);
+        let scan = src.scan();
+        assert!(!scan.complete, "a never-valid file blocks compilation");
+        assert!(
+            scan.diagnostics
+                .iter()
+                .any(|d| d.is_error() && d.message.starts_with("not UTF-8")),
+            "{:?}",
+            scan.diagnostics
+        );
+        assert_eq!(scan.invalid_files.len(), 1);
     }
 
     #[test]

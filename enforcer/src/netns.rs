@@ -450,6 +450,18 @@ pub fn exec(
     run(name, &op, "ip", &full, stdin)
 }
 
+/// Runs `program args…` in the calling process's own namespace (no `ip netns exec`,
+/// no `setns`), feeding `stdin` if given; `label` names the namespace in errors (e.g.
+/// the node's). A non-zero exit is *not* an error here.
+pub fn run_here(
+    label: &str,
+    program: &str,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+) -> Result<CommandOutput, NetnsError> {
+    run(label, &format!("run {program}"), program, args, stdin)
+}
+
 /// Like [`exec`], but a non-zero exit becomes [`NetnsError::Command`] carrying stderr.
 pub fn exec_checked(
     name: &str,

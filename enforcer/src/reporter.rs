@@ -437,6 +437,7 @@ fn log_report(r: &DropReport) {
         policies = %r.policies.join(","),
         nearest_miss = r.nearest_miss.as_deref(),
         note = r.note.as_deref(),
+        services = (!r.services.is_empty()).then(|| r.services.join(",")),
         "{}",
         crate::drops::report::DROP_MSG
     );

@@ -2,8 +2,8 @@
 //!
 //! [`State`] is a plain struct with synchronous [`State::apply`], [`State::delete`] and
 //! [`State::reset`] (the shape of a watch stream: added/modified, deleted, relisted), plus
-//! the Pod-to-netns mapping. Sources (the manifest directory today, a kube watch later)
-//! turn what they see into [`Event`]s; the agent feeds them to [`State::handle`] in one
+//! the Pod-to-netns mapping. Sources (the manifest directory, the Kubernetes watches,
+//! the CNI plugin's requests) turn what they see into [`Event`]s; the agent feeds them to [`State::handle`] in one
 //! place. [`State::inputs`] gives the compiler its [`Inputs`], in key order, so the same
 //! state always compiles to the same rulesets.
 
@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod, PodIP, PodStatus};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, PodIP, PodStatus, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use policy_compiler::{Diagnostic, Inputs, Located, Model, Origin, Workload, WorkloadKind};
@@ -32,6 +33,12 @@ pub enum Kind {
     Workload(WorkloadKind),
     /// networking.k8s.io/v1 NetworkPolicy.
     NetworkPolicy,
+    /// v1 Service.
+    Service,
+    /// discovery.k8s.io/v1 EndpointSlice.
+    EndpointSlice,
+    /// v1 Node (cluster-scoped).
+    Node,
 }
 
 impl fmt::Display for Kind {
@@ -41,6 +48,9 @@ impl fmt::Display for Kind {
             Kind::Pod => f.write_str("Pod"),
             Kind::Workload(k) => f.write_str(k.kind()),
             Kind::NetworkPolicy => f.write_str("NetworkPolicy"),
+            Kind::Service => f.write_str("Service"),
+            Kind::EndpointSlice => f.write_str("EndpointSlice"),
+            Kind::Node => f.write_str("Node"),
         }
     }
 }
@@ -117,6 +127,12 @@ pub enum Object {
     Workload(Located<Workload>),
     /// A NetworkPolicy.
     NetworkPolicy(Located<NetworkPolicy>),
+    /// A Service.
+    Service(Located<Service>),
+    /// An EndpointSlice.
+    EndpointSlice(Located<EndpointSlice>),
+    /// A Node.
+    Node(Located<Node>),
 }
 
 fn namespaced(meta: &ObjectMeta) -> String {
@@ -131,6 +147,14 @@ impl Object {
         out.extend(inputs.pods.into_iter().map(Object::Pod));
         out.extend(inputs.workloads.into_iter().map(Object::Workload));
         out.extend(inputs.policies.into_iter().map(Object::NetworkPolicy));
+        out.extend(inputs.services.into_iter().map(Object::Service));
+        out.extend(
+            inputs
+                .endpoint_slices
+                .into_iter()
+                .map(Object::EndpointSlice),
+        );
+        out.extend(inputs.nodes.into_iter().map(Object::Node));
         out
     }
 
@@ -140,6 +164,9 @@ impl Object {
             Object::Pod(o) => &o.object.metadata,
             Object::Workload(o) => &o.object.metadata,
             Object::NetworkPolicy(o) => &o.object.metadata,
+            Object::Service(o) => &o.object.metadata,
+            Object::EndpointSlice(o) => &o.object.metadata,
+            Object::Node(o) => &o.object.metadata,
         }
     }
 
@@ -152,6 +179,9 @@ impl Object {
             Object::Pod(_) => (Kind::Pod, namespaced(meta)),
             Object::Workload(w) => (Kind::Workload(w.object.kind), namespaced(meta)),
             Object::NetworkPolicy(_) => (Kind::NetworkPolicy, namespaced(meta)),
+            Object::Service(_) => (Kind::Service, namespaced(meta)),
+            Object::EndpointSlice(_) => (Kind::EndpointSlice, namespaced(meta)),
+            Object::Node(_) => (Kind::Node, String::new()),
         };
         ObjectKey {
             kind,
@@ -167,6 +197,9 @@ impl Object {
             Object::Pod(o) => o.origin.as_ref(),
             Object::Workload(o) => o.origin.as_ref(),
             Object::NetworkPolicy(o) => o.origin.as_ref(),
+            Object::Service(o) => o.origin.as_ref(),
+            Object::EndpointSlice(o) => o.origin.as_ref(),
+            Object::Node(o) => o.origin.as_ref(),
         }
     }
 
@@ -179,8 +212,12 @@ impl Object {
                 a.object.kind == b.object.kind
                     && a.object.metadata == b.object.metadata
                     && a.object.template == b.object.template
+                    && a.object.replicas == b.object.replicas
             }
             (Object::NetworkPolicy(a), Object::NetworkPolicy(b)) => a.object == b.object,
+            (Object::Service(a), Object::Service(b)) => a.object == b.object,
+            (Object::EndpointSlice(a), Object::EndpointSlice(b)) => a.object == b.object,
+            (Object::Node(a), Object::Node(b)) => a.object == b.object,
             _ => false,
         }
     }
@@ -491,9 +528,25 @@ impl State {
                 }
                 Object::Workload(o) => inputs.workloads.push(o),
                 Object::NetworkPolicy(o) => inputs.policies.push(o),
+                Object::Service(o) => inputs.services.push(o),
+                Object::EndpointSlice(o) => inputs.endpoint_slices.push(o),
+                Object::Node(o) => inputs.nodes.push(o),
             }
         }
         inputs
+    }
+
+    /// The Node object named `name`, if the state has it.
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        let key = ObjectKey {
+            kind: Kind::Node,
+            namespace: String::new(),
+            name: name.to_owned(),
+        };
+        match self.objects.get(&key).map(|o| &**o) {
+            Some(Object::Node(n)) => Some(&n.object),
+            _ => None,
+        }
     }
 
     /// The compiled model of the state: what `Model::build(&self.inputs())` gives, without
@@ -512,7 +565,7 @@ impl State {
             }
         }
         let objects = || self.objects.iter().map(|(k, o)| (k, &**o));
-        Model::build_from(
+        Model::build_with_services(
             objects().filter_map(|(_, o)| match o {
                 Object::Namespace(n) => Some(n),
                 _ => None,
@@ -527,6 +580,18 @@ impl State {
             }),
             objects().filter_map(|(_, o)| match o {
                 Object::NetworkPolicy(p) => Some(p),
+                _ => None,
+            }),
+            objects().filter_map(|(_, o)| match o {
+                Object::Service(s) => Some(s),
+                _ => None,
+            }),
+            objects().filter_map(|(_, o)| match o {
+                Object::EndpointSlice(s) => Some(s),
+                _ => None,
+            }),
+            objects().filter_map(|(_, o)| match o {
+                Object::Node(n) => Some(n),
                 _ => None,
             }),
         )

@@ -348,6 +348,7 @@ impl Cni for NetpolCni<'_> {
                 e.msg(),
                 e.details()
             );
+            // The defaults: the default socket and timeout, fail closed.
             Settings::default()
         });
         let Some(pod) = pod_from_args(args.args().unwrap_or_default()) else {

@@ -38,8 +38,11 @@
 //! # }
 //! ```
 
+pub mod dns;
+pub mod kubeproxy;
 pub mod plan;
 pub mod report;
+pub mod services;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -52,17 +55,21 @@ use policy_compiler::ruleset::RulesetOptions;
 use policy_compiler::{PortQuery, Subject};
 
 use crate::agent::{AgentConfig, CompiledRulesets, Reconciler};
-use crate::applier::NftApplier;
+use crate::applier::NodeNetnsApplier;
 use crate::drops::aggregate::{Aggregator, AggregatorConfig};
-use crate::drops::report::describe;
+use crate::drops::report::describe_in;
 use crate::drops::{DropListener, NflogConfig};
 use crate::manifests::Scan;
 use crate::metrics::Metrics;
 use crate::probe::{Listener, ProbeError, ProbeSpec, Prober};
 use crate::state::{Event, Object, PodKey};
-use crate::topology::{HostSpec, Topology, TopologyError};
+use crate::topology::{HostSpec, NodeSpec, Topology, TopologyError};
 use plan::LabPlan;
-use report::{Disagreement, LabMatrix, LabPodInfo, LabReport, Timings};
+use report::{Disagreement, LabMatrix, LabPodInfo, LabReport, NodeCell, ServiceCell, Timings};
+
+/// Probes of a Service cell whose backends' verdicts differ: all outcomes must show
+/// (with two backends, 16 tries miss one with probability 2^-15).
+pub const SERVICE_TRIES: usize = 16;
 
 /// Namespace prefix of `netpol lab`: `netpollab-hub`, `netpollab-0`, … A run first
 /// removes every namespace of this prefix (the leftovers of a crashed or kept run).
@@ -135,6 +142,12 @@ pub enum LabError {
         #[source]
         source: Box<ProbeError>,
     },
+    /// The kube-proxy equivalent could not be loaded into the node.
+    #[error("cannot load the kube-proxy equivalent into the node: {detail}")]
+    KubeProxy {
+        /// nft's error.
+        detail: String,
+    },
     /// Removing the lab's namespaces failed.
     #[error("lab teardown failed")]
     Teardown(#[source] Box<TopologyError>),
@@ -192,6 +205,21 @@ fn host_spec(p: &plan::LabPod) -> HostSpec {
     HostSpec::new(p.pod.clone(), v4, v6)
 }
 
+/// The lab's node: `lab-node`, 172.18.0.2/16 (and fd00:18::2/64 when a Pod has IPv6),
+/// the addresses a kind node typically has.
+pub const LAB_NODE: &str = "lab-node";
+
+fn lab_node(hosts: &[HostSpec]) -> NodeSpec {
+    // Both literals are valid networks.
+    let v4 = Ipv4Net::new(std::net::Ipv4Addr::new(172, 18, 0, 2), 16).unwrap_or_default();
+    let v6 = hosts
+        .iter()
+        .any(|h| h.ipv6.is_some())
+        .then(|| Ipv6Net::new(std::net::Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, 2), 64).ok())
+        .flatten();
+    NodeSpec::new(LAB_NODE, v4, v6)
+}
+
 impl Lab {
     /// Builds the lab and waits until the agent has applied every Pod's ruleset:
     /// removes leftovers of `opts.prefix`, creates one namespace per Pod, runs the
@@ -214,9 +242,10 @@ impl Lab {
             ));
         }
         let hosts: Vec<HostSpec> = plan.pods().iter().map(host_spec).collect();
+        let node = lab_node(&hosts);
         // From here on, an early return drops `topology`, which removes the namespaces.
-        let topology =
-            Topology::build(&opts.prefix, &hosts).map_err(|e| LabError::Topology(Box::new(e)))?;
+        let topology = Topology::build_routed(&opts.prefix, &node, &hosts)
+            .map_err(|e| LabError::Topology(Box::new(e)))?;
         let netns: Vec<String> = topology.hosts().iter().map(|h| h.netns.clone()).collect();
         let mut timings = Timings {
             topology_ms: ms(started.elapsed()),
@@ -224,7 +253,25 @@ impl Lab {
         };
 
         let t = Instant::now();
-        enforce(&plan, &netns, opts)?;
+        enforce(&plan, &netns, topology.hub(), opts)?;
+        let node_ips: Vec<IpAddr> = topology
+            .node()
+            .map(|n| {
+                n.ipv4
+                    .map(|a| IpAddr::V4(a.addr()))
+                    .into_iter()
+                    .chain(n.ipv6.map(|a| IpAddr::V6(a.addr())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let proxy = services::kube_proxy(plan.model());
+        if !proxy.is_empty() {
+            kubeproxy::apply(topology.hub(), &proxy, &node_ips).map_err(|e| {
+                LabError::KubeProxy {
+                    detail: ErrorChain(&e).to_string(),
+                }
+            })?;
+        }
         timings.agent_ms = ms(t.elapsed());
 
         let config = NflogConfig {
@@ -232,7 +279,11 @@ impl Lab {
             ..NflogConfig::default()
         };
         let mut drops = Vec::new();
-        for ns in &netns {
+        // The node's listener reads the node table's drops (after DNAT).
+        for ns in netns
+            .iter()
+            .chain(std::iter::once(&topology.hub().to_owned()))
+        {
             match DropListener::start(ns, &config) {
                 Ok(l) => drops.push(l),
                 Err(e) => {
@@ -242,7 +293,7 @@ impl Lab {
                 }
             }
         }
-        let listeners: Vec<Listener> = plan
+        let mut listeners: Vec<Listener> = plan
             .pods()
             .iter()
             .flat_map(|p| {
@@ -251,6 +302,12 @@ impl Lab {
                     .map(|&(proto, port)| Listener::new(p.pod.clone(), proto, port))
             })
             .collect();
+        // Service backends also listen on their target ports.
+        for (i, proto, port) in services::backend_listeners(&plan) {
+            if !plan.services().contains(&(proto, port)) {
+                listeners.push(Listener::new(plan.pods()[i].pod.clone(), proto, port));
+            }
+        }
         let prober = Prober::start(&topology, &listeners)
             .map_err(|e| LabError::Listeners(Box::new(e)))?
             .with_parallelism(opts.parallelism);
@@ -321,7 +378,13 @@ impl Lab {
                 results[i] = r;
             }
         }
-        let drops = collect_drops(&self.drops, &self.plan, &mut self.notes);
+        let (services, node_probes) = self.probe_services()?;
+        let drops = collect_drops(
+            &self.drops,
+            &self.plan,
+            self.topology.hub(),
+            &mut self.notes,
+        );
 
         let model = self.plan.model();
         let graph = self.plan.graph();
@@ -374,7 +437,11 @@ impl Lab {
         self.timings.probes_ms = ms(t.elapsed());
         self.timings.total_ms = ms(self.started.elapsed());
         Ok(LabReport {
-            agree: disagreements.is_empty(),
+            agree: disagreements.is_empty()
+                && services.iter().all(|c| c.agree)
+                && node_probes.iter().all(|c| c.connected),
+            services,
+            node_probes,
             prefix: self.opts.prefix.clone(),
             hub: format!("{}-hub", self.opts.prefix),
             pods: pods
@@ -395,6 +462,108 @@ impl Lab {
             probes: planned.len(),
             timings_ms: self.timings,
         })
+    }
+
+    /// Probes every Service cell (through the kube-proxy equivalent) and every
+    /// kubelet-style node probe. A cell whose backends' verdicts differ is probed
+    /// [`SERVICE_TRIES`] times; an allowed one that did not connect is retried once with
+    /// the patient timeout.
+    fn probe_services(&self) -> Result<(Vec<ServiceCell>, Vec<NodeCell>), LabError> {
+        let pods = self.plan.pods();
+        let node = self
+            .topology
+            .node()
+            .map(|n| n.name.clone())
+            .unwrap_or_default();
+        let cells = services::service_probes(&self.plan);
+        let mut specs = Vec::new();
+        let mut owner = Vec::new();
+        for (i, c) in cells.iter().enumerate() {
+            let tries = if c.expected.len() > 1 {
+                SERVICE_TRIES
+            } else {
+                1
+            };
+            for _ in 0..tries {
+                specs.push(ProbeSpec::new(
+                    pods[c.src_index].pod.clone(),
+                    c.address,
+                    c.protocol,
+                    c.port,
+                ));
+                owner.push(i);
+            }
+        }
+        let nodes = services::node_probes(&self.plan);
+        let node_specs: Vec<ProbeSpec> = nodes
+            .iter()
+            .map(|n| ProbeSpec::new(node.clone(), n.ip, n.protocol, n.port))
+            .collect();
+        let run = |specs: &[ProbeSpec], timeout| -> Result<Vec<(bool, String)>, LabError> {
+            self.prober
+                .probe_all(specs, timeout)
+                .into_iter()
+                .zip(specs)
+                .map(|(r, s)| {
+                    r.map(|r| (r.connected, r.detail))
+                        .map_err(|source| LabError::Probe {
+                            probe: s.to_string(),
+                            source: Box::new(source),
+                        })
+                })
+                .collect()
+        };
+        let mut results = run(&specs, self.opts.timeout)?;
+        let patient = self.opts.retry_timeout.max(self.opts.timeout);
+        let retry: Vec<usize> = (0..specs.len())
+            .filter(|&k| cells[owner[k]].expected == [true] && !results[k].0)
+            .collect();
+        if !retry.is_empty() {
+            let again: Vec<ProbeSpec> = retry.iter().map(|&k| specs[k].clone()).collect();
+            for (&k, r) in retry.iter().zip(run(&again, patient)?) {
+                results[k] = r;
+            }
+        }
+        let mut out: Vec<ServiceCell> = cells
+            .into_iter()
+            .map(|probe| ServiceCell {
+                probe,
+                observed: Vec::new(),
+                agree: false,
+                detail: String::new(),
+            })
+            .collect();
+        for (k, (connected, detail)) in results.into_iter().enumerate() {
+            let c = &mut out[owner[k]];
+            if !c.observed.contains(&connected) {
+                c.observed.push(connected);
+            }
+            c.detail = detail;
+        }
+        for c in &mut out {
+            c.observed.sort_unstable();
+            c.agree = c.observed == c.probe.expected;
+        }
+        let mut node_results = run(&node_specs, self.opts.timeout)?;
+        let retry: Vec<usize> = (0..node_specs.len())
+            .filter(|&k| !node_results[k].0)
+            .collect();
+        if !retry.is_empty() {
+            let again: Vec<ProbeSpec> = retry.iter().map(|&k| node_specs[k].clone()).collect();
+            for (&k, r) in retry.iter().zip(run(&again, patient)?) {
+                node_results[k] = r;
+            }
+        }
+        let node_cells = nodes
+            .into_iter()
+            .zip(node_results)
+            .map(|(probe, (connected, detail))| NodeCell {
+                probe,
+                connected,
+                detail,
+            })
+            .collect();
+        Ok((out, node_cells))
     }
 
     /// Stops the servers and listeners and removes every namespace of the lab.
@@ -437,6 +606,7 @@ impl Lab {
 fn collect_drops(
     listeners: &[DropListener],
     plan: &LabPlan,
+    hub: &str,
     notes: &mut Vec<String>,
 ) -> Vec<crate::drops::report::DropReport> {
     if listeners.is_empty() {
@@ -498,7 +668,7 @@ fn collect_drops(
     }
     let mut reports: Vec<_> = between
         .into_iter()
-        .map(|s| describe(s, plan.model(), plan.graph()))
+        .map(|s| describe_in(s, plan.model(), plan.graph(), s.netns == hub))
         .collect();
     reports.sort_by(|a, b| {
         let key = |r: &crate::drops::report::DropReport| {
@@ -530,17 +700,28 @@ fn stop_servers(prober: Prober, drops: Vec<DropListener>) {
 
 /// Runs the agent's reconciler (real renderer, real `nft` applier) on the plan's objects
 /// and a Pod-to-netns map until every Pod's table is applied.
-fn enforce(plan: &LabPlan, netns: &[String], opts: &LabOptions) -> Result<(), LabError> {
+fn enforce(
+    plan: &LabPlan,
+    netns: &[String],
+    node: &str,
+    opts: &LabOptions,
+) -> Result<(), LabError> {
     let renderer = Arc::new(CompiledRulesets {
         options: RulesetOptions {
             log_group: opts.log_group,
             ..RulesetOptions::default()
         },
     });
+    // The node table too, in the lab's node namespace (the lab runs outside it).
     let mut rec = Reconciler::new(
-        &AgentConfig::default(),
+        &AgentConfig {
+            node_table: true,
+            ..AgentConfig::default()
+        },
         renderer,
-        Arc::new(NftApplier),
+        Arc::new(NodeNetnsApplier {
+            node: node.to_owned(),
+        }),
         Arc::new(Metrics::new()),
     );
     let map: BTreeMap<PodKey, String> = plan

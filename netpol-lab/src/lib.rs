@@ -46,7 +46,7 @@
 
 // The agent's modules the lab drives, under the paths these files used while they lived in
 // the `enforcer` crate (`crate::netns`, `crate::agent`, ...).
-use enforcer::{agent, applier, drops, manifests, metrics, netns, state};
+use enforcer::{agent, applier, drops, manifests, metrics, netns, nft, state};
 
 pub mod lab;
 pub mod probe;

@@ -426,7 +426,13 @@ impl Prober {
     /// namespace it was made in); the serving loops then run on ordinary threads.
     pub fn start(topology: &Topology, listeners: &[Listener]) -> Result<Self, ProbeError> {
         let mut prober = Prober {
-            hosts: topology.hosts().to_vec(),
+            // The node of a routed topology probes too (kubelet-style probes).
+            hosts: topology
+                .hosts()
+                .iter()
+                .chain(topology.node())
+                .cloned()
+                .collect(),
             servers: Vec::new(),
             stop: Arc::new(AtomicBool::new(false)),
             parallelism: DEFAULT_PARALLELISM,

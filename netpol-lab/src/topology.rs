@@ -19,6 +19,9 @@
 //!   `nodad`), so IPv6 works as soon as [`Topology::build`] returns.
 //! - Multicast snooping is off on the bridge so neighbour discovery is flooded.
 //!
+//! [`Topology::build_routed`] builds the other layout, a real node: the hub is the node
+//! (node IP, forwarding) and every host a Pod on a routed veth; see [`routed`].
+//!
 //! Namespace names are `<prefix>-hub` and `<prefix>-<n>` for the n-th host. The prefix is
 //! 1..=16 ASCII letters or digits (no `-`), so [`Topology::cleanup_stale`] can tell a
 //! topology's namespaces from any other prefix's.
@@ -28,6 +31,10 @@ use std::fmt::Write as _;
 use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::netns::{self, NetnsError};
+
+pub mod routed;
+
+pub use routed::NodeSpec;
 
 /// Errors building or tearing down a topology.
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +127,8 @@ pub struct Topology {
     prefix: String,
     hub: String,
     hosts: Vec<Host>,
+    /// The node (hub) as a host, in the routed layout.
+    node: Option<Host>,
     live: bool,
 }
 
@@ -154,7 +163,36 @@ impl Topology {
     ///
     /// On error everything created so far is removed again.
     pub fn build(prefix: &str, hosts: &[HostSpec]) -> Result<Self, TopologyError> {
+        Self::build_layout(prefix, None, hosts)
+    }
+
+    /// Builds a real node: the hub namespace is the node (`node`'s addresses on a dummy
+    /// `eth0`, forwarding on) and every host a Pod on a routed veth pair into it (no
+    /// bridge). See [`routed`]. The node is [`Topology::node`], a [`Host`] named
+    /// `node.name` living in [`Topology::hub`].
+    ///
+    /// On error everything created so far is removed again.
+    pub fn build_routed(
+        prefix: &str,
+        node: &NodeSpec,
+        hosts: &[HostSpec],
+    ) -> Result<Self, TopologyError> {
+        Self::build_layout(prefix, Some(node), hosts)
+    }
+
+    fn build_layout(
+        prefix: &str,
+        node: Option<&NodeSpec>,
+        hosts: &[HostSpec],
+    ) -> Result<Self, TopologyError> {
         validate_prefix(prefix)?;
+        if let Some(node) = node
+            && hosts.iter().any(|h| h.name == node.name)
+        {
+            return Err(TopologyError::DuplicateHost {
+                name: node.name.clone(),
+            });
+        }
         for (i, h) in hosts.iter().enumerate() {
             if hosts[..i].iter().any(|o| o.name == h.name) {
                 return Err(TopologyError::DuplicateHost {
@@ -187,10 +225,17 @@ impl Topology {
             }
         }
         // `live` from the start: if a step fails, Drop removes what was made.
+        let node = node.map(|n| Host {
+            name: n.name.clone(),
+            netns: hub.clone(),
+            ipv4: Some(n.ipv4),
+            ipv6: n.ipv6,
+        });
         let topo = Topology {
             prefix: prefix.to_owned(),
             hub,
             hosts,
+            node,
             live: true,
         };
         topo.create()?;
@@ -207,31 +252,47 @@ impl Topology {
         }
     }
 
+    fn sysctls<K: AsRef<str> + Sync>(
+        &self,
+        netns: &str,
+        who: &str,
+        keys: &[(K, &str)],
+    ) -> Result<(), TopologyError> {
+        netns::run_in(netns, || {
+            for (key, value) in keys {
+                write_sysctl(key.as_ref(), value).map_err(|e| (key.as_ref().to_owned(), e))?;
+            }
+            Ok::<(), (String, std::io::Error)>(())
+        })
+        .map_err(self.step_err(format!("enter netns of {who}")))?
+        .map_err(|(key, source)| TopologyError::Netns {
+            prefix: self.prefix.clone(),
+            step: format!("sysctl {key} for {who}"),
+            source: Box::new(NetnsError::Spawn {
+                netns: netns.to_owned(),
+                op: format!("sysctl {key}"),
+                program: "/proc/sys".to_owned(),
+                source,
+            }),
+        })
+    }
+
     fn create(&self) -> Result<(), TopologyError> {
         netns::add(&self.hub).map_err(self.step_err("create hub netns"))?;
         for h in &self.hosts {
             netns::add(&h.netns).map_err(self.step_err(format!("create netns of {}", h.name)))?;
             // Interfaces moved in later take `default`; `all` is or-ed into each one.
-            netns::run_in(&h.netns, || {
-                for key in [
-                    "net.ipv6.conf.all.accept_dad",
-                    "net.ipv6.conf.default.accept_dad",
-                ] {
-                    write_sysctl(key, "0")?;
-                }
-                Ok::<(), std::io::Error>(())
-            })
-            .map_err(self.step_err(format!("enter netns of {}", h.name)))?
-            .map_err(|source| TopologyError::Netns {
-                prefix: self.prefix.clone(),
-                step: format!("disable IPv6 DAD for {}", h.name),
-                source: Box::new(NetnsError::Spawn {
-                    netns: h.netns.clone(),
-                    op: "sysctl accept_dad=0".to_owned(),
-                    program: "/proc/sys".to_owned(),
-                    source,
-                }),
-            })?;
+            self.sysctls(
+                &h.netns,
+                &h.name,
+                &[
+                    ("net.ipv6.conf.all.accept_dad", "0"),
+                    ("net.ipv6.conf.default.accept_dad", "0"),
+                ],
+            )?;
+        }
+        if let Some(node) = &self.node {
+            return self.create_routed(node);
         }
 
         let mut hub_cmds = String::new();
@@ -275,12 +336,40 @@ impl Topology {
         Ok(())
     }
 
+    fn create_routed(&self, node: &Host) -> Result<(), TopologyError> {
+        self.sysctls(&self.hub, &node.name, routed::NODE_SYSCTLS)?;
+        let spec = NodeSpec {
+            name: node.name.clone(),
+            // `build_routed` always sets the node's IPv4 address.
+            ipv4: node.ipv4.unwrap_or_default(),
+            ipv6: node.ipv6,
+        };
+        netns::ip_batch(
+            &self.hub,
+            "node links",
+            &routed::node_commands(&spec, &self.hosts),
+        )
+        .map_err(self.step_err("create the node's interface, veth pairs and routes"))?;
+        self.sysctls(&self.hub, &node.name, &routed::veth_sysctls(&self.hosts))?;
+        for h in &self.hosts {
+            netns::ip_batch(&h.netns, "host links", &routed::host_commands(h))
+                .map_err(self.step_err(format!("configure {}", h.name)))?;
+        }
+        Ok(())
+    }
+
+    /// The node of a routed topology ([`Topology::build_routed`]): a [`Host`] in the
+    /// hub namespace with the node's addresses. `None` for the bridge layout.
+    pub fn node(&self) -> Option<&Host> {
+        self.node.as_ref()
+    }
+
     /// The prefix all namespace names start with.
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
 
-    /// Name of the hub namespace holding the bridge.
+    /// Name of the hub namespace: the bridge's, or the node in the routed layout.
     pub fn hub(&self) -> &str {
         &self.hub
     }
@@ -290,9 +379,12 @@ impl Topology {
         &self.hosts
     }
 
-    /// The host with this name.
+    /// The host with this name (the node too, in the routed layout).
     pub fn host(&self, name: &str) -> Option<&Host> {
-        self.hosts.iter().find(|h| h.name == name)
+        self.hosts
+            .iter()
+            .chain(self.node.iter())
+            .find(|h| h.name == name)
     }
 
     /// Removes all namespaces of the topology, reporting the first error.

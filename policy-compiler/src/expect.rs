@@ -89,9 +89,21 @@ pub struct Failure {
     pub report: String,
 }
 
-/// Parses `expect.yaml`.
+/// Parses `expect.yaml`; errors read `expect.yaml:LINE:COL: message`.
 pub fn parse_expectations(text: &str) -> Result<Expectations, String> {
-    serde_saphyr::from_str(text).map_err(|e| e.to_string())
+    parse_expectations_in("expect.yaml", text)
+}
+
+/// Parses an expectations file named `file` in errors (`FILE:LINE:COL: message`, no
+/// source snippet, no parser-library hints).
+pub fn parse_expectations_in(file: &str, text: &str) -> Result<Expectations, String> {
+    serde_saphyr::from_str(text).map_err(|e| {
+        let (msg, pos) = crate::source::yaml_error(&e);
+        match pos {
+            Some(p) => format!("{file}:{}:{}: {msg}", p.line, p.column),
+            None => format!("{file}: {msg}"),
+        }
+    })
 }
 
 fn protocol(p: &Option<String>) -> Result<Protocol, String> {

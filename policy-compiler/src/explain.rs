@@ -75,8 +75,17 @@ pub struct Explanation {
     pub allowed: bool,
     /// Everything that may flow.
     pub allowed_traffic: PortSet,
-    /// Traffic from an endpoint to itself (always allowed).
+    /// Traffic from a Pod to itself (always allowed).
     pub to_self: bool,
+    /// Source and destination are one workload with `replicas != 1` or unknown: judged
+    /// between two distinct replicas. `null` otherwise; else the replica count
+    /// (`"3"`, `"unknown"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub between_replicas: Option<String>,
+    /// Why the answer may differ in the cluster (objects netpol does not evaluate);
+    /// filled by the caller, which knows what was skipped.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub caveats: Vec<String>,
     /// Traffic from the destination Pod's own node (always allowed into it); only
     /// serialised when true.
     #[serde(skip_serializing_if = "is_false")]
@@ -155,6 +164,16 @@ pub fn explain_reach(
         allowed: ok(&reach.allowed),
         allowed_traffic: reach.allowed.clone(),
         to_self: reach.to_self,
+        between_replicas: match (reach.src, reach.dst) {
+            (Subject::Endpoint(a), Subject::Endpoint(b)) if a == b && !reach.to_self => Some(
+                model
+                    .endpoint(a)
+                    .replicas
+                    .map_or_else(|| "unknown".to_string(), |n| n.to_string()),
+            ),
+            _ => None,
+        },
+        caveats: Vec::new(),
         from_node: reach.from_node,
         egress: side(Direction::Egress, &reach.egress, reach.src, reach.dst),
         ingress: side(Direction::Ingress, &reach.ingress, reach.dst, reach.src),
@@ -372,9 +391,19 @@ impl fmt::Display for Explanation {
             self.destination,
             self.verdict()
         )?;
+        for c in &self.caveats {
+            writeln!(f, "  warning: {c}")?;
+        }
         if self.to_self {
             writeln!(f, "  traffic from a Pod to itself is always allowed")?;
             return Ok(());
+        }
+        if let Some(n) = &self.between_replicas {
+            writeln!(
+                f,
+                "  judged between two distinct replicas of {} (replicas: {n})",
+                self.source
+            )?;
         }
         if self.from_node {
             writeln!(

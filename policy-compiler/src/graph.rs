@@ -70,6 +70,19 @@ impl Subject {
         if let Some(id) = model.endpoint_by_key(&key) {
             return Ok(Subject::Endpoint(id));
         }
+        if let Some(by) = model.replaced_by(&key) {
+            // A ReplicaSet of a Deployment given without Pods: its owner stands for it.
+            if let [one] = by
+                && let Some(id) = model.endpoint_by_key(one)
+                && model.endpoint(id).kind != crate::model::EndpointKind::Pod
+            {
+                return Ok(Subject::Endpoint(id));
+            }
+            return Err(format!(
+                "{key} is represented by its Pods in the input (ownerReferences): {}; name one of them",
+                by.join(", ")
+            ));
+        }
         let ns = key.split('/').next().unwrap_or("");
         let known: Vec<String> = model
             .endpoints_in(ns)
@@ -197,7 +210,8 @@ pub struct Reach {
     pub src_ip: Option<IpAddr>,
     /// Address used for the destination.
     pub dst_ip: Option<IpAddr>,
-    /// Traffic from an endpoint to itself: always allowed.
+    /// Traffic from a single Pod to itself: always allowed. False between two replicas
+    /// of one workload with `replicas != 1` (or unknown), which are judged as any pair.
     pub to_self: bool,
     /// Traffic from the destination Pod's own node (an address of its node, or a
     /// hostNetwork Pod on it): the ingress side allows it (`ingress.allowed` is
@@ -429,8 +443,9 @@ impl AllowGraph {
             }
             _ => not_applicable(),
         };
+        // A workload with several (or an unknown number of) replicas: two distinct Pods.
         let to_self = exempt_self
-            && matches!((src, dst), (Subject::Endpoint(a), Subject::Endpoint(b)) if a == b);
+            && matches!((src, dst), (Subject::Endpoint(a), Subject::Endpoint(b)) if a == b && model.endpoint(a).single());
         let from_node = from_own_node(model, src, src_ip, dst);
         let mut ingress = ingress;
         if from_node {

@@ -16,10 +16,13 @@
 //! assert!(graph.reach(&model, a.into(), a.into()).allowed.contains(Protocol::Tcp, 80));
 //! ```
 
+pub mod connectivity;
 pub mod diagnostic;
 pub mod expect;
 pub mod explain;
+pub mod foreign;
 pub mod graph;
+pub mod lint;
 pub mod load;
 pub mod matrix;
 pub mod model;

@@ -115,6 +115,11 @@ pub struct Workload {
     pub metadata: ObjectMeta,
     /// The Pod template (for a CronJob, the job template's Pod template).
     pub template: PodTemplateSpec,
+    /// How many Pods it runs at once, when known: `spec.replicas` (API default 1) of
+    /// Deployments, ReplicaSets, StatefulSets and ReplicationControllers, `parallelism`
+    /// (default 1) of Jobs and CronJobs' job templates; `None` for DaemonSets (one per
+    /// node) and negative values.
+    pub replicas: Option<u32>,
 }
 
 /// An object with where it came from (`None` for objects from the API server).
@@ -155,6 +160,10 @@ pub struct Inputs {
     pub nodes: Vec<Located<Node>>,
     /// Objects of other kinds, which do not affect connectivity.
     pub skipped: Vec<ObjectRef>,
+    /// Policies of other engines (Cilium, Calico, AdminNetworkPolicy, ...) that do affect
+    /// connectivity but that netpol does not evaluate (`kind` is `apiVersion Kind`); see
+    /// [`crate::foreign`].
+    pub unevaluated: Vec<ObjectRef>,
 }
 
 impl Inputs {
@@ -168,6 +177,7 @@ impl Inputs {
         self.endpoint_slices.extend(other.endpoint_slices);
         self.nodes.extend(other.nodes);
         self.skipped.extend(other.skipped);
+        self.unevaluated.extend(other.unevaluated);
     }
 }
 
@@ -324,6 +334,25 @@ fn load_value(
     }
 
     let origin = Some(origin);
+    if let Some(by) = crate::foreign::foreign_policy(&api, &kind) {
+        diags.push(
+            Diagnostic::field_error(
+                origin.as_ref(),
+                &oref,
+                "kind",
+                Some(format!("{api} {kind}")),
+                format!(
+                    "not evaluated by netpol: {by} enforces it too, so real connectivity may differ from netpol's answers"
+                ),
+            )
+            .warning(),
+        );
+        inputs.unevaluated.push(ObjectRef {
+            kind: format!("{api} {kind}"),
+            ..oref
+        });
+        return;
+    }
     match kind.as_str() {
         "Namespace" => {
             if let Some(ns) = typed::<Namespace>(&value, &origin, &oref, diags) {
@@ -537,37 +566,41 @@ fn workload(
             "missing Pod template",
         )
     };
-    let (metadata, template) = match kind {
+    let (metadata, template, replicas) = match kind {
         WorkloadKind::Deployment => {
             let d: Deployment = typed_as(value, origin, oref, diags, legacy)?;
-            (d.metadata, d.spec.map(|s| s.template))
+            let n = d.spec.as_ref().and_then(|s| s.replicas);
+            (d.metadata, d.spec.map(|s| s.template), n)
         }
         WorkloadKind::ReplicaSet => {
             let d: ReplicaSet = typed_as(value, origin, oref, diags, legacy)?;
-            (d.metadata, d.spec.and_then(|s| s.template))
+            let n = d.spec.as_ref().and_then(|s| s.replicas);
+            (d.metadata, d.spec.and_then(|s| s.template), n)
         }
         WorkloadKind::StatefulSet => {
             let d: StatefulSet = typed_as(value, origin, oref, diags, legacy)?;
-            (d.metadata, d.spec.map(|s| s.template))
+            let n = d.spec.as_ref().and_then(|s| s.replicas);
+            (d.metadata, d.spec.map(|s| s.template), n)
         }
         WorkloadKind::DaemonSet => {
             let d: DaemonSet = typed_as(value, origin, oref, diags, legacy)?;
-            (d.metadata, d.spec.map(|s| s.template))
+            (d.metadata, d.spec.map(|s| s.template), Some(-1))
         }
         WorkloadKind::Job => {
             let d: Job = typed_as(value, origin, oref, diags, legacy)?;
-            (d.metadata, d.spec.map(|s| s.template))
+            let n = d.spec.as_ref().and_then(|s| s.parallelism);
+            (d.metadata, d.spec.map(|s| s.template), n)
         }
         WorkloadKind::CronJob => {
             let d: CronJob = typed_as(value, origin, oref, diags, legacy)?;
-            (
-                d.metadata,
-                d.spec.and_then(|s| s.job_template.spec).map(|s| s.template),
-            )
+            let job = d.spec.and_then(|s| s.job_template.spec);
+            let n = job.as_ref().and_then(|s| s.parallelism);
+            (d.metadata, job.map(|s| s.template), n)
         }
         WorkloadKind::ReplicationController => {
             let d: ReplicationController = typed_as(value, origin, oref, diags, legacy)?;
-            (d.metadata, d.spec.and_then(|s| s.template))
+            let n = d.spec.as_ref().and_then(|s| s.replicas);
+            (d.metadata, d.spec.and_then(|s| s.template), n)
         }
     };
     let Some(template) = template else {
@@ -578,7 +611,14 @@ fn workload(
         kind,
         metadata,
         template,
+        replicas: replica_count(replicas),
     })
+}
+
+/// A declared replica count (`None`: the API default, 1) as [`Workload::replicas`];
+/// negative counts (and the DaemonSet marker -1) are unknown.
+pub fn replica_count(declared: Option<i32>) -> Option<u32> {
+    u32::try_from(declared.unwrap_or(1)).ok()
 }
 
 /// Types `value` as `T`. Every problem is a diagnostic: a type error (the object is then

@@ -117,6 +117,22 @@ impl<'a> MatrixWriter<'a> {
         }
     }
 
+    /// Keeps only the endpoints `i` (in model order) with `keep[i]`, as rows and columns
+    /// (`--namespace`, `--selector`); endpoints past the end of `keep` are kept.
+    pub fn retain(&mut self, keep: &[bool]) {
+        let k = |i: usize| keep.get(i).copied().unwrap_or(true);
+        let mut i = 0;
+        self.ids.retain(|_| {
+            i += 1;
+            k(i - 1)
+        });
+        let mut i = 0;
+        self.names.retain(|_| {
+            i += 1;
+            k(i - 1)
+        });
+    }
+
     /// Writes the whole matrix in `format`, one row at a time.
     pub fn write(&self, format: MatrixFormat, out: &mut dyn Write) -> io::Result<()> {
         render(self, format, out)

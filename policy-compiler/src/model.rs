@@ -94,8 +94,13 @@ pub struct Endpoint {
     pub host_network: bool,
     /// `spec.nodeName`, when set.
     pub node: Option<String>,
-    /// Controller owner (`kind`, `name`) from ownerReferences.
+    /// Controller owner (`kind`, `name`) from ownerReferences; for a Pod whose owner chain
+    /// leads to a workload in the input, that top workload (see `Model::replaced_by`).
     pub owner: Option<(String, String)>,
+    /// How many Pods it stands for: 1 for a Pod, the workload's replica count, `None` when
+    /// unknown (DaemonSets). Traffic from an endpoint to itself is self traffic only when
+    /// this is `Some(1)`; otherwise it is judged between two distinct replicas.
+    pub replicas: Option<u32>,
     /// Where it came from.
     pub origin: Option<Origin>,
 }
@@ -107,6 +112,11 @@ impl Endpoint {
             EndpointKind::Pod => format!("{}/{}", self.namespace, self.name),
             EndpointKind::Workload(k) => format!("{}/{}/{}", self.namespace, k.lower(), self.name),
         }
+    }
+
+    /// True when the endpoint is exactly one Pod (a Pod, or a workload with one replica).
+    pub fn single(&self) -> bool {
+        self.replicas == Some(1)
     }
 
     /// True when pod selectors may select this endpoint.
@@ -357,6 +367,7 @@ pub struct Model {
     by_key: BTreeMap<String, EndpointId>,
     by_ip: BTreeMap<IpAddr, EndpointId>,
     by_namespace: BTreeMap<String, Vec<EndpointId>>,
+    replaced: BTreeMap<String, Vec<String>>,
 }
 
 impl Model {
@@ -441,6 +452,13 @@ impl Model {
     /// The Pod that has `ip`, if any.
     pub fn endpoint_by_ip(&self, ip: &IpAddr) -> Option<EndpointId> {
         self.by_ip.get(ip).copied()
+    }
+
+    /// For a workload that is not an endpoint because ownerReferences in the input say
+    /// what stands for it: the keys of its Pods, or of its owner workload when no Pod of
+    /// it was given.
+    pub fn replaced_by(&self, key: &str) -> Option<&[String]> {
+        self.replaced.get(key).map(Vec::as_slice)
     }
 
     /// Endpoints in a namespace, sorted.
@@ -809,6 +827,7 @@ impl Builder {
             host_network: spec.host_network == Some(true),
             node: spec.node_name.clone(),
             owner,
+            replicas: Some(1),
             origin: pod.origin.clone(),
         });
     }
@@ -852,7 +871,13 @@ impl Builder {
             ports,
             host_network: spec.host_network == Some(true),
             node: spec.node_name.clone(),
-            owner: None,
+            owner: meta
+                .owner_references
+                .iter()
+                .flatten()
+                .find(|o| o.controller == Some(true))
+                .map(|o| (o.kind.clone(), o.name.clone())),
+            replicas: w.object.replicas,
             origin: w.origin.clone(),
         });
     }
@@ -1222,7 +1247,97 @@ impl Builder {
         });
     }
 
+    /// ownerReferences in the input: a workload owned by another input workload (a
+    /// Deployment's ReplicaSet, a CronJob's Job) is represented by its owner, and Pods whose
+    /// owner chain reaches an input workload are that workload's replicas: the workload is
+    /// then represented by its Pods (`owner` names the top workload). Every Pod counts once.
+    fn collapse_owned(&mut self) -> BTreeMap<String, Vec<String>> {
+        const MAX_DEPTH: usize = 8;
+        let workloads: BTreeMap<(&str, &str, &str), usize> = self
+            .endpoints
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| match e.kind {
+                EndpointKind::Workload(k) => {
+                    Some(((e.namespace.as_str(), k.kind(), e.name.as_str()), i))
+                }
+                EndpointKind::Pod => None,
+            })
+            .collect();
+        // The top input workload an owner reference leads to.
+        let top = |ns: &str, owner: &(String, String)| -> Option<usize> {
+            let mut cur = *workloads.get(&(ns, owner.0.as_str(), owner.1.as_str()))?;
+            for _ in 0..MAX_DEPTH {
+                let next = self.endpoints[cur]
+                    .owner
+                    .as_ref()
+                    .and_then(|o| workloads.get(&(ns, o.0.as_str(), o.1.as_str())));
+                match next {
+                    Some(&n) if n != cur => cur = n,
+                    _ => break,
+                }
+            }
+            Some(cur)
+        };
+        // Each endpoint's top input workload, when its owner chain leads to another one.
+        let tops: Vec<Option<usize>> = self
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                e.owner
+                    .as_ref()
+                    .and_then(|o| top(&e.namespace, o))
+                    .filter(|t| *t != i)
+            })
+            .collect();
+        let mut pods_of: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+        for (i, t) in tops.iter().enumerate() {
+            if let (Some(t), EndpointKind::Pod) = (t, self.endpoints[i].kind) {
+                pods_of.entry(*t).or_default().push(self.endpoints[i].key());
+            }
+        }
+        let mut replaced: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut drop = vec![false; self.endpoints.len()];
+        for (i, e) in self.endpoints.iter().enumerate() {
+            if !matches!(e.kind, EndpointKind::Workload(_)) {
+                continue;
+            }
+            let by = match (tops[i], pods_of.get(&i)) {
+                (_, Some(pods)) => pods.clone(),
+                (Some(t), None) => pods_of
+                    .get(&t)
+                    .cloned()
+                    .unwrap_or_else(|| vec![self.endpoints[t].key()]),
+                (None, None) => continue,
+            };
+            drop[i] = true;
+            replaced.insert(e.key(), by);
+        }
+        let mut owners: Vec<(usize, (String, String))> = Vec::new();
+        for (i, t) in tops.iter().enumerate() {
+            if let (Some(t), EndpointKind::Pod) = (t, self.endpoints[i].kind)
+                && let EndpointKind::Workload(k) = self.endpoints[*t].kind
+            {
+                owners.push((i, (k.kind().to_string(), self.endpoints[*t].name.clone())));
+            }
+        }
+        for (i, o) in owners {
+            self.endpoints[i].owner = Some(o);
+        }
+        let mut i = 0;
+        self.endpoints.retain(|_| {
+            i += 1;
+            !drop[i - 1]
+        });
+        for v in replaced.values_mut() {
+            v.sort();
+        }
+        replaced
+    }
+
     fn finish(mut self) -> (Model, Vec<Diagnostic>) {
+        let replaced = self.collapse_owned();
         // `key()` formats a String: compute it once per endpoint, not per comparison.
         self.endpoints.sort_by_cached_key(Endpoint::key);
         let mut by_key = BTreeMap::new();
@@ -1278,6 +1393,7 @@ impl Builder {
             by_key,
             by_ip,
             by_namespace,
+            replaced,
         };
         let mut services = self.services;
         services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));

@@ -234,10 +234,33 @@ fn yaml_options(len: usize) -> serde_saphyr::Options {
     options
 }
 
+/// Nesting depth the positioned reading accepts. Its recursion takes far more stack per
+/// level than the plain one (about 30 KiB in a debug build): at the parser's default of
+/// 64, a valid 60-deep JSON overflowed a 2 MiB thread stack (a test thread, a tokio
+/// worker). Kubernetes objects nest about 15 deep; deeper documents still load, and
+/// their diagnostics go without positions. See: #11
+const SPANNED_MAX_DEPTH: usize = 40;
+
+fn spanned_options(len: usize) -> serde_saphyr::Options {
+    let mut options = yaml_options(len);
+    if let Some(b) = options.budget.as_mut() {
+        b.max_depth = b.max_depth.min(SPANNED_MAX_DEPTH);
+    }
+    options
+}
+
 /// [`parse_documents`] with every position computed up front.
 pub fn parse_spanned(text: &str) -> Result<Vec<Document>, ParseError> {
-    match serde_saphyr::from_multiple_with_options::<Spanned<Node>>(text, yaml_options(text.len()))
-    {
+    // JSON text: the JSON reading decides validity first, as in `parse_documents` (and
+    // its depth limit stops deep nesting before the YAML reader recurses into it).
+    let trimmed = text.trim_start_matches(['\u{feff}', ' ', '\t', '\r', '\n']);
+    if trimmed.starts_with('{') || trimmed.starts_with('[') {
+        parse_json_stream(text)?;
+    }
+    match serde_saphyr::from_multiple_with_options::<Spanned<Node>>(
+        text,
+        spanned_options(text.len()),
+    ) {
         Ok(nodes) => Ok(nodes
             .into_iter()
             .enumerate()
@@ -292,13 +315,31 @@ fn budget_for(len: usize) -> serde_saphyr::Budget {
 
 /// The parser's first message line, without its own `error: line N column M:` prefix (the
 /// position is reported separately).
-fn first_line(s: &str) -> String {
+/// The parser's message without position prefix, source snippet or hints meant for
+/// programmers using the library (`, set DuplicateKeyPolicy in Options if acceptable`).
+pub fn first_line(s: &str) -> String {
     let line = s.lines().next().unwrap_or("").trim();
     let line = line.strip_prefix("error:").unwrap_or(line).trim_start();
-    match line.strip_prefix("line ").and_then(|r| r.split_once(": ")) {
-        Some((pos, rest)) if pos.contains("column") => rest.to_string(),
-        _ => line.to_string(),
+    let msg = match line.strip_prefix("line ").and_then(|r| r.split_once(": ")) {
+        Some((pos, rest)) if pos.contains("column") => rest,
+        _ => line,
+    };
+    match msg.split_once(", set ") {
+        Some((m, hint)) if hint.contains("Options") => m.to_string(),
+        _ => msg.to_string(),
     }
+}
+
+/// A serde-saphyr error as a message ([`first_line`]) and a position.
+pub fn yaml_error(e: &serde_saphyr::Error) -> (String, Option<Pos>) {
+    let pos = e.location().and_then(|l| {
+        let (line, column) = (
+            u32::try_from(l.line()).ok()?,
+            u32::try_from(l.column()).ok()?,
+        );
+        (line > 0).then_some(Pos { line, column })
+    });
+    (first_line(&e.to_string()), pos)
 }
 
 fn parse_json_stream(text: &str) -> Result<Vec<Document>, ParseError> {
@@ -737,6 +778,35 @@ mod tests {
             );
             assert!(err.pos.is_some(), "{text}");
         }
+    }
+
+    #[test]
+    fn deep_nesting_never_overflows_a_small_stack() {
+        // See: #11 (a valid 60-deep JSON overflowed a 2 MiB stack while positions were
+        // computed). Threads of 2 MiB: test threads, tokio workers.
+        let run = || {
+            for depth in [1, 20, 39, 40, 41, 60, 63, 64, 65, 127, 128, 129, 5000] {
+                let json = format!("{}1{}", "{\"a\": ".repeat(depth), "}".repeat(depth));
+                let flow = format!("a: {}1{}", "[".repeat(depth), "]".repeat(depth));
+                let block: String = (0..depth.min(200))
+                    .map(|i| format!("{}a{i}:\n", " ".repeat(i)))
+                    .collect();
+                for text in [json, flow, block] {
+                    if let Ok(docs) = parse_documents(&text) {
+                        for d in &docs {
+                            let _ = d.spans.locate("a");
+                        }
+                    }
+                    let _ = parse_spanned(&text);
+                }
+            }
+        };
+        std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(run)
+            .unwrap()
+            .join()
+            .unwrap();
     }
 
     #[test]

@@ -46,6 +46,13 @@ pub const COLLECTIONS: &[(&str, &str, &str)] = &[
         "NetworkPolicy",
         "networking.k8s.io/v1",
     ),
+    ("/api/v1/services", "Service", "v1"),
+    ("/api/v1/nodes", "Node", "v1"),
+    (
+        "/apis/discovery.k8s.io/v1/endpointslices",
+        "EndpointSlice",
+        "discovery.k8s.io/v1",
+    ),
     ("/apis/apps/v1/deployments", "Deployment", "apps/v1"),
     ("/apis/apps/v1/replicasets", "ReplicaSet", "apps/v1"),
     ("/apis/apps/v1/statefulsets", "StatefulSet", "apps/v1"),

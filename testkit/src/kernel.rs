@@ -32,7 +32,7 @@ pub fn available(test: &str) -> bool {
     });
     match support {
         Ok(()) => true,
-        Err(reason) if std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1") => {
+        Err(reason) if required() => {
             panic!("{test}: {REQUIRE_ENV}=1 but the kernel lab is unavailable: {reason}")
         }
         Err(reason) => {
@@ -40,6 +40,20 @@ pub fn available(test: &str) -> bool {
             false
         }
     }
+}
+
+/// Whether `NETPOL_REQUIRE_KERNEL=1`: a kernel test that cannot run must fail.
+pub fn required() -> bool {
+    std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1")
+}
+
+/// Skips `test` for `reason` (printed), or fails it under `NETPOL_REQUIRE_KERNEL=1`: the
+/// one way a kernel test may skip besides [`available`].
+pub fn skip(test: &str, reason: &str) {
+    if required() {
+        panic!("{test}: {REQUIRE_ENV}=1 but the test cannot run: {reason}");
+    }
+    eprintln!("skipping {test}: {reason} (set {REQUIRE_ENV}=1 to fail instead)");
 }
 
 /// A topology prefix unique to this test process and `tag` (1..=6 ASCII letters):

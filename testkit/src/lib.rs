@@ -8,6 +8,8 @@
 //! - [`cases`]: the golden cases of `testdata/cases`, compiled for the kernel tests.
 //! - [`apiserver`]: an in-process fake Kubernetes API server speaking list/watch, so no
 //!   test needs a cluster.
+//! - [`imports`]: the module import graph of a crate read from its sources, and its
+//!   cycles (`tests/it/imports.rs` fails on any cycle in any workspace crate).
 //!
 //! # Example
 //!
@@ -25,4 +27,5 @@
 
 pub mod apiserver;
 pub mod cases;
+pub mod imports;
 pub mod kernel;

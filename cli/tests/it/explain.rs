@@ -285,8 +285,11 @@ fn a_service_without_backends_says_so_and_bad_ports_are_usage_errors() {
         &["misc/client", "misc/client", "--port", "http"],
     );
     run.expect_code(2);
+    // A port name toward a Pod resolves against its container ports (#14); this Pod
+    // declares none named http.
     assert!(
-        run.stderr.contains("port names are for Services"),
+        run.stderr
+            .contains("misc/client declares no TCP port named http"),
         "{}",
         run.stderr
     );

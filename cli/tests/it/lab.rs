@@ -3,43 +3,20 @@
 //! without root, or fail under `NETPOL_REQUIRE_KERNEL=1` (as in the enforcer's tests).
 // See: #4
 
-use std::io::Write as _;
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use enforcer::netns;
 use netpol_lab::lab::LAB_PREFIX;
 use serde_json::Value;
+use testkit::kernel::skip;
 
 use crate::support::{EXCEPT_OUTSIDE_CIDR, case, netpol, netpol_stdin, repo_root};
 
-const REQUIRE_ENV: &str = "NETPOL_REQUIRE_KERNEL";
-
-/// True if a kernel test should run; mirrors `enforcer/tests/it/kernel.rs`.
-pub(crate) fn available(test: &str) -> bool {
-    static SUPPORT: OnceLock<Result<(), String>> = OnceLock::new();
-    let support = SUPPORT.get_or_init(|| {
-        let s = netns::kernel_support();
-        if let Err(reason) = &s {
-            let _ = writeln!(
-                std::io::stderr(),
-                "netpol lab tests skipped: {reason} (set {REQUIRE_ENV}=1 to fail instead)"
-            );
-        }
-        s
-    });
-    match support {
-        Ok(()) => true,
-        Err(reason) if std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1") => {
-            panic!("{test}: {REQUIRE_ENV}=1 but the kernel lab is unavailable: {reason}")
-        }
-        Err(reason) => {
-            eprintln!("skipping {test}: {reason}");
-            false
-        }
-    }
-}
+/// Whether a kernel test runs: the test kit's one definition (skips print why; under
+/// `NETPOL_REQUIRE_KERNEL=1` they fail instead).
+pub(crate) use testkit::kernel::available;
 
 /// `netpol lab` uses one fixed namespace prefix: one lab at a time in this process.
 fn exclusive() -> MutexGuard<'static, ()> {
@@ -305,12 +282,15 @@ fn lab_without_root_exits_3() {
             .output();
         match o {
             Ok(o) if matches!(o.status.code(), Some(126 | 127)) || o.status.code().is_none() => {
-                eprintln!("skipping lab_without_root_exits_3: setpriv cannot run netpol as nobody");
+                skip(
+                    "lab_without_root_exits_3",
+                    "setpriv cannot run netpol as nobody",
+                );
                 return;
             }
             Ok(o) => o,
             Err(e) => {
-                eprintln!("skipping lab_without_root_exits_3: no setpriv ({e})");
+                skip("lab_without_root_exits_3", &format!("no setpriv ({e})"));
                 return;
             }
         }
@@ -322,7 +302,10 @@ fn lab_without_root_exits_3() {
     };
     let stderr = String::from_utf8_lossy(&out.stderr);
     if stderr.contains("cannot read path") {
-        eprintln!("skipping lab_without_root_exits_3: nobody cannot read the repository");
+        skip(
+            "lab_without_root_exits_3",
+            "nobody cannot read the repository",
+        );
         return;
     }
     assert_eq!(out.status.code(), Some(3), "{stderr}");

@@ -5,11 +5,15 @@
 // outside `#[test]` functions.
 #![allow(clippy::unwrap_used)]
 
+mod analysis;
 mod cluster;
 mod explain;
 mod hostile;
+mod html;
 mod lab;
 mod matrix;
+mod realnode;
+mod regressions;
 mod support;
 mod test_cmd;
 

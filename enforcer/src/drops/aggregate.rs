@@ -49,6 +49,9 @@ pub struct DropKey {
     pub protocol: L4Proto,
     /// Destination port, for TCP, UDP and SCTP.
     pub dst_port: Option<u16>,
+    /// Where it was dropped: the same flow dropped by a Pod's own table and by the
+    /// node table (after DNAT) are two reports.
+    pub netns: String,
 }
 
 impl DropKey {
@@ -60,6 +63,7 @@ impl DropKey {
             dst_ip: ev.dst_ip,
             protocol: ev.protocol,
             dst_port: ev.dst_port,
+            netns: ev.netns.clone(),
         }
     }
 }

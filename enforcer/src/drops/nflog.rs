@@ -191,13 +191,17 @@ impl NflogSocket {
     /// Fails with [`DropsError::Bind`] when the kernel refuses (`EPERM`: another socket
     /// in this namespace has the group; `ENOENT`/`EOPNOTSUPP`: no nfnetlink_log).
     pub fn open(netns: &str, config: &NflogConfig) -> Result<Self, DropsError> {
-        let socket =
+        // The node's own namespace (the node table's drops): the caller's namespace.
+        let socket = if netns == crate::node::OWN_NETNS {
+            Self::open_here(netns, config)?
+        } else {
             netns::run_in(netns, || Self::open_here(netns, config)).map_err(|source| {
                 DropsError::Netns {
                     netns: netns.to_owned(),
                     source: Box::new(source),
                 }
-            })??;
+            })??
+        };
         Ok(Self {
             netns: netns.to_owned(),
             group: config.group,

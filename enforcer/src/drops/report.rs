@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
 use policy_compiler::explain::explain_reach;
+use policy_compiler::model::BackendTarget;
 use policy_compiler::{AllowGraph, Direction, EndpointId, Model, PortQuery, Subject};
 use serde::Serialize;
 
@@ -63,6 +64,11 @@ pub struct DropReport {
     /// isolates it, or the model allows the flow (ruleset and model out of step).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Services (`ns/name`) fronting the destination on that port, for a drop of the
+    /// node table (read in the node's namespace, after kube-proxy's DNAT: the
+    /// destination is the backend the Service's address was rewritten to).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<String>,
 }
 
 impl DropReport {
@@ -94,6 +100,58 @@ fn subject(model: &Model, ip: IpAddr, known: Option<EndpointId>) -> Subject {
 /// miss from [`explain_reach`] at the packet's own addresses (so ipBlocks are judged
 /// against the real source or destination), for the packet's protocol and port.
 pub fn describe(summary: &DropSummary, model: &Model, graph: &AllowGraph) -> DropReport {
+    describe_in(
+        summary,
+        model,
+        graph,
+        summary.netns == crate::node::OWN_NETNS,
+    )
+}
+
+/// The Services (`ns/name`) with a backend at `dst` serving `protocol`/`port` (the
+/// target port kube-proxy DNATs to), sorted.
+pub fn fronting_services(
+    model: &Model,
+    dst: IpAddr,
+    protocol: L4Proto,
+    port: Option<u16>,
+) -> Vec<String> {
+    let (Some(proto), Some(port)) = (protocol.policy_protocol(), port) else {
+        return Vec::new();
+    };
+    let endpoint = model.endpoint_by_ip(&dst);
+    let mut out: Vec<String> = model
+        .services
+        .iter()
+        .filter(|s| s.proxied())
+        .filter(|s| {
+            s.backends.iter().any(|b| {
+                let here = match b.target {
+                    BackendTarget::Endpoint(id) => Some(id) == endpoint,
+                    BackendTarget::Address(a) => a == dst,
+                };
+                here && s
+                    .ports
+                    .iter()
+                    .zip(&b.ports)
+                    .any(|(sp, tp)| sp.protocol == proto && *tp == Some(port))
+            })
+        })
+        .map(|s| s.key())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// [`describe`], saying whether the drop was read after DNAT (in the node's namespace,
+/// whatever its name): then the report names the Services fronting the destination.
+pub fn describe_in(
+    summary: &DropSummary,
+    model: &Model,
+    graph: &AllowGraph,
+    after_dnat: bool,
+) -> DropReport {
     let key = &summary.key;
     let dir = key.pod.direction;
     let pod_key = key.pod.pod_key();
@@ -181,6 +239,11 @@ pub fn describe(summary: &DropSummary, model: &Model, graph: &AllowGraph) -> Dro
         policies,
         nearest_miss,
         note,
+        services: if after_dnat && dir == Direction::Egress {
+            fronting_services(model, key.dst_ip, key.protocol, key.dst_port)
+        } else {
+            Vec::new()
+        },
     }
 }
 
@@ -275,6 +338,7 @@ spec:
                     L4Proto::Icmp
                 },
                 dst_port: port,
+                netns: "ns-a".to_owned(),
             },
             netns: "np-1".to_owned(),
             count: 7,

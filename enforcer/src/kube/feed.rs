@@ -18,7 +18,8 @@ use std::sync::Arc;
 
 use ::kube::runtime::watcher;
 use k8s_openapi::Resource;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 use crate::metrics::{Metrics, WatchEventType};
@@ -30,6 +31,9 @@ pub fn resource(kind: Kind) -> &'static str {
         Kind::Namespace => Namespace::URL_PATH_SEGMENT,
         Kind::Pod => Pod::URL_PATH_SEGMENT,
         Kind::NetworkPolicy => NetworkPolicy::URL_PATH_SEGMENT,
+        Kind::Service => Service::URL_PATH_SEGMENT,
+        Kind::EndpointSlice => EndpointSlice::URL_PATH_SEGMENT,
+        Kind::Node => Node::URL_PATH_SEGMENT,
         // Not watched; named for completeness.
         Kind::Workload(w) => w.lower(),
     }

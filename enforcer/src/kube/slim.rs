@@ -8,7 +8,10 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Container, Namespace, Pod, PodSpec, PodStatus};
+use k8s_openapi::api::core::v1::{
+    Container, Namespace, Node, NodeStatus, Pod, PodSpec, PodStatus, Service, ServiceStatus,
+};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -100,6 +103,57 @@ pub fn slim_policy(p: NetworkPolicy) -> NetworkPolicy {
     NetworkPolicy {
         metadata: meta(p.metadata, false),
         spec: p.spec,
+    }
+}
+
+/// A Service reduced to name, namespace, labels, spec (type, clusterIPs, externalIPs,
+/// selector, ports) and its load-balancer ingress addresses.
+pub fn slim_service(s: Service) -> Service {
+    let status = s
+        .status
+        .and_then(|st| st.load_balancer)
+        .filter(|lb| lb.ingress.as_ref().is_some_and(|i| !i.is_empty()))
+        .map(|lb| ServiceStatus {
+            load_balancer: Some(lb),
+            ..ServiceStatus::default()
+        });
+    Service {
+        metadata: meta(s.metadata, false),
+        spec: s.spec,
+        status,
+    }
+}
+
+/// An EndpointSlice reduced to name, namespace, labels (`kubernetes.io/service-name`
+/// ties it to its Service), address type, endpoints and ports.
+pub fn slim_endpoint_slice(e: EndpointSlice) -> EndpointSlice {
+    EndpointSlice {
+        metadata: meta(e.metadata, false),
+        address_type: e.address_type,
+        endpoints: e
+            .endpoints
+            .into_iter()
+            .map(|mut ep| {
+                ep.deprecated_topology = None;
+                ep.hints = None;
+                ep.zone = None;
+                ep
+            })
+            .collect(),
+        ports: e.ports,
+    }
+}
+
+/// A Node reduced to its name, labels and `status.addresses` (the node's addresses are
+/// what netpol reads: traffic from them is the node's).
+pub fn slim_node(n: Node) -> Node {
+    Node {
+        metadata: meta(n.metadata, false),
+        spec: None,
+        status: n.status.map(|st| NodeStatus {
+            addresses: st.addresses,
+            ..NodeStatus::default()
+        }),
     }
 }
 

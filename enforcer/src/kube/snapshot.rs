@@ -2,9 +2,10 @@
 //! `netpol explain|matrix|test --cluster`.
 //!
 //! Lists Namespaces, Pods, NetworkPolicies and the workload controllers whose Pod
-//! templates are endpoints. Controllers owned by another controller (a Deployment's
-//! ReplicaSets, a CronJob's Jobs) are left out: their Pods are listed themselves, and their
-//! owner already stands for the template. Objects are slimmed and unlocated.
+//! templates are endpoints, with their ownerReferences: the model, as for files, lets a
+//! Deployment's ReplicaSets and a CronJob's Jobs be represented by their owner, and a
+//! workload whose Pods are listed by those Pods (every Pod counts once). Objects are
+//! slimmed and unlocated.
 
 use ::kube::api::ListParams;
 use ::kube::{Api, Client};
@@ -45,38 +46,40 @@ where
     }
 }
 
-fn owned(meta: &ObjectMeta) -> bool {
-    meta.owner_references
-        .iter()
-        .flatten()
-        .any(|r| r.controller == Some(true))
-}
-
 fn workload(
     kind: WorkloadKind,
     metadata: ObjectMeta,
     template: Option<PodTemplateSpec>,
+    replicas: Option<i32>,
 ) -> Option<Located<Workload>> {
-    if owned(&metadata) {
-        return None;
-    }
     let template = template?;
     let slim = slim_pod(Pod {
         metadata: template.metadata.unwrap_or_default(),
         spec: template.spec,
         status: None,
     });
+    // The controller ownerReference stays: the model lets the owner stand for this one.
+    let owner: Vec<_> = metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .filter(|r| r.controller == Some(true))
+        .cloned()
+        .collect();
+    let mut metadata = slim_namespace(Namespace {
+        metadata,
+        ..Namespace::default()
+    })
+    .metadata;
+    metadata.owner_references = (!owner.is_empty()).then_some(owner);
     Some(Located::unlocated(Workload {
         kind,
-        metadata: slim_namespace(Namespace {
-            metadata,
-            ..Namespace::default()
-        })
-        .metadata,
+        metadata,
         template: PodTemplateSpec {
             metadata: Some(slim.metadata),
             spec: slim.spec,
         },
+        replicas: policy_compiler::load::replica_count(replicas),
     }))
 }
 
@@ -102,49 +105,67 @@ pub async fn snapshot(client: &Client) -> Result<Inputs, KubeError> {
     };
     let w = &mut inputs.workloads;
     for d in list_all::<Deployment>(client).await? {
+        let replicas = d.spec.as_ref().and_then(|s| s.replicas);
         w.extend(workload(
             WorkloadKind::Deployment,
             d.metadata,
             d.spec.map(|s| s.template),
+            replicas,
         ));
     }
     for d in list_all::<ReplicaSet>(client).await? {
+        let replicas = d.spec.as_ref().and_then(|s| s.replicas);
         w.extend(workload(
             WorkloadKind::ReplicaSet,
             d.metadata,
             d.spec.and_then(|s| s.template),
+            replicas,
         ));
     }
     for d in list_all::<StatefulSet>(client).await? {
+        let replicas = d.spec.as_ref().and_then(|s| s.replicas);
         w.extend(workload(
             WorkloadKind::StatefulSet,
             d.metadata,
             d.spec.map(|s| s.template),
+            replicas,
         ));
     }
     for d in list_all::<DaemonSet>(client).await? {
+        let replicas = Some(-1);
         w.extend(workload(
             WorkloadKind::DaemonSet,
             d.metadata,
             d.spec.map(|s| s.template),
+            replicas,
         ));
     }
     for d in list_all::<Job>(client).await? {
+        let replicas = d.spec.as_ref().and_then(|s| s.parallelism);
         w.extend(workload(
             WorkloadKind::Job,
             d.metadata,
             d.spec.map(|s| s.template),
+            replicas,
         ));
     }
     for d in list_all::<CronJob>(client).await? {
-        let template = d.spec.and_then(|s| s.job_template.spec).map(|s| s.template);
-        w.extend(workload(WorkloadKind::CronJob, d.metadata, template));
+        let job = d.spec.and_then(|s| s.job_template.spec);
+        let replicas = job.as_ref().and_then(|s| s.parallelism);
+        w.extend(workload(
+            WorkloadKind::CronJob,
+            d.metadata,
+            job.map(|s| s.template),
+            replicas,
+        ));
     }
     for d in list_all::<ReplicationController>(client).await? {
+        let replicas = d.spec.as_ref().and_then(|s| s.replicas);
         w.extend(workload(
             WorkloadKind::ReplicationController,
             d.metadata,
             d.spec.and_then(|s| s.template),
+            replicas,
         ));
     }
     Ok(inputs)

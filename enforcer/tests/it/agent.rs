@@ -68,6 +68,18 @@ impl Applier for Counting {
     fn list(&self, pod: &PodKey, netns: &str) -> Result<Option<String>, ApplyError> {
         NftApplier.list(pod, netns)
     }
+
+    fn apply_node(&self, ruleset: &str) -> Result<(), ApplyError> {
+        NftApplier.apply_node(ruleset)
+    }
+
+    fn list_node(&self) -> Result<Option<String>, ApplyError> {
+        NftApplier.list_node()
+    }
+
+    fn node_addresses(&self) -> Result<Vec<std::net::IpAddr>, ApplyError> {
+        NftApplier.node_addresses()
+    }
 }
 
 fn pod(name: &str, h: &Host) -> String {

@@ -10,6 +10,7 @@ mod agent_http;
 mod agent_live;
 mod discovery;
 mod drops;
+mod fuzz;
 mod install;
 mod kube;
 mod netns;

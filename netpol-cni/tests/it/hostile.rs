@@ -159,3 +159,63 @@ fn trickling_agent_cannot_outlive_the_timeout() {
         "the 1 s deadline holds for the whole call: took {took:?}"
     );
 }
+
+/// One stdin through every command: no panic (exit 101), no hang; DEL exits 0; ADD and
+/// CHECK either fail with a CNI error object on stdout or (a config good enough to reach
+/// an absent agent) fail closed the same way.
+fn every_command(stdin: &[u8], socket: &str) {
+    let env = full_env("K8S_POD_NAMESPACE=x;K8S_POD_NAME=a");
+    let mut env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env_ref.push(("CNI_NETNS", socket));
+    for cmd in ["ADD", "DEL", "CHECK", "STATUS", "GC", "VERSION", "BOGUS"] {
+        let (code, stdout, stderr, _) = run(cmd, &env_ref, stdin);
+        assert_ne!(code, 101, "{cmd} panicked: {stderr}");
+        match cmd {
+            "DEL" => assert_eq!(code, 0, "DEL: {stderr}"),
+            "VERSION" => assert_eq!(code, 0, "VERSION: {stderr}"),
+            "ADD" | "CHECK" | "BOGUS" => {
+                assert_eq!(code, 1, "{cmd}: {stdout} {stderr}");
+                let e: Value = serde_json::from_str(&stdout).unwrap();
+                assert!(e["code"].as_u64().is_some(), "{cmd}: {e}");
+            }
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn cni_stdin_corpus_replays() {
+    // See: #11. Junk, empty, null, arrays, missing prevResult, bad settings, future
+    // versions, deep nesting, duplicate keys.
+    let dir =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/fuzz/cni-stdin");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 8, "corpus walk found {} files", files.len());
+    for f in files {
+        every_command(&std::fs::read(&f).unwrap(), "/var/run/netns/none");
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 12, .. Default::default() })]
+
+    /// Arbitrary stdin: raw bytes, or a config with arbitrary values in the plugin's fields.
+    #[test]
+    fn cni_arbitrary_stdin_never_panics(
+        raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+        timeout in proptest::prelude::any::<i64>(),
+        socket in "\\PC{0,20}",
+    ) {
+        every_command(&raw, "/var/run/netns/none");
+        let conf = json!({
+            "cniVersion": "1.0.0", "name": "k8s", "type": "netpol-cni",
+            "agentSocket": socket, "timeoutSeconds": timeout,
+            "prevResult": {"ips": [{"address": "10.0.0.9/24"}]},
+        });
+        every_command(conf.to_string().as_bytes(), "/var/run/netns/none");
+    }
+}

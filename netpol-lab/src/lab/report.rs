@@ -92,6 +92,42 @@ pub struct Timings {
     pub total_ms: u64,
 }
 
+/// One Service cell: a source Pod to a Service port, probed once (or, when its backends'
+/// verdicts differ, several times: kube-proxy picks a backend at random).
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceCell {
+    /// What was probed and what the compiler says.
+    #[serde(flatten)]
+    pub probe: super::services::ServiceProbe,
+    /// The outcomes seen (`connected` values), sorted, deduplicated.
+    pub observed: Vec<bool>,
+    /// `observed == expected`.
+    pub agree: bool,
+    /// The last probe's outcome.
+    pub detail: String,
+}
+
+/// One kubelet-style probe from the node.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeCell {
+    /// What was probed.
+    #[serde(flatten)]
+    pub probe: super::services::NodeProbe,
+    /// The probe connected (it always must).
+    pub connected: bool,
+    /// The probe's outcome.
+    pub detail: String,
+}
+
+fn verdicts(v: &[bool]) -> String {
+    match v {
+        [false] => "denied".to_owned(),
+        [true] => "allowed".to_owned(),
+        [] => "nothing".to_owned(),
+        _ => "allowed or denied (per backend)".to_owned(),
+    }
+}
+
 /// Everything a lab run found.
 #[derive(Debug, Clone, Serialize)]
 pub struct LabReport {
@@ -113,6 +149,12 @@ pub struct LabReport {
     pub disagreements: Vec<Disagreement>,
     /// Drop reports collected while probing, one per flow.
     pub drops: Vec<DropReport>,
+    /// Probes through Service addresses (kube-proxy DNAT in the node), one per source
+    /// Pod and Service port: the backends' verdicts beside what the kernel did.
+    pub services: Vec<ServiceCell>,
+    /// Kubelet-style probes from the node's address to every Pod's declared ports
+    /// (always allowed).
+    pub node_probes: Vec<NodeCell>,
     /// Probes run (retries not counted).
     pub probes: usize,
     /// Where the time went.
@@ -295,7 +337,7 @@ impl LabReport {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "lab {}: {} Pod(s), bridge in netns {}",
+            "lab {}: {} Pod(s), node netns {} (routed veths, kube-proxy DNAT)",
             self.prefix,
             self.pods.len(),
             self.hub
@@ -351,6 +393,52 @@ impl LabReport {
                 }
             }
         }
+        if !self.services.is_empty() {
+            let bad: Vec<&ServiceCell> = self.services.iter().filter(|c| !c.agree).collect();
+            let _ = writeln!(
+                s,
+                "\nServices (through kube-proxy's DNAT in the node): {} of {} cell(s) agree",
+                self.services.len() - bad.len(),
+                self.services.len()
+            );
+            for c in &self.services {
+                let p = &c.probe;
+                let backends: Vec<String> = p
+                    .backends
+                    .iter()
+                    .map(|(b, ok)| format!("{b} {}", if *ok { "allowed" } else { "denied" }))
+                    .collect();
+                let _ = writeln!(
+                    s,
+                    "  {}{} -> {} {} {} ({}): kernel {}, compiler {} [{}]",
+                    if c.agree { "" } else { "! " },
+                    p.src,
+                    p.service,
+                    p.protocol,
+                    p.port,
+                    p.address,
+                    verdicts(&c.observed),
+                    verdicts(&p.expected),
+                    backends.join(", ")
+                );
+            }
+        }
+        if !self.node_probes.is_empty() {
+            let failed: Vec<&NodeCell> = self.node_probes.iter().filter(|c| !c.connected).collect();
+            let _ = writeln!(
+                s,
+                "\nnode probes (kubelet-style, from the node's address): {} of {} connected",
+                self.node_probes.len() - failed.len(),
+                self.node_probes.len()
+            );
+            for c in failed {
+                let _ = writeln!(
+                    s,
+                    "  ! node -> {} {} {}: {}",
+                    c.probe.dst, c.probe.protocol, c.probe.port, c.detail
+                );
+            }
+        }
         let dual = self.dual_stack();
         if self.drops.is_empty() {
             let _ = writeln!(s, "\ndrops: none reported");
@@ -372,9 +460,11 @@ impl LabReport {
         } else {
             let _ = writeln!(
                 s,
-                "DISAGREEMENT: {} of {} probes differ from the compiler",
+                "DISAGREEMENT: {} of {} probes, {} Service cell(s) and {} node probe(s) differ from the compiler",
                 self.disagreements.len(),
-                self.probes
+                self.probes,
+                self.services.iter().filter(|c| !c.agree).count(),
+                self.node_probes.iter().filter(|c| !c.connected).count()
             );
         }
         s
@@ -440,6 +530,7 @@ mod tests {
             policies: vec!["x/deny-all".into()],
             nearest_miss: None,
             note: None,
+            services: Vec::new(),
         };
         assert_eq!(
             drop_line(&d, false),

@@ -266,3 +266,51 @@ fn lab_removes_a_stale_lab_first() {
         report.notes
     );
 }
+
+/// The lab as a real node: Service cells through the kube-proxy equivalent agree with
+/// the compiler's per-backend verdicts (a mixed cell shows both outcomes), kubelet-style
+/// probes from the node connect to every declared port, and a node-table drop names the
+/// Service fronting the backend. See: #10
+#[test]
+fn lab_probes_services_and_node_on_the_routed_node() {
+    if !kernel::available("lab_probes_services_and_node_on_the_routed_node") {
+        return;
+    }
+    for (i, case) in [
+        "services/allow-dns",
+        "services/ipblock-except-backend",
+        "services/external-ips",
+        "services/endpointslices-preferred",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let plan = LabPlan::new(case_inputs(case)).unwrap();
+        let tag = ["lsa", "lsb", "lsc", "lsd"][i];
+        let (report, _) = run_case(plan, &options(tag), case);
+        assert!(!report.services.is_empty(), "{case}: Service cells probed");
+        assert!(!report.node_probes.is_empty(), "{case}: node probes run");
+        assert!(report.node_probes.iter().all(|c| c.connected), "{case}");
+        if case == "services/ipblock-except-backend" {
+            let cell = report
+                .services
+                .iter()
+                .find(|c| c.probe.src == "shop/client")
+                .unwrap();
+            assert_eq!(
+                cell.probe.expected,
+                [false, true],
+                "db-0 denied, db-1 allowed"
+            );
+            assert_eq!(cell.observed, [false, true], "{}", report.to_text(false));
+            assert!(
+                report.drops.iter().any(|d| d.pod == "shop/client"
+                    && d.direction == "egress"
+                    && d.dst.pod.as_deref() == Some("shop/db-0")
+                    && d.services == ["shop/db"]),
+                "node-table drop naming the Service: {:?}",
+                report.drops
+            );
+        }
+    }
+}

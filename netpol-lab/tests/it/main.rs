@@ -9,6 +9,7 @@
 mod lab;
 mod probe;
 mod proof;
+mod realnode;
 mod topology;
 
 // The shared test kit, under the paths the modules here use.

@@ -99,3 +99,70 @@ fn build_refuses_existing_names_and_cleanup_stale_removes_only_its_prefix() {
     drop(Topology::build(&prefix, &hosts).unwrap());
     assert!(!netns::exists(&format!("{prefix}-0")));
 }
+
+#[test]
+fn routed_node_forwards_between_pods_and_reaches_them_from_the_node_ip() {
+    use netpol_lab::probe::{Listener, Prober, Protocol};
+    use netpol_lab::topology::NodeSpec;
+    use std::time::Duration;
+    if !kernel::available("routed_node_forwards_between_pods_and_reaches_them_from_the_node_ip") {
+        return;
+    }
+    let prefix = kernel::prefix("routed");
+    let node = NodeSpec::new(
+        "node-1",
+        "172.18.0.2/16".parse().unwrap(),
+        Some("fd00:18::2/64".parse().unwrap()),
+    );
+    let hosts = [
+        HostSpec::new(
+            "ns/a",
+            Some("10.244.0.10/16".parse().unwrap()),
+            Some("fd00:10:244::10/64".parse().unwrap()),
+        ),
+        HostSpec::new("ns/b", Some("10.244.1.20/16".parse().unwrap()), None),
+    ];
+    let lab = Topology::build_routed(&prefix, &node, &hosts).unwrap();
+    assert_eq!(lab.node().unwrap().netns, lab.hub());
+    // No bridge: the node routes each Pod's /32 to its veth end.
+    let routes = netns::exec_checked(lab.hub(), "ip", &["route"], None).unwrap();
+    let routes = String::from_utf8(routes.stdout).unwrap();
+    assert!(routes.contains("10.244.0.10 dev h0"), "{routes}");
+    assert!(!addrs(lab.hub()).contains("br0"));
+    let a = addrs(&lab.host("ns/a").unwrap().netns);
+    assert!(a.contains("10.244.0.10/32"), "{a}");
+
+    let listeners = [
+        Listener::new("ns/a", Protocol::Tcp, 80),
+        Listener::new("ns/b", Protocol::Tcp, 80),
+        Listener::new("ns/b", Protocol::Udp, 53),
+        Listener::new("node-1", Protocol::Tcp, 10250),
+    ];
+    let prober = Prober::start(&lab, &listeners).unwrap();
+    let t = Duration::from_secs(2);
+    for (from, to, proto, port) in [
+        ("ns/a", "10.244.1.20", Protocol::Tcp, 80),
+        ("ns/a", "10.244.1.20", Protocol::Udp, 53),
+        ("ns/b", "10.244.0.10", Protocol::Tcp, 80),
+        ("node-1", "10.244.0.10", Protocol::Tcp, 80),
+        ("node-1", "fd00:10:244::10", Protocol::Tcp, 80),
+        ("ns/a", "172.18.0.2", Protocol::Tcp, 10250),
+    ] {
+        let r = prober
+            .probe(from, to.parse().unwrap(), proto, port, t)
+            .unwrap();
+        assert!(r.connected, "{from} -> {to} {proto}/{port}: {}", r.detail);
+    }
+    // Forwarding is on in the node only: a Pod does not route for others.
+    let fwd = netns::exec_checked(
+        &lab.host("ns/a").unwrap().netns,
+        "sysctl",
+        &["-n", "net.ipv4.ip_forward"],
+        None,
+    )
+    .unwrap();
+    assert_eq!(String::from_utf8_lossy(&fwd.stdout).trim(), "0");
+    drop(prober);
+    lab.teardown().unwrap();
+    assert!(!netns::exists(&format!("{prefix}-hub")));
+}

@@ -1,11 +1,15 @@
 //! Property tests: no input makes the loader or the compiler panic, and the answers hold
 //! their invariants (determinism, self traffic, matrix == explain, unisolated == open).
+//! Hostile names and labels print valid text, JSON, CSV and Markdown; the stable corpus
+//! under `testdata/fuzz/loader/` is replayed through loading, validation and every
+//! printer. Case counts are bounded so CI stays fast. See: #11
 
 use proptest::prelude::*;
 
 use policy_compiler::explain::explain;
 use policy_compiler::{
-    AllowGraph, MatrixQuery, Model, PortQuery, Protocol, SourceText, Subject, load, matrix,
+    AllowGraph, MatrixFormat, MatrixQuery, MatrixWriter, Model, PortQuery, Protocol, SourceText,
+    Subject, load, matrix,
 };
 
 fn compile(text: &str) -> (Model, AllowGraph, usize) {
@@ -216,6 +220,151 @@ proptest! {
                 }
             }
         }
+    }
+}
+
+/// Every printer over every endpoint pair (bounded): never panics, and the outputs are
+/// well formed: JSON parses, text/CSV/Markdown have one line per endpoint plus headers.
+fn print_everything(model: &Model, graph: &AllowGraph) {
+    let n = model.endpoints.len();
+    for q in [
+        MatrixQuery::default(),
+        MatrixQuery {
+            protocol: Some(Protocol::Udp),
+            port: None,
+        },
+        MatrixQuery {
+            protocol: Some(Protocol::Tcp),
+            port: Some(80),
+        },
+    ] {
+        let w = MatrixWriter::new(model, graph, q);
+        let out = |f| {
+            let mut v = Vec::new();
+            w.write(f, &mut v).unwrap();
+            String::from_utf8(v).unwrap()
+        };
+        let json: serde_json::Value = serde_json::from_str(&out(MatrixFormat::Json)).unwrap();
+        assert_eq!(json["endpoints"].as_array().unwrap().len(), n);
+        assert_eq!(json["allowed"].as_array().unwrap().len(), n);
+        let legend = usize::from(q.port.is_none());
+        assert_eq!(out(MatrixFormat::Text).lines().count(), n + 1 + legend);
+        assert_eq!(out(MatrixFormat::Csv).lines().count(), n + 1);
+        assert_eq!(out(MatrixFormat::Markdown).lines().count(), n + 2);
+    }
+    let ids: Vec<_> = model.endpoints.iter().map(|e| e.id).take(6).collect();
+    for &s in &ids {
+        for &d in &ids {
+            for q in [
+                None,
+                Some(PortQuery {
+                    protocol: Protocol::Tcp,
+                    port: 80,
+                }),
+            ] {
+                let e = explain(model, graph, Subject::Endpoint(s), Subject::Endpoint(d), q);
+                let _ = e.to_string();
+                let _: serde_json::Value =
+                    serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn loader_corpus_replays() {
+    // See: #11. Each file is a hostile input class: alias bombs, deep nesting, duplicate
+    // keys, unknown fields, one-line JSON, BOM/tabs/CRLF, kind typos, non-objects, YAML 1.1
+    // scalars, hostile values, truncation, huge numbers.
+    let dir = crate::support::repo_root().join("testdata/fuzz/loader");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 12, "corpus walk found {} files", files.len());
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let (model, graph, _) = compile(&text);
+        print_everything(&model, &graph);
+        // Positions of every diagnostic are within the text.
+        let (_, diags) = load(&[SourceText {
+            name: "f",
+            text: &text,
+        }]);
+        for d in diags {
+            if let Some(l) = d.line {
+                assert!(
+                    l as usize <= text.lines().count().max(1),
+                    "{}: {d}",
+                    f.display()
+                );
+            }
+        }
+    }
+}
+
+/// Label values and annotations as hostile as YAML allows (quotes, separators, control
+/// characters, bidi overrides, emoji): names are DNS labels by validation, so printed
+/// tables stay well formed.
+fn hostile_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[a-z0-9]{1,8}",
+        "\\PC{0,12}",
+        Just("a,b".to_string()),
+        Just("|pipe|".to_string()),
+        Just("\"quoted\"".to_string()),
+        Just("\u{202e}rtl".to_string()),
+        Just("line\nbreak".to_string()),
+        Just("\u{1F600}".to_string()),
+    ]
+}
+
+fn hostile_name() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[a-z][a-z0-9-]{0,10}[a-z0-9]",
+        "\\PC{1,10}",
+        Just("a".repeat(64))
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
+
+    /// Hostile names and label values, through loading, validation and every printer.
+    #[test]
+    fn hostile_names_and_labels_print_well_formed(
+        pods in proptest::collection::vec((hostile_name(), hostile_value(), hostile_value()), 1..6),
+        selector_value in hostile_value(),
+    ) {
+        let mut docs = vec![CLUSTER.to_string()];
+        for (i, (name, v1, v2)) in pods.iter().enumerate() {
+            let pod = serde_json::json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": "x", "labels": {"pod": v1, "k": v2},
+                             "annotations": {"note": v2}},
+                "spec": {"containers": [{"name": "c", "ports": [{"containerPort": 80, "name": "http"}]}]},
+                "status": {"phase": "Running", "podIP": format!("10.0.3.{}", i + 1)},
+            });
+            docs.push(pod.to_string());
+        }
+        docs.push(serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "p", "namespace": "x"},
+            "spec": {"podSelector": {"matchLabels": {"pod": selector_value}},
+                     "ingress": [{"from": [{"podSelector": {"matchExpressions":
+                        [{"key": "k", "operator": "In", "values": [selector_value]}]}}]}]},
+        }).to_string());
+        let text = docs.join("\n---\n");
+        let (model, graph, _) = compile(&text);
+        print_everything(&model, &graph);
+    }
+
+    /// Arbitrary bytes through every printer (most fail to load: the rest must print).
+    #[test]
+    fn arbitrary_text_prints_or_reports(text in "\\PC{0,200}") {
+        let (model, graph, _) = compile(&text);
+        print_everything(&model, &graph);
     }
 }
 

@@ -5,8 +5,10 @@
 
 mod cases;
 mod conformance;
+mod connectivity;
 mod fuzz;
 mod invalid;
 mod npguard;
+mod regressions;
 mod ruleset;
 mod support;

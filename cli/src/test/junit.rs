@@ -11,7 +11,7 @@ use std::path::Path;
 use quick_xml::Writer;
 use quick_xml::events::{BytesDecl, BytesText, Event};
 
-use crate::golden::{Status, Suite};
+use super::report::{Status, Suite};
 
 /// Writes the report to `path`.
 pub(crate) fn write(path: &Path, suites: &[Suite]) -> std::io::Result<()> {
@@ -119,8 +119,8 @@ fn write_suite(w: &mut Writer<Vec<u8>>, suite: &Suite) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::report::{CaseReport, Check};
     use super::*;
-    use crate::golden::{CaseReport, Check};
     use quick_xml::Reader;
 
     fn case(name: &str, report: &str) -> CaseReport {

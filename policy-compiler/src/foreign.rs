@@ -1,0 +1,157 @@
+//! Policy kinds that change connectivity but that netpol does not evaluate.
+//!
+//! A cluster that holds a CiliumNetworkPolicy, a Calico GlobalNetworkPolicy or an
+//! AdminNetworkPolicy may deny (or allow) traffic that Kubernetes NetworkPolicies allow (or
+//! deny): skipping such objects silently would make every answer look authoritative.
+//! [`foreign_policy`] recognises them by API group and kind; `load` turns each into a
+//! warning and lists it in `Inputs::unevaluated`, and every command that answers a
+//! connectivity question says the answer may differ.
+//!
+//! Services, EndpointSlices and Nodes are not here: they are evaluated kinds, or will be.
+
+/// `(API group, kinds, who enforces them)`. The group is the part of `apiVersion` before
+/// the `/`.
+const FOREIGN: &[(&str, &[&str], &str)] = &[
+    (
+        "cilium.io",
+        &[
+            "CiliumNetworkPolicy",
+            "CiliumClusterwideNetworkPolicy",
+            "CiliumCIDRGroup",
+        ],
+        "Cilium",
+    ),
+    (
+        "projectcalico.org",
+        &[
+            "NetworkPolicy",
+            "GlobalNetworkPolicy",
+            "StagedNetworkPolicy",
+            "StagedGlobalNetworkPolicy",
+            "NetworkSet",
+            "GlobalNetworkSet",
+            "HostEndpoint",
+            "Tier",
+        ],
+        "Calico",
+    ),
+    (
+        "crd.projectcalico.org",
+        &[
+            "NetworkPolicy",
+            "GlobalNetworkPolicy",
+            "StagedNetworkPolicy",
+            "StagedGlobalNetworkPolicy",
+            "NetworkSet",
+            "GlobalNetworkSet",
+            "HostEndpoint",
+            "Tier",
+        ],
+        "Calico",
+    ),
+    (
+        "policy.networking.k8s.io",
+        &[
+            "AdminNetworkPolicy",
+            "BaselineAdminNetworkPolicy",
+            "ClusterNetworkPolicy",
+        ],
+        "the cluster's network plugin (AdminNetworkPolicy API)",
+    ),
+    (
+        "crd.antrea.io",
+        &[
+            "NetworkPolicy",
+            "ClusterNetworkPolicy",
+            "Tier",
+            "ClusterGroup",
+            "Group",
+        ],
+        "Antrea",
+    ),
+    (
+        "security.antrea.tanzu.vmware.com",
+        &["NetworkPolicy", "ClusterNetworkPolicy"],
+        "Antrea",
+    ),
+    (
+        "k8s.ovn.org",
+        &["EgressFirewall", "AdminPolicyBasedExternalRoute"],
+        "OVN-Kubernetes",
+    ),
+    (
+        "network.openshift.io",
+        &["EgressNetworkPolicy"],
+        "OpenShift SDN",
+    ),
+    (
+        "k8s.cni.cncf.io",
+        &["MultiNetworkPolicy"],
+        "multi-networkpolicy",
+    ),
+    (
+        "security.istio.io",
+        &["AuthorizationPolicy", "PeerAuthentication"],
+        "Istio",
+    ),
+    (
+        "policy.linkerd.io",
+        &[
+            "Server",
+            "ServerAuthorization",
+            "AuthorizationPolicy",
+            "MeshTLSAuthentication",
+            "NetworkAuthentication",
+        ],
+        "Linkerd",
+    ),
+    (
+        "networking.gke.io",
+        &["FQDNNetworkPolicy"],
+        "GKE Dataplane V2",
+    ),
+];
+
+/// Who enforces `kind` of `api_version` when netpol does not evaluate it and it changes
+/// which connections succeed; `None` for kinds netpol evaluates or that do not matter.
+pub fn foreign_policy(api_version: &str, kind: &str) -> Option<&'static str> {
+    let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+    FOREIGN
+        .iter()
+        .find(|(g, kinds, _)| *g == group && kinds.contains(&kind))
+        .map(|(_, _, by)| *by)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_policy_engines_by_group_and_kind() {
+        assert_eq!(
+            foreign_policy("cilium.io/v2", "CiliumNetworkPolicy"),
+            Some("Cilium")
+        );
+        assert_eq!(
+            foreign_policy("projectcalico.org/v3", "GlobalNetworkPolicy"),
+            Some("Calico")
+        );
+        assert_eq!(
+            foreign_policy("crd.projectcalico.org/v1", "NetworkPolicy"),
+            Some("Calico")
+        );
+        assert!(
+            foreign_policy("policy.networking.k8s.io/v1alpha1", "AdminNetworkPolicy").is_some()
+        );
+        assert!(foreign_policy("crd.antrea.io/v1beta1", "ClusterNetworkPolicy").is_some());
+        // Evaluated or irrelevant kinds.
+        assert_eq!(
+            foreign_policy("networking.k8s.io/v1", "NetworkPolicy"),
+            None
+        );
+        assert_eq!(foreign_policy("v1", "Service"), None);
+        assert_eq!(foreign_policy("discovery.k8s.io/v1", "EndpointSlice"), None);
+        assert_eq!(foreign_policy("v1", "ConfigMap"), None);
+        assert_eq!(foreign_policy("cilium.io/v2", "CiliumNode"), None);
+    }
+}

@@ -1,0 +1,200 @@
+//! `Connectivity` (per-class rows) equals `reach` on every pair, for every golden case
+//! and a synthetic cluster: the classes are an optimisation, never a semantic.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use policy_compiler::connectivity::{Connectivity, EndpointFilter, Party};
+use policy_compiler::synth::{SynthParams, generate};
+use policy_compiler::{AllowGraph, EndpointId, Model, PortSet, SourceText, Subject, load};
+
+use crate::cases::case_dirs;
+use crate::support::{compile_files, manifest_files, repo_root};
+
+/// Checks `Connectivity::for_each` against `reach` directly: every endpoint pair exactly,
+/// and for ranges every address at a cut bound (and next to it) in both directions.
+fn check_against_reach(model: &Model, graph: &AllowGraph, c: &Connectivity<'_>, what: &str) {
+    let mut pairs: BTreeMap<(EndpointId, EndpointId), PortSet> = BTreeMap::new();
+    let mut to_range: BTreeMap<EndpointId, Vec<(IpNet, PortSet)>> = BTreeMap::new();
+    let mut from_range: BTreeMap<EndpointId, Vec<(IpNet, PortSet)>> = BTreeMap::new();
+    c.for_each(&EndpointFilter::default(), |conn| {
+        assert!(!conn.ports.is_empty(), "{what}: empty connection listed");
+        match (conn.src, conn.dst) {
+            (Party::Endpoint(s), Party::Endpoint(d)) => {
+                assert!(
+                    pairs.insert((s, d), conn.ports).is_none(),
+                    "{what}: listed twice"
+                );
+            }
+            (Party::Endpoint(s), Party::Range(n)) => {
+                to_range.entry(s).or_default().push((n, conn.ports));
+            }
+            (Party::Range(n), Party::Endpoint(d)) => {
+                from_range.entry(d).or_default().push((n, conn.ports));
+            }
+            (Party::Range(_), Party::Range(_)) => panic!("{what}: range to range listed"),
+        }
+    });
+    let mut probes: Vec<IpAddr> = Vec::new();
+    for n in c.cuts() {
+        probes.push(n.network());
+        probes.push(n.broadcast());
+        if let IpAddr::V4(a) = n.broadcast()
+            && let Some(next) = u32::from(a).checked_add(1)
+        {
+            probes.push(IpAddr::V4(next.into()));
+        }
+    }
+    for s in &model.endpoints {
+        for d in &model.endpoints {
+            if s.id == d.id && s.single() {
+                continue;
+            }
+            let want = graph
+                .reach(model, Subject::Endpoint(s.id), Subject::Endpoint(d.id))
+                .allowed;
+            let got = pairs
+                .get(&(s.id, d.id))
+                .cloned()
+                .unwrap_or_else(PortSet::none);
+            assert_eq!(got, want, "{what}: {} => {}", s.key(), d.key());
+        }
+        for ip in &probes {
+            if model.endpoint_by_ip(ip).is_some() {
+                continue;
+            }
+            let ext = Subject::External(*ip);
+            let find = |v: Option<&Vec<(IpNet, PortSet)>>| {
+                v.and_then(|v| {
+                    v.iter()
+                        .find(|(n, _)| n.contains(ip))
+                        .map(|(_, p)| p.clone())
+                })
+                .unwrap_or_else(PortSet::none)
+            };
+            let want = graph.reach(model, Subject::Endpoint(s.id), ext).allowed;
+            assert_eq!(
+                find(to_range.get(&s.id)),
+                want,
+                "{what}: {} => {ip}",
+                s.key()
+            );
+            let want = graph.reach(model, ext, Subject::Endpoint(s.id)).allowed;
+            assert_eq!(
+                find(from_range.get(&s.id)),
+                want,
+                "{what}: {ip} => {}",
+                s.key()
+            );
+        }
+    }
+}
+
+#[test]
+fn classes_agree_with_reach_on_every_golden_case() {
+    let root = repo_root().join("testdata/cases");
+    let dirs = case_dirs(&root);
+    assert!(dirs.len() >= 40);
+    for dir in &dirs {
+        let (model, graph, _) = compile_files(&manifest_files(dir));
+        let c = Connectivity::new(&model, &graph, &[]);
+        check_against_reach(&model, &graph, &c, &dir.display().to_string());
+    }
+}
+
+#[test]
+fn classes_agree_with_reach_on_a_synthetic_cluster() {
+    let text = generate(&SynthParams {
+        namespaces: 6,
+        pods: 240,
+        policies: 40,
+        seed: 7,
+    });
+    let (inputs, _) = load(&[SourceText {
+        name: "gen.yaml",
+        text: &text,
+    }]);
+    let (model, _) = Model::build(&inputs);
+    let graph = AllowGraph::build(&model);
+    let c = Connectivity::new(&model, &graph, &[]);
+    assert!(
+        c.class_count() < model.endpoints.len(),
+        "classes merge endpoints"
+    );
+    assert!(c.range_count() > 1, "ipBlocks cut the address space");
+    check_against_reach(&model, &graph, &c, "synthetic");
+}
+
+#[test]
+fn filters_keep_pairs_with_either_side_matching() {
+    let dir = repo_root().join("testdata/cases/upstream/pod-selector");
+    let (model, graph, _) = compile_files(&manifest_files(&dir));
+    let c = Connectivity::new(&model, &graph, &[]);
+    let f = EndpointFilter {
+        namespaces: vec!["y".into()],
+        selector: vec![("pod".into(), "a".into())],
+    };
+    let mut n = 0;
+    c.for_each(&f, |conn| {
+        let s = conn.src.name(&model);
+        let d = conn.dst.name(&model);
+        assert!(s == "y/a" || d == "y/a", "{s} => {d}");
+        n += 1;
+    });
+    assert!(n > 0);
+}
+
+#[test]
+fn diff_lists_exactly_the_pairs_whose_ports_changed() {
+    use policy_compiler::connectivity::diff;
+    let root = repo_root().join("testdata/cases/upstream");
+    let (m1, g1, _) = compile_files(&manifest_files(&root.join("ipblock-except")));
+    let (m2, g2, _) = compile_files(&manifest_files(&root.join("port-81-only")));
+    let c1 = Connectivity::new(&m1, &g1, &[]);
+    let c2 = Connectivity::new(&m2, &g2, c1.cuts());
+    let c1 = Connectivity::new(&m1, &g1, c2.cuts());
+    let mut same = 0;
+    diff(&c1, &c1, &EndpointFilter::default(), |_| same += 1);
+    assert_eq!(same, 0, "a policy set does not differ from itself");
+    let mut changes = BTreeMap::new();
+    diff(&c1, &c2, &EndpointFilter::default(), |ch| {
+        assert_ne!(ch.old, ch.new);
+        assert!(
+            changes
+                .insert((ch.src.clone(), ch.dst.clone()), ch)
+                .is_none()
+        );
+    });
+    assert!(!changes.is_empty());
+    // Every endpoint pair: listed iff reach differs, with both sides' sets.
+    for s in &m1.endpoints {
+        for d in &m1.endpoints {
+            if s.id == d.id {
+                continue;
+            }
+            let (s2, d2) = (
+                m2.endpoint_by_key(&s.key()).unwrap(),
+                m2.endpoint_by_key(&d.key()).unwrap(),
+            );
+            let a = g1.reach(&m1, s.id.into(), d.id.into()).allowed;
+            let b = g2.reach(&m2, s2.into(), d2.into()).allowed;
+            match changes.get(&(s.key(), d.key())) {
+                None => assert_eq!(a, b, "{} => {}", s.key(), d.key()),
+                Some(ch) => {
+                    assert_eq!(ch.old.clone().unwrap_or_else(PortSet::none), a);
+                    assert_eq!(ch.new.clone().unwrap_or_else(PortSet::none), b);
+                    assert_eq!(
+                        ch.diff_type(),
+                        match (a.is_empty(), b.is_empty()) {
+                            (true, _) => "added",
+                            (_, true) => "removed",
+                            _ => "changed",
+                        }
+                    );
+                }
+            }
+        }
+    }
+}
