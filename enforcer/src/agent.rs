@@ -120,7 +120,12 @@ impl RulesetSource for CompiledRulesets {
         graph: &AllowGraph,
         pod: EndpointId,
     ) -> Result<String, RenderError> {
-        Ok(compile_pod(model, graph, pod, &self.options).to_nft())
+        // No node table on this path: Service addresses are judged before DNAT.
+        let options = RulesetOptions {
+            defer_services: false,
+            ..self.options.clone()
+        };
+        Ok(compile_pod(model, graph, pod, &options).to_nft())
     }
 
     fn render_on_node(
@@ -132,6 +137,7 @@ impl RulesetSource for CompiledRulesets {
     ) -> Result<String, RenderError> {
         let options = RulesetOptions {
             node_addresses: node_addresses.to_vec(),
+            defer_services: true,
             ..self.options.clone()
         };
         Ok(compile_pod(model, graph, pod, &options).to_nft())
@@ -620,10 +626,15 @@ impl Reconciler {
                 continue;
             }
             local_ids.push(id);
-            match self
-                .renderer
-                .render_on_node(&model, &graph, id, &node_addresses)
-            {
+            // Without a node table, Pod tables must not defer Service addresses to it:
+            // `render` keeps them ordinary destinations (fail closed). See: #10
+            let rendered = if self.node_table.is_some() {
+                self.renderer
+                    .render_on_node(&model, &graph, id, &node_addresses)
+            } else {
+                self.renderer.render(&model, &graph, id)
+            };
+            match rendered {
                 Ok(text) => {
                     desired.insert(pod, Desired::new(netns, text));
                 }
@@ -1390,6 +1401,37 @@ mod tests {
 
     fn key(n: &str) -> PodKey {
         PodKey::new("x", n)
+    }
+
+    /// Pod tables defer Service addresses to the node table only when the agent owns
+    /// one: without it (`--no-node-table`) they would let every Service address out
+    /// unjudged. See: #10
+    #[test]
+    fn service_addresses_are_deferred_only_with_a_node_table() {
+        const EGRESS_A: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: e, namespace: x}\nspec: {podSelector: {matchLabels: {app: a}}, policyTypes: [Egress]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: b, namespace: x}\nspec: {clusterIP: 10.96.0.50, selector: {app: b}, ports: [{port: 80}]}\n";
+        for node_table in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("pods.yaml"), PODS).unwrap();
+            std::fs::write(dir.path().join("pol.yaml"), EGRESS_A).unwrap();
+            let mut src = ManifestDir::new(dir.path(), None);
+            let fake = Arc::new(RecordingApplier::new());
+            let config = AgentConfig {
+                node_table,
+                ..AgentConfig::default()
+            };
+            let mut rec = Reconciler::new(
+                &config,
+                Arc::new(CompiledRulesets::default()),
+                fake.clone(),
+                Arc::new(Metrics::new()),
+            );
+            rec.handle_scan(src.scan());
+            rec.compile();
+            rec.sync(Instant::now());
+            let table = fake.table("ns-a").expect("x/a is applied");
+            assert_eq!(table.contains("@svc_v4"), node_table, "{table}");
+            assert!(table.contains("10.96.0.50") == node_table, "{table}");
+        }
     }
 
     #[test]

@@ -89,6 +89,12 @@ pub struct RulesetOptions {
     /// ingress chain accepts, and the node-address entries (on node ports) of `svc_v4`/
     /// `svc_v6`.
     pub node_addresses: Vec<IpAddr>,
+    /// Whether an isolated egress chain lets Service addresses out (`svc_v4`/`svc_v6`) to
+    /// be judged after DNAT by the node table ([`compile_node`]). Sound only where a node
+    /// table is loaded: without one (`netpol agent --no-node-table`) it must be `false`,
+    /// so a Service address is judged like any other destination, before DNAT (fail
+    /// closed; never wider). Default `true`, the layout the agent loads on a node.
+    pub defer_services: bool,
 }
 
 impl Default for RulesetOptions {
@@ -96,6 +102,7 @@ impl Default for RulesetOptions {
         Self {
             log_group: 100,
             node_addresses: Vec::new(),
+            defer_services: true,
         }
     }
 }
@@ -621,7 +628,7 @@ pub fn compile_pod(
                     rs.addr_sets.push(set);
                 }
             }
-            Direction::Egress => {
+            Direction::Egress if opts.defer_services => {
                 for set in service_sets(model, &node_addrs) {
                     rules.push(rule(
                         RuleKind::ServiceAccept {
@@ -635,6 +642,8 @@ pub fn compile_pod(
                     rs.service_sets.push(set);
                 }
             }
+            // No node table: Service addresses are ordinary destinations. See: #10
+            Direction::Egress => {}
         }
         let lookup = PeerLookup::compile(model, graph, pod, dir, dir.as_str());
         rules.extend(lookup.rules);

@@ -294,6 +294,25 @@ fn isolated_ingress_accepts_the_node_and_egress_defers_services() {
     assert!(rs.simulate(Direction::Ingress, ip("fd00::1"), Protocol::Tcp, 1));
 }
 
+/// Without a node table (`defer_services: false`) a Service address is an ordinary
+/// destination of the Pod's egress chain: never let out unjudged. See: #10
+#[test]
+fn without_a_node_table_service_addresses_are_not_deferred() {
+    let (m, g) = build(NODE_CASE);
+    let id = m.endpoint_by_key("app/client").unwrap();
+    let opts = RulesetOptions {
+        defer_services: false,
+        ..RulesetOptions::default()
+    };
+    let client = compile_pod(&m, &g, id, &opts);
+    assert!(client.service_sets.is_empty());
+    assert!(!client.to_nft().contains("svc_v4"));
+    assert!(!client.simulate(Direction::Egress, ip("10.96.0.50"), Protocol::Tcp, 80));
+    assert!(!client.simulate(Direction::Egress, ip("10.96.0.10"), Protocol::Udp, 53));
+    // Direct destinations are judged exactly as with the node table.
+    assert!(client.simulate(Direction::Egress, ip("10.0.9.1"), Protocol::Udp, 53));
+}
+
 #[test]
 fn node_table_judges_local_egress_after_dnat() {
     let (m, g) = build(NODE_CASE);
