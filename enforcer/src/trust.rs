@@ -13,7 +13,6 @@
 use std::collections::BTreeMap;
 
 use crate::netns::{self, NetnsError};
-use crate::state::PodKey;
 
 /// How far a state source's Pod annotations are trusted to name a netns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -101,9 +100,11 @@ fn identity(handle: &str) -> Identity {
 }
 
 /// Pods whose namespaces are one: each group (two or more Pods, in key order) by the
-/// handle of its first Pod. Empty when every Pod has a namespace of its own.
-pub fn conflicts(local: &BTreeMap<PodKey, String>) -> BTreeMap<String, Vec<PodKey>> {
-    let mut by_identity: BTreeMap<Identity, Vec<(&PodKey, &String)>> = BTreeMap::new();
+/// handle of its first Pod. Empty when every Pod has a namespace of its own. Generic
+/// over the Pod key, so this module does not depend on the state index (which depends
+/// on it).
+pub fn conflicts<K: Ord + Clone>(local: &BTreeMap<K, String>) -> BTreeMap<String, Vec<K>> {
+    let mut by_identity: BTreeMap<Identity, Vec<(&K, &String)>> = BTreeMap::new();
     for (pod, handle) in local {
         by_identity
             .entry(identity(handle))
@@ -123,6 +124,7 @@ pub fn conflicts(local: &BTreeMap<PodKey, String>) -> BTreeMap<String, Vec<PodKe
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::PodKey;
 
     // See: #11
     #[test]
