@@ -889,6 +889,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn watch_rescans_a_file_once_the_settle_window_has_passed() {
+        // See: #11 (a file skipped as still being written must not wait for the next
+        // periodic rescan, here 60 s, nor for another notification).
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pod.yaml"), POD_A).unwrap();
+        let mut rx = watch(
+            ManifestDir::new(dir.path(), None).with_settle(Duration::from_millis(300)),
+            WatchOptions {
+                debounce: Duration::from_millis(50),
+                rescan: Duration::from_secs(60),
+            },
+        );
+        let first = rx.recv().await.unwrap();
+        if !first.complete {
+            // pod.yaml was itself fresh: wait for the settled scan.
+            let next = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(next.complete, "{next:?}");
+        }
+        std::fs::write(dir.path().join("pol.yaml"), DENY).unwrap();
+        let next = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let scan = rx.recv().await.unwrap();
+                if !scan.events.is_empty() {
+                    return scan;
+                }
+            }
+        })
+        .await
+        .expect("rescanned after the settle window, not after the 60 s rescan");
+        assert!(matches!(&next.events[..], [Event::Apply(_)]), "{next:?}");
+    }
+
+    #[tokio::test]
     async fn watch_sends_debounced_scans() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("pod.yaml"), POD_A).unwrap();
