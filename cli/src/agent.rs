@@ -165,7 +165,7 @@ fn run_agent(args: &AgentArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    rt.block_on(async {
+    let result = rt.block_on(async {
         let config = AgentConfig {
             node: args.node.clone(),
             verify_interval: args.verify_interval,
@@ -211,7 +211,8 @@ fn run_agent(args: &AgentArgs) -> anyhow::Result<()> {
                 .clone()
                 .context("--manifests DIR or --kubernetes is required")?;
             Box::new(ManifestSource::new(
-                ManifestDir::new(&manifests, args.netns_map.clone()),
+                // Files modified within the debounce window are read once stable. See: #11
+                ManifestDir::new(&manifests, args.netns_map.clone()).with_settle(args.debounce),
                 config.watch,
             ))
         };
@@ -233,8 +234,16 @@ fn run_agent(args: &AgentArgs) -> anyhow::Result<()> {
             _ = term.recv() => tracing::info!("SIGTERM: stopping (tables stay in place)"),
         }
         agent.stop().await.context("agent stopped with an error")
-    })
+    });
+    // A manifest scan still running on a blocking thread (a slow or hung filesystem)
+    // must not hold the exit: dropping the runtime would wait for it without bound.
+    // See: #11
+    rt.shutdown_timeout(SHUTDOWN_GRACE);
+    result
 }
+
+/// How long the exit waits for blocking work (a manifest scan) after the agent stopped.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 #[cfg(test)]
 mod tests {

@@ -1393,7 +1393,10 @@ mod tests {
         /// One pass as the agent does it.
         fn pass(&mut self, now: Instant) -> SyncReport {
             let scan = self.src.scan();
-            self.rec.handle_scan(scan);
+            // The watch sends only non-empty scans.
+            if !scan.is_empty() {
+                self.rec.handle_scan(scan);
+            }
             self.rec.compile();
             self.rec.sync(now)
         }
@@ -1488,6 +1491,29 @@ mod tests {
         f.write("pol.yaml", DENY_A);
         assert_eq!(f.pass(Instant::now()).applied.len(), 2);
         assert!(f.rec.synced());
+    }
+
+    #[test]
+    fn deleting_a_never_valid_file_after_another_change_resumes_compiling() {
+        // See: #11 (the agent logged "never been valid: not compiling" and never compiled
+        // again until an unrelated object changed).
+        let mut f = Fixture::new();
+        let t0 = Instant::now();
+        assert_eq!(f.pass(t0).applied.len(), 2);
+        f.write("pol.yaml", ALLOW_A);
+        f.write("broken.yaml", "kind: [\n");
+        assert_eq!(
+            f.pass(t0),
+            SyncReport::default(),
+            "incomplete: not compiled"
+        );
+        assert_eq!(f.pass(t0), SyncReport::default());
+        std::fs::remove_file(f.dir.path().join("broken.yaml")).unwrap();
+        assert_eq!(
+            f.pass(t0).applied,
+            [key("a")],
+            "the policy change is compiled"
+        );
     }
 
     #[test]

@@ -95,14 +95,25 @@ pub struct Scan {
     /// IO, mapping and duplicate problems.
     pub problems: Vec<ManifestError>,
     /// Every present file (and the mapping file) has a valid version, current or last
-    /// good: the objects are a complete view.
+    /// good: the objects are a complete view. Recomputed by every scan.
     pub complete: bool,
+    /// `complete` differs from the previous scan's: the scan must reach the agent even
+    /// without events (deleting the only never-valid file changes nothing else). See: #11
+    pub complete_changed: bool,
+    /// Files changed within the settle window (still being written): their last good
+    /// objects stay and the caller should scan again after the window. See: #11
+    pub unsettled: Vec<PathBuf>,
+    /// Manifest files listed by the walk (each read at most once per scan).
+    pub files_listed: usize,
 }
 
 impl Scan {
     /// Whether the scan carries anything for the agent.
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty() && self.diagnostics.is_empty() && self.problems.is_empty()
+        self.events.is_empty()
+            && self.diagnostics.is_empty()
+            && self.problems.is_empty()
+            && !self.complete_changed
     }
 }
 
@@ -115,6 +126,8 @@ pub struct ManifestDir {
     map: MapEntry,
     published: BTreeMap<ObjectKey, Object>,
     started: bool,
+    last_complete: Option<bool>,
+    settle: Duration,
 }
 
 fn is_manifest(path: &Path) -> bool {
@@ -124,11 +137,24 @@ fn is_manifest(path: &Path) -> bool {
     )
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ManifestError> {
+/// A directory's identity: symlink loops (two links to `.`, a link to a parent) reach the
+/// same (device, inode) again and are walked once. See: #11
+type DirId = (u64, u64);
+
+fn walk(
+    dir: &Path,
+    seen: &mut std::collections::BTreeSet<DirId>,
+    out: &mut Vec<PathBuf>,
+) -> Result<(), ManifestError> {
+    use std::os::unix::fs::MetadataExt as _;
     let err = |source| ManifestError::ReadDir {
         path: dir.to_owned(),
         source,
     };
+    let meta = std::fs::metadata(dir).map_err(err)?;
+    if !seen.insert((meta.dev(), meta.ino())) {
+        return Ok(());
+    }
     let mut entries = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(err)? {
         entries.push(entry.map_err(err)?.path());
@@ -143,7 +169,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ManifestError> {
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with('.'))
             {
-                walk(&path, out)?;
+                walk(&path, seen, out)?;
             }
         } else if is_manifest(&path) {
             out.push(path);
@@ -190,7 +216,18 @@ impl ManifestDir {
             map: MapEntry::default(),
             published: BTreeMap::new(),
             started: false,
+            last_complete: None,
+            settle: Duration::ZERO,
         }
+    }
+
+    /// Files modified less than `settle` ago are not read yet (a writer may still be
+    /// writing them in place): their last good objects stay, and the scan lists them in
+    /// [`Scan::unsettled`]. Zero (the default) reads every file at once.
+    #[must_use]
+    pub fn with_settle(mut self, settle: Duration) -> Self {
+        self.settle = settle;
+        self
     }
 
     /// The directory.
@@ -205,20 +242,31 @@ impl ManifestDir {
 
     /// Reads what changed since the last scan (file IO; never blocks on a FIFO or device).
     pub fn scan(&mut self) -> Scan {
+        self.scan_at(std::time::SystemTime::now())
+    }
+
+    /// [`scan`](Self::scan) with an explicit clock for the settle window.
+    pub fn scan_at(&mut self, now: std::time::SystemTime) -> Scan {
         let mut scan = Scan::default();
         let mut paths = Vec::new();
-        match walk(&self.root, &mut paths) {
+        match walk(&self.root, &mut Default::default(), &mut paths) {
             Ok(()) => {
+                scan.files_listed = paths.len();
                 self.files.retain(|p, _| paths.contains(p));
                 for path in paths {
-                    self.read_file(path, &mut scan);
+                    self.read_file(path, now, &mut scan);
                 }
             }
             Err(e) => scan.problems.push(e),
         }
         let map_changed = self.read_map(&mut scan);
+        // Always recomputed from every present file, never carried over. See: #11
+        // A new file still being written is not known to be valid either.
         scan.complete = self.files.values().all(|f| f.good.is_some())
+            && scan.unsettled.iter().all(|p| self.files.contains_key(p))
             && (self.netns_map.is_none() || self.map.good.is_some());
+        scan.complete_changed = self.last_complete.is_some_and(|c| c != scan.complete);
+        self.last_complete = Some(scan.complete);
 
         let current = self.union(&mut scan);
         if !self.started {
@@ -251,8 +299,8 @@ impl ManifestDir {
         scan
     }
 
-    fn read_file(&mut self, path: PathBuf, scan: &mut Scan) {
-        let bytes = match read_regular(&path) {
+    fn read_file(&mut self, path: PathBuf, now: std::time::SystemTime, scan: &mut Scan) {
+        let (bytes, mtime) = match read_regular(&path) {
             Ok(b) => b,
             // Deleted between listing and reading: the next scan drops it.
             Err(e) if e.kind() == io::ErrorKind::NotFound => return,
@@ -261,6 +309,14 @@ impl ManifestDir {
                 return;
             }
         };
+        // Modified within the settle window: maybe half written; keep the last good
+        // objects and let the caller rescan after the window. A modification time in the
+        // future (clock steps) counts as settled, so no file waits forever. See: #11
+        let fresh = now.duration_since(mtime).is_ok_and(|age| age < self.settle);
+        if fresh {
+            scan.unsettled.push(path);
+            return;
+        }
         // Invalid UTF-8 makes the file invalid, as the CLI refuses it: one rule for both
         // (decoding it lossily could change a name or a label). See: #11
         let text = match String::from_utf8(bytes) {
@@ -428,8 +484,12 @@ pub fn watch(mut dir: ManifestDir, opts: WatchOptions) -> mpsc::Receiver<Scan> {
         };
         let _watcher = watcher;
         let mut first = true;
+        // After a scan that skipped files still being written: scan again once they
+        // have had the settle window to finish. See: #11
+        let mut settle_wait: Option<Duration> = None;
         loop {
             if !first {
+                let wait = settle_wait.map_or(rescan, |s| s.min(rescan));
                 let notified = async {
                     match nrx.as_mut() {
                         Some(rx) => rx.recv().await,
@@ -442,7 +502,7 @@ pub fn watch(mut dir: ManifestDir, opts: WatchOptions) -> mpsc::Receiver<Scan> {
                             nrx = None;
                         }
                     }
-                    () = tokio::time::sleep(rescan) => {}
+                    () = tokio::time::sleep(wait) => {}
                     () = tx.closed() => return,
                 }
                 // Debounce: wait until nothing arrives for `debounce`.
@@ -458,6 +518,7 @@ pub fn watch(mut dir: ManifestDir, opts: WatchOptions) -> mpsc::Receiver<Scan> {
                 tracing::error!("manifest scan panicked; the watch stops, last known state kept");
                 return;
             };
+            settle_wait = (!scan.unsettled.is_empty()).then_some(back.settle.max(opts.debounce));
             dir = back;
             if (first || !scan.is_empty()) && tx.send(scan).await.is_err() {
                 return;
@@ -474,7 +535,7 @@ pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
 /// Reads a regular file of at most [`MAX_FILE_BYTES`]: the type is checked before opening
 /// and on the open file, which is opened `O_NONBLOCK`, so a FIFO named `*.yaml` or a
 /// link to `/dev/zero` never blocks the scan or fills memory. See: #11
-fn read_regular(path: &Path) -> io::Result<Vec<u8>> {
+fn read_regular(path: &Path) -> io::Result<(Vec<u8>, std::time::SystemTime)> {
     use std::io::Read as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let not_regular = || {
@@ -506,12 +567,13 @@ fn read_regular(path: &Path) -> io::Result<Vec<u8>> {
     if meta.len() > MAX_FILE_BYTES {
         return Err(too_big());
     }
+    let mtime = meta.modified()?;
     let mut bytes = Vec::new();
     file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > MAX_FILE_BYTES {
         return Err(too_big());
     }
-    Ok(bytes)
+    Ok((bytes, mtime))
 }
 
 #[cfg(test)]
@@ -657,6 +719,94 @@ mod tests {
     }
 
     #[test]
+    fn deleting_a_never_valid_file_after_another_change_completes_the_scan() {
+        // See: #11 (the scan after the deletion had no events, so the watch never sent
+        // it and the agent stayed "never been valid: not compiling").
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pod.yaml"), POD_A).unwrap();
+        let mut src = ManifestDir::new(dir.path(), None);
+        assert!(src.scan().complete);
+        // Another change and a never-valid file in the same scan.
+        std::fs::write(dir.path().join("pol.yaml"), DENY).unwrap();
+        std::fs::write(dir.path().join("broken.yaml"), BAD_SELECTOR).unwrap();
+        let scan = src.scan();
+        assert!(!scan.complete && scan.complete_changed);
+        assert!(matches!(&scan.events[..], [Event::Apply(_)]));
+        // Unchanged: still incomplete, nothing to send.
+        let scan = src.scan();
+        assert!(!scan.complete && scan.is_empty(), "{scan:?}");
+        std::fs::remove_file(dir.path().join("broken.yaml")).unwrap();
+        let scan = src.scan();
+        assert!(scan.events.is_empty() && scan.diagnostics.is_empty());
+        assert!(scan.complete && scan.complete_changed);
+        assert!(
+            !scan.is_empty(),
+            "the watch must send a completeness change"
+        );
+        assert!(src.scan().is_empty());
+    }
+
+    #[test]
+    fn symlink_loops_are_walked_once() {
+        // See: #11 (two links to `.` made every walk fail with RSS growing; one loop
+        // link read each file 41 times).
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("pod.yaml"), POD_A).unwrap();
+        std::fs::write(dir.path().join("sub/pol.yaml"), DENY).unwrap();
+        std::os::unix::fs::symlink(".", dir.path().join("loop1")).unwrap();
+        std::os::unix::fs::symlink(".", dir.path().join("loop2")).unwrap();
+        std::os::unix::fs::symlink("..", dir.path().join("sub/up")).unwrap();
+        let mut src = ManifestDir::new(dir.path(), None);
+        let scan = src.scan();
+        assert!(scan.problems.is_empty(), "{:?}", scan.problems);
+        assert!(scan.complete);
+        assert_eq!(scan.files_listed, 2, "each file listed (and read) once");
+        assert!(matches!(&scan.events[0], Event::Reset(o) if o.len() == 2));
+        let again = src.scan();
+        assert!(again.is_empty() && again.files_listed == 2, "{again:?}");
+    }
+
+    #[test]
+    fn file_modified_within_the_settle_window_keeps_its_last_good_objects() {
+        // See: #11 (a slow in-place writer exposed a truncated selector).
+        let settle = Duration::from_secs(1);
+        let dir = tempfile::tempdir().unwrap();
+        let pol = dir.path().join("pol.yaml");
+        std::fs::write(dir.path().join("pod.yaml"), POD_A).unwrap();
+        std::fs::write(&pol, ALLOW_80).unwrap();
+        let mtime = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
+        let mut src = ManifestDir::new(dir.path(), None).with_settle(settle);
+        let mut state = State::new();
+        // Fresh at start: a new file still being written blocks compilation.
+        let scan = src.scan_at(mtime(&pol));
+        assert_eq!(scan.unsettled.len(), 2);
+        assert!(!scan.complete);
+        let scan = src.scan_at(mtime(&pol) + settle);
+        assert!(scan.complete && scan.unsettled.is_empty(), "{scan:?}");
+        feed(&mut state, &scan);
+        assert!(policy_has_ingress(&state));
+
+        // Half written in place (truncated): not read within the window.
+        std::fs::write(&pol, &ALLOW_80[..ALLOW_80.len() - 20]).unwrap();
+        let scan = src.scan_at(mtime(&pol) + settle / 2);
+        assert!(scan.unsettled.contains(&pol), "{scan:?}");
+        assert!(scan.events.is_empty() && scan.diagnostics.is_empty());
+        assert!(scan.complete, "the file has a last good version");
+        // Finished: read once the window has passed.
+        std::fs::write(&pol, DENY).unwrap();
+        assert!(src.scan_at(mtime(&pol)).events.is_empty());
+        let scan = src.scan_at(mtime(&pol) + settle);
+        assert!(matches!(&scan.events[..], [Event::Apply(_)]), "{scan:?}");
+        feed(&mut state, &scan);
+        assert!(!policy_has_ingress(&state));
+        // A modification time in the future (clock stepped back) counts as settled.
+        std::fs::write(&pol, ALLOW_80).unwrap();
+        let scan = src.scan_at(mtime(&pol) - Duration::from_secs(60));
+        assert!(scan.unsettled.is_empty() && !scan.events.is_empty());
+    }
+
+    #[test]
     fn invalid_utf8_file_is_invalid_like_in_the_cli() {
         // See: #11 (the agent decoded invalid UTF-8 lossily while the CLI rejected it).
         let dir = tempfile::tempdir().unwrap();
@@ -736,6 +886,42 @@ mod tests {
         let mut state = State::new();
         feed(&mut state, &scan);
         assert!(policy_has_ingress(&state));
+    }
+
+    #[tokio::test]
+    async fn watch_rescans_a_file_once_the_settle_window_has_passed() {
+        // See: #11 (a file skipped as still being written must not wait for the next
+        // periodic rescan, here 60 s, nor for another notification).
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pod.yaml"), POD_A).unwrap();
+        let mut rx = watch(
+            ManifestDir::new(dir.path(), None).with_settle(Duration::from_millis(300)),
+            WatchOptions {
+                debounce: Duration::from_millis(50),
+                rescan: Duration::from_secs(60),
+            },
+        );
+        let first = rx.recv().await.unwrap();
+        if !first.complete {
+            // pod.yaml was itself fresh: wait for the settled scan.
+            let next = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(next.complete, "{next:?}");
+        }
+        std::fs::write(dir.path().join("pol.yaml"), DENY).unwrap();
+        let next = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let scan = rx.recv().await.unwrap();
+                if !scan.events.is_empty() {
+                    return scan;
+                }
+            }
+        })
+        .await
+        .expect("rescanned after the settle window, not after the 60 s rescan");
+        assert!(matches!(&next.events[..], [Event::Apply(_)]), "{next:?}");
     }
 
     #[tokio::test]

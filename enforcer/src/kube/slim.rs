@@ -6,8 +6,6 @@
 //! changing policy (`resourceVersion`, status timestamps): dropping it also means a
 //! status-only update is no change for the state index, so it causes no recompile.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::api::core::v1::{
     Container, Namespace, Node, NodeStatus, Pod, PodSpec, PodStatus, Service, ServiceStatus,
 };
@@ -15,18 +13,13 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::state::NETNS_ANNOTATION;
-
-/// Metadata reduced to name, namespace, labels, the `netpol.io/netns` annotation and
-/// (with `owners`, for Pods) the controller ownerReference and the UID (which tells a
-/// CNI record's Pod from a later Pod of the same name; it never changes in an update).
+/// Metadata reduced to name, namespace, labels and (with `owners`, for Pods) the
+/// controller ownerReference and the UID (which tells a CNI record's Pod from a later Pod
+/// of the same name; it never changes in an update). Every annotation is dropped, the
+/// `netpol.io/netns` one included: in Kubernetes mode a Pod's netns comes from CNI records
+/// and the runtime, never from what the Pod's author wrote, so it is not even kept in the
+/// state. See: #11
 fn meta(m: ObjectMeta, owners: bool) -> ObjectMeta {
-    let annotations: BTreeMap<String, String> = m
-        .annotations
-        .into_iter()
-        .flatten()
-        .filter(|(k, _)| k == NETNS_ANNOTATION)
-        .collect();
     let owner_references = if owners {
         m.owner_references
             .map(|refs| {
@@ -43,7 +36,7 @@ fn meta(m: ObjectMeta, owners: bool) -> ObjectMeta {
         namespace: m.namespace,
         uid: if owners { m.uid } else { None },
         labels: m.labels,
-        annotations: (!annotations.is_empty()).then_some(annotations),
+        annotations: None,
         owner_references,
         ..ObjectMeta::default()
     }
@@ -61,7 +54,7 @@ fn container(c: Container) -> Container {
 }
 
 /// A Pod reduced to what the compiler and the agent read: name, namespace, labels, the
-/// netns annotation, the controller owner; `nodeName`, `hostNetwork`, container ports;
+/// controller owner (no annotations, not even `netpol.io/netns`); `nodeName`, `hostNetwork`, container ports;
 /// status phase, Pod IPs and host IPs.
 pub fn slim_pod(pod: Pod) -> Pod {
     let spec = pod.spec.map(|s| PodSpec {
@@ -201,7 +194,6 @@ mod tests {
             "metadata": {
                 "name": "web", "namespace": "shop", "uid": "u1",
                 "labels": {"app": "web"},
-                "annotations": {"netpol.io/netns": "cni-1"},
                 "ownerReferences": [
                     {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-1", "uid": "r1", "controller": true}
                 ]
@@ -225,6 +217,18 @@ mod tests {
             s.conditions = None;
         }
         assert_eq!(slim_pod(later), want);
+    }
+
+    #[test]
+    fn slim_pod_strips_the_netns_annotation() {
+        // See: #11 (a Pod's `netpol.io/netns` annotation could point its ruleset at
+        // another Pod's netns; in Kubernetes mode it is not even kept in the state).
+        let p = pod(serde_json::json!({
+            "metadata": {"name": "a", "namespace": "x",
+                          "annotations": {"netpol.io/netns": "/proc/1/ns/net", "other": "1"}},
+            "spec": {"containers": [{"name": "c"}]}
+        }));
+        assert_eq!(slim_pod(p).metadata.annotations, None);
     }
 
     #[test]

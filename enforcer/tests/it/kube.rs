@@ -187,12 +187,19 @@ async fn initial_list_populates_state_slimmed_and_uses_only_rbac_calls() {
     assert!(p.origin.is_none());
     let meta = &p.object.metadata;
     assert!(meta.managed_fields.is_none() && meta.resource_version.is_none());
+    // Every annotation is stripped, netpol.io/netns included. See: #11
     assert_eq!(
-        meta.annotations.as_ref().map(|a| a.len()),
-        Some(1),
-        "only netpol.io/netns"
+        meta.annotations, None,
+        "no annotations, not even netpol.io/netns"
     );
-    let state = h.state.lock().unwrap().clone();
+    let mut state = h.state.lock().unwrap().clone();
+    // The annotation is gone: the netns comes from the operator's map (or CNI records).
+    state.handle(enforcer::state::Event::NetnsMap(
+        [("a", "ns-a"), ("b", "ns-b")]
+            .into_iter()
+            .map(|(p, n)| (enforcer::state::PodKey::new("shop", p), n.to_owned()))
+            .collect(),
+    ));
     let local: Vec<String> = state
         .local_pods(Some("n1"))
         .keys()
