@@ -122,9 +122,17 @@ impl Transport for SocketTransport {
             timeout_ms,
             source,
         };
-        let stream = UnixStream::connect(&self.path).map_err(|source| TransportError::Connect {
-            path: self.path.clone(),
-            source,
+        // Connecting is inside the deadline too: a unix socket whose accept queue is full
+        // blocks `connect`. See: #11
+        let stream = connect_within(&self.path, timeout).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::TimedOut {
+                io(source)
+            } else {
+                TransportError::Connect {
+                    path: self.path.clone(),
+                    source,
+                }
+            }
         })?;
         let left = || {
             timeout
@@ -184,6 +192,27 @@ impl Transport for SocketTransport {
         serde_json::from_slice(&answer).map_err(|e| TransportError::Protocol {
             detail: e.to_string(),
         })
+    }
+}
+
+/// `UnixStream::connect` that gives up after `timeout` (std has no connect timeout for
+/// unix sockets, and `connect` blocks while the listener's accept queue is full). The
+/// connecting thread is left behind on timeout: the plugin process exits right after.
+fn connect_within(path: &std::path::Path, timeout: Duration) -> std::io::Result<UnixStream> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let owned = path.to_owned();
+    std::thread::Builder::new()
+        .name("netpol-cni-connect".to_owned())
+        .spawn(move || {
+            // The receiver may be gone (timed out): nothing to tell then.
+            let _ = tx.send(UnixStream::connect(owned));
+        })?;
+    match rx.recv_timeout(timeout) {
+        Ok(result) => result,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the agent's socket did not accept the connection in time",
+        )),
     }
 }
 
@@ -382,7 +411,7 @@ impl Cni for NetpolCni<'_> {
     /// Ready when the agent's socket accepts connections (so ADDs can be confirmed).
     fn status(&self, args: Args) -> Result<(), Error> {
         let s = Settings::from_conf(args.config())?;
-        match UnixStream::connect(&s.agent_socket) {
+        match connect_within(&s.agent_socket, Duration::from_secs(s.timeout_seconds)) {
             Ok(_) => Ok(()),
             Err(_) if s.fail_open => Ok(()),
             Err(e) => Err(Error::PluginNotAvailable(format!(

@@ -219,3 +219,35 @@ proptest::proptest! {
         every_command(conf.to_string().as_bytes(), "/var/run/netns/none");
     }
 }
+
+#[test]
+fn full_accept_queue_cannot_outlive_the_timeout() {
+    // See: #11 (the whole-call deadline covers `connect` too: a unix socket whose accept
+    // queue is full blocks it).
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("full.sock");
+    let listener = Socket::new(Domain::UNIX, Type::STREAM, None).unwrap();
+    listener.bind(&SockAddr::unix(&socket).unwrap()).unwrap();
+    listener.listen(0).unwrap();
+    // Backlog 0: one pending connection fills the queue; nobody ever accepts.
+    let _pending = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    let env = full_env("K8S_POD_NAMESPACE=x;K8S_POD_NAME=a");
+    let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (code, stdout, stderr, took) = run(
+        "ADD",
+        &env_ref,
+        &conf(
+            &socket.display().to_string(),
+            &[("timeoutSeconds", json!(1))],
+        ),
+    );
+    assert_eq!(code, 1, "{stdout} {stderr}");
+    let e: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(e["code"], 11, "{e}");
+    assert!(
+        took < Duration::from_secs(5),
+        "the 1 s deadline holds while connecting: took {took:?}"
+    );
+    drop(listener);
+}
