@@ -66,8 +66,6 @@ use std::path::{Path, PathBuf};
 use std::thread;
 
 use nix::errno::Errno;
-use nix::ifaddrs::getifaddrs;
-use nix::net::if_::InterfaceFlags;
 use nix::sched::{CloneFlags, setns};
 
 use crate::netns;
@@ -476,31 +474,16 @@ fn read_one(candidate: &Candidate) -> Read {
             });
         }
     }
-    let addresses = getifaddrs().map_err(|source| DiscoveryError::Addresses {
+    let addresses = netns::routable_addresses().map_err(|source| DiscoveryError::Addresses {
         netns: netns(),
         source,
     })?;
-    Ok(Some(
-        addresses
-            .filter_map(|a| {
-                let loopback = a.flags.contains(InterfaceFlags::IFF_LOOPBACK);
-                let addr = a.address?;
-                let ip = if let Some(v4) = addr.as_sockaddr_in() {
-                    IpAddr::V4(v4.ip())
-                } else {
-                    IpAddr::V6(addr.as_sockaddr_in6()?.ip())
-                };
-                pod_address(ip, loopback).then_some(ip)
-            })
-            .collect(),
-    ))
+    Ok(Some(addresses.into_iter().collect()))
 }
 
-/// Whether an address on an interface can be a Pod's: not loopback, not IPv6 link-local.
-fn pod_address(ip: IpAddr, loopback_interface: bool) -> bool {
-    let link_local_v6 = matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
-    !loopback_interface && !ip.is_loopback() && !ip.is_unspecified() && !link_local_v6
-}
+/// Whether an address on an interface can be a Pod's: [`netns::is_routable`].
+#[cfg(test)]
+use crate::netns::is_routable as pod_address;
 
 /// The pure match: `seen` lists each namespace handle with the wanted addresses it
 /// holds. Returns the unambiguous Pods and the conflicts (see [`Conflict`]).

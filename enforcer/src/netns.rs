@@ -18,13 +18,17 @@
 //! a bind mount elsewhere). Commands then run under `nsenter --net=<path>`. A path inside
 //! [`NETNS_DIR`] is better passed as its name; [`from_path`] does that.
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{self, Write};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 
+use nix::ifaddrs::getifaddrs;
+use nix::net::if_::InterfaceFlags;
 use nix::sched::{CloneFlags, setns};
 
 /// Directory holding the bind mounts of named network namespaces.
@@ -514,6 +518,31 @@ pub fn kernel_support() -> Result<(), String> {
     entered.map_err(|e| format!("cannot enter a network namespace: {e}"))?;
     deleted.map_err(|e| format!("`ip netns del` does not work here: {e}"))?;
     Ok(())
+}
+
+/// Whether an interface address can be the source of routed traffic: not on a loopback
+/// interface, not loopback, not unspecified, not IPv6 link-local. The node's addresses
+/// ([`crate::node`]) and a Pod's ([`crate::discovery`]) are both these.
+pub fn is_routable(ip: IpAddr, loopback_interface: bool) -> bool {
+    let link_local_v6 = matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
+    !loopback_interface && !ip.is_loopback() && !ip.is_unspecified() && !link_local_v6
+}
+
+/// The routable addresses ([`is_routable`]) of the calling thread's network namespace
+/// (`getifaddrs(3)`), sorted and deduplicated.
+pub fn routable_addresses() -> nix::Result<BTreeSet<IpAddr>> {
+    Ok(getifaddrs()?
+        .filter_map(|a| {
+            let loopback = a.flags.contains(InterfaceFlags::IFF_LOOPBACK);
+            let addr = a.address?;
+            let ip = if let Some(v4) = addr.as_sockaddr_in() {
+                IpAddr::V4(v4.ip())
+            } else {
+                IpAddr::V6(addr.as_sockaddr_in6()?.ip())
+            };
+            is_routable(ip, loopback).then_some(ip)
+        })
+        .collect())
 }
 
 #[cfg(test)]

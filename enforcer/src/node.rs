@@ -17,8 +17,6 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Node;
-use nix::ifaddrs::getifaddrs;
-use nix::net::if_::InterfaceFlags;
 
 use crate::netns::{self, NetnsError};
 use crate::nft::NftError;
@@ -34,29 +32,14 @@ pub enum NodeError {
     Addresses(#[source] nix::Error),
 }
 
-/// Whether an interface address counts as the node's: not loopback, not unspecified,
-/// not IPv6 link-local (never the source of routed traffic to a Pod).
-pub fn is_node_address(ip: IpAddr, loopback_interface: bool) -> bool {
-    let link_local_v6 = matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
-    !loopback_interface && !ip.is_loopback() && !ip.is_unspecified() && !link_local_v6
-}
+/// Whether an interface address counts as the node's (never the source of routed traffic
+/// to a Pod otherwise): [`netns::is_routable`].
+pub use crate::netns::is_routable as is_node_address;
 
 /// The addresses of the calling thread's network namespace (the agent's: the node's),
 /// sorted and deduplicated.
 pub fn own_addresses() -> Result<Vec<IpAddr>, NodeError> {
-    let addrs = getifaddrs().map_err(NodeError::Addresses)?;
-    let set: BTreeSet<IpAddr> = addrs
-        .filter_map(|a| {
-            let loopback = a.flags.contains(InterfaceFlags::IFF_LOOPBACK);
-            let addr = a.address?;
-            let ip = if let Some(v4) = addr.as_sockaddr_in() {
-                IpAddr::V4(v4.ip())
-            } else {
-                IpAddr::V6(addr.as_sockaddr_in6()?.ip())
-            };
-            is_node_address(ip, loopback).then_some(ip)
-        })
-        .collect();
+    let set = netns::routable_addresses().map_err(NodeError::Addresses)?;
     Ok(set.into_iter().collect())
 }
 

@@ -574,6 +574,31 @@ impl Builder {
             .push(Diagnostic::field_error(origin, obj, field, value, msg));
     }
 
+    /// A port's `protocol` (`TCP` when absent), or an error diagnostic at `field` and
+    /// `None` for a value the API server rejects.
+    fn port_protocol(
+        &mut self,
+        value: Option<&str>,
+        field: impl FnOnce() -> String,
+        origin: Option<&Origin>,
+        obj: &ObjectRef,
+    ) -> Option<Protocol> {
+        let Some(s) = value else {
+            return Some(Protocol::Tcp);
+        };
+        let parsed = Protocol::parse_api(s);
+        if parsed.is_none() {
+            self.err(
+                origin,
+                obj,
+                &field(),
+                Some(s.into()),
+                "unsupported value: supported values are \"SCTP\", \"TCP\", \"UDP\"",
+            );
+        }
+        parsed
+    }
+
     /// Checks name uniqueness and validity, labels; returns false when the object is invalid.
     #[allow(clippy::too_many_arguments)] // one call per object kind; a struct would only rename them
     fn check_meta(
@@ -700,17 +725,14 @@ impl Builder {
                 for (pi, p) in c.ports.iter().flatten().enumerate() {
                     // Field paths are only formatted for a diagnostic.
                     let base = || format!("{spec_path}.{group}[{ci}].ports[{pi}]");
-                    let protocol = match p.protocol.as_deref() {
-                        None => Protocol::Tcp,
-                        Some(s) => match Protocol::parse_api(s) {
-                            Some(pr) => pr,
-                            None => {
-                                self.err(origin, obj, &format!("{}.protocol", base()), Some(s.into()),
-                                    "unsupported value: supported values are \"SCTP\", \"TCP\", \"UDP\"");
-                                ok = false;
-                                continue;
-                            }
-                        },
+                    let Some(protocol) = self.port_protocol(
+                        p.protocol.as_deref(),
+                        || format!("{}.protocol", base()),
+                        origin,
+                        obj,
+                    ) else {
+                        ok = false;
+                        continue;
                     };
                     let Some(port) = u16::try_from(p.container_port).ok().filter(|p| *p > 0) else {
                         self.err(
@@ -1009,22 +1031,12 @@ impl Builder {
         origin: Option<&Origin>,
         obj: &ObjectRef,
     ) -> Option<RulePort> {
-        let protocol = match p.protocol.as_deref() {
-            None => Protocol::Tcp,
-            Some(s) => match Protocol::parse_api(s) {
-                Some(pr) => pr,
-                None => {
-                    self.err(
-                        origin,
-                        obj,
-                        &format!("{field}.protocol"),
-                        Some(s.into()),
-                        "unsupported value: supported values are \"SCTP\", \"TCP\", \"UDP\"",
-                    );
-                    return None;
-                }
-            },
-        };
+        let protocol = self.port_protocol(
+            p.protocol.as_deref(),
+            || format!("{field}.protocol"),
+            origin,
+            obj,
+        )?;
         let port = match &p.port {
             None => {
                 if let Some(e) = p.end_port {

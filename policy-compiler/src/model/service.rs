@@ -490,23 +490,17 @@ impl Builder {
                     }
                 }
             }
-            let protocol = match p.protocol.as_deref() {
-                None => Protocol::Tcp,
-                Some(s) => match Protocol::parse_api(s) {
-                    Some(pr) => pr,
-                    None => {
-                        self.err(
-                            origin,
-                            &obj,
-                            &format!("{base}.protocol"),
-                            Some(s.into()),
-                            "unsupported value: supported values are \"SCTP\", \"TCP\", \"UDP\"",
-                        );
-                        pok = false;
-                        Protocol::Tcp
-                    }
-                },
-            };
+            let protocol = self
+                .port_protocol(
+                    p.protocol.as_deref(),
+                    || format!("{base}.protocol"),
+                    origin,
+                    &obj,
+                )
+                .unwrap_or_else(|| {
+                    pok = false;
+                    Protocol::Tcp
+                });
             let port = port_number(p.port);
             if port.is_none() {
                 self.err(
@@ -790,23 +784,17 @@ impl Builder {
                 );
                 ok = false;
             }
-            let protocol = match p.protocol.as_deref() {
-                None => Protocol::Tcp,
-                Some(pr) => match Protocol::parse_api(pr) {
-                    Some(pr) => pr,
-                    None => {
-                        self.err(
-                            origin,
-                            &obj,
-                            &format!("{base}.protocol"),
-                            Some(pr.into()),
-                            "unsupported value: supported values are \"SCTP\", \"TCP\", \"UDP\"",
-                        );
-                        ok = false;
-                        Protocol::Tcp
-                    }
-                },
-            };
+            let protocol = self
+                .port_protocol(
+                    p.protocol.as_deref(),
+                    || format!("{base}.protocol"),
+                    origin,
+                    &obj,
+                )
+                .unwrap_or_else(|| {
+                    ok = false;
+                    Protocol::Tcp
+                });
             let port = match p.port {
                 None => None,
                 Some(n) => match port_number(n) {
