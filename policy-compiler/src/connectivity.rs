@@ -190,6 +190,9 @@ struct Signature {
     /// under family `None`.
     member: Vec<(Option<Family>, Vec<PeerSetId>)>,
     ports: Vec<ContainerPort>,
+    /// The node: traffic from a Pod's own node is always admitted (`Reach::from_node`),
+    /// so two hostNetwork Pods (or two destinations) on different nodes differ.
+    node: Option<String>,
     /// The ClusterNetworkPolicies applying to the endpoint, in order.
     cluster: Vec<crate::model::ClusterPolicyId>,
     /// Per IP family, the ClusterNetworkPolicy peer sets containing the endpoint (by
@@ -309,6 +312,7 @@ impl<'m> Connectivity<'m> {
                     .into_iter()
                     .collect(),
                 ports: e.ports.clone(),
+                node: e.node.clone(),
                 cluster: graph.cluster_subjects(e.id).to_vec(),
                 cluster_member: std::mem::take(&mut cluster_member[e.id.0 as usize])
                     .into_iter()

@@ -633,6 +633,17 @@ impl AllowGraph {
                     );
                 }
             }
+            let cluster = self.cluster.subjects(e.id);
+            if !cluster.is_empty() {
+                let names: Vec<String> = cluster
+                    .iter()
+                    .map(|id| {
+                        let p = model.cluster_policy(*id);
+                        format!("{} ({} {})", p.name, p.tier, p.priority)
+                    })
+                    .collect();
+                let _ = writeln!(s, "  clusternetworkpolicies: {}", names.join(", "));
+            }
         }
         s
     }

@@ -362,6 +362,15 @@ fn prove_shard(test: &str, shard: usize, shards: usize, tag: &str) {
         }
         let t = Instant::now();
         let case = cases::compile(dir);
+        if !case.model.cluster_policies.is_empty() {
+            // The per-Pod ruleset does not enforce ClusterNetworkPolicy tiers yet (#13,
+            // kernel part): these cases are proven against expect.yaml by the compiler only.
+            eprintln!(
+                "kernel proof {:<45} skipped: ClusterNetworkPolicy",
+                case.name
+            );
+            continue;
+        }
         let s = prove_case(&case, dir, tag);
         total += s.probes;
         for n in &s.notes {
