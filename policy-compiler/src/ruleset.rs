@@ -48,18 +48,22 @@
 
 pub mod interval;
 mod render;
+mod stages;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 
 use crate::graph::{AllowGraph, PeerSet, Provenance, rule_of, rule_ports};
-use crate::model::{Direction, Endpoint, EndpointId, EndpointKind, Model, PortMatch, Rule};
+use crate::model::{
+    Direction, Endpoint, EndpointId, EndpointKind, Model, PortMatch, Rule, Tier,
+};
 use crate::ports::{PortSet, Protocol};
 
 pub use interval::Family;
 
 use interval::{Contribution, Segment};
+use stages::{StageContext, Staged};
 
 /// Name of the table in every Pod's namespace.
 pub const TABLE: &str = "netpol";
@@ -250,6 +254,52 @@ pub struct ServiceSet {
     pub elements: Vec<ServiceElement>,
 }
 
+/// What a ClusterNetworkPolicy rule does to a packet it matches.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TierVerdict {
+    /// `Accept`: `accept` (final for the hook).
+    Accept,
+    /// `Pass`: `return` to the judging chain, which goes on with the next stage.
+    Pass,
+    /// `Deny`: `counter log group N prefix "…" drop`; the prefix names the rule
+    /// ([`cluster_log_prefix`]).
+    Drop {
+        /// nflog group.
+        group: u16,
+        /// Log prefix (at most [`MAX_LOG_PREFIX`] bytes).
+        prefix: String,
+    },
+}
+
+/// One element of a [`TierSet`]: an inclusive address range, with a protocol and port
+/// range in a set with ports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TierElement {
+    /// First address.
+    pub first: IpAddr,
+    /// Last address.
+    pub last: IpAddr,
+    /// The CIDR prefix length when the range is exactly one block.
+    pub prefix: Option<u8>,
+    /// Protocol and port range (`Some` exactly in a set with ports).
+    pub ports: Option<PortElement>,
+}
+
+/// The peers of one ClusterNetworkPolicy rule in one family: a set of type
+/// `ipv4_addr` (every port of every protocol) or `ipv4_addr . inet_proto . inet_service`
+/// (with ports), `flags interval`. Addresses are disjoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TierSet {
+    /// Set name (`<stage>_<i>_v4`, `<stage>_<i>_v4_ports`).
+    pub name: String,
+    /// Address family.
+    pub family: Family,
+    /// Whether elements carry protocol and ports.
+    pub with_ports: bool,
+    /// Elements sorted by address, then protocol and port.
+    pub elements: Vec<TierElement>,
+}
+
 /// Address selector of a peer-map rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum AddrField {
@@ -309,6 +359,25 @@ pub enum RuleKind {
         family: Family,
         /// The set.
         set: String,
+    },
+    /// `jump <chain>`: enter a stage chain (it returns unless a rule decides).
+    Jump {
+        /// The chain.
+        chain: String,
+    },
+    /// A ClusterNetworkPolicy rule: `ip saddr @set <verdict>` or
+    /// `ip saddr . meta l4proto . th dport @set <verdict>` (a [`TierSet`]).
+    Tier {
+        /// Family of the address match.
+        family: Family,
+        /// Source (ingress) or destination (egress) address.
+        field: AddrField,
+        /// The [`TierSet`].
+        set: String,
+        /// Whether the set has protocol and port.
+        ports: bool,
+        /// What a match does.
+        verdict: TierVerdict,
     },
     /// `counter log group N prefix "…" drop`.
     LogDrop {
@@ -373,6 +442,8 @@ pub struct Ruleset {
     pub addr_sets: Vec<AddrSet>,
     /// Service sets; empty without Services.
     pub service_sets: Vec<ServiceSet>,
+    /// ClusterNetworkPolicy rule sets; empty without ClusterNetworkPolicies.
+    pub tier_sets: Vec<TierSet>,
     /// Chains: `ingress`, `egress`, then the class chains.
     pub chains: Vec<Chain>,
 }
@@ -383,7 +454,10 @@ impl Ruleset {
         RulesetStats {
             chains: self.chains.len(),
             rules: self.chains.iter().map(|c| c.rules.len()).sum(),
-            sets: self.sets.len() + self.addr_sets.len() + self.service_sets.len(),
+            sets: self.sets.len()
+                + self.addr_sets.len()
+                + self.service_sets.len()
+                + self.tier_sets.len(),
             set_elements: self.sets.iter().map(|s| s.elements.len()).sum::<usize>()
                 + self
                     .addr_sets
@@ -394,7 +468,8 @@ impl Ruleset {
                     .service_sets
                     .iter()
                     .map(|s| s.elements.len())
-                    .sum::<usize>(),
+                    .sum::<usize>()
+                + self.tier_sets.iter().map(|s| s.elements.len()).sum::<usize>(),
             maps: self.maps.len(),
             map_elements: self.maps.iter().map(|m| m.elements.len()).sum(),
         }
@@ -519,6 +594,46 @@ impl Ruleset {
                         return Some(true);
                     }
                 }
+                RuleKind::Jump { chain: c } => {
+                    if let Some(target) = self.chains.iter().find(|ch| &ch.name == c)
+                        && let Some(v) = self.eval(target, pkt, depth + 1)
+                    {
+                        return Some(v);
+                    }
+                }
+                RuleKind::Tier {
+                    family,
+                    field,
+                    set,
+                    ports,
+                    verdict,
+                } => {
+                    let Some(a) = addr(field).filter(|a| Family::of(a) == *family) else {
+                        continue;
+                    };
+                    let v = interval::to_int(&a);
+                    let hit = self.tier_sets.iter().any(|s| {
+                        &s.name == set
+                            && s.with_ports == *ports
+                            && s.elements.iter().any(|e| {
+                                interval::to_int(&e.first) <= v
+                                    && v <= interval::to_int(&e.last)
+                                    && e.ports.is_none_or(|p| {
+                                        p.protocol == pkt.protocol
+                                            && p.first <= pkt.port
+                                            && pkt.port <= p.last
+                                    })
+                            })
+                    });
+                    if hit {
+                        return match verdict {
+                            TierVerdict::Accept => Some(true),
+                            TierVerdict::Drop { .. } => Some(false),
+                            // `return`: back to the calling chain.
+                            TierVerdict::Pass => None,
+                        };
+                    }
+                }
                 RuleKind::LogDrop { .. } => return Some(false),
                 RuleKind::Established
                 | RuleKind::NeighbourDiscovery
@@ -583,10 +698,16 @@ pub fn compile_pod(
         sets: Vec::new(),
         addr_sets: Vec::new(),
         service_sets: Vec::new(),
+        tier_sets: Vec::new(),
         chains: Vec::new(),
     };
     let node_addrs = pod_node_addresses(model, ep, opts);
     let mut class_chains = Vec::new();
+    let cx = StageContext {
+        model,
+        graph,
+        log_group: opts.log_group,
+    };
     for dir in [Direction::Ingress, Direction::Egress] {
         let policies: Vec<String> = graph
             .isolation(pod)
@@ -598,7 +719,8 @@ pub fn compile_pod(
             Direction::Ingress => Hook::Input,
             Direction::Egress => Hook::Output,
         };
-        if policies.is_empty() {
+        let cluster = cluster_note(model, graph, pod, dir);
+        if policies.is_empty() && cluster.is_none() {
             rs.notes.push(format!(
                 "{dir}: not isolated (no NetworkPolicy with policyType {} selects it)",
                 match dir {
@@ -614,8 +736,17 @@ pub fn compile_pod(
             });
             continue;
         }
-        rs.notes
-            .push(format!("{dir}: isolated by {}", policies.join(", ")));
+        if policies.is_empty() {
+            rs.notes.push(format!(
+                "{dir}: not isolated by a NetworkPolicy: Baseline tier, then accept"
+            ));
+        } else {
+            rs.notes
+                .push(format!("{dir}: isolated by {}", policies.join(", ")));
+        }
+        if let Some(c) = &cluster {
+            rs.notes.push(format!("{dir}: {c}"));
+        }
         let mut rules = vec![
             rule(RuleKind::Established, None),
             rule(RuleKind::NeighbourDiscovery, None),
@@ -653,30 +784,55 @@ pub fn compile_pod(
             // No node table: Service addresses are ordinary destinations. See: #10
             Direction::Egress => {}
         }
-        let lookup = PeerLookup::compile(model, graph, pod, dir, dir.as_str());
-        rules.extend(lookup.rules);
-        rs.maps.extend(lookup.maps);
-        rs.sets.extend(lookup.sets);
-        class_chains.extend(lookup.class_chains);
-        rules.push(rule(
+        let np_drop = rule(
             RuleKind::LogDrop {
                 group: opts.log_group,
                 prefix: log_prefix(&ep.namespace, &ep.name, dir),
             },
             Some(comment(&format!("isolated by {}", policies.join(", ")))),
-        ));
+        );
+        let staged = Staged::compile(&cx, pod, dir, dir.as_str(), np_drop);
+        rules.extend(staged.rules);
+        rs.maps.extend(staged.maps);
+        rs.sets.extend(staged.sets);
+        rs.tier_sets.extend(staged.tier_sets);
+        class_chains.extend(staged.chains);
+        let mut notes = Vec::new();
+        if !policies.is_empty() {
+            notes.push(format!("isolated by {}", policies.join(", ")));
+        }
+        if let Some(c) = cluster {
+            notes.push(c);
+        }
         rs.chains.push(Chain {
             name: dir.as_str().to_owned(),
             base: Some(BaseChain {
                 hook,
-                accept: false,
+                accept: !staged.isolated,
             }),
-            notes: vec![format!("isolated by {}", policies.join(", "))],
+            notes,
             rules,
         });
     }
     rs.chains.extend(class_chains);
     rs
+}
+
+/// `ClusterNetworkPolicies: a, b` when some with rules for `dir` apply to `pod`.
+fn cluster_note(
+    model: &Model,
+    graph: &AllowGraph,
+    pod: EndpointId,
+    dir: Direction,
+) -> Option<String> {
+    let names: Vec<String> = graph
+        .cluster_subjects(pod)
+        .iter()
+        .map(|id| model.cluster_policy(*id))
+        .filter(|p| !p.rules(dir).is_empty())
+        .map(|p| format!("{} ({} {})", p.name, p.tier.as_str(), p.priority))
+        .collect();
+    (!names.is_empty()).then(|| format!("ClusterNetworkPolicies {}", names.join(", ")))
 }
 
 /// The addresses that count as `ep`'s node in its ruleset: the model's
@@ -956,6 +1112,7 @@ pub fn compile_node(
         sets: Vec::new(),
         addr_sets: Vec::new(),
         service_sets: Vec::new(),
+        tier_sets: Vec::new(),
         chains: Vec::new(),
     };
     if !ctx.addresses.is_empty() {
@@ -973,6 +1130,11 @@ pub fn compile_node(
     let mut pod_chains = Vec::new();
     let mut class_chains = Vec::new();
     let mut k = 0usize;
+    let cx = StageContext {
+        model,
+        graph,
+        log_group: opts.log_group,
+    };
     for id in pods {
         let ep = model.endpoint(id);
         let policies: Vec<String> = graph
@@ -981,7 +1143,8 @@ pub fn compile_node(
             .iter()
             .map(|p| model.policy(*p).key())
             .collect();
-        if policies.is_empty() || !ep.selectable() {
+        let cluster = cluster_note(model, graph, id, Direction::Egress);
+        if policies.is_empty() && cluster.is_none() || !ep.selectable() {
             continue;
         }
         if ep.ips.is_empty() {
@@ -991,11 +1154,9 @@ pub fn compile_node(
         }
         let chain = format!("egress_pod_{k}");
         k += 1;
-        rs.notes.push(format!(
-            "{chain}: {} egress isolated by {}",
-            ep.key(),
-            policies.join(", ")
-        ));
+        let why = judged_by(&policies, cluster.as_deref());
+        rs.notes
+            .push(format!("{chain}: {} egress {why}", ep.key()));
         for ip in &ep.ips {
             let v = interval::to_int(ip);
             let family = Family::of(ip);
@@ -1011,27 +1172,23 @@ pub fn compile_node(
                 Family::V6 => src_v6.push((el, ep.key())),
             }
         }
-        let lookup = PeerLookup::compile(model, graph, id, Direction::Egress, &chain);
-        let mut rules = lookup.rules;
-        rules.push(rule(
+        let np_drop = rule(
             RuleKind::LogDrop {
                 group: opts.log_group,
                 prefix: log_prefix(&ep.namespace, &ep.name, Direction::Egress),
             },
             Some(comment(&format!("isolated by {}", policies.join(", ")))),
-        ));
-        rs.maps.extend(lookup.maps);
-        rs.sets.extend(lookup.sets);
-        class_chains.extend(lookup.class_chains);
+        );
+        let staged = Staged::compile(&cx, id, Direction::Egress, &chain, np_drop);
+        rs.maps.extend(staged.maps);
+        rs.sets.extend(staged.sets);
+        rs.tier_sets.extend(staged.tier_sets);
+        class_chains.extend(staged.chains);
         pod_chains.push(Chain {
             name: chain,
             base: None,
-            notes: vec![format!(
-                "{} egress, isolated by {}",
-                ep.key(),
-                policies.join(", ")
-            )],
-            rules,
+            notes: vec![format!("{} egress, {why}", ep.key())],
+            rules: staged.rules,
         });
     }
     let mut src_maps = Vec::new();
@@ -1057,6 +1214,7 @@ pub fn compile_node(
     maps.extend(hairpin.maps);
     rs.maps = maps;
     rs.sets.extend(hairpin.sets);
+    rs.tier_sets.extend(hairpin.tier_sets);
     for (name, hook) in [
         (NODE_FORWARD_CHAIN, Hook::Forward),
         (NODE_INPUT_CHAIN, Hook::Input),
@@ -1136,6 +1294,7 @@ struct HairpinLookup {
     dst_maps: Vec<PeerMap>,
     maps: Vec<PeerMap>,
     sets: Vec<PortsSet>,
+    tier_sets: Vec<TierSet>,
     chains: Vec<Chain>,
     notes: Vec<String>,
 }
@@ -1154,8 +1313,14 @@ impl HairpinLookup {
             dst_maps: Vec::new(),
             maps: Vec::new(),
             sets: Vec::new(),
+            tier_sets: Vec::new(),
             chains: Vec::new(),
             notes: Vec::new(),
+        };
+        let cx = StageContext {
+            model,
+            graph,
+            log_group: opts.log_group,
         };
         let mut dst: [Vec<MapElement>; 2] = [Vec::new(), Vec::new()];
         let mut pod_chains = Vec::new();
@@ -1169,16 +1334,18 @@ impl HairpinLookup {
                 .iter()
                 .map(|p| model.policy(*p).key())
                 .collect();
-            if policies.is_empty() || !ep.selectable() || ep.ips.is_empty() {
+            let cluster = cluster_note(model, graph, id, Direction::Ingress);
+            if policies.is_empty() && cluster.is_none() || !ep.selectable() || ep.ips.is_empty()
+            {
                 continue;
             }
             let hairpin = format!("hairpin_pod_{k}");
             let ingress = format!("ingress_pod_{k}");
             k += 1;
+            let why = judged_by(&policies, cluster.as_deref());
             out.notes.push(format!(
-                "{ingress}: {} ingress through its own Service (hairpin), isolated by {}",
+                "{ingress}: {} ingress through its own Service (hairpin), {why}",
                 ep.key(),
-                policies.join(", ")
             ));
             let element = |ip: &IpAddr, chain: &str| {
                 let v = interval::to_int(ip);
@@ -1230,9 +1397,7 @@ impl HairpinLookup {
                 notes: vec![format!("{} to itself through a Service", ep.key())],
                 rules,
             });
-            let lookup = PeerLookup::compile(model, graph, id, Direction::Ingress, &ingress);
-            let mut rules = lookup.rules;
-            rules.push(rule(
+            let np_drop = rule(
                 RuleKind::LogDrop {
                     group: opts.log_group,
                     prefix: log_prefix(&ep.namespace, &ep.name, Direction::Ingress),
@@ -1241,20 +1406,18 @@ impl HairpinLookup {
                     "hairpin, isolated by {}",
                     policies.join(", ")
                 ))),
-            ));
-            out.maps.extend(lookup.maps);
-            out.sets.extend(lookup.sets);
+            );
+            let staged = Staged::compile(&cx, id, Direction::Ingress, &ingress, np_drop);
+            out.maps.extend(staged.maps);
+            out.sets.extend(staged.sets);
+            out.tier_sets.extend(staged.tier_sets);
             lookups.push(Chain {
                 name: ingress,
                 base: None,
-                notes: vec![format!(
-                    "{} ingress (hairpin), isolated by {}",
-                    ep.key(),
-                    policies.join(", ")
-                )],
-                rules,
+                notes: vec![format!("{} ingress (hairpin), {why}", ep.key())],
+                rules: staged.rules,
             });
-            out.chains.extend(lookup.class_chains);
+            out.chains.extend(staged.chains);
         }
         for (family, mut elems) in [(Family::V4, 0usize), (Family::V6, 1)]
             .map(|(f, slot)| (f, std::mem::take(&mut dst[slot])))
@@ -1274,6 +1437,16 @@ impl HairpinLookup {
         out.chains.extend(classes);
         out
     }
+}
+
+/// `ns/a, ns/b` (NetworkPolicies isolating), ClusterNetworkPolicies, or both.
+fn judged_by(policies: &[String], cluster: Option<&str>) -> String {
+    let mut parts = Vec::new();
+    if !policies.is_empty() {
+        parts.push(format!("isolated by {}", policies.join(", ")));
+    }
+    parts.extend(cluster.map(str::to_owned));
+    parts.join("; ")
 }
 
 fn rule(kind: RuleKind, comment: Option<String>) -> NftRule {
@@ -1320,6 +1493,32 @@ pub fn log_prefix(namespace: &str, name: &str, dir: Direction) -> String {
         name
     };
     let s = format!("netpol:{ns}/{name}:{dir} ");
+    s.chars().take(MAX_LOG_PREFIX).collect()
+}
+
+/// `netpol:<ns>/<name>:<dir>:<a|b><policy>.<rule> `: the log prefix of a
+/// ClusterNetworkPolicy Deny rule; `a` Admin, `b` Baseline, `<policy>` the index in
+/// [`Model::cluster_policies`] and `<rule>` the rule's index in its direction (the drop
+/// reporter maps them back through the same model). The name is shortened to fit.
+pub fn cluster_log_prefix(
+    namespace: &str,
+    name: &str,
+    dir: Direction,
+    tier: Tier,
+    policy: u32,
+    rule: usize,
+) -> String {
+    let t = match tier {
+        Tier::Admin => 'a',
+        Tier::Baseline => 'b',
+    };
+    let suffix = format!(":{t}{policy}.{rule}");
+    let ns = sanitize(namespace);
+    let name = sanitize(name);
+    let fixed = "netpol:".len() + ns.len() + 1 + 1 + dir.as_str().len() + suffix.len() + 1;
+    let room = MAX_LOG_PREFIX.saturating_sub(fixed);
+    let name: String = name.chars().take(room).collect();
+    let s = format!("netpol:{ns}/{name}:{dir}{suffix} ");
     s.chars().take(MAX_LOG_PREFIX).collect()
 }
 

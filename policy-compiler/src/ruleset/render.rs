@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 
 use super::{
     AddrField, AddrSet, Chain, Family, MapVerdict, ND_TYPES, PeerMap, PortElement, PortsSet,
-    RuleKind, Ruleset, ServiceSet, TABLE,
+    RuleKind, Ruleset, ServiceSet, TABLE, TierSet, TierVerdict,
 };
 
 /// Longest list of sources written after a map element.
@@ -48,6 +48,10 @@ pub(super) fn nft(rs: &Ruleset) -> String {
     for set in &rs.service_sets {
         sep(&mut s);
         service_set(&mut s, set);
+    }
+    for set in &rs.tier_sets {
+        sep(&mut s);
+        tier_set(&mut s, set);
     }
     for c in &rs.chains {
         sep(&mut s);
@@ -141,6 +145,51 @@ fn service_set(s: &mut String, set: &ServiceSet) {
     let _ = writeln!(s, "\t}}");
 }
 
+fn tier_set(s: &mut String, set: &TierSet) {
+    let _ = writeln!(s, "\tset {} {{", set.name);
+    if set.with_ports {
+        let _ = writeln!(
+            s,
+            "\t\ttype {} . inet_proto . inet_service",
+            addr_type(set.family)
+        );
+    } else {
+        let _ = writeln!(s, "\t\ttype {}", addr_type(set.family));
+    }
+    let _ = writeln!(s, "\t\tflags interval");
+    if !set.elements.is_empty() {
+        let _ = writeln!(s, "\t\telements = {{");
+        for e in &set.elements {
+            let addr = match e.prefix {
+                Some(p) if p == family_bits(set.family) => e.first.to_string(),
+                Some(p) => format!("{}/{p}", e.first),
+                None => format!("{}-{}", e.first, e.last),
+            };
+            match &e.ports {
+                Some(p) => {
+                    let _ = writeln!(s, "\t\t\t{addr} . {},", port_element(p));
+                }
+                None => {
+                    let _ = writeln!(s, "\t\t\t{addr},");
+                }
+            }
+        }
+        let _ = writeln!(s, "\t\t}}");
+    }
+    let _ = writeln!(s, "\t}}");
+}
+
+/// `accept`, `return` or `counter log group N prefix "…" drop`.
+pub(super) fn tier_verdict(v: &TierVerdict) -> String {
+    match v {
+        TierVerdict::Accept => "accept".to_owned(),
+        TierVerdict::Pass => "return".to_owned(),
+        TierVerdict::Drop { group, prefix } => {
+            format!("counter log group {group} prefix \"{prefix}\" drop")
+        }
+    }
+}
+
 fn family_proto(f: Family) -> &'static str {
     match f {
         Family::V4 => "ip",
@@ -221,6 +270,23 @@ fn chain(s: &mut String, c: &Chain) {
                 format!("{proto} {f} vmap @{map}")
             }
             RuleKind::Ports { set } => format!("meta l4proto . th dport @{set} accept"),
+            RuleKind::Jump { chain } => format!("jump {chain}"),
+            RuleKind::Tier {
+                family,
+                field,
+                set,
+                ports,
+                verdict,
+            } => {
+                let proto = family_proto(*family);
+                let f = field.as_str();
+                let v = tier_verdict(verdict);
+                if *ports {
+                    format!("{proto} {f} . meta l4proto . th dport @{set} {v}")
+                } else {
+                    format!("{proto} {f} @{set} {v}")
+                }
+            }
             RuleKind::LogDrop { group, prefix } => {
                 format!("counter log group {group} prefix \"{prefix}\" drop")
             }

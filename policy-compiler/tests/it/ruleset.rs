@@ -24,6 +24,15 @@ pub(crate) const GOLDENS: &[(&str, &str)] = &[
     // See: #10 — node_v4 in ingress, svc_v4 in egress.
     ("services/allow-dns", "app/client"),
     ("services/nodeport", "web/server"),
+    // See: #13 — Admin Deny before the NetworkPolicy lookup; Admin Pass, then Baseline.
+    (
+        "cnp/admin/integration/1-initial",
+        "network-policy-conformance-gryffindor/harry-potter-0",
+    ),
+    (
+        "cnp/admin/integration/4-networkpolicy-deleted",
+        "network-policy-conformance-gryffindor/harry-potter-0",
+    ),
 ];
 
 /// Node tables pinned as `node_<name>.nft`: (case, node).
@@ -107,11 +116,6 @@ fn software_evaluation_of_every_ruleset_matches_the_allow_graph() {
     for dir in case_dirs(&root) {
         let name = dir.strip_prefix(&root).unwrap().display().to_string();
         let (model, graph) = compiled(&dir);
-        if !model.cluster_policies.is_empty() {
-            // The per-Pod ruleset does not enforce ClusterNetworkPolicy tiers yet (#13,
-            // kernel part): its cases are checked against expect.yaml only.
-            continue;
-        }
         let peers = peer_addresses(&model, &dir);
         for pod in model
             .endpoints
