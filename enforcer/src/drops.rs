@@ -113,7 +113,52 @@ pub enum DropsError {
     },
 }
 
-/// The Pod and direction a log prefix names: `netpol:<namespace>/<pod>:<direction> `.
+/// The ClusterNetworkPolicy rule a log prefix names: `:a<policy>.<rule>` (Admin) or
+/// `:b<policy>.<rule>` (Baseline), indexes into the compiled model
+/// ([`policy_compiler::ruleset::cluster_log_prefix`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ClusterRuleRef {
+    /// Admin or Baseline.
+    pub tier: policy_compiler::model::Tier,
+    /// Index in `Model::cluster_policies`.
+    pub policy: u32,
+    /// Index of the rule in the direction's rules.
+    pub rule: u32,
+}
+
+impl ClusterRuleRef {
+    fn parse(s: &str) -> Option<Self> {
+        let tier = match s.as_bytes().first()? {
+            b'a' => policy_compiler::model::Tier::Admin,
+            b'b' => policy_compiler::model::Tier::Baseline,
+            _ => return None,
+        };
+        let (p, r) = s.get(1..)?.split_once('.')?;
+        let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+        if !digits(p) || !digits(r) {
+            return None;
+        }
+        Some(Self {
+            tier,
+            policy: p.parse().ok()?,
+            rule: r.parse().ok()?,
+        })
+    }
+}
+
+impl fmt::Display for ClusterRuleRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let t = match self.tier {
+            policy_compiler::model::Tier::Admin => 'a',
+            policy_compiler::model::Tier::Baseline => 'b',
+        };
+        write!(f, "{t}{}.{}", self.policy, self.rule)
+    }
+}
+
+/// The Pod and direction a log prefix names: `netpol:<namespace>/<pod>:<direction> `,
+/// and for a ClusterNetworkPolicy Deny rule `netpol:<namespace>/<pod>:<direction>:<rule> `
+/// ([`ClusterRuleRef`]).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct LogPrefix {
     /// Pod namespace.
@@ -122,17 +167,25 @@ pub struct LogPrefix {
     pub pod: String,
     /// Which chain dropped: `ingress` (hook input) or `egress` (hook output).
     pub direction: Direction,
+    /// The ClusterNetworkPolicy Deny rule that dropped (`None`: the NetworkPolicy stage).
+    pub cluster: Option<ClusterRuleRef>,
 }
 
 impl LogPrefix {
     /// The prefix's fixed start.
     pub const TAG: &'static str = "netpol:";
 
-    /// Parses `netpol:<ns>/<name>:<ingress|egress>` (trailing spaces ignored). `None`
-    /// for anything else, e.g. another tool's prefix or one the kernel cut at 127 bytes.
+    /// Parses `netpol:<ns>/<name>:<ingress|egress>[:<a|b><policy>.<rule>]` (trailing
+    /// spaces ignored). `None` for anything else, e.g. another tool's prefix or one the
+    /// kernel cut at 127 bytes.
     pub fn parse(prefix: &str) -> Option<Self> {
         let rest = prefix.trim_end().strip_prefix(Self::TAG)?;
-        let (pod, dir) = rest.rsplit_once(':')?;
+        let (mut pod, mut dir) = rest.rsplit_once(':')?;
+        let mut cluster = None;
+        if dir != "ingress" && dir != "egress" {
+            cluster = Some(ClusterRuleRef::parse(dir)?);
+            (pod, dir) = pod.rsplit_once(':')?;
+        }
         let direction = match dir {
             "ingress" => Direction::Ingress,
             "egress" => Direction::Egress,
@@ -146,7 +199,17 @@ impl LogPrefix {
             namespace: namespace.to_owned(),
             pod: pod.to_owned(),
             direction,
+            cluster,
         })
+    }
+
+    /// The stage that dropped: `networkpolicy`, `admin` or `baseline` (a metrics label).
+    pub fn tier(&self) -> &'static str {
+        match self.cluster.map(|c| c.tier) {
+            None => "networkpolicy",
+            Some(policy_compiler::model::Tier::Admin) => "admin",
+            Some(policy_compiler::model::Tier::Baseline) => "baseline",
+        }
     }
 
     /// `ns/name`.
@@ -160,12 +223,16 @@ impl fmt::Display for LogPrefix {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{}{}/{}:{} ",
+            "{}{}/{}:{}",
             Self::TAG,
             self.namespace,
             self.pod,
             self.direction
-        )
+        )?;
+        match self.cluster {
+            Some(c) => write!(f, ":{c} "),
+            None => f.write_str(" "),
+        }
     }
 }
 
@@ -415,7 +482,36 @@ mod tests {
         let e = LogPrefix::parse("netpol:kube-system/coredns-5d78c9869d-abcde:egress").unwrap();
         assert_eq!(e.namespace, "kube-system");
         assert_eq!(e.direction, Direction::Egress);
+        assert_eq!(e.cluster, None);
+        // See: #13 — a ClusterNetworkPolicy Deny names its rule.
+        let c = LogPrefix::parse("netpol:x/b:egress:b12.3 ").unwrap();
+        assert_eq!(c.pod_key(), "x/b");
+        assert_eq!(c.direction, Direction::Egress);
+        assert_eq!(
+            c.cluster,
+            Some(ClusterRuleRef {
+                tier: policy_compiler::model::Tier::Baseline,
+                policy: 12,
+                rule: 3
+            })
+        );
+        assert_eq!(c.to_string(), "netpol:x/b:egress:b12.3 ");
+        let text = policy_compiler::ruleset::cluster_log_prefix(
+            "x",
+            "b",
+            Direction::Ingress,
+            policy_compiler::model::Tier::Admin,
+            0,
+            7,
+        );
+        assert_eq!(LogPrefix::parse(&text).unwrap().to_string(), text);
         for bad in [
+            "netpol:x/b:egress:c1.2 ",
+            "netpol:x/b:egress:a1 ",
+            "netpol:x/b:egress:a.2 ",
+            "netpol:x/b:egress:a1.2x ",
+            "netpol:x/b:a1.2 ",
+            "netpol:x/b:egress:a99999999999.1 ",
             "",
             "netpol:",
             "netpol:x/b",

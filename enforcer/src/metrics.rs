@@ -12,7 +12,7 @@
 //! | `netpol_reconcile_duration_seconds` | histogram | one reconcile pass (compile, render, plan, apply) |
 //! | `netpol_compile_errors_total` | counter | compilations or renders refused (last good kept) |
 //! | `netpol_manifest_errors_total` | counter | invalid manifest files (last good objects kept) |
-//! | `netpol_drops_total{namespace,pod,direction}` | counter | packets dropped by policy (NFLOG) |
+//! | `netpol_drops_total{namespace,pod,direction,tier}` | counter | packets dropped by policy (NFLOG); `tier`: `networkpolicy`, `admin` or `baseline` |
 //! | `netpol_drops_suppressed_total` | counter | drops not reported individually (aggregator key bound) |
 //! | `netpol_drop_listeners` | gauge | Pod namespaces with a bound NFLOG listener |
 //! | `netpol_cni_requests_total{command,result}` | counter | `netpol-cni` requests (ADD, DEL, CHECK) answered ok or error |
@@ -47,6 +47,9 @@ pub struct DropLabels {
     pub pod: String,
     /// `ingress` or `egress`.
     pub direction: String,
+    /// The stage that dropped: `networkpolicy`, `admin` or `baseline` (the
+    /// ClusterNetworkPolicy tiers); bounded, the rule is in the drop report.
+    pub tier: String,
 }
 
 /// Labels of `netpol_cni_requests_total`.
@@ -407,13 +410,22 @@ impl Metrics {
             .get()
     }
 
-    /// Counts `packets` dropped packets of a Pod in a direction (for the drops module).
-    pub fn record_drops(&self, namespace: &str, pod: &str, direction: Direction, packets: u64) {
+    /// Counts `packets` dropped packets of a Pod in a direction by a stage
+    /// (`networkpolicy`, `admin`, `baseline`; for the drops module).
+    pub fn record_drops(
+        &self,
+        namespace: &str,
+        pod: &str,
+        direction: Direction,
+        tier: &str,
+        packets: u64,
+    ) {
         self.drops
             .get_or_create(&DropLabels {
                 namespace: namespace.to_owned(),
                 pod: pod.to_owned(),
                 direction: direction.as_str().to_owned(),
+                tier: tier.to_owned(),
             })
             .inc_by(packets);
     }
@@ -441,8 +453,9 @@ mod tests {
         let m = Metrics::new();
         m.applies.inc();
         m.observe_apply(Duration::from_millis(3));
-        m.record_drops("x", "a", Direction::Ingress, 2);
-        m.record_drops("x", "a", Direction::Ingress, 1);
+        m.record_drops("x", "a", Direction::Ingress, "networkpolicy", 2);
+        m.record_drops("x", "a", Direction::Ingress, "networkpolicy", 1);
+        m.record_drops("x", "a", Direction::Egress, "admin", 1);
         m.record_cni("ADD", true);
         m.init_watch("pods");
         m.init_watch("namespaces");
@@ -462,7 +475,8 @@ mod tests {
             "netpol_reconcile_duration_seconds_count 0",
             "netpol_compile_errors_total 0",
             "netpol_manifest_errors_total 0",
-            "netpol_drops_total{namespace=\"x\",pod=\"a\",direction=\"ingress\"} 3",
+            "netpol_drops_total{namespace=\"x\",pod=\"a\",direction=\"ingress\",tier=\"networkpolicy\"} 3",
+            "netpol_drops_total{namespace=\"x\",pod=\"a\",direction=\"egress\",tier=\"admin\"} 1",
             "netpol_drops_suppressed_total 0",
             "netpol_drop_listeners 0",
             "netpol_cni_requests_total{command=\"ADD\",result=\"ok\"} 1",

@@ -351,7 +351,7 @@ struct Core {
     sink: Option<mpsc::Sender<DropReport>>,
     model: Option<Arc<CompiledModel>>,
     /// Events per (namespace, pod, direction) not yet added to the metrics.
-    pending: BTreeMap<(String, String, Direction), u64>,
+    pending: BTreeMap<(String, String, Direction, &'static str), u64>,
 }
 
 impl Core {
@@ -375,14 +375,14 @@ impl Core {
             let p = &ev.prefix;
             *self
                 .pending
-                .entry((p.namespace.clone(), p.pod.clone(), p.direction))
+                .entry((p.namespace.clone(), p.pod.clone(), p.direction, p.tier()))
                 .or_default() += 1;
         }
     }
 
     fn count_pending(&mut self) {
-        for ((ns, pod, dir), n) in std::mem::take(&mut self.pending) {
-            self.metrics.record_drops(&ns, &pod, dir, n);
+        for ((ns, pod, dir, tier), n) in std::mem::take(&mut self.pending) {
+            self.metrics.record_drops(&ns, &pod, dir, tier, n);
         }
     }
 
@@ -436,6 +436,9 @@ fn log_report(r: &DropReport) {
         window_ms = r.window_ms,
         policies = %r.policies.join(","),
         nearest_miss = r.nearest_miss.as_deref(),
+        tier = r.tier,
+        cluster_policy = r.cluster_policy.as_deref(),
+        cluster_rule = r.cluster_rule.as_deref(),
         note = r.note.as_deref(),
         services = (!r.services.is_empty()).then(|| r.services.join(",")),
         "{}",
@@ -471,6 +474,7 @@ mod tests {
                 namespace: "x".into(),
                 pod: "b".into(),
                 direction: Direction::Ingress,
+                cluster: None,
             },
             src_ip: "10.0.0.11".parse().unwrap(),
             dst_ip: "10.0.0.12".parse().unwrap(),
@@ -499,7 +503,7 @@ mod tests {
         core.count_pending();
         let text = metrics.encode();
         assert!(
-            text.contains(r#"netpol_drops_total{namespace="x",pod="b",direction="ingress"} 4"#),
+            text.contains(r#"netpol_drops_total{namespace="x",pod="b",direction="ingress",tier="networkpolicy"} 4"#),
             "suppressed events are counted too:\n{text}"
         );
         core.flush(t0 + Duration::from_millis(500));

@@ -34,7 +34,7 @@ use nftables::stmt::{AnonymousCounter, Counter, JumpTarget, Log, Match, Operator
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 use policy_compiler::ruleset::{
     AddrField, AddrSet, Chain, Family, Hook, MapVerdict, ND_TYPES, NftRule, PeerMap, PortsSet,
-    RuleKind, Ruleset, ServiceSet, TABLE,
+    RuleKind, Ruleset, ServiceSet, TABLE, TierSet, TierVerdict,
 };
 
 /// Value type the crate can express, used for verdict maps and patched by [`to_json`].
@@ -103,6 +103,9 @@ pub fn to_nftables(rs: &Ruleset) -> Nftables<'static> {
     }
     for set in &rs.service_sets {
         objects.push(add(NfListObject::Set(Box::new(service_set(set)))));
+    }
+    for set in &rs.tier_sets {
+        objects.push(add(NfListObject::Set(Box::new(tier_set(set)))));
     }
     for c in &rs.chains {
         for r in &c.rules {
@@ -309,6 +312,71 @@ fn service_set(set: &ServiceSet) -> NfSet<'static> {
     }
 }
 
+fn tier_set(set: &TierSet) -> NfSet<'static> {
+    let elem: Vec<Expression<'static>> = set
+        .elements
+        .iter()
+        .map(|e| {
+            let addr = addr_key(e.first, e.last, e.prefix);
+            match &e.ports {
+                None => addr,
+                Some(p) => {
+                    let port = if p.first == p.last {
+                        Expression::Number(u32::from(p.first))
+                    } else {
+                        Expression::Range(Box::new(Range {
+                            range: [
+                                Expression::Number(u32::from(p.first)),
+                                Expression::Number(u32::from(p.last)),
+                            ],
+                        }))
+                    };
+                    Expression::Named(NamedExpression::Concat(vec![
+                        addr,
+                        s(p.protocol.as_str().to_ascii_lowercase()),
+                        port,
+                    ]))
+                }
+            }
+        })
+        .collect();
+    let set_type = if set.with_ports {
+        SetTypeValue::Concatenated(Cow::Owned(vec![
+            addr_type(set.family),
+            SetType::InetProto,
+            SetType::InetService,
+        ]))
+    } else {
+        SetTypeValue::Single(addr_type(set.family))
+    };
+    NfSet {
+        family: NfFamily::INet,
+        table: table_name(),
+        name: Cow::Owned(set.name.clone()),
+        handle: None,
+        set_type,
+        policy: None,
+        flags: interval(),
+        elem: (!elem.is_empty()).then_some(Cow::Owned(elem)),
+        timeout: None,
+        gc_interval: None,
+        size: None,
+        comment: None,
+    }
+}
+
+fn log_drop(group: u16, prefix: &str) -> Vec<Statement<'static>> {
+    vec![
+        Statement::Counter(Counter::Anonymous(Some(AnonymousCounter::default()))),
+        Statement::Log(Some(Log {
+            prefix: Some(Cow::Owned(prefix.to_owned())),
+            group: Some(u32::from(group)),
+            ..Log::new(None)
+        })),
+        Statement::Drop(None),
+    ]
+}
+
 fn family_proto(f: Family) -> &'static str {
     match f {
         Family::V4 => "ip",
@@ -450,15 +518,35 @@ fn statements(kind: &RuleKind) -> Vec<Statement<'static>> {
             ),
             accept,
         ],
-        RuleKind::LogDrop { group, prefix } => vec![
-            Statement::Counter(Counter::Anonymous(Some(AnonymousCounter::default()))),
-            Statement::Log(Some(Log {
-                prefix: Some(Cow::Owned(prefix.clone())),
-                group: Some(u32::from(*group)),
-                ..Log::new(None)
-            })),
-            Statement::Drop(None),
-        ],
+        RuleKind::LogDrop { group, prefix } => log_drop(*group, prefix),
+        RuleKind::Jump { chain } => vec![Statement::Jump(JumpTarget {
+            target: Cow::Owned(chain.clone()),
+        })],
+        RuleKind::Tier {
+            family,
+            field,
+            set,
+            ports,
+            verdict,
+        } => {
+            let addr = payload(family_proto(*family), field.as_str());
+            let left = if *ports {
+                Expression::Named(NamedExpression::Concat(vec![
+                    addr,
+                    meta(MetaKey::L4proto),
+                    payload("th", "dport"),
+                ]))
+            } else {
+                addr
+            };
+            let mut out = vec![matches(left, Operator::EQ, s(format!("@{set}")))];
+            match verdict {
+                TierVerdict::Accept => out.push(accept),
+                TierVerdict::Pass => out.push(Statement::Return(None)),
+                TierVerdict::Drop { group, prefix } => out.extend(log_drop(*group, prefix)),
+            }
+            out
+        }
     }
 }
 
@@ -505,6 +593,7 @@ mod tests {
             }],
             addr_sets: vec![],
             service_sets: vec![],
+            tier_sets: vec![],
             chains: vec![Chain {
                 name: "ingress".into(),
                 base: Some(BaseChain {

@@ -236,6 +236,7 @@ mod tests {
                 namespace: "x".to_owned(),
                 pod: "b".to_owned(),
                 direction: Direction::Ingress,
+                cluster: None,
             },
             src_ip: src.parse().unwrap(),
             dst_ip: "10.0.0.12".parse().unwrap(),

@@ -56,6 +56,15 @@ pub struct DropReport {
     pub count: u64,
     /// Window length in milliseconds.
     pub window_ms: u64,
+    /// The stage that dropped: `networkpolicy`, or the ClusterNetworkPolicy tier
+    /// `admin` / `baseline` (from the log prefix).
+    pub tier: &'static str,
+    /// The ClusterNetworkPolicy whose Deny rule dropped (tier `admin` / `baseline`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_policy: Option<String>,
+    /// That rule: its name, or `#<index>` when it has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_rule: Option<String>,
     /// Policies (`ns/name`) isolating `pod` in `direction`, per the model.
     pub policies: Vec<String>,
     /// explain's nearest miss on the isolated side: the closest rule and what failed.
@@ -195,12 +204,50 @@ pub fn describe_in(
         .map(|(protocol, port)| PortQuery { protocol, port });
 
     let mut nearest_miss = None;
-    let note = match target {
-        None => Some(format!("pod {pod_key} is not in the model")),
-        Some(_) if policies.is_empty() => Some(format!(
+    let mut cluster_policy = None;
+    let mut cluster_rule = None;
+    let note = match (target, key.pod.cluster) {
+        (None, _) => Some(format!("pod {pod_key} is not in the model")),
+        // See: #13 — a ClusterNetworkPolicy Deny rule, named through the model.
+        (Some(_), Some(c)) => {
+            let found = model
+                .cluster_policies
+                .get(c.policy as usize)
+                .filter(|p| p.tier == c.tier)
+                .and_then(|p| {
+                    let r = p.rules(dir).get(c.rule as usize)?;
+                    Some((p, r))
+                });
+            match found {
+                Some((p, r)) => {
+                    cluster_policy = Some(p.name.clone());
+                    cluster_rule = Some(if r.name.is_empty() {
+                        format!("#{}", c.rule)
+                    } else {
+                        r.name.clone()
+                    });
+                    let reach = graph.reach_at(model, src, Some(key.src_ip), dst, Some(key.dst_ip));
+                    let side = match dir {
+                        Direction::Egress => &reach.egress,
+                        Direction::Ingress => &reach.ingress,
+                    };
+                    match query {
+                        Some(q) if side.allowed.contains(q.protocol, q.port) => Some(format!(
+                            "the model allows this {dir} flow: the ruleset is out of step"
+                        )),
+                        _ => None,
+                    }
+                }
+                None => Some(format!(
+                    "the model has no {} ClusterNetworkPolicy rule {c} for {dir}: the ruleset is out of step",
+                    key.pod.tier()
+                )),
+            }
+        }
+        (Some(_), None) if policies.is_empty() => Some(format!(
             "the model has no policy isolating {pod_key} for {dir}: the ruleset is out of step"
         )),
-        Some(_) => {
+        (Some(_), None) => {
             let reach = graph.reach_at(model, src, Some(key.src_ip), dst, Some(key.dst_ip));
             let exp = explain_reach(model, graph, &reach, query);
             let side = match dir {
@@ -236,6 +283,9 @@ pub fn describe_in(
         dst_port: key.dst_port,
         count: summary.count,
         window_ms: u64::try_from(summary.window.as_millis()).unwrap_or(u64::MAX),
+        tier: key.pod.tier(),
+        cluster_policy,
+        cluster_rule,
         policies,
         nearest_miss,
         note,
@@ -329,6 +379,7 @@ spec:
                     namespace: "x".to_owned(),
                     pod: pod.to_owned(),
                     direction: dir,
+                    cluster: None,
                 },
                 src_ip: src.parse().unwrap(),
                 dst_ip: dst.parse().unwrap(),
@@ -347,6 +398,64 @@ spec:
             last_ts: t,
             window: Duration::from_secs(1),
         }
+    }
+
+    // See: #13
+    #[test]
+    fn cluster_policy_drop_names_the_tier_policy_and_rule() {
+        let cnp = r#"
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: guard}
+spec:
+  tier: Admin
+  priority: 5
+  subject: {namespaces: {}}
+  ingress:
+  - name: no-81-from-a
+    action: Deny
+    from: [{namespaces: {}}]
+    protocols: [{tcp: {destinationPort: {number: 81}}}]
+"#;
+        let text = format!("{MANIFESTS}{cnp}");
+        let (inputs, diags) = load(&[SourceText {
+            name: "test.yaml",
+            text: &text,
+        }]);
+        assert!(diags.is_empty(), "{diags:?}");
+        let (model, diags) = Model::build(&inputs);
+        assert!(diags.is_empty(), "{diags:?}");
+        let graph = AllowGraph::build(&model);
+        let rs = policy_compiler::ruleset::compile_pod(
+            &model,
+            &graph,
+            model.endpoint_by_key("x/b").unwrap(),
+            &policy_compiler::ruleset::RulesetOptions::default(),
+        );
+        // The prefix the ruleset writes is the one the report reads.
+        let nft = rs.to_nft();
+        let prefix = "netpol:x/b:ingress:a0.0 ";
+        assert!(nft.contains(prefix), "{nft}");
+        let mut s = summary(Direction::Ingress, "b", "10.0.0.11", "10.0.0.12", Some(81));
+        s.key.pod = LogPrefix::parse(prefix).unwrap();
+        let r = describe(&s, &model, &graph);
+        assert_eq!(r.tier, "admin");
+        assert_eq!(r.cluster_policy.as_deref(), Some("guard"));
+        assert_eq!(r.cluster_rule.as_deref(), Some("no-81-from-a"));
+        assert_eq!(r.note, None, "{r:?}");
+        let line = r.to_json_line();
+        assert!(line.contains(r#""tier":"admin","cluster_policy":"guard","cluster_rule":"no-81-from-a""#), "{line}");
+        // A stale index (policy or rule gone) says so instead of naming a wrong rule.
+        s.key.pod = LogPrefix::parse("netpol:x/b:ingress:a3.0 ").unwrap();
+        let r = describe(&s, &model, &graph);
+        assert_eq!(r.cluster_policy, None);
+        assert!(r.note.as_deref().unwrap().contains("out of step"), "{r:?}");
+        // Port 80 is not what the rule denies: the model allows it, the note says so.
+        let mut s80 = summary(Direction::Ingress, "b", "10.0.0.11", "10.0.0.12", Some(80));
+        s80.key.pod = LogPrefix::parse(prefix).unwrap();
+        let r = describe(&s80, &model, &graph);
+        assert!(r.note.as_deref().unwrap().contains("allows"), "{r:?}");
     }
 
     #[test]

@@ -71,6 +71,21 @@ impl ServicePort {
     }
 }
 
+/// nft accepts comments of at most 128 bytes: longer ones (long Service names) keep their
+/// end, which names the port and endpoint. See: #13
+fn comment(s: &str) -> String {
+    const MAX: usize = 127;
+    let clean: String = s
+        .chars()
+        .map(|c| if c == '"' || !c.is_ascii() { '_' } else { c })
+        .collect();
+    if clean.len() <= MAX {
+        return clean;
+    }
+    // ASCII only: byte and char positions agree.
+    format!("...{}", &clean[clean.len() - (MAX - 3)..])
+}
+
 fn nft_proto(p: Protocol) -> &'static str {
     match p {
         Protocol::Tcp => "tcp",
@@ -186,7 +201,8 @@ fn render_family(
                     .find(|(x, _)| x == a)
                     .map_or(p.port, |(_, np)| *np);
                 no_endpoints.push(format!(
-                    "{a} . {proto} . {port} comment \"{label} has no endpoints\""
+                    "{a} . {proto} . {port} comment \"{}\"",
+                    comment(&format!("{label} has no endpoints"))
                 ));
             }
             continue;
@@ -197,7 +213,7 @@ fn render_family(
         for (a, port) in &external {
             elements.push(format!("{a} . {proto} . {port} : goto ext-{i}"));
         }
-        let _ = writeln!(chains, "\tchain svc-{i} {{\n\t\tcomment \"{label}\"");
+        let _ = writeln!(chains, "\tchain svc-{i} {{\n\t\tcomment \"{}\"", comment(&label));
         let vmap: Vec<String> = (0..eps.len())
             .map(|j| format!("{j} : goto ep-{i}-{j}"))
             .collect();
@@ -210,16 +226,18 @@ fn render_family(
         if !external.is_empty() {
             let _ = writeln!(
                 chains,
-                "\tchain ext-{i} {{\n\t\tcomment \"{label} via nodePort or externalIP\"\n\
-                 \t\tjump mark-for-masquerade\n\t\tgoto svc-{i}\n\t}}"
+                "\tchain ext-{i} {{\n\t\tcomment \"{}\"\n\
+                 \t\tjump mark-for-masquerade\n\t\tgoto svc-{i}\n\t}}",
+                comment(&format!("{label} via nodePort or externalIP"))
             );
         }
         for (j, ep) in eps.iter().enumerate() {
             let _ = writeln!(
                 chains,
-                "\tchain ep-{i}-{j} {{\n\t\tcomment \"{label} -> {ep}\"\n\
+                "\tchain ep-{i}-{j} {{\n\t\tcomment \"{c}\"\n\
                  \t\t{ipkw} saddr {ip} jump mark-for-masquerade\n\
                  \t\tmeta l4proto {proto} dnat to {ep}\n\t}}",
+                c = comment(&format!("{label} -> {ep}")),
                 ip = ep.ip(),
             );
         }
@@ -289,6 +307,16 @@ mod tests {
             node_port: None,
             endpoints: eps.iter().map(|e| e.parse().unwrap()).collect(),
         }
+    }
+
+    // See: #13 — the conformance fixture's Service names are long.
+    #[test]
+    fn long_comments_are_cut_to_what_nft_accepts() {
+        let long = format!("ns/s-{}/sctp/9003 -> 10.244.3.10:9003", "x".repeat(200));
+        let c = comment(&long);
+        assert_eq!(c.len(), 127);
+        assert!(c.starts_with("...") && c.ends_with("-> 10.244.3.10:9003"), "{c}");
+        assert_eq!(comment("a \"b\""), "a _b_");
     }
 
     #[test]

@@ -168,7 +168,10 @@ fn side(p: &crate::drops::report::Peer) -> String {
 /// What a drop line says after the ports: `dropped (ingress at x/a, isolated by …)`.
 fn dropped_at(d: &DropReport) -> String {
     let mut s = format!("dropped ({} at {}", d.direction, d.pod);
-    if !d.policies.is_empty() {
+    // See: #13 — a ClusterNetworkPolicy Deny rule decided, not the NetworkPolicies.
+    if let (Some(p), Some(r)) = (&d.cluster_policy, &d.cluster_rule) {
+        let _ = write!(s, ", {} {p} rule {r}", d.tier);
+    } else if !d.policies.is_empty() {
         let _ = write!(s, ", isolated by {}", d.policies.join(", "));
     }
     s.push(')');
@@ -527,6 +530,9 @@ mod tests {
             dst_port: Some(80),
             count: 3,
             window_ms: 1000,
+            tier: "networkpolicy",
+            cluster_policy: None,
+            cluster_rule: None,
             policies: vec!["x/deny-all".into()],
             nearest_miss: None,
             note: None,
@@ -539,17 +545,25 @@ mod tests {
         let mut d81 = d.clone();
         d81.dst_port = Some(81);
         d81.count = 1;
+        let mut cnp = d.clone();
         let mut udp = d.clone();
         udp.protocol = L4Proto::Udp;
         let mut other = d.clone();
         other.pod = "x/b".into();
         other.direction = "egress";
         assert_eq!(
-            drop_lines(&[d, d81, udp, other], false),
+            drop_lines(&[d, d81.clone(), udp, other], false),
             [
                 "x/b -> x/a TCP 80, 81; UDP 80 dropped (ingress at x/a, isolated by x/deny-all) (7 packets)",
                 "x/b -> x/a TCP 80 dropped (egress at x/b, isolated by x/deny-all) ×3",
             ]
+        );
+        cnp.tier = "admin";
+        cnp.cluster_policy = Some("guard".into());
+        cnp.cluster_rule = Some("no-80".into());
+        assert_eq!(
+            drop_line(&cnp, false),
+            "x/b -> x/a TCP 80 dropped (ingress at x/a, admin guard rule no-80) ×3"
         );
     }
 }

@@ -735,12 +735,6 @@ fn prove_shard(test: &str, shard: usize, shards: usize, tag: &str) {
         }
         let t = Instant::now();
         let name = cases::case_name(dir);
-        if !cases::compile(dir).model.cluster_policies.is_empty() {
-            // The per-Pod ruleset does not enforce ClusterNetworkPolicy tiers yet (#13,
-            // kernel part): these cases are proven against expect.yaml by the compiler only.
-            eprintln!("kernel proof {name:<45} skipped: ClusterNetworkPolicy");
-            continue;
-        }
         let s = prove_case(dir, tag);
         total += s.probes;
         cells += s.service_cells;
