@@ -58,7 +58,8 @@ use tokio::sync::mpsc;
 
 pub use feed::Feed;
 pub use slim::{
-    slim_endpoint_slice, slim_namespace, slim_node, slim_pod, slim_policy, slim_service,
+    slim_cluster_policy, slim_endpoint_slice, slim_namespace, slim_node, slim_pod, slim_policy,
+    slim_service,
 };
 
 use crate::manifests::Scan;
@@ -119,14 +120,41 @@ const fn api_resource<K: k8s_openapi::Resource>() -> ApiResource {
 
 /// The resources the agent's source watches, cluster-wide: exactly the types
 /// [`run_source`] builds watchers for (see [`Watched`]).
-pub const WATCHED: [ApiResource; 6] = [
+pub const WATCHED: [ApiResource; 7] = [
     api_resource::<Namespace>(),
     api_resource::<Pod>(),
     api_resource::<NetworkPolicy>(),
     api_resource::<Service>(),
     api_resource::<EndpointSlice>(),
     api_resource::<Node>(),
+    api_resource::<ClusterPolicyResource>(),
 ];
+
+/// A `policy.networking.k8s.io/v1alpha2` ClusterNetworkPolicy as a kube-rs resource (the
+/// compiler's wire type, which may not depend on kube): cluster-scoped, plural
+/// `clusternetworkpolicies`. Its CRD may not be installed: see [`watch_optional`].
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(transparent)]
+pub struct ClusterPolicyResource(pub policy_compiler::cnp::ClusterNetworkPolicy);
+
+impl k8s_openapi::Resource for ClusterPolicyResource {
+    const API_VERSION: &'static str = policy_compiler::cnp::API_VERSION;
+    const GROUP: &'static str = "policy.networking.k8s.io";
+    const KIND: &'static str = policy_compiler::cnp::KIND;
+    const VERSION: &'static str = "v1alpha2";
+    const URL_PATH_SEGMENT: &'static str = "clusternetworkpolicies";
+    type Scope = k8s_openapi::ClusterResourceScope;
+}
+
+impl k8s_openapi::Metadata for ClusterPolicyResource {
+    type Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    fn metadata(&self) -> &Self::Ty {
+        &self.0.metadata
+    }
+    fn metadata_mut(&mut self) -> &mut Self::Ty {
+        &mut self.0.metadata
+    }
+}
 
 /// The verbs a watcher uses on each of [`WATCHED`]: a (paginated) list, then watches.
 pub const WATCH_VERBS: [&str; 2] = ["list", "watch"];
@@ -242,6 +270,13 @@ impl Watched for Node {
     }
 }
 
+impl Watched for ClusterPolicyResource {
+    const STATE_KIND: Kind = Kind::ClusterNetworkPolicy;
+    fn into_object(self) -> Object {
+        Object::ClusterNetworkPolicy(Located::unlocated(slim_cluster_policy(self.0)))
+    }
+}
+
 /// What one kind's watcher reports.
 // As large as the watcher's own items, which were passed unboxed before this enum.
 #[allow(clippy::large_enum_variant)]
@@ -322,6 +357,36 @@ fn watch<K: Watched>(client: Client, report: bool) -> BoxStream<'static, Item> {
     stream::select_with_strategy(watching, events, |_: &mut ()| PollNext::Left).boxed()
 }
 
+/// True when a watcher error says the resource does not exist on the server (its CRD is
+/// not installed): `404` on the list.
+fn is_not_found(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(::kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(::kube::Error::Api(s)) => s.code == 404,
+        _ => false,
+    }
+}
+
+/// [`watch`] for a kind whose CRD may be absent (ClusterNetworkPolicy): a `404` is an
+/// empty, complete list (the kind has no objects: nothing to enforce, and the source
+/// still syncs), and the watcher keeps retrying with backoff, so objects appear once the
+/// CRD is installed. Any other error is reported as usual. See: #13
+fn watch_optional<K: Watched>(client: Client, report: bool) -> BoxStream<'static, Item> {
+    watch::<K>(client, report)
+        .flat_map(|(kind, signal)| match signal {
+            Signal::Watcher(Err(e)) if is_not_found(&e) => {
+                tracing::debug!(%kind, "resource not served (CRD not installed): none");
+                stream::iter(vec![
+                    (kind, Signal::Watcher(Ok(watcher::Event::Init))),
+                    (kind, Signal::Watcher(Ok(watcher::Event::InitDone))),
+                ])
+                .boxed()
+            }
+            other => stream::iter(vec![(kind, other)]).boxed(),
+        })
+        .boxed()
+}
+
 /// The Kubernetes API as the agent's [`StateSource`]: [`run_source`] on a task, or
 /// [`run_source_with_metrics`] when started with the agent's metrics.
 pub struct KubeSource {
@@ -381,7 +446,8 @@ async fn run(client: Client, tx: mpsc::Sender<Scan>, metrics: Option<Arc<Metrics
         watch::<NetworkPolicy>(client.clone(), report),
         watch::<Service>(client.clone(), report),
         watch::<EndpointSlice>(client.clone(), report),
-        watch::<Node>(client, report),
+        watch::<Node>(client.clone(), report),
+        watch_optional::<ClusterPolicyResource>(client, report),
     ];
     let mut feed = Feed::new([
         Namespace::STATE_KIND,
@@ -390,6 +456,7 @@ async fn run(client: Client, tx: mpsc::Sender<Scan>, metrics: Option<Arc<Metrics
         Service::STATE_KIND,
         EndpointSlice::STATE_KIND,
         Node::STATE_KIND,
+        ClusterPolicyResource::STATE_KIND,
     ]);
     if let Some(metrics) = metrics {
         feed = feed.with_metrics(metrics);

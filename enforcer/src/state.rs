@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod, PodIP, PodStatus, Service
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use policy_compiler::cnp::ClusterNetworkPolicy;
 use policy_compiler::{Diagnostic, Inputs, Located, Model, Origin, Workload, WorkloadKind};
 
 use crate::trust::{self, NetnsTrust};
@@ -39,6 +40,8 @@ pub enum Kind {
     EndpointSlice,
     /// v1 Node (cluster-scoped).
     Node,
+    /// policy.networking.k8s.io/v1alpha2 ClusterNetworkPolicy (cluster-scoped).
+    ClusterNetworkPolicy,
 }
 
 impl fmt::Display for Kind {
@@ -51,6 +54,7 @@ impl fmt::Display for Kind {
             Kind::Service => f.write_str("Service"),
             Kind::EndpointSlice => f.write_str("EndpointSlice"),
             Kind::Node => f.write_str("Node"),
+            Kind::ClusterNetworkPolicy => f.write_str("ClusterNetworkPolicy"),
         }
     }
 }
@@ -133,6 +137,8 @@ pub enum Object {
     EndpointSlice(Located<EndpointSlice>),
     /// A Node.
     Node(Located<Node>),
+    /// A ClusterNetworkPolicy.
+    ClusterNetworkPolicy(Located<ClusterNetworkPolicy>),
 }
 
 fn namespaced(meta: &ObjectMeta) -> String {
@@ -155,6 +161,12 @@ impl Object {
                 .map(Object::EndpointSlice),
         );
         out.extend(inputs.nodes.into_iter().map(Object::Node));
+        out.extend(
+            inputs
+                .cluster_policies
+                .into_iter()
+                .map(Object::ClusterNetworkPolicy),
+        );
         out
     }
 
@@ -167,6 +179,7 @@ impl Object {
             Object::Service(o) => &o.object.metadata,
             Object::EndpointSlice(o) => &o.object.metadata,
             Object::Node(o) => &o.object.metadata,
+            Object::ClusterNetworkPolicy(o) => &o.object.metadata,
         }
     }
 
@@ -182,6 +195,7 @@ impl Object {
             Object::Service(_) => (Kind::Service, namespaced(meta)),
             Object::EndpointSlice(_) => (Kind::EndpointSlice, namespaced(meta)),
             Object::Node(_) => (Kind::Node, String::new()),
+            Object::ClusterNetworkPolicy(_) => (Kind::ClusterNetworkPolicy, String::new()),
         };
         ObjectKey {
             kind,
@@ -200,6 +214,7 @@ impl Object {
             Object::Service(o) => o.origin.as_ref(),
             Object::EndpointSlice(o) => o.origin.as_ref(),
             Object::Node(o) => o.origin.as_ref(),
+            Object::ClusterNetworkPolicy(o) => o.origin.as_ref(),
         }
     }
 
@@ -218,6 +233,9 @@ impl Object {
             (Object::Service(a), Object::Service(b)) => a.object == b.object,
             (Object::EndpointSlice(a), Object::EndpointSlice(b)) => a.object == b.object,
             (Object::Node(a), Object::Node(b)) => a.object == b.object,
+            (Object::ClusterNetworkPolicy(a), Object::ClusterNetworkPolicy(b)) => {
+                a.object == b.object
+            }
             _ => false,
         }
     }
@@ -531,6 +549,7 @@ impl State {
                 Object::Service(o) => inputs.services.push(o),
                 Object::EndpointSlice(o) => inputs.endpoint_slices.push(o),
                 Object::Node(o) => inputs.nodes.push(o),
+                Object::ClusterNetworkPolicy(o) => inputs.cluster_policies.push(o),
             }
         }
         inputs
@@ -565,7 +584,7 @@ impl State {
             }
         }
         let objects = || self.objects.iter().map(|(k, o)| (k, &**o));
-        Model::build_with_services(
+        Model::build_all(
             objects().filter_map(|(_, o)| match o {
                 Object::Namespace(n) => Some(n),
                 _ => None,
@@ -592,6 +611,10 @@ impl State {
             }),
             objects().filter_map(|(_, o)| match o {
                 Object::Node(n) => Some(n),
+                _ => None,
+            }),
+            objects().filter_map(|(_, o)| match o {
+                Object::ClusterNetworkPolicy(p) => Some(p),
                 _ => None,
             }),
         )
@@ -815,10 +838,13 @@ mod tests {
         assert_eq!(s.local_pods(None)[&b], "ns-b");
     }
 
+    const CLUSTER_POLICY: &str = "---\napiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: guard}\nspec: {tier: Admin, priority: 5, subject: {namespaces: {}}, ingress: [{name: d, action: Deny, from: [{namespaces: {}}]}]}\n";
+
     #[test]
     fn build_model_equals_building_from_cloned_inputs() {
+        // See: #13 — ClusterNetworkPolicies reach the model too.
         let yaml = format!(
-            "{}{}{POLICY}",
+            "{}{}{POLICY}{CLUSTER_POLICY}",
             pod("a", ", uid: u1, labels: {app: a}", "n1"),
             pod("b", ", labels: {app: b}", "n1"),
         );
@@ -837,6 +863,15 @@ mod tests {
         let (got, diags) = s.build_model();
         assert!(diags.is_empty(), "{diags:?}");
         assert_eq!(got.dump(), want.dump());
+        assert_eq!(got.cluster_policies.len(), 1);
+        assert!(
+            s.get(&ObjectKey {
+                kind: Kind::ClusterNetworkPolicy,
+                namespace: String::new(),
+                name: "guard".into(),
+            })
+            .is_some()
+        );
         assert!(
             got.dump().contains("10.9.0.1"),
             "overlay applied:\n{}",

@@ -55,9 +55,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use crate::graph::{AllowGraph, PeerSet, Provenance, rule_of, rule_ports};
-use crate::model::{
-    Direction, Endpoint, EndpointId, EndpointKind, Model, PortMatch, Rule, Tier,
-};
+use crate::model::{Direction, Endpoint, EndpointId, EndpointKind, Model, PortMatch, Rule, Tier};
 use crate::ports::{PortSet, Protocol};
 
 pub use interval::Family;
@@ -469,7 +467,11 @@ impl Ruleset {
                     .iter()
                     .map(|s| s.elements.len())
                     .sum::<usize>()
-                + self.tier_sets.iter().map(|s| s.elements.len()).sum::<usize>(),
+                + self
+                    .tier_sets
+                    .iter()
+                    .map(|s| s.elements.len())
+                    .sum::<usize>(),
             maps: self.maps.len(),
             map_elements: self.maps.iter().map(|m| m.elements.len()).sum(),
         }
@@ -1155,8 +1157,7 @@ pub fn compile_node(
         let chain = format!("egress_pod_{k}");
         k += 1;
         let why = judged_by(&policies, cluster.as_deref());
-        rs.notes
-            .push(format!("{chain}: {} egress {why}", ep.key()));
+        rs.notes.push(format!("{chain}: {} egress {why}", ep.key()));
         for ip in &ep.ips {
             let v = interval::to_int(ip);
             let family = Family::of(ip);
@@ -1335,8 +1336,7 @@ impl HairpinLookup {
                 .map(|p| model.policy(*p).key())
                 .collect();
             let cluster = cluster_note(model, graph, id, Direction::Ingress);
-            if policies.is_empty() && cluster.is_none() || !ep.selectable() || ep.ips.is_empty()
-            {
+            if policies.is_empty() && cluster.is_none() || !ep.selectable() || ep.ips.is_empty() {
                 continue;
             }
             let hairpin = format!("hairpin_pod_{k}");

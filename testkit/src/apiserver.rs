@@ -59,11 +59,19 @@ pub const COLLECTIONS: &[(&str, &str, &str)] = &[
     ("/apis/apps/v1/daemonsets", "DaemonSet", "apps/v1"),
     ("/apis/batch/v1/jobs", "Job", "batch/v1"),
     ("/apis/batch/v1/cronjobs", "CronJob", "batch/v1"),
+    (
+        CLUSTER_POLICIES,
+        "ClusterNetworkPolicy",
+        "policy.networking.k8s.io/v1alpha2",
+    ),
 ];
 
 pub const PODS: &str = "/api/v1/pods";
 pub const NAMESPACES: &str = "/api/v1/namespaces";
 pub const POLICIES: &str = "/apis/networking.k8s.io/v1/networkpolicies";
+/// ClusterNetworkPolicies (a CRD: [`ApiServer::uninstall`] makes it 404 like a cluster
+/// without the CRD).
+pub const CLUSTER_POLICIES: &str = "/apis/policy.networking.k8s.io/v1alpha2/clusternetworkpolicies";
 
 /// One recorded request.
 #[derive(Debug, Clone)]
@@ -437,6 +445,27 @@ impl ApiServer {
         for w in c.watchers.drain(..) {
             let _ = w.send(l.clone());
         }
+    }
+
+    /// Stops serving collection `path` (its CRD is deleted): lists and watches get `404`,
+    /// open watches end, its objects are gone.
+    pub fn uninstall(&self, path: &str) {
+        self.inner.lock().unwrap().collections.remove(path);
+    }
+
+    /// Serves collection `path` again, empty (its CRD is installed).
+    pub fn install(&self, path: &str) {
+        let Some((path, kind, api)) = COLLECTIONS.iter().find(|c| c.0 == path) else {
+            panic!("unknown collection {path}");
+        };
+        self.inner.lock().unwrap().collections.insert(
+            (*path).to_owned(),
+            Collection {
+                kind: (*kind).to_owned(),
+                api_version: (*api).to_owned(),
+                ..Collection::default()
+            },
+        );
     }
 
     /// Number of open watches of `path`.

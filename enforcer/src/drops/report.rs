@@ -445,7 +445,12 @@ spec:
         assert_eq!(r.cluster_rule.as_deref(), Some("no-81-from-a"));
         assert_eq!(r.note, None, "{r:?}");
         let line = r.to_json_line();
-        assert!(line.contains(r#""tier":"admin","cluster_policy":"guard","cluster_rule":"no-81-from-a""#), "{line}");
+        assert!(
+            line.contains(
+                r#""tier":"admin","cluster_policy":"guard","cluster_rule":"no-81-from-a""#
+            ),
+            "{line}"
+        );
         // A stale index (policy or rule gone) says so instead of naming a wrong rule.
         s.key.pod = LogPrefix::parse("netpol:x/b:ingress:a3.0 ").unwrap();
         let r = describe(&s, &model, &graph);

@@ -34,6 +34,7 @@ pub fn resource(kind: Kind) -> &'static str {
         Kind::Service => Service::URL_PATH_SEGMENT,
         Kind::EndpointSlice => EndpointSlice::URL_PATH_SEGMENT,
         Kind::Node => Node::URL_PATH_SEGMENT,
+        Kind::ClusterNetworkPolicy => super::ClusterPolicyResource::URL_PATH_SEGMENT,
         // Not watched; named for completeness.
         Kind::Workload(w) => w.lower(),
     }

@@ -150,6 +150,20 @@ pub fn slim_node(n: Node) -> Node {
     }
 }
 
+/// A ClusterNetworkPolicy reduced to its name and spec (no annotations, managed fields
+/// or status).
+pub fn slim_cluster_policy(
+    p: policy_compiler::cnp::ClusterNetworkPolicy,
+) -> policy_compiler::cnp::ClusterNetworkPolicy {
+    policy_compiler::cnp::ClusterNetworkPolicy {
+        api_version: p.api_version,
+        kind: p.kind,
+        metadata: meta(p.metadata, false),
+        spec: p.spec,
+        status: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -523,8 +523,10 @@ fn agent_reports_drops_with_identities_and_policies() {
         "{r:?}"
     );
 
-    let ingress = r#"netpol_drops_total{namespace="x",pod="b",direction="ingress",tier="networkpolicy"}"#;
-    let egress = r#"netpol_drops_total{namespace="x",pod="a",direction="egress",tier="networkpolicy"}"#;
+    let ingress =
+        r#"netpol_drops_total{namespace="x",pod="b",direction="ingress",tier="networkpolicy"}"#;
+    let egress =
+        r#"netpol_drops_total{namespace="x",pod="a",direction="egress",tier="networkpolicy"}"#;
     assert!(metric(addr, ingress) >= 1.0);
     let before = metric(addr, egress);
     assert!(before >= 1.0);

@@ -11,7 +11,7 @@ use enforcer::state::{Kind, Object, ObjectKey, State};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::apiserver::{ApiServer, NAMESPACES, PODS, POLICIES};
+use crate::apiserver::{ApiServer, CLUSTER_POLICIES, NAMESPACES, PODS, POLICIES};
 
 fn pod(name: &str, app: &str, node: &str) -> Value {
     json!({
@@ -133,7 +133,7 @@ fn deletes(h: &Harness, kind: &'static str) -> u64 {
 
 async fn wait_watching(server: &ApiServer) {
     let start = Instant::now();
-    for path in [NAMESPACES, PODS, POLICIES] {
+    for path in [NAMESPACES, PODS, POLICIES, CLUSTER_POLICIES] {
         while server.watchers(path) == 0 {
             assert!(
                 start.elapsed() < Duration::from_secs(20),
@@ -154,6 +154,59 @@ async fn populated() -> (ApiServer, Harness) {
     h.wait("initial sync", Harness::synced).await;
     wait_watching(&server).await;
     (server, h)
+}
+
+fn cluster_policy(name: &str) -> Value {
+    json!({
+        "metadata": {"name": name, "annotations": {"big": "x".repeat(1000)}},
+        "spec": {"tier": "Admin", "priority": 5, "subject": {"namespaces": {}},
+                 "ingress": [{"name": "deny-all", "action": "Deny", "from": [{"namespaces": {}}]}]},
+        "status": {"conditions": []}
+    })
+}
+
+/// Without the ClusterNetworkPolicy CRD the source still syncs (a 404 is an empty list,
+/// never an error that blocks compiling); once the CRD is installed, its objects arrive
+/// through the same watcher's retries, slimmed, and reach the model. See: #13
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_policies_are_watched_and_an_absent_crd_means_none() {
+    let server = ApiServer::start().await;
+    server.uninstall(CLUSTER_POLICIES);
+    server.add(NAMESPACES, namespace("shop"));
+    let h = Harness::start(&server);
+    h.wait("sync without the CRD", Harness::synced).await;
+    assert_eq!(h.keys(), ["Namespace shop"]);
+    assert_eq!(h.metrics.watch_errors("clusternetworkpolicies"), 0);
+
+    server.install(CLUSTER_POLICIES);
+    server.add(CLUSTER_POLICIES, cluster_policy("guard"));
+    h.wait("the ClusterNetworkPolicy once the CRD is installed", |h| {
+        h.get(Kind::ClusterNetworkPolicy, "", "guard").is_some()
+    })
+    .await;
+    assert!(h.synced());
+    let Some(Object::ClusterNetworkPolicy(p)) = h.get(Kind::ClusterNetworkPolicy, "", "guard")
+    else {
+        panic!("guard")
+    };
+    assert_eq!(p.object.metadata.annotations, None, "slimmed");
+    assert_eq!(p.object.status, None, "slimmed");
+    let (model, diags) = h.state.lock().unwrap().build_model();
+    assert!(diags.is_empty(), "{diags:?}");
+    let names: Vec<&str> = model
+        .cluster_policies
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(names, ["guard"]);
+
+    // The CRD deleted again: its objects go (a 404 relist is empty).
+    server.uninstall(CLUSTER_POLICIES);
+    h.wait("the ClusterNetworkPolicy gone with its CRD", |h| {
+        h.get(Kind::ClusterNetworkPolicy, "", "guard").is_none()
+    })
+    .await;
+    assert!(h.synced());
 }
 
 fn list_calls(server: &ApiServer, path: &str) -> usize {

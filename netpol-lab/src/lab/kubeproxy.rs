@@ -213,7 +213,11 @@ fn render_family(
         for (a, port) in &external {
             elements.push(format!("{a} . {proto} . {port} : goto ext-{i}"));
         }
-        let _ = writeln!(chains, "\tchain svc-{i} {{\n\t\tcomment \"{}\"", comment(&label));
+        let _ = writeln!(
+            chains,
+            "\tchain svc-{i} {{\n\t\tcomment \"{}\"",
+            comment(&label)
+        );
         let vmap: Vec<String> = (0..eps.len())
             .map(|j| format!("{j} : goto ep-{i}-{j}"))
             .collect();
@@ -315,7 +319,10 @@ mod tests {
         let long = format!("ns/s-{}/sctp/9003 -> 10.244.3.10:9003", "x".repeat(200));
         let c = comment(&long);
         assert_eq!(c.len(), 127);
-        assert!(c.starts_with("...") && c.ends_with("-> 10.244.3.10:9003"), "{c}");
+        assert!(
+            c.starts_with("...") && c.ends_with("-> 10.244.3.10:9003"),
+            "{c}"
+        );
         assert_eq!(comment("a \"b\""), "a _b_");
     }
 

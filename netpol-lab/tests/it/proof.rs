@@ -234,10 +234,37 @@ pub(crate) fn prove_case(dir: &Path, tag: &str) -> Summary {
             continue;
         }
         if e.host_network {
+            // A hostNetwork Pod has no ruleset and answers at its own (node) address: a
+            // host at that address without a table, as for an external address; Pods
+            // sharing one address share the host. Not a Pod of the matrix or of the
+            // per-Pod Services. See: #13
+            let shared = hosts
+                .iter()
+                .find(|h| {
+                    e.ips.iter().any(|ip| {
+                        h.ipv4.is_some_and(|n| IpAddr::V4(n.addr()) == *ip)
+                            || h.ipv6.is_some_and(|n| IpAddr::V6(n.addr()) == *ip)
+                    })
+                })
+                .map(|h| h.name.clone());
+            let name = shared.unwrap_or_else(|| {
+                let name = format!("hostnet-{}", e.key());
+                let v4 = e.ips.iter().find_map(|i| match i {
+                    IpAddr::V4(a) => Some(ipnet::Ipv4Net::new(*a, 16).unwrap()),
+                    IpAddr::V6(_) => None,
+                });
+                let v6 = e.ips.iter().find_map(|i| match i {
+                    IpAddr::V6(a) => Some(ipnet::Ipv6Net::new(*a, 64).unwrap()),
+                    IpAddr::V4(_) => None,
+                });
+                hosts.push(HostSpec::new(name.clone(), v4, v6));
+                name
+            });
             notes.push(format!(
-                "skipped hostNetwork Pod {} (it shares its node's IP and netns)",
+                "hostNetwork Pod {} probed as host {name} at its address, without a table",
                 e.key()
             ));
+            host_of.insert(Subject::Endpoint(e.id), name);
             continue;
         }
         let v4 = e.ips.iter().find_map(|i| match i {
