@@ -318,3 +318,83 @@ fn v1alpha1_kinds_are_errors_naming_the_replacement() {
     assert!(e[1].message.contains("`tier: Baseline`"), "{}", e[1]);
     assert!(e[0].line.is_some());
 }
+
+#[test]
+fn explain_walks_the_tiers_and_names_the_deciding_rule() {
+    use policy_compiler::{PortQuery, explain};
+    let np = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: only-80, namespace: a}\nspec:\n  podSelector: {}\n  ingress: [{ports: [{port: 80}]}]\n---\n";
+    let admin = cnp(
+        "guard",
+        "Admin",
+        2,
+        &format!(
+            "{SUBJECT_A}  ingress:\n  - {{name: no-blue-ssh, action: Deny, from: [{{namespaces: {{matchLabels: {{team: blue}}}}}}], protocols: [{{tcp: {{destinationPort: {{number: 22}}}}}}]}}\n  - {{name: delegate, action: Pass, from: [{{namespaces: {{}}}}]}}\n"
+        ),
+    );
+    let baseline = cnp(
+        "default-deny",
+        "Baseline",
+        9,
+        &format!(
+            "{SUBJECT_A}  ingress:\n  - {{name: deny-all, action: Deny, from: [{{namespaces: {{}}}}]}}\n"
+        ),
+    );
+    let (m, g) = ok(&format!("{np}{admin}{baseline}"));
+    let q = |port| {
+        Some(PortQuery {
+            protocol: Protocol::Tcp,
+            port,
+        })
+    };
+    let (src, dst) = (
+        Subject::parse(&m, "b/q").unwrap(),
+        Subject::parse(&m, "a/p").unwrap(),
+    );
+    // Admin Deny decides 22: the rule is named, no NetworkPolicy nearest miss.
+    let e = explain(&m, &g, src, dst, q(22));
+    assert!(!e.allowed);
+    let text = e.to_string();
+    assert!(
+        text.contains(
+            "denied by Admin tier ClusterNetworkPolicy guard ingress rule 0 \"no-blue-ssh\" (Deny)"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("NetworkPolicy tier: not reached"), "{text}");
+    assert!(e.ingress.nearest_miss.is_none());
+    let t = e.ingress.tiers.as_ref().unwrap();
+    assert_eq!(t.applied, ["guard (Admin 2)", "default-deny (Baseline 9)"]);
+    let d = t.decided_by.as_ref().unwrap();
+    assert_eq!((d.tier, d.action, d.rule), ("Admin", "Deny", Some(0)));
+    // Passed to the NetworkPolicy, which allows 80 and denies 443 (nearest miss given);
+    // the Baseline is not reached because a NetworkPolicy isolates the Pod.
+    let e = explain(&m, &g, src, dst, q(80));
+    assert!(e.allowed, "{e}");
+    let e = explain(&m, &g, src, dst, q(443));
+    assert!(!e.allowed);
+    let text = e.to_string();
+    assert!(
+        text.contains("denied by the NetworkPolicy tier (after Pass by guard rule 1 \"delegate\")"),
+        "{text}"
+    );
+    assert!(e.ingress.nearest_miss.is_some(), "{text}");
+    let json = serde_json::to_value(&e).unwrap();
+    assert_eq!(
+        json["ingress"]["tiers"]["decided_by"]["tier"],
+        "NetworkPolicy"
+    );
+    assert_eq!(json["ingress"]["tiers"]["baseline"], serde_json::json!([]));
+    // Without the NetworkPolicy the Baseline decides.
+    let (m, g) = ok(&format!("{admin}{baseline}"));
+    let e = explain(&m, &g, src, dst, q(443));
+    assert!(!e.allowed);
+    assert!(
+        e.to_string().contains(
+            "denied by Baseline tier ClusterNetworkPolicy default-deny ingress rule 0 \"deny-all\" (Deny) (after Pass by guard rule 1 \"delegate\")"
+        ),
+        "{e}"
+    );
+    // No ClusterNetworkPolicy applies to the egress side: no tier walk in the JSON.
+    let json = serde_json::to_value(&e).unwrap();
+    assert!(json["egress"].get("tiers").is_none());
+}
