@@ -398,3 +398,95 @@ fn explain_walks_the_tiers_and_names_the_deciding_rule() {
     let json = serde_json::to_value(&e).unwrap();
     assert!(json["egress"].get("tiers").is_none());
 }
+
+/// The transcribed upstream conformance suite (testdata/cases/cnp, see its README): every
+/// PokeServer assertion agrees in `explain` and in `matrix` (expect.yaml itself is checked
+/// by the golden-case test). Prints the per-test counts that docs/cluster-network-policy.md
+/// tabulates.
+#[test]
+fn upstream_conformance_agrees_in_explain_and_matrix() {
+    use std::collections::BTreeMap;
+
+    use policy_compiler::expect::parse_expectations;
+    use policy_compiler::{MatrixQuery, PortQuery, explain, matrix};
+
+    use crate::support::{compile_files, manifest_files, repo_root};
+
+    let root = repo_root().join("testdata/cases/cnp");
+    let dirs = crate::cases::case_dirs(&root);
+    assert!(
+        dirs.len() >= 62,
+        "expected the transcribed cases under {}",
+        root.display()
+    );
+    // Per upstream test (tier/case directory): (assertions, agreeing in explain, in matrix).
+    let mut per_test: BTreeMap<String, (usize, usize, usize)> = BTreeMap::new();
+    let mut failures = Vec::new();
+    for dir in &dirs {
+        let rel = dir.strip_prefix(&root).unwrap();
+        let test = rel.parent().unwrap().display().to_string();
+        let (model, graph, diags) = compile_files(&manifest_files(dir));
+        assert!(
+            diags.iter().all(|d| !d.is_error()),
+            "{}: {diags:?}",
+            rel.display()
+        );
+        let exp =
+            parse_expectations(&std::fs::read_to_string(dir.join("expect.yaml")).unwrap()).unwrap();
+        let mut matrices: BTreeMap<(Protocol, u16), policy_compiler::Matrix> = BTreeMap::new();
+        for a in &exp.assertions {
+            let protocol: Protocol = a.protocol.as_deref().unwrap_or("TCP").parse().unwrap();
+            let (src, dst) = (
+                Subject::parse(&model, &a.from).unwrap(),
+                Subject::parse(&model, &a.to).unwrap(),
+            );
+            let e = explain(
+                &model,
+                &graph,
+                src,
+                dst,
+                Some(PortQuery {
+                    protocol,
+                    port: a.port,
+                }),
+            );
+            let m = matrices.entry((protocol, a.port)).or_insert_with(|| {
+                matrix(
+                    &model,
+                    &graph,
+                    MatrixQuery {
+                        protocol: Some(protocol),
+                        port: Some(a.port),
+                    },
+                )
+            });
+            let idx = |s: &str| m.endpoints.iter().position(|n| n == s).unwrap();
+            let cell = m.allowed[idx(&a.from)][idx(&a.to)];
+            let counts = per_test.entry(test.clone()).or_default();
+            counts.0 += 1;
+            counts.1 += usize::from(e.allowed == a.allowed);
+            counts.2 += usize::from(cell == a.allowed);
+            if e.allowed != a.allowed || cell != a.allowed {
+                failures.push(format!(
+                    "{}: {} -> {} {protocol} {}: upstream {}, explain {}, matrix {cell}\n{e}",
+                    rel.display(),
+                    a.from,
+                    a.to,
+                    a.port,
+                    a.allowed,
+                    e.allowed
+                ));
+            }
+        }
+    }
+    let total: usize = per_test.values().map(|c| c.0).sum();
+    for (t, (n, e, m)) in &per_test {
+        println!("{t:<32} {n:>3} assertions, {e:>3} agree in explain, {m:>3} in matrix");
+    }
+    println!("{} tests, {total} assertions", per_test.len());
+    assert_eq!(
+        total, 301,
+        "the upstream suite has 301 PokeServer assertions"
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
