@@ -12,7 +12,7 @@ use crate::graph::{
     AllowGraph, Decision, Provenance, Reach, SideVerdict, Subject, TierWalk, rule_ports,
 };
 use crate::model::{
-    Direction, Endpoint, Model, NamespaceScope, Peer, PortMatch, Rule, Service, Tier,
+    ClusterPeer, Direction, Endpoint, Model, NamespaceScope, Peer, PortMatch, Rule, Service, Tier,
 };
 use crate::ports::{PortSet, Protocol};
 
@@ -131,6 +131,10 @@ pub struct TierExplanation {
     pub to_default: PortSet,
     /// Who decided the queried port; without a port, `null`.
     pub decided_by: Option<TierDecision>,
+    /// Rules with `domainNames` peers (egress Accept rules): which addresses a name
+    /// resolves to cannot be decided offline, so netpol treats them as matching nothing.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub undecidable: Vec<String>,
 }
 
 /// The full answer to `netpol explain`.
@@ -225,7 +229,7 @@ pub fn explain_reach(
         let tiers = v
             .tiers
             .subject
-            .then(|| tier_explanation(model, applied, &v.tiers, v.isolated, query));
+            .then(|| tier_explanation(model, dir, applied, &v.tiers, v.isolated, query));
         // The nearest miss explains a NetworkPolicy denial; a ClusterNetworkPolicy Deny
         // names its rule in `tiers.decided_by`.
         let np_denied = match &tiers {
@@ -314,6 +318,7 @@ fn tier_rule(model: &Model, w: &TierWalk, i: usize) -> TierRule {
 
 fn tier_explanation(
     model: &Model,
+    dir: Direction,
     applied: &[crate::model::ClusterPolicyId],
     w: &TierWalk,
     isolated: bool,
@@ -361,7 +366,25 @@ fn tier_explanation(
             },
         }
     });
+    let mut undecidable = Vec::new();
+    for id in applied.iter().filter(|_| dir == Direction::Egress) {
+        let p = model.cluster_policy(*id);
+        for (ri, r) in p.egress.iter().enumerate() {
+            for peer in &r.peers {
+                if let ClusterPeer::DomainNames(names) = peer {
+                    undecidable.push(format!(
+                        "{} egress rule {ri}{} ({}): domainNames {} cannot be decided offline (treated as matching nothing)",
+                        p.name,
+                        if r.name.is_empty() { String::new() } else { format!(" {:?}", r.name) },
+                        r.action,
+                        names.join(", ")
+                    ));
+                }
+            }
+        }
+    }
     TierExplanation {
+        undecidable,
         applied: applied
             .iter()
             .map(|id| {
@@ -667,6 +690,9 @@ fn write_tiers(
     query: Option<PortQuery>,
 ) -> fmt::Result {
     writeln!(f, "    ClusterNetworkPolicies: {}", t.applied.join(", "))?;
+    for u in &t.undecidable {
+        writeln!(f, "    note: {u}")?;
+    }
     let has = |set: &PortSet| match query {
         Some(q) => set.contains(q.protocol, q.port),
         None => !set.is_empty(),

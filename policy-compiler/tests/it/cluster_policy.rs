@@ -234,6 +234,32 @@ fn domain_names_match_nothing_offline() {
     );
     let (m, g) = ok(&egress);
     assert!(!allowed(&m, &g, "a/p", "93.184.216.34", Protocol::Tcp, 443));
+    // explain says why.
+    let e = policy_compiler::explain(
+        &m,
+        &g,
+        Subject::parse(&m, "a/p").unwrap(),
+        Subject::parse(&m, "93.184.216.34").unwrap(),
+        None,
+    );
+    let t = e.egress.tiers.as_ref().unwrap();
+    assert_eq!(t.undecidable.len(), 1, "{e}");
+    assert!(e.to_string().contains(
+        "note: dns egress rule 0 (Accept): domainNames example.com, *.example.org cannot be decided offline (treated as matching nothing)"
+    ), "{e}");
+    // Deny/Pass rules with domainNames: accepted by the API server, unsupported upstream.
+    let deny = cnp(
+        "dns",
+        "Admin",
+        1,
+        "  subject: {namespaces: {}}\n  egress:\n  - {action: Deny, to: [{domainNames: [example.com]}]}\n",
+    );
+    let (_, _, d) = compile(&deny);
+    assert!(
+        d.iter()
+            .any(|d| !d.is_error() && d.message.contains("only supported for Accept rules")),
+        "{d:?}"
+    );
 }
 
 #[test]
@@ -489,4 +515,26 @@ fn upstream_conformance_agrees_in_explain_and_matrix() {
         "the upstream suite has 301 PokeServer assertions"
     );
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn lint_exposure_follows_the_tiers() {
+    use policy_compiler::lint::{LintOptions, lint};
+    let egress = cnp(
+        "no-internet",
+        "Baseline",
+        1,
+        "  subject: {namespaces: {matchLabels: {team: red}}}\n  egress:\n  - {action: Deny, to: [{networks: [0.0.0.0/0]}]}\n",
+    );
+    let (m, g) = ok(&egress);
+    let findings = lint(&m, &g, LintOptions { exposure: true });
+    let np102 = |key: &str| {
+        findings
+            .iter()
+            .filter(|f| f.rule.id == "NP102" && f.object == key)
+            .count()
+    };
+    // a/p cannot reach outside any more; b/q (no policy at all) still may.
+    assert_eq!(np102("a/p"), 0, "{findings:#?}");
+    assert_eq!(np102("b/q"), 1, "{findings:#?}");
 }
