@@ -538,3 +538,28 @@ fn lint_exposure_follows_the_tiers() {
     assert_eq!(np102("a/p"), 0, "{findings:#?}");
     assert_eq!(np102("b/q"), 1, "{findings:#?}");
 }
+
+#[test]
+fn services_are_judged_after_dnat_with_the_tiers_and_hairpin_is_not_exempt() {
+    let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: a}\nspec:\n  clusterIP: 10.96.0.10\n  selector: {app: p}\n  ports: [{port: 8080, targetPort: web}]\n---\n";
+    let deny = cnp(
+        "guard",
+        "Admin",
+        1,
+        &format!(
+            "{SUBJECT_A}  ingress:\n  - {{action: Deny, from: [{{namespaces: {{}}}}], protocols: [{{tcp: {{destinationPort: {{number: 80}}}}}}]}}\n"
+        ),
+    );
+    let (m, g) = ok(&format!("{svc}{deny}"));
+    let svc = m.service("a/web").unwrap();
+    for src in ["b/q", "a/p"] {
+        let flows = g.reach_service(&m, Subject::parse(&m, src).unwrap(), svc, 0);
+        assert_eq!(flows.len(), 1);
+        // Service port 8080 -> targetPort web (80) on a/p: the Admin Deny on 80 decides,
+        // for the hairpin flow a/p -> a/p too.
+        assert_eq!(flows[0].target_port, 80);
+        assert!(!flows[0].allowed, "{src}");
+    }
+    // Directly to its own IP a Pod is exempt.
+    assert!(allowed(&m, &g, "a/p", "a/p", Protocol::Tcp, 80));
+}
