@@ -60,7 +60,7 @@ pub const COLLECTIONS: &[(&str, &str, &str)] = &[
     ("/apis/batch/v1/jobs", "Job", "batch/v1"),
     ("/apis/batch/v1/cronjobs", "CronJob", "batch/v1"),
     (
-        CLUSTER_POLICIES,
+        "/apis/policy.networking.k8s.io/v1alpha2/clusternetworkpolicies",
         "ClusterNetworkPolicy",
         "policy.networking.k8s.io/v1alpha2",
     ),
@@ -271,6 +271,12 @@ fn handle(inner: &Mutex<Inner>, req: &Request<Incoming>) -> Response<Body> {
 
 impl ApiServer {
     /// Starts an empty server on 127.0.0.1 (a free port).
+    /// Stops serving a collection (its list answers 404, as for a CRD that is not
+    /// installed).
+    pub fn remove_collection(&self, path: &str) {
+        self.inner.lock().unwrap().collections.remove(path);
+    }
+
     pub async fn start() -> ApiServer {
         let mut inner = Inner {
             rv: 1,

@@ -756,6 +756,12 @@ fn prove_shard(test: &str, shard: usize, shards: usize, tag: &str) {
     let dirs = cases::case_dirs();
     // A walk that found nothing proves nothing.
     assert!(dirs.len() >= 50, "only {} cases found", dirs.len());
+    // The ClusterNetworkPolicy conformance states are among them. See: #13
+    let cnp = dirs
+        .iter()
+        .filter(|d| d.components().any(|c| c.as_os_str() == "cnp"))
+        .count();
+    assert!(cnp >= 62, "only {cnp} ClusterNetworkPolicy cases found");
     for (i, dir) in dirs.iter().enumerate() {
         if i % shards != shard {
             continue;

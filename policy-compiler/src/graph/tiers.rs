@@ -72,6 +72,8 @@ pub struct TierMatch {
     pub policy: ClusterPolicyId,
     /// Its tier.
     pub tier: Tier,
+    /// The rule's direction (the side's).
+    pub direction: Direction,
     /// Index of the rule in its direction.
     pub rule: u32,
     /// Index of the first matching peer in the rule's `from`/`to`.
@@ -305,6 +307,10 @@ impl ClusterIndex {
             if policy.tier != tier {
                 finish_admin(&mut undecided, &mut passed, &mut walk, &mut allowed);
                 tier = Tier::Baseline;
+                if np.is_some() {
+                    // The NetworkPolicy tier decided every port that got there.
+                    break;
+                }
             }
             for (ri, rule) in policy.rules(dir).iter().enumerate() {
                 let sets = self.rule_peers(*pid, dir, ri);
@@ -325,6 +331,7 @@ impl ClusterIndex {
                 walk.matches.push(TierMatch {
                     policy: *pid,
                     tier,
+                    direction: dir,
                     rule: u32::try_from(ri).unwrap_or(u32::MAX),
                     peer: u32::try_from(pi).unwrap_or(u32::MAX),
                     action: rule.action,

@@ -234,6 +234,32 @@ fn domain_names_match_nothing_offline() {
     );
     let (m, g) = ok(&egress);
     assert!(!allowed(&m, &g, "a/p", "93.184.216.34", Protocol::Tcp, 443));
+    // explain says why.
+    let e = policy_compiler::explain(
+        &m,
+        &g,
+        Subject::parse(&m, "a/p").unwrap(),
+        Subject::parse(&m, "93.184.216.34").unwrap(),
+        None,
+    );
+    let t = e.egress.tiers.as_ref().unwrap();
+    assert_eq!(t.undecidable.len(), 1, "{e}");
+    assert!(e.to_string().contains(
+        "note: dns egress rule 0 (Accept): domainNames example.com, *.example.org cannot be decided offline (treated as matching nothing)"
+    ), "{e}");
+    // Deny/Pass rules with domainNames: accepted by the API server, unsupported upstream.
+    let deny = cnp(
+        "dns",
+        "Admin",
+        1,
+        "  subject: {namespaces: {}}\n  egress:\n  - {action: Deny, to: [{domainNames: [example.com]}]}\n",
+    );
+    let (_, _, d) = compile(&deny);
+    assert!(
+        d.iter()
+            .any(|d| !d.is_error() && d.message.contains("only supported for Accept rules")),
+        "{d:?}"
+    );
 }
 
 #[test]
@@ -317,4 +343,223 @@ fn v1alpha1_kinds_are_errors_naming_the_replacement() {
     assert!(e[0].message.contains("`tier: Admin`"), "{}", e[0]);
     assert!(e[1].message.contains("`tier: Baseline`"), "{}", e[1]);
     assert!(e[0].line.is_some());
+}
+
+#[test]
+fn explain_walks_the_tiers_and_names_the_deciding_rule() {
+    use policy_compiler::{PortQuery, explain};
+    let np = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: only-80, namespace: a}\nspec:\n  podSelector: {}\n  ingress: [{ports: [{port: 80}]}]\n---\n";
+    let admin = cnp(
+        "guard",
+        "Admin",
+        2,
+        &format!(
+            "{SUBJECT_A}  ingress:\n  - {{name: no-blue-ssh, action: Deny, from: [{{namespaces: {{matchLabels: {{team: blue}}}}}}], protocols: [{{tcp: {{destinationPort: {{number: 22}}}}}}]}}\n  - {{name: delegate, action: Pass, from: [{{namespaces: {{}}}}]}}\n"
+        ),
+    );
+    let baseline = cnp(
+        "default-deny",
+        "Baseline",
+        9,
+        &format!(
+            "{SUBJECT_A}  ingress:\n  - {{name: deny-all, action: Deny, from: [{{namespaces: {{}}}}]}}\n"
+        ),
+    );
+    let (m, g) = ok(&format!("{np}{admin}{baseline}"));
+    let q = |port| {
+        Some(PortQuery {
+            protocol: Protocol::Tcp,
+            port,
+        })
+    };
+    let (src, dst) = (
+        Subject::parse(&m, "b/q").unwrap(),
+        Subject::parse(&m, "a/p").unwrap(),
+    );
+    // Admin Deny decides 22: the rule is named, no NetworkPolicy nearest miss.
+    let e = explain(&m, &g, src, dst, q(22));
+    assert!(!e.allowed);
+    let text = e.to_string();
+    assert!(
+        text.contains(
+            "denied by Admin tier ClusterNetworkPolicy guard ingress rule 0 \"no-blue-ssh\" (Deny)"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("NetworkPolicy tier: not reached"), "{text}");
+    assert!(e.ingress.nearest_miss.is_none());
+    let t = e.ingress.tiers.as_ref().unwrap();
+    assert_eq!(t.applied, ["guard (Admin 2)", "default-deny (Baseline 9)"]);
+    let d = t.decided_by.as_ref().unwrap();
+    assert_eq!((d.tier, d.action, d.rule), ("Admin", "Deny", Some(0)));
+    // Passed to the NetworkPolicy, which allows 80 and denies 443 (nearest miss given);
+    // the Baseline is not reached because a NetworkPolicy isolates the Pod.
+    let e = explain(&m, &g, src, dst, q(80));
+    assert!(e.allowed, "{e}");
+    let e = explain(&m, &g, src, dst, q(443));
+    assert!(!e.allowed);
+    let text = e.to_string();
+    assert!(
+        text.contains("denied by the NetworkPolicy tier (after Pass by guard rule 1 \"delegate\")"),
+        "{text}"
+    );
+    assert!(e.ingress.nearest_miss.is_some(), "{text}");
+    let json = serde_json::to_value(&e).unwrap();
+    assert_eq!(
+        json["ingress"]["tiers"]["decided_by"]["tier"],
+        "NetworkPolicy"
+    );
+    assert_eq!(json["ingress"]["tiers"]["baseline"], serde_json::json!([]));
+    // Without the NetworkPolicy the Baseline decides.
+    let (m, g) = ok(&format!("{admin}{baseline}"));
+    let e = explain(&m, &g, src, dst, q(443));
+    assert!(!e.allowed);
+    assert!(
+        e.to_string().contains(
+            "denied by Baseline tier ClusterNetworkPolicy default-deny ingress rule 0 \"deny-all\" (Deny) (after Pass by guard rule 1 \"delegate\")"
+        ),
+        "{e}"
+    );
+    // No ClusterNetworkPolicy applies to the egress side: no tier walk in the JSON.
+    let json = serde_json::to_value(&e).unwrap();
+    assert!(json["egress"].get("tiers").is_none());
+}
+
+/// The transcribed upstream conformance suite (testdata/cases/cnp, see its README): every
+/// PokeServer assertion agrees in `explain` and in `matrix` (expect.yaml itself is checked
+/// by the golden-case test). Prints the per-test counts that docs/cluster-network-policy.md
+/// tabulates.
+#[test]
+fn upstream_conformance_agrees_in_explain_and_matrix() {
+    use std::collections::BTreeMap;
+
+    use policy_compiler::expect::parse_expectations;
+    use policy_compiler::{MatrixQuery, PortQuery, explain, matrix};
+
+    use crate::support::{compile_files, manifest_files, repo_root};
+
+    let root = repo_root().join("testdata/cases/cnp");
+    let dirs = crate::cases::case_dirs(&root);
+    assert!(
+        dirs.len() >= 62,
+        "expected the transcribed cases under {}",
+        root.display()
+    );
+    // Per upstream test (tier/case directory): (assertions, agreeing in explain, in matrix).
+    let mut per_test: BTreeMap<String, (usize, usize, usize)> = BTreeMap::new();
+    let mut failures = Vec::new();
+    for dir in &dirs {
+        let rel = dir.strip_prefix(&root).unwrap();
+        let test = rel.parent().unwrap().display().to_string();
+        let (model, graph, diags) = compile_files(&manifest_files(dir));
+        assert!(
+            diags.iter().all(|d| !d.is_error()),
+            "{}: {diags:?}",
+            rel.display()
+        );
+        let exp =
+            parse_expectations(&std::fs::read_to_string(dir.join("expect.yaml")).unwrap()).unwrap();
+        let mut matrices: BTreeMap<(Protocol, u16), policy_compiler::Matrix> = BTreeMap::new();
+        for a in &exp.assertions {
+            let protocol: Protocol = a.protocol.as_deref().unwrap_or("TCP").parse().unwrap();
+            let (src, dst) = (
+                Subject::parse(&model, &a.from).unwrap(),
+                Subject::parse(&model, &a.to).unwrap(),
+            );
+            let e = explain(
+                &model,
+                &graph,
+                src,
+                dst,
+                Some(PortQuery {
+                    protocol,
+                    port: a.port,
+                }),
+            );
+            let m = matrices.entry((protocol, a.port)).or_insert_with(|| {
+                matrix(
+                    &model,
+                    &graph,
+                    MatrixQuery {
+                        protocol: Some(protocol),
+                        port: Some(a.port),
+                    },
+                )
+            });
+            let idx = |s: &str| m.endpoints.iter().position(|n| n == s).unwrap();
+            let cell = m.allowed[idx(&a.from)][idx(&a.to)];
+            let counts = per_test.entry(test.clone()).or_default();
+            counts.0 += 1;
+            counts.1 += usize::from(e.allowed == a.allowed);
+            counts.2 += usize::from(cell == a.allowed);
+            if e.allowed != a.allowed || cell != a.allowed {
+                failures.push(format!(
+                    "{}: {} -> {} {protocol} {}: upstream {}, explain {}, matrix {cell}\n{e}",
+                    rel.display(),
+                    a.from,
+                    a.to,
+                    a.port,
+                    a.allowed,
+                    e.allowed
+                ));
+            }
+        }
+    }
+    let total: usize = per_test.values().map(|c| c.0).sum();
+    for (t, (n, e, m)) in &per_test {
+        println!("{t:<32} {n:>3} assertions, {e:>3} agree in explain, {m:>3} in matrix");
+    }
+    println!("{} tests, {total} assertions", per_test.len());
+    assert_eq!(
+        total, 301,
+        "the upstream suite has 301 PokeServer assertions"
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn lint_exposure_follows_the_tiers() {
+    use policy_compiler::lint::{LintOptions, lint};
+    let egress = cnp(
+        "no-internet",
+        "Baseline",
+        1,
+        "  subject: {namespaces: {matchLabels: {team: red}}}\n  egress:\n  - {action: Deny, to: [{networks: [0.0.0.0/0]}]}\n",
+    );
+    let (m, g) = ok(&egress);
+    let findings = lint(&m, &g, LintOptions { exposure: true });
+    let np102 = |key: &str| {
+        findings
+            .iter()
+            .filter(|f| f.rule.id == "NP102" && f.object == key)
+            .count()
+    };
+    // a/p cannot reach outside any more; b/q (no policy at all) still may.
+    assert_eq!(np102("a/p"), 0, "{findings:#?}");
+    assert_eq!(np102("b/q"), 1, "{findings:#?}");
+}
+
+#[test]
+fn services_are_judged_after_dnat_with_the_tiers_and_hairpin_is_not_exempt() {
+    let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: a}\nspec:\n  clusterIP: 10.96.0.10\n  selector: {app: p}\n  ports: [{port: 8080, targetPort: web}]\n---\n";
+    let deny = cnp(
+        "guard",
+        "Admin",
+        1,
+        &format!(
+            "{SUBJECT_A}  ingress:\n  - {{action: Deny, from: [{{namespaces: {{}}}}], protocols: [{{tcp: {{destinationPort: {{number: 80}}}}}}]}}\n"
+        ),
+    );
+    let (m, g) = ok(&format!("{svc}{deny}"));
+    let svc = m.service("a/web").unwrap();
+    for src in ["b/q", "a/p"] {
+        let flows = g.reach_service(&m, Subject::parse(&m, src).unwrap(), svc, 0);
+        assert_eq!(flows.len(), 1);
+        // Service port 8080 -> targetPort web (80) on a/p: the Admin Deny on 80 decides,
+        // for the hairpin flow a/p -> a/p too.
+        assert_eq!(flows[0].target_port, 80);
+        assert!(!flows[0].allowed, "{src}");
+    }
+    // Directly to its own IP a Pod is exempt.
+    assert!(allowed(&m, &g, "a/p", "a/p", Protocol::Tcp, 80));
 }
