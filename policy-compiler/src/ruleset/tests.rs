@@ -460,3 +460,80 @@ fn node_table_judges_hairpin_ingress_before_masquerade() {
     assert!(text.contains("fd00::1 : jump ingress_pod_1,"), "{text}");
     assert!(text.contains("counter log group 100 prefix \"netpol:hp/web:ingress \" drop"));
 }
+
+/// Admin Deny on a port, Admin Pass, Baseline Deny: the stages in the kernel's order,
+/// and the rule count depends on the CNP rules, not on how many Pods the peers select.
+// See: #13
+#[test]
+fn cluster_policy_stages_keep_tier_order_and_do_not_grow_with_peers() {
+    const CNP: &str = r#"apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: guard}
+spec:
+  tier: Admin
+  priority: 1
+  subject: {pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: a}}}}
+  ingress:
+  - {name: no-81, action: Deny, from: [{namespaces: {}}], protocols: [{tcp: {destinationPort: {number: 81}}}]}
+  - {name: pass-clients, action: Pass, from: [{pods: {namespaceSelector: {}, podSelector: {matchLabels: {role: client}}}}]}
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: floor}
+spec:
+  tier: Baseline
+  priority: 1
+  subject: {namespaces: {}}
+  ingress:
+  - {name: deny-all, action: Deny, from: [{namespaces: {}}]}
+---
+"#;
+    let ruleset = |clients: usize| {
+        let mut yaml = String::from(CNP);
+        yaml.push_str(&pod("x", "a", "app: a", &["10.0.0.1"], ""));
+        for i in 0..clients {
+            let ip = format!("10.0.1.{}", 10 + 2 * i);
+            yaml.push_str(&pod("x", &format!("c{i}"), "role: client", &[&ip], ""));
+        }
+        yaml.push_str(&pod("x", "other", "app: other", &["10.0.2.1"], ""));
+        let (m, g) = build(&yaml);
+        compile(&m, &g, "x/a")
+    };
+    let one = ruleset(1);
+    let many = ruleset(20);
+    assert_eq!(
+        one.stats().rules,
+        many.stats().rules,
+        "rules do not grow with peers"
+    );
+    assert_eq!(one.stats().chains, many.stats().chains);
+    assert!(many.stats().set_elements > one.stats().set_elements);
+
+    let text = many.to_nft();
+    // Not isolated by a NetworkPolicy: accept after the stages, Admin before Baseline.
+    assert!(
+        text.contains("type filter hook input priority filter; policy accept;"),
+        "{text}"
+    );
+    let admin = text.find("jump ingress_admin").unwrap();
+    let baseline = text.find("jump ingress_baseline").unwrap();
+    assert!(admin < baseline, "{text}");
+    assert!(text.contains("netpol:x/a:ingress:a0.0 "), "{text}");
+    assert!(text.contains("netpol:x/a:ingress:b1.0 "), "{text}");
+    assert!(
+        text.contains(" return comment \"Admin guard rule pass-clients Pass\""),
+        "{text}"
+    );
+
+    let client = ip("10.0.1.10");
+    let other = ip("10.0.2.1");
+    // Admin Deny of TCP 81 is final, for everyone.
+    assert!(!many.simulate(Direction::Ingress, client, Protocol::Tcp, 81));
+    // A client is passed on by Admin, then denied by the Baseline tier.
+    assert!(!many.simulate(Direction::Ingress, client, Protocol::Tcp, 80));
+    // Anyone else: also Baseline Deny; an address no peer holds: default accept.
+    assert!(!many.simulate(Direction::Ingress, other, Protocol::Udp, 53));
+    assert!(many.simulate(Direction::Ingress, ip("192.0.2.1"), Protocol::Tcp, 80));
+    // Egress has no CNP rules: the plain accepting chain.
+    assert!(many.simulate(Direction::Egress, other, Protocol::Tcp, 81));
+}
