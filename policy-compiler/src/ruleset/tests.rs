@@ -178,6 +178,17 @@ fn log_prefix_fits_the_kernel_limit() {
         "netpol:x/a:ingress "
     );
     assert!(comment(&"y".repeat(300)).len() <= MAX_COMMENT);
+    // See: #13 — the rule suffix of a ClusterNetworkPolicy Deny survives the cut.
+    let c = cluster_log_prefix(
+        &"s".repeat(63),
+        &long,
+        Direction::Ingress,
+        Tier::Baseline,
+        u32::MAX,
+        24,
+    );
+    assert!(c.len() <= MAX_LOG_PREFIX, "{}", c.len());
+    assert!(c.ends_with(":ingress:b4294967295.24 "), "{c}");
 }
 
 /// A node `n1` with CoreDNS, a client and a server, default deny in `app` plus the
