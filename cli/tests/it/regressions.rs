@@ -87,28 +87,25 @@ fn other_policy_engines_warn_and_explain_says_the_answer_may_differ() {
     assert!(run.stderr.contains("CiliumNetworkPolicy"), "{}", run.stderr);
 }
 
-/// `netpol compile` says that its rulesets do not enforce ClusterNetworkPolicy tiers yet,
-/// while `explain` answers with them. See: #13
+/// `netpol compile` enforces ClusterNetworkPolicy tiers in its rulesets (Admin and
+/// Baseline chains), with no warning that it does not. See: #13
 #[test]
-fn compile_warns_that_rulesets_do_not_enforce_cluster_network_policies_yet() {
+fn compile_enforces_cluster_network_policy_tiers() {
     let mut args: Vec<String> = ["compile", "--all"]
         .iter()
         .map(ToString::to_string)
         .collect();
-    args.extend(manifests_of("cnp/admin/ingress-tcp/1-initial"));
+    args.extend(manifests_of(
+        "cnp/admin/integration/4-networkpolicy-deleted",
+    ));
     let run = netpol(&args);
     run.expect_code(0);
-    assert!(
-        run.stderr.contains(
-            "warning: the input holds 1 ClusterNetworkPolicy: the rulesets below do not enforce"
-        ),
-        "{}",
-        run.stderr
-    );
-    let mut args: Vec<String> = ["compile", "--all"]
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    args.extend(manifests_of("upstream/pod-selector"));
-    assert!(!netpol(&args).stderr.contains("ClusterNetworkPolic"));
+    assert!(!run.stderr.contains("do not enforce"), "{}", run.stderr);
+    for chain in [
+        "jump ingress_admin",
+        "jump egress_baseline",
+        " return comment",
+    ] {
+        assert!(run.stdout.contains(chain), "{chain}:\n{}", run.stdout);
+    }
 }
