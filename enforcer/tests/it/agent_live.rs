@@ -535,6 +535,29 @@ fn agent_reports_drops_with_identities_and_policies() {
         metric(addr, egress) > before
     });
 
+    // See: #13 — a ClusterNetworkPolicy Admin Deny beats b-web's allow for a; its drop
+    // names the tier, the policy and the rule, and is counted under tier="admin".
+    write(
+        d,
+        "cnp.yaml",
+        "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: guard}\nspec:\n  tier: Admin\n  priority: 1\n  subject: {pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: b}}}}\n  ingress:\n  - {name: no-a, action: Deny, from: [{pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: a}}}}]}\n",
+    );
+    wait_for("a -> b denied by the Admin tier", CONVERGE, || {
+        !prober
+            .probe(&ha.name, v4(hb), ProbeProtocol::Tcp, 80, DENY)
+            .unwrap()
+            .connected
+    });
+    let r = next_report(&rx, "x/b ingress from x/a, Admin tier", |r| {
+        r.pod == "x/b" && r.src.ip == v4(ha) && r.tier == "admin"
+    });
+    eprintln!("{}", r.to_json_line());
+    assert_eq!(r.cluster_policy.as_deref(), Some("guard"));
+    assert_eq!(r.cluster_rule.as_deref(), Some("no-a"));
+    assert_eq!(r.note, None, "{r:?}");
+    let admin = r#"netpol_drops_total{namespace="x",pod="b",direction="ingress",tier="admin"}"#;
+    assert!(metric(addr, admin) >= 1.0);
+
     // c goes away: its listener is stopped (its netns is not enforced any more).
     write(
         d,
