@@ -21,10 +21,10 @@
 //!   (egress: the same with hook output, daddr and oif lo)
 //! ```
 //!
-//! ClusterNetworkPolicies keep their tier order (`ruleset/stages.rs`): a direction a CNP with rules
-//! for it applies to gets `jump <dir>_admin` before the peer lookup, and, when no
-//! NetworkPolicy isolates it, `jump <dir>_baseline` after (then `policy accept`); Pass is
-//! `return`.
+//! ClusterNetworkPolicies keep their tier order (`ruleset/stages.rs`): a direction a CNP
+//! with rules for it applies to gets `jump <dir>_admin` before the peer lookup, and, when
+//! no NetworkPolicy isolates it, `jump <dir>_baseline` after (then `policy accept`); Pass
+//! is `return`.
 //!
 //! Map elements are disjoint (nft rejects overlapping intervals): every peer contributes
 //! `(address range, PortSet)` pairs, which [`interval`] splits at all bounds, unions per
