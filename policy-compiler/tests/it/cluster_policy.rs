@@ -563,3 +563,19 @@ fn services_are_judged_after_dnat_with_the_tiers_and_hairpin_is_not_exempt() {
     // Directly to its own IP a Pod is exempt.
     assert!(allowed(&m, &g, "a/p", "a/p", Protocol::Tcp, 80));
 }
+
+#[test]
+fn nodes_peers_without_node_objects_warn() {
+    let egress = "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: n}\nspec:\n  tier: Admin\n  priority: 1\n  subject: {namespaces: {}}\n  egress:\n  - {action: Deny, to: [{networks: [10.0.0.0/8]}, {nodes: {}}]}\n";
+    let (inputs, _) = load(&[SourceText {
+        name: "t.yaml",
+        text: egress,
+    }]);
+    let (_, d) = Model::build(&inputs);
+    assert_eq!(d.len(), 1, "{d:#?}");
+    assert_eq!(d[0].field.as_deref(), Some("spec.egress[0].to[1].nodes"));
+    assert!(!d[0].is_error());
+    // With Node objects (the shared cluster of this file): no warning.
+    let (_, _, d) = compile(egress);
+    assert!(d.is_empty(), "{d:#?}");
+}
