@@ -1470,6 +1470,8 @@ impl Builder {
         model.services = services;
         model.node_ips = service::node_ips(&model);
         self.diags.extend(cluster::priority_overlaps(&model));
+        self.diags
+            .extend(cluster::nodes_without_node_objects(&model));
         (model, self.diags)
     }
 }

@@ -349,6 +349,35 @@ pub(super) fn priority_overlaps(model: &Model) -> Vec<Diagnostic> {
     out
 }
 
+/// Warnings for `nodes` peers when the input has no Node objects: they select Nodes by
+/// label, so without Node objects they match no address (offline manifests often omit
+/// Nodes).
+pub(super) fn nodes_without_node_objects(model: &Model) -> Vec<Diagnostic> {
+    if !model.nodes.is_empty() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for p in &model.cluster_policies {
+        for (ri, r) in p.egress.iter().enumerate() {
+            for (pi, peer) in r.peers.iter().enumerate() {
+                if matches!(peer, ClusterPeer::Nodes(_)) {
+                    out.push(
+                        Diagnostic::field_error(
+                            p.origin.as_ref(),
+                            &p.object_ref(),
+                            &format!("spec.egress[{ri}].to[{pi}].nodes"),
+                            None,
+                            "the input has no Node objects: this peer selects Nodes by label, so it matches no address (add the Nodes, e.g. `kubectl get nodes -o yaml`)",
+                        )
+                        .warning(),
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
 /// The CRD's DomainName pattern:
 /// `^(\*\.)?([a-zA-z0-9]([-a-zA-Z0-9_]*[a-zA-Z0-9])?\.)+[a-zA-z0-9]([-a-zA-Z0-9_]*[a-zA-Z0-9])?\.?$`
 /// (its `A-z` range also admits `[\]^_` and a backtick as a label's first character).

@@ -505,14 +505,31 @@ fn upstream_conformance_agrees_in_explain_and_matrix() {
             }
         }
     }
-    let total: usize = per_test.values().map(|c| c.0).sum();
+    let count = |v6: bool| -> usize {
+        per_test
+            .iter()
+            .filter(|(t, _)| t.starts_with("ipv6/") == v6)
+            .map(|(_, c)| c.0)
+            .sum()
+    };
     for (t, (n, e, m)) in &per_test {
         println!("{t:<32} {n:>3} assertions, {e:>3} agree in explain, {m:>3} in matrix");
     }
-    println!("{} tests, {total} assertions", per_test.len());
+    println!(
+        "{} tests, {} assertions (+ {} in the IPv6 variant)",
+        per_test.len(),
+        count(false),
+        count(true)
+    );
     assert_eq!(
-        total, 301,
+        count(false),
+        301,
         "the upstream suite has 301 PokeServer assertions"
+    );
+    assert_eq!(
+        count(true),
+        63,
+        "the IPv6 variant of the address-dependent tests"
     );
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
@@ -562,4 +579,20 @@ fn services_are_judged_after_dnat_with_the_tiers_and_hairpin_is_not_exempt() {
     }
     // Directly to its own IP a Pod is exempt.
     assert!(allowed(&m, &g, "a/p", "a/p", Protocol::Tcp, 80));
+}
+
+#[test]
+fn nodes_peers_without_node_objects_warn() {
+    let egress = "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: n}\nspec:\n  tier: Admin\n  priority: 1\n  subject: {namespaces: {}}\n  egress:\n  - {action: Deny, to: [{networks: [10.0.0.0/8]}, {nodes: {}}]}\n";
+    let (inputs, _) = load(&[SourceText {
+        name: "t.yaml",
+        text: egress,
+    }]);
+    let (_, d) = Model::build(&inputs);
+    assert_eq!(d.len(), 1, "{d:#?}");
+    assert_eq!(d[0].field.as_deref(), Some("spec.egress[0].to[1].nodes"));
+    assert!(!d[0].is_error());
+    // With Node objects (the shared cluster of this file): no warning.
+    let (_, _, d) = compile(egress);
+    assert!(d.is_empty(), "{d:#?}");
 }
