@@ -71,14 +71,87 @@ use report::{Disagreement, LabMatrix, LabPodInfo, LabReport, NodeCell, ServiceCe
 /// (with two backends, 16 tries miss one with probability 2^-15).
 pub const SERVICE_TRIES: usize = 16;
 
-/// Namespace prefix of `netpol lab`: `netpollab-hub`, `netpollab-0`, … A run first
-/// removes every namespace of this prefix (the leftovers of a crashed or kept run).
+/// The start of every `netpol lab` namespace prefix: a run uses [`lab_prefix`] of its
+/// process, `netpollab<pid>` (`netpollab4711-hub`, `netpollab4711-0`, …), so labs of
+/// different processes never touch each other's namespaces; [`cleanup_dead_labs`]
+/// removes the labs whose process is gone (kept or crashed runs).
 pub const LAB_PREFIX: &str = "netpollab";
+
+/// The namespace prefix of the lab run by process `pid`: `netpollab<pid>` (at most 16
+/// characters: pids stay below 2^22).
+pub fn lab_prefix(pid: u32) -> String {
+    format!("{LAB_PREFIX}{pid}")
+}
+
+/// The pid in a lab namespace name `netpollab<pid>-…` (`Some(None)` for the fixed
+/// `netpollab-…` names of older versions), `None` when the name is no lab's.
+fn lab_owner(name: &str) -> Option<Option<u32>> {
+    let rest = name.strip_prefix(LAB_PREFIX)?;
+    let (digits, tail) = rest.split_at(rest.bytes().take_while(u8::is_ascii_digit).count());
+    let tail = tail.strip_prefix('-')?;
+    if tail != "hub" && (tail.is_empty() || !tail.bytes().all(|b| b.is_ascii_digit())) {
+        return None;
+    }
+    if digits.is_empty() {
+        return Some(None);
+    }
+    digits.parse().ok().map(Some)
+}
+
+/// Whether process `pid` runs (on this machine's pid namespace).
+fn process_runs(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Removes the namespaces of every lab whose process no longer runs (`netpollab<pid>-*`
+/// of a kept or crashed run, and the fixed-prefix `netpollab-*` of older versions);
+/// labs of running processes (another `netpol lab`, a test) stay. Returns the removed
+/// names, sorted.
+pub fn cleanup_dead_labs() -> Result<Vec<String>, TopologyError> {
+    let names = crate::netns::list().map_err(|source| TopologyError::Netns {
+        prefix: LAB_PREFIX.to_owned(),
+        step: "list namespaces".to_owned(),
+        source: Box::new(source),
+    })?;
+    let mut dead: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    for name in &names {
+        match lab_owner(name) {
+            Some(None) => {
+                dead.insert(LAB_PREFIX.to_owned());
+            }
+            Some(Some(pid)) if !process_runs(pid) => {
+                dead.insert(lab_prefix(pid));
+            }
+            _ => {}
+        }
+    }
+    let mut removed = Vec::new();
+    for prefix in dead {
+        removed.extend(Topology::cleanup_stale(&prefix)?);
+    }
+    removed.sort();
+    Ok(removed)
+}
+
+/// The running labs other than this process's: `(prefix, namespaces)`.
+pub fn running_labs() -> Vec<(String, usize)> {
+    let mut out: BTreeMap<String, usize> = BTreeMap::new();
+    for name in crate::netns::list().unwrap_or_default() {
+        if let Some(Some(pid)) = lab_owner(&name)
+            && pid != std::process::id()
+            && process_runs(pid)
+        {
+            *out.entry(lab_prefix(pid)).or_default() += 1;
+        }
+    }
+    out.into_iter().collect()
+}
 
 /// How a lab runs.
 #[derive(Debug, Clone)]
 pub struct LabOptions {
-    /// Namespace prefix (1..=16 ASCII letters or digits).
+    /// Namespace prefix (1..=16 ASCII letters or digits); by default [`lab_prefix`] of
+    /// this process.
     pub prefix: String,
     /// How long one probe waits for an answer (a denied probe costs this much).
     pub timeout: Duration,
@@ -96,7 +169,7 @@ pub struct LabOptions {
 impl Default for LabOptions {
     fn default() -> Self {
         Self {
-            prefix: LAB_PREFIX.to_owned(),
+            prefix: lab_prefix(std::process::id()),
             timeout: Duration::from_millis(300),
             retry_timeout: Duration::from_secs(2),
             log_group: RulesetOptions::default().log_group,
@@ -229,11 +302,14 @@ impl Lab {
     pub fn start(plan: LabPlan, opts: &LabOptions) -> Result<Lab, LabError> {
         let started = Instant::now();
         let mut notes = plan.notes().to_vec();
-        let removed =
-            Topology::cleanup_stale(&opts.prefix).map_err(|source| LabError::Cleanup {
-                prefix: opts.prefix.clone(),
-                source: Box::new(source),
-            })?;
+        let cleanup = |source| LabError::Cleanup {
+            prefix: opts.prefix.clone(),
+            source: Box::new(source),
+        };
+        // Our own leftovers (a reused pid), then the labs of processes that are gone;
+        // never a running lab's.
+        let mut removed = Topology::cleanup_stale(&opts.prefix).map_err(cleanup)?;
+        removed.extend(cleanup_dead_labs().map_err(cleanup)?);
         if !removed.is_empty() {
             notes.push(format!(
                 "removed {} namespace(s) left by an earlier lab: {}",
@@ -800,3 +876,28 @@ pub fn run(plan: LabPlan, opts: &LabOptions) -> Result<LabReport, LabError> {
 }
 
 pub use crate::agent::ErrorChain;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lab_namespaces_name_their_process() {
+        assert_eq!(lab_prefix(4_194_303), "netpollab4194303");
+        assert!(lab_prefix(4_194_303).len() <= 16);
+        assert_eq!(lab_owner("netpollab42-hub"), Some(Some(42)));
+        assert_eq!(lab_owner("netpollab42-7"), Some(Some(42)));
+        assert_eq!(lab_owner("netpollab-hub"), Some(None));
+        assert_eq!(lab_owner("netpollab-3"), Some(None));
+        for other in [
+            "netpollab42",
+            "netpollab42-x",
+            "netpollab42-",
+            "np42pfa-0",
+            "netpollabx-0",
+        ] {
+            assert_eq!(lab_owner(other), None, "{other}");
+        }
+        assert!(process_runs(std::process::id()));
+    }
+}
