@@ -65,7 +65,9 @@ use crate::probe::{Listener, ProbeError, ProbeSpec, Prober};
 use crate::state::{Event, Object, PodKey};
 use crate::topology::{HostSpec, NodeSpec, Topology, TopologyError};
 use plan::LabPlan;
-use report::{Disagreement, LabMatrix, LabPodInfo, LabReport, NodeCell, ServiceCell, Timings};
+use report::{
+    Disagreement, DnsCell, LabMatrix, LabPodInfo, LabReport, NodeCell, ServiceCell, Timings,
+};
 
 /// Probes of a Service cell whose backends' verdicts differ: all outcomes must show
 /// (with two backends, 16 tries miss one with probability 2^-15).
@@ -113,21 +115,29 @@ pub fn cleanup_dead_labs() -> Result<Vec<String>, TopologyError> {
         step: "list namespaces".to_owned(),
         source: Box::new(source),
     })?;
-    let mut dead: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
-    for name in &names {
-        match lab_owner(name) {
-            Some(None) => {
-                dead.insert(LAB_PREFIX.to_owned());
-            }
-            Some(Some(pid)) if !process_runs(pid) => {
-                dead.insert(lab_prefix(pid));
-            }
-            _ => {}
-        }
-    }
     let mut removed = Vec::new();
-    for prefix in dead {
-        removed.extend(Topology::cleanup_stale(&prefix)?);
+    for name in names {
+        let dead = match lab_owner(&name) {
+            Some(None) => true,
+            Some(Some(pid)) => !process_runs(pid),
+            None => false,
+        };
+        if !dead {
+            continue;
+        }
+        // Two labs starting at once may both remove the same dead lab: a namespace
+        // that is gone already is no error.
+        match crate::netns::delete(&name) {
+            Ok(()) => removed.push(name),
+            Err(_) if !crate::netns::exists(&name) => {}
+            Err(source) => {
+                return Err(TopologyError::Netns {
+                    prefix: LAB_PREFIX.to_owned(),
+                    step: format!("remove {name}"),
+                    source: Box::new(source),
+                });
+            }
+        }
     }
     removed.sort();
     Ok(removed)
@@ -221,6 +231,12 @@ pub enum LabError {
         /// nft's error.
         detail: String,
     },
+    /// The lab's DNS responder could not be started.
+    #[error("cannot start the lab's cluster DNS: {detail}")]
+    Dns {
+        /// Why.
+        detail: String,
+    },
     /// Removing the lab's namespaces failed.
     #[error("lab teardown failed")]
     Teardown(#[source] Box<TopologyError>),
@@ -243,6 +259,7 @@ pub struct Lab {
     // Field order is drop order: servers and listeners stop before the namespaces go.
     prober: Prober,
     drops: Vec<DropListener>,
+    dns_server: Option<dns::DnsServer>,
     topology: Topology,
     plan: LabPlan,
     opts: LabOptions,
@@ -317,19 +334,26 @@ impl Lab {
                 removed.join(", ")
             ));
         }
-        let hosts: Vec<HostSpec> = plan.pods().iter().map(host_spec).collect();
+        // The lab's DNS Pod last, so the probed Pods keep `<prefix>-0..`.
+        let hosts: Vec<HostSpec> = plan
+            .pods()
+            .iter()
+            .chain(plan.dns().map(|d| &d.pod))
+            .map(host_spec)
+            .collect();
         let node = lab_node(&hosts);
         // From here on, an early return drops `topology`, which removes the namespaces.
         let topology = Topology::build_routed(&opts.prefix, &node, &hosts)
             .map_err(|e| LabError::Topology(Box::new(e)))?;
-        let netns: Vec<String> = topology.hosts().iter().map(|h| h.netns.clone()).collect();
+        let mut netns: Vec<String> = topology.hosts().iter().map(|h| h.netns.clone()).collect();
+        let dns_netns = plan.dns().and_then(|_| netns.pop());
         let mut timings = Timings {
             topology_ms: ms(started.elapsed()),
             ..Timings::default()
         };
 
         let t = Instant::now();
-        enforce(&plan, &netns, topology.hub(), opts)?;
+        enforce(&plan, &netns, dns_netns.as_deref(), topology.hub(), opts)?;
         let node_ips: Vec<IpAddr> = topology
             .node()
             .map(|n| {
@@ -348,6 +372,22 @@ impl Lab {
                 }
             })?;
         }
+        let dns_server = match (plan.dns(), &dns_netns) {
+            (Some(d), Some(ns)) => {
+                let mut zone = dns::Zone::new();
+                for s in plan.model().services.iter().filter(|s| s.proxied()) {
+                    zone.add_service(&s.namespace, &s.name, &s.cluster_ips);
+                }
+                Some(
+                    dns::DnsServer::start(ns, &d.pod.ips, plan::DNS_PORT, zone).map_err(|e| {
+                        LabError::Dns {
+                            detail: ErrorChain(&e).to_string(),
+                        }
+                    })?,
+                )
+            }
+            _ => None,
+        };
         timings.agent_ms = ms(t.elapsed());
 
         let config = NflogConfig {
@@ -390,6 +430,7 @@ impl Lab {
         Ok(Lab {
             prober,
             drops,
+            dns_server,
             topology,
             plan,
             opts: opts.clone(),
@@ -455,6 +496,7 @@ impl Lab {
             }
         }
         let (services, node_probes) = self.probe_services()?;
+        let dns = self.probe_dns();
         let drops = collect_drops(
             &self.drops,
             &self.plan,
@@ -515,9 +557,11 @@ impl Lab {
         Ok(LabReport {
             agree: disagreements.is_empty()
                 && services.iter().all(|c| c.agree)
-                && node_probes.iter().all(|c| c.connected),
+                && node_probes.iter().all(|c| c.connected)
+                && dns.iter().all(|c| c.agree),
             services,
             node_probes,
+            dns,
             prefix: self.opts.prefix.clone(),
             hub: format!("{}-hub", self.opts.prefix),
             pods: pods
@@ -642,14 +686,107 @@ impl Lab {
         Ok((out, node_cells))
     }
 
+    /// Looks every proxied Service's name up from every lab Pod through the lab's
+    /// kube-dns ClusterIP of the Pod's family (UDP), as an application does before
+    /// connecting; the compiler's answer is whether the Pod may reach kube-dns on UDP 53
+    /// after DNAT. One thread per Pod; a lookup the compiler allows that got no answer is
+    /// retried once with the patient timeout.
+    fn probe_dns(&self) -> Vec<DnsCell> {
+        let (Some(lab_dns), Some(_)) = (self.plan.dns(), &self.dns_server) else {
+            return Vec::new();
+        };
+        let model = self.plan.model();
+        let graph = self.plan.graph();
+        let Some(kube_dns) = model.service(&format!("{}/{}", plan::KUBE_DNS.0, plan::KUBE_DNS.1))
+        else {
+            return Vec::new();
+        };
+        let udp = kube_dns
+            .ports
+            .iter()
+            .position(|p| p.protocol == policy_compiler::Protocol::Udp);
+        let targets: Vec<&policy_compiler::model::Service> = model
+            .services
+            .iter()
+            .filter(|s| s.proxied() && !s.cluster_ips.is_empty())
+            .collect();
+        let patient = self.opts.retry_timeout.max(self.opts.timeout);
+        let quick = self.opts.timeout;
+        let targets = &targets;
+        let per_pod = |(src, netns): (&plan::LabPod, &String)| -> Vec<DnsCell> {
+            let v6 = src.ips.first().is_some_and(IpAddr::is_ipv6);
+            let Some(server) = lab_dns.cluster_ips.iter().find(|a| a.is_ipv6() == v6) else {
+                return Vec::new();
+            };
+            let server = std::net::SocketAddr::new(*server, plan::DNS_PORT);
+            let expected = udp.is_some_and(|u| {
+                let flows =
+                    graph.reach_service_at(model, Subject::Endpoint(src.id), kube_dns, u, v6);
+                !flows.is_empty() && flows.iter().all(|f| f.allowed)
+            });
+            let mut out = Vec::new();
+            for svc in targets {
+                let name = dns::service_fqdn(&svc.namespace, &svc.name);
+                let mut want: Vec<IpAddr> = svc
+                    .cluster_ips
+                    .iter()
+                    .filter(|a| a.is_ipv6() == v6)
+                    .copied()
+                    .collect();
+                want.sort_unstable();
+                let ask = |timeout| {
+                    dns::resolve_in(netns, &name, v6, server, dns::Transport::Udp, timeout)
+                };
+                let mut got = ask(quick);
+                if expected && got.is_err() {
+                    got = ask(patient);
+                }
+                let (resolved, mut answer, detail) = match got {
+                    Ok(Some(ips)) => (true, ips, "answered".to_owned()),
+                    Ok(None) => (true, Vec::new(), "NXDOMAIN".to_owned()),
+                    Err(e) => (false, Vec::new(), ErrorChain(&e).to_string()),
+                };
+                answer.sort_unstable();
+                let agree = resolved == expected && (!resolved || answer == want);
+                out.push(DnsCell {
+                    src: src.pod.clone(),
+                    name,
+                    server,
+                    expected,
+                    resolved,
+                    answer,
+                    agree,
+                    detail,
+                });
+            }
+            out
+        };
+        let pods: Vec<(&plan::LabPod, &String)> =
+            self.plan.pods().iter().zip(&self.netns).collect();
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = pods
+                .iter()
+                .map(|&p| scope.spawn(move || per_pod(p)))
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_default())
+                .collect()
+        })
+    }
+
     /// Stops the servers and listeners and removes every namespace of the lab.
     pub fn teardown(self) -> Result<(), LabError> {
         let Lab {
             prober,
             drops,
+            dns_server,
             topology,
             ..
         } = self;
+        if let Some(d) = dns_server {
+            d.stop();
+        }
         stop_servers(prober, drops);
         topology
             .teardown()
@@ -668,9 +805,13 @@ impl Lab {
         let Lab {
             prober,
             drops,
+            dns_server,
             topology,
             ..
         } = self;
+        if let Some(d) = dns_server {
+            d.stop();
+        }
         stop_servers(prober, drops);
         // Dropping a Topology removes its namespaces; keeping them is the point.
         std::mem::forget(topology);
@@ -730,6 +871,7 @@ fn collect_drops(
     let pod_ips: std::collections::BTreeSet<IpAddr> = plan
         .pods()
         .iter()
+        .chain(plan.dns().map(|d| &d.pod))
         .flat_map(|p| p.ips.iter().copied())
         .collect();
     let (between, background): (Vec<_>, Vec<_>) = flushed
@@ -779,6 +921,7 @@ fn stop_servers(prober: Prober, drops: Vec<DropListener>) {
 fn enforce(
     plan: &LabPlan,
     netns: &[String],
+    dns_netns: Option<&str>,
     node: &str,
     opts: &LabOptions,
 ) -> Result<(), LabError> {
@@ -800,11 +943,13 @@ fn enforce(
         }),
         Arc::new(Metrics::new()),
     );
+    let dns = plan.dns().map(|d| &d.pod).zip(dns_netns.map(str::to_owned));
     let map: BTreeMap<PodKey, String> = plan
         .pods()
         .iter()
-        .zip(netns)
-        .filter_map(|(p, ns)| PodKey::parse(&p.pod).map(|k| (k, ns.clone())))
+        .zip(netns.iter().cloned())
+        .chain(dns)
+        .filter_map(|(p, ns)| PodKey::parse(&p.pod).map(|k| (k, ns)))
         .collect();
     let keys: Vec<PodKey> = map.keys().cloned().collect();
     rec.handle_scan(Scan {

@@ -165,7 +165,7 @@ fn lab_text_keep_then_down() {
     );
     assert!(run.stderr.contains("netpol lab --down"), "{}", run.stderr);
     let kept = lab_namespaces();
-    assert_eq!(kept.len(), 3, "hub and two Pods: {kept:?}");
+    assert_eq!(kept.len(), 4, "node, two Pods, the lab's DNS Pod: {kept:?}");
     assert!(kept.iter().all(|n| n.starts_with(&format!("{prefix}-"))));
     // The table is still enforced in the kept namespace.
     let listing = netns::exec(
@@ -246,8 +246,13 @@ fn two_labs_run_at_once() {
     let mut prefixes = Vec::new();
     for out in [a, b] {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(0), "{stderr}");
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{stderr}
+{v}"
+        );
         assert_eq!(v["agree"], true, "{v}");
         assert_eq!(v["disagreements"], Value::Array(Vec::new()));
         assert!(
@@ -387,4 +392,73 @@ fn nix_is_root() -> bool {
                 .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
         })
         .unwrap_or(false)
+}
+
+#[test]
+fn lab_resolves_names_through_its_own_kube_dns() {
+    // See: #10 — a default-deny namespace with the common allow-DNS policy resolves
+    // Service names through the lab's kube-dns; without that policy it cannot.
+    if !available("lab_resolves_names_through_its_own_kube_dns") {
+        return;
+    }
+    let _one = exclusive();
+    let dir = case("services/default-deny-allow-dns");
+    let run = netpol(&["lab", "-f", dir.to_str().unwrap(), "-o", "json"]);
+    run.expect_code(0);
+    let v: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(v["agree"], true, "{v}");
+    let dns = v["dns"].as_array().unwrap();
+    // Two Pods x two Services (app/server, kube-system/kube-dns).
+    assert_eq!(dns.len(), 4, "{dns:?}");
+    for c in dns {
+        assert_eq!(c["server"], "10.96.0.10:53", "{c}");
+        assert_eq!(c["expected"], true, "{c}");
+        assert_eq!(c["resolved"], true, "{c}");
+        assert_eq!(c["agree"], true, "{c}");
+    }
+    let server = dns
+        .iter()
+        .find(|c| c["src"] == "app/client" && c["name"] == "server.app.svc.cluster.local")
+        .unwrap();
+    assert_eq!(server["answer"], serde_json::json!(["10.96.0.50"]));
+    // The DNS Pod is no probed Pod; the Service cells and the hairpin drop are there.
+    assert_eq!(v["pods"].as_array().unwrap().len(), 2);
+    let cells = v["services"].as_array().unwrap();
+    assert!(
+        cells.iter().all(|c| c["service"] != "kube-system/kube-dns"),
+        "{cells:?}"
+    );
+    let hairpin = cells.iter().find(|c| c["src"] == "app/server").unwrap();
+    assert_eq!(hairpin["expected"], serde_json::json!([false]));
+    assert!(
+        v["drops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["src"]["pod"] == "app/server"
+                && d["dst"]["pod"] == "app/server"
+                && d["direction"] == "ingress"
+                && d["netns"] == v["hub"]
+                && d["services"] == serde_json::json!(["app/server"])),
+        "{}",
+        v["drops"]
+    );
+
+    // Without the allow-DNS policy, no name resolves, as the compiler says.
+    let cluster = std::fs::read_to_string(dir.join("cluster.yaml")).unwrap();
+    let deny = "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: default-deny, namespace: app}\nspec: {podSelector: {}, policyTypes: [Ingress, Egress]}\n";
+    let run = netpol_stdin(
+        &["lab", "-f", "-", "-o", "json"],
+        &format!("{cluster}{deny}"),
+    );
+    run.expect_code(0);
+    let v: Value = serde_json::from_str(&run.stdout).unwrap();
+    let dns = v["dns"].as_array().unwrap();
+    assert_eq!(dns.len(), 4);
+    for c in dns {
+        assert_eq!(c["expected"], false, "{c}");
+        assert_eq!(c["resolved"], false, "{c}");
+        assert_eq!(c["agree"], true, "{c}");
+    }
+    assert!(lab_namespaces().is_empty(), "{:?}", lab_namespaces());
 }

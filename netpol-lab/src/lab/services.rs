@@ -118,6 +118,11 @@ pub fn service_probes(plan: &LabPlan) -> Vec<ServiceProbe> {
     let graph: &AllowGraph = plan.graph();
     let mut out = Vec::new();
     for s in model.services.iter().filter(|s| s.proxied()) {
+        // The lab's own kube-dns serves DNS, not probes: checked by name lookups.
+        if plan.dns().is_some() && (s.namespace.as_str(), s.name.as_str()) == super::plan::KUBE_DNS
+        {
+            continue;
+        }
         for (i, p) in s.ports.iter().enumerate() {
             for (src_index, src) in plan.pods().iter().enumerate() {
                 let v6 = src.ips.first().is_some_and(IpAddr::is_ipv6);
