@@ -249,7 +249,7 @@ pub struct KeptLab {
     pub prefix: String,
     /// The hub namespace.
     pub hub: String,
-    /// `(ns/name, netns)` of every Pod.
+    /// `(ns/name, netns)` of every Pod, the lab's DNS Pod last (when it has one).
     pub pods: Vec<(String, String)>,
 }
 
@@ -797,10 +797,15 @@ impl Lab {
     /// in place (`ip netns exec <netns> …`); the next lab run with the same prefix
     /// (or [`Topology::cleanup_stale`]) removes them.
     pub fn keep(self) -> KeptLab {
+        let mut pods = self.pods();
+        // The DNS Pod's namespace is the topology's last host.
+        if let (Some(d), Some(h)) = (self.plan.dns(), self.topology.hosts().last()) {
+            pods.push((d.pod.pod.clone(), h.netns.clone()));
+        }
         let kept = KeptLab {
             prefix: self.opts.prefix.clone(),
             hub: self.topology.hub().to_owned(),
-            pods: self.pods(),
+            pods,
         };
         let Lab {
             prober,
