@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use netpol_lab::lab::plan::{LabPlan, PlanError};
-use netpol_lab::lab::{ErrorChain, KeptLab, LAB_PREFIX, Lab, LabOptions};
+use netpol_lab::lab::{
+    ErrorChain, KeptLab, LAB_PREFIX, Lab, LabOptions, cleanup_dead_labs, running_labs,
+};
 use netpol_lab::topology::Topology;
 
 use crate::inputs::{self, EXIT_INVALID};
@@ -107,14 +109,16 @@ pub(crate) fn run(args: &LabArgs) -> i32 {
     if let Err(code) = kernel_check() {
         return code;
     }
-    if let Err(e) = teardown_on_signal(LAB_PREFIX) {
-        eprintln!("error: cannot handle SIGINT/SIGTERM: {e}");
-        return EXIT_KERNEL;
-    }
+    // This process's prefix (`netpollab<pid>`): other labs running at the same time
+    // keep their namespaces.
     let opts = LabOptions {
         timeout: Duration::from_millis(args.timeout_ms),
         ..LabOptions::default()
     };
+    if let Err(e) = teardown_on_signal(&opts.prefix) {
+        eprintln!("error: cannot handle SIGINT/SIGTERM: {e}");
+        return EXIT_KERNEL;
+    }
     let mut lab = match Lab::start(plan, &opts) {
         Ok(l) => l,
         Err(e) => {
@@ -161,18 +165,25 @@ fn print_kept(k: &KeptLab) {
     if let Some((pod, ns)) = k.pods.first() {
         eprintln!("table of {pod}: sudo ip netns exec {ns} nft list table inet netpol");
     }
-    eprintln!("bridge:       sudo ip netns exec {} ip link show", k.hub);
+    eprintln!(
+        "node:         sudo ip netns exec {} nft list ruleset",
+        k.hub
+    );
     eprintln!("remove it:    sudo netpol lab --down   (the next `netpol lab` run removes it too)");
 }
 
-/// `--down`: removes every namespace of the lab prefix.
+/// `--down`: removes the namespaces of every lab whose process is gone (kept or
+/// crashed); labs of running processes stay.
 fn down() -> i32 {
     if let Err(code) = kernel_check() {
         return code;
     }
-    match Topology::cleanup_stale(LAB_PREFIX) {
+    for (prefix, n) in running_labs() {
+        eprintln!("left running: {prefix}-* ({n} namespace(s)): its `netpol lab` still runs");
+    }
+    match cleanup_dead_labs() {
         Ok(removed) if removed.is_empty() => {
-            eprintln!("no lab namespaces ({LAB_PREFIX}-*) found");
+            eprintln!("no lab namespaces ({LAB_PREFIX}<pid>-*) of a finished run found");
             0
         }
         Ok(removed) => {

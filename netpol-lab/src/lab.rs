@@ -65,20 +65,103 @@ use crate::probe::{Listener, ProbeError, ProbeSpec, Prober};
 use crate::state::{Event, Object, PodKey};
 use crate::topology::{HostSpec, NodeSpec, Topology, TopologyError};
 use plan::LabPlan;
-use report::{Disagreement, LabMatrix, LabPodInfo, LabReport, NodeCell, ServiceCell, Timings};
+use report::{
+    Disagreement, DnsCell, LabMatrix, LabPodInfo, LabReport, NodeCell, ServiceCell, Timings,
+};
 
 /// Probes of a Service cell whose backends' verdicts differ: all outcomes must show
 /// (with two backends, 16 tries miss one with probability 2^-15).
 pub const SERVICE_TRIES: usize = 16;
 
-/// Namespace prefix of `netpol lab`: `netpollab-hub`, `netpollab-0`, … A run first
-/// removes every namespace of this prefix (the leftovers of a crashed or kept run).
+/// The start of every `netpol lab` namespace prefix: a run uses [`lab_prefix`] of its
+/// process, `netpollab<pid>` (`netpollab4711-hub`, `netpollab4711-0`, …), so labs of
+/// different processes never touch each other's namespaces; [`cleanup_dead_labs`]
+/// removes the labs whose process is gone (kept or crashed runs).
 pub const LAB_PREFIX: &str = "netpollab";
+
+/// The namespace prefix of the lab run by process `pid`: `netpollab<pid>` (at most 16
+/// characters: pids stay below 2^22).
+pub fn lab_prefix(pid: u32) -> String {
+    format!("{LAB_PREFIX}{pid}")
+}
+
+/// The pid in a lab namespace name `netpollab<pid>-…` (`Some(None)` for the fixed
+/// `netpollab-…` names of older versions), `None` when the name is no lab's.
+fn lab_owner(name: &str) -> Option<Option<u32>> {
+    let rest = name.strip_prefix(LAB_PREFIX)?;
+    let (digits, tail) = rest.split_at(rest.bytes().take_while(u8::is_ascii_digit).count());
+    let tail = tail.strip_prefix('-')?;
+    if tail != "hub" && (tail.is_empty() || !tail.bytes().all(|b| b.is_ascii_digit())) {
+        return None;
+    }
+    if digits.is_empty() {
+        return Some(None);
+    }
+    digits.parse().ok().map(Some)
+}
+
+/// Whether process `pid` runs (on this machine's pid namespace).
+fn process_runs(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Removes the namespaces of every lab whose process no longer runs (`netpollab<pid>-*`
+/// of a kept or crashed run, and the fixed-prefix `netpollab-*` of older versions);
+/// labs of running processes (another `netpol lab`, a test) stay. Returns the removed
+/// names, sorted.
+pub fn cleanup_dead_labs() -> Result<Vec<String>, TopologyError> {
+    let names = crate::netns::list().map_err(|source| TopologyError::Netns {
+        prefix: LAB_PREFIX.to_owned(),
+        step: "list namespaces".to_owned(),
+        source: Box::new(source),
+    })?;
+    let mut removed = Vec::new();
+    for name in names {
+        let dead = match lab_owner(&name) {
+            Some(None) => true,
+            Some(Some(pid)) => !process_runs(pid),
+            None => false,
+        };
+        if !dead {
+            continue;
+        }
+        // Two labs starting at once may both remove the same dead lab: a namespace
+        // that is gone already is no error.
+        match crate::netns::delete(&name) {
+            Ok(()) => removed.push(name),
+            Err(_) if !crate::netns::exists(&name) => {}
+            Err(source) => {
+                return Err(TopologyError::Netns {
+                    prefix: LAB_PREFIX.to_owned(),
+                    step: format!("remove {name}"),
+                    source: Box::new(source),
+                });
+            }
+        }
+    }
+    removed.sort();
+    Ok(removed)
+}
+
+/// The running labs other than this process's: `(prefix, namespaces)`.
+pub fn running_labs() -> Vec<(String, usize)> {
+    let mut out: BTreeMap<String, usize> = BTreeMap::new();
+    for name in crate::netns::list().unwrap_or_default() {
+        if let Some(Some(pid)) = lab_owner(&name)
+            && pid != std::process::id()
+            && process_runs(pid)
+        {
+            *out.entry(lab_prefix(pid)).or_default() += 1;
+        }
+    }
+    out.into_iter().collect()
+}
 
 /// How a lab runs.
 #[derive(Debug, Clone)]
 pub struct LabOptions {
-    /// Namespace prefix (1..=16 ASCII letters or digits).
+    /// Namespace prefix (1..=16 ASCII letters or digits); by default [`lab_prefix`] of
+    /// this process.
     pub prefix: String,
     /// How long one probe waits for an answer (a denied probe costs this much).
     pub timeout: Duration,
@@ -96,7 +179,7 @@ pub struct LabOptions {
 impl Default for LabOptions {
     fn default() -> Self {
         Self {
-            prefix: LAB_PREFIX.to_owned(),
+            prefix: lab_prefix(std::process::id()),
             timeout: Duration::from_millis(300),
             retry_timeout: Duration::from_secs(2),
             log_group: RulesetOptions::default().log_group,
@@ -148,6 +231,12 @@ pub enum LabError {
         /// nft's error.
         detail: String,
     },
+    /// The lab's DNS responder could not be started.
+    #[error("cannot start the lab's cluster DNS: {detail}")]
+    Dns {
+        /// Why.
+        detail: String,
+    },
     /// Removing the lab's namespaces failed.
     #[error("lab teardown failed")]
     Teardown(#[source] Box<TopologyError>),
@@ -160,7 +249,7 @@ pub struct KeptLab {
     pub prefix: String,
     /// The hub namespace.
     pub hub: String,
-    /// `(ns/name, netns)` of every Pod.
+    /// `(ns/name, netns)` of every Pod, the lab's DNS Pod last (when it has one).
     pub pods: Vec<(String, String)>,
 }
 
@@ -170,6 +259,7 @@ pub struct Lab {
     // Field order is drop order: servers and listeners stop before the namespaces go.
     prober: Prober,
     drops: Vec<DropListener>,
+    dns_server: Option<dns::DnsServer>,
     topology: Topology,
     plan: LabPlan,
     opts: LabOptions,
@@ -229,11 +319,14 @@ impl Lab {
     pub fn start(plan: LabPlan, opts: &LabOptions) -> Result<Lab, LabError> {
         let started = Instant::now();
         let mut notes = plan.notes().to_vec();
-        let removed =
-            Topology::cleanup_stale(&opts.prefix).map_err(|source| LabError::Cleanup {
-                prefix: opts.prefix.clone(),
-                source: Box::new(source),
-            })?;
+        let cleanup = |source| LabError::Cleanup {
+            prefix: opts.prefix.clone(),
+            source: Box::new(source),
+        };
+        // Our own leftovers (a reused pid), then the labs of processes that are gone;
+        // never a running lab's.
+        let mut removed = Topology::cleanup_stale(&opts.prefix).map_err(cleanup)?;
+        removed.extend(cleanup_dead_labs().map_err(cleanup)?);
         if !removed.is_empty() {
             notes.push(format!(
                 "removed {} namespace(s) left by an earlier lab: {}",
@@ -241,19 +334,26 @@ impl Lab {
                 removed.join(", ")
             ));
         }
-        let hosts: Vec<HostSpec> = plan.pods().iter().map(host_spec).collect();
+        // The lab's DNS Pod last, so the probed Pods keep `<prefix>-0..`.
+        let hosts: Vec<HostSpec> = plan
+            .pods()
+            .iter()
+            .chain(plan.dns().map(|d| &d.pod))
+            .map(host_spec)
+            .collect();
         let node = lab_node(&hosts);
         // From here on, an early return drops `topology`, which removes the namespaces.
         let topology = Topology::build_routed(&opts.prefix, &node, &hosts)
             .map_err(|e| LabError::Topology(Box::new(e)))?;
-        let netns: Vec<String> = topology.hosts().iter().map(|h| h.netns.clone()).collect();
+        let mut netns: Vec<String> = topology.hosts().iter().map(|h| h.netns.clone()).collect();
+        let dns_netns = plan.dns().and_then(|_| netns.pop());
         let mut timings = Timings {
             topology_ms: ms(started.elapsed()),
             ..Timings::default()
         };
 
         let t = Instant::now();
-        enforce(&plan, &netns, topology.hub(), opts)?;
+        enforce(&plan, &netns, dns_netns.as_deref(), topology.hub(), opts)?;
         let node_ips: Vec<IpAddr> = topology
             .node()
             .map(|n| {
@@ -272,6 +372,22 @@ impl Lab {
                 }
             })?;
         }
+        let dns_server = match (plan.dns(), &dns_netns) {
+            (Some(d), Some(ns)) => {
+                let mut zone = dns::Zone::new();
+                for s in plan.model().services.iter().filter(|s| s.proxied()) {
+                    zone.add_service(&s.namespace, &s.name, &s.cluster_ips);
+                }
+                Some(
+                    dns::DnsServer::start(ns, &d.pod.ips, plan::DNS_PORT, zone).map_err(|e| {
+                        LabError::Dns {
+                            detail: ErrorChain(&e).to_string(),
+                        }
+                    })?,
+                )
+            }
+            _ => None,
+        };
         timings.agent_ms = ms(t.elapsed());
 
         let config = NflogConfig {
@@ -314,6 +430,7 @@ impl Lab {
         Ok(Lab {
             prober,
             drops,
+            dns_server,
             topology,
             plan,
             opts: opts.clone(),
@@ -379,6 +496,7 @@ impl Lab {
             }
         }
         let (services, node_probes) = self.probe_services()?;
+        let dns = self.probe_dns();
         let drops = collect_drops(
             &self.drops,
             &self.plan,
@@ -439,9 +557,11 @@ impl Lab {
         Ok(LabReport {
             agree: disagreements.is_empty()
                 && services.iter().all(|c| c.agree)
-                && node_probes.iter().all(|c| c.connected),
+                && node_probes.iter().all(|c| c.connected)
+                && dns.iter().all(|c| c.agree),
             services,
             node_probes,
+            dns,
             prefix: self.opts.prefix.clone(),
             hub: format!("{}-hub", self.opts.prefix),
             pods: pods
@@ -566,14 +686,107 @@ impl Lab {
         Ok((out, node_cells))
     }
 
+    /// Looks every proxied Service's name up from every lab Pod through the lab's
+    /// kube-dns ClusterIP of the Pod's family (UDP), as an application does before
+    /// connecting; the compiler's answer is whether the Pod may reach kube-dns on UDP 53
+    /// after DNAT. One thread per Pod; a lookup the compiler allows that got no answer is
+    /// retried once with the patient timeout.
+    fn probe_dns(&self) -> Vec<DnsCell> {
+        let (Some(lab_dns), Some(_)) = (self.plan.dns(), &self.dns_server) else {
+            return Vec::new();
+        };
+        let model = self.plan.model();
+        let graph = self.plan.graph();
+        let Some(kube_dns) = model.service(&format!("{}/{}", plan::KUBE_DNS.0, plan::KUBE_DNS.1))
+        else {
+            return Vec::new();
+        };
+        let udp = kube_dns
+            .ports
+            .iter()
+            .position(|p| p.protocol == policy_compiler::Protocol::Udp);
+        let targets: Vec<&policy_compiler::model::Service> = model
+            .services
+            .iter()
+            .filter(|s| s.proxied() && !s.cluster_ips.is_empty())
+            .collect();
+        let patient = self.opts.retry_timeout.max(self.opts.timeout);
+        let quick = self.opts.timeout;
+        let targets = &targets;
+        let per_pod = |(src, netns): (&plan::LabPod, &String)| -> Vec<DnsCell> {
+            let v6 = src.ips.first().is_some_and(IpAddr::is_ipv6);
+            let Some(server) = lab_dns.cluster_ips.iter().find(|a| a.is_ipv6() == v6) else {
+                return Vec::new();
+            };
+            let server = std::net::SocketAddr::new(*server, plan::DNS_PORT);
+            let expected = udp.is_some_and(|u| {
+                let flows =
+                    graph.reach_service_at(model, Subject::Endpoint(src.id), kube_dns, u, v6);
+                !flows.is_empty() && flows.iter().all(|f| f.allowed)
+            });
+            let mut out = Vec::new();
+            for svc in targets {
+                let name = dns::service_fqdn(&svc.namespace, &svc.name);
+                let mut want: Vec<IpAddr> = svc
+                    .cluster_ips
+                    .iter()
+                    .filter(|a| a.is_ipv6() == v6)
+                    .copied()
+                    .collect();
+                want.sort_unstable();
+                let ask = |timeout| {
+                    dns::resolve_in(netns, &name, v6, server, dns::Transport::Udp, timeout)
+                };
+                let mut got = ask(quick);
+                if expected && got.is_err() {
+                    got = ask(patient);
+                }
+                let (resolved, mut answer, detail) = match got {
+                    Ok(Some(ips)) => (true, ips, "answered".to_owned()),
+                    Ok(None) => (true, Vec::new(), "NXDOMAIN".to_owned()),
+                    Err(e) => (false, Vec::new(), ErrorChain(&e).to_string()),
+                };
+                answer.sort_unstable();
+                let agree = resolved == expected && (!resolved || answer == want);
+                out.push(DnsCell {
+                    src: src.pod.clone(),
+                    name,
+                    server,
+                    expected,
+                    resolved,
+                    answer,
+                    agree,
+                    detail,
+                });
+            }
+            out
+        };
+        let pods: Vec<(&plan::LabPod, &String)> =
+            self.plan.pods().iter().zip(&self.netns).collect();
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = pods
+                .iter()
+                .map(|&p| scope.spawn(move || per_pod(p)))
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_default())
+                .collect()
+        })
+    }
+
     /// Stops the servers and listeners and removes every namespace of the lab.
     pub fn teardown(self) -> Result<(), LabError> {
         let Lab {
             prober,
             drops,
+            dns_server,
             topology,
             ..
         } = self;
+        if let Some(d) = dns_server {
+            d.stop();
+        }
         stop_servers(prober, drops);
         topology
             .teardown()
@@ -584,17 +797,26 @@ impl Lab {
     /// in place (`ip netns exec <netns> …`); the next lab run with the same prefix
     /// (or [`Topology::cleanup_stale`]) removes them.
     pub fn keep(self) -> KeptLab {
+        let mut pods = self.pods();
+        // The DNS Pod's namespace is the topology's last host.
+        if let (Some(d), Some(h)) = (self.plan.dns(), self.topology.hosts().last()) {
+            pods.push((d.pod.pod.clone(), h.netns.clone()));
+        }
         let kept = KeptLab {
             prefix: self.opts.prefix.clone(),
             hub: self.topology.hub().to_owned(),
-            pods: self.pods(),
+            pods,
         };
         let Lab {
             prober,
             drops,
+            dns_server,
             topology,
             ..
         } = self;
+        if let Some(d) = dns_server {
+            d.stop();
+        }
         stop_servers(prober, drops);
         // Dropping a Topology removes its namespaces; keeping them is the point.
         std::mem::forget(topology);
@@ -654,6 +876,7 @@ fn collect_drops(
     let pod_ips: std::collections::BTreeSet<IpAddr> = plan
         .pods()
         .iter()
+        .chain(plan.dns().map(|d| &d.pod))
         .flat_map(|p| p.ips.iter().copied())
         .collect();
     let (between, background): (Vec<_>, Vec<_>) = flushed
@@ -703,6 +926,7 @@ fn stop_servers(prober: Prober, drops: Vec<DropListener>) {
 fn enforce(
     plan: &LabPlan,
     netns: &[String],
+    dns_netns: Option<&str>,
     node: &str,
     opts: &LabOptions,
 ) -> Result<(), LabError> {
@@ -724,11 +948,13 @@ fn enforce(
         }),
         Arc::new(Metrics::new()),
     );
+    let dns = plan.dns().map(|d| &d.pod).zip(dns_netns.map(str::to_owned));
     let map: BTreeMap<PodKey, String> = plan
         .pods()
         .iter()
-        .zip(netns)
-        .filter_map(|(p, ns)| PodKey::parse(&p.pod).map(|k| (k, ns.clone())))
+        .zip(netns.iter().cloned())
+        .chain(dns)
+        .filter_map(|(p, ns)| PodKey::parse(&p.pod).map(|k| (k, ns)))
         .collect();
     let keys: Vec<PodKey> = map.keys().cloned().collect();
     rec.handle_scan(Scan {
@@ -800,3 +1026,28 @@ pub fn run(plan: LabPlan, opts: &LabOptions) -> Result<LabReport, LabError> {
 }
 
 pub use crate::agent::ErrorChain;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lab_namespaces_name_their_process() {
+        assert_eq!(lab_prefix(4_194_303), "netpollab4194303");
+        assert!(lab_prefix(4_194_303).len() <= 16);
+        assert_eq!(lab_owner("netpollab42-hub"), Some(Some(42)));
+        assert_eq!(lab_owner("netpollab42-7"), Some(Some(42)));
+        assert_eq!(lab_owner("netpollab-hub"), Some(None));
+        assert_eq!(lab_owner("netpollab-3"), Some(None));
+        for other in [
+            "netpollab42",
+            "netpollab42-x",
+            "netpollab42-",
+            "np42pfa-0",
+            "netpollabx-0",
+        ] {
+            assert_eq!(lab_owner(other), None, "{other}");
+        }
+        assert!(process_runs(std::process::id()));
+    }
+}

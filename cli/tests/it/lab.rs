@@ -18,7 +18,8 @@ use crate::support::{EXCEPT_OUTSIDE_CIDR, case, netpol, netpol_stdin, repo_root}
 /// `NETPOL_REQUIRE_KERNEL=1` they fail instead).
 pub(crate) use testkit::kernel::available;
 
-/// `netpol lab` uses one fixed namespace prefix: one lab at a time in this process.
+/// The tests here assert that no lab namespace is left, so they run one at a time in
+/// this process (each `netpol lab` has its own prefix, `netpollab<pid>`).
 fn exclusive() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock()
@@ -29,8 +30,16 @@ fn lab_namespaces() -> Vec<String> {
     netns::list()
         .unwrap()
         .into_iter()
-        .filter(|n| n.starts_with(&format!("{LAB_PREFIX}-")))
+        .filter(|n| n.starts_with(LAB_PREFIX))
         .collect()
+}
+
+/// A pid no process has (so a lab named after it is a dead run's).
+fn dead_pid() -> u32 {
+    (1_000_000..4_000_000)
+        .rev()
+        .find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+        .unwrap()
 }
 
 const SMALL: &str = "\
@@ -146,18 +155,21 @@ fn lab_text_keep_then_down() {
         run.stdout
     );
     assert!(run.stdout.contains("(assigned)"), "{}", run.stdout);
+    // The run's own prefix: `netpollab<pid>`.
+    let at = run.stderr.find("ip netns exec ").unwrap() + "ip netns exec ".len();
+    let prefix = run.stderr[at..].split("-0 ").next().unwrap().to_owned();
+    assert!(prefix.starts_with(LAB_PREFIX), "{prefix}");
     assert!(
-        run.stderr
-            .contains(&format!("ip netns exec {LAB_PREFIX}-0 ")),
-        "{}",
-        run.stderr
+        prefix[LAB_PREFIX.len()..].parse::<u32>().is_ok(),
+        "{prefix}"
     );
     assert!(run.stderr.contains("netpol lab --down"), "{}", run.stderr);
     let kept = lab_namespaces();
-    assert_eq!(kept.len(), 3, "hub and two Pods: {kept:?}");
+    assert_eq!(kept.len(), 4, "node, two Pods, the lab's DNS Pod: {kept:?}");
+    assert!(kept.iter().all(|n| n.starts_with(&format!("{prefix}-"))));
     // The table is still enforced in the kept namespace.
     let listing = netns::exec(
-        &format!("{LAB_PREFIX}-0"),
+        &format!("{prefix}-0"),
         "nft",
         &["list", "table", "inet", "netpol"],
         None,
@@ -169,7 +181,7 @@ fn lab_text_keep_then_down() {
     let down = netpol(&["lab", "--down"]);
     down.expect_code(0);
     assert!(
-        down.stderr.contains(&format!("{LAB_PREFIX}-hub")),
+        down.stderr.contains(&format!("{prefix}-hub")),
         "{}",
         down.stderr
     );
@@ -182,10 +194,18 @@ fn lab_removes_a_stale_lab_first() {
         return;
     }
     let _one = exclusive();
+    // A dead run's lab, a lab of the fixed prefix older versions used, and the lab of a
+    // process that runs (this one): only the first two are leftovers. See: #9, #10
+    let dead = format!("{LAB_PREFIX}{}", dead_pid());
+    let live = format!("{LAB_PREFIX}{}", std::process::id());
     for n in ["hub", "0", "4"] {
-        netns::add(&format!("{LAB_PREFIX}-{n}")).unwrap();
+        netns::add(&format!("{dead}-{n}")).unwrap();
     }
+    netns::add(&format!("{LAB_PREFIX}-hub")).unwrap();
+    netns::add(&format!("{live}-hub")).unwrap();
     let run = netpol_stdin(&["lab", "-f", "-", "-o", "json"], SMALL);
+    let still = lab_namespaces();
+    let _ = netns::delete(&format!("{live}-hub"));
     run.expect_code(0);
     let v: Value = serde_json::from_str(&run.stdout).unwrap();
     let notes = v["notes"].as_array().unwrap();
@@ -193,9 +213,59 @@ fn lab_removes_a_stale_lab_first() {
         notes.iter().any(|n| n
             .as_str()
             .unwrap()
-            .starts_with("removed 3 namespace(s) left by an earlier lab")),
+            .starts_with("removed 4 namespace(s) left by an earlier lab")),
         "{notes:?}"
     );
+    assert_eq!(
+        still,
+        [format!("{live}-hub")],
+        "a running lab's namespace stays"
+    );
+    assert!(lab_namespaces().is_empty(), "{:?}", lab_namespaces());
+}
+
+#[test]
+fn two_labs_run_at_once() {
+    // See: #9, #10 — each run has its own prefix and removes only its own namespaces.
+    if !available("two_labs_run_at_once") {
+        return;
+    }
+    let _one = exclusive();
+    let dir = case("upstream/pod-selector");
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_netpol"))
+            .args(["lab", "-f", dir.to_str().unwrap(), "-o", "json"])
+            .current_dir(repo_root())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let mut prefixes = Vec::new();
+    for out in [a, b] {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{stderr}
+{v}"
+        );
+        assert_eq!(v["agree"], true, "{v}");
+        assert_eq!(v["disagreements"], Value::Array(Vec::new()));
+        assert!(
+            v["notes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|n| !n.as_str().unwrap().starts_with("removed")),
+            "neither run removed the other's namespaces: {v}"
+        );
+        prefixes.push(v["prefix"].as_str().unwrap().to_owned());
+    }
+    assert_ne!(prefixes[0], prefixes[1]);
     assert!(lab_namespaces().is_empty(), "{:?}", lab_namespaces());
 }
 
@@ -322,4 +392,73 @@ fn nix_is_root() -> bool {
                 .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
         })
         .unwrap_or(false)
+}
+
+#[test]
+fn lab_resolves_names_through_its_own_kube_dns() {
+    // See: #10 — a default-deny namespace with the common allow-DNS policy resolves
+    // Service names through the lab's kube-dns; without that policy it cannot.
+    if !available("lab_resolves_names_through_its_own_kube_dns") {
+        return;
+    }
+    let _one = exclusive();
+    let dir = case("services/default-deny-allow-dns");
+    let run = netpol(&["lab", "-f", dir.to_str().unwrap(), "-o", "json"]);
+    run.expect_code(0);
+    let v: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(v["agree"], true, "{v}");
+    let dns = v["dns"].as_array().unwrap();
+    // Two Pods x two Services (app/server, kube-system/kube-dns).
+    assert_eq!(dns.len(), 4, "{dns:?}");
+    for c in dns {
+        assert_eq!(c["server"], "10.96.0.10:53", "{c}");
+        assert_eq!(c["expected"], true, "{c}");
+        assert_eq!(c["resolved"], true, "{c}");
+        assert_eq!(c["agree"], true, "{c}");
+    }
+    let server = dns
+        .iter()
+        .find(|c| c["src"] == "app/client" && c["name"] == "server.app.svc.cluster.local")
+        .unwrap();
+    assert_eq!(server["answer"], serde_json::json!(["10.96.0.50"]));
+    // The DNS Pod is no probed Pod; the Service cells and the hairpin drop are there.
+    assert_eq!(v["pods"].as_array().unwrap().len(), 2);
+    let cells = v["services"].as_array().unwrap();
+    assert!(
+        cells.iter().all(|c| c["service"] != "kube-system/kube-dns"),
+        "{cells:?}"
+    );
+    let hairpin = cells.iter().find(|c| c["src"] == "app/server").unwrap();
+    assert_eq!(hairpin["expected"], serde_json::json!([false]));
+    assert!(
+        v["drops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["src"]["pod"] == "app/server"
+                && d["dst"]["pod"] == "app/server"
+                && d["direction"] == "ingress"
+                && d["netns"] == v["hub"]
+                && d["services"] == serde_json::json!(["app/server"])),
+        "{}",
+        v["drops"]
+    );
+
+    // Without the allow-DNS policy, no name resolves, as the compiler says.
+    let cluster = std::fs::read_to_string(dir.join("cluster.yaml")).unwrap();
+    let deny = "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: default-deny, namespace: app}\nspec: {podSelector: {}, policyTypes: [Ingress, Egress]}\n";
+    let run = netpol_stdin(
+        &["lab", "-f", "-", "-o", "json"],
+        &format!("{cluster}{deny}"),
+    );
+    run.expect_code(0);
+    let v: Value = serde_json::from_str(&run.stdout).unwrap();
+    let dns = v["dns"].as_array().unwrap();
+    assert_eq!(dns.len(), 4);
+    for c in dns {
+        assert_eq!(c["expected"], false, "{c}");
+        assert_eq!(c["resolved"], false, "{c}");
+        assert_eq!(c["agree"], true, "{c}");
+    }
+    assert!(lab_namespaces().is_empty(), "{:?}", lab_namespaces());
 }

@@ -23,6 +23,32 @@ pub const ASSIGN_V4: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 10);
 pub const ASSIGN_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 0, 0, 0, 0, 0x10);
 /// Listener used when no Pod declares a container port.
 pub const DEFAULT_SERVICE: (Protocol, u16) = (Protocol::Tcp, 80);
+/// Namespace and name of the cluster DNS Service.
+pub const KUBE_DNS: (&str, &str) = ("kube-system", "kube-dns");
+/// The lab's own DNS Pod, added when the inputs define no `kube-system/kube-dns`.
+pub const LAB_DNS_POD: (&str, &str) = ("kube-system", "netpol-lab-dns");
+/// The ClusterIP of the lab's `kube-dns` (kubeadm's and kind's default), unless an
+/// input Service already uses it.
+pub const KUBE_DNS_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+/// Its IPv6 ClusterIP in a dual-stack lab.
+pub const KUBE_DNS_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0xa);
+/// The DNS port.
+pub const DNS_PORT: u16 = 53;
+/// Annotation (value `dns`) on the objects the lab adds for its cluster DNS, so that
+/// planning the plan's own inputs again replaces them instead of keeping them.
+pub const LAB_ANNOTATION: &str = "netpol.io/lab";
+
+/// The lab's cluster DNS: a Pod of its own behind `kube-system/kube-dns`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabDns {
+    /// The DNS Pod (`kube-system/netpol-lab-dns`, label `k8s-app: kube-dns`, as CoreDNS
+    /// Pods are labelled): it gets a namespace and a ruleset like any Pod, but is no
+    /// probe source or destination (its UDP/TCP 53 serve DNS, not probes).
+    pub pod: LabPod,
+    /// The ClusterIPs of `kube-system/kube-dns` (10.96.0.10, and fd00:10:96::a in a
+    /// dual-stack lab).
+    pub cluster_ips: Vec<IpAddr>,
+}
 
 /// Why the inputs cannot become a lab.
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +145,140 @@ pub struct LabPlan {
     skipped: Vec<Skipped>,
     services: Vec<(Protocol, u16)>,
     notes: Vec<String>,
+    dns: Option<LabDns>,
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Option<BTreeMap<String, String>> {
+    Some(
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    )
+}
+
+fn meta(ns: &str, name: &str) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: Some(ns.to_owned()),
+        annotations: labels(&[(LAB_ANNOTATION, "dns")]),
+        ..Default::default()
+    }
+}
+
+fn lab_made(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> bool {
+    m.annotations
+        .as_ref()
+        .and_then(|a| a.get(LAB_ANNOTATION))
+        .is_some_and(|v| v == "dns")
+}
+
+/// The lab's DNS Pod, without an address yet (it gets one from the pool).
+fn dns_pod() -> k8s_openapi::api::core::v1::Pod {
+    use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
+    let mut metadata = meta(LAB_DNS_POD.0, LAB_DNS_POD.1);
+    metadata.labels = labels(&[("k8s-app", "kube-dns")]);
+    Pod {
+        metadata,
+        spec: Some(PodSpec {
+            containers: vec![Container {
+                name: "dns".to_owned(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        status: Some(PodStatus {
+            phase: Some("Running".to_owned()),
+            ..Default::default()
+        }),
+    }
+}
+
+/// `kube-system/kube-dns` (UDP and TCP 53) with one EndpointSlice per family naming the
+/// lab's DNS Pod at `ips` (no selector: only the lab's responder serves it).
+fn dns_service(
+    cluster_ips: &[IpAddr],
+    pod_ips: &[IpAddr],
+) -> (
+    k8s_openapi::api::core::v1::Service,
+    Vec<k8s_openapi::api::discovery::v1::EndpointSlice>,
+) {
+    use k8s_openapi::api::core::v1::{ObjectReference, Service, ServicePort, ServiceSpec};
+    use k8s_openapi::api::discovery::v1::{
+        Endpoint, EndpointConditions, EndpointPort, EndpointSlice,
+    };
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let ports = [("dns", "UDP"), ("dns-tcp", "TCP")];
+    let svc = Service {
+        metadata: meta(KUBE_DNS.0, KUBE_DNS.1),
+        spec: Some(ServiceSpec {
+            cluster_ip: cluster_ips.first().map(ToString::to_string),
+            cluster_ips: Some(cluster_ips.iter().map(ToString::to_string).collect()),
+            ip_family_policy: Some(
+                if cluster_ips.len() > 1 {
+                    "RequireDualStack"
+                } else {
+                    "SingleStack"
+                }
+                .to_owned(),
+            ),
+            ports: Some(
+                ports
+                    .iter()
+                    .map(|(name, proto)| ServicePort {
+                        name: Some((*name).to_owned()),
+                        protocol: Some((*proto).to_owned()),
+                        port: i32::from(DNS_PORT),
+                        target_port: Some(IntOrString::Int(i32::from(DNS_PORT))),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    let slices = pod_ips
+        .iter()
+        .map(|ip| {
+            let family = if ip.is_ipv4() { "IPv4" } else { "IPv6" };
+            let mut metadata = meta(
+                KUBE_DNS.0,
+                &format!("{}-{}", KUBE_DNS.1, family.to_lowercase()),
+            );
+            metadata.labels = labels(&[("kubernetes.io/service-name", KUBE_DNS.1)]);
+            EndpointSlice {
+                metadata,
+                address_type: family.to_owned(),
+                endpoints: vec![Endpoint {
+                    addresses: vec![ip.to_string()],
+                    conditions: Some(EndpointConditions {
+                        ready: Some(true),
+                        ..Default::default()
+                    }),
+                    target_ref: Some(ObjectReference {
+                        kind: Some("Pod".to_owned()),
+                        namespace: Some(LAB_DNS_POD.0.to_owned()),
+                        name: Some(LAB_DNS_POD.1.to_owned()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }],
+                ports: Some(
+                    ports
+                        .iter()
+                        .map(|(name, proto)| EndpointPort {
+                            name: Some((*name).to_owned()),
+                            protocol: Some((*proto).to_owned()),
+                            port: Some(i32::from(DNS_PORT)),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+            }
+        })
+        .collect();
+    (svc, slices)
 }
 
 fn unusable(ip: IpAddr) -> Option<&'static str> {
@@ -197,6 +357,36 @@ impl LabPlan {
     /// the inputs has IPv6; IPv6 only when no Pod has IPv4), written into their status
     /// before compiling.
     pub fn new(mut inputs: Inputs) -> Result<LabPlan, PlanError> {
+        // A plan's own inputs planned again: its cluster DNS is made afresh.
+        inputs.pods.retain(|p| !lab_made(&p.object.metadata));
+        inputs.services.retain(|s| !lab_made(&s.object.metadata));
+        inputs
+            .endpoint_slices
+            .retain(|s| !lab_made(&s.object.metadata));
+        // The lab's cluster DNS, unless the inputs define kube-dns (or hold a Pod of the
+        // DNS Pod's name).
+        let defines = |ns: Option<&String>, name: Option<&String>, want: (&str, &str)| {
+            ns.map_or("default", String::as_str) == want.0
+                && name.map(String::as_str) == Some(want.1)
+        };
+        let lab_dns = !inputs.services.iter().any(|s| {
+            defines(
+                s.object.metadata.namespace.as_ref(),
+                s.object.metadata.name.as_ref(),
+                KUBE_DNS,
+            )
+        }) && !inputs.pods.iter().any(|p| {
+            defines(
+                p.object.metadata.namespace.as_ref(),
+                p.object.metadata.name.as_ref(),
+                LAB_DNS_POD,
+            )
+        });
+        if lab_dns {
+            inputs
+                .pods
+                .push(policy_compiler::load::Located::unlocated(dns_pod()));
+        }
         let (model0, _) = compile(&inputs)?;
         let used: BTreeSet<IpAddr> = model0
             .endpoints
@@ -216,7 +406,13 @@ impl LabPlan {
             used,
         };
         let mut assigned: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
-        for e in pods0().filter(|e| e.ips.is_empty()) {
+        let dns_key = format!("{}/{}", LAB_DNS_POD.0, LAB_DNS_POD.1);
+        // The lab's DNS Pod last: the inputs' Pods get the addresses they would get
+        // without it.
+        let (dns0, others): (Vec<_>, Vec<_>) = pods0()
+            .filter(|e| e.ips.is_empty())
+            .partition(|e| lab_dns && e.key() == dns_key);
+        for e in others.into_iter().chain(dns0) {
             let mut ips = Vec::new();
             let exhausted = || PlanError::PoolExhausted { pod: e.key() };
             if want_v4 {
@@ -235,13 +431,51 @@ impl LabPlan {
             status.pod_ip = Some(ips[0].to_string());
             status.pod_ips = Some(ips.iter().map(|ip| PodIP { ip: ip.to_string() }).collect());
         }
+        let mut dns_cluster_ips = Vec::new();
+        if lab_dns && let Some(pod_ips) = assigned.remove(&dns_key) {
+            let taken: BTreeSet<IpAddr> =
+                model0.services.iter().flat_map(|s| s.addresses()).collect();
+            let free4 = (0u32..=245)
+                .map(|i| IpAddr::V4(Ipv4Addr::from(u32::from(KUBE_DNS_IP) + i)))
+                .find(|ip| !taken.contains(ip));
+            let free6 = (0u128..=245)
+                .map(|i| IpAddr::V6(Ipv6Addr::from(u128::from(KUBE_DNS_IP6) + i)))
+                .find(|ip| !taken.contains(ip));
+            for ip in &pod_ips {
+                let cip = if ip.is_ipv4() { free4 } else { free6 };
+                dns_cluster_ips.extend(cip);
+            }
+            let (svc, slices) = dns_service(&dns_cluster_ips, &pod_ips);
+            inputs
+                .services
+                .push(policy_compiler::load::Located::unlocated(svc));
+            inputs.endpoint_slices.extend(
+                slices
+                    .into_iter()
+                    .map(policy_compiler::load::Located::unlocated),
+            );
+        }
         let (model, graph) = compile(&inputs)?;
 
         let mut pods = Vec::new();
+        let mut dns = None;
         let mut skipped = Vec::new();
         let mut by_ip: BTreeMap<IpAddr, String> = BTreeMap::new();
         for e in &model.endpoints {
             let key = e.key();
+            if lab_dns && key == dns_key {
+                dns = (!e.ips.is_empty()).then(|| LabDns {
+                    pod: LabPod {
+                        pod: key.clone(),
+                        id: e.id,
+                        ips: e.ips.clone(),
+                        assigned: true,
+                    },
+                    cluster_ips: dns_cluster_ips.clone(),
+                });
+                by_ip.extend(e.ips.iter().map(|ip| (*ip, key.clone())));
+                continue;
+            }
             match e.kind {
                 EndpointKind::Workload(_) => skipped.push(Skipped {
                     object: key,
@@ -313,6 +547,28 @@ impl LabPlan {
                 if want_v6 { ", fd00:10:244::/64" } else { "" }
             ));
         }
+        if !lab_dns {
+            notes.push(format!(
+                "the inputs define {}/{}: the lab runs no cluster DNS of its own and looks no names up",
+                KUBE_DNS.0, KUBE_DNS.1
+            ));
+        }
+        if let Some(d) = &dns {
+            let ips: Vec<String> = d.cluster_ips.iter().map(ToString::to_string).collect();
+            notes.push(format!(
+                "cluster DNS: {}/{} ({}) served by the lab's {} ({}), label k8s-app: kube-dns",
+                KUBE_DNS.0,
+                KUBE_DNS.1,
+                ips.join(", "),
+                d.pod.pod,
+                d.pod
+                    .ips
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
         Ok(LabPlan {
             inputs,
             model,
@@ -321,6 +577,7 @@ impl LabPlan {
             skipped,
             services: services.into_iter().collect(),
             notes,
+            dns,
         })
     }
 
@@ -358,6 +615,11 @@ impl LabPlan {
     /// Remarks for the user (assigned addresses, default service).
     pub fn notes(&self) -> &[String] {
         &self.notes
+    }
+
+    /// The lab's cluster DNS, when the inputs define no `kube-system/kube-dns`.
+    pub fn dns(&self) -> Option<&LabDns> {
+        self.dns.as_ref()
     }
 
     /// `netpol matrix` for one service, restricted to the lab's Pods (in their order).
@@ -470,6 +732,77 @@ mod tests {
     const DENY: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\nspec: {podSelector: {matchLabels: {app: a}}}\n";
 
     #[test]
+    fn the_lab_adds_its_cluster_dns_unless_the_inputs_define_kube_dns() {
+        // See: #10
+        let p = plan(&format!("{}{}{DENY}", pod("a", &[], ""), pod("b", &[], ""))).unwrap();
+        let dns = p.dns().unwrap();
+        assert_eq!(dns.pod.pod, "kube-system/netpol-lab-dns");
+        assert_eq!(dns.cluster_ips, [IpAddr::V4(KUBE_DNS_IP)]);
+        // Its address comes after the inputs' Pods' (theirs do not move).
+        let ips: Vec<String> = p.pods().iter().map(|q| q.ips[0].to_string()).collect();
+        assert_eq!(ips, ["10.244.0.10", "10.244.0.11"]);
+        assert_eq!(dns.pod.ips, ["10.244.0.12".parse::<IpAddr>().unwrap()]);
+        // Not a probed Pod, but a Pod of the model with the CoreDNS label, behind
+        // kube-system/kube-dns on UDP and TCP 53.
+        assert_eq!(p.pods().len(), 2);
+        assert_eq!(p.expected(Protocol::Tcp, 80).endpoints, ["x/a", "x/b"]);
+        let svc = p.model().service("kube-system/kube-dns").unwrap();
+        assert_eq!(svc.cluster_ips, [IpAddr::V4(KUBE_DNS_IP)]);
+        assert_eq!(svc.backends.len(), 1);
+        let ep = p.model().endpoint(dns.pod.id);
+        assert_eq!(
+            ep.labels.get("k8s-app").map(String::as_str),
+            Some("kube-dns")
+        );
+        let ports: Vec<(Protocol, u16)> = svc.ports.iter().map(|q| (q.protocol, q.port)).collect();
+        assert_eq!(ports, [(Protocol::Udp, 53), (Protocol::Tcp, 53)]);
+        assert!(
+            p.notes()
+                .iter()
+                .any(|n| n.starts_with("cluster DNS: kube-system/kube-dns (10.96.0.10)"))
+        );
+
+        // 10.96.0.10 taken by another Service: the next free address; dual-stack Pods
+        // get a dual-stack kube-dns.
+        let taken = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: x}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}\n---\n";
+        let p = plan(&format!(
+            "{taken}{}",
+            pod("a", &["10.0.0.1", "fd00::1"], "")
+        ))
+        .unwrap();
+        assert_eq!(
+            p.dns().unwrap().cluster_ips,
+            [
+                "10.96.0.11".parse::<IpAddr>().unwrap(),
+                IpAddr::V6(KUBE_DNS_IP6)
+            ]
+        );
+
+        // The inputs define kube-dns: no lab DNS, said in a note.
+        let own = "apiVersion: v1\nkind: Service\nmetadata: {name: kube-dns, namespace: kube-system}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 53, protocol: UDP}]}\n---\n";
+        let p = plan(&format!("{own}{}", pod("a", &[], ""))).unwrap();
+        assert!(p.dns().is_none());
+        assert!(
+            p.model()
+                .endpoint_by_key("kube-system/netpol-lab-dns")
+                .is_none()
+        );
+        assert!(
+            p.notes()
+                .iter()
+                .any(|n| n.contains("runs no cluster DNS of its own"))
+        );
+
+        // Planning a plan's own inputs again gives the same plan.
+        let p = plan(&format!("{}{}", pod("a", &[], ""), pod("b", &[], ""))).unwrap();
+        let again = LabPlan::new(p.inputs().clone()).unwrap();
+        assert_eq!(again.dns(), p.dns());
+        let ips = |q: &LabPlan| q.pods().iter().map(|x| x.ips.clone()).collect::<Vec<_>>();
+        assert_eq!(ips(&again), ips(&p));
+        assert_eq!(again.model().services.len(), 1);
+    }
+
+    #[test]
     fn pods_without_ips_get_addresses_the_compiler_sees() {
         let p = plan(&format!(
             "{}{}{DENY}",
@@ -550,7 +883,8 @@ mod tests {
     fn no_ports_means_tcp_80() {
         let p = plan("apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\nspec: {containers: [{name: c}]}\n").unwrap();
         assert_eq!(p.services(), [DEFAULT_SERVICE]);
-        assert_eq!(p.notes().len(), 2);
+        // No port, an assigned address, the lab's cluster DNS.
+        assert_eq!(p.notes().len(), 3, "{:?}", p.notes());
     }
 
     #[test]

@@ -119,6 +119,29 @@ pub struct NodeCell {
     pub detail: String,
 }
 
+/// One name lookup from a lab Pod through the lab's `kube-system/kube-dns` ClusterIP
+/// (UDP), as an application resolves a Service before connecting to it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DnsCell {
+    /// The asking Pod.
+    pub src: String,
+    /// The name asked (`<svc>.<ns>.svc.cluster.local`), A or AAAA by the Pod's family.
+    pub name: String,
+    /// The DNS server asked: the kube-dns ClusterIP of the Pod's family, port 53.
+    pub server: std::net::SocketAddr,
+    /// The compiler: the Pod may reach kube-dns on UDP 53 after DNAT (its egress and the
+    /// DNS Pod's ingress).
+    pub expected: bool,
+    /// An answer came back.
+    pub resolved: bool,
+    /// The addresses answered (the Service's ClusterIPs of that family).
+    pub answer: Vec<std::net::IpAddr>,
+    /// `resolved == expected`, and an answer names the Service's ClusterIPs.
+    pub agree: bool,
+    /// What the lookup saw.
+    pub detail: String,
+}
+
 fn verdicts(v: &[bool]) -> String {
     match v {
         [false] => "denied".to_owned(),
@@ -155,6 +178,9 @@ pub struct LabReport {
     /// Kubelet-style probes from the node's address to every Pod's declared ports
     /// (always allowed).
     pub node_probes: Vec<NodeCell>,
+    /// Service names looked up from every lab Pod through the lab's cluster DNS (empty
+    /// when the inputs define `kube-system/kube-dns`: the lab runs no DNS then).
+    pub dns: Vec<DnsCell>,
     /// Probes run (retries not counted).
     pub probes: usize,
     /// Where the time went.
@@ -173,6 +199,10 @@ fn dropped_at(d: &DropReport) -> String {
         let _ = write!(s, ", {} {p} rule {r}", d.tier);
     } else if !d.policies.is_empty() {
         let _ = write!(s, ", isolated by {}", d.policies.join(", "));
+    }
+    // Dropped by the node table after DNAT: the Service the flow went through.
+    if !d.services.is_empty() {
+        let _ = write!(s, "; via Service {}", d.services.join(", "));
     }
     s.push(')');
     s
@@ -442,6 +472,32 @@ impl LabReport {
                 );
             }
         }
+        if let Some(first) = self.dns.first() {
+            let bad = self.dns.iter().filter(|c| !c.agree).count();
+            let _ = writeln!(
+                s,
+                "\nDNS (Service names through kube-system/kube-dns {}): {} of {} lookup(s) agree",
+                first.server.ip(),
+                self.dns.len() - bad,
+                self.dns.len()
+            );
+            for c in &self.dns {
+                let got = if c.resolved {
+                    let a: Vec<String> = c.answer.iter().map(ToString::to_string).collect();
+                    format!("resolved {}", a.join(", "))
+                } else {
+                    "no answer".to_owned()
+                };
+                let _ = writeln!(
+                    s,
+                    "  {}{} {}: {got}, compiler {}",
+                    if c.agree { "" } else { "! " },
+                    c.src,
+                    c.name,
+                    if c.expected { "resolves" } else { "DNS denied" }
+                );
+            }
+        }
         let dual = self.dual_stack();
         if self.drops.is_empty() {
             let _ = writeln!(s, "\ndrops: none reported");
@@ -463,11 +519,12 @@ impl LabReport {
         } else {
             let _ = writeln!(
                 s,
-                "DISAGREEMENT: {} of {} probes, {} Service cell(s) and {} node probe(s) differ from the compiler",
+                "DISAGREEMENT: {} of {} probes, {} Service cell(s), {} node probe(s) and {} DNS lookup(s) differ from the compiler",
                 self.disagreements.len(),
                 self.probes,
                 self.services.iter().filter(|c| !c.agree).count(),
-                self.node_probes.iter().filter(|c| !c.connected).count()
+                self.node_probes.iter().filter(|c| !c.connected).count(),
+                self.dns.iter().filter(|c| !c.agree).count()
             );
         }
         s

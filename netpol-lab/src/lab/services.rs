@@ -4,7 +4,7 @@
 //! - [`kube_proxy`]: every proxied Service port of the model with its backends'
 //!   addresses and resolved target ports, for [`super::kubeproxy`].
 //! - [`service_probes`]: every lab Pod to every Service port with backends, through the
-//!   Service's first ClusterIP (or external IP). The expectation is the SET of verdicts
+//!   Service's first ClusterIP (or external IP) of each family the Pod has. The expectation is the SET of verdicts
 //!   of the backends that serve the port ([`AllowGraph::reach_service`]: each judged
 //!   after DNAT, hairpin included): kube-proxy picks a backend at random, so a cell with
 //!   backends of different verdicts is probed several times and the observed outcomes
@@ -112,44 +112,55 @@ pub fn kube_proxy(model: &Model) -> Vec<ServicePort> {
 }
 
 /// Every lab Pod to every Service port that has backends, at the Service's first
-/// address of the source's primary family.
+/// address of each family the source has ([`AllowGraph::reach_service_at`]).
 pub fn service_probes(plan: &LabPlan) -> Vec<ServiceProbe> {
     let model = plan.model();
     let graph: &AllowGraph = plan.graph();
     let mut out = Vec::new();
     for s in model.services.iter().filter(|s| s.proxied()) {
+        // The lab's own kube-dns serves DNS, not probes: checked by name lookups.
+        if plan.dns().is_some() && (s.namespace.as_str(), s.name.as_str()) == super::plan::KUBE_DNS
+        {
+            continue;
+        }
         for (i, p) in s.ports.iter().enumerate() {
             for (src_index, src) in plan.pods().iter().enumerate() {
-                let v6 = src.ips.first().is_some_and(IpAddr::is_ipv6);
-                let Some(address) = s.addresses().into_iter().find(|a| a.is_ipv6() == v6) else {
-                    continue;
-                };
-                let flows = graph.reach_service(model, Subject::Endpoint(src.id), s, i);
-                if flows.is_empty() {
-                    continue;
+                // Each family the Pod has (primary first), at the Service's first
+                // address of that family: dual-stack Services are DNATed per family.
+                let mut families: Vec<bool> = src.ips.iter().map(IpAddr::is_ipv6).collect();
+                families.dedup();
+                for v6 in families {
+                    let Some(address) = s.addresses().into_iter().find(|a| a.is_ipv6() == v6)
+                    else {
+                        continue;
+                    };
+                    let flows = graph.reach_service_at(model, Subject::Endpoint(src.id), s, i, v6);
+                    if flows.is_empty() {
+                        continue;
+                    }
+                    let expected: BTreeSet<bool> = flows.iter().map(|f| f.allowed).collect();
+                    let backends = flows
+                        .iter()
+                        .map(|f| {
+                            let name = match f.backend {
+                                Subject::Endpoint(id) => model.endpoint(id).key(),
+                                Subject::External(ip) => ip.to_string(),
+                            };
+                            (format!("{name}:{}", f.target_port), f.allowed)
+                        })
+                        .collect();
+                    out.push(ServiceProbe {
+                        src_index,
+                        src: src.pod.clone(),
+                        service: s.key(),
+                        port_name: p.name.clone(),
+                        protocol: p.protocol,
+                        port: p.port,
+                        address,
+                        expected: expected.into_iter().collect(),
+                        backends,
+                    });
                 }
-                let expected: BTreeSet<bool> = flows.iter().map(|f| f.allowed).collect();
-                let backends = flows
-                    .iter()
-                    .map(|f| {
-                        let name = match f.backend {
-                            Subject::Endpoint(id) => model.endpoint(id).key(),
-                            Subject::External(ip) => ip.to_string(),
-                        };
-                        (format!("{name}:{}", f.target_port), f.allowed)
-                    })
-                    .collect();
-                out.push(ServiceProbe {
-                    src_index,
-                    src: src.pod.clone(),
-                    service: s.key(),
-                    port_name: p.name.clone(),
-                    protocol: p.protocol,
-                    port: p.port,
-                    address,
-                    expected: expected.into_iter().collect(),
-                    backends,
-                });
             }
         }
     }
