@@ -286,6 +286,17 @@ async fn run(
         if reconciler.synced() {
             health.ready.store(true, Ordering::SeqCst);
         }
+        if reconciler.needs_baselines() {
+            // After the answers: listing the new tables is off the CNI ADD path.
+            let pass = tokio::task::spawn_blocking(move || {
+                reconciler.take_baselines();
+                reconciler
+            });
+            let Ok(back) = pass.await else {
+                return Err(AgentError::Panicked);
+            };
+            reconciler = back;
+        }
     }
 }
 
