@@ -60,6 +60,11 @@ pub(super) struct PodRecord {
     /// The namespace's nf_tables generation right after the agent's last commit there
     /// (`None`: unknown). While it is unchanged nothing else committed there.
     pub(super) generation: Option<u32>,
+    /// The table was replaced and its listing is left to
+    /// [`Reconciler::take_baselines`] (after an element update there is no listing:
+    /// the generation alone proves the table unchanged, and a foreign commit in the
+    /// namespace replaces it).
+    pub(super) baseline_due: bool,
 }
 
 impl PodRecord {
@@ -409,6 +414,18 @@ impl Reconciler {
                     record.kernel = Some(c);
                     continue;
                 }
+                Check::Moved => {
+                    // Something else committed in the namespace since the agent's last
+                    // element update (or before the baseline listing): what the kernel
+                    // holds cannot be proven equal; replace the table.
+                    tracing::info!(namespace = %pod.namespace, pod = %pod.name, netns, "netns changed by someone else since the last element update: replacing the table");
+                    if let Some(a) = &mut record.applied {
+                        a.checksum = None;
+                    }
+                    record.applied_parts = None;
+                    record.generation = None;
+                    continue;
+                }
                 Check::Listed { got, generation } => (got, generation),
             };
             match (got, want) {
@@ -417,16 +434,6 @@ impl Reconciler {
                     if record.generation.is_some() {
                         record.generation = generation;
                     }
-                }
-                (Ok(Some(_)), None) if record.generation.is_some() => {
-                    // Something committed before the baseline was taken: what the
-                    // kernel holds cannot be proven equal; replace the table.
-                    tracing::info!(namespace = %pod.namespace, pod = %pod.name, netns, "netns changed before its table was verified: replacing the table");
-                    if let Some(a) = &mut record.applied {
-                        a.checksum = None;
-                    }
-                    record.applied_parts = None;
-                    record.generation = None;
                 }
                 (Ok(Some(c)), None) => {
                     // The listing after the apply failed; take the baseline now.
@@ -461,9 +468,7 @@ impl Reconciler {
     /// left out of the apply path when the generation proves the commit was the only
     /// one).
     pub fn needs_baselines(&self) -> bool {
-        self.pods
-            .values()
-            .any(|r| r.kernel.is_none() && r.generation.is_some() && r.applied.is_some())
+        self.pods.values().any(|r| r.baseline_due)
     }
 
     /// Lists the tables [`needs_baselines`](Self::needs_baselines) names while their
@@ -474,7 +479,7 @@ impl Reconciler {
         let targets: Vec<(PodKey, String, u32)> = self
             .pods
             .iter()
-            .filter(|(_, r)| r.kernel.is_none())
+            .filter(|(_, r)| r.baseline_due)
             .filter_map(|(p, r)| {
                 let a = r.applied.as_ref().filter(|a| a.checksum.is_some())?;
                 Some((p.clone(), a.netns.clone(), r.generation?))
@@ -482,14 +487,18 @@ impl Reconciler {
             .collect();
         let applier = self.applier.clone();
         let results = parallel(self.parallelism, targets, |(pod, netns, g)| {
-            let check = check_table(applier.as_ref(), &pod, &netns, None, Some(g));
+            let check = take_baseline(applier.as_ref(), &pod, &netns, g);
             (pod, check)
         });
         for (pod, check) in results {
-            if let (Check::Baseline(c), Some(r)) = (check, self.pods.get_mut(&pod)) {
+            let Some(r) = self.pods.get_mut(&pod) else {
+                continue;
+            };
+            r.baseline_due = false;
+            if let Check::Baseline(c) = check {
                 r.kernel = Some(c);
             }
-            // Otherwise the next verify judges it.
+            // Otherwise the next verify judges it (the generation moved).
         }
     }
 
@@ -512,6 +521,21 @@ impl Reconciler {
                 (p, state)
             })
             .collect();
+        for (p, st) in &states {
+            if let (Some(d), Some(a)) = (st.desired, st.actual)
+                && a.checksum != Some(d.checksum)
+            {
+                tracing::debug!(
+                    pod = %p,
+                    same_netns = a.netns == d.netns,
+                    known = a.checksum.is_some(),
+                    generation = ?st.generation,
+                    applied_parts = st.applied_parts.is_some(),
+                    same_skeleton = ?st.applied_parts.zip(d.parts.as_deref()).map(|(o, n)| o.skeleton == n.skeleton),
+                    "ruleset differs"
+                );
+            }
+        }
         for op in plan_pods(&states) {
             match self.pods.get(op.pod()).and_then(|r| r.backoff) {
                 Some(b) if !b.ready(now) => {
@@ -560,6 +584,7 @@ impl Reconciler {
                         .as_ref()
                         .filter(|d| d.checksum == checksum)
                         .and_then(|d| d.parts.clone());
+                    record.baseline_due = !incremental && generation.is_some() && listing.is_none();
                     record.generation = generation;
                     record.kernel = listing;
                     record.backoff = None;
@@ -758,9 +783,11 @@ fn replace_table(
 
 /// What [`check_table`] found.
 enum Check {
-    /// The generation is the one after the agent's last commit and the baseline is
-    /// known: nothing changed.
+    /// The generation is the one after the agent's last commit: nothing changed.
     Unchanged,
+    /// The generation moved since the agent's last commit and there is no listing to
+    /// compare with.
+    Moved,
     /// The generation is the one after the agent's last commit and stayed so while
     /// the table was listed: the listing is the baseline.
     Baseline(Checksum),
@@ -786,23 +813,32 @@ fn check_table(
     };
     let generation = applier.generation(pod, netns).ok().flatten();
     if tracked.is_some() && tracked == generation {
-        if want.is_some() {
-            return Check::Unchanged;
-        }
-        let got = list();
-        let still = applier.generation(pod, netns).ok().flatten();
-        if let (Ok(Some(c)), true) = (&got, still == generation) {
-            return Check::Baseline(*c);
-        }
-        // Changed while listing: judged as a moved generation.
-        return Check::Listed {
-            got,
-            generation: still,
-        };
+        return Check::Unchanged;
+    }
+    if tracked.is_some() && want.is_none() {
+        // Nothing to compare a listing with: the caller replaces the table.
+        return Check::Moved;
     }
     Check::Listed {
         got: list(),
         generation,
+    }
+}
+
+/// Lists a table whose generation is the one right after the agent's commit, as its
+/// baseline: [`Check::Baseline`] if the generation stayed the same while listing.
+fn take_baseline(applier: &dyn Applier, pod: &PodKey, netns: &str, tracked: u32) -> Check {
+    if applier.generation(pod, netns).ok().flatten() != Some(tracked) {
+        return Check::Moved;
+    }
+    let got = applier
+        .list(pod, netns)
+        .map(|l| l.map(|l| Checksum::of(&normalise_listing(&l))));
+    match got {
+        Ok(Some(c)) if applier.generation(pod, netns).ok().flatten() == Some(tracked) => {
+            Check::Baseline(c)
+        }
+        _ => Check::Moved,
     }
 }
 

@@ -491,10 +491,13 @@ mod incremental {
     }
 
     #[test]
-    fn tampering_after_an_update_is_drift_and_a_verify_without_commits_lists_nothing() {
+    fn tampering_after_an_update_is_repaired_and_a_verify_without_commits_lists_nothing() {
         let mut f = Inc::new();
-        // The first verify takes the baselines (the generation proves them ours).
-        assert!(f.rec.verify().is_empty());
+        // After the pass the agent lists the replaced tables (the generation proves
+        // them its own): the baselines.
+        assert!(f.rec.needs_baselines());
+        f.rec.take_baselines();
+        assert!(!f.rec.needs_baselines());
         // Nothing committed since: the generations prove it, nothing is listed.
         let lists = f.fake.lists();
         assert!(f.rec.verify().is_empty());
@@ -506,15 +509,20 @@ mod incremental {
         ]);
         f.pass();
         assert_eq!(f.fake.updates(&key("a")), 1);
-        // Tampered after the update, before any verify: the baseline was never taken,
-        // so the table is replaced (fail closed), not trusted.
+        assert!(f.rec.verify().is_empty());
+        assert_eq!(f.fake.lists(), lists, "after an element update neither");
+        // Tampered after the update: no listing to compare with, so the table is
+        // replaced (fail closed), not trusted.
         f.fake.tamper("ns-a", Some("table inet netpol { }"));
-        f.rec.verify();
+        assert!(f.rec.verify().is_empty(), "not provably drift");
         f.fake.clear_calls();
         let r = f.rec.sync(Instant::now());
         assert_eq!(r.applied, [key("a")]);
         assert_eq!(f.fake.applies(&key("a")), 1, "a full replace");
-        // Tampered after a verified baseline: drift, counted, replaced.
+        let want = f.rec.desired()[&key("a")].text.to_string();
+        assert_eq!(f.fake.table("ns-a").unwrap(), want);
+        // Tampered after a replace and its baseline: drift, counted, replaced.
+        f.rec.take_baselines();
         assert!(f.rec.verify().is_empty());
         f.fake.tamper("ns-a", Some("table inet netpol { }"));
         assert_eq!(f.rec.verify(), [key("a")]);
