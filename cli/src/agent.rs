@@ -191,6 +191,7 @@ fn run_agent(args: &AgentArgs) -> anyhow::Result<()> {
                 None => None,
             },
             node_table: !args.no_node_table,
+            nft_events: true,
             ..AgentConfig::default()
         };
         let renderer = Arc::new(CompiledRulesets {

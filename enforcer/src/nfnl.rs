@@ -614,16 +614,23 @@ impl EventSocket {
     }
 
     /// Reads every pending event; returns whether any arrived (an overflowing receive
-    /// queue, `ENOBUFS`, counts as an event: something was lost).
-    pub fn drain(&mut self) -> bool {
+    /// queue, `ENOBUFS`, counts as an event: something was lost). Another error means
+    /// the socket is unusable.
+    pub fn drain(&mut self) -> Result<bool, NfnlError> {
         let mut any = false;
         loop {
             match self.socket.recv(&mut &mut self.buf[..], 0) {
-                Ok(0) => return any,
+                Ok(0) => return Ok(any),
                 Ok(_) => any = true,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return any,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(any),
                 Err(e) if e.raw_os_error() == Some(nix::libc::ENOBUFS) => any = true,
-                Err(_) => return true,
+                Err(source) => {
+                    return Err(NfnlError::Io {
+                        netns: self.netns.clone(),
+                        op: "recv",
+                        source,
+                    });
+                }
             }
         }
     }

@@ -390,12 +390,25 @@ impl Reconciler {
     /// namespace where something else committed is listed and compared.
     pub fn verify(&mut self) -> Vec<PodKey> {
         self.verify_node_table();
+        self.verify_where(|_| true)
+    }
+
+    /// [`verify`](Self::verify) for the tables in `netns` only (where nftables
+    /// announced a commit); the node's own namespace verifies the node table.
+    pub fn verify_netns(&mut self, netns: &BTreeSet<String>) -> Vec<PodKey> {
+        if netns.contains(crate::node::OWN_NETNS) {
+            self.verify_node_table();
+        }
+        self.verify_where(|n| netns.contains(n))
+    }
+
+    fn verify_where(&mut self, netns: impl Fn(&str) -> bool) -> Vec<PodKey> {
         let targets: Vec<(PodKey, String, Option<Checksum>, Option<u32>)> = self
             .pods
             .iter()
             .filter_map(|(p, r)| {
                 let a = r.applied.as_ref().filter(|a| a.checksum.is_some())?;
-                Some((p.clone(), a.netns.clone(), r.kernel, r.generation))
+                netns(&a.netns).then(|| (p.clone(), a.netns.clone(), r.kernel, r.generation))
             })
             .collect();
         let applier = self.applier.clone();
