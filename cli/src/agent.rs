@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use enforcer::agent::{Agent, AgentConfig, ChainConfig, CniConfig, CompiledRulesets};
-use enforcer::applier::NftApplier;
+use enforcer::applier::NetlinkApplier;
 use enforcer::cni::install::{self, PluginConfig};
 use enforcer::kube::KubeSource;
 use enforcer::manifests::{ManifestDir, WatchOptions};
@@ -191,6 +191,7 @@ fn run_agent(args: &AgentArgs) -> anyhow::Result<()> {
                 None => None,
             },
             node_table: !args.no_node_table,
+            nft_events: true,
             ..AgentConfig::default()
         };
         let renderer = Arc::new(CompiledRulesets {
@@ -223,7 +224,12 @@ fn run_agent(args: &AgentArgs) -> anyhow::Result<()> {
             drops = !args.no_drops,
             "netpol agent starting"
         );
-        let mut agent = Agent::start_with_source(config, source, renderer, Arc::new(NftApplier))
+        let mut agent = Agent::start_with_source(
+            config,
+            source,
+            renderer,
+            Arc::new(NetlinkApplier::new()),
+        )
             .await
             .context("cannot start the agent")?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

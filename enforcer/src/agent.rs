@@ -41,6 +41,7 @@ mod chaining;
 mod cni;
 mod config;
 mod discovery;
+mod events;
 mod netns_guard;
 mod node_table;
 mod reconciler;

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
 use crate::netns;
+use crate::nfnl::{ElementOp, NfnlError, NftSocket};
 use crate::nft::{self, NftError};
 use crate::state::PodKey;
 
@@ -58,6 +59,35 @@ pub enum ApplyError {
         /// What failed.
         message: String,
     },
+    /// A netlink nf_tables call failed (the transaction, if any, changed nothing).
+    #[error("pod {pod}: {op} failed")]
+    Netlink {
+        /// The Pod.
+        pod: PodKey,
+        /// `update` or `generation`.
+        op: &'static str,
+        /// The netlink error (names the namespace).
+        #[source]
+        source: Box<NfnlError>,
+    },
+    /// Something else committed in the Pod's namespace since the generation the update
+    /// was conditional on: nothing changed; the table is replaced instead.
+    #[error("pod {pod}: netns {netns} changed since generation {expected}")]
+    Stale {
+        /// The Pod.
+        pod: PodKey,
+        /// The namespace.
+        netns: String,
+        /// The generation the update expected.
+        expected: u32,
+    },
+    /// This applier cannot update elements (the reconciler never asks it to: it plans
+    /// element updates only where [`Applier::generation`] is known).
+    #[error("pod {pod}: this applier cannot update map elements")]
+    Unsupported {
+        /// The Pod.
+        pod: PodKey,
+    },
     /// A failure injected by [`RecordingApplier`].
     #[error("pod {pod}: injected failure of {op}")]
     Injected {
@@ -93,6 +123,31 @@ pub trait Applier: Send + Sync {
     /// The addresses of the node's network namespace (where the node table lives), as
     /// [`crate::node::own_addresses`] lists them.
     fn node_addresses(&self) -> Result<Vec<std::net::IpAddr>, ApplyError>;
+
+    /// The nf_tables generation of `netns` (incremented by every commit there, by
+    /// anyone), or `None` when this applier cannot tell (then the reconciler replaces
+    /// whole tables and lists them to verify, as before). Defaults to `None`.
+    fn generation(&self, pod: &PodKey, netns: &str) -> Result<Option<u32>, ApplyError> {
+        let _ = (pod, netns);
+        Ok(None)
+    }
+
+    /// Deletes and adds peer-map elements of `table inet netpol` in `netns` in one
+    /// transaction, only if the namespace's generation is still `generation`
+    /// ([`ApplyError::Stale`] otherwise, nothing changed). `ruleset` is the whole table
+    /// the result equals (for fakes). Returns the generation after the commit.
+    /// Defaults to [`ApplyError::Unsupported`].
+    fn update(
+        &self,
+        pod: &PodKey,
+        netns: &str,
+        ops: &[ElementOp],
+        generation: u32,
+        ruleset: &str,
+    ) -> Result<u32, ApplyError> {
+        let _ = (netns, ops, generation, ruleset);
+        Err(ApplyError::Unsupported { pod: pod.clone() })
+    }
 }
 
 /// [`NftApplier`] for an agent that does not run in the node's namespace (the lab): Pod
@@ -220,6 +275,159 @@ impl Applier for NftApplier {
     }
 }
 
+/// The real applier with nf_tables over netlink ([`crate::nfnl`]): whole tables are
+/// still replaced with `nft -f` (through [`NftApplier`]: rule changes, rare), but the
+/// namespace's generation and peer-map element updates go through one netlink socket
+/// per namespace, made once on a thread that entered it and kept: no process per
+/// update or per check. A socket is dropped with its table ([`Applier::remove`]) and
+/// remade when the namespace's file is another namespace (same name, new inode).
+#[derive(Debug, Default)]
+pub struct NetlinkApplier {
+    sockets: Mutex<BTreeMap<String, std::sync::Arc<Mutex<CachedSocket>>>>,
+}
+
+#[derive(Debug)]
+struct CachedSocket {
+    /// (device, inode) of the namespace file the socket was made in.
+    id: (u64, u64),
+    socket: NftSocket,
+}
+
+fn netns_id(netns: &str) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(netns::path(netns)).ok()?;
+    Some((m.dev(), m.ino()))
+}
+
+impl NetlinkApplier {
+    /// An applier with no sockets yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs `f` with the socket of `netns` (made on first use).
+    fn with_socket<T>(
+        &self,
+        pod: &PodKey,
+        netns: &str,
+        op: &'static str,
+        f: impl FnOnce(&mut NftSocket) -> Result<T, NfnlError>,
+    ) -> Result<T, ApplyError> {
+        let Some(id) = netns_id(netns) else {
+            self.forget(netns);
+            return Err(ApplyError::NoNetns {
+                pod: pod.clone(),
+                netns: netns.to_owned(),
+            });
+        };
+        let err = |source| ApplyError::Netlink {
+            pod: pod.clone(),
+            op,
+            source: Box::new(source),
+        };
+        let cached = self
+            .sockets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(netns)
+            .cloned();
+        let cached = match cached {
+            Some(c)
+                if c.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .id
+                    == id =>
+            {
+                c
+            }
+            _ => {
+                let socket = NftSocket::open(netns).map_err(err)?;
+                let c = std::sync::Arc::new(Mutex::new(CachedSocket { id, socket }));
+                self.sockets
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(netns.to_owned(), c.clone());
+                c
+            }
+        };
+        let mut c = cached
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut c.socket).map_err(err)
+    }
+
+    fn forget(&self, netns: &str) {
+        self.sockets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(netns);
+    }
+
+    /// Namespaces with an open socket.
+    pub fn open_sockets(&self) -> usize {
+        self.sockets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+}
+
+impl Applier for NetlinkApplier {
+    fn apply(&self, pod: &PodKey, netns: &str, ruleset: &str) -> Result<(), ApplyError> {
+        NftApplier.apply(pod, netns, ruleset)
+    }
+
+    fn remove(&self, pod: &PodKey, netns: &str) -> Result<(), ApplyError> {
+        self.forget(netns);
+        NftApplier.remove(pod, netns)
+    }
+
+    fn list(&self, pod: &PodKey, netns: &str) -> Result<Option<String>, ApplyError> {
+        NftApplier.list(pod, netns)
+    }
+
+    fn apply_node(&self, ruleset: &str) -> Result<(), ApplyError> {
+        NftApplier.apply_node(ruleset)
+    }
+
+    fn list_node(&self) -> Result<Option<String>, ApplyError> {
+        NftApplier.list_node()
+    }
+
+    fn node_addresses(&self) -> Result<Vec<std::net::IpAddr>, ApplyError> {
+        NftApplier.node_addresses()
+    }
+
+    fn generation(&self, pod: &PodKey, netns: &str) -> Result<Option<u32>, ApplyError> {
+        self.with_socket(pod, netns, "generation", NftSocket::generation)
+            .map(Some)
+    }
+
+    fn update(
+        &self,
+        pod: &PodKey,
+        netns: &str,
+        ops: &[ElementOp],
+        generation: u32,
+        _ruleset: &str,
+    ) -> Result<u32, ApplyError> {
+        match self.with_socket(pod, netns, "update", |s| {
+            s.update_elements(TABLE, ops, generation)
+        }) {
+            Err(ApplyError::Netlink { source, .. })
+                if matches!(*source, NfnlError::Stale { .. }) =>
+            {
+                Err(ApplyError::Stale {
+                    pod: pod.clone(),
+                    netns: netns.to_owned(),
+                    expected: generation,
+                })
+            }
+            other => other,
+        }
+    }
+}
+
 /// One call seen by [`RecordingApplier`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recorded {
@@ -231,6 +439,15 @@ pub enum Recorded {
         netns: String,
         /// The ruleset text.
         ruleset: String,
+    },
+    /// `update(pod, netns, ops, ..)`.
+    Update {
+        /// The Pod.
+        pod: PodKey,
+        /// The namespace.
+        netns: String,
+        /// The element changes.
+        ops: Vec<ElementOp>,
     },
     /// `remove(pod, netns)`.
     Remove {
@@ -248,6 +465,21 @@ struct Recording {
     failing: BTreeSet<PodKey>,
     fail_all: bool,
     node_addresses: Vec<std::net::IpAddr>,
+    /// Per-namespace commit counters, when the fake tells generations.
+    generations: Option<BTreeMap<String, u32>>,
+    /// `list` calls (listing is what the agent avoids when the generation proves a
+    /// table unchanged).
+    lists: usize,
+}
+
+impl Recording {
+    /// One commit in `netns`.
+    fn commit(&mut self, netns: &str) {
+        if let Some(g) = &mut self.generations {
+            let n = g.entry(netns.to_owned()).or_insert(0);
+            *n = n.wrapping_add(1).max(1);
+        }
+    }
 }
 
 /// A fake applier: records calls, keeps one table text per namespace (the listing is
@@ -261,6 +493,28 @@ impl RecordingApplier {
     /// A fake with no tables.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A fake that tells namespace generations (every apply, remove, update and tamper
+    /// is one commit) and so receives element updates, like [`NetlinkApplier`].
+    pub fn with_generations() -> Self {
+        let f = Self::default();
+        f.lock().generations = Some(BTreeMap::new());
+        f
+    }
+
+    /// Number of `list` calls so far.
+    pub fn lists(&self) -> usize {
+        self.lock().lists
+    }
+
+    /// Number of `update` calls for `pod` (failed ones included).
+    pub fn updates(&self, pod: &PodKey) -> usize {
+        self.lock()
+            .calls
+            .iter()
+            .filter(|c| matches!(c, Recorded::Update { pod: p, .. } if p == pod))
+            .count()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Recording> {
@@ -322,6 +576,7 @@ impl RecordingApplier {
             Some(t) => r.tables.insert(netns.to_owned(), t.to_owned()),
             None => r.tables.remove(netns),
         };
+        r.commit(netns);
     }
 
     fn check(r: &Recording, pod: &PodKey, op: &'static str) -> Result<(), ApplyError> {
@@ -360,6 +615,7 @@ impl Applier for RecordingApplier {
         });
         Self::check(&r, pod, "apply")?;
         r.tables.insert(netns.to_owned(), ruleset.to_owned());
+        r.commit(netns);
         Ok(())
     }
 
@@ -370,14 +626,62 @@ impl Applier for RecordingApplier {
             netns: netns.to_owned(),
         });
         Self::check(&r, pod, "remove")?;
-        r.tables.remove(netns);
+        if r.tables.remove(netns).is_some() {
+            r.commit(netns);
+        }
         Ok(())
     }
 
     fn list(&self, pod: &PodKey, netns: &str) -> Result<Option<String>, ApplyError> {
-        let r = self.lock();
+        let mut r = self.lock();
+        r.lists += 1;
         Self::check(&r, pod, "list")?;
         Ok(r.tables.get(netns).cloned())
+    }
+
+    fn generation(&self, pod: &PodKey, netns: &str) -> Result<Option<u32>, ApplyError> {
+        let r = self.lock();
+        Self::check(&r, pod, "generation")?;
+        Ok(r.generations
+            .as_ref()
+            .map(|g| g.get(netns).copied().unwrap_or(0)))
+    }
+
+    fn update(
+        &self,
+        pod: &PodKey,
+        netns: &str,
+        ops: &[ElementOp],
+        generation: u32,
+        ruleset: &str,
+    ) -> Result<u32, ApplyError> {
+        let mut r = self.lock();
+        r.calls.push(Recorded::Update {
+            pod: pod.clone(),
+            netns: netns.to_owned(),
+            ops: ops.to_vec(),
+        });
+        Self::check(&r, pod, "update")?;
+        let Some(now) = r
+            .generations
+            .as_ref()
+            .map(|g| g.get(netns).copied().unwrap_or(0))
+        else {
+            return Err(ApplyError::Unsupported { pod: pod.clone() });
+        };
+        if now != generation || !r.tables.contains_key(netns) {
+            return Err(ApplyError::Stale {
+                pod: pod.clone(),
+                netns: netns.to_owned(),
+                expected: generation,
+            });
+        }
+        r.tables.insert(netns.to_owned(), ruleset.to_owned());
+        r.commit(netns);
+        Ok(r.generations
+            .as_ref()
+            .and_then(|g| g.get(netns).copied())
+            .unwrap_or(0))
     }
 }
 

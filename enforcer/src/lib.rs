@@ -6,6 +6,8 @@
 //!   a dedicated thread ([`netns::run_in`], [`netns::spawn_in`]), run a command inside
 //!   one ([`netns::exec`]).
 //! - [`nft`]: load a ruleset into a namespace in one transaction, list it back.
+//! - [`nfnl`]: nf_tables over netlink in-process: the generation of a namespace, peer-map
+//!   element updates in one conditional transaction, commit events.
 //! - [`drops`]: drop reports: NFLOG listener per Pod namespace, rate limiting, and
 //!   JSON lines naming the Pods, isolating policies and nearest miss.
 //! - [`cni`]: the agent's end of the `netpol-cni` plugin ([`cni::server`], the records
@@ -77,6 +79,7 @@ pub mod kube;
 pub mod manifests;
 pub mod metrics;
 pub mod netns;
+pub mod nfnl;
 pub mod nft;
 pub mod node;
 pub mod plan;

@@ -3,6 +3,7 @@
 //! | metric | type | meaning |
 //! |---|---|---|
 //! | `netpol_applies_total` | counter | rulesets loaded into a Pod netns |
+//! | `netpol_element_updates_total` | counter | applies done as peer-map element updates (one netlink transaction, no table replace) |
 //! | `netpol_apply_errors_total` | counter | failed applies (kernel kept the last good ruleset) |
 //! | `netpol_removes_total` | counter | tables removed for Pods that are gone |
 //! | `netpol_drift_repairs_total` | counter | tables found changed behind the agent's back and re-applied |
@@ -102,6 +103,8 @@ pub struct Metrics {
     registry: Registry,
     /// Rulesets applied.
     pub applies: Counter,
+    /// Applies done as peer-map element updates (counted in `applies` too).
+    pub element_updates: Counter,
     /// Failed applies.
     pub apply_errors: Counter,
     /// Tables removed.
@@ -156,6 +159,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("netpol");
         let applies = Counter::default();
         let apply_errors = Counter::default();
+        let element_updates = Counter::default();
         let removes = Counter::default();
         let drift_repairs = Counter::default();
         let pods_enforced = Gauge::default();
@@ -195,6 +199,11 @@ impl Metrics {
             "applies",
             "Rulesets loaded into a Pod network namespace",
             applies.clone(),
+        );
+        registry.register(
+            "element_updates",
+            "Applies done as peer-map element updates in one netlink transaction",
+            element_updates.clone(),
         );
         registry.register(
             "apply_errors",
@@ -284,6 +293,7 @@ impl Metrics {
         Self {
             registry,
             applies,
+            element_updates,
             apply_errors,
             removes,
             drift_repairs,

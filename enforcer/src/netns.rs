@@ -374,6 +374,16 @@ pub struct CommandOutput {
     pub stderr: String,
 }
 
+/// Processes started by this module (every `ip`, `nft` and `nsenter` of the process
+/// goes through [`run`]).
+static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many child processes this process has started to run commands (`ip netns
+/// exec`, `nft`, ...): the agent's steady state should start none (benchmarks read it).
+pub fn processes_started() -> u64 {
+    STARTED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 fn run(
     netns: &str,
     op: &str,
@@ -381,6 +391,7 @@ fn run(
     args: &[&str],
     stdin: Option<&[u8]>,
 ) -> Result<CommandOutput, NetnsError> {
+    STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let spawn_err = |source| NetnsError::Spawn {
         netns: netns.to_owned(),
         op: op.to_owned(),

@@ -10,7 +10,10 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use policy_compiler::ruleset::PeerEntry;
 use sha2::{Digest, Sha256};
+
+use crate::nfnl::ElementOp;
 
 use crate::state::PodKey;
 
@@ -50,10 +53,24 @@ impl fmt::Debug for Checksum {
 pub struct Desired {
     /// The Pod's network namespace.
     pub netns: String,
-    /// Checksum of `text`.
+    /// What the kernel should hold: checksum of `text`, or with [`Desired::parts`], of
+    /// the skeleton and the entries (review comments of map elements do not count).
     pub checksum: Checksum,
     /// `nft -f` text replacing `table inet netpol` in one transaction.
     pub text: Arc<str>,
+    /// The ruleset split into skeleton and peer-map entries (`None`: the renderer
+    /// gives only text; every change replaces the table).
+    pub parts: Option<Arc<Parts>>,
+}
+
+/// A ruleset split as [`policy_compiler::ruleset::Ruleset::skeleton`] and
+/// [`policy_compiler::ruleset::Ruleset::peer_entries`] split it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parts {
+    /// Checksum of the skeleton's text: when it changes the table is replaced.
+    pub skeleton: Checksum,
+    /// The peer-map elements: when only they change, elements are added and deleted.
+    pub entries: BTreeSet<PeerEntry>,
 }
 
 impl Desired {
@@ -64,8 +81,46 @@ impl Desired {
             netns: netns.into(),
             checksum: Checksum::of(&text),
             text,
+            parts: None,
         }
     }
+
+    /// A desired ruleset with its parts: `text` (the whole table), the skeleton's text
+    /// and the peer-map entries.
+    pub fn with_parts(
+        netns: impl Into<String>,
+        text: impl Into<Arc<str>>,
+        skeleton: &str,
+        entries: impl IntoIterator<Item = PeerEntry>,
+    ) -> Self {
+        let entries: BTreeSet<PeerEntry> = entries.into_iter().collect();
+        let mut identity = Sha256::new();
+        identity.update(skeleton.as_bytes());
+        for e in &entries {
+            identity.update(b"\n");
+            identity.update(e.to_string().as_bytes());
+        }
+        Self {
+            netns: netns.into(),
+            checksum: Checksum(identity.finalize().into()),
+            text: text.into(),
+            parts: Some(Arc::new(Parts {
+                skeleton: Checksum::of(skeleton),
+                entries,
+            })),
+        }
+    }
+}
+
+/// The element changes from `old` to `new`: deletions of entries only in `old`,
+/// additions of entries only in `new` (a changed verdict or range is both), in entry
+/// order.
+pub fn element_ops(old: &BTreeSet<PeerEntry>, new: &BTreeSet<PeerEntry>) -> Vec<ElementOp> {
+    old.difference(new)
+        .cloned()
+        .map(ElementOp::Delete)
+        .chain(new.difference(old).cloned().map(ElementOp::Add))
+        .collect()
 }
 
 /// What the agent knows a Pod's namespace holds.
@@ -92,6 +147,23 @@ pub enum Op {
         /// The ruleset.
         text: Arc<str>,
     },
+    /// Only peer-map elements differ from what was applied: delete and add them in one
+    /// transaction, conditional on the namespace's generation (nothing else committed
+    /// there since the agent's last commit); a stale generation replaces the table.
+    Update {
+        /// The Pod.
+        pod: PodKey,
+        /// Its namespace.
+        netns: String,
+        /// The desired checksum the update reaches.
+        checksum: Checksum,
+        /// The whole ruleset (the fallback when the generation is stale).
+        text: Arc<str>,
+        /// The element changes.
+        ops: Vec<ElementOp>,
+        /// The generation the kernel must still be at.
+        generation: u32,
+    },
     /// Delete `table inet netpol` from the namespace (the Pod is gone or moved).
     Remove {
         /// The Pod the table belonged to.
@@ -105,7 +177,7 @@ impl Op {
     /// The Pod the operation is about.
     pub fn pod(&self) -> &PodKey {
         match self {
-            Op::Apply { pod, .. } | Op::Remove { pod, .. } => pod,
+            Op::Apply { pod, .. } | Op::Update { pod, .. } | Op::Remove { pod, .. } => pod,
         }
     }
 }
@@ -114,6 +186,8 @@ impl Op {
 /// to do.
 ///
 /// - desired and actual agree (same namespace, same checksum): nothing;
+/// - only peer-map elements differ from what is known to be in the kernel (same
+///   skeleton, same namespace, generation known): [`Op::Update`];
 /// - otherwise [`Op::Apply`], which replaces the table atomically (never a flush first);
 /// - a Pod that moved namespace also gets [`Op::Remove`] of its old table, and a Pod that
 ///   is no longer desired gets [`Op::Remove`], unless a desired Pod now uses that
@@ -126,6 +200,8 @@ pub fn plan(desired: &BTreeMap<PodKey, Desired>, actual: &BTreeMap<PodKey, Actua
             let state = PodState {
                 desired: desired.get(p),
                 actual: actual.get(p),
+                applied_parts: None,
+                generation: None,
             };
             (p, state)
         })
@@ -140,6 +216,23 @@ pub struct PodState<'a> {
     pub desired: Option<&'a Desired>,
     /// What was applied (`None`: nothing known in the kernel).
     pub actual: Option<&'a Actual>,
+    /// The parts of what was applied, when known exactly.
+    pub applied_parts: Option<&'a Parts>,
+    /// The namespace's generation right after the agent's last commit there (`None`:
+    /// unknown, so no element update: the kernel may hold something else).
+    pub generation: Option<u32>,
+}
+
+impl PodState<'_> {
+    /// The element update from what was applied to `d`, if only elements differ and the
+    /// kernel's content is known exactly.
+    fn update_to(&self, d: &Desired) -> Option<(Vec<ElementOp>, u32)> {
+        let a = self.actual?;
+        let (old, new) = (self.applied_parts?, d.parts.as_deref()?);
+        let generation = self.generation?;
+        (a.netns == d.netns && a.checksum.is_some() && old.skeleton == new.skeleton)
+            .then(|| (element_ops(&old.entries, &new.entries), generation))
+    }
 }
 
 /// [`plan`] over per-Pod records (`pods` sorted by Pod, each Pod once), as the
@@ -156,12 +249,22 @@ pub fn plan_pods(pods: &[(&PodKey, PodState<'_>)]) -> Vec<Op> {
             (Some(d), a) => {
                 let same = a.is_some_and(|a| a.netns == d.netns && a.checksum == Some(d.checksum));
                 if !same {
-                    ops.push(Op::Apply {
-                        pod: pod.clone(),
-                        netns: d.netns.clone(),
-                        checksum: d.checksum,
-                        text: d.text.clone(),
-                    });
+                    match state.update_to(d) {
+                        Some((elements, generation)) => ops.push(Op::Update {
+                            pod: pod.clone(),
+                            netns: d.netns.clone(),
+                            checksum: d.checksum,
+                            text: d.text.clone(),
+                            ops: elements,
+                            generation,
+                        }),
+                        None => ops.push(Op::Apply {
+                            pod: pod.clone(),
+                            netns: d.netns.clone(),
+                            checksum: d.checksum,
+                            text: d.text.clone(),
+                        }),
+                    }
                 }
                 if let Some(a) = a
                     && a.netns != d.netns

@@ -190,6 +190,33 @@ pub struct MapElement {
     pub sources: Vec<Source>,
 }
 
+/// One element of a peer map as the kernel holds it: the map, the address range and
+/// the verdict. Provenance ([`MapElement::sources`]) is review text, not kernel state,
+/// so it is not part of an entry.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PeerEntry {
+    /// The map (`ingress_v4`, ...).
+    pub map: String,
+    /// Address family of the map.
+    pub family: Family,
+    /// First address.
+    pub first: IpAddr,
+    /// Last address.
+    pub last: IpAddr,
+    /// Verdict.
+    pub verdict: MapVerdict,
+}
+
+impl fmt::Display for PeerEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}-{} : ", self.map, self.first, self.last)?;
+        match &self.verdict {
+            MapVerdict::Accept => f.write_str("accept"),
+            MapVerdict::Jump(c) => write!(f, "jump {c}"),
+        }
+    }
+}
+
 /// An interval verdict map keyed by peer address (`<dir>_v4`, `<dir>_v6`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerMap {
@@ -485,6 +512,36 @@ impl Ruleset {
     /// The `nft -f` text: replaces the table in one transaction, whether or not it exists.
     pub fn to_nft(&self) -> String {
         render::nft(self)
+    }
+
+    /// The ruleset without the elements of its peer maps: chains, rules, port, node and
+    /// Service sets, and the maps declared empty. Peers appearing, leaving or changing
+    /// address change only [`Ruleset::peer_entries`]; anything else changes the
+    /// skeleton. An agent replaces the whole table when the skeleton changes and
+    /// otherwise adds and deletes map elements (see docs/ruleset.md).
+    pub fn skeleton(&self) -> Ruleset {
+        let mut rs = self.clone();
+        for m in &mut rs.maps {
+            m.elements.clear();
+        }
+        rs
+    }
+
+    /// The elements of the peer maps, in map order then address order (disjoint per
+    /// map): what [`Ruleset::skeleton`] leaves out.
+    pub fn peer_entries(&self) -> Vec<PeerEntry> {
+        self.maps
+            .iter()
+            .flat_map(|m| {
+                m.elements.iter().map(|e| PeerEntry {
+                    map: m.name.clone(),
+                    family: m.family,
+                    first: e.first,
+                    last: e.last,
+                    verdict: e.verdict.clone(),
+                })
+            })
+            .collect()
     }
 
     /// Evaluates the ruleset in software for a new connection of the Pod with `peer`

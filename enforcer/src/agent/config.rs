@@ -35,6 +35,10 @@ pub struct AgentConfig {
     /// (see [`crate::node`]). Off by default: in-process tests run in the host's
     /// namespace; `netpol agent` turns it on.
     pub node_table: bool,
+    /// Subscribe to nftables commit events in each enforced netns and verify a table as
+    /// soon as something committed there; the verify interval stays as a slow safety
+    /// net. Off by default (in-process tests); `netpol agent` turns it on.
+    pub nft_events: bool,
 }
 
 /// Where the agent meets the `netpol-cni` plugin.
@@ -74,6 +78,7 @@ impl Default for AgentConfig {
             cni: None,
             discovery: None,
             node_table: false,
+            nft_events: false,
         }
     }
 }

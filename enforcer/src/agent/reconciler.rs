@@ -15,7 +15,8 @@ use crate::cni::records::RecordStore;
 use crate::manifests::Scan;
 use crate::metrics::Metrics;
 use crate::plan::{
-    Actual, Backoff, BackoffPolicy, Checksum, Desired, Op, PodState, normalise_listing, plan_pods,
+    Actual, Backoff, BackoffPolicy, Checksum, Desired, Op, Parts, PodState, normalise_listing,
+    plan_pods,
 };
 use crate::reporter::{CompiledModel, DropReporter};
 use crate::state::{PodKey, State};
@@ -53,6 +54,17 @@ pub(super) struct PodRecord {
     pub(super) backoff: Option<Backoff>,
     /// The last apply error, until the Pod applies.
     pub(super) last_error: Option<String>,
+    /// The parts of what was applied, when the kernel holds exactly them (`None`
+    /// after drift or when unknown: the next change replaces the table).
+    pub(super) applied_parts: Option<Arc<Parts>>,
+    /// The namespace's nf_tables generation right after the agent's last commit there
+    /// (`None`: unknown). While it is unchanged nothing else committed there.
+    pub(super) generation: Option<u32>,
+    /// The table was replaced and its listing is left to
+    /// [`Reconciler::take_baselines`] (after an element update there is no listing:
+    /// the generation alone proves the table unchanged, and a foreign commit in the
+    /// namespace replaces it).
+    pub(super) baseline_due: bool,
 }
 
 impl PodRecord {
@@ -109,8 +121,14 @@ enum Done {
         pod: PodKey,
         netns: String,
         checksum: Checksum,
-        /// Checksum of the kernel's listing right after the apply (`None`: unknown).
+        /// Checksum of the kernel's listing right after the apply (`None`: unknown, or
+        /// taken by the next verify while the generation proves nothing else changed).
         listing: Option<Checksum>,
+        /// The namespace's generation right after this commit, when it is known to be
+        /// exactly this commit.
+        generation: Option<u32>,
+        /// Done as an element update (not a table replace).
+        incremental: bool,
         took: Duration,
     },
     Removed {
@@ -296,15 +314,16 @@ impl Reconciler {
             local_ids.push(id);
             // Without a node table, Pod tables must not defer Service addresses to it:
             // `render` keeps them ordinary destinations (fail closed). See: #10
-            let rendered = if self.node_table.is_some() {
-                self.renderer
-                    .render_on_node(&model, &graph, id, &node_addresses)
-            } else {
-                self.renderer.render(&model, &graph, id)
-            };
-            match rendered {
-                Ok(text) => {
-                    desired.insert(pod, Desired::new(netns, text));
+            let on_node = self
+                .node_table
+                .is_some()
+                .then_some(node_addresses.as_slice());
+            match self
+                .renderer
+                .render_desired(&model, &graph, id, on_node, &netns)
+            {
+                Ok(d) => {
+                    desired.insert(pod, d);
                 }
                 Err(e) => {
                     self.metrics.compile_errors.inc();
@@ -364,30 +383,71 @@ impl Reconciler {
     /// Compares every applied table with the kernel; a changed or missing table is
     /// drift (tampering): warned, and re-applied by the next [`sync`](Self::sync).
     /// Returns the drifted Pods.
+    ///
+    /// Where the applier tells generations ([`Applier::generation`]), a namespace
+    /// whose generation is still the one right after the agent's last commit there is
+    /// unchanged without listing anything (one netlink request, no process); only a
+    /// namespace where something else committed is listed and compared.
     pub fn verify(&mut self) -> Vec<PodKey> {
         self.verify_node_table();
-        let targets: Vec<(PodKey, String, Option<Checksum>)> = self
+        self.verify_where(|_| true)
+    }
+
+    /// [`verify`](Self::verify) for the tables in `netns` only (where nftables
+    /// announced a commit); the node's own namespace verifies the node table.
+    pub fn verify_netns(&mut self, netns: &BTreeSet<String>) -> Vec<PodKey> {
+        if netns.contains(crate::node::OWN_NETNS) {
+            self.verify_node_table();
+        }
+        self.verify_where(|n| netns.contains(n))
+    }
+
+    fn verify_where(&mut self, netns: impl Fn(&str) -> bool) -> Vec<PodKey> {
+        let targets: Vec<(PodKey, String, Option<Checksum>, Option<u32>)> = self
             .pods
             .iter()
             .filter_map(|(p, r)| {
                 let a = r.applied.as_ref().filter(|a| a.checksum.is_some())?;
-                Some((p.clone(), a.netns.clone(), r.kernel))
+                netns(&a.netns).then(|| (p.clone(), a.netns.clone(), r.kernel, r.generation))
             })
             .collect();
         let applier = self.applier.clone();
-        let results = parallel(self.parallelism, targets, |(pod, netns, want)| {
-            let got = applier
-                .list(&pod, &netns)
-                .map(|l| l.map(|l| Checksum::of(&normalise_listing(&l))));
-            (pod, netns, want, got)
+        let results = parallel(self.parallelism, targets, |(pod, netns, want, tracked)| {
+            let check = check_table(applier.as_ref(), &pod, &netns, want, tracked);
+            (pod, netns, want, check)
         });
         let mut drifted = Vec::new();
-        for (pod, netns, want, got) in results {
+        for (pod, netns, want, check) in results {
             let Some(record) = self.pods.get_mut(&pod) else {
                 continue;
             };
+            let (got, generation) = match check {
+                Check::Unchanged => continue,
+                Check::Baseline(c) => {
+                    record.kernel = Some(c);
+                    continue;
+                }
+                Check::Moved => {
+                    // Something else committed in the namespace since the agent's last
+                    // element update (or before the baseline listing): what the kernel
+                    // holds cannot be proven equal; replace the table.
+                    tracing::info!(namespace = %pod.namespace, pod = %pod.name, netns, "netns changed by someone else since the last element update: replacing the table");
+                    if let Some(a) = &mut record.applied {
+                        a.checksum = None;
+                    }
+                    record.applied_parts = None;
+                    record.generation = None;
+                    continue;
+                }
+                Check::Listed { got, generation } => (got, generation),
+            };
             match (got, want) {
-                (Ok(Some(c)), Some(want)) if c == want => {}
+                (Ok(Some(c)), Some(want)) if c == want => {
+                    // Something else committed in the namespace, not to this table.
+                    if record.generation.is_some() {
+                        record.generation = generation;
+                    }
+                }
                 (Ok(Some(c)), None) => {
                     // The listing after the apply failed; take the baseline now.
                     record.kernel = Some(c);
@@ -402,6 +462,8 @@ impl Reconciler {
                         a.checksum = None;
                     }
                     record.kernel = None;
+                    record.applied_parts = None;
+                    record.generation = None;
                     record.backoff = None;
                     record.drifted = true;
                     drifted.push(pod);
@@ -413,6 +475,44 @@ impl Reconciler {
         }
         self.update_gauge();
         drifted
+    }
+
+    /// Pods whose table the agent committed but has not listed yet (the listing is
+    /// left out of the apply path when the generation proves the commit was the only
+    /// one).
+    pub fn needs_baselines(&self) -> bool {
+        self.pods.values().any(|r| r.baseline_due)
+    }
+
+    /// Lists the tables [`needs_baselines`](Self::needs_baselines) names while their
+    /// generation still proves them the agent's, and keeps the listings as what
+    /// [`verify`](Self::verify) compares with. Run right after a sync's answers, so a
+    /// later change of the table is drift.
+    pub fn take_baselines(&mut self) {
+        let targets: Vec<(PodKey, String, u32)> = self
+            .pods
+            .iter()
+            .filter(|(_, r)| r.baseline_due)
+            .filter_map(|(p, r)| {
+                let a = r.applied.as_ref().filter(|a| a.checksum.is_some())?;
+                Some((p.clone(), a.netns.clone(), r.generation?))
+            })
+            .collect();
+        let applier = self.applier.clone();
+        let results = parallel(self.parallelism, targets, |(pod, netns, g)| {
+            let check = take_baseline(applier.as_ref(), &pod, &netns, g);
+            (pod, check)
+        });
+        for (pod, check) in results {
+            let Some(r) = self.pods.get_mut(&pod) else {
+                continue;
+            };
+            r.baseline_due = false;
+            if let Check::Baseline(c) = check {
+                r.kernel = Some(c);
+            }
+            // Otherwise the next verify judges it (the generation moved).
+        }
     }
 
     /// Plans and carries out what makes the kernel equal to the desired rulesets.
@@ -428,10 +528,27 @@ impl Reconciler {
                 let state = PodState {
                     desired: r.desired.as_ref(),
                     actual: r.applied.as_ref(),
+                    applied_parts: r.applied_parts.as_deref(),
+                    generation: r.generation,
                 };
                 (p, state)
             })
             .collect();
+        for (p, st) in &states {
+            if let (Some(d), Some(a)) = (st.desired, st.actual)
+                && a.checksum != Some(d.checksum)
+            {
+                tracing::debug!(
+                    pod = %p,
+                    same_netns = a.netns == d.netns,
+                    known = a.checksum.is_some(),
+                    generation = ?st.generation,
+                    applied_parts = st.applied_parts.is_some(),
+                    same_skeleton = ?st.applied_parts.zip(d.parts.as_deref()).map(|(o, n)| o.skeleton == n.skeleton),
+                    "ruleset differs"
+                );
+            }
+        }
         for op in plan_pods(&states) {
             match self.pods.get(op.pod()).and_then(|r| r.backoff) {
                 Some(b) if !b.ready(now) => {
@@ -450,13 +567,19 @@ impl Reconciler {
                     netns,
                     checksum,
                     listing,
+                    generation,
+                    incremental,
                     took,
                 } => {
                     self.metrics.applies.inc();
+                    if incremental {
+                        self.metrics.element_updates.inc();
+                    }
                     self.metrics.observe_apply(took);
                     tracing::info!(
                         namespace = %pod.namespace, pod = %pod.name, netns,
                         checksum = %checksum.short(), took_ms = took.as_secs_f64() * 1e3,
+                        how = if incremental { "element update" } else { "table replace" },
                         "ruleset applied"
                     );
                     let record = self.pods.entry(pod.clone()).or_default();
@@ -467,6 +590,15 @@ impl Reconciler {
                         netns,
                         checksum: Some(checksum),
                     });
+                    // The plan was made from this desired ruleset (sync does not
+                    // recompile in between).
+                    record.applied_parts = record
+                        .desired
+                        .as_ref()
+                        .filter(|d| d.checksum == checksum)
+                        .and_then(|d| d.parts.clone());
+                    record.baseline_due = !incremental && generation.is_some() && listing.is_none();
+                    record.generation = generation;
                     record.kernel = listing;
                     record.backoff = None;
                     record.last_error = None;
@@ -479,6 +611,8 @@ impl Reconciler {
                         if record.applied.as_ref().is_some_and(|a| a.netns == netns) {
                             record.applied = None;
                             record.kernel = None;
+                            record.applied_parts = None;
+                            record.generation = None;
                         }
                         record.drifted = false;
                         record.backoff = None;
@@ -528,6 +662,8 @@ impl Reconciler {
             }
             if r.applied.is_none() {
                 r.kernel = None;
+                r.applied_parts = None;
+                r.generation = None;
             }
             !r.is_empty()
         });
@@ -572,32 +708,32 @@ fn execute(applier: &dyn Applier, op: Op) -> Done {
             netns,
             checksum,
             text,
+        } => replace_table(applier, pod, netns, checksum, &text, Instant::now()),
+        Op::Update {
+            pod,
+            netns,
+            checksum,
+            text,
+            ops,
+            generation,
         } => {
             let start = Instant::now();
-            match applier.apply(&pod, &netns, &text) {
-                Ok(()) => {
-                    let took = start.elapsed();
-                    // What the kernel holds right after the apply is what verify expects.
-                    let listing = match applier.list(&pod, &netns) {
-                        Ok(l) => l.map(|l| Checksum::of(&normalise_listing(&l))),
-                        Err(e) => {
-                            tracing::warn!(namespace = %pod.namespace, pod = %pod.name, error = %e, "cannot list the applied table; it will be verified later");
-                            None
-                        }
-                    };
-                    Done::Applied {
-                        pod,
-                        netns,
-                        checksum,
-                        listing,
-                        took,
-                    }
-                }
-                Err(error) => Done::Failed {
+            match applier.update(&pod, &netns, &ops, generation, &text) {
+                Ok(generation) => Done::Applied {
                     pod,
-                    op: "apply",
-                    error,
+                    netns,
+                    checksum,
+                    listing: None,
+                    generation: Some(generation),
+                    incremental: true,
+                    took: start.elapsed(),
                 },
+                Err(e) => {
+                    // Stale (someone else committed in the namespace) or refused: the
+                    // kernel is unchanged; replace the whole table instead.
+                    tracing::info!(namespace = %pod.namespace, pod = %pod.name, netns, error = %ErrorChain(&e), "element update not done: replacing the table");
+                    replace_table(applier, pod, netns, checksum, &text, start)
+                }
             }
         }
         Op::Remove { pod, netns } => match applier.remove(&pod, &netns) {
@@ -608,6 +744,114 @@ fn execute(applier: &dyn Applier, op: Op) -> Done {
                 error,
             },
         },
+    }
+}
+
+/// Replaces the table (one `nft -f` transaction). When the applier tells generations
+/// and exactly one commit happened (ours), the listing is left to the next verify,
+/// which takes it while the generation still proves nothing else changed; otherwise
+/// the kernel's listing right after the apply is what verify expects.
+fn replace_table(
+    applier: &dyn Applier,
+    pod: PodKey,
+    netns: String,
+    checksum: Checksum,
+    text: &str,
+    start: Instant,
+) -> Done {
+    let before = applier.generation(&pod, &netns).ok().flatten();
+    if let Err(error) = applier.apply(&pod, &netns, text) {
+        return Done::Failed {
+            pod,
+            op: "apply",
+            error,
+        };
+    }
+    let took = start.elapsed();
+    let after = applier.generation(&pod, &netns).ok().flatten();
+    let generation = match (before, after) {
+        (Some(b), Some(a)) if a == crate::nfnl::next_generation(b) => Some(a),
+        _ => None,
+    };
+    let listing = match generation {
+        Some(_) => None,
+        None => match applier.list(&pod, &netns) {
+            Ok(l) => l.map(|l| Checksum::of(&normalise_listing(&l))),
+            Err(e) => {
+                tracing::warn!(namespace = %pod.namespace, pod = %pod.name, error = %e, "cannot list the applied table; it will be verified later");
+                None
+            }
+        },
+    };
+    Done::Applied {
+        pod,
+        netns,
+        checksum,
+        listing,
+        generation,
+        incremental: false,
+        took,
+    }
+}
+
+/// What [`check_table`] found.
+enum Check {
+    /// The generation is the one after the agent's last commit: nothing changed.
+    Unchanged,
+    /// The generation moved since the agent's last commit and there is no listing to
+    /// compare with.
+    Moved,
+    /// The generation is the one after the agent's last commit and stayed so while
+    /// the table was listed: the listing is the baseline.
+    Baseline(Checksum),
+    /// The table was listed (the generation moved, or is unknown).
+    Listed {
+        got: Result<Option<Checksum>, ApplyError>,
+        /// The generation before the listing.
+        generation: Option<u32>,
+    },
+}
+
+fn check_table(
+    applier: &dyn Applier,
+    pod: &PodKey,
+    netns: &str,
+    want: Option<Checksum>,
+    tracked: Option<u32>,
+) -> Check {
+    let list = || {
+        applier
+            .list(pod, netns)
+            .map(|l| l.map(|l| Checksum::of(&normalise_listing(&l))))
+    };
+    let generation = applier.generation(pod, netns).ok().flatten();
+    if tracked.is_some() && tracked == generation {
+        return Check::Unchanged;
+    }
+    if tracked.is_some() && want.is_none() {
+        // Nothing to compare a listing with: the caller replaces the table.
+        return Check::Moved;
+    }
+    Check::Listed {
+        got: list(),
+        generation,
+    }
+}
+
+/// Lists a table whose generation is the one right after the agent's commit, as its
+/// baseline: [`Check::Baseline`] if the generation stayed the same while listing.
+fn take_baseline(applier: &dyn Applier, pod: &PodKey, netns: &str, tracked: u32) -> Check {
+    if applier.generation(pod, netns).ok().flatten() != Some(tracked) {
+        return Check::Moved;
+    }
+    let got = applier
+        .list(pod, netns)
+        .map(|l| l.map(|l| Checksum::of(&normalise_listing(&l))));
+    match got {
+        Ok(Some(c)) if applier.generation(pod, netns).ok().flatten() == Some(tracked) => {
+            Check::Baseline(c)
+        }
+        _ => Check::Moved,
     }
 }
 

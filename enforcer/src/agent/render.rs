@@ -5,6 +5,8 @@ use std::net::IpAddr;
 use policy_compiler::ruleset::{NodeContext, RulesetOptions, compile_node, compile_pod};
 use policy_compiler::{AllowGraph, EndpointId, Model};
 
+use crate::plan::Desired;
+
 /// Error of a [`RulesetSource`].
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
@@ -37,6 +39,26 @@ pub trait RulesetSource: Send + Sync {
         self.render(model, graph, pod)
     }
 
+    /// The desired ruleset of `pod` in `netns`: [`RulesetSource::render_on_node`] with
+    /// `node_addresses` (`Some`: the agent owns a node table) or
+    /// [`RulesetSource::render`]. Defaults to that text without parts (every change
+    /// replaces the table); [`CompiledRulesets`] splits it into skeleton and peer-map
+    /// entries, so peer changes become element updates.
+    fn render_desired(
+        &self,
+        model: &Model,
+        graph: &AllowGraph,
+        pod: EndpointId,
+        node_addresses: Option<&[IpAddr]>,
+        netns: &str,
+    ) -> Result<Desired, RenderError> {
+        let text = match node_addresses {
+            Some(addrs) => self.render_on_node(model, graph, pod, addrs)?,
+            None => self.render(model, graph, pod)?,
+        };
+        Ok(Desired::new(netns, text))
+    }
+
     /// The node table (`nft -f` text replacing the node's `table inet netpol`), or
     /// `None` when this source has none. Defaults to `None`.
     fn render_node(
@@ -58,7 +80,41 @@ pub struct CompiledRulesets {
     pub options: RulesetOptions,
 }
 
+impl CompiledRulesets {
+    fn options_for(&self, node_addresses: Option<&[IpAddr]>) -> RulesetOptions {
+        match node_addresses {
+            Some(addrs) => RulesetOptions {
+                node_addresses: addrs.to_vec(),
+                defer_services: true,
+                ..self.options.clone()
+            },
+            // No node table on this path: Service addresses are judged before DNAT.
+            None => RulesetOptions {
+                defer_services: false,
+                ..self.options.clone()
+            },
+        }
+    }
+}
+
 impl RulesetSource for CompiledRulesets {
+    fn render_desired(
+        &self,
+        model: &Model,
+        graph: &AllowGraph,
+        pod: EndpointId,
+        node_addresses: Option<&[IpAddr]>,
+        netns: &str,
+    ) -> Result<Desired, RenderError> {
+        let rs = compile_pod(model, graph, pod, &self.options_for(node_addresses));
+        Ok(Desired::with_parts(
+            netns,
+            rs.to_nft(),
+            &rs.skeleton().to_nft(),
+            rs.peer_entries(),
+        ))
+    }
+
     fn render(
         &self,
         model: &Model,

@@ -1,6 +1,7 @@
 //! The tokio shell around the [`Reconciler`]: the state source, the `netpol-cni` socket,
 //! the HTTP server, and the loop that runs one blocking reconcile pass per wake-up.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -10,6 +11,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::cni::{self, CniStatus};
+use super::events::NftEvents;
 use super::{AgentConfig, Reconciler, RulesetSource};
 use crate::applier::Applier;
 use crate::cni::records::RecordStore;
@@ -39,6 +41,13 @@ pub enum AgentError {
     /// The drop reporter thread could not be started.
     #[error("cannot start the drop reporter")]
     Reporter {
+        /// The IO error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The nftables event thread could not be started.
+    #[error("cannot start the nftables event watcher")]
+    Events {
         /// The IO error.
         #[source]
         source: std::io::Error,
@@ -129,12 +138,21 @@ impl Agent {
         reconciler.set_netns_trust(source.netns_trust());
         let lookup = source.lookup();
         let scans = source.start_with_metrics(metrics.clone());
+        let events = if config.nft_events {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let watcher = NftEvents::start(tx).map_err(|source| AgentError::Events { source })?;
+            tracing::info!("nftables commit events on (one subscription per enforced netns)");
+            Some((watcher, rx))
+        } else {
+            None
+        };
         let task = tokio::spawn(run(
             reconciler,
             Inputs {
                 scans,
                 cni_calls,
                 lookup,
+                events,
             },
             config.verify_interval,
             health.clone(),
@@ -189,6 +207,8 @@ struct Inputs {
     scans: tokio::sync::mpsc::Receiver<Scan>,
     cni_calls: Option<tokio::sync::mpsc::Receiver<CniCall>>,
     lookup: Option<Arc<dyn PodLookup>>,
+    /// The nftables event watcher and the namespaces it reports commits in.
+    events: Option<(NftEvents, tokio::sync::mpsc::UnboundedReceiver<String>)>,
 }
 
 async fn run(
@@ -203,7 +223,13 @@ async fn run(
         mut scans,
         mut cni_calls,
         lookup,
+        events,
     } = inputs;
+    let (watcher, mut changed) = match events {
+        Some((w, rx)) => (Some(w), Some(rx)),
+        None => (None, None),
+    };
+    let mut watched: BTreeSet<String> = BTreeSet::new();
     let (lookup_tx, mut lookups) = tokio::sync::mpsc::channel::<Vec<crate::state::Object>>(16);
     let mut pending = cni::PendingAdds::default();
     let mut verify = tokio::time::interval(verify_interval);
@@ -213,6 +239,7 @@ async fn run(
     let mut source_open = true;
     loop {
         let mut do_verify = false;
+        let mut dirty: BTreeSet<String> = BTreeSet::new();
         let wake = match (retry_at, pending.next_deadline()) {
             (Some(a), Some(b)) => Some(a.min(tokio::time::Instant::from_std(b))),
             (a, b) => a.or(b.map(tokio::time::Instant::from_std)),
@@ -245,6 +272,15 @@ async fn run(
                 None => cni_calls = None,
             },
             Some(objects) = lookups.recv() => reconciler.handle_lookup(objects),
+            netns = recv_unbounded(&mut changed) => match netns {
+                Some(n) => {
+                    dirty.insert(n);
+                    while let Some(n) = changed.as_mut().and_then(|rx| rx.try_recv().ok()) {
+                        dirty.insert(n);
+                    }
+                }
+                None => changed = None,
+            },
             _ = verify.tick() => do_verify = true,
             () = sleep_until(wake) => {}
         }
@@ -259,6 +295,8 @@ async fn run(
                 reconciler.verify();
                 reconciler.prune_cni();
                 reconciler.ensure_chained();
+            } else if !dirty.is_empty() {
+                reconciler.verify_netns(&dirty);
             }
             let report = reconciler.sync(Instant::now());
             (reconciler, report, start.elapsed())
@@ -285,6 +323,24 @@ async fn run(
         }
         if reconciler.synced() {
             health.ready.store(true, Ordering::SeqCst);
+        }
+        if let Some(w) = &watcher {
+            let now = reconciler.enforced_netns();
+            if now != watched {
+                w.track(now.clone());
+                watched = now;
+            }
+        }
+        if reconciler.needs_baselines() {
+            // After the answers: listing the new tables is off the CNI ADD path.
+            let pass = tokio::task::spawn_blocking(move || {
+                reconciler.take_baselines();
+                reconciler
+            });
+            let Ok(back) = pass.await else {
+                return Err(AgentError::Panicked);
+            };
+            reconciler = back;
         }
     }
 }
@@ -352,6 +408,13 @@ fn on_cni_call(
     };
     metrics.record_cni(&command.to_string(), answer.ok);
     let _ = reply.send(answer);
+}
+
+async fn recv_unbounded<T>(rx: &mut Option<tokio::sync::mpsc::UnboundedReceiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn recv_opt<T>(rx: &mut Option<tokio::sync::mpsc::Receiver<T>>) -> Option<T> {

@@ -82,7 +82,7 @@ impl Applier for Counting {
     }
 }
 
-fn pod(name: &str, h: &Host) -> String {
+pub(crate) fn pod(name: &str, h: &Host) -> String {
     format!(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: x\n  labels: {{app: {name}}}\n  annotations: {{netpol.io/netns: {netns}}}\nspec:\n  containers: [{{name: c, ports: [{{containerPort: 80}}]}}]\nstatus:\n  phase: Running\n  podIP: {ip4}\n  podIPs: [{{ip: {ip4}}}, {{ip: '{ip6}'}}]\n---\n",
         netns = h.netns,
@@ -166,7 +166,7 @@ pub(crate) fn write(dir: &Path, file: &str, text: &str) {
     std::fs::rename(&tmp, dir.join(file)).unwrap();
 }
 
-fn probe(prober: &Prober, from: &str, to: &Host, allowed: bool) {
+pub(crate) fn probe(prober: &Prober, from: &str, to: &Host, allowed: bool) {
     for addr in [v4(to), v6(to)] {
         let r = prober
             .probe(

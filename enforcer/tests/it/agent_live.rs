@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use enforcer::agent::{Agent, AgentConfig, CompiledRulesets};
-use enforcer::applier::NftApplier;
+use enforcer::applier::NetlinkApplier;
 use enforcer::drops::aggregate::AggregatorConfig;
 use enforcer::drops::report::DropReport;
 use enforcer::manifests::ManifestDir;
@@ -47,7 +47,7 @@ fn start_agent(rt: &tokio::runtime::Runtime, dir: &Path, config: AgentConfig) ->
         config,
         ManifestDir::new(dir, None),
         Arc::new(CompiledRulesets::default()),
-        Arc::new(NftApplier),
+        Arc::new(NetlinkApplier::new()),
     ))
     .unwrap()
 }

@@ -14,6 +14,7 @@ mod fuzz;
 mod install;
 mod kube;
 mod netns;
+mod nfnl;
 mod nft;
 mod ruleset;
 

@@ -401,6 +401,55 @@ fn node_table_agrees_with_reach_through_every_service() {
     assert!(checked >= 6, "{checked}");
 }
 
+/// A peer appearing or changing address changes only the peer entries; a port change
+/// changes the skeleton. See: #12
+#[test]
+fn peers_change_entries_ports_change_the_skeleton() {
+    let policy = |port: u16| {
+        format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p, namespace: x}}\n\
+             spec: {{podSelector: {{matchLabels: {{app: a}}}}, ingress: [{{from: [{{podSelector: {{matchLabels: {{app: b}}}}}}], ports: [{{port: {port}}}]}}]}}\n"
+        )
+    };
+    let a = pod("x", "a", "app: a", &["10.0.0.1"], "");
+    let b1 = pod("x", "b1", "app: b", &["10.0.0.2"], "");
+    let b2 = pod("x", "b2", "app: b", &["10.0.0.7", "fd00::7"], "");
+    let rs = |yaml: String| {
+        let (m, g) = build(&yaml);
+        compile(&m, &g, "x/a")
+    };
+    let one = rs(format!("{a}{b1}{}", policy(80)));
+    let two = rs(format!("{a}{b1}{b2}{}", policy(80)));
+    let moved = rs(format!(
+        "{a}{}{b2}{}",
+        b1.replace("10.0.0.2", "10.0.0.3"),
+        policy(80)
+    ));
+    let port = rs(format!("{a}{b1}{}", policy(443)));
+    assert_eq!(one.skeleton().to_nft(), two.skeleton().to_nft());
+    assert_eq!(one.skeleton().to_nft(), moved.skeleton().to_nft());
+    assert_ne!(one.skeleton().to_nft(), port.skeleton().to_nft());
+    assert_eq!(one.peer_entries().len(), 1);
+    let e = &one.peer_entries()[0];
+    assert_eq!(
+        e.to_string(),
+        "ingress_v4 10.0.0.2-10.0.0.2 : jump ingress_class_0"
+    );
+    let two_entries = two.peer_entries();
+    assert_eq!(two_entries.len(), 3, "{two_entries:?}");
+    assert!(
+        two_entries
+            .iter()
+            .any(|e| e.map == "ingress_v6" && e.family == Family::V6)
+    );
+    assert_ne!(one.peer_entries(), moved.peer_entries());
+    // The skeleton declares the maps, empty, and keeps everything else.
+    let sk = one.skeleton();
+    assert_eq!(sk.maps.len(), one.maps.len());
+    assert!(sk.maps.iter().all(|m| m.elements.is_empty()));
+    assert_eq!(sk.chains, one.chains);
+}
+
 const HAIRPIN_CASE: &str = r#"apiVersion: v1
 kind: Pod
 metadata: {name: web, namespace: hp, labels: {app: web}}

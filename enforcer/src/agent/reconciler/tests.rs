@@ -324,3 +324,210 @@ fn parallel_keeps_order() {
     let out = parallel(4, (0..100).collect(), |i: i32| i * 2);
     assert_eq!(out, (0..100).map(|i| i * 2).collect::<Vec<_>>());
 }
+
+mod incremental {
+    //! Peer changes as element updates (with a fake that tells generations). See: #12
+
+    use super::*;
+    use crate::applier::{Recorded, RecordingApplier};
+    use crate::nfnl::ElementOp;
+
+    fn pod(name: &str, app: &str, ip: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: x, labels: {{app: {app}}}, annotations: {{netpol.io/netns: ns-{name}}}}}\nspec: {{containers: [{{name: c}}]}}\nstatus: {{phase: Running, podIP: {ip}}}\n---\n"
+        )
+    }
+
+    fn policy(port: u16) -> String {
+        format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p, namespace: x}}\nspec: {{podSelector: {{matchLabels: {{app: a}}}}, ingress: [{{from: [{{podSelector: {{matchLabels: {{app: b}}}}}}], ports: [{{port: {port}}}]}}]}}\n"
+        )
+    }
+
+    struct Inc {
+        dir: tempfile::TempDir,
+        src: ManifestDir,
+        fake: Arc<RecordingApplier>,
+        rec: Reconciler,
+        metrics: Arc<Metrics>,
+    }
+
+    impl Inc {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(
+                dir.path().join("pods.yaml"),
+                pod("a", "a", "10.0.0.1") + &pod("b1", "b", "10.0.0.2"),
+            )
+            .unwrap();
+            std::fs::write(dir.path().join("pol.yaml"), policy(80)).unwrap();
+            let src = ManifestDir::new(dir.path(), None);
+            let fake = Arc::new(RecordingApplier::with_generations());
+            let metrics = Arc::new(Metrics::new());
+            let rec = Reconciler::new(
+                &AgentConfig::default(),
+                Arc::new(CompiledRulesets::default()),
+                fake.clone(),
+                metrics.clone(),
+            );
+            let mut f = Self {
+                dir,
+                src,
+                fake,
+                rec,
+                metrics,
+            };
+            let r = f.pass();
+            assert_eq!(r.applied, [key("a"), key("b1")]);
+            f.fake.clear_calls();
+            f
+        }
+
+        fn pass(&mut self) -> SyncReport {
+            let scan = self.src.scan();
+            if !scan.is_empty() {
+                self.rec.handle_scan(scan);
+            }
+            self.rec.compile();
+            self.rec.sync(Instant::now())
+        }
+
+        fn pods(&self, pods: &[String]) {
+            std::fs::write(self.dir.path().join("pods.yaml"), pods.concat()).unwrap();
+        }
+
+        fn calls_for(&self, netns: &str) -> Vec<Recorded> {
+            self.fake
+                .calls()
+                .into_iter()
+                .filter(|c| match c {
+                    Recorded::Apply { netns: n, .. }
+                    | Recorded::Update { netns: n, .. }
+                    | Recorded::Remove { netns: n, .. } => n == netns,
+                })
+                .collect()
+        }
+    }
+
+    #[test]
+    fn a_peer_appearing_moving_and_leaving_is_element_updates() {
+        let mut f = Inc::new();
+        let a = pod("a", "a", "10.0.0.1");
+        let b1 = pod("b1", "b", "10.0.0.2");
+        // Appearing: one update adding its address, no table replace.
+        f.pods(&[a.clone(), b1.clone(), pod("b2", "b", "10.0.0.7")]);
+        let r = f.pass();
+        assert_eq!(r.applied, [key("a"), key("b2")], "b2's own table is new");
+        let calls = f.calls_for("ns-a");
+        let [Recorded::Update { ops, .. }] = calls.as_slice() else {
+            panic!("{calls:?}")
+        };
+        assert!(
+            matches!(ops.as_slice(), [ElementOp::Add(e)] if e.first.to_string() == "10.0.0.7"),
+            "{ops:?}"
+        );
+        assert_eq!(f.fake.applies(&key("a")), 0);
+        assert_eq!(f.metrics.element_updates.get(), 1);
+        // The fake holds exactly the full text a replace would have loaded.
+        let want = f.rec.desired()[&key("a")].text.to_string();
+        assert_eq!(f.fake.table("ns-a").unwrap(), want);
+        // Moving: delete the old address, add the new one, in one update.
+        f.fake.clear_calls();
+        f.pods(&[a.clone(), b1.clone(), pod("b2", "b", "10.0.0.8")]);
+        f.pass();
+        let calls = f.calls_for("ns-a");
+        let [Recorded::Update { ops, .. }] = calls.as_slice() else {
+            panic!("{calls:?}")
+        };
+        assert_eq!(ops.len(), 2, "{ops:?}");
+        assert!(matches!(&ops[0], ElementOp::Delete(e) if e.first.to_string() == "10.0.0.7"));
+        assert!(matches!(&ops[1], ElementOp::Add(e) if e.first.to_string() == "10.0.0.8"));
+        // Leaving: a deletion.
+        f.fake.clear_calls();
+        f.pods(&[a, b1]);
+        let r = f.pass();
+        assert_eq!(r.removed, [key("b2")]);
+        let calls = f.calls_for("ns-a");
+        let [Recorded::Update { ops, .. }] = calls.as_slice() else {
+            panic!("{calls:?}")
+        };
+        assert!(matches!(ops.as_slice(), [ElementOp::Delete(_)]), "{ops:?}");
+        assert!(f.rec.verify().is_empty());
+    }
+
+    #[test]
+    fn a_rule_change_replaces_the_table() {
+        let mut f = Inc::new();
+        std::fs::write(f.dir.path().join("pol.yaml"), policy(443)).unwrap();
+        let r = f.pass();
+        assert_eq!(r.applied, [key("a")]);
+        assert_eq!(f.fake.applies(&key("a")), 1);
+        assert_eq!(f.fake.updates(&key("a")), 0);
+    }
+
+    #[test]
+    fn a_foreign_commit_makes_the_update_stale_and_the_table_is_replaced() {
+        let mut f = Inc::new();
+        // Someone commits in a's namespace (same content): the generation moves.
+        let table = f.fake.table("ns-a").unwrap();
+        f.fake.tamper("ns-a", Some(&table));
+        f.pods(&[
+            pod("a", "a", "10.0.0.1"),
+            pod("b1", "b", "10.0.0.2"),
+            pod("b2", "b", "10.0.0.7"),
+        ]);
+        let r = f.pass();
+        assert!(r.applied.contains(&key("a")));
+        let calls = f.calls_for("ns-a");
+        assert!(
+            matches!(
+                calls.as_slice(),
+                [Recorded::Update { .. }, Recorded::Apply { .. }]
+            ),
+            "stale update, then a replace: {calls:?}"
+        );
+        let want = f.rec.desired()[&key("a")].text.to_string();
+        assert_eq!(f.fake.table("ns-a").unwrap(), want);
+    }
+
+    #[test]
+    fn tampering_after_an_update_is_repaired_and_a_verify_without_commits_lists_nothing() {
+        let mut f = Inc::new();
+        // After the pass the agent lists the replaced tables (the generation proves
+        // them its own): the baselines.
+        assert!(f.rec.needs_baselines());
+        f.rec.take_baselines();
+        assert!(!f.rec.needs_baselines());
+        // Nothing committed since: the generations prove it, nothing is listed.
+        let lists = f.fake.lists();
+        assert!(f.rec.verify().is_empty());
+        assert_eq!(f.fake.lists(), lists);
+        f.pods(&[
+            pod("a", "a", "10.0.0.1"),
+            pod("b1", "b", "10.0.0.2"),
+            pod("b2", "b", "10.0.0.7"),
+        ]);
+        f.pass();
+        assert_eq!(f.fake.updates(&key("a")), 1);
+        assert!(f.rec.verify().is_empty());
+        assert_eq!(f.fake.lists(), lists, "after an element update neither");
+        // Tampered after the update: no listing to compare with, so the table is
+        // replaced (fail closed), not trusted.
+        f.fake.tamper("ns-a", Some("table inet netpol { }"));
+        assert!(f.rec.verify().is_empty(), "not provably drift");
+        f.fake.clear_calls();
+        let r = f.rec.sync(Instant::now());
+        assert_eq!(r.applied, [key("a")]);
+        assert_eq!(f.fake.applies(&key("a")), 1, "a full replace");
+        let want = f.rec.desired()[&key("a")].text.to_string();
+        assert_eq!(f.fake.table("ns-a").unwrap(), want);
+        // Tampered after a replace and its baseline: drift, counted, replaced.
+        f.rec.take_baselines();
+        assert!(f.rec.verify().is_empty());
+        f.fake.tamper("ns-a", Some("table inet netpol { }"));
+        assert_eq!(f.rec.verify(), [key("a")]);
+        let r = f.rec.sync(Instant::now());
+        assert_eq!(r.applied, [key("a")]);
+        assert_eq!(f.metrics.drift_repairs.get(), 1);
+    }
+}
