@@ -58,6 +58,10 @@ pub(crate) struct DiffArgs {
     /// Output format.
     #[arg(short, long, value_enum, default_value = "text")]
     output: DiffFormat,
+    /// Endpoints declared by labels (`--endpoints FILE`, as for `list`), the same for
+    /// both versions.
+    #[arg(long = "endpoints", value_name = "FILE")]
+    endpoints: Vec<PathBuf>,
     /// List skipped objects.
     #[arg(short, long)]
     verbose: bool,
@@ -109,8 +113,18 @@ pub(crate) fn run(args: &DiffArgs) -> i32 {
     let limits = inputs::Limits::mib(args.max_input_mib);
     let (old, new) = match (&args.old, &args.new, &args.base) {
         (Some(o), Some(n), None) => {
-            let old = inputs::compile(std::slice::from_ref(o), args.verbose, limits);
-            let new = inputs::compile(std::slice::from_ref(n), args.verbose, limits);
+            let old = inputs::compile(
+                std::slice::from_ref(o),
+                &args.endpoints,
+                args.verbose,
+                limits,
+            );
+            let new = inputs::compile(
+                std::slice::from_ref(n),
+                &args.endpoints,
+                args.verbose,
+                limits,
+            );
             match (old, new) {
                 (Ok(o), Ok(n)) => (o, n),
                 (Err(c), _) | (_, Err(c)) => return c,
@@ -118,13 +132,13 @@ pub(crate) fn run(args: &DiffArgs) -> i32 {
         }
         (None, None, Some(rev)) => {
             let old = match at_revision(rev, &args.files) {
-                Ok(files) => inputs::compile_texts(files, args.verbose),
+                Ok(files) => inputs::compile_texts(files, &args.endpoints, args.verbose, limits),
                 Err(e) => {
                     eprintln!("error: {e}");
                     return EXIT_INVALID;
                 }
             };
-            let new = inputs::compile(&args.files, args.verbose, limits);
+            let new = inputs::compile(&args.files, &args.endpoints, args.verbose, limits);
             match (old, new) {
                 (Ok(o), Ok(n)) => (o, n),
                 (Err(c), _) | (_, Err(c)) => return c,

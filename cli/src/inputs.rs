@@ -19,6 +19,8 @@ pub(crate) const EXIT_INVALID: i32 = 2;
 /// Files read, by display name, and the warnings of reading them.
 pub(crate) struct Sources {
     files: Vec<(String, String)>,
+    /// Endpoints files (`--endpoints`): declared endpoints, not manifests.
+    endpoint_files: Vec<(String, String)>,
     /// Skipped paths (dangling symlinks, directories reached twice).
     pub(crate) warnings: Vec<Diagnostic>,
 }
@@ -58,7 +60,11 @@ impl Sources {
             }
         }
         if errors.is_empty() {
-            Ok(Sources { files, warnings })
+            Ok(Sources {
+                files,
+                endpoint_files: Vec::new(),
+                warnings,
+            })
         } else {
             errors.extend(warnings);
             Err(errors)
@@ -76,8 +82,55 @@ impl Sources {
     fn text_of(&self, name: &str) -> Option<&str> {
         self.files
             .iter()
+            .chain(&self.endpoint_files)
             .find(|(n, _)| n == name)
             .map(|(_, t)| t.as_str())
+    }
+
+    /// Reads endpoints files (`--endpoints FILE`, regular files within `limits`); on
+    /// failure prints the diagnostics and returns `Err(2)`.
+    pub(crate) fn read_endpoints(
+        mut self,
+        paths: &[PathBuf],
+        limits: Limits,
+    ) -> Result<Sources, i32> {
+        let mut budget = limits.total;
+        let mut errors = Vec::new();
+        for p in paths {
+            let name = p.display().to_string();
+            match files::read_regular(p, limits, &mut budget) {
+                Ok(t) => self.endpoint_files.push((name, t)),
+                Err(e) => errors.push(Diagnostic::file_error(&name, None, e)),
+            }
+        }
+        if errors.is_empty() {
+            Ok(self)
+        } else {
+            print_diagnostics(&errors, None);
+            Err(EXIT_INVALID)
+        }
+    }
+
+    /// Adds the declared endpoints of the endpoints files to `inputs`; returns the
+    /// diagnostics of parsing them. See: #14
+    pub(crate) fn declare(&self, inputs: &mut Inputs) -> Vec<Diagnostic> {
+        let mut diags = Vec::new();
+        for (name, text) in &self.endpoint_files {
+            let (eps, d) = policy_compiler::declared::parse_declared(name, text);
+            inputs.declared.extend(eps);
+            diags.extend(d);
+        }
+        diags
+    }
+
+    /// Only the endpoints files (for inputs that are not files: `--cluster`).
+    pub(crate) fn endpoints_only(paths: &[PathBuf], limits: Limits) -> Result<Sources, i32> {
+        Sources {
+            files: Vec::new(),
+            endpoint_files: Vec::new(),
+            warnings: Vec::new(),
+        }
+        .read_endpoints(paths, limits)
     }
 }
 
@@ -113,13 +166,20 @@ impl Compiled {
 
 /// Reads, loads and compiles; on any error prints the diagnostics and returns `Err(2)`.
 /// Warnings are printed and compilation goes on. With `verbose`, skipped objects are listed.
-pub(crate) fn compile(paths: &[PathBuf], verbose: bool, limits: Limits) -> Result<Compiled, i32> {
-    load_and_compile(paths, verbose, limits).map(|(_, c)| c)
+/// `endpoints` are endpoints files (`--endpoints`).
+pub(crate) fn compile(
+    paths: &[PathBuf],
+    endpoints: &[PathBuf],
+    verbose: bool,
+    limits: Limits,
+) -> Result<Compiled, i32> {
+    load_and_compile(paths, endpoints, verbose, limits).map(|(_, c)| c)
 }
 
 /// Like [`compile`], also returning the loaded objects (for `lab`, which adds to them).
 pub(crate) fn load_and_compile(
     paths: &[PathBuf],
+    endpoints: &[PathBuf],
     verbose: bool,
     limits: Limits,
 ) -> Result<(Inputs, Compiled), i32> {
@@ -136,25 +196,32 @@ pub(crate) fn load_and_compile(
         );
         return Err(EXIT_INVALID);
     }
+    let sources = sources.read_endpoints(endpoints, limits)?;
     compile_sources(&sources, verbose)
 }
 
 /// Compiles texts read elsewhere (`diff --base`: files of a git revision), by name.
-pub(crate) fn compile_texts(files: Vec<(String, String)>, verbose: bool) -> Result<Compiled, i32> {
-    compile_sources(
-        &Sources {
-            files,
-            warnings: Vec::new(),
-        },
-        verbose,
-    )
-    .map(|(_, c)| c)
+/// `endpoints` are endpoints files, read from the file system.
+pub(crate) fn compile_texts(
+    files: Vec<(String, String)>,
+    endpoints: &[PathBuf],
+    verbose: bool,
+    limits: Limits,
+) -> Result<Compiled, i32> {
+    let sources = Sources {
+        files,
+        endpoint_files: Vec::new(),
+        warnings: Vec::new(),
+    }
+    .read_endpoints(endpoints, limits)?;
+    compile_sources(&sources, verbose).map(|(_, c)| c)
 }
 
 fn compile_sources(sources: &Sources, verbose: bool) -> Result<(Inputs, Compiled), i32> {
-    let (inputs, mut load_diags) = load(&sources.texts());
+    let (mut inputs, mut load_diags) = load(&sources.texts());
     let mut diags = sources.warnings.clone();
     diags.append(&mut load_diags);
+    diags.extend(sources.declare(&mut inputs));
     if verbose {
         for s in &inputs.skipped {
             eprintln!("skipped {s}: kind does not affect Pod-to-Pod connectivity");
@@ -182,15 +249,14 @@ fn compile_sources(sources: &Sources, verbose: bool) -> Result<(Inputs, Compiled
 
 /// [`compile`] of `-f` paths or, with `--cluster`, of the live cluster.
 pub(crate) fn compile_input(input: &InputArgs) -> Result<Compiled, i32> {
+    let limits = Limits::mib(input.max_input_mib);
     if input.cluster {
-        let inputs = live(input.context.as_deref())?;
-        compile_inputs(&inputs, Vec::new(), None)
+        let sources = Sources::endpoints_only(&input.endpoints, limits)?;
+        let mut inputs = live(input.context.as_deref())?;
+        let diags = sources.declare(&mut inputs);
+        compile_inputs(&inputs, diags, Some(&sources))
     } else {
-        compile(
-            &input.files,
-            input.verbose,
-            Limits::mib(input.max_input_mib),
-        )
+        compile(&input.files, &input.endpoints, input.verbose, limits)
     }
 }
 

@@ -53,6 +53,9 @@ impl Subject {
         let key = match parts.as_slice() {
             [name] => format!("default/{name}"),
             [ns, name] => format!("{ns}/{name}"),
+            [ns, kind, name] if *kind == crate::declared::KEY_KIND => {
+                format!("{ns}/{kind}/{name}")
+            }
             [ns, kind, name] => {
                 let k = crate::load::WorkloadKind::parse(kind).ok_or_else(|| {
                     format!(

@@ -17,6 +17,7 @@
 //! ```
 
 pub mod connectivity;
+pub mod declared;
 pub mod diagnostic;
 pub mod expect;
 pub mod explain;

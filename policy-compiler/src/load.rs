@@ -158,6 +158,9 @@ pub struct Inputs {
     pub endpoint_slices: Vec<Located<EndpointSlice>>,
     /// Nodes (v1).
     pub nodes: Vec<Located<Node>>,
+    /// Declared endpoints (`--endpoints FILE`, [`crate::declared`]): Pods the manifests
+    /// do not contain, by namespace and labels.
+    pub declared: Vec<Located<crate::declared::DeclaredEndpoint>>,
     /// Objects of other kinds, which do not affect connectivity.
     pub skipped: Vec<ObjectRef>,
     /// Policies of other engines (Cilium, Calico, AdminNetworkPolicy, ...) that do affect
@@ -176,6 +179,7 @@ impl Inputs {
         self.services.extend(other.services);
         self.endpoint_slices.extend(other.endpoint_slices);
         self.nodes.extend(other.nodes);
+        self.declared.extend(other.declared);
         self.skipped.extend(other.skipped);
         self.unevaluated.extend(other.unevaluated);
     }

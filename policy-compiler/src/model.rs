@@ -60,6 +60,9 @@ pub enum EndpointKind {
     Pod,
     /// The Pod template of a workload controller.
     Workload(WorkloadKind),
+    /// A Pod declared by labels in an endpoints file ([`crate::declared`]): created at
+    /// run time by an operator, not in the manifests.
+    Declared,
 }
 
 /// A container port a named port can resolve to.
@@ -111,6 +114,12 @@ impl Endpoint {
         match self.kind {
             EndpointKind::Pod => format!("{}/{}", self.namespace, self.name),
             EndpointKind::Workload(k) => format!("{}/{}/{}", self.namespace, k.lower(), self.name),
+            EndpointKind::Declared => format!(
+                "{}/{}/{}",
+                self.namespace,
+                crate::declared::KEY_KIND,
+                self.name
+            ),
         }
     }
 
@@ -374,7 +383,8 @@ impl Model {
     /// Builds the model, reporting every invalid object or field. Invalid objects are left
     /// out; valid ones are kept.
     pub fn build(inputs: &Inputs) -> (Model, Vec<Diagnostic>) {
-        Self::build_with_services(
+        let mut b = Builder::default();
+        b.add(
             &inputs.namespaces,
             &inputs.pods,
             &inputs.workloads,
@@ -382,7 +392,11 @@ impl Model {
             &inputs.services,
             &inputs.endpoint_slices,
             &inputs.nodes,
-        )
+        );
+        for d in &inputs.declared {
+            b.declared(d);
+        }
+        b.finish()
     }
 
     /// [`Model::build`] from objects held elsewhere (an index that owns them), by
@@ -410,27 +424,15 @@ impl Model {
         nodes: impl IntoIterator<Item = &'a Located<k8s_openapi::api::core::v1::Node>>,
     ) -> (Model, Vec<Diagnostic>) {
         let mut b = Builder::default();
-        for n in nodes {
-            b.node(n);
-        }
-        for s in services {
-            b.service(s);
-        }
-        for s in endpoint_slices {
-            b.endpoint_slice(s);
-        }
-        for ns in namespaces {
-            b.namespace(ns);
-        }
-        for pod in pods {
-            b.pod(pod);
-        }
-        for w in workloads {
-            b.workload(w);
-        }
-        for p in policies {
-            b.policy(p);
-        }
+        b.add(
+            namespaces,
+            pods,
+            workloads,
+            policies,
+            services,
+            endpoint_slices,
+            nodes,
+        );
         b.finish()
     }
 
@@ -854,6 +856,64 @@ impl Builder {
         });
     }
 
+    /// Adds objects in the order the model is built from (Nodes and Services first).
+    #[allow(clippy::too_many_arguments)]
+    fn add<'a>(
+        &mut self,
+        namespaces: impl IntoIterator<Item = &'a Located<k8s_openapi::api::core::v1::Namespace>>,
+        pods: impl IntoIterator<Item = &'a Located<k8s_openapi::api::core::v1::Pod>>,
+        workloads: impl IntoIterator<Item = &'a Located<crate::load::Workload>>,
+        policies: impl IntoIterator<Item = &'a Located<NetworkPolicy>>,
+        services: impl IntoIterator<Item = &'a Located<k8s_openapi::api::core::v1::Service>>,
+        endpoint_slices: impl IntoIterator<
+            Item = &'a Located<k8s_openapi::api::discovery::v1::EndpointSlice>,
+        >,
+        nodes: impl IntoIterator<Item = &'a Located<k8s_openapi::api::core::v1::Node>>,
+    ) {
+        for n in nodes {
+            self.node(n);
+        }
+        for s in services {
+            self.service(s);
+        }
+        for s in endpoint_slices {
+            self.endpoint_slice(s);
+        }
+        for ns in namespaces {
+            self.namespace(ns);
+        }
+        for pod in pods {
+            self.pod(pod);
+        }
+        for w in workloads {
+            self.workload(w);
+        }
+        for p in policies {
+            self.policy(p);
+        }
+    }
+
+    /// A declared endpoint ([`crate::declared`], validated when parsed): labels and ports,
+    /// no IP, no node. See: #14
+    fn declared(&mut self, d: &Located<crate::declared::DeclaredEndpoint>) {
+        let e = &d.object;
+        self.implicit_namespace(&e.namespace);
+        self.endpoints.push(Endpoint {
+            id: EndpointId(0),
+            namespace: e.namespace.clone(),
+            name: e.name.clone(),
+            kind: EndpointKind::Declared,
+            labels: e.labels.clone(),
+            ips: Vec::new(),
+            ports: e.ports.clone(),
+            host_network: false,
+            node: None,
+            owner: None,
+            replicas: e.replicas,
+            origin: d.origin.clone(),
+        });
+    }
+
     fn workload(&mut self, w: &Located<crate::load::Workload>) {
         let meta = &w.object.metadata;
         let origin = w.origin.as_ref();
@@ -1273,7 +1333,7 @@ impl Builder {
                 EndpointKind::Workload(k) => {
                     Some(((e.namespace.as_str(), k.kind(), e.name.as_str()), i))
                 }
-                EndpointKind::Pod => None,
+                EndpointKind::Pod | EndpointKind::Declared => None,
             })
             .collect();
         // The top input workload an owner reference leads to.
