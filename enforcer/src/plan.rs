@@ -119,11 +119,40 @@ impl Op {
 ///   is no longer desired gets [`Op::Remove`], unless a desired Pod now uses that
 ///   namespace (its apply replaces the table anyway).
 pub fn plan(desired: &BTreeMap<PodKey, Desired>, actual: &BTreeMap<PodKey, Actual>) -> Vec<Op> {
-    let in_use: BTreeSet<&str> = desired.values().map(|d| d.netns.as_str()).collect();
-    let mut ops = Vec::new();
     let pods: BTreeSet<&PodKey> = desired.keys().chain(actual.keys()).collect();
-    for pod in pods {
-        match (desired.get(pod), actual.get(pod)) {
+    let states: Vec<(&PodKey, PodState<'_>)> = pods
+        .into_iter()
+        .map(|p| {
+            let state = PodState {
+                desired: desired.get(p),
+                actual: actual.get(p),
+            };
+            (p, state)
+        })
+        .collect();
+    plan_pods(&states)
+}
+
+/// One Pod's side of a plan: what it should have, what the agent knows is there.
+#[derive(Debug, Clone, Copy)]
+pub struct PodState<'a> {
+    /// The desired ruleset (`None`: the Pod is no longer desired).
+    pub desired: Option<&'a Desired>,
+    /// What was applied (`None`: nothing known in the kernel).
+    pub actual: Option<&'a Actual>,
+}
+
+/// [`plan`] over per-Pod records (`pods` sorted by Pod, each Pod once), as the
+/// reconciler keeps them.
+pub fn plan_pods(pods: &[(&PodKey, PodState<'_>)]) -> Vec<Op> {
+    let in_use: BTreeSet<&str> = pods
+        .iter()
+        .filter_map(|(_, s)| s.desired.map(|d| d.netns.as_str()))
+        .collect();
+    let mut ops = Vec::new();
+    for (pod, state) in pods {
+        let pod = *pod;
+        match (state.desired, state.actual) {
             (Some(d), a) => {
                 let same = a.is_some_and(|a| a.netns == d.netns && a.checksum == Some(d.checksum));
                 if !same {
@@ -144,11 +173,18 @@ pub fn plan(desired: &BTreeMap<PodKey, Desired>, actual: &BTreeMap<PodKey, Actua
                     });
                 }
             }
-            (None, Some(a)) if !in_use.contains(a.netns.as_str()) => ops.push(Op::Remove {
-                pod: pod.clone(),
-                netns: a.netns.clone(),
-            }),
-            (None, _) => {}
+            (None, Some(a)) => {
+                // A desired Pod now using the namespace replaces the table anyway.
+                if !in_use.contains(a.netns.as_str()) {
+                    ops.push(Op::Remove {
+                        pod: pod.clone(),
+                        netns: a.netns.clone(),
+                    });
+                }
+            }
+            // Neither desired nor applied: nothing to do (the reconciler keeps no such
+            // record; a caller's map may).
+            (None, None) => {}
         }
     }
     ops

@@ -559,6 +559,42 @@ impl AllowGraph {
         svc: &Service,
         port: usize,
     ) -> Vec<ServiceFlow> {
+        self.reach_service_in(model, src, svc, port, None)
+    }
+
+    /// [`AllowGraph::reach_service`] for one address family of a dual-stack Service
+    /// (`v6`: a connection to its IPv6 address, DNATed to the backends' IPv6 addresses):
+    /// every backend with an address of that family, judged at the source's and the
+    /// backend's addresses of that family. A source without an address of the family
+    /// has no flows.
+    pub fn reach_service_at(
+        &self,
+        model: &Model,
+        src: Subject,
+        svc: &Service,
+        port: usize,
+        v6: bool,
+    ) -> Vec<ServiceFlow> {
+        self.reach_service_in(model, src, svc, port, Some(v6))
+    }
+
+    fn reach_service_in(
+        &self,
+        model: &Model,
+        src: Subject,
+        svc: &Service,
+        port: usize,
+        family: Option<bool>,
+    ) -> Vec<ServiceFlow> {
+        let of_family = |s: Subject, v6: bool| match s {
+            Subject::External(ip) => (ip.is_ipv6() == v6).then_some(ip),
+            Subject::Endpoint(id) => model
+                .endpoint(id)
+                .ips
+                .iter()
+                .find(|i| i.is_ipv6() == v6)
+                .copied(),
+        };
         let Some(sp) = svc.ports.get(port) else {
             return Vec::new();
         };
@@ -573,7 +609,10 @@ impl AllowGraph {
                 // Hairpin (a Pod to itself through a Service) is judged like any flow: the
                 // self exemption covers a Pod's own IP only (network-policy-api).
                 let hairpin = src == dst;
-                let (src_ip, dst_ip) = Self::addresses(model, src, dst);
+                let (src_ip, dst_ip) = match family {
+                    None => Self::addresses(model, src, dst),
+                    Some(v6) => (Some(of_family(src, v6)?), Some(of_family(dst, v6)?)),
+                };
                 let reach = self.reach_inner(model, src, src_ip, dst, dst_ip, false);
                 let allowed = reach.allowed.contains(sp.protocol, target_port);
                 Some(ServiceFlow {
@@ -812,6 +851,69 @@ impl<'m> GraphBuilder<'m> {
 mod tests {
     use super::*;
     use crate::load::{SourceText, load};
+
+    #[test]
+    fn reach_service_at_judges_each_family_at_its_own_addresses() {
+        // See: #10 — a dual-stack Service: the IPv4 ipBlock allows the v4 flow only.
+        let text = r#"apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: x, labels: {app: client}}
+spec: {containers: [{name: c}]}
+status: {podIPs: [{ip: 10.0.0.1}, {ip: "fd00::1"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: x, labels: {app: web}}
+spec: {containers: [{name: c}]}
+status: {podIPs: [{ip: 10.0.0.2}, {ip: "fd00::2"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: v4only, namespace: x, labels: {app: v4only}}
+spec: {containers: [{name: c}]}
+status: {podIP: 10.0.0.3}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: x}
+spec:
+  clusterIPs: [10.96.0.5, "fd00:10:96::5"]
+  ipFamilyPolicy: RequireDualStack
+  selector: {app: web}
+  ports: [{port: 80}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: egress-v4-only, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: client}}
+  policyTypes: [Egress]
+  egress: [{to: [{ipBlock: {cidr: 10.0.0.0/24}}]}]
+"#;
+        let (inputs, d) = load(&[SourceText { name: "t", text }]);
+        assert!(d.is_empty(), "{d:?}");
+        let (model, d) = Model::build(&inputs);
+        assert!(d.iter().all(|d| !d.is_error()), "{d:?}");
+        let graph = AllowGraph::build(&model);
+        let svc = model.service("x/web").unwrap();
+        let client = Subject::Endpoint(model.endpoint_by_key("x/client").unwrap());
+        let v4only = Subject::Endpoint(model.endpoint_by_key("x/v4only").unwrap());
+        let v4 = graph.reach_service_at(&model, client, svc, 0, false);
+        let v6 = graph.reach_service_at(&model, client, svc, 0, true);
+        assert_eq!(v4.len(), 1);
+        assert_eq!(v6.len(), 1);
+        assert!(v4[0].allowed);
+        assert!(!v6[0].allowed, "the ipBlock is IPv4 only");
+        assert_eq!(v6[0].reach.dst_ip, Some("fd00::2".parse().unwrap()));
+        // The primary family is what reach_service answers.
+        assert!(graph.reach_service(&model, client, svc, 0)[0].allowed);
+        // A source without an IPv6 address has no IPv6 flow.
+        assert!(
+            graph
+                .reach_service_at(&model, v4only, svc, 0, true)
+                .is_empty()
+        );
+    }
 
     #[test]
     fn subjects_parse_pods_workloads_and_addresses() {

@@ -431,17 +431,19 @@ impl Ruleset {
 
     /// Evaluates a node table ([`compile_node`]) for a new flow `src -> dst` after DNAT
     /// (`dst` is the backend), as its `forward` chain would.
+    /// Every base chain on hook `forward` sees the packet (an accept ends only its own
+    /// chain), so the flow passes when none of them drops it.
     pub fn simulate_node(&self, src: IpAddr, dst: IpAddr, protocol: Protocol, port: u16) -> bool {
-        let Some(base) = self.chains.iter().find(|c| c.name == NODE_FORWARD_CHAIN) else {
-            return true;
-        };
         let pkt = Packet {
             saddr: Some(src),
             daddr: Some(dst),
             protocol,
             port,
         };
-        self.eval(base, &pkt, 0).unwrap_or(true)
+        self.chains
+            .iter()
+            .filter(|c| c.base.is_some_and(|b| b.hook == Hook::Forward))
+            .all(|base| self.eval(base, &pkt, 0).unwrap_or(true))
     }
 
     /// `Some(verdict)` when the chain decides, `None` when it returns (non-base chains).
@@ -551,6 +553,12 @@ pub const NODE_FORWARD_CHAIN: &str = "forward";
 
 /// Name of the node table's base chain on hook `input`.
 pub const NODE_INPUT_CHAIN: &str = "input";
+
+/// Name of the node table's second base chain on hook `forward`: the ingress of a Pod
+/// reaching itself through a Service (hairpin), judged before kube-proxy masquerades it.
+/// A separate base chain, so that an `accept` of either lookup does not skip the other
+/// (an accept ends only its own base chain; a drop is final).
+pub const NODE_HAIRPIN_CHAIN: &str = "hairpin";
 
 /// Compiles the ruleset of one endpoint (meant for Pods: workloads have no netns).
 ///
@@ -915,7 +923,23 @@ impl NodeContext {
 ///
 /// Flows from anything else (non-isolated Pods, the node itself, other nodes) are
 /// accepted: this table never judges the node's own traffic. There is no self exemption:
-/// a Pod reaching itself through a Service (hairpin) is judged like any flow.
+/// a Pod reaching itself through a Service (hairpin) is judged like any flow, on both
+/// sides. Its egress in `forward`; its ingress in a second base chain on the same hook,
+/// because kube-proxy masquerades hairpin flows (the Pod's own ingress chain sees the
+/// node and admits it):
+///
+/// ```text
+///   map hairpin_dst_v4 / _v6    Pod address -> jump hairpin_pod_<j>
+///   chain hairpin (hook forward, policy accept)
+///     ct state established,related accept
+///     ip daddr vmap @hairpin_dst_v4
+///     ip6 daddr vmap @hairpin_dst_v6
+///   chain hairpin_pod_<j>         one per local ingress-isolated Pod
+///     ip saddr vmap @hairpin_pod_<j>_v4    the Pod's own addresses -> jump ingress_pod_<j>
+///   chain ingress_pod_<j>         the Pod's ingress peer lookup, as in its own table
+///     ip saddr vmap @ingress_pod_<j>_v4 …
+///     counter log group N prefix "netpol:<ns>/<pod>:ingress " drop
+/// ```
 pub fn compile_node(
     model: &Model,
     graph: &AllowGraph,
@@ -1022,9 +1046,17 @@ pub fn compile_node(
             elements: elems.into_iter().map(|(e, _)| e).collect(),
         });
     }
+    // Hairpin: a Pod through a Service to itself. kube-proxy masquerades such a flow at
+    // postrouting, so the Pod's own ingress chain sees the node as the source and would
+    // admit it; its ingress is judged here instead, before masquerade. See: #10
+    let hairpin = HairpinLookup::compile(model, graph, &ctx.pods, opts);
+    rs.notes.extend(hairpin.notes);
     let mut maps = src_maps;
+    maps.extend(hairpin.dst_maps);
     maps.append(&mut rs.maps);
+    maps.extend(hairpin.maps);
     rs.maps = maps;
+    rs.sets.extend(hairpin.sets);
     for (name, hook) in [
         (NODE_FORWARD_CHAIN, Hook::Forward),
         (NODE_INPUT_CHAIN, Hook::Input),
@@ -1058,9 +1090,190 @@ pub fn compile_node(
             ],
         });
     }
+    rs.chains.push(Chain {
+        name: NODE_HAIRPIN_CHAIN.to_owned(),
+        base: Some(BaseChain {
+            hook: Hook::Forward,
+            accept: true,
+        }),
+        notes: vec![
+            "new flows from a local ingress-isolated Pod to itself through a Service (hairpin), \
+             after DNAT and before masquerade: the Pod's ingress; everything else passes"
+                .to_owned(),
+        ],
+        rules: vec![
+            rule(RuleKind::Established, None),
+            rule(
+                RuleKind::PeerMap {
+                    family: Family::V4,
+                    field: AddrField::Daddr,
+                    map: "hairpin_dst_v4".to_owned(),
+                },
+                None,
+            ),
+            rule(
+                RuleKind::PeerMap {
+                    family: Family::V6,
+                    field: AddrField::Daddr,
+                    map: "hairpin_dst_v6".to_owned(),
+                },
+                None,
+            ),
+        ],
+    });
     rs.chains.extend(pod_chains);
     rs.chains.extend(class_chains);
+    rs.chains.extend(hairpin.chains);
     rs
+}
+
+/// The hairpin part of the node table: for every local ingress-isolated Pod `k` with
+/// IPs, `hairpin_dst_v4/_v6` send flows to its addresses to `hairpin_pod_<k>`, whose maps
+/// `hairpin_pod_<k>_v4/_v6` (the Pod's own addresses) send flows FROM the Pod itself to
+/// `ingress_pod_<k>`: the Pod's ingress peer lookup, exactly as in its Pod table, and a
+/// logging drop. Any other source falls off the end of `hairpin_pod_<k>` (return).
+struct HairpinLookup {
+    dst_maps: Vec<PeerMap>,
+    maps: Vec<PeerMap>,
+    sets: Vec<PortsSet>,
+    chains: Vec<Chain>,
+    notes: Vec<String>,
+}
+
+impl HairpinLookup {
+    fn compile(
+        model: &Model,
+        graph: &AllowGraph,
+        pods: &[EndpointId],
+        opts: &RulesetOptions,
+    ) -> HairpinLookup {
+        let mut pods: Vec<EndpointId> = pods.to_vec();
+        pods.sort_unstable();
+        pods.dedup();
+        let mut out = HairpinLookup {
+            dst_maps: Vec::new(),
+            maps: Vec::new(),
+            sets: Vec::new(),
+            chains: Vec::new(),
+            notes: Vec::new(),
+        };
+        let mut dst: [Vec<MapElement>; 2] = [Vec::new(), Vec::new()];
+        let mut pod_chains = Vec::new();
+        let mut lookups = Vec::new();
+        let mut k = 0usize;
+        for id in pods {
+            let ep = model.endpoint(id);
+            let policies: Vec<String> = graph
+                .isolation(id)
+                .by(Direction::Ingress)
+                .iter()
+                .map(|p| model.policy(*p).key())
+                .collect();
+            if policies.is_empty() || !ep.selectable() || ep.ips.is_empty() {
+                continue;
+            }
+            let hairpin = format!("hairpin_pod_{k}");
+            let ingress = format!("ingress_pod_{k}");
+            k += 1;
+            out.notes.push(format!(
+                "{ingress}: {} ingress through its own Service (hairpin), isolated by {}",
+                ep.key(),
+                policies.join(", ")
+            ));
+            let element = |ip: &IpAddr, chain: &str| {
+                let v = interval::to_int(ip);
+                MapElement {
+                    first: *ip,
+                    last: *ip,
+                    prefix: interval::as_prefix(v, v, Family::of(ip)),
+                    verdict: MapVerdict::Jump(chain.to_owned()),
+                    sources: Vec::new(),
+                }
+            };
+            let mut rules = Vec::new();
+            for family in [Family::V4, Family::V6] {
+                let own: Vec<MapElement> = ep
+                    .ips
+                    .iter()
+                    .filter(|ip| Family::of(ip) == family)
+                    .map(|ip| element(ip, &ingress))
+                    .collect();
+                if own.is_empty() {
+                    continue;
+                }
+                let name = format!("{hairpin}_{}", family_suffix(family));
+                rules.push(rule(
+                    RuleKind::PeerMap {
+                        family,
+                        field: AddrField::Saddr,
+                        map: name.clone(),
+                    },
+                    Some(comment("from the Pod itself")),
+                ));
+                let slot = match family {
+                    Family::V4 => 0,
+                    Family::V6 => 1,
+                };
+                dst[slot].extend(own.iter().map(|e| MapElement {
+                    verdict: MapVerdict::Jump(hairpin.clone()),
+                    ..e.clone()
+                }));
+                out.maps.push(PeerMap {
+                    name,
+                    family,
+                    elements: own,
+                });
+            }
+            pod_chains.push(Chain {
+                name: hairpin,
+                base: None,
+                notes: vec![format!("{} to itself through a Service", ep.key())],
+                rules,
+            });
+            let lookup = PeerLookup::compile(model, graph, id, Direction::Ingress, &ingress);
+            let mut rules = lookup.rules;
+            rules.push(rule(
+                RuleKind::LogDrop {
+                    group: opts.log_group,
+                    prefix: log_prefix(&ep.namespace, &ep.name, Direction::Ingress),
+                },
+                Some(comment(&format!(
+                    "hairpin, isolated by {}",
+                    policies.join(", ")
+                ))),
+            ));
+            out.maps.extend(lookup.maps);
+            out.sets.extend(lookup.sets);
+            lookups.push(Chain {
+                name: ingress,
+                base: None,
+                notes: vec![format!(
+                    "{} ingress (hairpin), isolated by {}",
+                    ep.key(),
+                    policies.join(", ")
+                )],
+                rules,
+            });
+            out.chains.extend(lookup.class_chains);
+        }
+        for (family, mut elems) in [(Family::V4, 0usize), (Family::V6, 1)]
+            .map(|(f, slot)| (f, std::mem::take(&mut dst[slot])))
+        {
+            // Two Pods with one address (the model warned): the first by id keeps it.
+            elems.sort_by_key(|e| interval::to_int(&e.first));
+            elems.dedup_by_key(|e| interval::to_int(&e.first));
+            out.dst_maps.push(PeerMap {
+                name: format!("hairpin_dst_{}", family_suffix(family)),
+                family,
+                elements: elems,
+            });
+        }
+        let classes = std::mem::take(&mut out.chains);
+        out.chains = pod_chains;
+        out.chains.extend(lookups);
+        out.chains.extend(classes);
+        out
+    }
 }
 
 fn rule(kind: RuleKind, comment: Option<String>) -> NftRule {

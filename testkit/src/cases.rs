@@ -49,6 +49,12 @@ pub struct Case {
 
 /// Loads and compiles the manifests of a case (everything but `expect.yaml`).
 pub fn compile(dir: &Path) -> Case {
+    compile_with(dir, &[])
+}
+
+/// [`compile`] with extra manifests `(name, text)` loaded after the case's files (the
+/// kernel proof adds per-Pod Services this way).
+pub fn compile_with(dir: &Path, extra: &[(String, String)]) -> Case {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -63,6 +69,7 @@ pub fn compile(dir: &Path) -> Case {
     let texts: Vec<(String, String)> = files
         .iter()
         .map(|f| (f.display().to_string(), std::fs::read_to_string(f).unwrap()))
+        .chain(extra.iter().cloned())
         .collect();
     let sources: Vec<SourceText<'_>> = texts
         .iter()

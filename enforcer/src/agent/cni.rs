@@ -183,19 +183,17 @@ impl Reconciler {
         if self.compiled_generation != Some(self.state.generation()) {
             return CniStatus::Waiting("compiling".to_owned());
         }
-        let Some(desired) = self.desired.get(pod) else {
+        let Some(record) = self.pods.get(pod).filter(|r| r.desired.is_some()) else {
             return CniStatus::Failed(format!(
                 "Pod {pod} has no ruleset on this node (another node's, hostNetwork, or finished)"
             ));
         };
-        match self.actual.get(pod) {
-            Some(a) if a.netns == desired.netns && a.checksum == Some(desired.checksum) => {
-                CniStatus::Enforced
-            }
-            _ => match self.last_error.get(pod) {
-                Some(e) => CniStatus::Failed(format!("applying the ruleset failed: {e}")),
-                None => CniStatus::Waiting("applying".to_owned()),
-            },
+        if record.enforced() {
+            return CniStatus::Enforced;
+        }
+        match &record.last_error {
+            Some(e) => CniStatus::Failed(format!("applying the ruleset failed: {e}")),
+            None => CniStatus::Waiting("applying".to_owned()),
         }
     }
 }
@@ -272,190 +270,5 @@ impl PendingAdds {
             let _ = p.reply.send(response);
         }
         done
-    }
-}
-
-impl Reconciler {
-    /// Finds, by IP, the netns of this node's Pods that have none from the annotation, a
-    /// CNI record or the map (Pods started before the plugin), when discovery is on and
-    /// a node is set; also when a netns found earlier has disappeared. Conflicts map
-    /// nothing and are logged. Blocking (enters namespaces on its own thread).
-    pub fn discover_netns(&mut self) {
-        let (Some(options), Some(node)) = (&self.discovery, self.node.as_deref()) else {
-            return;
-        };
-        let local = self.state.local_pods(Some(node));
-        let mut wanted: BTreeMap<std::net::IpAddr, PodKey> = BTreeMap::new();
-        let mut missing = 0usize;
-        for obj in self.state.objects() {
-            let Object::Pod(p) = obj else { continue };
-            let (spec, status) = (p.object.spec.as_ref(), p.object.status.as_ref());
-            if spec.and_then(|s| s.node_name.as_deref()) != Some(node)
-                || !policy_compiler::model::pod_gets_ruleset(&p.object)
-            {
-                continue;
-            }
-            let ips: Vec<std::net::IpAddr> = status
-                .into_iter()
-                .flat_map(|s| {
-                    s.pod_ips
-                        .iter()
-                        .flatten()
-                        .map(|i| i.ip.clone())
-                        .chain(s.pod_ip.clone())
-                })
-                .filter_map(|ip| ip.parse().ok())
-                .collect();
-            if ips.is_empty() {
-                continue;
-            }
-            let key = obj.key();
-            let pod = PodKey::new(key.namespace, key.name);
-            let stale = self
-                .state
-                .discovered()
-                .get(&pod)
-                .is_some_and(|h| local.get(&pod) == Some(h) && !netns::path(h).exists());
-            if !local.contains_key(&pod) || stale {
-                missing += 1;
-            }
-            for ip in ips {
-                wanted.insert(ip, pod.clone());
-            }
-        }
-        if missing == 0 {
-            return;
-        }
-        match crate::discovery::discover(options, &wanted) {
-            Ok(found) => {
-                for c in &found.conflicts {
-                    tracing::warn!(conflict = %c, "netns discovery: ambiguous, nothing mapped");
-                }
-                for e in &found.errors {
-                    tracing::debug!(error = %netpol_common::ErrorChain(e), "netns discovery: candidate skipped");
-                }
-                // Only what no better source gives.
-                let mut map = BTreeMap::new();
-                for (pod, handle) in found.found {
-                    let better = local
-                        .get(&pod)
-                        .is_some_and(|h| self.state.discovered().get(&pod) != Some(h));
-                    if !better {
-                        map.insert(pod, handle);
-                    }
-                }
-                if map != *self.state.discovered() {
-                    tracing::info!(
-                        pods = map.len(),
-                        scanned = found.scanned,
-                        "netns discovered by Pod IP"
-                    );
-                }
-                self.state.set_discovered(map);
-            }
-            Err(e) => {
-                tracing::warn!(error = %netpol_common::ErrorChain(&e), "netns discovery failed");
-            }
-        }
-    }
-}
-
-impl Reconciler {
-    /// Chains `netpol-cni` into the node's CNI configuration again if the primary CNI
-    /// rewrote it without the entry (with [`super::CniConfig::chain`]). Counted in
-    /// `netpol_cni_rechains_total`; a problem is logged when it first appears.
-    pub fn ensure_chained(&mut self) {
-        let Some(chain) = &self.chain else { return };
-        let dir = &chain.conf_dir;
-        let result = crate::cni::install::is_chained(dir).and_then(|chained| {
-            if chained {
-                Ok(None)
-            } else {
-                crate::cni::install::chain(dir, &chain.entry).map(Some)
-            }
-        });
-        match result {
-            Ok(None) => self.chain_problem = None,
-            Ok(Some(outcome)) => {
-                self.chain_problem = None;
-                self.metrics.cni_rechains.inc();
-                tracing::warn!(%outcome, "netpol-cni was not chained in the node's CNI configuration (rewritten by the primary CNI?): chained again");
-            }
-            Err(e) => {
-                let problem = netpol_common::ErrorChain(&e).to_string();
-                if self.chain_problem.as_deref() != Some(&problem) {
-                    tracing::error!(
-                        error = problem,
-                        "cannot keep netpol-cni chained: new Pods may start without waiting for their policy"
-                    );
-                    self.chain_problem = Some(problem);
-                }
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use super::super::{AgentConfig, ChainConfig, CniConfig, CompiledRulesets, Reconciler};
-    use crate::applier::RecordingApplier;
-    use crate::cni::install::{PluginConfig, is_chained};
-    use crate::metrics::Metrics;
-
-    // See: #5
-    #[test]
-    fn ensure_chained_chains_again_after_the_primary_cni_rewrites_its_config() {
-        let dir = tempfile::tempdir().unwrap();
-        let flannel = r#"{"cniVersion":"1.0.0","name":"cbr0","plugins":[{"type":"flannel","delegate":{"isDefaultGateway":true}},{"type":"portmap","capabilities":{"portMappings":true}}]}"#;
-        let file = dir.path().join("10-flannel.conflist");
-        std::fs::write(&file, flannel).unwrap();
-        let metrics = Arc::new(Metrics::new());
-        let config = AgentConfig {
-            cni: Some(CniConfig {
-                socket: "/run/netpol/cni.sock".into(),
-                records: None,
-                chain: Some(ChainConfig {
-                    conf_dir: dir.path().to_owned(),
-                    entry: PluginConfig::default(),
-                }),
-            }),
-            ..AgentConfig::default()
-        };
-        let mut rec = Reconciler::new(
-            &config,
-            Arc::new(CompiledRulesets::default()),
-            Arc::new(RecordingApplier::new()),
-            metrics.clone(),
-        );
-        rec.ensure_chained();
-        assert!(is_chained(dir.path()).unwrap());
-        assert_eq!(metrics.cni_rechains.get(), 1);
-        rec.ensure_chained();
-        assert_eq!(
-            metrics.cni_rechains.get(),
-            1,
-            "already chained: nothing written"
-        );
-        // The primary CNI writes its configuration again, without our entry.
-        std::fs::write(&file, flannel).unwrap();
-        rec.ensure_chained();
-        assert!(is_chained(dir.path()).unwrap());
-        assert_eq!(metrics.cni_rechains.get(), 2);
-        let v: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
-        let types: Vec<&str> = v["plugins"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["type"].as_str().unwrap())
-            .collect();
-        assert_eq!(types, ["flannel", "portmap", "netpol-cni"]);
-        // No configuration at all: a problem, remembered, not a panic.
-        std::fs::remove_file(&file).unwrap();
-        rec.ensure_chained();
-        assert!(rec.chain_problem.is_some());
-        assert_eq!(metrics.cni_rechains.get(), 2);
     }
 }

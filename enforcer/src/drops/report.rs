@@ -239,7 +239,7 @@ pub fn describe_in(
         policies,
         nearest_miss,
         note,
-        services: if after_dnat && dir == Direction::Egress {
+        services: if after_dnat {
             fronting_services(model, key.dst_ip, key.protocol, key.dst_port)
         } else {
             Vec::new()

@@ -368,9 +368,15 @@ fn node_table_agrees_with_reach_through_every_service() {
                         .egress
                         .allowed
                         .contains(flow.protocol, flow.target_port);
+                    let ingress = flow
+                        .reach
+                        .ingress
+                        .allowed
+                        .contains(flow.protocol, flow.target_port);
+                    // Hairpin: the node table judges the ingress side too. See: #10
                     assert_eq!(
                         rs.simulate_node(src_ip, dst, flow.protocol, flow.target_port),
-                        egress,
+                        egress && (!flow.hairpin || ingress),
                         "{} -> {} via {}",
                         m.endpoint(*src).key(),
                         m.endpoint(b).key(),
@@ -382,4 +388,75 @@ fn node_table_agrees_with_reach_through_every_service() {
         }
     }
     assert!(checked >= 6, "{checked}");
+}
+
+const HAIRPIN_CASE: &str = r#"apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: hp, labels: {app: web}}
+spec: {nodeName: n1, containers: [{name: c, ports: [{name: http, containerPort: 8080}]}]}
+status: {phase: Running, podIPs: [{ip: 10.0.1.1}, {ip: "fd00::1"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: self-ok, namespace: hp, labels: {app: self-ok}}
+spec: {nodeName: n1, containers: [{name: c}]}
+status: {phase: Running, podIP: 10.0.1.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: frontend, namespace: hp, labels: {app: frontend}}
+spec: {nodeName: n1, containers: [{name: c}]}
+status: {phase: Running, podIP: 10.0.1.3}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-from-frontend, namespace: hp}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: frontend}}}], ports: [{port: http}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: self-ok-from-itself, namespace: hp}
+spec:
+  podSelector: {matchLabels: {app: self-ok}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: self-ok}}}], ports: [{port: 80}]}]
+"#;
+
+#[test]
+fn node_table_judges_hairpin_ingress_before_masquerade() {
+    // See: #10 — kube-proxy masquerades a Pod -> own Service -> itself flow, so the Pod's
+    // own ingress chain sees the node; the node table judges that ingress instead.
+    let (m, g) = build(HAIRPIN_CASE);
+    let ctx = NodeContext::new(&m, "n1", vec![ip("192.168.0.1")]);
+    let rs = compile_node(&m, &g, &ctx, &RulesetOptions::default());
+    let (web, web6, ok, front) = (
+        ip("10.0.1.1"),
+        ip("fd00::1"),
+        ip("10.0.1.2"),
+        ip("10.0.1.3"),
+    );
+    // web's ingress admits only frontend: web through its own Service is dropped, on
+    // both families; frontend passes (web's own table judges it, unmasqueraded).
+    assert!(!rs.simulate_node(web, web, Protocol::Tcp, 8080));
+    assert!(!rs.simulate_node(web6, web6, Protocol::Tcp, 8080));
+    assert!(rs.simulate_node(front, web, Protocol::Tcp, 8080));
+    // self-ok admits itself on 80 only.
+    assert!(rs.simulate_node(ok, ok, Protocol::Tcp, 80));
+    assert!(!rs.simulate_node(ok, ok, Protocol::Tcp, 81));
+    // Not hairpin: another source to an isolated Pod is not judged here.
+    assert!(rs.simulate_node(ok, web, Protocol::Tcp, 9999));
+    // frontend is not ingress-isolated: nothing to judge.
+    assert!(rs.simulate_node(front, front, Protocol::Tcp, 1));
+    let text = rs.to_nft();
+    assert!(text.contains("\tchain hairpin {\n"), "{text}");
+    assert_eq!(
+        text.matches("type filter hook forward priority filter; policy accept;")
+            .count(),
+        2,
+        "{text}"
+    );
+    assert!(text.contains("10.0.1.1 : jump hairpin_pod_1,"), "{text}");
+    assert!(text.contains("fd00::1 : jump ingress_pod_1,"), "{text}");
+    assert!(text.contains("counter log group 100 prefix \"netpol:hp/web:ingress \" drop"));
 }

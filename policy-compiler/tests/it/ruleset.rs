@@ -290,7 +290,10 @@ fn via_service_verdicts_match_the_rulesets() {
                                 flow.target_port,
                             );
                         checked += 1;
-                        if node != egress
+                        // Hairpin: the node table judges the backend's ingress too,
+                        // since kube-proxy masquerades the flow. See: #10
+                        let node_verdict = egress && (!flow.hairpin || ingress);
+                        if node != node_verdict
                             || at_backend != ingress
                             || (egress && ingress) != flow.allowed
                         {

@@ -1,0 +1,655 @@
+//! The reconciler core: one [`PodRecord`] per Pod (desired, applied, kernel listing,
+//! drift, backoff, last error), compile -> plan -> apply -> verify, all synchronous.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use policy_compiler::ruleset::NodeContext;
+use policy_compiler::{AllowGraph, Severity};
+
+use super::node_table::NodeTable;
+use super::{AgentConfig, ChainConfig, ErrorChain, RulesetSource, cni};
+use crate::applier::{Applier, ApplyError};
+use crate::cni::records::RecordStore;
+use crate::manifests::Scan;
+use crate::metrics::Metrics;
+use crate::plan::{
+    Actual, Backoff, BackoffPolicy, Checksum, Desired, Op, PodState, normalise_listing, plan_pods,
+};
+use crate::reporter::{CompiledModel, DropReporter};
+use crate::state::{PodKey, State};
+
+/// What one [`Reconciler::sync`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Pods applied.
+    pub applied: Vec<PodKey>,
+    /// Pods whose table was removed.
+    pub removed: Vec<PodKey>,
+    /// Pods whose operation failed.
+    pub failed: Vec<PodKey>,
+    /// Pods waiting for their backoff.
+    pub deferred: Vec<PodKey>,
+    /// Earliest time a deferred or failed operation may be retried.
+    pub retry_at: Option<Instant>,
+}
+
+/// Everything the reconciler knows about one Pod's table, in one place. A record exists
+/// while the Pod is desired or its table is known to be in the kernel.
+#[derive(Debug, Clone, Default)]
+pub(super) struct PodRecord {
+    /// The last good desired ruleset (with the Pod's netns); `None`: no longer desired.
+    pub(super) desired: Option<Desired>,
+    /// What the agent applied (netns, checksum; checksum `None` after drift); `None`:
+    /// nothing of this Pod's is known to be in the kernel.
+    pub(super) applied: Option<Actual>,
+    /// Checksum of the normalised kernel listing right after the apply (`None`: taken at
+    /// the next verify).
+    pub(super) kernel: Option<Checksum>,
+    /// Found changed in the kernel; the next apply counts as a drift repair.
+    pub(super) drifted: bool,
+    /// Retry schedule of a failing operation.
+    pub(super) backoff: Option<Backoff>,
+    /// The last apply error, until the Pod applies.
+    pub(super) last_error: Option<String>,
+}
+
+impl PodRecord {
+    /// The desired ruleset is what the kernel holds.
+    pub(super) fn enforced(&self) -> bool {
+        match (&self.desired, &self.applied) {
+            (Some(d), Some(a)) => a.netns == d.netns && a.checksum == Some(d.checksum),
+            _ => false,
+        }
+    }
+
+    /// Nothing left to remember: neither desired nor in the kernel.
+    fn is_empty(&self) -> bool {
+        self.desired.is_none() && self.applied.is_none()
+    }
+}
+
+/// The synchronous core of the agent: state, one [`PodRecord`] per Pod, the node
+/// table. Its methods block on the applier.
+pub struct Reconciler {
+    pub(super) state: State,
+    renderer: Arc<dyn RulesetSource>,
+    pub(super) applier: Arc<dyn Applier>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) node: Option<String>,
+    pub(super) backoff_policy: BackoffPolicy,
+    parallelism: usize,
+    pub(super) complete: bool,
+    pub(super) compiled_generation: Option<u64>,
+    /// Per Pod: desired, applied, kernel, drift, backoff, last error.
+    pub(super) pods: BTreeMap<PodKey, PodRecord>,
+    synced: bool,
+    /// The last good model and graph (what drop reports are described against).
+    compiled: Option<Arc<CompiledModel>>,
+    reporter: Option<DropReporter>,
+    /// The generation whose compilation was refused, and why.
+    pub(super) refused: Option<(u64, String)>,
+    pub(super) records: Option<RecordStore>,
+    pub(super) record_writes: Vec<cni::RecordWrite>,
+    pub(super) discovery: Option<crate::discovery::DiscoveryOptions>,
+    pub(super) chain: Option<ChainConfig>,
+    /// The last chaining problem logged (logged again only when it changes).
+    pub(super) chain_problem: Option<String>,
+    /// The node table (when [`AgentConfig::node_table`]).
+    pub(super) node_table: Option<NodeTable>,
+    /// Namespaces claimed by several Pods (denied: [`crate::trust`]).
+    pub(super) netns_conflicts: BTreeMap<String, Vec<PodKey>>,
+}
+
+/// What [`execute`] did: each variant carries its operation's data, so no impossible
+/// operation/outcome pair can be matched.
+enum Done {
+    Applied {
+        pod: PodKey,
+        netns: String,
+        checksum: Checksum,
+        /// Checksum of the kernel's listing right after the apply (`None`: unknown).
+        listing: Option<Checksum>,
+        took: Duration,
+    },
+    Removed {
+        pod: PodKey,
+        netns: String,
+    },
+    Failed {
+        pod: PodKey,
+        /// `apply` or `remove`.
+        op: &'static str,
+        error: ApplyError,
+    },
+}
+
+impl Reconciler {
+    /// A reconciler with an empty state.
+    pub fn new(
+        config: &AgentConfig,
+        renderer: Arc<dyn RulesetSource>,
+        applier: Arc<dyn Applier>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            state: State::new(),
+            renderer,
+            applier,
+            metrics,
+            node: config.node.clone(),
+            backoff_policy: config.backoff,
+            parallelism: config.parallelism.max(1),
+            complete: false,
+            compiled_generation: None,
+            pods: BTreeMap::new(),
+            synced: false,
+            compiled: None,
+            reporter: None,
+            refused: None,
+            records: None,
+            record_writes: Vec::new(),
+            discovery: config.discovery.clone(),
+            chain: config.cni.as_ref().and_then(|c| c.chain.clone()),
+            chain_problem: None,
+            node_table: config.node_table.then(NodeTable::default),
+            netns_conflicts: BTreeMap::new(),
+        }
+    }
+
+    /// Reports drops of the enforced Pods with `reporter` from the next compile on:
+    /// each compile that changes the rulesets hands it the new model and namespaces
+    /// (and waits until new namespaces are listened to) before anything is applied.
+    pub fn attach_reporter(&mut self, reporter: DropReporter) {
+        if let Some(c) = &self.compiled {
+            reporter.track(c.clone(), self.enforced_netns());
+        }
+        self.reporter = Some(reporter);
+    }
+
+    /// Takes the drop reporter back (to stop it).
+    pub fn detach_reporter(&mut self) -> Option<DropReporter> {
+        self.reporter.take()
+    }
+
+    /// The last good model and graph.
+    pub fn compiled(&self) -> Option<&Arc<CompiledModel>> {
+        self.compiled.as_ref()
+    }
+
+    /// Network namespaces of the Pods with a desired ruleset, and the node's
+    /// ([`crate::node::OWN_NETNS`]) when the agent owns a node table.
+    pub fn enforced_netns(&self) -> BTreeSet<String> {
+        self.pods
+            .values()
+            .filter_map(|r| r.desired.as_ref().map(|d| d.netns.clone()))
+            .chain(
+                self.node_table
+                    .as_ref()
+                    .filter(|n| n.desired.is_some())
+                    .map(|_| crate::node::OWN_NETNS.to_owned()),
+            )
+            .collect()
+    }
+
+    /// Takes a source scan: reports its problems and feeds its events to the state.
+    /// This is the one place the state index is fed.
+    pub fn handle_scan(&mut self, scan: Scan) {
+        for d in &scan.diagnostics {
+            let (file, line, column) = (d.file.as_deref(), d.line, d.column);
+            match d.severity {
+                Severity::Error => {
+                    tracing::error!(file, line, column, diagnostic = %d, "invalid manifest")
+                }
+                Severity::Warning => {
+                    tracing::warn!(file, line, column, diagnostic = %d, "manifest warning")
+                }
+            }
+        }
+        for f in &scan.invalid_files {
+            self.metrics.manifest_errors.inc();
+            tracing::error!(file = %f.display(), "manifest file invalid: keeping its last good objects");
+        }
+        for p in &scan.problems {
+            tracing::warn!(error = %p, "manifest source problem: keeping the last known state");
+        }
+        for e in scan.events {
+            self.state.handle(e);
+        }
+        if self.complete != scan.complete && !scan.complete {
+            tracing::error!(
+                "a manifest file has never been valid: not compiling until it is (fail closed)"
+            );
+        }
+        self.complete = scan.complete;
+    }
+
+    /// The state index.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// The last good desired rulesets (a view of the Pod records).
+    pub fn desired(&self) -> BTreeMap<PodKey, Desired> {
+        self.pods
+            .iter()
+            .filter_map(|(p, r)| Some((p.clone(), r.desired.clone()?)))
+            .collect()
+    }
+
+    /// What the agent knows the kernel holds (a view of the Pod records).
+    pub fn actual(&self) -> BTreeMap<PodKey, Actual> {
+        self.pods
+            .iter()
+            .filter_map(|(p, r)| Some((p.clone(), r.applied.clone()?)))
+            .collect()
+    }
+
+    /// True once a complete sync has been applied (sticky).
+    pub fn synced(&self) -> bool {
+        self.synced
+    }
+
+    /// Compiles the state into desired rulesets if it changed since the last compile.
+    /// On any error the last good rulesets stay (whole compile, or per Pod render).
+    /// Returns whether the desired rulesets were recomputed.
+    pub fn compile(&mut self) -> bool {
+        if !self.complete || self.compiled_generation == Some(self.state.generation()) {
+            return false;
+        }
+        self.compiled_generation = Some(self.state.generation());
+        // From the state's objects by reference: no second copy of the cluster.
+        let (model, diags) = self.state.build_model();
+        let errors: Vec<_> = diags.iter().filter(|d| d.is_error()).collect();
+        if !errors.is_empty() {
+            self.metrics.compile_errors.inc();
+            self.refused = Some((
+                self.state.generation(),
+                format!("{} error(s); first: {}", errors.len(), errors[0]),
+            ));
+            for d in errors {
+                tracing::error!(file = d.file.as_deref(), line = d.line, column = d.column, diagnostic = %d, "compile error");
+            }
+            tracing::error!("compilation refused: keeping the last good rulesets");
+            return false;
+        }
+        self.refused = None;
+        let graph = AllowGraph::build(&model);
+        let node_addresses = match &self.node_table {
+            Some(_) => self.current_node_addresses(),
+            None => Vec::new(),
+        };
+        let local = self.state.local_pods(self.node.as_deref());
+        let (local, mut desired) = self.fail_closed_on_shared_netns(local);
+        let mut local_ids = Vec::new();
+        for (pod, netns) in local {
+            let Some(id) = model.endpoint_by_key(&pod.to_string()) else {
+                // Finished Pods are not endpoints: nothing to enforce.
+                continue;
+            };
+            // Which Pods get a ruleset is the compiler's one definition.
+            if let Some(why) = model.endpoint(id).no_ruleset() {
+                tracing::warn!(namespace = %pod.namespace, pod = %pod.name, netns, "Pod has a netns mapping but is {why}: not enforced");
+                continue;
+            }
+            local_ids.push(id);
+            // Without a node table, Pod tables must not defer Service addresses to it:
+            // `render` keeps them ordinary destinations (fail closed). See: #10
+            let rendered = if self.node_table.is_some() {
+                self.renderer
+                    .render_on_node(&model, &graph, id, &node_addresses)
+            } else {
+                self.renderer.render(&model, &graph, id)
+            };
+            match rendered {
+                Ok(text) => {
+                    desired.insert(pod, Desired::new(netns, text));
+                }
+                Err(e) => {
+                    self.metrics.compile_errors.inc();
+                    tracing::error!(namespace = %pod.namespace, pod = %pod.name, error = %e, "render failed: keeping the last good ruleset");
+                    if let Some(last) = self.pods.get(&pod).and_then(|r| r.desired.clone()) {
+                        desired.insert(pod, last);
+                    }
+                }
+            }
+        }
+        for (pod, record) in &mut self.pods {
+            record.desired = desired.remove(pod);
+        }
+        for (pod, d) in desired {
+            self.pods.insert(
+                pod,
+                PodRecord {
+                    desired: Some(d),
+                    ..PodRecord::default()
+                },
+            );
+        }
+        self.pods.retain(|_, r| !r.is_empty());
+        if self.node_table.is_some() {
+            let mut ctx = NodeContext::new(
+                &model,
+                self.node.as_deref().unwrap_or_default(),
+                node_addresses.clone(),
+            );
+            ctx.pods.extend(local_ids);
+            ctx.pods.sort_unstable();
+            ctx.pods.dedup();
+            let rendered = self.renderer.render_node(&model, &graph, &ctx);
+            if let Some(n) = &mut self.node_table {
+                n.addresses = node_addresses;
+                match rendered {
+                    Ok(Some(text)) => {
+                        n.desired = Some(Desired::new(crate::node::OWN_NETNS, text));
+                    }
+                    Ok(None) => n.desired = None,
+                    Err(e) => {
+                        self.metrics.compile_errors.inc();
+                        tracing::error!(error = %e, "node table render failed: keeping the last good one");
+                    }
+                }
+            }
+        }
+        let compiled = Arc::new(CompiledModel { model, graph });
+        if let Some(r) = &self.reporter {
+            // Before the sync that applies: the first drops of a new Pod are reported.
+            r.track(compiled.clone(), self.enforced_netns());
+        }
+        self.compiled = Some(compiled);
+        true
+    }
+
+    /// Compares every applied table with the kernel; a changed or missing table is
+    /// drift (tampering): warned, and re-applied by the next [`sync`](Self::sync).
+    /// Returns the drifted Pods.
+    pub fn verify(&mut self) -> Vec<PodKey> {
+        self.verify_node_table();
+        let targets: Vec<(PodKey, String, Option<Checksum>)> = self
+            .pods
+            .iter()
+            .filter_map(|(p, r)| {
+                let a = r.applied.as_ref().filter(|a| a.checksum.is_some())?;
+                Some((p.clone(), a.netns.clone(), r.kernel))
+            })
+            .collect();
+        let applier = self.applier.clone();
+        let results = parallel(self.parallelism, targets, |(pod, netns, want)| {
+            let got = applier
+                .list(&pod, &netns)
+                .map(|l| l.map(|l| Checksum::of(&normalise_listing(&l))));
+            (pod, netns, want, got)
+        });
+        let mut drifted = Vec::new();
+        for (pod, netns, want, got) in results {
+            let Some(record) = self.pods.get_mut(&pod) else {
+                continue;
+            };
+            match (got, want) {
+                (Ok(Some(c)), Some(want)) if c == want => {}
+                (Ok(Some(c)), None) => {
+                    // The listing after the apply failed; take the baseline now.
+                    record.kernel = Some(c);
+                }
+                (Ok(got), _) => {
+                    tracing::warn!(
+                        namespace = %pod.namespace, pod = %pod.name, netns,
+                        found = if got.is_some() { "changed table" } else { "no table" },
+                        "ruleset drift (tampering?): re-applying"
+                    );
+                    if let Some(a) = &mut record.applied {
+                        a.checksum = None;
+                    }
+                    record.kernel = None;
+                    record.backoff = None;
+                    record.drifted = true;
+                    drifted.push(pod);
+                }
+                (Err(e), _) => {
+                    tracing::warn!(namespace = %pod.namespace, pod = %pod.name, error = %e, "cannot verify ruleset");
+                }
+            }
+        }
+        self.update_gauge();
+        drifted
+    }
+
+    /// Plans and carries out what makes the kernel equal to the desired rulesets.
+    /// Operations whose backoff has not expired at `now` wait.
+    pub fn sync(&mut self, now: Instant) -> SyncReport {
+        let mut report = SyncReport::default();
+        self.sync_node_table(now, &mut report);
+        let mut todo = Vec::new();
+        let states: Vec<(&PodKey, PodState<'_>)> = self
+            .pods
+            .iter()
+            .map(|(p, r)| {
+                let state = PodState {
+                    desired: r.desired.as_ref(),
+                    actual: r.applied.as_ref(),
+                };
+                (p, state)
+            })
+            .collect();
+        for op in plan_pods(&states) {
+            match self.pods.get(op.pod()).and_then(|r| r.backoff) {
+                Some(b) if !b.ready(now) => {
+                    report.deferred.push(op.pod().clone());
+                    report.retry_at = earliest(report.retry_at, b.next);
+                }
+                _ => todo.push(op),
+            }
+        }
+        let applier = self.applier.clone();
+        let results = parallel(self.parallelism, todo, |op| execute(applier.as_ref(), op));
+        for done in results {
+            match done {
+                Done::Applied {
+                    pod,
+                    netns,
+                    checksum,
+                    listing,
+                    took,
+                } => {
+                    self.metrics.applies.inc();
+                    self.metrics.observe_apply(took);
+                    tracing::info!(
+                        namespace = %pod.namespace, pod = %pod.name, netns,
+                        checksum = %checksum.short(), took_ms = took.as_secs_f64() * 1e3,
+                        "ruleset applied"
+                    );
+                    let record = self.pods.entry(pod.clone()).or_default();
+                    if std::mem::take(&mut record.drifted) {
+                        self.metrics.drift_repairs.inc();
+                    }
+                    record.applied = Some(Actual {
+                        netns,
+                        checksum: Some(checksum),
+                    });
+                    record.kernel = listing;
+                    record.backoff = None;
+                    record.last_error = None;
+                    report.applied.push(pod);
+                }
+                Done::Removed { pod, netns } => {
+                    self.metrics.removes.inc();
+                    tracing::info!(namespace = %pod.namespace, pod = %pod.name, netns, "ruleset removed (Pod gone)");
+                    if let Some(record) = self.pods.get_mut(&pod) {
+                        if record.applied.as_ref().is_some_and(|a| a.netns == netns) {
+                            record.applied = None;
+                            record.kernel = None;
+                        }
+                        record.drifted = false;
+                        record.backoff = None;
+                    }
+                    report.removed.push(pod);
+                }
+                Done::Failed {
+                    pod,
+                    op: what,
+                    error: e,
+                } => {
+                    if what == "apply" {
+                        self.metrics.apply_errors.inc();
+                    }
+                    let record = self.pods.entry(pod.clone()).or_default();
+                    let b = self.backoff_policy.fail(record.backoff, now);
+                    tracing::error!(
+                        namespace = %pod.namespace, pod = %pod.name, op = what,
+                        error = %ErrorChain(&e), failures = b.failures,
+                        retry_in_ms = (b.next - now).as_millis() as u64,
+                        "ruleset {what} failed: the kernel keeps the last good table"
+                    );
+                    record.backoff = Some(b);
+                    record.last_error = Some(ErrorChain(&e).to_string());
+                    report.retry_at = earliest(report.retry_at, b.next);
+                    report.failed.push(pod);
+                }
+            }
+        }
+        // A Pod that is gone but whose namespace a desired Pod now uses was not removed
+        // (that Pod's apply replaced the table): forget it. Errors are kept only for
+        // desired Pods; a record neither desired nor applied is dropped.
+        let in_use: BTreeSet<String> = self
+            .pods
+            .values()
+            .filter_map(|r| r.desired.as_ref().map(|d| d.netns.clone()))
+            .collect();
+        self.pods.retain(|_, r| {
+            if r.desired.is_none() {
+                if r.applied
+                    .as_ref()
+                    .is_some_and(|a| in_use.contains(&a.netns))
+                {
+                    r.applied = None;
+                }
+                r.last_error = None;
+            }
+            if r.applied.is_none() {
+                r.kernel = None;
+            }
+            !r.is_empty()
+        });
+        self.update_gauge();
+        if !self.synced
+            && self.compiled_generation.is_some()
+            && self.node_synced()
+            && self
+                .pods
+                .values()
+                .all(|r| r.desired.is_none() || r.enforced())
+        {
+            self.synced = true;
+            let pods = self.pods.values().filter(|r| r.desired.is_some()).count();
+            tracing::info!(pods, "first full sync applied");
+        }
+        report
+    }
+
+    fn update_gauge(&self) {
+        let enforced = self
+            .pods
+            .iter()
+            .filter(|(p, r)| {
+                !self.netns_conflicts.values().flatten().any(|c| c == *p) && r.enforced()
+            })
+            .count();
+        self.metrics
+            .pods_enforced
+            .set(i64::try_from(enforced).unwrap_or(i64::MAX));
+    }
+}
+
+pub(super) fn earliest(a: Option<Instant>, b: Instant) -> Option<Instant> {
+    Some(a.map_or(b, |a| a.min(b)))
+}
+
+fn execute(applier: &dyn Applier, op: Op) -> Done {
+    match op {
+        Op::Apply {
+            pod,
+            netns,
+            checksum,
+            text,
+        } => {
+            let start = Instant::now();
+            match applier.apply(&pod, &netns, &text) {
+                Ok(()) => {
+                    let took = start.elapsed();
+                    // What the kernel holds right after the apply is what verify expects.
+                    let listing = match applier.list(&pod, &netns) {
+                        Ok(l) => l.map(|l| Checksum::of(&normalise_listing(&l))),
+                        Err(e) => {
+                            tracing::warn!(namespace = %pod.namespace, pod = %pod.name, error = %e, "cannot list the applied table; it will be verified later");
+                            None
+                        }
+                    };
+                    Done::Applied {
+                        pod,
+                        netns,
+                        checksum,
+                        listing,
+                        took,
+                    }
+                }
+                Err(error) => Done::Failed {
+                    pod,
+                    op: "apply",
+                    error,
+                },
+            }
+        }
+        Op::Remove { pod, netns } => match applier.remove(&pod, &netns) {
+            Ok(()) => Done::Removed { pod, netns },
+            Err(error) => Done::Failed {
+                pod,
+                op: "remove",
+                error,
+            },
+        },
+    }
+}
+
+/// Runs `f` over `items` on up to `workers` plain threads; results in input order.
+fn parallel<I, O, F>(workers: usize, items: Vec<I>, f: F) -> Vec<O>
+where
+    I: Send,
+    O: Send,
+    F: Fn(I) -> O + Sync,
+{
+    if items.len() <= 1 || workers <= 1 {
+        return items.into_iter().map(f).collect();
+    }
+    let n = items.len();
+    let queue = std::sync::Mutex::new(items.into_iter().enumerate());
+    let results = std::sync::Mutex::new(Vec::with_capacity(n));
+    std::thread::scope(|s| {
+        for _ in 0..workers.min(n) {
+            s.spawn(|| {
+                loop {
+                    // The lock is only held to take the next item; a panic in `f` happens
+                    // outside it and propagates when the scope joins.
+                    let next = queue
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .next();
+                    let Some((i, item)) = next else { break };
+                    let out = f(item);
+                    results
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push((i, out));
+                }
+            });
+        }
+    });
+    let mut results = results
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    results.sort_by_key(|(i, _)| *i);
+    results.into_iter().map(|(_, o)| o).collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,369 @@
+//! The tokio shell around the [`Reconciler`]: the state source, the `netpol-cni` socket,
+//! the HTTP server, and the loop that runs one blocking reconcile pass per wake-up.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::cni::{self, CniStatus};
+use super::{AgentConfig, Reconciler, RulesetSource};
+use crate::applier::Applier;
+use crate::cni::records::RecordStore;
+use crate::cni::server::{self as cni_server, CniCall};
+use crate::cni::{Command, Response};
+use crate::http::{self, Health};
+use crate::manifests::{ManifestDir, Scan};
+use crate::metrics::Metrics;
+use crate::reporter::DropReporter;
+use crate::source::{ManifestSource, PodLookup, StateSource};
+
+/// Errors starting the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The HTTP listener could not be bound.
+    #[error("cannot listen on {addr}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The IO error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A reconcile pass panicked; the agent stopped (the kernel keeps its tables).
+    #[error("reconcile pass panicked")]
+    Panicked,
+    /// The drop reporter thread could not be started.
+    #[error("cannot start the drop reporter")]
+    Reporter {
+        /// The IO error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The `netpol-cni` socket could not be set up.
+    #[error("cannot serve the cni socket")]
+    Cni(#[source] cni_server::ServerError),
+}
+
+/// The running agent.
+pub struct Agent {
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    local_addr: Option<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<Result<(), AgentError>>,
+    http: Option<JoinHandle<()>>,
+}
+
+impl Agent {
+    /// Starts the agent on the current tokio runtime with the manifest directory as its
+    /// source (watched with `config.watch`); see [`Agent::start_with_source`].
+    pub async fn start(
+        config: AgentConfig,
+        manifests: ManifestDir,
+        renderer: Arc<dyn RulesetSource>,
+        applier: Arc<dyn Applier>,
+    ) -> Result<Agent, AgentError> {
+        let source = ManifestSource::new(manifests, config.watch);
+        Self::start_with_source(config, Box::new(source), renderer, applier).await
+    }
+
+    /// Starts the agent on the current tokio runtime: the state source, the reconcile
+    /// loop and (with `config.listen`) the HTTP server.
+    pub async fn start_with_source(
+        config: AgentConfig,
+        source: Box<dyn StateSource>,
+        renderer: Arc<dyn RulesetSource>,
+        applier: Arc<dyn Applier>,
+    ) -> Result<Agent, AgentError> {
+        let metrics = Arc::new(Metrics::new());
+        let health = Arc::new(Health::default());
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (local_addr, http) = match config.listen {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| AgentError::Listen { addr, source })?;
+                let local = listener
+                    .local_addr()
+                    .map_err(|source| AgentError::Listen { addr, source })?;
+                tracing::info!(addr = %local, "serving /metrics, /healthz, /readyz");
+                let task = tokio::spawn(http::serve(
+                    listener,
+                    metrics.clone(),
+                    health.clone(),
+                    shutdown_rx.clone(),
+                ));
+                (Some(local), Some(task))
+            }
+            None => (None, None),
+        };
+        let mut reconciler = Reconciler::new(&config, renderer, applier, metrics.clone());
+        if let Some(drops) = config.drops.clone() {
+            let group = drops.nflog.group;
+            let reporter = DropReporter::start(drops, metrics.clone())
+                .map_err(|source| AgentError::Reporter { source })?;
+            reconciler.attach_reporter(reporter);
+            tracing::info!(
+                group,
+                "drop reports on (NFLOG listener per enforced Pod netns)"
+            );
+        }
+        let cni_calls = match &config.cni {
+            Some(cni) => {
+                if let Some(dir) = &cni.records {
+                    reconciler.attach_records(RecordStore::new(dir));
+                }
+                let listener = cni_server::bind(&cni.socket).map_err(AgentError::Cni)?;
+                let (tx, rx) = tokio::sync::mpsc::channel(64);
+                tokio::spawn(cni_server::serve(listener, tx, shutdown_rx.clone()));
+                tracing::info!(socket = %cni.socket.display(), "serving netpol-cni requests");
+                Some(rx)
+            }
+            None => None,
+        };
+        tracing::info!(source = %source.describe(), trust = ?source.netns_trust(), "state source");
+        reconciler.set_netns_trust(source.netns_trust());
+        let lookup = source.lookup();
+        let scans = source.start_with_metrics(metrics.clone());
+        let task = tokio::spawn(run(
+            reconciler,
+            Inputs {
+                scans,
+                cni_calls,
+                lookup,
+            },
+            config.verify_interval,
+            health.clone(),
+            metrics.clone(),
+            shutdown_rx,
+        ));
+        health.running.store(true, Ordering::SeqCst);
+        Ok(Agent {
+            metrics,
+            health,
+            local_addr,
+            shutdown,
+            task,
+            http,
+        })
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// True once the first full sync has been applied.
+    pub fn ready(&self) -> bool {
+        self.health.ready.load(Ordering::SeqCst)
+    }
+
+    /// Address the HTTP server listens on.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    /// Waits until the agent stops by itself (an error) — normally never.
+    pub async fn wait(&mut self) -> Result<(), AgentError> {
+        (&mut self.task).await.unwrap_or(Err(AgentError::Panicked))
+    }
+
+    /// Stops the agent; the kernel keeps the tables (Pods stay enforced).
+    pub async fn stop(self) -> Result<(), AgentError> {
+        let _ = self.shutdown.send(true);
+        let result = self.task.await.unwrap_or(Err(AgentError::Panicked));
+        if let Some(http) = self.http {
+            let _ = http.await;
+        }
+        self.health.running.store(false, Ordering::SeqCst);
+        result
+    }
+}
+
+/// What the loop listens to besides the clock.
+struct Inputs {
+    scans: tokio::sync::mpsc::Receiver<Scan>,
+    cni_calls: Option<tokio::sync::mpsc::Receiver<CniCall>>,
+    lookup: Option<Arc<dyn PodLookup>>,
+}
+
+async fn run(
+    mut reconciler: Reconciler,
+    inputs: Inputs,
+    verify_interval: Duration,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
+    let Inputs {
+        mut scans,
+        mut cni_calls,
+        lookup,
+    } = inputs;
+    let (lookup_tx, mut lookups) = tokio::sync::mpsc::channel::<Vec<crate::state::Object>>(16);
+    let mut pending = cni::PendingAdds::default();
+    let mut verify = tokio::time::interval(verify_interval);
+    verify.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    verify.tick().await; // the first tick is immediate; nothing to verify yet
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    let mut source_open = true;
+    loop {
+        let mut do_verify = false;
+        let wake = match (retry_at, pending.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(tokio::time::Instant::from_std(b))),
+            (a, b) => a.or(b.map(tokio::time::Instant::from_std)),
+        };
+        tokio::select! {
+            _ = shutdown.changed() => {
+                // Flush the last drop reports and release the NFLOG groups, so a new
+                // agent can bind them at once.
+                if let Some(r) = reconciler.detach_reporter() {
+                    let _ = tokio::task::spawn_blocking(move || r.stop()).await;
+                }
+                return Ok(());
+            }
+            scan = scans.recv(), if source_open => match scan {
+                Some(scan) => reconciler.handle_scan(scan),
+                None => {
+                    tracing::error!("state source ended: keeping the last known state");
+                    source_open = false;
+                }
+            },
+            call = recv_opt(&mut cni_calls) => match call {
+                Some(call) => {
+                    on_cni_call(&mut reconciler, call, &mut pending, lookup.as_ref(), &lookup_tx, &metrics);
+                    // A burst of sandboxes (a Deployment scaled up) is one pass, not one
+                    // pass per Pod.
+                    while let Some(call) = cni_calls.as_mut().and_then(|rx| rx.try_recv().ok()) {
+                        on_cni_call(&mut reconciler, call, &mut pending, lookup.as_ref(), &lookup_tx, &metrics);
+                    }
+                }
+                None => cni_calls = None,
+            },
+            Some(objects) = lookups.recv() => reconciler.handle_lookup(objects),
+            _ = verify.tick() => do_verify = true,
+            () = sleep_until(wake) => {}
+        }
+        let pass = tokio::task::spawn_blocking(move || {
+            let start = Instant::now();
+            reconciler.flush_records();
+            if do_verify || !reconciler.synced() {
+                reconciler.discover_netns();
+            }
+            reconciler.compile();
+            if do_verify {
+                reconciler.verify();
+                reconciler.prune_cni();
+                reconciler.ensure_chained();
+            }
+            let report = reconciler.sync(Instant::now());
+            (reconciler, report, start.elapsed())
+        });
+        let Ok((back, report, took)) = pass.await else {
+            return Err(AgentError::Panicked);
+        };
+        reconciler = back;
+        if !report.applied.is_empty() || !report.removed.is_empty() || !report.failed.is_empty() {
+            metrics.reconcile_seconds.observe(took.as_secs_f64());
+            tracing::info!(
+                applied = report.applied.len(),
+                removed = report.removed.len(),
+                failed = report.failed.len(),
+                took_ms = took.as_secs_f64() * 1e3,
+                "reconciled"
+            );
+        }
+        retry_at = report.retry_at.map(tokio::time::Instant::from_std);
+        for (pod, ok, waited) in pending.answer(&reconciler, Instant::now()) {
+            metrics.record_cni("ADD", ok);
+            metrics.cni_add_seconds.observe(waited.as_secs_f64());
+            tracing::info!(namespace = %pod.namespace, pod = %pod.name, ok, waited_ms = waited.as_secs_f64() * 1e3, "cni ADD answered");
+        }
+        if reconciler.synced() {
+            health.ready.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+/// How much sooner than the plugin's own deadline the agent answers (so the plugin
+/// hears why, not just a timeout).
+const CNI_ANSWER_MARGIN: Duration = Duration::from_millis(250);
+
+fn on_cni_call(
+    reconciler: &mut Reconciler,
+    call: CniCall,
+    pending: &mut cni::PendingAdds,
+    lookup: Option<&Arc<dyn PodLookup>>,
+    lookup_tx: &tokio::sync::mpsc::Sender<Vec<crate::state::Object>>,
+    metrics: &Metrics,
+) {
+    let CniCall { request, reply } = call;
+    let command = request.command;
+    tracing::info!(
+        command = %command, namespace = request.pod.namespace, pod = request.pod.name,
+        container = request.container_id, netns = request.netns, ips = ?request.ips,
+        "cni request"
+    );
+    let pod = match reconciler.cni_request(&request) {
+        Ok(pod) => pod,
+        Err(why) => {
+            metrics.record_cni(&command.to_string(), false);
+            tracing::warn!(command = %command, reason = why, "cni request refused");
+            let _ = reply.send(Response::error(why));
+            return;
+        }
+    };
+    let answer = match command {
+        Command::Add => {
+            if let Some(lookup) = lookup
+                && reconciler.needs_lookup(&pod, request.pod.uid.as_deref())
+            {
+                let (lookup, tx, p) = (lookup.clone(), lookup_tx.clone(), pod.clone());
+                tokio::spawn(async move {
+                    match lookup.lookup(p.clone()).await {
+                        Ok(objects) => {
+                            let _ = tx.send(objects).await;
+                        }
+                        Err(e) => {
+                            tracing::warn!(namespace = %p.namespace, pod = %p.name, error = e, "cannot fetch the Pod for its cni ADD")
+                        }
+                    }
+                });
+            }
+            let now = Instant::now();
+            let budget = Duration::from_millis(request.timeout_ms)
+                .saturating_sub(CNI_ANSWER_MARGIN)
+                .max(Duration::from_millis(100));
+            pending.push(pod, now, now + budget, reply);
+            return;
+        }
+        Command::Del => Response::ok(format!(
+            "sandbox {} of {pod} recorded as gone",
+            request.container_id
+        )),
+        Command::Check => match reconciler.cni_status(&pod) {
+            CniStatus::Enforced => Response::ok(format!("ruleset of {pod} in place")),
+            CniStatus::Waiting(why) | CniStatus::Failed(why) => Response::error(why),
+        },
+    };
+    metrics.record_cni(&command.to_string(), answer.ok);
+    let _ = reply.send(answer);
+}
+
+async fn recv_opt<T>(rx: &mut Option<tokio::sync::mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
