@@ -25,7 +25,12 @@ def party(s):
     s = s.strip()
     m = re.match(r"^(.*)\[(\w+)\]$", s)
     if m:
-        return ("pod", m.group(1))
+        # NCA names workloads ns/name[Deployment]; netpol ns/deployment/name.
+        name, kind = m.group(1), m.group(2)
+        if kind != "Pod":
+            ns, _, n = name.partition("/")
+            name = f"{ns}/{kind.lower()}/{n}"
+        return ("pod", name)
     try:
         n = ipaddress.ip_network(s, strict=False)
         return ("ip", [(int(n.network_address), int(n.broadcast_address))])
@@ -73,6 +78,9 @@ def table(pairs):
     """pod pairs -> conn; (pod, dir, conn) -> merged address intervals"""
     pods, ips = {}, defaultdict(list)
     for (src, dst, conn) in pairs:
+        # NCA adds simulated Pods (kube-dns-livesim, ...) where the input lacks them.
+        if any(p[0] == "pod" and p[1].endswith("-livesim") for p in (src, dst)):
+            continue
         c = canon(conn)
         if src[0] == "pod" and dst[0] == "pod":
             pods[(src[1], dst[1])] = c
