@@ -24,8 +24,6 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::diagnostic::{Diagnostic, ObjectRef, Origin};
-use crate::load::Located;
-use crate::model::ContainerPort;
 use crate::ports::Protocol;
 use crate::validate;
 
@@ -35,8 +33,20 @@ pub const KIND: &str = "DeclaredEndpoint";
 /// The kind segment of a declared endpoint's key: `ns/declared/name`.
 pub const KEY_KIND: &str = "declared";
 
-/// One declared endpoint, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A declared container port (for named ports).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DeclaredPort {
+    /// Port name, if any.
+    pub name: Option<String>,
+    /// Protocol (default TCP).
+    pub protocol: Protocol,
+    /// Port number.
+    pub port: u16,
+}
+
+/// One declared endpoint, validated. (This module imports neither `load` nor `model`,
+/// which both use it: no import cycle.)
+#[derive(Debug, Clone)]
 pub struct DeclaredEndpoint {
     /// Namespace.
     pub namespace: String,
@@ -45,9 +55,11 @@ pub struct DeclaredEndpoint {
     /// Pod labels.
     pub labels: BTreeMap<String, String>,
     /// Container ports (for named ports).
-    pub ports: Vec<ContainerPort>,
+    pub ports: Vec<DeclaredPort>,
     /// How many Pods it stands for, when known.
     pub replicas: Option<u32>,
+    /// Where it was declared (`endpoints[i]` of the file).
+    pub origin: Option<Origin>,
 }
 
 #[derive(Deserialize)]
@@ -82,7 +94,7 @@ struct RawPort {
 /// Parses and validates an endpoints file named `file`. Every problem is a diagnostic
 /// with the file, position and field path (`endpoints[1].labels`); valid endpoints are
 /// returned even when others are not (callers refuse to answer on any error).
-pub fn parse_declared(file: &str, text: &str) -> (Vec<Located<DeclaredEndpoint>>, Vec<Diagnostic>) {
+pub fn parse_declared(file: &str, text: &str) -> (Vec<DeclaredEndpoint>, Vec<Diagnostic>) {
     let mut diags = Vec::new();
     let docs = match crate::source::parse_documents(text) {
         Ok(d) => d,
@@ -241,7 +253,7 @@ pub fn parse_declared(file: &str, text: &str) -> (Vec<Located<DeclaredEndpoint>>
                 err(&format!("{field}.name"), n, m);
                 continue;
             }
-            ports.push(ContainerPort {
+            ports.push(DeclaredPort {
                 name: p.name.clone(),
                 protocol,
                 port,
@@ -262,14 +274,12 @@ pub fn parse_declared(file: &str, text: &str) -> (Vec<Located<DeclaredEndpoint>>
         }
         ports.sort();
         ports.dedup();
-        out.push(Located {
-            object: DeclaredEndpoint {
-                namespace: raw.namespace,
-                name: raw.name,
-                labels: raw.labels,
-                ports,
-                replicas: raw.replicas,
-            },
+        out.push(DeclaredEndpoint {
+            namespace: raw.namespace,
+            name: raw.name,
+            labels: raw.labels,
+            ports,
+            replicas: raw.replicas,
             origin: Some(origin),
         });
     }
@@ -286,7 +296,7 @@ mod tests {
         let (eps, diags) = parse_declared("e.yaml", text);
         assert!(diags.is_empty(), "{diags:?}");
         assert_eq!(eps.len(), 1);
-        let e = &eps[0].object;
+        let e = &eps[0];
         assert_eq!(e.namespace, "monitoring");
         assert_eq!(e.labels.get("app").map(String::as_str), Some("prometheus"));
         assert_eq!(e.ports[0].protocol, Protocol::Tcp);

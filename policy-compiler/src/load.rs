@@ -160,7 +160,7 @@ pub struct Inputs {
     pub nodes: Vec<Located<Node>>,
     /// Declared endpoints (`--endpoints FILE`, [`crate::declared`]): Pods the manifests
     /// do not contain, by namespace and labels.
-    pub declared: Vec<Located<crate::declared::DeclaredEndpoint>>,
+    pub declared: Vec<crate::declared::DeclaredEndpoint>,
     /// Objects of other kinds, which do not affect connectivity.
     pub skipped: Vec<ObjectRef>,
     /// Policies of other engines (Cilium, Calico, AdminNetworkPolicy, ...) that do affect

@@ -895,8 +895,7 @@ impl Builder {
 
     /// A declared endpoint ([`crate::declared`], validated when parsed): labels and ports,
     /// no IP, no node. See: #14
-    fn declared(&mut self, d: &Located<crate::declared::DeclaredEndpoint>) {
-        let e = &d.object;
+    fn declared(&mut self, e: &crate::declared::DeclaredEndpoint) {
         self.implicit_namespace(&e.namespace);
         self.endpoints.push(Endpoint {
             id: EndpointId(0),
@@ -905,12 +904,20 @@ impl Builder {
             kind: EndpointKind::Declared,
             labels: e.labels.clone(),
             ips: Vec::new(),
-            ports: e.ports.clone(),
+            ports: e
+                .ports
+                .iter()
+                .map(|p| ContainerPort {
+                    name: p.name.clone(),
+                    protocol: p.protocol,
+                    port: p.port,
+                })
+                .collect(),
             host_network: false,
             node: None,
             owner: None,
             replicas: e.replicas,
-            origin: d.origin.clone(),
+            origin: e.origin.clone(),
         });
     }
 
