@@ -55,6 +55,18 @@ pub(crate) fn run(args: &CompileArgs, input: &crate::InputArgs) -> i32 {
         Err(code) => return code,
     };
     let model = &c.model;
+    if !model.cluster_policies.is_empty() {
+        // See: #13 (kernel part): explain/matrix evaluate them, the ruleset does not yet.
+        eprintln!(
+            "warning: the input holds {} ClusterNetworkPolic{}: the rulesets below do not enforce ClusterNetworkPolicy tiers yet (explain and matrix do evaluate them)",
+            model.cluster_policies.len(),
+            if model.cluster_policies.len() == 1 {
+                "y"
+            } else {
+                "ies"
+            }
+        );
+    }
     let opts = RulesetOptions {
         log_group: args.log_group,
         ..RulesetOptions::default()

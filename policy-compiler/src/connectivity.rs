@@ -32,7 +32,9 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::Serialize;
 
-use crate::graph::{AllowGraph, PeerSet, PeerSetId, Provenance, Subject};
+use crate::graph::{
+    AllowGraph, ClusterPeerSet, ClusterPeerSetId, PeerSet, PeerSetId, Provenance, Subject,
+};
 use crate::model::{ContainerPort, Direction, Endpoint, EndpointId, Model};
 use crate::ports::{PortSet, Protocol};
 use crate::ruleset::interval::{Family, net_bounds, to_int};
@@ -188,6 +190,14 @@ struct Signature {
     /// under family `None`.
     member: Vec<(Option<Family>, Vec<PeerSetId>)>,
     ports: Vec<ContainerPort>,
+    /// The node: traffic from a Pod's own node is always admitted (`Reach::from_node`),
+    /// so two hostNetwork Pods (or two destinations) on different nodes differ.
+    node: Option<String>,
+    /// The ClusterNetworkPolicies applying to the endpoint, in order.
+    cluster: Vec<crate::model::ClusterPolicyId>,
+    /// Per IP family, the ClusterNetworkPolicy peer sets containing the endpoint (by
+    /// identity under `None`, by address under its family).
+    cluster_member: Vec<(Option<Family>, Vec<ClusterPeerSetId>)>,
 }
 
 /// Connectivity of one model.
@@ -243,6 +253,48 @@ impl<'m> Connectivity<'m> {
                 }
             }
         }
+        // ClusterNetworkPolicy peers: membership by identity and by address, and their
+        // networks and node addresses as cuts of the address space.
+        let mut cluster_member: Vec<BTreeMap<Option<Family>, Vec<ClusterPeerSetId>>> =
+            vec![BTreeMap::new(); n];
+        let mut cluster_cuts: Vec<IpNet> = Vec::new();
+        for i in 0..graph.cluster_peer_set_count() {
+            let id = ClusterPeerSetId(u32::try_from(i).unwrap_or(u32::MAX));
+            let set = graph.cluster_peer_set(id);
+            match set {
+                ClusterPeerSet::Endpoints(v) => {
+                    for e in v {
+                        cluster_member[e.0 as usize]
+                            .entry(None)
+                            .or_default()
+                            .push(id);
+                    }
+                    continue;
+                }
+                ClusterPeerSet::Networks(nets) => cluster_cuts.extend(nets.iter().copied()),
+                ClusterPeerSet::Addresses(a) => {
+                    cluster_cuts.extend(a.iter().map(|ip| IpNet::from(*ip)))
+                }
+                ClusterPeerSet::Nothing => continue,
+            }
+            for e in &model.endpoints {
+                // The primary address of each family decides (as reach).
+                let mut seen = Vec::new();
+                for ip in &e.ips {
+                    let fam = Family::of(ip);
+                    if seen.contains(&fam) {
+                        continue;
+                    }
+                    seen.push(fam);
+                    if set.contains(Subject::Endpoint(e.id), Some(*ip)) {
+                        cluster_member[e.id.0 as usize]
+                            .entry(Some(fam))
+                            .or_default()
+                            .push(id);
+                    }
+                }
+            }
+        }
         let mut classes: BTreeMap<Signature, usize> = BTreeMap::new();
         let mut reps = Vec::new();
         let mut second: Vec<Option<EndpointId>> = Vec::new();
@@ -260,6 +312,11 @@ impl<'m> Connectivity<'m> {
                     .into_iter()
                     .collect(),
                 ports: e.ports.clone(),
+                node: e.node.clone(),
+                cluster: graph.cluster_subjects(e.id).to_vec(),
+                cluster_member: std::mem::take(&mut cluster_member[e.id.0 as usize])
+                    .into_iter()
+                    .collect(),
             };
             let next = reps.len();
             let c = *classes.entry(sig).or_insert(next);
@@ -275,6 +332,7 @@ impl<'m> Connectivity<'m> {
             .iter()
             .flat_map(|(_, b)| std::iter::once(b.cidr).chain(b.except.iter().copied()))
             .chain(extra_cuts.iter().copied())
+            .chain(cluster_cuts)
             .collect();
         let v6 = model
             .endpoints

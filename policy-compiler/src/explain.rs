@@ -8,8 +8,12 @@ use std::fmt::{self, Write as _};
 
 use serde::Serialize;
 
-use crate::graph::{AllowGraph, Provenance, Reach, SideVerdict, Subject, rule_ports};
-use crate::model::{Direction, Endpoint, Model, NamespaceScope, Peer, PortMatch, Rule, Service};
+use crate::graph::{
+    AllowGraph, Decision, Provenance, Reach, SideVerdict, Subject, TierWalk, rule_ports,
+};
+use crate::model::{
+    ClusterPeer, Direction, Endpoint, Model, NamespaceScope, Peer, PortMatch, Rule, Service, Tier,
+};
 use crate::ports::{PortSet, Protocol};
 
 /// A port query: one protocol and port.
@@ -56,8 +60,81 @@ pub struct SideExplanation {
     pub allowed_traffic: PortSet,
     /// Whether this side allows the queried traffic (any traffic without a port).
     pub allowed: bool,
-    /// For a denying isolated side: the closest rule and what failed.
+    /// For a side denied by its NetworkPolicies: the closest rule and what failed.
     pub nearest_miss: Option<String>,
+    /// The ClusterNetworkPolicy tier walk of this side; absent when no
+    /// ClusterNetworkPolicy applies to the Pod.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tiers: Option<TierExplanation>,
+}
+
+/// A ClusterNetworkPolicy rule that matched one side of the flow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TierRule {
+    /// `Admin` or `Baseline`.
+    pub tier: &'static str,
+    /// The ClusterNetworkPolicy's name.
+    pub policy: String,
+    /// Its priority.
+    pub priority: u16,
+    /// Rule index in its ingress or egress list.
+    pub rule: u32,
+    /// The rule's name (may be empty).
+    pub name: String,
+    /// `Accept`, `Deny` or `Pass`.
+    pub action: &'static str,
+    /// Index of the first matching peer in `from`/`to`.
+    pub peer: u32,
+    /// The ports the rule matches toward the destination.
+    pub ports: PortSet,
+    /// Of those, the ports this rule decides (no earlier rule had); empty when shadowed.
+    pub decides: PortSet,
+}
+
+/// Who decided the queried port (or, without a port, the verdict's first deciding rule).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TierDecision {
+    /// `Admin`, `NetworkPolicy`, `Baseline` or `default`.
+    pub tier: &'static str,
+    /// The deciding ClusterNetworkPolicy (Admin/Baseline), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// Its rule index.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<u32>,
+    /// Its rule name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `Accept`, `Deny`, `allow`/`deny` (NetworkPolicy) or `allow` (default).
+    pub action: &'static str,
+    /// An Admin Pass rule that sent the port on, if any (`policy rule N "name"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub passed_by: Option<String>,
+}
+
+/// The tier walk of one side: Admin, NetworkPolicy, Baseline, default.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TierExplanation {
+    /// The ClusterNetworkPolicies applying to the Pod, in evaluation order
+    /// (`name (Admin 3)`).
+    pub applied: Vec<String>,
+    /// Matching Admin rules, in evaluation order.
+    pub admin: Vec<TierRule>,
+    /// Ports that reached the NetworkPolicy tier.
+    pub to_network_policy: PortSet,
+    /// Whether a NetworkPolicy isolates the Pod on this side (it then decides every port
+    /// that reaches it).
+    pub network_policy_decides: bool,
+    /// Matching Baseline rules, in evaluation order (only when no NetworkPolicy decides).
+    pub baseline: Vec<TierRule>,
+    /// Ports allowed because no tier decided them (or a Baseline Pass sent them on).
+    pub to_default: PortSet,
+    /// Who decided the queried port; without a port, `null`.
+    pub decided_by: Option<TierDecision>,
+    /// Rules with `domainNames` peers (egress Accept rules): which addresses a name
+    /// resolves to cannot be decided offline, so netpol treats them as matching nothing.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub undecidable: Vec<String>,
 }
 
 /// The full answer to `netpol explain`.
@@ -128,10 +205,14 @@ pub fn explain_reach(
             Direction::Egress => reach.dst_ip,
             Direction::Ingress => reach.src_ip,
         };
+        // With ClusterNetworkPolicies, a NetworkPolicy rule allows only what reaches the
+        // NetworkPolicy tier.
+        let np_reached =
+            |ports: &PortSet| !v.tiers.subject || ok(&ports.intersect(&v.tiers.to_network_policy));
         let allowed_by = v
             .matches
             .iter()
-            .filter(|m| ok(&m.ports))
+            .filter(|m| ok(&m.ports) && np_reached(&m.ports))
             .map(|m| AllowedBy {
                 policy: model.policy(m.provenance.policy).key(),
                 rule: m.provenance.rule,
@@ -141,7 +222,26 @@ pub fn explain_reach(
             })
             .collect();
         let allowed = ok(&v.allowed);
-        let nearest_miss = (v.isolated && !allowed)
+        let applied = match at {
+            Subject::Endpoint(id) => graph.cluster_subjects(id),
+            Subject::External(_) => &[],
+        };
+        let tiers = v
+            .tiers
+            .subject
+            .then(|| tier_explanation(model, dir, applied, &v.tiers, v.isolated, query));
+        // The nearest miss explains a NetworkPolicy denial; a ClusterNetworkPolicy Deny
+        // names its rule in `tiers.decided_by`.
+        let np_denied = match &tiers {
+            Some(t) => {
+                t.decided_by
+                    .as_ref()
+                    .is_some_and(|d| d.tier == "NetworkPolicy")
+                    || (query.is_none() && t.network_policy_decides)
+            }
+            None => true,
+        };
+        let nearest_miss = (v.isolated && !allowed && np_denied)
             .then(|| nearest_miss(model, graph, dir, v, peer, peer_ip, dst_ep, query))
             .flatten();
         SideExplanation {
@@ -154,6 +254,7 @@ pub fn explain_reach(
             allowed_traffic: v.allowed.clone(),
             allowed,
             nearest_miss,
+            tiers,
         }
     };
     Explanation {
@@ -193,6 +294,121 @@ fn port_index(
             .position(|p| p.protocol == q.protocol && p.resolve(dst).contains(q.port))
             .map(|i| u32::try_from(i).unwrap_or(u32::MAX))
     })
+}
+
+fn tier_rule(model: &Model, w: &TierWalk, i: usize) -> TierRule {
+    let m = &w.matches[i];
+    let p = model.cluster_policy(m.policy);
+    TierRule {
+        tier: m.tier.as_str(),
+        policy: p.name.clone(),
+        priority: p.priority,
+        rule: m.rule,
+        name: p
+            .rules(m.direction)
+            .get(m.rule as usize)
+            .map(|r| r.name.clone())
+            .unwrap_or_default(),
+        action: m.action.as_str(),
+        peer: m.peer,
+        ports: m.ports.clone(),
+        decides: m.decided.clone(),
+    }
+}
+
+fn tier_explanation(
+    model: &Model,
+    dir: Direction,
+    applied: &[crate::model::ClusterPolicyId],
+    w: &TierWalk,
+    isolated: bool,
+    query: Option<PortQuery>,
+) -> TierExplanation {
+    let rules = |tier: Tier| -> Vec<TierRule> {
+        (0..w.matches.len())
+            .filter(|i| w.matches[*i].tier == tier)
+            .map(|i| tier_rule(model, w, i))
+            .collect()
+    };
+    let label = |i: usize| {
+        let r = tier_rule(model, w, i);
+        rule_label(&r)
+    };
+    let decided_by = query.map(|q| {
+        let passed_by = w.admin_pass(q.protocol, q.port).map(label);
+        match w.decision(isolated, q.protocol, q.port) {
+            Decision::Cluster(i) => {
+                let r = tier_rule(model, w, i);
+                TierDecision {
+                    tier: r.tier,
+                    policy: Some(r.policy),
+                    rule: Some(r.rule),
+                    name: Some(r.name),
+                    action: r.action,
+                    passed_by,
+                }
+            }
+            Decision::NetworkPolicy { allowed } => TierDecision {
+                tier: "NetworkPolicy",
+                policy: None,
+                rule: None,
+                name: None,
+                action: if allowed { "allow" } else { "deny" },
+                passed_by,
+            },
+            Decision::Default { passed } => TierDecision {
+                tier: "default",
+                policy: None,
+                rule: None,
+                name: None,
+                action: "allow",
+                passed_by: passed.map(label).or(passed_by),
+            },
+        }
+    });
+    let mut undecidable = Vec::new();
+    for id in applied.iter().filter(|_| dir == Direction::Egress) {
+        let p = model.cluster_policy(*id);
+        for (ri, r) in p.egress.iter().enumerate() {
+            for peer in &r.peers {
+                if let ClusterPeer::DomainNames(names) = peer {
+                    undecidable.push(format!(
+                        "{} egress rule {ri}{} ({}): domainNames {} cannot be decided offline (treated as matching nothing)",
+                        p.name,
+                        if r.name.is_empty() { String::new() } else { format!(" {:?}", r.name) },
+                        r.action,
+                        names.join(", ")
+                    ));
+                }
+            }
+        }
+    }
+    TierExplanation {
+        undecidable,
+        applied: applied
+            .iter()
+            .map(|id| {
+                let p = model.cluster_policy(*id);
+                format!("{} ({} {})", p.name, p.tier, p.priority)
+            })
+            .collect(),
+        admin: rules(Tier::Admin),
+        to_network_policy: w.to_network_policy.clone(),
+        network_policy_decides: isolated,
+        baseline: rules(Tier::Baseline),
+        to_default: w.to_default.clone(),
+        decided_by,
+    }
+}
+
+/// `ClusterNetworkPolicy NAME ingress rule N "name"` without the direction: `NAME rule N
+/// "name"`.
+fn rule_label(r: &TierRule) -> String {
+    if r.name.is_empty() {
+        format!("{} rule {}", r.policy, r.rule)
+    } else {
+        format!("{} rule {} {:?}", r.policy, r.rule, r.name)
+    }
 }
 
 /// Why `peer` (seen at `ip`) does not match a rule peer; `None` when it matches.
@@ -418,12 +634,21 @@ impl fmt::Display for Explanation {
             let _ = write!(line, "  {} at {}: ", side.direction, side.at);
             if !side.applies {
                 let _ = write!(line, "not a Pod that policies select: not isolated");
+            } else if !side.isolated && side.tiers.is_some() {
+                let _ = write!(line, "no NetworkPolicy isolates it");
             } else if !side.isolated {
                 let _ = write!(line, "not isolated");
             } else {
                 let _ = write!(line, "isolated by {}", side.policies.join(", "));
             }
             writeln!(f, "{line}")?;
+            if let Some(t) = &side.tiers {
+                let q = self
+                    .protocol
+                    .zip(self.port)
+                    .map(|(protocol, port)| PortQuery { protocol, port });
+                write_tiers(f, side, t, q)?;
+            }
             if side.isolated {
                 if !side.allowed_traffic.is_empty() && self.port.is_none() {
                     writeln!(f, "    allows {}", side.allowed_traffic)?;
@@ -453,6 +678,131 @@ impl fmt::Display for Explanation {
 
 fn is_false(b: &bool) -> bool {
     !*b
+}
+
+/// The tier walk of one side, as a security engineer reads it: the ClusterNetworkPolicies
+/// that apply, each matching Admin rule, the NetworkPolicy tier, each matching Baseline
+/// rule, the default, and who decided the queried port.
+fn write_tiers(
+    f: &mut fmt::Formatter<'_>,
+    side: &SideExplanation,
+    t: &TierExplanation,
+    query: Option<PortQuery>,
+) -> fmt::Result {
+    writeln!(f, "    ClusterNetworkPolicies: {}", t.applied.join(", "))?;
+    for u in &t.undecidable {
+        writeln!(f, "    note: {u}")?;
+    }
+    let has = |set: &PortSet| match query {
+        Some(q) => set.contains(q.protocol, q.port),
+        None => !set.is_empty(),
+    };
+    let rule_line = |f: &mut fmt::Formatter<'_>, r: &TierRule| -> fmt::Result {
+        let what = if !has(&r.ports) {
+            match query {
+                Some(q) => format!("does not match {} {}", q.protocol, q.port),
+                None => "matches no port".to_string(),
+            }
+        } else if !has(&r.decides) {
+            "shadowed by an earlier rule".to_string()
+        } else {
+            let verb = match (r.action, r.tier) {
+                ("Pass", "Admin") => "passes to NetworkPolicy",
+                ("Pass", _) => "passes to the default",
+                _ => "decides",
+            };
+            match query {
+                Some(_) => verb.to_string(),
+                None => format!("{verb} {}", r.decides),
+            }
+        };
+        let name = if r.name.is_empty() {
+            String::new()
+        } else {
+            format!(" {:?}", r.name)
+        };
+        writeln!(
+            f,
+            "    {} tier: {} {} rule {}{name}: {} {}: {what}",
+            r.tier, r.policy, side.direction, r.rule, r.action, r.ports
+        )
+    };
+    if t.admin.is_empty() {
+        writeln!(f, "    Admin tier: no matching rule")?;
+    }
+    for r in &t.admin {
+        rule_line(f, r)?;
+    }
+    if !has(&t.to_network_policy) {
+        writeln!(f, "    NetworkPolicy tier: not reached")?;
+        return write_decision(f, side, t);
+    }
+    if t.network_policy_decides {
+        match query {
+            Some(_) => writeln!(f, "    NetworkPolicy tier: isolates the Pod and decides")?,
+            None => writeln!(
+                f,
+                "    NetworkPolicy tier: isolates the Pod and decides {}",
+                t.to_network_policy
+            )?,
+        }
+        return write_decision(f, side, t);
+    }
+    writeln!(
+        f,
+        "    NetworkPolicy tier: no NetworkPolicy isolates the Pod: on to Baseline"
+    )?;
+    if t.baseline.is_empty() {
+        writeln!(f, "    Baseline tier: no matching rule")?;
+    }
+    for r in &t.baseline {
+        rule_line(f, r)?;
+    }
+    if query.is_none() && !t.to_default.is_empty() {
+        writeln!(f, "    default: {} allowed (no tier decided)", t.to_default)?;
+    }
+    write_decision(f, side, t)
+}
+
+fn write_decision(
+    f: &mut fmt::Formatter<'_>,
+    side: &SideExplanation,
+    t: &TierExplanation,
+) -> fmt::Result {
+    let Some(d) = &t.decided_by else {
+        return Ok(());
+    };
+    let passed = match &d.passed_by {
+        Some(p) => format!(" (after Pass by {p})"),
+        None => String::new(),
+    };
+    match (d.policy.as_deref(), d.rule) {
+        (Some(p), Some(r)) => {
+            let name = match d.name.as_deref() {
+                Some(n) if !n.is_empty() => format!(" {n:?}"),
+                _ => String::new(),
+            };
+            let verb = if d.action == "Accept" {
+                "allowed"
+            } else {
+                "denied"
+            };
+            writeln!(
+                f,
+                "    {verb} by {} tier ClusterNetworkPolicy {p} {} rule {r}{name} ({}){passed}",
+                d.tier, side.direction, d.action
+            )
+        }
+        _ if d.tier == "NetworkPolicy" => {
+            let verb = if d.action == "allow" {
+                "allowed"
+            } else {
+                "denied"
+            };
+            writeln!(f, "    {verb} by the NetworkPolicy tier{passed}")
+        }
+        _ => writeln!(f, "    allowed by default: no tier decided{passed}"),
+    }
 }
 
 /// What `explain` was asked about as destination.

@@ -1,13 +1,16 @@
 //! Policy kinds that change connectivity but that netpol does not evaluate.
 //!
 //! A cluster that holds a CiliumNetworkPolicy, a Calico GlobalNetworkPolicy or an
-//! AdminNetworkPolicy may deny (or allow) traffic that Kubernetes NetworkPolicies allow (or
+//! Antrea ClusterNetworkPolicy may deny (or allow) traffic that Kubernetes NetworkPolicies allow (or
 //! deny): skipping such objects silently would make every answer look authoritative.
 //! [`foreign_policy`] recognises them by API group and kind; `load` turns each into a
 //! warning and lists it in `Inputs::unevaluated`, and every command that answers a
 //! connectivity question says the answer may differ.
 //!
-//! Services, EndpointSlices and Nodes are not here: they are evaluated kinds, or will be.
+//! Services, EndpointSlices, Nodes and `policy.networking.k8s.io` ClusterNetworkPolicy are
+//! not here: they are evaluated kinds (`load` reads the whole `policy.networking.k8s.io`
+//! group itself, and rejects its v1alpha1 AdminNetworkPolicy / BaselineAdminNetworkPolicy
+//! with an error naming their replacement).
 
 /// `(API group, kinds, who enforces them)`. The group is the part of `apiVersion` before
 /// the `/`.
@@ -48,15 +51,6 @@ const FOREIGN: &[(&str, &[&str], &str)] = &[
             "Tier",
         ],
         "Calico",
-    ),
-    (
-        "policy.networking.k8s.io",
-        &[
-            "AdminNetworkPolicy",
-            "BaselineAdminNetworkPolicy",
-            "ClusterNetworkPolicy",
-        ],
-        "the cluster's network plugin (AdminNetworkPolicy API)",
     ),
     (
         "crd.antrea.io",
@@ -140,10 +134,13 @@ mod tests {
             foreign_policy("crd.projectcalico.org/v1", "NetworkPolicy"),
             Some("Calico")
         );
-        assert!(
-            foreign_policy("policy.networking.k8s.io/v1alpha1", "AdminNetworkPolicy").is_some()
-        );
+        // Antrea's kind of the same name stays foreign; the network-policy-api one is
+        // evaluated. See: #13
         assert!(foreign_policy("crd.antrea.io/v1beta1", "ClusterNetworkPolicy").is_some());
+        assert_eq!(
+            foreign_policy("policy.networking.k8s.io/v1alpha2", "ClusterNetworkPolicy"),
+            None
+        );
         // Evaluated or irrelevant kinds.
         assert_eq!(
             foreign_policy("networking.k8s.io/v1", "NetworkPolicy"),

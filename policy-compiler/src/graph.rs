@@ -10,6 +10,10 @@
 //! node, so the graph is linear in the policies' size times the Pods they select, never
 //! Pods x Pods.
 
+mod tiers;
+
+pub use tiers::{ClusterPeerSet, ClusterPeerSetId, Decision, TierMatch, TierWalk};
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -198,8 +202,11 @@ pub struct SideVerdict {
     pub policies: Vec<PolicyId>,
     /// What this side allows (everything when not isolated).
     pub allowed: PortSet,
-    /// The rules that allow something, in policy/rule/peer order.
+    /// The NetworkPolicy rules that allow something, in policy/rule/peer order.
     pub matches: Vec<RuleMatch>,
+    /// The ClusterNetworkPolicy tier walk (Admin, NetworkPolicy, Baseline, default) that
+    /// gave `allowed`; see [`TierWalk::decision`].
+    pub tiers: TierWalk,
 }
 
 /// The answer for a flow `src -> dst`: both sides and their intersection.
@@ -236,6 +243,7 @@ pub struct AllowGraph {
     peers: Vec<PeerSet>,
     peer_sources: Vec<Option<Peer>>,
     isolation: Vec<Isolation>,
+    cluster: tiers::ClusterIndex,
 }
 
 impl AllowGraph {
@@ -318,7 +326,39 @@ impl AllowGraph {
             peers: b.peers,
             peer_sources: b.peer_sources,
             isolation,
+            cluster: tiers::ClusterIndex::build(model),
         }
+    }
+
+    /// The ClusterNetworkPolicies that apply to an endpoint, in evaluation order (Admin by
+    /// priority, then Baseline). hostNetwork Pods are never subjects.
+    pub fn cluster_subjects(&self, id: EndpointId) -> &[crate::model::ClusterPolicyId] {
+        self.cluster.subjects(id)
+    }
+
+    /// Number of interned ClusterNetworkPolicy peer sets.
+    pub fn cluster_peer_set_count(&self) -> usize {
+        self.cluster.peer_set_count()
+    }
+
+    /// A ClusterNetworkPolicy peer set.
+    pub fn cluster_peer_set(&self, id: ClusterPeerSetId) -> &ClusterPeerSet {
+        self.cluster.peer_set(id)
+    }
+
+    /// The resolved peer sets of rule `rule` of ClusterNetworkPolicy `policy` in `dir`,
+    /// parallel to the rule's peers.
+    pub fn cluster_rule_peers(
+        &self,
+        policy: crate::model::ClusterPolicyId,
+        dir: Direction,
+        rule: usize,
+    ) -> Vec<&ClusterPeerSet> {
+        self.cluster
+            .rule_peers(policy, dir, rule)
+            .iter()
+            .map(|id| self.cluster.peer_set(*id))
+            .collect()
     }
 
     /// The petgraph graph itself.
@@ -637,15 +677,24 @@ impl AllowGraph {
         dst_ep: Option<&Endpoint>,
     ) -> SideVerdict {
         let policies = self.isolation[at.0 as usize].by(dir).to_vec();
-        if policies.is_empty() {
+        let cluster = !self.cluster.subjects(at).is_empty();
+        if policies.is_empty() && !cluster {
             return SideVerdict {
                 applies: true,
                 isolated: false,
                 policies,
                 allowed: PortSet::all(),
                 matches: Vec::new(),
+                tiers: TierWalk {
+                    to_network_policy: PortSet::all(),
+                    network_policy_allowed: PortSet::all(),
+                    to_baseline: PortSet::all(),
+                    to_default: PortSet::all(),
+                    ..TierWalk::default()
+                },
             };
         }
+        let isolated = !policies.is_empty();
         let mut allowed = PortSet::none();
         let mut matches = Vec::new();
         for (set, prov) in self.edges(at, dir) {
@@ -660,12 +709,15 @@ impl AllowGraph {
                 ports,
             });
         }
+        let np = isolated.then_some(&allowed);
+        let (tiers, allowed) = self.cluster.walk(model, at, dir, peer, peer_ip, dst_ep, np);
         SideVerdict {
             applies: true,
-            isolated: true,
+            isolated,
             policies,
             allowed,
             matches,
+            tiers,
         }
     }
 
@@ -697,6 +749,17 @@ impl AllowGraph {
                         self.describe_peer_set(model, set),
                     );
                 }
+            }
+            let cluster = self.cluster.subjects(e.id);
+            if !cluster.is_empty() {
+                let names: Vec<String> = cluster
+                    .iter()
+                    .map(|id| {
+                        let p = model.cluster_policy(*id);
+                        format!("{} ({} {})", p.name, p.tier, p.priority)
+                    })
+                    .collect();
+                let _ = writeln!(s, "  clusternetworkpolicies: {}", names.join(", "));
             }
         }
         s
@@ -766,6 +829,7 @@ fn not_applicable() -> SideVerdict {
         policies: Vec::new(),
         allowed: PortSet::all(),
         matches: Vec::new(),
+        tiers: TierWalk::default(),
     }
 }
 

@@ -526,7 +526,10 @@ fn exposure(model: &Model, graph: &AllowGraph, out: &mut Vec<Finding>) {
         if !e.selectable() {
             continue;
         }
-        if iso.ingress.is_empty() {
+        // A ClusterNetworkPolicy applying to the endpoint may deny what no NetworkPolicy
+        // isolates: then the answer comes from the tier walk. See: #13
+        let cluster = !graph.cluster_subjects(e.id).is_empty();
+        if iso.ingress.is_empty() && !cluster {
             out.push(mk(
                 "NP101",
                 "no ingress isolation: reachable from every Pod and from 0.0.0.0/0 on all ports"
@@ -545,11 +548,23 @@ fn exposure(model: &Model, graph: &AllowGraph, out: &mut Vec<Finding>) {
                 ));
             }
         }
-        if iso.egress.is_empty() {
+        if iso.egress.is_empty() && !cluster {
             out.push(mk(
                 "NP102",
                 "no egress isolation: may reach every Pod and every address".to_string(),
             ));
+        } else if iso.egress.is_empty() {
+            let to_world = graph
+                .reach(model, crate::graph::Subject::Endpoint(e.id), world)
+                .allowed;
+            if !to_world.is_empty() {
+                out.push(mk(
+                    "NP102",
+                    format!(
+                        "no NetworkPolicy isolates its egress; after its ClusterNetworkPolicies it may reach outside the cluster (0.0.0.0/0, e.g. 203.0.113.1) on {to_world}"
+                    ),
+                ));
+            }
         }
     }
 }

@@ -19,6 +19,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::cnp::ClusterNetworkPolicy;
 use crate::diagnostic::{Diagnostic, ObjectRef, Origin};
 use crate::source::{SpanIndex, parse_documents};
 
@@ -158,6 +159,8 @@ pub struct Inputs {
     pub endpoint_slices: Vec<Located<EndpointSlice>>,
     /// Nodes (v1).
     pub nodes: Vec<Located<Node>>,
+    /// ClusterNetworkPolicies (`policy.networking.k8s.io/v1alpha2`).
+    pub cluster_policies: Vec<Located<ClusterNetworkPolicy>>,
     /// Declared endpoints (`--endpoints FILE`, [`crate::declared`]): Pods the manifests
     /// do not contain, by namespace and labels.
     pub declared: Vec<crate::declared::DeclaredEndpoint>,
@@ -179,6 +182,7 @@ impl Inputs {
         self.services.extend(other.services);
         self.endpoint_slices.extend(other.endpoint_slices);
         self.nodes.extend(other.nodes);
+        self.cluster_policies.extend(other.cluster_policies);
         self.declared.extend(other.declared);
         self.skipped.extend(other.skipped);
         self.unevaluated.extend(other.unevaluated);
@@ -338,6 +342,10 @@ fn load_value(
     }
 
     let origin = Some(origin);
+    if api.split('/').next() == Some(CNP_GROUP) {
+        cluster_policy(&value, &api, &kind, origin, oref, inputs, diags);
+        return;
+    }
     if let Some(by) = crate::foreign::foreign_policy(&api, &kind) {
         diags.push(
             Diagnostic::field_error(
@@ -433,6 +441,71 @@ fn load_value(
     }
 }
 
+/// The API group of ClusterNetworkPolicy (and of the v1alpha1 kinds it replaced).
+const CNP_GROUP: &str = "policy.networking.k8s.io";
+
+/// Objects of the `policy.networking.k8s.io` group: `v1alpha2` ClusterNetworkPolicy is
+/// read; the v1alpha1 AdminNetworkPolicy / BaselineAdminNetworkPolicy are errors that name
+/// their replacement (skipping them would silently drop their Deny rules and widen every
+/// answer); other kinds and versions of the group are errors for the same reason.
+fn cluster_policy(
+    value: &Value,
+    api: &str,
+    kind: &str,
+    origin: Option<Origin>,
+    oref: ObjectRef,
+    inputs: &mut Inputs,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let replacement = match kind {
+        "AdminNetworkPolicy" => Some("a ClusterNetworkPolicy with `tier: Admin`"),
+        "BaselineAdminNetworkPolicy" => Some("a ClusterNetworkPolicy with `tier: Baseline`"),
+        _ => None,
+    };
+    if let Some(r) = replacement {
+        diags.push(Diagnostic::field_error(
+            origin.as_ref(),
+            &oref,
+            "kind",
+            Some(format!("{api} {kind}")),
+            format!(
+                "{kind} ({api}) is not evaluated: the network-policy-api v1alpha2 replaced it with {r} (policy.networking.k8s.io/v1alpha2); rewrite it so its rules are not silently lost"
+            ),
+        ));
+        return;
+    }
+    if kind != crate::cnp::KIND {
+        diags.push(Diagnostic::field_error(
+            origin.as_ref(),
+            &oref,
+            "kind",
+            Some(format!("{api} {kind}")),
+            format!(
+                "unknown kind {kind} of {CNP_GROUP}: netpol reads {} {}",
+                crate::cnp::API_VERSION,
+                crate::cnp::KIND
+            ),
+        ));
+        return;
+    }
+    if api != crate::cnp::API_VERSION {
+        diags.push(Diagnostic::field_error(
+            origin.as_ref(),
+            &oref,
+            "apiVersion",
+            Some(api.to_string()),
+            format!(
+                "unsupported apiVersion for ClusterNetworkPolicy: netpol reads {}",
+                crate::cnp::API_VERSION
+            ),
+        ));
+        return;
+    }
+    if let Some(p) = typed::<ClusterNetworkPolicy>(value, &origin, &oref, diags) {
+        inputs.cluster_policies.push(Located { object: p, origin });
+    }
+}
+
 /// The kinds netpol evaluates (`load_value`'s match; Service, EndpointSlice and Node are
 /// listed ahead of being read) for typo suggestions. Keep in step with the match.
 const EVALUATED_KINDS: &[&str] = &[
@@ -449,6 +522,7 @@ const EVALUATED_KINDS: &[&str] = &[
     "Service",
     "EndpointSlice",
     "Node",
+    "ClusterNetworkPolicy",
 ];
 
 /// Built-in kinds that are skipped on purpose: never reported as a typo of an evaluated

@@ -26,8 +26,13 @@ use crate::ports::{PortRanges, Protocol};
 use crate::selector::{Labels, Selector};
 use crate::validate;
 
+mod cluster;
 mod service;
 
+pub use cluster::{
+    Action, ClusterPeer, ClusterPolicy, ClusterPolicyId, ClusterPort, ClusterRule, MAX_ITEMS,
+    PodSelection, Tier, selected_node_addresses,
+};
 pub use service::{
     Backend, BackendSource, BackendTarget, NodeInfo, SERVICE_NAME_LABEL, Service, ServicePort,
     ServiceType, TargetPort, unusable_service_ip,
@@ -371,6 +376,9 @@ pub struct Model {
     pub services: Vec<Service>,
     /// Nodes given as objects, by name.
     pub nodes: BTreeMap<String, NodeInfo>,
+    /// ClusterNetworkPolicies in evaluation order: Admin tier, then Baseline; by priority
+    /// (lower first), then name; `cluster_policies[i].id == ClusterPolicyId(i)`.
+    pub cluster_policies: Vec<ClusterPolicy>,
     service_by_key: BTreeMap<String, usize>,
     node_ips: BTreeMap<String, BTreeSet<IpAddr>>,
     by_key: BTreeMap<String, EndpointId>,
@@ -383,8 +391,7 @@ impl Model {
     /// Builds the model, reporting every invalid object or field. Invalid objects are left
     /// out; valid ones are kept.
     pub fn build(inputs: &Inputs) -> (Model, Vec<Diagnostic>) {
-        let mut b = Builder::default();
-        b.add(
+        let mut b = Self::builder(
             &inputs.namespaces,
             &inputs.pods,
             &inputs.workloads,
@@ -392,7 +399,9 @@ impl Model {
             &inputs.services,
             &inputs.endpoint_slices,
             &inputs.nodes,
+            &inputs.cluster_policies,
         );
+        // Declared endpoints (`--endpoints`) are not objects of a cluster. See: #14
         for d in &inputs.declared {
             b.declared(d);
         }
@@ -423,8 +432,7 @@ impl Model {
         >,
         nodes: impl IntoIterator<Item = &'a Located<k8s_openapi::api::core::v1::Node>>,
     ) -> (Model, Vec<Diagnostic>) {
-        let mut b = Builder::default();
-        b.add(
+        Self::build_all(
             namespaces,
             pods,
             workloads,
@@ -432,8 +440,79 @@ impl Model {
             services,
             endpoint_slices,
             nodes,
-        );
-        b.finish()
+            [],
+        )
+    }
+
+    /// [`Model::build_with_services`] with ClusterNetworkPolicies (by reference too): what
+    /// [`Model::build`] does with every kind of [`Inputs`].
+    #[allow(clippy::too_many_arguments)] // one iterator per kind, as the other entry points
+    pub fn build_all<'a>(
+        namespaces: impl IntoIterator<Item = &'a Located<k8s_openapi::api::core::v1::Namespace>>,
+        pods: impl IntoIterator<Item = &'a Located<k8s_openapi::api::core::v1::Pod>>,
+        workloads: impl IntoIterator<Item = &'a Located<crate::load::Workload>>,
+        policies: impl IntoIterator<Item = &'a Located<NetworkPolicy>>,
+        services: impl IntoIterator<Item = &'a Located<k8s_openapi::api::core::v1::Service>>,
+        endpoint_slices: impl IntoIterator<
+            Item = &'a Located<k8s_openapi::api::discovery::v1::EndpointSlice>,
+        >,
+        nodes: impl IntoIterator<Item = &'a Located<k8s_openapi::api::core::v1::Node>>,
+        cluster_policies: impl IntoIterator<Item = &'a Located<crate::cnp::ClusterNetworkPolicy>>,
+    ) -> (Model, Vec<Diagnostic>) {
+        Self::builder(
+            namespaces,
+            pods,
+            workloads,
+            policies,
+            services,
+            endpoint_slices,
+            nodes,
+            cluster_policies,
+        )
+        .finish()
+    }
+
+    /// A builder holding every object, in the order the model is built from (Nodes and
+    /// Services first).
+    #[allow(clippy::too_many_arguments)] // one iterator per kind, as the entry points
+    fn builder<'a>(
+        namespaces: impl IntoIterator<Item = &'a Located<k8s_openapi::api::core::v1::Namespace>>,
+        pods: impl IntoIterator<Item = &'a Located<k8s_openapi::api::core::v1::Pod>>,
+        workloads: impl IntoIterator<Item = &'a Located<crate::load::Workload>>,
+        policies: impl IntoIterator<Item = &'a Located<NetworkPolicy>>,
+        services: impl IntoIterator<Item = &'a Located<k8s_openapi::api::core::v1::Service>>,
+        endpoint_slices: impl IntoIterator<
+            Item = &'a Located<k8s_openapi::api::discovery::v1::EndpointSlice>,
+        >,
+        nodes: impl IntoIterator<Item = &'a Located<k8s_openapi::api::core::v1::Node>>,
+        cluster_policies: impl IntoIterator<Item = &'a Located<crate::cnp::ClusterNetworkPolicy>>,
+    ) -> Builder {
+        let mut b = Builder::default();
+        for n in nodes {
+            b.node(n);
+        }
+        for s in services {
+            b.service(s);
+        }
+        for s in endpoint_slices {
+            b.endpoint_slice(s);
+        }
+        for ns in namespaces {
+            b.namespace(ns);
+        }
+        for pod in pods {
+            b.pod(pod);
+        }
+        for w in workloads {
+            b.workload(w);
+        }
+        for p in policies {
+            b.policy(p);
+        }
+        for p in cluster_policies {
+            b.cluster_policy(p);
+        }
+        b
     }
 
     /// Endpoint by id.
@@ -444,6 +523,11 @@ impl Model {
     /// Policy by id.
     pub fn policy(&self, id: PolicyId) -> &Policy {
         &self.policies[id.0 as usize]
+    }
+
+    /// ClusterNetworkPolicy by id.
+    pub fn cluster_policy(&self, id: ClusterPolicyId) -> &ClusterPolicy {
+        &self.cluster_policies[id.0 as usize]
     }
 
     /// Endpoint by key (`ns/name` or `ns/kind/name`).
@@ -531,6 +615,7 @@ impl Model {
                 }
             }
         }
+        cluster::dump(self, &mut s);
         service::dump(self, &mut s);
         s
     }
@@ -553,6 +638,7 @@ struct Builder {
     services: Vec<Service>,
     slices: Vec<service::PendingSlice>,
     nodes: BTreeMap<String, NodeInfo>,
+    cluster_policies: Vec<ClusterPolicy>,
 }
 
 fn oref(kind: &str, meta: &ObjectMeta, ns: &str) -> ObjectRef {
@@ -854,43 +940,6 @@ impl Builder {
             replicas: Some(1),
             origin: pod.origin.clone(),
         });
-    }
-
-    /// Adds objects in the order the model is built from (Nodes and Services first).
-    #[allow(clippy::too_many_arguments)]
-    fn add<'a>(
-        &mut self,
-        namespaces: impl IntoIterator<Item = &'a Located<k8s_openapi::api::core::v1::Namespace>>,
-        pods: impl IntoIterator<Item = &'a Located<k8s_openapi::api::core::v1::Pod>>,
-        workloads: impl IntoIterator<Item = &'a Located<crate::load::Workload>>,
-        policies: impl IntoIterator<Item = &'a Located<NetworkPolicy>>,
-        services: impl IntoIterator<Item = &'a Located<k8s_openapi::api::core::v1::Service>>,
-        endpoint_slices: impl IntoIterator<
-            Item = &'a Located<k8s_openapi::api::discovery::v1::EndpointSlice>,
-        >,
-        nodes: impl IntoIterator<Item = &'a Located<k8s_openapi::api::core::v1::Node>>,
-    ) {
-        for n in nodes {
-            self.node(n);
-        }
-        for s in services {
-            self.service(s);
-        }
-        for s in endpoint_slices {
-            self.endpoint_slice(s);
-        }
-        for ns in namespaces {
-            self.namespace(ns);
-        }
-        for pod in pods {
-            self.pod(pod);
-        }
-        for w in workloads {
-            self.workload(w);
-        }
-        for p in policies {
-            self.policy(p);
-        }
     }
 
     /// A declared endpoint ([`crate::declared`], validated when parsed): labels and ports,
@@ -1461,12 +1510,18 @@ impl Builder {
         for (i, p) in self.policies.iter_mut().enumerate() {
             p.id = PolicyId(u32::try_from(i).unwrap_or(u32::MAX));
         }
+        self.cluster_policies
+            .sort_by(|a, b| (a.tier, a.priority, &a.name).cmp(&(b.tier, b.priority, &b.name)));
+        for (i, p) in self.cluster_policies.iter_mut().enumerate() {
+            p.id = ClusterPolicyId(u32::try_from(i).unwrap_or(u32::MAX));
+        }
         let mut model = Model {
             namespaces: self.namespaces,
             endpoints: self.endpoints,
             policies: self.policies,
             services: Vec::new(),
             nodes: self.nodes,
+            cluster_policies: self.cluster_policies,
             service_by_key: BTreeMap::new(),
             node_ips: BTreeMap::new(),
             by_key,
@@ -1484,6 +1539,9 @@ impl Builder {
             .collect();
         model.services = services;
         model.node_ips = service::node_ips(&model);
+        self.diags.extend(cluster::priority_overlaps(&model));
+        self.diags
+            .extend(cluster::nodes_without_node_objects(&model));
         (model, self.diags)
     }
 }

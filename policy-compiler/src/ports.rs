@@ -159,6 +159,41 @@ impl PortRanges {
         Self(out)
     }
 
+    /// The ports of `self` that are not in `other`.
+    pub fn subtract(&self, other: &Self) -> Self {
+        let mut out = Vec::new();
+        let mut j = 0;
+        for &(lo, hi) in &self.0 {
+            let mut cur = u32::from(lo);
+            let end = u32::from(hi);
+            while j < other.0.len() && u32::from(other.0[j].1) < cur {
+                j += 1;
+            }
+            let mut k = j;
+            while cur <= end {
+                match other.0.get(k) {
+                    Some(&(olo, ohi)) if u32::from(olo) <= end => {
+                        if u32::from(olo) > cur {
+                            out.push((cur, u32::from(olo) - 1));
+                        }
+                        cur = cur.max(u32::from(ohi) + 1);
+                        k += 1;
+                    }
+                    _ => {
+                        out.push((cur, end));
+                        break;
+                    }
+                }
+            }
+        }
+        // Every bound is within `lo..=hi` of a u16 range, so the conversions hold.
+        Self(
+            out.into_iter()
+                .filter_map(|(a, b)| Some((u16::try_from(a).ok()?, u16::try_from(b).ok()?)))
+                .collect(),
+        )
+    }
+
     /// Number of ports in the set.
     pub fn count(&self) -> u32 {
         self.0
@@ -257,6 +292,11 @@ impl PortSet {
     pub fn intersect(&self, other: &Self) -> Self {
         Self(std::array::from_fn(|i| self.0[i].intersect(&other.0[i])))
     }
+
+    /// The ports of `self` that are not in `other`.
+    pub fn subtract(&self, other: &Self) -> Self {
+        Self(std::array::from_fn(|i| self.0[i].subtract(&other.0[i])))
+    }
 }
 
 impl fmt::Display for PortSet {
@@ -312,6 +352,32 @@ impl Serialize for PortSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subtract_removes_exactly_the_other_ports() {
+        let a = PortRanges::from_ranges([(0, 10), (20, 30), (65530, 65535)]);
+        let b = PortRanges::from_ranges([(0, 0), (5, 22), (25, 25), (65535, 65535)]);
+        assert_eq!(
+            a.subtract(&b).ranges(),
+            [(1, 4), (23, 24), (26, 30), (65530, 65534)]
+        );
+        assert!(a.subtract(&PortRanges::all()).is_empty());
+        assert_eq!(a.subtract(&PortRanges::default()), a);
+        assert_eq!(
+            PortRanges::all()
+                .subtract(&PortRanges::range(80, 80))
+                .ranges(),
+            [(0, 79), (81, 65535)]
+        );
+        // Brute force against membership on a small universe.
+        for (x, y) in [((3, 9), (1, 4)), ((3, 9), (9, 12)), ((3, 9), (5, 5))] {
+            let (x, y) = (PortRanges::range(x.0, x.1), PortRanges::range(y.0, y.1));
+            let d = x.subtract(&y);
+            for p in 0..15 {
+                assert_eq!(d.contains(p), x.contains(p) && !y.contains(p), "{p}");
+            }
+        }
+    }
 
     #[test]
     fn range_algebra() {

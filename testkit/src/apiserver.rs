@@ -59,11 +59,17 @@ pub const COLLECTIONS: &[(&str, &str, &str)] = &[
     ("/apis/apps/v1/daemonsets", "DaemonSet", "apps/v1"),
     ("/apis/batch/v1/jobs", "Job", "batch/v1"),
     ("/apis/batch/v1/cronjobs", "CronJob", "batch/v1"),
+    (
+        "/apis/policy.networking.k8s.io/v1alpha2/clusternetworkpolicies",
+        "ClusterNetworkPolicy",
+        "policy.networking.k8s.io/v1alpha2",
+    ),
 ];
 
 pub const PODS: &str = "/api/v1/pods";
 pub const NAMESPACES: &str = "/api/v1/namespaces";
 pub const POLICIES: &str = "/apis/networking.k8s.io/v1/networkpolicies";
+pub const CLUSTER_POLICIES: &str = "/apis/policy.networking.k8s.io/v1alpha2/clusternetworkpolicies";
 
 /// One recorded request.
 #[derive(Debug, Clone)]
@@ -263,6 +269,12 @@ fn handle(inner: &Mutex<Inner>, req: &Request<Incoming>) -> Response<Body> {
 
 impl ApiServer {
     /// Starts an empty server on 127.0.0.1 (a free port).
+    /// Stops serving a collection (its list answers 404, as for a CRD that is not
+    /// installed).
+    pub fn remove_collection(&self, path: &str) {
+        self.inner.lock().unwrap().collections.remove(path);
+    }
+
     pub async fn start() -> ApiServer {
         let mut inner = Inner {
             rv: 1,

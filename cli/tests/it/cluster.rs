@@ -21,7 +21,9 @@ fn load_case(server: &ApiServer, name: &str) {
                 .iter()
                 .find(|(_, k, _)| *k == kind)
                 .unwrap_or_else(|| panic!("no collection for {kind}"));
-            if kind != "Namespace" && d["metadata"]["namespace"].is_null() {
+            let cluster_scoped =
+                matches!(kind.as_str(), "Namespace" | "Node" | "ClusterNetworkPolicy");
+            if !cluster_scoped && d["metadata"]["namespace"].is_null() {
                 d["metadata"]["namespace"] = json!("default");
             }
             server.add(path, d);
@@ -211,4 +213,58 @@ async fn unreachable_cluster_and_bad_flags_exit_2() {
     run.expect_code(2);
     let run = netpol_kube(&kc, &["matrix", "--context", "live", "-f", "x.yaml"]);
     run.expect_code(2);
+}
+
+/// ClusterNetworkPolicies are listed from `policy.networking.k8s.io/v1alpha2` and decide
+/// the answer as from files; without the CRD (404) there are none. See: #13
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_network_policies_are_listed_when_served() {
+    const CNP_CASE: &str = "cnp/admin/ingress-tcp/1-initial";
+    let server = ApiServer::start().await;
+    load_case(&server, CNP_CASE);
+    let tmp = tempfile::tempdir().unwrap();
+    let kc = kubeconfig(&server, tmp.path());
+    let query = [
+        "explain",
+        "network-policy-conformance-hufflepuff/cedric-diggory-1",
+        "network-policy-conformance-gryffindor/harry-potter-1",
+        "--port",
+        "8080",
+    ];
+    let mut args: Vec<String> = query.iter().map(|s| s.to_string()).collect();
+    args.extend(manifests_of(CNP_CASE));
+    let from_files = netpol(&args);
+    from_files.expect_code(0);
+    assert!(
+        from_files.stdout.contains("TCP 8080 denied"),
+        "{}",
+        from_files.stdout
+    );
+    let mut live_args = query.to_vec();
+    live_args.extend(["--cluster", "--context", "live"]);
+    let live = netpol_kube(&kc, &live_args);
+    live.expect_code(0);
+    assert_eq!(live.stdout, from_files.stdout);
+    assert!(
+        server
+            .requests()
+            .iter()
+            .any(|r| r.path.contains("/clusternetworkpolicies"))
+    );
+
+    // A server without the CRD: no ClusterNetworkPolicy, no error.
+    let bare = ApiServer::start().await;
+    bare.remove_collection(crate::apiserver::CLUSTER_POLICIES);
+    load_case(&bare, "apps/shop-multi-tier");
+    let kc = kubeconfig(&bare, tmp.path());
+    let run = netpol_kube(
+        &kc,
+        &["matrix", "--port", "5432", "--cluster", "--context", "live"],
+    );
+    run.expect_code(0);
+    assert!(
+        bare.requests()
+            .iter()
+            .any(|r| r.path == crate::apiserver::CLUSTER_POLICIES)
+    );
 }

@@ -86,3 +86,29 @@ fn other_policy_engines_warn_and_explain_says_the_answer_may_differ() {
     run.expect_code(0);
     assert!(run.stderr.contains("CiliumNetworkPolicy"), "{}", run.stderr);
 }
+
+/// `netpol compile` says that its rulesets do not enforce ClusterNetworkPolicy tiers yet,
+/// while `explain` answers with them. See: #13
+#[test]
+fn compile_warns_that_rulesets_do_not_enforce_cluster_network_policies_yet() {
+    let mut args: Vec<String> = ["compile", "--all"]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    args.extend(manifests_of("cnp/admin/ingress-tcp/1-initial"));
+    let run = netpol(&args);
+    run.expect_code(0);
+    assert!(
+        run.stderr.contains(
+            "warning: the input holds 1 ClusterNetworkPolicy: the rulesets below do not enforce"
+        ),
+        "{}",
+        run.stderr
+    );
+    let mut args: Vec<String> = ["compile", "--all"]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    args.extend(manifests_of("upstream/pod-selector"));
+    assert!(!netpol(&args).stderr.contains("ClusterNetworkPolic"));
+}

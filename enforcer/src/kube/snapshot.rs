@@ -5,9 +5,10 @@
 //! templates are endpoints, with their ownerReferences: the model, as for files, lets a
 //! Deployment's ReplicaSets and a CronJob's Jobs be represented by their owner, and a
 //! workload whose Pods are listed by those Pods (every Pod counts once). Objects are
-//! slimmed and unlocated.
+//! slimmed and unlocated. ClusterNetworkPolicies (`policy.networking.k8s.io/v1alpha2`) are
+//! listed when the API server serves them; without their CRD there are none.
 
-use ::kube::api::ListParams;
+use ::kube::api::{ApiResource as KubeApiResource, DynamicObject, GroupVersionKind, ListParams};
 use ::kube::{Api, Client};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
@@ -83,6 +84,50 @@ fn workload(
     }))
 }
 
+/// Lists the ClusterNetworkPolicies (`policy.networking.k8s.io/v1alpha2`); a 404 (the CRD
+/// is not installed) means none.
+async fn list_cluster_policies(
+    client: &Client,
+) -> Result<Vec<Located<policy_compiler::cnp::ClusterNetworkPolicy>>, KubeError> {
+    const RESOURCE: &str = "clusternetworkpolicies";
+    let gvk = GroupVersionKind::gvk(
+        "policy.networking.k8s.io",
+        "v1alpha2",
+        "ClusterNetworkPolicy",
+    );
+    let ar = KubeApiResource::from_gvk_with_plural(&gvk, RESOURCE);
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+    let mut out = Vec::new();
+    let mut params = ListParams::default().limit(PAGE);
+    loop {
+        let page = match api.list(&params).await {
+            Ok(p) => p,
+            Err(::kube::Error::Api(e)) if e.code == 404 => return Ok(Vec::new()),
+            Err(source) => {
+                return Err(KubeError::List {
+                    resource: RESOURCE,
+                    source,
+                });
+            }
+        };
+        for obj in page.items {
+            let name = obj.metadata.name.clone().unwrap_or_default();
+            let decoded = serde_json::to_value(&obj)
+                .and_then(serde_json::from_value)
+                .map_err(|source| KubeError::Decode {
+                    resource: RESOURCE,
+                    name,
+                    source,
+                })?;
+            out.push(Located::unlocated(decoded));
+        }
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok(out),
+        }
+    }
+}
+
 /// Lists the live cluster state as compiler inputs (sorted by the compiler later).
 pub async fn snapshot(client: &Client) -> Result<Inputs, KubeError> {
     let mut inputs = Inputs {
@@ -101,6 +146,7 @@ pub async fn snapshot(client: &Client) -> Result<Inputs, KubeError> {
             .into_iter()
             .map(|o| Located::unlocated(slim_policy(o)))
             .collect(),
+        cluster_policies: list_cluster_policies(client).await?,
         ..Inputs::default()
     };
     let w = &mut inputs.workloads;

@@ -242,6 +242,8 @@ pub struct NodeInfo {
     pub addresses: Vec<IpAddr>,
     /// `spec.podCIDRs` (or `podCIDR`).
     pub pod_cidrs: Vec<IpNet>,
+    /// `metadata.labels` (ClusterNetworkPolicy `nodes` peers select on them).
+    pub labels: Labels,
 }
 
 /// An EndpointSlice reduced to what backend resolution needs.
@@ -990,6 +992,7 @@ impl Builder {
                 name,
                 addresses,
                 pod_cidrs,
+                labels: meta.labels.clone().unwrap_or_default(),
             },
         );
     }

@@ -414,3 +414,138 @@ proptest! {
         }
     }
 }
+
+/// A generated ClusterNetworkPolicy rule: action, peers, optional protocols. See: #13
+fn cnp_rule(dir: &'static str) -> impl Strategy<Value = String> {
+    let action = prop_oneof![Just("Accept"), Just("Deny"), Just("Pass")];
+    let pod_peer = prop_oneof![
+        Just("{namespaces: {}}".to_string()),
+        Just("{namespaces: {matchLabels: {ns: y}}}".to_string()),
+        Just("{pods: {podSelector: {matchLabels: {pod: a}}}}".to_string()),
+        Just("{pods: {namespaceSelector: {matchLabels: {ns: x}}, podSelector: {}}}".to_string()),
+    ];
+    let egress_peer = prop_oneof![
+        Just("{networks: [10.0.1.0/24]}".to_string()),
+        Just("{networks: ['::/0', 10.0.2.1/32]}".to_string()),
+        Just("{nodes: {}}".to_string()),
+    ];
+    let peer = if dir == "egress" {
+        prop_oneof![pod_peer, egress_peer].boxed()
+    } else {
+        pod_peer.boxed()
+    };
+    let protocols = prop_oneof![
+        Just(String::new()),
+        Just(", protocols: [{tcp: {destinationPort: {number: 80}}}]".to_string()),
+        Just(", protocols: [{udp: {destinationPort: {range: {start: 80, end: 85}}}}, {sctp: {destinationPort: {number: 81}}}]".to_string()),
+        Just(", protocols: [{destinationNamedPort: serve-81-udp}]".to_string()),
+    ];
+    let key = if dir == "egress" { "to" } else { "from" };
+    (action, proptest::collection::vec(peer, 1..3), protocols).prop_map(move |(a, ps, pr)| {
+        // The CEL rule: no named port with networks/nodes peers.
+        let pr = if pr.contains("Named")
+            && ps
+                .iter()
+                .any(|p| p.contains("networks") || p.contains("nodes"))
+        {
+            String::new()
+        } else {
+            pr
+        };
+        format!("  - {{action: {a}, {key}: [{}]{pr}}}\n", ps.join(", "))
+    })
+}
+
+fn cnp(i: usize) -> impl Strategy<Value = String> {
+    (
+        prop_oneof![Just("Admin"), Just("Baseline")],
+        0u16..3,
+        prop_oneof![
+            Just("{namespaces: {}}"),
+            Just("{namespaces: {matchLabels: {ns: x}}}"),
+            Just("{pods: {podSelector: {matchLabels: {pod: a}}}}"),
+        ],
+        proptest::collection::vec(cnp_rule("ingress"), 0..3),
+        proptest::collection::vec(cnp_rule("egress"), 0..3),
+    )
+        .prop_map(move |(tier, prio, subject, ing, eg)| {
+            let mut s = format!(
+                "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {{name: c{i}}}\nspec:\n  tier: {tier}\n  priority: {prio}\n  subject: {subject}\n"
+            );
+            if !ing.is_empty() {
+                s.push_str("  ingress:\n");
+                s.extend(ing);
+            }
+            if !eg.is_empty() {
+                s.push_str("  egress:\n");
+                s.extend(eg);
+            }
+            s
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 150, .. ProptestConfig::default() })]
+
+    /// Mutated ClusterNetworkPolicy manifests: never panic, and nothing with an error is
+    /// compiled. See: #13
+    #[test]
+    fn mutated_cluster_policies_never_panic(cut in 0usize..1400, insert in "[ :{}\\[\\]\\-a-z0-9'\"\n]{0,8}") {
+        let base = cluster(&[
+            "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: c}\nspec:\n  tier: Admin\n  priority: 5\n  subject: {pods: {namespaceSelector: {}, podSelector: {matchLabels: {pod: a}}}}\n  ingress:\n  - {name: r, action: Deny, from: [{namespaces: {matchLabels: {ns: y}}}], protocols: [{tcp: {destinationPort: {range: {start: 80, end: 90}}}}]}\n  egress:\n  - {action: Pass, to: [{networks: [10.0.0.0/8]}, {nodes: {}}]}\n  - {action: Accept, to: [{domainNames: ['*.example.com']}]}\n".to_string()
+        ], false);
+        let at = cut.min(base.len());
+        let at = (0..=at).rev().find(|i| base.is_char_boundary(*i)).unwrap_or(0);
+        let text = format!("{}{}{}", &base[..at], insert, &base[at..]);
+        let (inputs, mut diags) = load(&[SourceText { name: "fuzz.yaml", text: &text }]);
+        let (model, d) = Model::build(&inputs);
+        diags.extend(d);
+        if diags.iter().any(|d| d.is_error() && d.object.as_ref().is_some_and(|o| o.kind == "ClusterNetworkPolicy")) {
+            prop_assert!(model.cluster_policies.is_empty());
+        }
+        let graph = AllowGraph::build(&model);
+        print_everything(&model, &graph);
+    }
+
+    /// Generated ClusterNetworkPolicies (with or without a NetworkPolicy): deterministic,
+    /// matrix == explain, self traffic allowed, and every denied side names who denied it
+    /// (a ClusterNetworkPolicy Deny, or the NetworkPolicy tier). See: #13
+    #[test]
+    fn cluster_policy_answers_hold_invariants(
+        cnps in proptest::collection::vec(0usize..1, 0..3)
+            .prop_flat_map(|v| (0..v.len()).map(cnp).collect::<Vec<_>>()),
+        nps in proptest::collection::vec(0usize..1, 0..2)
+            .prop_flat_map(|v| (0..v.len()).map(policy).collect::<Vec<_>>()),
+        host_b in any::<bool>(),
+        port in prop_oneof![Just(80u16), Just(81), Just(85)],
+        proto in prop_oneof![Just(Protocol::Tcp), Just(Protocol::Udp), Just(Protocol::Sctp)],
+    ) {
+        let mut all = cnps.clone();
+        all.extend(nps);
+        let text = cluster(&all, host_b);
+        let (model, graph, _) = compile(&text);
+        let (model2, graph2, _) = compile(&text);
+        prop_assert_eq!(graph.dump(&model), graph2.dump(&model2));
+        let q = MatrixQuery { protocol: Some(proto), port: Some(port) };
+        let m = matrix(&model, &graph, q);
+        for (i, s) in model.endpoints.iter().enumerate() {
+            for (j, d) in model.endpoints.iter().enumerate() {
+                let e = explain(&model, &graph, Subject::Endpoint(s.id), Subject::Endpoint(d.id),
+                    Some(PortQuery { protocol: proto, port }));
+                prop_assert_eq!(e.allowed, m.allowed[i][j]);
+                if i == j {
+                    prop_assert!(e.allowed);
+                    continue;
+                }
+                for side in [&e.egress, &e.ingress] {
+                    if side.allowed || e.from_node {
+                        continue;
+                    }
+                    let by_cluster = side.tiers.as_ref().and_then(|t| t.decided_by.as_ref())
+                        .is_some_and(|d| d.action == "Deny");
+                    prop_assert!(by_cluster || (side.isolated && side.nearest_miss.is_some()), "{}", e);
+                }
+            }
+        }
+    }
+}

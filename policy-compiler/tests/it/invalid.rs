@@ -41,6 +41,17 @@ fn invalid_inputs_give_exact_diagnostics() {
                 p.key()
             );
         }
+        for p in &model.cluster_policies {
+            assert!(
+                !diags.iter().any(|d| d.is_error()
+                    && d.object
+                        .as_ref()
+                        .is_some_and(|o| o.kind == "ClusterNetworkPolicy" && o.name == p.name)),
+                "{}: invalid ClusterNetworkPolicy {} kept",
+                f.display(),
+                p.name
+            );
+        }
         let root = repo_root();
         let text: String = diags
             .iter()

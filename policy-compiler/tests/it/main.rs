@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)] // test binary: a failed unwrap is a failed test
 
 mod cases;
+mod cluster_policy;
 mod conformance;
 mod connectivity;
 mod fuzz;

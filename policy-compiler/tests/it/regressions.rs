@@ -115,16 +115,6 @@ kind: NetworkPolicy
 metadata: {name: calico, namespace: x}
 spec: {}
 ---
-apiVersion: policy.networking.k8s.io/v1alpha1
-kind: AdminNetworkPolicy
-metadata: {name: anp}
-spec: {priority: 1}
----
-apiVersion: policy.networking.k8s.io/v1alpha1
-kind: BaselineAdminNetworkPolicy
-metadata: {name: default}
-spec: {}
----
 apiVersion: crd.antrea.io/v1beta1
 kind: ClusterNetworkPolicy
 metadata: {name: acnp}
@@ -139,7 +129,7 @@ metadata: {name: cm, namespace: x}
         .iter()
         .filter(|d| d.severity == Severity::Warning)
         .collect();
-    assert_eq!(warnings.len(), 6, "{diags:?}");
+    assert_eq!(warnings.len(), 4, "{diags:?}");
     assert!(diags.iter().all(|d| !d.is_error()), "{diags:?}");
     assert!(
         warnings[0]
@@ -148,7 +138,7 @@ metadata: {name: cm, namespace: x}
         "{}",
         warnings[0]
     );
-    assert_eq!(inputs.unevaluated.len(), 6);
+    assert_eq!(inputs.unevaluated.len(), 4);
     assert_eq!(
         inputs.unevaluated[2].to_string(),
         "crd.projectcalico.org/v1 NetworkPolicy x/calico"
