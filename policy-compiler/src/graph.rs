@@ -469,6 +469,10 @@ impl AllowGraph {
     /// The same semantics, step for step; `tests/it/connectivity.rs` compares both on
     /// every pair of every golden case and of a synthetic cluster.
     pub fn allowed(&self, model: &Model, src: Subject, dst: Subject) -> PortSet {
+        if !model.cluster_policies.is_empty() {
+            // ClusterNetworkPolicy tiers decide before NetworkPolicies: reach's full walk.
+            return self.reach(model, src, dst).allowed;
+        }
         let (src_ip, dst_ip) = Self::addresses(model, src, dst);
         if matches!((src, dst), (Subject::Endpoint(a), Subject::Endpoint(b)) if a == b && model.endpoint(a).single())
         {
