@@ -89,6 +89,13 @@ pub(crate) fn run(args: &CompileArgs, input: &crate::InputArgs) -> i32 {
                 );
                 return EXIT_INVALID;
             }
+            Some(NoRuleset::Declared) => {
+                eprintln!(
+                    "error: {} is a declared endpoint (--endpoints): it is not in the manifests and gets no ruleset",
+                    e.key()
+                );
+                return EXIT_INVALID;
+            }
             None => {}
         }
         vec![id]

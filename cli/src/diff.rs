@@ -58,6 +58,10 @@ pub(crate) struct DiffArgs {
     /// Output format.
     #[arg(short, long, value_enum, default_value = "text")]
     output: DiffFormat,
+    /// Endpoints declared by labels (`--endpoints FILE`, as for `list`), the same for
+    /// both versions.
+    #[arg(long = "endpoints", value_name = "FILE")]
+    endpoints: Vec<PathBuf>,
     /// List skipped objects.
     #[arg(short, long)]
     verbose: bool,
@@ -109,23 +113,31 @@ pub(crate) fn run(args: &DiffArgs) -> i32 {
     let limits = inputs::Limits::mib(args.max_input_mib);
     let (old, new) = match (&args.old, &args.new, &args.base) {
         (Some(o), Some(n), None) => {
-            let old = inputs::compile(std::slice::from_ref(o), args.verbose, limits);
-            let new = inputs::compile(std::slice::from_ref(n), args.verbose, limits);
-            match (old, new) {
+            let old = inputs::read(std::slice::from_ref(o), &args.endpoints, limits);
+            let new = inputs::read(std::slice::from_ref(n), &args.endpoints, limits);
+            let (old, new) = match (old, new) {
+                (Ok(o), Ok(n)) => (o, n),
+                (Err(c), _) | (_, Err(c)) => return c,
+            };
+            match inputs::compile_two(&old, &new, args.verbose) {
                 (Ok(o), Ok(n)) => (o, n),
                 (Err(c), _) | (_, Err(c)) => return c,
             }
         }
         (None, None, Some(rev)) => {
             let old = match at_revision(rev, &args.files) {
-                Ok(files) => inputs::compile_texts(files, args.verbose),
+                Ok(files) => inputs::texts(files, &args.endpoints, limits),
                 Err(e) => {
                     eprintln!("error: {e}");
                     return EXIT_INVALID;
                 }
             };
-            let new = inputs::compile(&args.files, args.verbose, limits);
-            match (old, new) {
+            let new = inputs::read(&args.files, &args.endpoints, limits);
+            let (old, new) = match (old, new) {
+                (Ok(o), Ok(n)) => (o, n),
+                (Err(c), _) | (_, Err(c)) => return c,
+            };
+            match inputs::compile_two(&old, &new, args.verbose) {
                 (Ok(o), Ok(n)) => (o, n),
                 (Err(c), _) | (_, Err(c)) => return c,
             }

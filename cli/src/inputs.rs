@@ -19,6 +19,8 @@ pub(crate) const EXIT_INVALID: i32 = 2;
 /// Files read, by display name, and the warnings of reading them.
 pub(crate) struct Sources {
     files: Vec<(String, String)>,
+    /// Endpoints files (`--endpoints`): declared endpoints, not manifests.
+    endpoint_files: Vec<(String, String)>,
     /// Skipped paths (dangling symlinks, directories reached twice).
     pub(crate) warnings: Vec<Diagnostic>,
 }
@@ -58,7 +60,11 @@ impl Sources {
             }
         }
         if errors.is_empty() {
-            Ok(Sources { files, warnings })
+            Ok(Sources {
+                files,
+                endpoint_files: Vec::new(),
+                warnings,
+            })
         } else {
             errors.extend(warnings);
             Err(errors)
@@ -76,8 +82,55 @@ impl Sources {
     fn text_of(&self, name: &str) -> Option<&str> {
         self.files
             .iter()
+            .chain(&self.endpoint_files)
             .find(|(n, _)| n == name)
             .map(|(_, t)| t.as_str())
+    }
+
+    /// Reads endpoints files (`--endpoints FILE`, regular files within `limits`); on
+    /// failure prints the diagnostics and returns `Err(2)`.
+    pub(crate) fn read_endpoints(
+        mut self,
+        paths: &[PathBuf],
+        limits: Limits,
+    ) -> Result<Sources, i32> {
+        let mut budget = limits.total;
+        let mut errors = Vec::new();
+        for p in paths {
+            let name = p.display().to_string();
+            match files::read_regular(p, limits, &mut budget) {
+                Ok(t) => self.endpoint_files.push((name, t)),
+                Err(e) => errors.push(Diagnostic::file_error(&name, None, e)),
+            }
+        }
+        if errors.is_empty() {
+            Ok(self)
+        } else {
+            print_diagnostics(&errors, None);
+            Err(EXIT_INVALID)
+        }
+    }
+
+    /// Adds the declared endpoints of the endpoints files to `inputs`; returns the
+    /// diagnostics of parsing them. See: #14
+    pub(crate) fn declare(&self, inputs: &mut Inputs) -> Vec<Diagnostic> {
+        let mut diags = Vec::new();
+        for (name, text) in &self.endpoint_files {
+            let (eps, d) = policy_compiler::declared::parse_declared(name, text);
+            inputs.declared.extend(eps);
+            diags.extend(d);
+        }
+        diags
+    }
+
+    /// Only the endpoints files (for inputs that are not files: `--cluster`).
+    pub(crate) fn endpoints_only(paths: &[PathBuf], limits: Limits) -> Result<Sources, i32> {
+        Sources {
+            files: Vec::new(),
+            endpoint_files: Vec::new(),
+            warnings: Vec::new(),
+        }
+        .read_endpoints(paths, limits)
     }
 }
 
@@ -113,13 +166,20 @@ impl Compiled {
 
 /// Reads, loads and compiles; on any error prints the diagnostics and returns `Err(2)`.
 /// Warnings are printed and compilation goes on. With `verbose`, skipped objects are listed.
-pub(crate) fn compile(paths: &[PathBuf], verbose: bool, limits: Limits) -> Result<Compiled, i32> {
-    load_and_compile(paths, verbose, limits).map(|(_, c)| c)
+/// `endpoints` are endpoints files (`--endpoints`).
+pub(crate) fn compile(
+    paths: &[PathBuf],
+    endpoints: &[PathBuf],
+    verbose: bool,
+    limits: Limits,
+) -> Result<Compiled, i32> {
+    load_and_compile(paths, endpoints, verbose, limits).map(|(_, c)| c)
 }
 
 /// Like [`compile`], also returning the loaded objects (for `lab`, which adds to them).
 pub(crate) fn load_and_compile(
     paths: &[PathBuf],
+    endpoints: &[PathBuf],
     verbose: bool,
     limits: Limits,
 ) -> Result<(Inputs, Compiled), i32> {
@@ -136,61 +196,136 @@ pub(crate) fn load_and_compile(
         );
         return Err(EXIT_INVALID);
     }
+    let sources = sources.read_endpoints(endpoints, limits)?;
     compile_sources(&sources, verbose)
 }
 
-/// Compiles texts read elsewhere (`diff --base`: files of a git revision), by name.
-pub(crate) fn compile_texts(files: Vec<(String, String)>, verbose: bool) -> Result<Compiled, i32> {
-    compile_sources(
-        &Sources {
-            files,
-            warnings: Vec::new(),
-        },
-        verbose,
-    )
-    .map(|(_, c)| c)
+fn compile_sources(sources: &Sources, verbose: bool) -> Result<(Inputs, Compiled), i32> {
+    report(sources, build(sources), verbose)
 }
 
-fn compile_sources(sources: &Sources, verbose: bool) -> Result<(Inputs, Compiled), i32> {
-    let (inputs, mut load_diags) = load(&sources.texts());
+/// Sources compiled, nothing printed yet (so that two versions can be compiled on two
+/// threads and reported in a fixed order: `diff`).
+struct Built {
+    inputs: Inputs,
+    diags: Vec<Diagnostic>,
+    model: Model,
+    /// `None` when a diagnostic is an error.
+    graph: Option<AllowGraph>,
+}
+
+fn build(sources: &Sources) -> Built {
+    let (mut inputs, mut load_diags) = load(&sources.texts());
     let mut diags = sources.warnings.clone();
     diags.append(&mut load_diags);
+    diags.extend(sources.declare(&mut inputs));
+    let (model, d) = Model::build(&inputs);
+    diags.extend(d);
+    let graph =
+        (!policy_compiler::diagnostic::has_errors(&diags)).then(|| AllowGraph::build(&model));
+    Built {
+        inputs,
+        diags,
+        model,
+        graph,
+    }
+}
+
+/// Prints what [`build`] found; `Err(2)` on any error.
+fn report(sources: &Sources, b: Built, verbose: bool) -> Result<(Inputs, Compiled), i32> {
     if verbose {
-        for s in &inputs.skipped {
+        for s in &b.inputs.skipped {
             eprintln!("skipped {s}: kind does not affect Pod-to-Pod connectivity");
         }
     }
-    let (model, d) = Model::build(&inputs);
-    diags.extend(d);
-    print_diagnostics(&diags, Some(sources));
-    if policy_compiler::diagnostic::has_errors(&diags) {
-        let n = diags.iter().filter(|d| d.is_error()).count();
+    print_diagnostics(&b.diags, Some(sources));
+    let Some(graph) = b.graph else {
+        let n = b.diags.iter().filter(|d| d.is_error()).count();
         eprintln!("error: {n} invalid input(s): nothing was compiled");
         return Err(EXIT_INVALID);
-    }
-    let graph = AllowGraph::build(&model);
-    let unevaluated = inputs.unevaluated.iter().map(ToString::to_string).collect();
+    };
+    let unevaluated = b
+        .inputs
+        .unevaluated
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     Ok((
-        inputs,
+        b.inputs,
         Compiled {
-            model,
+            model: b.model,
             graph,
             unevaluated,
         },
     ))
 }
 
+/// Reads `-f` paths and endpoints files without compiling them (see [`compile_two`]).
+pub(crate) fn read(
+    paths: &[PathBuf],
+    endpoints: &[PathBuf],
+    limits: Limits,
+) -> Result<Sources, i32> {
+    let sources = match Sources::read(paths, limits) {
+        Ok(s) => s,
+        Err(diags) => {
+            print_diagnostics(&diags, None);
+            return Err(EXIT_INVALID);
+        }
+    };
+    if paths.is_empty() {
+        eprintln!(
+            "error: no input: give manifests with -f PATH (files, directories or - for stdin)"
+        );
+        return Err(EXIT_INVALID);
+    }
+    sources.read_endpoints(endpoints, limits)
+}
+
+/// Texts read elsewhere (`diff --base`: a git revision) as sources, with endpoints files.
+pub(crate) fn texts(
+    files: Vec<(String, String)>,
+    endpoints: &[PathBuf],
+    limits: Limits,
+) -> Result<Sources, i32> {
+    Sources {
+        files,
+        endpoint_files: Vec::new(),
+        warnings: Vec::new(),
+    }
+    .read_endpoints(endpoints, limits)
+}
+
+/// Compiles two versions on two threads (the machine's cores: `diff` of two 10k-Pod
+/// clusters spends most of its time here), then prints their diagnostics in order,
+/// `a`'s first, exactly as two [`compile`] calls would. See: #14
+pub(crate) fn compile_two(
+    a: &Sources,
+    b: &Sources,
+    verbose: bool,
+) -> (Result<Compiled, i32>, Result<Compiled, i32>) {
+    let (ba, bb) = std::thread::scope(|s| {
+        let h = s.spawn(|| build(a));
+        let bb = build(b);
+        // The compiler never panics on input; a panic is a bug, passed on as is.
+        let ba = h.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+        (ba, bb)
+    });
+    let ra = report(a, ba, verbose).map(|(_, c)| c);
+    let rb = report(b, bb, verbose).map(|(_, c)| c);
+    (ra, rb)
+}
+
 /// [`compile`] of `-f` paths or, with `--cluster`, of the live cluster.
 pub(crate) fn compile_input(input: &InputArgs) -> Result<Compiled, i32> {
+    let limits = Limits::mib(input.max_input_mib);
     if input.cluster {
-        let inputs = live(input.context.as_deref())?;
-        compile_inputs(&inputs, Vec::new(), None)
+        let sources = Sources::endpoints_only(&input.endpoints, limits)?;
+        let mut inputs = live(input.context.as_deref())?;
+        let diags = sources.declare(&mut inputs);
+        compile_inputs(&inputs, diags, Some(&sources))
     } else {
-        compile(
-            &input.files,
-            input.verbose,
-            Limits::mib(input.max_input_mib),
-        )
+        compile(&input.files, &input.endpoints, input.verbose, limits)
     }
 }
 

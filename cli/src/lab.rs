@@ -82,7 +82,7 @@ pub(crate) fn run(args: &LabArgs) -> i32 {
         return down();
     }
     let (loaded, _) =
-        match inputs::load_and_compile(&args.files, args.verbose, inputs::Limits::default()) {
+        match inputs::load_and_compile(&args.files, &[], args.verbose, inputs::Limits::default()) {
             Ok(c) => c,
             Err(code) => return code,
         };

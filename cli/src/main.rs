@@ -68,6 +68,11 @@ struct InputArgs {
     /// Kubeconfig context for --cluster (default: the current context).
     #[arg(long, value_name = "CONTEXT", requires = "cluster")]
     pub(crate) context: Option<String>,
+    /// Endpoints declared by namespace and labels (Pods an operator creates at run
+    /// time): a YAML file `endpoints: [{namespace, name, labels, ports, replicas}]`
+    /// (repeatable). See docs/analysis.md.
+    #[arg(long = "endpoints", value_name = "FILE")]
+    pub(crate) endpoints: Vec<PathBuf>,
     /// List skipped objects (kinds that do not affect connectivity).
     #[arg(short, long)]
     pub(crate) verbose: bool,

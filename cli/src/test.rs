@@ -75,6 +75,10 @@ pub(crate) struct TestArgs {
     /// Kubeconfig context for --cluster (default: the current context).
     #[arg(long, value_name = "CONTEXT", requires = "cluster")]
     context: Option<String>,
+    /// Endpoints declared by labels (Pods an operator creates), added to every case:
+    /// a YAML file `endpoints: [{namespace, name, labels, ports, replicas}]`.
+    #[arg(long = "endpoints", value_name = "FILE")]
+    endpoints: Vec<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -120,11 +124,16 @@ pub(crate) fn run(args: &TestArgs) -> i32 {
     } else {
         None
     };
+    let declared = match inputs::Sources::endpoints_only(&args.endpoints, inputs::Limits::default())
+    {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
     let mut suites = Vec::new();
     for (dir, cases) in plan {
         let mut reports = Vec::new();
         for case in cases {
-            let report = run_case(dir, &case, args.update, live.as_ref());
+            let report = run_case(dir, &case, args.update, live.as_ref(), &declared);
             if args.output == Format::Text {
                 crate::output::emit(&text_report(&report));
             }
@@ -166,7 +175,13 @@ pub(crate) fn run(args: &TestArgs) -> i32 {
 
 /// Compiles and checks one case directory (against `live` cluster state instead of its
 /// manifests when given).
-pub(crate) fn run_case(root: &Path, dir: &Path, update: bool, live: Option<&Inputs>) -> CaseReport {
+pub(crate) fn run_case(
+    root: &Path,
+    dir: &Path,
+    update: bool,
+    live: Option<&Inputs>,
+    declared: &inputs::Sources,
+) -> CaseReport {
     let name = match dir.strip_prefix(root) {
         Ok(p) if p.as_os_str().is_empty() => ".".to_string(),
         Ok(p) => p.display().to_string(),
@@ -179,13 +194,19 @@ pub(crate) fn run_case(root: &Path, dir: &Path, update: bool, live: Option<&Inpu
         checks: Vec::new(),
         warnings: Vec::new(),
     };
-    check_case(dir, update, live, &mut report);
+    check_case(dir, update, live, declared, &mut report);
     report.passed = report.checks.iter().all(|c| c.status != Status::Failed);
     report
 }
 
-fn check_case(dir: &Path, update: bool, live: Option<&Inputs>, report: &mut CaseReport) {
-    let (inputs, mut diags, what) = match live {
+fn check_case(
+    dir: &Path,
+    update: bool,
+    live: Option<&Inputs>,
+    declared: &inputs::Sources,
+    report: &mut CaseReport,
+) {
+    let (mut inputs, mut diags, what) = match live {
         Some(inputs) => (inputs.clone(), Vec::new(), "live cluster".to_owned()),
         None => match case_inputs(dir) {
             Ok((inputs, diags, n)) => (inputs, diags, format!("{n} manifest file(s)")),
@@ -195,6 +216,7 @@ fn check_case(dir: &Path, update: bool, live: Option<&Inputs>, report: &mut Case
             }
         },
     };
+    diags.extend(declared.declare(&mut inputs));
     let (model, d) = Model::build(&inputs);
     diags.extend(d);
     diags.sort_by_key(|d| (d.file.clone(), d.line, d.column));

@@ -811,11 +811,20 @@ pub fn parse_args(args: &[String]) -> Result<InstallArgs, InstallError> {
             ("install", "--agent-socket") => o.agent_socket = Some(value()?.into()),
             ("install", "--timeout-seconds") => {
                 let v = value()?;
-                o.timeout_seconds = Some(v.parse().map_err(|_| InstallError::InvalidValue {
+                let t: u64 = v.parse().map_err(|_| InstallError::InvalidValue {
                     flag: flag.to_owned(),
                     value: v.clone(),
                     reason: "expected a whole number of seconds",
-                })?);
+                })?;
+                // The plugin refuses a conflist outside this range: never write one.
+                if !crate::config::TIMEOUT_SECONDS.contains(&t) {
+                    return Err(InstallError::InvalidValue {
+                        flag: flag.to_owned(),
+                        value: v,
+                        reason: "timeoutSeconds must be between 1 and 600",
+                    });
+                }
+                o.timeout_seconds = Some(t);
             }
             ("install", "--fail-open") => match inline {
                 None => o.fail_open = true,
@@ -1499,5 +1508,18 @@ mod tests {
             summary.contains("not chained") && summary.ends_with("not installed"),
             "{summary}"
         );
+    }
+
+    #[test]
+    fn timeout_seconds_outside_1_to_600_is_refused() {
+        // See: #9
+        let args = |t: &str| parse_args(&["install".to_string(), format!("--timeout-seconds={t}")]);
+        for bad in ["0", "601", "100000"] {
+            let e = args(bad).unwrap_err().to_string();
+            assert!(e.contains("between 1 and 600"), "{bad}: {e}");
+        }
+        for good in ["1", "600"] {
+            assert!(args(good).is_ok(), "{good}");
+        }
     }
 }

@@ -383,8 +383,7 @@ impl<'m> Connectivity<'m> {
     /// What may flow from `src` to `dst` (for a range: from or to its first address).
     pub fn ports(&self, src: Party, dst: Party) -> PortSet {
         self.graph
-            .reach(self.model, Self::subject(src), Self::subject(dst))
-            .allowed
+            .allowed(self.model, Self::subject(src), Self::subject(dst))
     }
 
     fn elem_party(e: &Elem) -> Party {
@@ -580,45 +579,79 @@ pub fn diff(
     };
     let (ok, nk) = (keys(old), keys(new));
     let all = merge_keys(&ok, &nk);
+    // Every destination's (old class, new class): a row differs at a destination exactly
+    // when it differs at that pair of classes, so each row is compared once per distinct
+    // pair (about as many as classes), not once per endpoint. See: #14
+    let mut pair_ids: BTreeMap<(Option<usize>, Option<usize>), usize> = BTreeMap::new();
+    let mut pairs: Vec<(Option<usize>, Option<usize>)> = Vec::new();
+    let dst_pair: Vec<usize> = all
+        .iter()
+        .map(|(_, od, nd, _)| {
+            let key = (
+                od.map(|d| old.class_of[d.0 as usize]),
+                nd.map(|d| new.class_of[d.0 as usize]),
+            );
+            *pair_ids.entry(key).or_insert_with(|| {
+                pairs.push(key);
+                pairs.len() - 1
+            })
+        })
+        .collect();
+    let any_dst_match = all.iter().any(|(_, _, _, m)| *m);
+    let none = PortSet::none();
     let mut oc = RowCache::default();
     let mut nc = RowCache::default();
-    let none = PortSet::none();
     let empty_ranges = vec![PortSet::none(); old.elems.len()];
-    for (src, o_id, n_id, src_match) in &all {
+    let mut differs = vec![false; pairs.len()];
+    for (i, (src, o_id, n_id, src_match)) in all.iter().enumerate() {
+        if !*src_match && !any_dst_match {
+            continue;
+        }
         let o_row = o_id.map(|id| old.row_of(Party::Endpoint(id), &mut oc));
         let n_row = n_id.map(|id| new.row_of(Party::Endpoint(id), &mut nc));
         // Self traffic of the source, on each side (for workloads with replicas != 1).
-        let o_self = o_id.map(|id| old.ports(Party::Endpoint(id), Party::Endpoint(id)));
-        let n_self = n_id.map(|id| new.ports(Party::Endpoint(id), Party::Endpoint(id)));
         let single = o_id.is_none_or(|id| old.model.endpoint(id).single())
             && n_id.is_none_or(|id| new.model.endpoint(id).single());
-        for (dst, od, nd, dst_match) in &all {
-            if !(*src_match || *dst_match) {
-                continue;
-            }
-            let is_self = dst == src;
-            if is_self && single {
-                continue;
-            }
-            let (opr, npr) = if is_self {
-                // The same key on each side: that side's own self traffic.
-                (
-                    o_self.as_ref().unwrap_or(&none),
-                    n_self.as_ref().unwrap_or(&none),
-                )
-            } else {
-                let o = match (&o_row, od) {
-                    (Some(r), Some(d)) => &r.to_class[old.class_of[d.0 as usize]],
-                    _ => &none,
-                };
-                let n = match (&n_row, nd) {
-                    (Some(r), Some(d)) => &r.to_class[new.class_of[d.0 as usize]],
-                    _ => &none,
-                };
-                (o, n)
-            };
-            if opr != npr {
-                f(change(src, dst, opr, npr));
+        let (o_self, n_self) = if single {
+            (None, None)
+        } else {
+            (
+                o_id.map(|id| old.ports(Party::Endpoint(id), Party::Endpoint(id))),
+                n_id.map(|id| new.ports(Party::Endpoint(id), Party::Endpoint(id))),
+            )
+        };
+        let mut any = false;
+        for (k, (opc, npc)) in pairs.iter().enumerate() {
+            differs[k] = cell(o_row.as_deref(), *opc, &none) != cell(n_row.as_deref(), *npc, &none);
+            any |= differs[k];
+        }
+        if any || !single {
+            for (j, (dst, _, _, dst_match)) in all.iter().enumerate() {
+                if !(*src_match || *dst_match) {
+                    continue;
+                }
+                if j == i {
+                    if single {
+                        continue;
+                    }
+                    // The same key on each side: that side's own self traffic.
+                    let opr = o_self.as_ref().unwrap_or(&none);
+                    let npr = n_self.as_ref().unwrap_or(&none);
+                    if opr != npr {
+                        f(change(src, dst, opr, npr));
+                    }
+                    continue;
+                }
+                let k = dst_pair[j];
+                if differs[k] {
+                    let (opc, npc) = pairs[k];
+                    f(change(
+                        src,
+                        dst,
+                        cell(o_row.as_deref(), opc, &none),
+                        cell(n_row.as_deref(), npc, &none),
+                    ));
+                }
             }
         }
         if *src_match {
@@ -632,40 +665,48 @@ pub fn diff(
             }
         }
     }
-    // Range sources toward endpoints.
-    let range_rows: Vec<Vec<(String, PortSet, PortSet)>> = old
+    // Range sources toward endpoints: a range's row, by class, on each side.
+    let range_rows: Vec<Vec<(usize, PortSet, PortSet)>> = old
         .elems
         .iter()
         .map(|el| {
-            let side = |c: &Connectivity<'_>| -> BTreeMap<String, PortSet> {
-                let row = c.class_row(Connectivity::elem_party(el));
-                let mut m = BTreeMap::new();
-                c.endpoint_cells(Party::Range(el.first_net()), &row, |d, p| {
-                    if !p.is_empty() {
-                        m.insert(c.model.endpoint(d).key(), p.clone());
-                    }
-                });
-                m
-            };
-            let (om, nm) = (side(old), side(new));
+            let o_row = old.class_row(Connectivity::elem_party(el));
+            let n_row = new.class_row(Connectivity::elem_party(el));
             let mut out = Vec::new();
-            for (dst, _, _, dst_match) in &all {
-                if !dst_match {
-                    continue;
-                }
-                let op = om.get(dst).cloned().unwrap_or_else(PortSet::none);
-                let np = nm.get(dst).cloned().unwrap_or_else(PortSet::none);
-                if op != np {
-                    out.push((dst.clone(), op, np));
+            let mut any = false;
+            for (k, (opc, npc)) in pairs.iter().enumerate() {
+                differs[k] = cell(Some(&o_row), *opc, &none) != cell(Some(&n_row), *npc, &none);
+                any |= differs[k];
+            }
+            if !any {
+                return out;
+            }
+            for (j, (_, _, _, dst_match)) in all.iter().enumerate() {
+                let k = dst_pair[j];
+                if *dst_match && differs[k] {
+                    let (opc, npc) = pairs[k];
+                    out.push((
+                        j,
+                        cell(Some(&o_row), opc, &none).clone(),
+                        cell(Some(&n_row), npc, &none).clone(),
+                    ));
                 }
             }
             out
         })
         .collect();
     for (net, row) in merged(&old.elems, &range_rows) {
-        for (dst, op, np) in row {
-            f(change(&net.to_string(), dst, op, np));
+        for (j, op, np) in row {
+            f(change(&net.to_string(), &all[*j].0, op, np));
         }
+    }
+}
+
+/// A row's cell at a class (`none` where the side has no such endpoint).
+fn cell<'a>(row: Option<&'a ClassRow>, class: Option<usize>, none: &'a PortSet) -> &'a PortSet {
+    match (row, class) {
+        (Some(r), Some(c)) => &r.to_class[c],
+        _ => none,
     }
 }
 

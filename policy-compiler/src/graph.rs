@@ -57,6 +57,9 @@ impl Subject {
         let key = match parts.as_slice() {
             [name] => format!("default/{name}"),
             [ns, name] => format!("{ns}/{name}"),
+            [ns, kind, name] if *kind == crate::declared::KEY_KIND => {
+                format!("{ns}/{kind}/{name}")
+            }
             [ns, kind, name] => {
                 let k = crate::load::WorkloadKind::parse(kind).ok_or_else(|| {
                     format!(
@@ -459,6 +462,85 @@ impl AllowGraph {
         dst_ip: Option<IpAddr>,
     ) -> Reach {
         self.reach_inner(model, src, src_ip, dst, dst_ip, true)
+    }
+
+    /// [`AllowGraph::reach`]'s `allowed` set alone, without the reasons (no policy lists,
+    /// no rule matches, no sorting): for callers that ask every pair (`list`, `diff`).
+    /// The same semantics, step for step; `tests/it/connectivity.rs` compares both on
+    /// every pair of every golden case and of a synthetic cluster.
+    pub fn allowed(&self, model: &Model, src: Subject, dst: Subject) -> PortSet {
+        if !model.cluster_policies.is_empty() {
+            // ClusterNetworkPolicy tiers decide before NetworkPolicies: reach's full walk.
+            return self.reach(model, src, dst).allowed;
+        }
+        let (src_ip, dst_ip) = Self::addresses(model, src, dst);
+        if matches!((src, dst), (Subject::Endpoint(a), Subject::Endpoint(b)) if a == b && model.endpoint(a).single())
+        {
+            return PortSet::all();
+        }
+        let dst_ep = dst.endpoint(model);
+        let egress = match src {
+            Subject::Endpoint(id) if model.endpoint(id).selectable() => {
+                self.side_allowed(model, id, Direction::Egress, dst, dst_ip, dst_ep)
+            }
+            _ => PortSet::all(),
+        };
+        if egress.is_empty() {
+            return egress;
+        }
+        if from_own_node(model, src, src_ip, dst) {
+            return egress;
+        }
+        let ingress = match dst {
+            Subject::Endpoint(id) if model.endpoint(id).selectable() => {
+                self.side_allowed(model, id, Direction::Ingress, src, src_ip, dst_ep)
+            }
+            _ => PortSet::all(),
+        };
+        egress.intersect(&ingress)
+    }
+
+    /// [`AllowGraph::side`]'s allowed set alone.
+    fn side_allowed(
+        &self,
+        model: &Model,
+        at: EndpointId,
+        dir: Direction,
+        peer: Subject,
+        peer_ip: Option<IpAddr>,
+        dst_ep: Option<&Endpoint>,
+    ) -> PortSet {
+        if self.isolation[at.0 as usize].by(dir).is_empty() {
+            return PortSet::all();
+        }
+        let n = self.endpoint_nodes[at.0 as usize];
+        let pg = match dir {
+            Direction::Ingress => PgDir::Incoming,
+            Direction::Egress => PgDir::Outgoing,
+        };
+        let mut allowed = PortSet::none();
+        for e in self.graph.edges_directed(n, pg) {
+            let prov = e.weight();
+            if prov.direction != dir {
+                continue;
+            }
+            let other = match pg {
+                PgDir::Incoming => e.source(),
+                PgDir::Outgoing => e.target(),
+            };
+            let Node::Peer(set) = self.graph[other] else {
+                continue;
+            };
+            if !self.peer_contains(set, peer, peer_ip) {
+                continue;
+            }
+            let rule = rule_of(model, prov);
+            if rule.ports.is_none() {
+                return PortSet::all();
+            }
+            allowed.add(&rule_ports(rule, dst_ep));
+        }
+        allowed
     }
 
     fn reach_inner(

@@ -18,6 +18,7 @@
 
 pub mod cnp;
 pub mod connectivity;
+pub mod declared;
 pub mod diagnostic;
 pub mod expect;
 pub mod explain;

@@ -76,10 +76,10 @@ pub const RULES: &[LintRule] = &[
     },
     LintRule {
         id: "NP004",
-        name: "ipblock-overlaps-pods",
+        name: "ipblock-overlaps-cluster",
         level: Level::Warning,
-        summary: "an ipBlock contains Pod addresses",
-        help: "Pod IPs change when Pods restart; select Pods by labels. (ipBlocks do match Pod IPs, so this also opens or closes Pod traffic.)",
+        summary: "an ipBlock contains Pod addresses or Service ClusterIPs",
+        help: "Pod IPs change when Pods restart; select Pods by labels. (ipBlocks do match Pod IPs, so this also opens or closes Pod traffic.) A Service's ClusterIP is translated to a backend Pod's IP before NetworkPolicy sees the packet, so an ipBlock never matches Service traffic by its ClusterIP: select the backends instead.",
     },
     LintRule {
         id: "NP005",
@@ -283,6 +283,30 @@ pub fn lint(model: &Model, graph: &AllowGraph, opts: LintOptions) -> Vec<Finding
                                         inside.len(),
                                         names.join(", "),
                                         if inside.len() > 5 { ", ..." } else { "" }
+                                    ),
+                                ));
+                            }
+                            // Services: a ClusterIP is DNATed to a backend before the
+                            // policy sees the packet. See: #14
+                            let services: Vec<String> = model
+                                .services
+                                .iter()
+                                .flat_map(|s| {
+                                    s.cluster_ips
+                                        .iter()
+                                        .filter(|ip| b.contains(ip))
+                                        .map(move |ip| format!("{} {ip}", s.display()))
+                                })
+                                .collect();
+                            if !services.is_empty() {
+                                out.push(at(
+                                    "NP004",
+                                    &format!("{field}.ipBlock.cidr"),
+                                    format!(
+                                        "ipBlock {b} contains {} Service ClusterIP(s) ({}{}): Service traffic is matched after DNAT, by the backend Pod's IP, never by the ClusterIP",
+                                        services.len(),
+                                        services.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
+                                        if services.len() > 5 { ", ..." } else { "" }
                                     ),
                                 ));
                             }

@@ -161,6 +161,9 @@ pub struct Inputs {
     pub nodes: Vec<Located<Node>>,
     /// ClusterNetworkPolicies (`policy.networking.k8s.io/v1alpha2`).
     pub cluster_policies: Vec<Located<ClusterNetworkPolicy>>,
+    /// Declared endpoints (`--endpoints FILE`, [`crate::declared`]): Pods the manifests
+    /// do not contain, by namespace and labels.
+    pub declared: Vec<crate::declared::DeclaredEndpoint>,
     /// Objects of other kinds, which do not affect connectivity.
     pub skipped: Vec<ObjectRef>,
     /// Policies of other engines (Cilium, Calico, AdminNetworkPolicy, ...) that do affect
@@ -180,6 +183,7 @@ impl Inputs {
         self.endpoint_slices.extend(other.endpoint_slices);
         self.nodes.extend(other.nodes);
         self.cluster_policies.extend(other.cluster_policies);
+        self.declared.extend(other.declared);
         self.skipped.extend(other.skipped);
         self.unevaluated.extend(other.unevaluated);
     }

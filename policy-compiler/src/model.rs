@@ -65,6 +65,9 @@ pub enum EndpointKind {
     Pod,
     /// The Pod template of a workload controller.
     Workload(WorkloadKind),
+    /// A Pod declared by labels in an endpoints file ([`crate::declared`]): created at
+    /// run time by an operator, not in the manifests.
+    Declared,
 }
 
 /// A container port a named port can resolve to.
@@ -116,6 +119,12 @@ impl Endpoint {
         match self.kind {
             EndpointKind::Pod => format!("{}/{}", self.namespace, self.name),
             EndpointKind::Workload(k) => format!("{}/{}/{}", self.namespace, k.lower(), self.name),
+            EndpointKind::Declared => format!(
+                "{}/{}/{}",
+                self.namespace,
+                crate::declared::KEY_KIND,
+                self.name
+            ),
         }
     }
 
@@ -382,7 +391,7 @@ impl Model {
     /// Builds the model, reporting every invalid object or field. Invalid objects are left
     /// out; valid ones are kept.
     pub fn build(inputs: &Inputs) -> (Model, Vec<Diagnostic>) {
-        Self::build_all(
+        let mut b = Self::builder(
             &inputs.namespaces,
             &inputs.pods,
             &inputs.workloads,
@@ -391,7 +400,12 @@ impl Model {
             &inputs.endpoint_slices,
             &inputs.nodes,
             &inputs.cluster_policies,
-        )
+        );
+        // Declared endpoints (`--endpoints`) are not objects of a cluster. See: #14
+        for d in &inputs.declared {
+            b.declared(d);
+        }
+        b.finish()
     }
 
     /// [`Model::build`] from objects held elsewhere (an index that owns them), by
@@ -445,6 +459,34 @@ impl Model {
         nodes: impl IntoIterator<Item = &'a Located<k8s_openapi::api::core::v1::Node>>,
         cluster_policies: impl IntoIterator<Item = &'a Located<crate::cnp::ClusterNetworkPolicy>>,
     ) -> (Model, Vec<Diagnostic>) {
+        Self::builder(
+            namespaces,
+            pods,
+            workloads,
+            policies,
+            services,
+            endpoint_slices,
+            nodes,
+            cluster_policies,
+        )
+        .finish()
+    }
+
+    /// A builder holding every object, in the order the model is built from (Nodes and
+    /// Services first).
+    #[allow(clippy::too_many_arguments)] // one iterator per kind, as the entry points
+    fn builder<'a>(
+        namespaces: impl IntoIterator<Item = &'a Located<k8s_openapi::api::core::v1::Namespace>>,
+        pods: impl IntoIterator<Item = &'a Located<k8s_openapi::api::core::v1::Pod>>,
+        workloads: impl IntoIterator<Item = &'a Located<crate::load::Workload>>,
+        policies: impl IntoIterator<Item = &'a Located<NetworkPolicy>>,
+        services: impl IntoIterator<Item = &'a Located<k8s_openapi::api::core::v1::Service>>,
+        endpoint_slices: impl IntoIterator<
+            Item = &'a Located<k8s_openapi::api::discovery::v1::EndpointSlice>,
+        >,
+        nodes: impl IntoIterator<Item = &'a Located<k8s_openapi::api::core::v1::Node>>,
+        cluster_policies: impl IntoIterator<Item = &'a Located<crate::cnp::ClusterNetworkPolicy>>,
+    ) -> Builder {
         let mut b = Builder::default();
         for n in nodes {
             b.node(n);
@@ -470,7 +512,7 @@ impl Model {
         for p in cluster_policies {
             b.cluster_policy(p);
         }
-        b.finish()
+        b
     }
 
     /// Endpoint by id.
@@ -900,6 +942,34 @@ impl Builder {
         });
     }
 
+    /// A declared endpoint ([`crate::declared`], validated when parsed): labels and ports,
+    /// no IP, no node. See: #14
+    fn declared(&mut self, e: &crate::declared::DeclaredEndpoint) {
+        self.implicit_namespace(&e.namespace);
+        self.endpoints.push(Endpoint {
+            id: EndpointId(0),
+            namespace: e.namespace.clone(),
+            name: e.name.clone(),
+            kind: EndpointKind::Declared,
+            labels: e.labels.clone(),
+            ips: Vec::new(),
+            ports: e
+                .ports
+                .iter()
+                .map(|p| ContainerPort {
+                    name: p.name.clone(),
+                    protocol: p.protocol,
+                    port: p.port,
+                })
+                .collect(),
+            host_network: false,
+            node: None,
+            owner: None,
+            replicas: e.replicas,
+            origin: e.origin.clone(),
+        });
+    }
+
     fn workload(&mut self, w: &Located<crate::load::Workload>) {
         let meta = &w.object.metadata;
         let origin = w.origin.as_ref();
@@ -1319,7 +1389,7 @@ impl Builder {
                 EndpointKind::Workload(k) => {
                     Some(((e.namespace.as_str(), k.kind(), e.name.as_str()), i))
                 }
-                EndpointKind::Pod => None,
+                EndpointKind::Pod | EndpointKind::Declared => None,
             })
             .collect();
         // The top input workload an owner reference leads to.

@@ -12,6 +12,7 @@ mod hostile;
 mod html;
 mod lab;
 mod matrix;
+mod nca;
 mod realnode;
 mod regressions;
 mod support;

@@ -481,6 +481,10 @@ impl LabPlan {
                     object: key,
                     reason: "a workload's Pod template: no Pod, no network namespace".into(),
                 }),
+                EndpointKind::Declared => skipped.push(Skipped {
+                    object: key,
+                    reason: "a declared endpoint (--endpoints): not in the manifests".into(),
+                }),
                 EndpointKind::Pod if e.host_network => skipped.push(Skipped {
                     object: key,
                     reason: "hostNetwork Pod: it shares the node's network namespace".into(),

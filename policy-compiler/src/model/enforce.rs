@@ -20,6 +20,8 @@ pub enum NoRuleset {
     Workload,
     /// A `hostNetwork` Pod: it shares the node's network namespace.
     HostNetwork,
+    /// A declared endpoint (`--endpoints`): not in the manifests, so nothing to enforce.
+    Declared,
 }
 
 impl fmt::Display for NoRuleset {
@@ -28,6 +30,9 @@ impl fmt::Display for NoRuleset {
             NoRuleset::Workload => "a workload, not a Pod: only Pods have a network namespace",
             NoRuleset::HostNetwork => {
                 "a hostNetwork Pod: it shares the node's network namespace and gets no ruleset"
+            }
+            NoRuleset::Declared => {
+                "a declared endpoint (--endpoints): not in the manifests, so it gets no ruleset"
             }
         })
     }
@@ -53,6 +58,7 @@ impl Endpoint {
     pub fn no_ruleset(&self) -> Option<NoRuleset> {
         match self.kind {
             EndpointKind::Workload(_) => Some(NoRuleset::Workload),
+            EndpointKind::Declared => Some(NoRuleset::Declared),
             EndpointKind::Pod if self.host_network => Some(NoRuleset::HostNetwork),
             EndpointKind::Pod => None,
         }

@@ -169,6 +169,7 @@ fn run_case(case: &Case) -> Result<Outcome, String> {
         let kind = match e.kind {
             EndpointKind::Pod => "Pod".to_string(),
             EndpointKind::Workload(k) => k.kind().to_string(),
+            EndpointKind::Declared => policy_compiler::declared::KIND.to_string(),
         };
         let key = (e.namespace.clone(), kind, e.name.clone());
         let n = names
