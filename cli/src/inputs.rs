@@ -330,7 +330,8 @@ pub(crate) fn compile_input(input: &InputArgs) -> Result<Compiled, i32> {
 }
 
 /// Lists the live cluster through the kubeconfig (`$KUBECONFIG` or `~/.kube/config`,
-/// `context` or the current one); prints the error and returns `Err(2)` on failure.
+/// `context` or the current one); prints the warnings of listing it (other engines'
+/// policies: see `enforcer::kube::foreign`), or the error and returns `Err(2)` on failure.
 pub(crate) fn live(context: Option<&str>) -> Result<Inputs, i32> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -339,20 +340,23 @@ pub(crate) fn live(context: Option<&str>) -> Result<Inputs, i32> {
             eprintln!("error: cannot start the tokio runtime: {e}");
             EXIT_INVALID
         })?;
-    rt.block_on(async {
-        let client = enforcer::kube::client(None, context).await?;
-        enforcer::kube::snapshot::snapshot(&client).await
-    })
-    .map_err(|e| {
-        let mut msg = format!("error: cannot read the cluster: {e}");
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            msg.push_str(&format!(": {s}"));
-            source = s.source();
-        }
-        eprintln!("{msg}");
-        EXIT_INVALID
-    })
+    let (inputs, warnings) = rt
+        .block_on(async {
+            let client = enforcer::kube::client(None, context).await?;
+            enforcer::kube::snapshot::snapshot(&client).await
+        })
+        .map_err(|e| {
+            let mut msg = format!("error: cannot read the cluster: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                msg.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            eprintln!("{msg}");
+            EXIT_INVALID
+        })?;
+    print_diagnostics(&warnings, None);
+    Ok(inputs)
 }
 
 /// Builds the model of objects that did not come from files (no source snippets).

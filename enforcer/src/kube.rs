@@ -21,7 +21,7 @@
 //!
 //! [`WATCHED`] and [`WATCH_VERBS`] are the API calls the source makes; the ClusterRole in
 //! `manifests/` grants exactly those (a test compares them). [`snapshot`] lists live state
-//! once, for `netpol explain --cluster`.
+//! once, for `netpol explain --cluster`, with the other engines' policies of [`foreign`].
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), enforcer::kube::KubeError> {
@@ -35,6 +35,7 @@
 //! ```
 
 pub mod feed;
+pub mod foreign;
 pub mod slim;
 pub mod snapshot;
 

@@ -12,6 +12,8 @@
 //! group itself, and rejects its v1alpha1 AdminNetworkPolicy / BaselineAdminNetworkPolicy
 //! with an error naming their replacement).
 
+use crate::diagnostic::{Diagnostic, ObjectRef, Origin};
+
 /// `(API group, kinds, who enforces them)`. The group is the part of `apiVersion` before
 /// the `/`.
 const FOREIGN: &[(&str, &[&str], &str)] = &[
@@ -105,6 +107,59 @@ const FOREIGN: &[(&str, &[&str], &str)] = &[
         "GKE Dataplane V2",
     ),
 ];
+
+/// The API groups of [`foreign_policy`] kinds with their kinds and who enforces them, in
+/// a fixed order (for `--cluster`, which lists them from the API server).
+pub fn groups() -> impl Iterator<Item = (&'static str, &'static [&'static str], &'static str)> {
+    FOREIGN.iter().copied()
+}
+
+/// The warning for an object of a foreign kind (`by` from [`foreign_policy`]), the same
+/// whether the object came from a file (`origin`) or from the cluster (`None`).
+pub fn warning(
+    origin: Option<&Origin>,
+    object: &ObjectRef,
+    api_version: &str,
+    kind: &str,
+    by: &str,
+) -> Diagnostic {
+    Diagnostic::field_error(
+        origin,
+        object,
+        "kind",
+        Some(format!("{api_version} {kind}")),
+        format!(
+            "not evaluated by netpol: {by} enforces it too, so real connectivity may differ from netpol's answers"
+        ),
+    )
+    .warning()
+}
+
+/// The ObjectRef listed in `Inputs::unevaluated` for `object` (its kind becomes
+/// `apiVersion Kind`).
+pub fn unevaluated_ref(object: ObjectRef, api_version: &str, kind: &str) -> ObjectRef {
+    ObjectRef {
+        kind: format!("{api_version} {kind}"),
+        ..object
+    }
+}
+
+/// What replaced a retired kind of `policy.networking.k8s.io` (the v1alpha1
+/// AdminNetworkPolicy and BaselineAdminNetworkPolicy), `None` for other kinds.
+pub fn replacement(kind: &str) -> Option<&'static str> {
+    match kind {
+        "AdminNetworkPolicy" => Some("a ClusterNetworkPolicy with `tier: Admin`"),
+        "BaselineAdminNetworkPolicy" => Some("a ClusterNetworkPolicy with `tier: Baseline`"),
+        _ => None,
+    }
+}
+
+/// The message for an object of a retired kind (see [`replacement`]).
+pub fn retired_message(api_version: &str, kind: &str, replacement: &str) -> String {
+    format!(
+        "{kind} ({api_version}) is not evaluated: the network-policy-api v1alpha2 replaced it with {replacement} (policy.networking.k8s.io/v1alpha2); rewrite it so its rules are not silently lost"
+    )
+}
 
 /// Who enforces `kind` of `api_version` when netpol does not evaluate it and it changes
 /// which connections succeed; `None` for kinds netpol evaluates or that do not matter.

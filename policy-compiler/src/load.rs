@@ -347,22 +347,16 @@ fn load_value(
         return;
     }
     if let Some(by) = crate::foreign::foreign_policy(&api, &kind) {
-        diags.push(
-            Diagnostic::field_error(
-                origin.as_ref(),
-                &oref,
-                "kind",
-                Some(format!("{api} {kind}")),
-                format!(
-                    "not evaluated by netpol: {by} enforces it too, so real connectivity may differ from netpol's answers"
-                ),
-            )
-            .warning(),
-        );
-        inputs.unevaluated.push(ObjectRef {
-            kind: format!("{api} {kind}"),
-            ..oref
-        });
+        diags.push(crate::foreign::warning(
+            origin.as_ref(),
+            &oref,
+            &api,
+            &kind,
+            by,
+        ));
+        inputs
+            .unevaluated
+            .push(crate::foreign::unevaluated_ref(oref, &api, &kind));
         return;
     }
     match kind.as_str() {
@@ -457,20 +451,13 @@ fn cluster_policy(
     inputs: &mut Inputs,
     diags: &mut Vec<Diagnostic>,
 ) {
-    let replacement = match kind {
-        "AdminNetworkPolicy" => Some("a ClusterNetworkPolicy with `tier: Admin`"),
-        "BaselineAdminNetworkPolicy" => Some("a ClusterNetworkPolicy with `tier: Baseline`"),
-        _ => None,
-    };
-    if let Some(r) = replacement {
+    if let Some(r) = crate::foreign::replacement(kind) {
         diags.push(Diagnostic::field_error(
             origin.as_ref(),
             &oref,
             "kind",
             Some(format!("{api} {kind}")),
-            format!(
-                "{kind} ({api}) is not evaluated: the network-policy-api v1alpha2 replaced it with {r} (policy.networking.k8s.io/v1alpha2); rewrite it so its rules are not silently lost"
-            ),
+            crate::foreign::retired_message(api, kind, r),
         ));
         return;
     }

@@ -12,7 +12,11 @@
 //! whole server. `GET /api/v1/namespaces/{ns}/pods/{name}` and
 //! `GET /api/v1/namespaces/{name}` answer one object (404 Status when absent), and an
 //! object can be stored without being announced to watches (a Pod the watch has not
-//! delivered yet). Every request is recorded.
+//! delivered yet). `GET /apis` and `GET /apis/{group}/{version}` answer discovery
+//! documents derived from the served collections; [`ApiServer::add_crd`] serves a custom
+//! resource, [`ApiServer::fail`] makes a collection's lists fail, and lists asked for
+//! metadata only (`Accept: ...;as=PartialObjectMetadataList`) get metadata only. Every
+//! request is recorded.
 //!
 //! Used by the enforcer and cli tests and the `kube_memory` example.
 
@@ -78,6 +82,8 @@ pub const CLUSTER_POLICIES: &str = "/apis/policy.networking.k8s.io/v1alpha2/clus
 pub struct Recorded {
     pub method: String,
     pub path: String,
+    /// The `Accept` header (`as=PartialObjectMetadataList` for metadata-only lists).
+    pub accept: String,
     pub query: BTreeMap<String, String>,
 }
 
@@ -94,6 +100,10 @@ impl Recorded {
 struct Collection {
     kind: String,
     api_version: String,
+    /// Cluster-scoped kinds say `namespaced: false` in discovery.
+    cluster_scoped: bool,
+    /// Lists answer this status code (403, 500) instead of the items.
+    fail: Option<u16>,
     items: BTreeMap<(String, String), Value>,
     /// Events by resourceVersion, for replay to watches that start behind.
     history: Vec<(u64, Bytes)>,
@@ -188,9 +198,16 @@ fn handle(inner: &Mutex<Inner>, req: &Request<Incoming>) -> Response<Body> {
             (k.to_owned(), v.to_owned())
         })
         .collect();
+    let accept = req
+        .headers()
+        .get("accept")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
     let rec = Recorded {
         method: req.method().to_string(),
         path: path.clone(),
+        accept: accept.clone(),
         query: query.clone(),
     };
     let watch = rec.is_watch();
@@ -212,6 +229,9 @@ fn handle(inner: &Mutex<Inner>, req: &Request<Incoming>) -> Response<Body> {
             ),
         };
     }
+    if let Some(d) = discovery(&g.collections, &path) {
+        return full(StatusCode::OK, &d);
+    }
     let Some(c) = g.collections.get_mut(&path) else {
         return full(
             StatusCode::NOT_FOUND,
@@ -222,6 +242,12 @@ fn handle(inner: &Mutex<Inner>, req: &Request<Incoming>) -> Response<Body> {
         return full(
             StatusCode::METHOD_NOT_ALLOWED,
             &json!({"kind": "Status", "code": 405}),
+        );
+    }
+    if let Some(code) = c.fail {
+        return full(
+            StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "injected failure", "code": code}),
         );
     }
     if !watch {
@@ -236,7 +262,20 @@ fn handle(inner: &Mutex<Inner>, req: &Request<Incoming>) -> Response<Body> {
             .and_then(|l| l.parse().ok())
             .filter(|l| *l > 0)
             .unwrap_or(usize::MAX);
-        let items: Vec<Value> = c.items.values().skip(from).take(limit).cloned().collect();
+        let metadata_only = accept.contains("as=PartialObjectMetadataList");
+        let items: Vec<Value> = c
+            .items
+            .values()
+            .skip(from)
+            .take(limit)
+            .map(|o| {
+                if metadata_only {
+                    json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": o["metadata"]})
+                } else {
+                    o.clone()
+                }
+            })
+            .collect();
         let next = from.saturating_add(items.len());
         let mut metadata = json!({"resourceVersion": rv.to_string()});
         if next < c.items.len() {
@@ -269,7 +308,95 @@ fn handle(inner: &Mutex<Inner>, req: &Request<Incoming>) -> Response<Body> {
     streaming(rx)
 }
 
+/// The group, version and resource (plural) of a collection path under `/apis`.
+fn group_version_resource(path: &str) -> Option<(&str, &str, &str)> {
+    let mut it = path.strip_prefix("/apis/")?.split('/');
+    match (it.next(), it.next(), it.next(), it.next()) {
+        (Some(g), Some(v), Some(r), None) => Some((g, v, r)),
+        _ => None,
+    }
+}
+
+/// Discovery documents derived from the served collections: `GET /apis` (APIGroupList,
+/// the first version of a group preferred) and `GET /apis/{group}/{version}`
+/// (APIResourceList). `None` for other paths.
+fn discovery(collections: &BTreeMap<String, Collection>, path: &str) -> Option<Value> {
+    let served = || {
+        collections
+            .iter()
+            .filter_map(|(p, c)| group_version_resource(p).map(|gvr| (gvr, c)))
+    };
+    if path == "/apis" {
+        let mut groups: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for ((g, v, _), _) in served() {
+            let vs = groups.entry(g).or_default();
+            if !vs.contains(&v) {
+                vs.push(v);
+            }
+        }
+        let groups: Vec<Value> = groups
+            .into_iter()
+            .map(|(g, vs)| {
+                let versions: Vec<Value> = vs
+                    .iter()
+                    .map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
+                    .collect();
+                json!({"name": g, "versions": versions, "preferredVersion": versions[0]})
+            })
+            .collect();
+        return Some(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}));
+    }
+    let gv = path.strip_prefix("/apis/")?;
+    let (group, version) = gv.split_once('/')?;
+    if version.contains('/') {
+        return None;
+    }
+    let resources: Vec<Value> = served()
+        .filter(|((g, v, _), _)| *g == group && *v == version)
+        .map(|((_, _, r), c)| {
+            json!({"name": r, "singularName": "", "namespaced": !c.cluster_scoped, "kind": c.kind,
+                   "verbs": ["get", "list", "watch"]})
+        })
+        .collect();
+    (!resources.is_empty()).then(|| {
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources})
+    })
+}
+
+/// Whether a kind of [`COLLECTIONS`] is cluster-scoped.
+fn cluster_scoped(kind: &str) -> bool {
+    matches!(kind, "Namespace" | "Node" | "ClusterNetworkPolicy")
+}
+
 impl ApiServer {
+    /// Serves a custom resource at `path` (`/apis/{group}/{version}/{plural}`) of `kind`
+    /// (its CRD is installed): listed, watched and in discovery.
+    pub fn add_crd(&self, path: &str, kind: &str, cluster_scoped: bool) {
+        let (g, v, _) =
+            group_version_resource(path).expect("a path /apis/{group}/{version}/{plural}");
+        let api_version = format!("{g}/{v}");
+        self.inner.lock().unwrap().collections.insert(
+            path.to_owned(),
+            Collection {
+                kind: kind.to_owned(),
+                api_version,
+                cluster_scoped,
+                ..Collection::default()
+            },
+        );
+    }
+
+    /// Makes every list of `path` answer `code` (403 forbidden, 500) from now on.
+    pub fn fail(&self, path: &str, code: u16) {
+        self.inner
+            .lock()
+            .unwrap()
+            .collections
+            .get_mut(path)
+            .expect("known collection")
+            .fail = Some(code);
+    }
+
     /// Starts an empty server on 127.0.0.1 (a free port).
     /// Stops serving a collection (its list answers 404, as for a CRD that is not
     /// installed).
@@ -288,6 +415,7 @@ impl ApiServer {
                 Collection {
                     kind: (*kind).to_owned(),
                     api_version: (*api).to_owned(),
+                    cluster_scoped: cluster_scoped(kind),
                     ..Collection::default()
                 },
             );
@@ -469,6 +597,7 @@ impl ApiServer {
             Collection {
                 kind: (*kind).to_owned(),
                 api_version: (*api).to_owned(),
+                cluster_scoped: cluster_scoped(kind),
                 ..Collection::default()
             },
         );

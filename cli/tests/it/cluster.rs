@@ -268,3 +268,175 @@ async fn cluster_network_policies_are_listed_when_served() {
             .any(|r| r.path == crate::apiserver::CLUSTER_POLICIES)
     );
 }
+
+const CILIUM: &str = "/apis/cilium.io/v2/ciliumnetworkpolicies";
+const CALICO_GLOBAL: &str = "/apis/crd.projectcalico.org/v1/globalnetworkpolicies";
+const ANP_V1ALPHA1: &str = "/apis/policy.networking.k8s.io/v1alpha1/adminnetworkpolicies";
+
+/// Other engines' policies in the cluster warn as from files, in every command, and
+/// explain's answer carries the caveat; they are found through discovery and listed as
+/// metadata only. See: #14
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_engines_policies_in_the_cluster_warn_as_from_files() {
+    let server = ApiServer::start().await;
+    load_case(&server, CASE);
+    server.add_crd(CILIUM, "CiliumNetworkPolicy", false);
+    server.add_crd(CALICO_GLOBAL, "GlobalNetworkPolicy", true);
+    server.add_crd(ANP_V1ALPHA1, "AdminNetworkPolicy", true);
+    let cnp = json!({"metadata": {"name": "lock-db", "namespace": "shop"},
+                     "spec": {"endpointSelector": {}, "ingressDeny": [{}]}});
+    let gnp = json!({"metadata": {"name": "deny-all"}, "spec": {"selector": "all()", "types": ["Ingress"]}});
+    let anp = json!({"metadata": {"name": "old"}, "spec": {"priority": 1, "subject": {"namespaces": {}}}});
+    server.add(CILIUM, cnp.clone());
+    server.add(CALICO_GLOBAL, gnp.clone());
+    server.add(ANP_V1ALPHA1, anp);
+    let tmp = tempfile::tempdir().unwrap();
+    let kc = kubeconfig(&server, tmp.path());
+
+    // The same objects in a file give the same warnings (minus the file position).
+    let cnp_file = tmp.path().join("cilium.json");
+    let gnp_file = tmp.path().join("calico.json");
+    let mut cnp_doc = cnp.clone();
+    cnp_doc["apiVersion"] = json!("cilium.io/v2");
+    cnp_doc["kind"] = json!("CiliumNetworkPolicy");
+    let mut gnp_doc = gnp.clone();
+    gnp_doc["apiVersion"] = json!("crd.projectcalico.org/v1");
+    gnp_doc["kind"] = json!("GlobalNetworkPolicy");
+    std::fs::write(&cnp_file, cnp_doc.to_string()).unwrap();
+    std::fs::write(&gnp_file, gnp_doc.to_string()).unwrap();
+    let mut args = vec!["matrix".to_owned(), "--port".into(), "5432".into()];
+    args.extend(manifests_of(CASE));
+    for f in [&cnp_file, &gnp_file] {
+        args.extend(["-f".to_owned(), f.display().to_string()]);
+    }
+    let from_files = netpol(&args);
+    from_files.expect_code(0);
+
+    let live = netpol_kube(
+        &kc,
+        &["matrix", "--port", "5432", "--cluster", "--context", "live"],
+    );
+    live.expect_code(0);
+    for warning in [
+        "warning: CiliumNetworkPolicy shop/lock-db: kind: not evaluated by netpol: Cilium enforces it too, so real connectivity may differ from netpol's answers (value \"cilium.io/v2 CiliumNetworkPolicy\")",
+        "warning: GlobalNetworkPolicy deny-all: kind: not evaluated by netpol: Calico enforces it too, so real connectivity may differ from netpol's answers (value \"crd.projectcalico.org/v1 GlobalNetworkPolicy\")",
+    ] {
+        assert!(live.stderr.contains(warning), "{warning}\n{}", live.stderr);
+        // Files get a wrapped snippet: compare without whitespace and frame characters.
+        let squeeze = |t: &str| -> String {
+            t.chars()
+                .filter(|c| !c.is_whitespace() && *c != '│')
+                .collect()
+        };
+        assert!(
+            squeeze(&from_files.stderr).contains(&squeeze(warning)),
+            "{warning}\n{}",
+            from_files.stderr
+        );
+    }
+    assert!(
+        live.stderr.contains("warning: AdminNetworkPolicy old: kind: AdminNetworkPolicy (policy.networking.k8s.io/v1alpha1) is not evaluated: the network-policy-api v1alpha2 replaced it with a ClusterNetworkPolicy with `tier: Admin`"),
+        "{}",
+        live.stderr
+    );
+    assert_eq!(live.stdout, from_files.stdout);
+
+    // explain says the answer may differ, naming the objects.
+    let explain = [
+        "explain",
+        "shop/api",
+        "shop/db",
+        "--port",
+        "5432",
+        "--cluster",
+        "--context",
+        "live",
+    ];
+    let run = netpol_kube(&kc, &explain);
+    run.expect_code(0);
+    assert!(
+        run.stdout.contains("the input holds 3 policies netpol does not evaluate (cilium.io/v2 CiliumNetworkPolicy shop/lock-db, crd.projectcalico.org/v1 GlobalNetworkPolicy deny-all, policy.networking.k8s.io/v1alpha1 AdminNetworkPolicy old): the answer may differ in the cluster"),
+        "{}",
+        run.stdout
+    );
+    // test --cluster warns too.
+    let dir = tmp.path().join("case");
+    copy_case(CASE, &dir);
+    let run = netpol_kube(
+        &kc,
+        &[
+            "test",
+            dir.to_str().unwrap(),
+            "--cluster",
+            "--context",
+            "live",
+        ],
+    );
+    run.expect_code(0);
+    assert!(
+        run.stderr.contains("CiliumNetworkPolicy shop/lock-db"),
+        "{}",
+        run.stderr
+    );
+
+    // Discovery, then metadata-only lists of the served foreign kinds; nothing else of
+    // those groups, no watch.
+    let reqs = server.requests();
+    assert!(reqs.iter().any(|r| r.path == "/apis"));
+    for path in [CILIUM, CALICO_GLOBAL, ANP_V1ALPHA1] {
+        let lists: Vec<_> = reqs.iter().filter(|r| r.path == path).collect();
+        assert!(!lists.is_empty(), "{path} not listed");
+        assert!(
+            lists
+                .iter()
+                .all(|r| !r.is_watch() && r.accept.contains("as=PartialObjectMetadataList")),
+            "{lists:?}"
+        );
+    }
+    assert!(
+        !reqs
+            .iter()
+            .any(|r| r.path.starts_with("/apis/projectcalico.org")),
+        "a group the server does not have is not asked for"
+    );
+}
+
+/// A foreign kind whose list fails (403, 500) is a warning naming it, not silence and not
+/// an error; without the CRDs there is no warning at all. See: #14
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_kinds_absent_or_forbidden() {
+    let server = ApiServer::start().await;
+    load_case(&server, CASE);
+    let tmp = tempfile::tempdir().unwrap();
+    let kc = kubeconfig(&server, tmp.path());
+    let args = ["matrix", "--port", "5432", "--cluster", "--context", "live"];
+    let run = netpol_kube(&kc, &args);
+    run.expect_code(0);
+    assert!(!run.stderr.contains("warning"), "{}", run.stderr);
+    let explain = [
+        "explain",
+        "shop/api",
+        "shop/db",
+        "--port",
+        "5432",
+        "--cluster",
+        "--context",
+        "live",
+    ];
+    let run = netpol_kube(&kc, &explain);
+    run.expect_code(0);
+    assert!(!run.stdout.contains("does not evaluate"), "{}", run.stdout);
+
+    server.add_crd(CILIUM, "CiliumNetworkPolicy", false);
+    server.add_crd(CALICO_GLOBAL, "GlobalNetworkPolicy", true);
+    server.fail(CILIUM, 403);
+    server.fail(CALICO_GLOBAL, 500);
+    let run = netpol_kube(&kc, &args);
+    run.expect_code(0);
+    for kind in [
+        "cannot list CiliumNetworkPolicy (cilium.io/v2)",
+        "cannot list GlobalNetworkPolicy (crd.projectcalico.org/v1)",
+    ] {
+        assert!(run.stderr.contains(kind), "{kind}\n{}", run.stderr);
+    }
+}

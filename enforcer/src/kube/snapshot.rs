@@ -15,7 +15,7 @@ use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Namespace, Pod, PodTemplateSpec, ReplicationController};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use policy_compiler::{Inputs, Located, Workload, WorkloadKind};
+use policy_compiler::{Diagnostic, Inputs, Located, Workload, WorkloadKind};
 use serde::de::DeserializeOwned;
 
 use super::{KubeError, slim_namespace, slim_pod, slim_policy};
@@ -128,8 +128,10 @@ async fn list_cluster_policies(
     }
 }
 
-/// Lists the live cluster state as compiler inputs (sorted by the compiler later).
-pub async fn snapshot(client: &Client) -> Result<Inputs, KubeError> {
+/// Lists the live cluster state as compiler inputs (sorted by the compiler later), and
+/// the warnings of listing it (other engines' policies, kinds that could not be listed).
+pub async fn snapshot(client: &Client) -> Result<(Inputs, Vec<Diagnostic>), KubeError> {
+    let foreign = super::foreign::foreign_policies(client).await;
     let mut inputs = Inputs {
         namespaces: list_all::<Namespace>(client)
             .await?
@@ -147,6 +149,7 @@ pub async fn snapshot(client: &Client) -> Result<Inputs, KubeError> {
             .map(|o| Located::unlocated(slim_policy(o)))
             .collect(),
         cluster_policies: list_cluster_policies(client).await?,
+        unevaluated: foreign.unevaluated,
         ..Inputs::default()
     };
     let w = &mut inputs.workloads;
@@ -214,5 +217,5 @@ pub async fn snapshot(client: &Client) -> Result<Inputs, KubeError> {
             replicas,
         ));
     }
-    Ok(inputs)
+    Ok((inputs, foreign.warnings))
 }
