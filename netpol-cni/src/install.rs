@@ -26,7 +26,8 @@
 //!
 //! [`unchain`] undoes [`chain`] (idempotent); [`is_chained`] is the cheap check the agent
 //! can repeat to notice that the primary CNI rewrote its configuration. [`parse_args`]
-//! and [`run`] are `netpol-cni install|uninstall` for the plugin binary ([`USAGE`]).
+//! (clap; `netpol-cni install --help`) and [`run`] are `netpol-cni install|uninstall`
+//! for the plugin binary.
 //!
 //! # Example
 //!
@@ -64,21 +65,6 @@ const CONFIG_EXTENSIONS: [&str; 3] = ["conflist", "conf", "json"];
 pub const DEFAULT_BIN_DIR: &str = "/host/opt/cni/bin";
 /// Default CNI configuration directory (the host's `/etc/cni/net.d`, mounted).
 pub const DEFAULT_CONF_DIR: &str = "/host/etc/cni/net.d";
-
-/// `netpol-cni install|uninstall` usage text.
-pub const USAGE: &str = "\
-usage: netpol-cni install [--bin-dir DIR] [--conf-dir DIR] [--source PATH] [--entry FILE]
-                          [--agent-socket PATH] [--timeout-seconds N] [--fail-open]
-       netpol-cni uninstall [--bin-dir DIR] [--conf-dir DIR]
-
-  --bin-dir DIR          CNI bin directory (default /host/opt/cni/bin)
-  --conf-dir DIR         CNI network configuration directory (default /host/etc/cni/net.d)
-  --source PATH          plugin binary to copy (default: this executable)
-  --entry FILE           JSON plugin entry {\"type\":\"netpol-cni\",\"agentSocket\",\"timeoutSeconds\",\"failOpen\"};
-                         the flags below override its fields
-  --agent-socket PATH    agent socket the plugin talks to (default /run/netpol/cni.sock)
-  --timeout-seconds N    how long the plugin waits for the agent (default 10)
-  --fail-open            let Pods start when the agent does not answer (default: fail)";
 
 /// Errors of installing, chaining and unchaining; each names the file or flag.
 #[derive(Debug, thiserror::Error)]
@@ -175,36 +161,6 @@ pub enum InstallError {
         /// The underlying error.
         #[source]
         source: io::Error,
-    },
-    /// No subcommand was given.
-    #[error("missing command: install or uninstall")]
-    MissingCommand,
-    /// The subcommand is neither `install` nor `uninstall`.
-    #[error("unknown command `{0}`: expected install or uninstall")]
-    UnknownCommand(String),
-    /// A flag the subcommand does not have.
-    #[error("unknown flag `{flag}` for `netpol-cni {command}`")]
-    UnknownFlag {
-        /// The subcommand.
-        command: &'static str,
-        /// The flag as given.
-        flag: String,
-    },
-    /// A flag that takes a value is last, or followed by another flag.
-    #[error("flag `{flag}` needs a value")]
-    MissingValue {
-        /// The flag.
-        flag: String,
-    },
-    /// A flag's value cannot be used.
-    #[error("flag `{flag}`: invalid value `{value}`: {reason}")]
-    InvalidValue {
-        /// The flag.
-        flag: String,
-        /// The value given.
-        value: String,
-        /// Why it is invalid.
-        reason: &'static str,
     },
 }
 
@@ -710,26 +666,39 @@ pub fn remove_binary(bin_dir: &Path) -> Result<bool, InstallError> {
     }
 }
 
-/// `netpol-cni install` settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `netpol-cni install` settings (its flags; the doc comments are the `--help` text).
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+// Repeating a flag is not an error: the last one wins, as with most tools.
+#[command(args_override_self = true)]
 pub struct InstallOptions {
-    /// `--bin-dir`.
+    /// CNI bin directory
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_BIN_DIR)]
     pub bin_dir: PathBuf,
-    /// `--conf-dir`.
+    /// CNI network configuration directory
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_CONF_DIR)]
     pub conf_dir: PathBuf,
-    /// `--source`; `None`: the running executable.
+    /// Plugin binary to copy [default: this executable]
+    #[arg(long, value_name = "PATH")]
     pub source: Option<PathBuf>,
-    /// `--entry`: base entry read from a file (the DaemonSet's ConfigMap).
+    /// JSON plugin entry {"type":"netpol-cni","agentSocket","timeoutSeconds","failOpen"}
+    /// (the DaemonSet's ConfigMap); the flags below override its fields
+    #[arg(long = "entry", value_name = "FILE")]
     pub entry_file: Option<PathBuf>,
-    /// `--agent-socket`, overriding the entry file.
+    /// Agent socket the plugin talks to [default: the entry's, else /run/netpol/cni.sock]
+    #[arg(long, value_name = "PATH")]
     pub agent_socket: Option<PathBuf>,
-    /// `--timeout-seconds`, overriding the entry file.
+    /// How long the plugin waits for the agent, 1 to 600 [default: the entry's, else 10]
+    // The plugin refuses a conflist outside this range: never write one.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(crate::config::TIMEOUT_SECONDS))]
     pub timeout_seconds: Option<u64>,
-    /// `--fail-open` (sets `failOpen`; without it the entry file or default decides).
+    /// Let Pods start when the agent does not answer (sets failOpen; without it the entry
+    /// decides, default: fail closed)
+    #[arg(long)]
     pub fail_open: bool,
 }
 
 impl Default for InstallOptions {
+    /// The options of a bare `netpol-cni install` (what [`parse_args`] returns for it).
     fn default() -> Self {
         Self {
             bin_dir: PathBuf::from(DEFAULT_BIN_DIR),
@@ -762,95 +731,46 @@ impl InstallOptions {
 }
 
 /// A parsed `netpol-cni install|uninstall` command line.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
 pub enum InstallArgs {
-    /// `netpol-cni install …`.
+    /// Copy netpol-cni to the CNI bin directory and chain it into the node's network
+    /// configuration (idempotent)
     Install(InstallOptions),
-    /// `netpol-cni uninstall …`.
+    /// Unchain netpol-cni from the network configuration, then remove its binary
+    #[command(args_override_self = true)]
     Uninstall {
-        /// `--bin-dir`.
+        /// CNI bin directory
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_BIN_DIR)]
         bin_dir: PathBuf,
-        /// `--conf-dir`.
+        /// CNI network configuration directory
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_CONF_DIR)]
         conf_dir: PathBuf,
     },
 }
 
-/// Parses the arguments after the program name (`install …` or `uninstall …`, see
-/// [`USAGE`]); flags take `--flag VALUE` or `--flag=VALUE`. Pure: the default `--source`
-/// is resolved by [`run`].
-pub fn parse_args(args: &[String]) -> Result<InstallArgs, InstallError> {
-    let (command, rest) = args.split_first().ok_or(InstallError::MissingCommand)?;
-    let command: &'static str = match command.as_str() {
-        "install" => "install",
-        "uninstall" => "uninstall",
-        other => return Err(InstallError::UnknownCommand(other.to_owned())),
-    };
-    let mut o = InstallOptions::default();
-    let mut it = rest.iter();
-    while let Some(arg) = it.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f, Some(v)),
-            _ => (arg.as_str(), None),
-        };
-        let mut value = || -> Result<String, InstallError> {
-            match inline {
-                Some(v) => Ok(v.to_owned()),
-                None => match it.next() {
-                    Some(v) if !v.starts_with("--") => Ok(v.clone()),
-                    _ => Err(InstallError::MissingValue {
-                        flag: flag.to_owned(),
-                    }),
-                },
-            }
-        };
-        match (command, flag) {
-            (_, "--bin-dir") => o.bin_dir = value()?.into(),
-            (_, "--conf-dir") => o.conf_dir = value()?.into(),
-            ("install", "--source") => o.source = Some(value()?.into()),
-            ("install", "--entry") => o.entry_file = Some(value()?.into()),
-            ("install", "--agent-socket") => o.agent_socket = Some(value()?.into()),
-            ("install", "--timeout-seconds") => {
-                let v = value()?;
-                let t: u64 = v.parse().map_err(|_| InstallError::InvalidValue {
-                    flag: flag.to_owned(),
-                    value: v.clone(),
-                    reason: "expected a whole number of seconds",
-                })?;
-                // The plugin refuses a conflist outside this range: never write one.
-                if !crate::config::TIMEOUT_SECONDS.contains(&t) {
-                    return Err(InstallError::InvalidValue {
-                        flag: flag.to_owned(),
-                        value: v,
-                        reason: "timeoutSeconds must be between 1 and 600",
-                    });
-                }
-                o.timeout_seconds = Some(t);
-            }
-            ("install", "--fail-open") => match inline {
-                None => o.fail_open = true,
-                Some(v) => {
-                    return Err(InstallError::InvalidValue {
-                        flag: flag.to_owned(),
-                        value: v.to_owned(),
-                        reason: "the flag takes no value",
-                    });
-                }
-            },
-            _ => {
-                return Err(InstallError::UnknownFlag {
-                    command,
-                    flag: arg.clone(),
-                });
-            }
-        }
-    }
-    Ok(match command {
-        "install" => InstallArgs::Install(o),
-        _ => InstallArgs::Uninstall {
-            bin_dir: o.bin_dir,
-            conf_dir: o.conf_dir,
-        },
-    })
+/// `netpol-cni install|uninstall` as clap sees it (the plugin itself takes no arguments:
+/// the runtime passes `CNI_*` variables and stdin).
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = BINARY_NAME,
+    about = "netpol-cni: chained CNI plugin of netpol; install or uninstall it on a node",
+    disable_help_subcommand = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: InstallArgs,
+}
+
+/// Parses the arguments after the program name (`install …` or `uninstall …`; `--help`
+/// lists the flags); flags take `--flag VALUE` or `--flag=VALUE`, a repeated flag's last
+/// value wins. Pure: the default `--source` is resolved by [`run`].
+///
+/// The error is clap's: [`clap::Error::exit`] prints it (a usage error names the flag and
+/// exits 2; `--help` prints the help on stdout and exits 0).
+pub fn parse_args(args: &[String]) -> Result<InstallArgs, clap::Error> {
+    use clap::Parser as _;
+    let argv = std::iter::once(BINARY_NAME).chain(args.iter().map(String::as_str));
+    Cli::try_parse_from(argv).map(|cli| cli.command)
 }
 
 /// Runs a parsed command and returns a one-line summary of what changed.
@@ -1408,35 +1328,82 @@ mod tests {
                 conf_dir: "/c".into(),
             }
         );
+        // A repeated flag: the last value wins (as with the hand-written parser).
+        let InstallArgs::Install(o) = parse_args(&args(
+            "install --bin-dir /a --bin-dir /b --fail-open --fail-open",
+        ))
+        .unwrap() else {
+            panic!("not install")
+        };
+        assert_eq!((o.bin_dir.as_path(), o.fail_open), (Path::new("/b"), true));
+        // Usage errors are clap's: exit code 2, a message naming the command or flag.
         let errors = [
-            ("", "missing command"),
-            ("add", "unknown command `add`"),
+            // No command: the help, on stderr, exit 2.
+            ("", "Usage: netpol-cni <COMMAND>"),
+            ("add", "unrecognized subcommand 'add'"),
+            ("install --bogus", "unexpected argument '--bogus'"),
+            ("install positional", "unexpected argument 'positional'"),
+            ("uninstall --fail-open", "unexpected argument '--fail-open'"),
             (
-                "install --bogus",
-                "unknown flag `--bogus` for `netpol-cni install`",
+                "install --bin-dir",
+                "a value is required for '--bin-dir <DIR>'",
             ),
-            (
-                "uninstall --fail-open",
-                "unknown flag `--fail-open` for `netpol-cni uninstall`",
-            ),
-            ("install --bin-dir", "flag `--bin-dir` needs a value"),
             (
                 "install --bin-dir --fail-open",
-                "flag `--bin-dir` needs a value",
+                "a value is required for '--bin-dir <DIR>'",
+            ),
+            (
+                "install --bin-dir=",
+                "a value is required for '--bin-dir <DIR>'",
             ),
             (
                 "install --timeout-seconds ten",
-                "flag `--timeout-seconds`: invalid value `ten`",
+                "invalid value 'ten' for '--timeout-seconds <N>'",
             ),
             (
                 "install --fail-open=yes",
-                "flag `--fail-open`: invalid value `yes`",
+                "unexpected value 'yes' for '--fail-open'",
             ),
         ];
         for (line, want) in errors {
-            let msg = parse_args(&args(line)).unwrap_err().to_string();
+            let e = parse_args(&args(line)).unwrap_err();
+            let msg = e.to_string();
             assert!(msg.contains(want), "{line}: {msg}");
+            assert_eq!(e.exit_code(), 2, "{line}: {msg}");
         }
+        // The error for a wrong flag of `uninstall` shows `uninstall`'s usage.
+        let msg = parse_args(&args("uninstall --fail-open"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("Usage: netpol-cni uninstall"), "{msg}");
+    }
+
+    #[test]
+    fn help_lists_every_flag_and_exits_0() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+        let e = parse_args(&args("install --help")).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::DisplayHelp);
+        assert_eq!(e.exit_code(), 0);
+        let help = e.to_string();
+        for flag in [
+            "--bin-dir <DIR>",
+            "--conf-dir <DIR>",
+            "--source <PATH>",
+            "--entry <FILE>",
+            "--agent-socket <PATH>",
+            "--timeout-seconds <N>",
+            "--fail-open",
+            DEFAULT_BIN_DIR,
+            DEFAULT_CONF_DIR,
+        ] {
+            assert!(help.contains(flag), "{flag} in {help}");
+        }
+        let help = parse_args(&args("--help")).unwrap_err().to_string();
+        assert!(
+            help.contains("install") && help.contains("uninstall"),
+            "{help}"
+        );
     }
 
     #[test]
@@ -1515,8 +1482,15 @@ mod tests {
         // See: #9
         let args = |t: &str| parse_args(&["install".to_string(), format!("--timeout-seconds={t}")]);
         for bad in ["0", "601", "100000"] {
-            let e = args(bad).unwrap_err().to_string();
-            assert!(e.contains("between 1 and 600"), "{bad}: {e}");
+            let e = args(bad).unwrap_err();
+            let msg = e.to_string();
+            assert!(
+                msg.contains(&format!(
+                    "invalid value '{bad}' for '--timeout-seconds <N>'"
+                )) && msg.contains("1..=600"),
+                "{bad}: {msg}"
+            );
+            assert_eq!(e.exit_code(), 2);
         }
         for good in ["1", "600"] {
             assert!(args(good).is_ok(), "{good}");

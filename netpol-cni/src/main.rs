@@ -52,19 +52,18 @@ fn main() {
     }
 }
 
-/// `netpol-cni install|uninstall ...`: prints one summary line, or the error and usage.
+/// `netpol-cni install|uninstall ...`: prints one summary line and returns 0, or prints
+/// the error and returns 2. A usage error (an unknown flag, a missing or invalid value)
+/// is clap's: it names the flag, prints the usage and exits 2; `--help` exits 0.
 fn installer(args: &[String]) -> i32 {
-    if matches!(args.first().map(String::as_str), Some("--help" | "-h")) {
-        println!("{}", install::USAGE);
-        return 0;
-    }
-    match install::parse_args(args).and_then(|a| install::run(&a)) {
+    let parsed = install::parse_args(args).unwrap_or_else(|e| e.exit());
+    match install::run(&parsed) {
         Ok(summary) => {
             println!("{summary}");
             0
         }
         Err(e) => {
-            eprintln!("netpol-cni: {}\n\n{}", ErrorChain(&e), install::USAGE);
+            eprintln!("netpol-cni: {}", ErrorChain(&e));
             2
         }
     }

@@ -634,7 +634,35 @@ fn install_and_uninstall_through_the_binary() {
     assert!(!bin.join("netpol-cni").exists());
     let back: Value = serde_json::from_str(&std::fs::read_to_string(&list).unwrap()).unwrap();
     assert_eq!(back, serde_json::from_str::<Value>(original).unwrap());
+    // Usage errors (clap's) exit 2 naming the flag, with the usage; `--help` exits 0.
+    // See: #9
     let (code, _, err) = run(&["install", "--bogus"]);
     assert_eq!(code, 2);
-    assert!(err.contains("--bogus") && err.contains("usage"), "{err}");
+    assert!(
+        err.contains("'--bogus'") && err.contains("Usage: netpol-cni install"),
+        "{err}"
+    );
+    let (code, _, err) = run(&["install", "--timeout-seconds", "601"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("'--timeout-seconds <N>'"), "{err}");
+    for help in [&["install", "--help"][..], &["--help"], &["-h"]] {
+        let (code, out, err) = run(help);
+        assert_eq!(code, 0, "{help:?}: {err}");
+        assert!(out.contains("install"), "{help:?}: {out}");
+    }
+    // A failure of the installation itself (no configuration directory): the error
+    // naming the directory, exit 2.
+    let missing = dir.path().join("missing");
+    let (code, out, err) = run(&[
+        "install",
+        "--bin-dir",
+        b,
+        "--conf-dir",
+        missing.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        err.starts_with("netpol-cni: ") && err.contains("missing"),
+        "{err}"
+    );
 }
