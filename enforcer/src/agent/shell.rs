@@ -65,6 +65,9 @@ pub struct Agent {
     shutdown: watch::Sender<bool>,
     task: JoinHandle<Result<(), AgentError>>,
     http: Option<JoinHandle<()>>,
+    /// The CNI socket's accept loop: awaited by [`Agent::stop`] so that the socket is
+    /// closed (a STATUS call says "not ready") once `stop` returns.
+    cni: Option<JoinHandle<()>>,
 }
 
 impl Agent {
@@ -121,6 +124,7 @@ impl Agent {
                 "drop reports on (NFLOG listener per enforced Pod netns)"
             );
         }
+        let mut cni_task = None;
         let cni_calls = match &config.cni {
             Some(cni) => {
                 if let Some(dir) = &cni.records {
@@ -128,7 +132,11 @@ impl Agent {
                 }
                 let listener = cni_server::bind(&cni.socket).map_err(AgentError::Cni)?;
                 let (tx, rx) = tokio::sync::mpsc::channel(64);
-                tokio::spawn(cni_server::serve(listener, tx, shutdown_rx.clone()));
+                cni_task = Some(tokio::spawn(cni_server::serve(
+                    listener,
+                    tx,
+                    shutdown_rx.clone(),
+                )));
                 tracing::info!(socket = %cni.socket.display(), "serving netpol-cni requests");
                 Some(rx)
             }
@@ -167,6 +175,7 @@ impl Agent {
             shutdown,
             task,
             http,
+            cni: cni_task,
         })
     }
 
@@ -196,6 +205,9 @@ impl Agent {
         let result = self.task.await.unwrap_or(Err(AgentError::Panicked));
         if let Some(http) = self.http {
             let _ = http.await;
+        }
+        if let Some(cni) = self.cni {
+            let _ = cni.await;
         }
         self.health.running.store(false, Ordering::SeqCst);
         result
