@@ -283,9 +283,18 @@ fn lab_tears_down_on_sigint() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Only this child's namespaces: other labs (another test binary, a user's run) may
+    // exist at the same time.
+    let own = format!("{LAB_PREFIX}{}-", child.id());
+    let mine = || -> Vec<String> {
+        lab_namespaces()
+            .into_iter()
+            .filter(|n| n.starts_with(&own))
+            .collect()
+    };
     // Wait until the lab is being built, then interrupt it.
     let start = Instant::now();
-    while !lab_namespaces().iter().any(|n| n.ends_with("-8")) {
+    while !mine().iter().any(|n| n.ends_with("-8")) {
         assert!(
             start.elapsed() < Duration::from_secs(20),
             "lab never came up"
@@ -302,7 +311,7 @@ fn lab_tears_down_on_sigint() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("interrupted"), "{stderr}");
-    assert!(lab_namespaces().is_empty(), "{:?}", lab_namespaces());
+    assert!(mine().is_empty(), "{:?}", mine());
 }
 
 #[test]
