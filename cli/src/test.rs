@@ -4,7 +4,7 @@
 //! manifests are every `*.yaml`, `*.yml` and `*.json` in it except `expect.yaml` and the
 //! goldens, including files in subdirectories that are not cases themselves. Cases are
 //! found recursively under each DIR (hidden directories are skipped); a case may contain
-//! further cases.
+//! further cases. The rule is [`policy_compiler::case`], shared with the test suites.
 //!
 //! Per case: compile the manifests (any error diagnostic fails the case, and nothing else
 //! of it is checked), check `expect.yaml` ([`policy_compiler::expect`]), and compare every
@@ -44,8 +44,10 @@ use policy_compiler::expect::{check, parse_expectations_in};
 use policy_compiler::{AllowGraph, Inputs, Model};
 
 use crate::inputs;
-use case::{case_inputs, entries, file_name, find_cases};
+use case::{case_inputs, find_cases};
 use golden::{GOLDEN_KINDS, Outputs, check_golden, golden_kind};
+use policy_compiler::Diagnostic;
+use policy_compiler::case::{Case, EXPECT_FILE};
 use report::{CaseReport, JsonReport, Status, Suite, failed, passed, text_report};
 
 /// Exit code when some case failed.
@@ -96,13 +98,17 @@ pub(crate) fn run(args: &TestArgs) -> i32 {
             eprintln!("error: {}: not a readable directory", dir.display());
             return inputs::EXIT_INVALID;
         }
-        let mut found = Vec::new();
-        if let Err(e) = find_cases(dir, &mut found) {
-            eprintln!("error: {e}");
-            return inputs::EXIT_INVALID;
-        }
+        let mut found = match find_cases(dir) {
+            Ok(found) => found,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return inputs::EXIT_INVALID;
+            }
+        };
         // A case under two DIRs (`netpol test a a/b`) runs once, under the first.
-        found.retain(|c| seen.insert(std::fs::canonicalize(c).unwrap_or_else(|_| c.clone())));
+        found.retain(|(c, _)| {
+            seen.insert(std::fs::canonicalize(&c.dir).unwrap_or_else(|_| c.dir.clone()))
+        });
         plan.push((dir, found));
     }
     if plan.iter().all(|(_, cases)| cases.is_empty()) {
@@ -132,8 +138,8 @@ pub(crate) fn run(args: &TestArgs) -> i32 {
     let mut suites = Vec::new();
     for (dir, cases) in plan {
         let mut reports = Vec::new();
-        for case in cases {
-            let report = run_case(dir, &case, args.update, live.as_ref(), &declared);
+        for (case, warnings) in cases {
+            let report = run_case(dir, &case, &warnings, args.update, live.as_ref(), &declared);
             if args.output == Format::Text {
                 crate::output::emit(&text_report(&report));
             }
@@ -177,11 +183,13 @@ pub(crate) fn run(args: &TestArgs) -> i32 {
 /// manifests when given).
 pub(crate) fn run_case(
     root: &Path,
-    dir: &Path,
+    case: &Case,
+    warnings: &[Diagnostic],
     update: bool,
     live: Option<&Inputs>,
     declared: &inputs::Sources,
 ) -> CaseReport {
+    let dir = case.dir.as_path();
     let name = match dir.strip_prefix(root) {
         Ok(p) if p.as_os_str().is_empty() => ".".to_string(),
         Ok(p) => p.display().to_string(),
@@ -194,13 +202,14 @@ pub(crate) fn run_case(
         checks: Vec::new(),
         warnings: Vec::new(),
     };
-    check_case(dir, update, live, declared, &mut report);
+    check_case(case, warnings, update, live, declared, &mut report);
     report.passed = report.checks.iter().all(|c| c.status != Status::Failed);
     report
 }
 
 fn check_case(
-    dir: &Path,
+    case: &Case,
+    warnings: &[Diagnostic],
     update: bool,
     live: Option<&Inputs>,
     declared: &inputs::Sources,
@@ -208,7 +217,7 @@ fn check_case(
 ) {
     let (mut inputs, mut diags, what) = match live {
         Some(inputs) => (inputs.clone(), Vec::new(), "live cluster".to_owned()),
-        None => match case_inputs(dir) {
+        None => match case_inputs(case, warnings) {
             Ok((inputs, diags, n)) => (inputs, diags, format!("{n} manifest file(s)")),
             Err(e) => {
                 report.checks.push(failed("manifests", "manifests", e));
@@ -237,19 +246,18 @@ fn check_case(
     let graph = AllowGraph::build(&model);
 
     // expect.yaml.
-    let expect_path = dir.join("expect.yaml");
     let mut expectations = None;
-    if expect_path.is_file() {
-        match std::fs::read_to_string(&expect_path)
+    if let Some(expect_path) = case.expect.as_ref().filter(|p| p.is_file()) {
+        match std::fs::read_to_string(expect_path)
             .map_err(|e| format!("cannot read: {e}"))
             .and_then(|t| parse_expectations_in(&expect_path.display().to_string(), &t))
         {
-            Err(e) => report.checks.push(failed("expect", "expect.yaml", e)),
+            Err(e) => report.checks.push(failed("expect", EXPECT_FILE, e)),
             // A case that checks nothing would pass whatever the manifests say. See: #11
             Ok(exp) if exp.assertions.is_empty() && exp.matrix.is_empty() => {
                 report.checks.push(failed(
                     "expect",
-                    "expect.yaml",
+                    EXPECT_FILE,
                     "expect.yaml has no checks: add `assertions` or `matrix` (an empty expect.yaml would pass whatever the policies say)",
                 ));
             }
@@ -277,23 +285,21 @@ fn check_case(
         graph: &graph,
         expectations: expectations.as_ref(),
     };
-    let existing: Vec<PathBuf> = match entries(dir) {
-        Ok(e) => e.into_iter().filter(|p| p.is_file()).collect(),
-        Err(e) => {
-            report.checks.push(failed("golden", "goldens", e));
-            return;
-        }
-    };
     let mut present = BTreeSet::new();
-    for path in existing {
-        let fname = file_name(&path).to_string();
+    // Regular files only: reading a FIFO would block.
+    for path in case.goldens.iter().filter(|p| p.is_file()) {
+        let fname = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
         let Some(kind) = golden_kind(&fname) else {
             continue;
         };
         present.insert(fname.clone());
         report
             .checks
-            .push(check_golden(kind, &outputs, &path, &fname, update));
+            .push(check_golden(kind, &outputs, path, &fname, update));
     }
     if update {
         for kind in GOLDEN_KINDS {
@@ -301,7 +307,7 @@ fn check_case(
                 if present.contains(&fname) {
                     continue;
                 }
-                let path = dir.join(&fname);
+                let path = case.dir.join(&fname);
                 report
                     .checks
                     .push(check_golden(kind, &outputs, &path, &fname, true));

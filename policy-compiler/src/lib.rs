@@ -16,6 +16,7 @@
 //! assert!(graph.reach(&model, a.into(), a.into()).allowed.contains(Protocol::Tcp, 80));
 //! ```
 
+pub mod case;
 pub mod cnp;
 pub mod connectivity;
 pub mod declared;

@@ -1,8 +1,9 @@
-//! Golden cases from testdata/cases, compiled for the kernel tests.
+//! Golden cases from testdata/cases (found by `policy_compiler::case`, the one definition
+//! `netpol test` uses too), compiled for the kernel tests.
 
 use std::path::{Path, PathBuf};
 
-use policy_compiler::{AllowGraph, Model, SourceText, load};
+use policy_compiler::{AllowGraph, Model, SourceText, case, load};
 
 /// Repository root (the workspace).
 pub fn repo_root() -> PathBuf {
@@ -12,24 +13,41 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Every case directory (holding `expect.yaml`), sorted.
+/// Every case under `root` by the compiler's one definition of a case
+/// ([`policy_compiler::case`], the same as `netpol test`'s), read from the filesystem;
+/// each directory once (symlink loops).
+pub fn discover(root: &Path) -> Vec<case::Case> {
+    let mut seen = std::collections::BTreeSet::new();
+    case::discover(root, |d| -> Result<_, std::io::Error> {
+        if !seen.insert(std::fs::canonicalize(d)?) {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(d)? {
+            let path = e?.path();
+            let is_dir = path.is_dir();
+            out.push(case::Entry { path, is_dir });
+        }
+        Ok(Some(out))
+    })
+    .unwrap_or_else(|e| panic!("{}: {e}", root.display()))
+}
+
+/// Every case directory of `testdata/cases`, sorted.
 pub fn case_dirs() -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![repo_root().join("testdata/cases")];
-    while let Some(d) = stack.pop() {
-        if d.join("expect.yaml").is_file() {
-            out.push(d);
-            continue;
-        }
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
+    discover(&repo_root().join("testdata/cases"))
+        .into_iter()
+        .map(|c| c.dir)
+        .collect()
+}
+
+/// The manifests of the case at `dir` (not those of cases nested in it), sorted.
+pub fn manifest_files(dir: &Path) -> Vec<PathBuf> {
+    discover(dir)
+        .into_iter()
+        .find(|c| c.dir == dir)
+        .unwrap_or_else(|| panic!("{}: not a case directory", dir.display()))
+        .manifests
 }
 
 /// `upstream/pod-selector` for a case directory.
@@ -47,7 +65,7 @@ pub struct Case {
     pub graph: AllowGraph,
 }
 
-/// Loads and compiles the manifests of a case (everything but `expect.yaml`).
+/// Loads and compiles the manifests of a case ([`manifest_files`]).
 pub fn compile(dir: &Path) -> Case {
     compile_with(dir, &[])
 }
@@ -55,17 +73,7 @@ pub fn compile(dir: &Path) -> Case {
 /// [`compile`] with extra manifests `(name, text)` loaded after the case's files (the
 /// kernel proof adds per-Pod Services this way).
 pub fn compile_with(dir: &Path, extra: &[(String, String)]) -> Case {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            matches!(
-                p.extension().and_then(|e| e.to_str()),
-                Some("yaml" | "yml" | "json")
-            ) && p.file_name().is_some_and(|n| n != "expect.yaml")
-        })
-        .collect();
-    files.sort();
+    let files = manifest_files(dir);
     let texts: Vec<(String, String)> = files
         .iter()
         .map(|f| (f.display().to_string(), std::fs::read_to_string(f).unwrap()))

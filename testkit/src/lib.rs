@@ -5,7 +5,8 @@
 //! - [`kernel`]: "require the kernel or skip": the one place that decides whether a
 //!   real-kernel test runs (`NETPOL_REQUIRE_KERNEL=1` turns a skip into a failure), unique
 //!   namespace prefixes per test process, and lab fixtures.
-//! - [`cases`]: the golden cases of `testdata/cases`, compiled for the kernel tests.
+//! - [`cases`]: the golden cases of `testdata/cases` (by `policy_compiler::case`, as
+//!   `netpol test` finds them), compiled for the kernel tests.
 //! - [`apiserver`]: an in-process fake Kubernetes API server speaking list/watch, so no
 //!   test needs a cluster.
 //! - [`imports`]: the module import graph of a crate read from its sources, and its

@@ -1,25 +1,20 @@
-//! `netpol test`: what a case is and what its manifests are.
+//! `netpol test`: finding cases and loading their manifests.
 //!
-//! A *case* is a directory that holds `expect.yaml` or at least one golden file
-//! ([`super::golden::GOLDEN_KINDS`]). Its manifests are every `*.yaml`, `*.yml` and
-//! `*.json` in it except `expect.yaml` and the goldens, including files in subdirectories
-//! that are not cases themselves. Cases are found recursively (hidden directories are
-//! skipped); a case may contain further cases.
+//! What a case is (which directory, which files are manifests, `expect.yaml`, goldens) is
+//! the compiler's one definition, [`policy_compiler::case`], shared with testkit and the
+//! compiler's tests (#9); this module only reads the filesystem for it: directories in
+//! sorted order, each read once (symlink loops, with a warning inside a case), and the
+//! manifests through the same regular-file checks as `-f` (dangling symlinks skipped with
+//! a warning). See: #11
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
-use policy_compiler::{Inputs, load};
+use policy_compiler::case::{Case, Entry, discover};
+use policy_compiler::{Diagnostic, Inputs, load};
 
-use super::golden::golden_kind;
 use crate::inputs::{self, Limits, Sources};
-
-fn is_hidden(p: &Path) -> bool {
-    p.file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with('.'))
-}
 
 pub(super) fn entries(dir: &Path) -> Result<Vec<PathBuf>, String> {
     let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -30,96 +25,59 @@ pub(super) fn entries(dir: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(out)
 }
 
-pub(super) fn file_name(p: &Path) -> &str {
-    p.file_name().and_then(|n| n.to_str()).unwrap_or("")
-}
-
-fn is_case(dir: &Path) -> Result<bool, String> {
-    Ok(entries(dir)?.iter().any(|p| {
-        p.is_file() && (file_name(p) == "expect.yaml" || golden_kind(file_name(p)).is_some())
-    }))
-}
-
-/// Every case directory under `dir` (itself included), sorted; a directory reached again
-/// through a symlink is not searched twice (a loop would never end).
-pub(super) fn find_cases(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
-    find_cases_in(dir, out, &mut BTreeSet::new())
-}
-
-fn find_cases_in(
-    dir: &Path,
-    out: &mut Vec<PathBuf>,
-    seen: &mut BTreeSet<(u64, u64)>,
-) -> Result<(), String> {
-    if let Ok(m) = std::fs::metadata(dir)
-        && !seen.insert((m.dev(), m.ino()))
-    {
-        return Ok(());
-    }
-    if is_case(dir)? {
-        out.push(dir.to_path_buf());
-    }
-    for p in entries(dir)? {
-        if p.is_dir() && !is_hidden(&p) {
-            find_cases_in(&p, out, seen)?;
+/// Every case under `dir` (itself included), sorted, with the warnings of the walk (a
+/// directory reached again through a symlink is read once) by the case they belong to.
+pub(super) fn find_cases(dir: &Path) -> Result<Vec<(Case, Vec<Diagnostic>)>, String> {
+    let mut seen = BTreeSet::new();
+    let mut skipped = Vec::new();
+    let cases = discover(dir, |d| -> Result<_, String> {
+        if let Ok(m) = std::fs::metadata(d)
+            && !seen.insert((m.dev(), m.ino()))
+        {
+            skipped.push(d.to_path_buf());
+            return Ok(None);
+        }
+        let listed = entries(d)?;
+        Ok(Some(
+            listed
+                .into_iter()
+                .map(|p| {
+                    let is_dir = p.is_dir();
+                    Entry { path: p, is_dir }
+                })
+                .collect(),
+        ))
+    })?;
+    let mut out: Vec<(Case, Vec<Diagnostic>)> =
+        cases.into_iter().map(|c| (c, Vec::new())).collect();
+    for d in skipped {
+        // The innermost case holding the directory; outside every case it is no one's.
+        if let Some((_, warnings)) = out.iter_mut().rev().find(|(c, _)| d.starts_with(&c.dir)) {
+            warnings.push(
+                Diagnostic::file_error(
+                    &d.display().to_string(),
+                    None,
+                    "skipped: directory already read (a symlink loop or a second link to it)",
+                )
+                .warning(),
+            );
         }
     }
-    Ok(())
+    Ok(out)
 }
 
-/// Manifests of a case: files in it and in subdirectories that are not cases, sorted.
-/// Regular files only; dangling symlinks are skipped with a warning and every directory is
-/// read once (symlink loops), as for `-f`. See: #11
-fn manifests(dir: &Path, top: bool, out: &mut Vec<PathBuf>, walk: &mut Walk) -> Result<(), String> {
-    if !top && is_case(dir)? {
-        return Ok(());
-    }
-    for p in entries(dir)? {
-        if p.is_dir() {
-            if is_hidden(&p) {
-                continue;
-            }
-            match std::fs::metadata(&p) {
-                Ok(m) if !walk.seen_dirs.insert((m.dev(), m.ino())) => {
-                    walk.warnings.push(
-                        policy_compiler::Diagnostic::file_error(
-                            &p.display().to_string(),
-                            None,
-                            "skipped: directory already read (a symlink loop or a second link to it)",
-                        )
-                        .warning(),
-                    );
-                }
-                _ => manifests(&p, false, out, walk)?,
-            }
-            continue;
-        }
-        let name = file_name(&p);
-        if name != "expect.yaml" && golden_kind(name).is_none() {
-            inputs::collect(&p, false, out, &mut walk.warnings, &mut walk.seen_dirs)
-                .map_err(|d| d.to_string())?;
-        }
-    }
-    Ok(())
-}
-
-/// State of a walk over a case's manifests.
-#[derive(Default)]
-struct Walk {
-    warnings: Vec<policy_compiler::Diagnostic>,
-    seen_dirs: BTreeSet<(u64, u64)>,
-}
-
-/// The case's manifests, loaded: inputs, load diagnostics and the number of files.
+/// The case's manifests, loaded: inputs, load diagnostics (with the walk's `warnings`)
+/// and the number of files.
 pub(super) fn case_inputs(
-    dir: &Path,
-) -> Result<(Inputs, Vec<policy_compiler::Diagnostic>, usize), String> {
+    case: &Case,
+    warnings: &[Diagnostic],
+) -> Result<(Inputs, Vec<Diagnostic>, usize), String> {
     let mut files = Vec::new();
-    let mut walk = Walk::default();
-    if let Ok(m) = std::fs::metadata(dir) {
-        walk.seen_dirs.insert((m.dev(), m.ino()));
+    let mut warnings = warnings.to_vec();
+    for p in &case.manifests {
+        inputs::collect(p, false, &mut files, &mut warnings, &mut BTreeSet::new())
+            .map_err(|d| d.to_string())?;
     }
-    manifests(dir, true, &mut files, &mut walk)?;
     if files.is_empty() {
         return Err("no manifest (*.yaml, *.yml, *.json) in the case directory".to_owned());
     }
@@ -128,9 +86,12 @@ pub(super) fn case_inputs(
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()
-            .join("\n")
+            .join(
+                "
+",
+            )
     })?;
     let (inputs, mut diags) = load(&sources.texts());
-    diags.extend(walk.warnings);
+    diags.extend(warnings);
     Ok((inputs, diags, files.len()))
 }

@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
+use policy_compiler::case;
 use policy_compiler::expect::Expectations;
 use policy_compiler::model::NoRuleset;
 use policy_compiler::{AllowGraph, MatrixQuery, Model, Protocol, matrix};
@@ -23,8 +24,10 @@ pub(crate) struct Outputs<'a> {
 pub(crate) struct GoldenKind {
     /// Short name, in reports and JSON (`matrix`).
     pub(crate) name: &'static str,
-    /// Whether a file name (no directory) in a case is a golden of this kind.
-    pub(crate) owns: fn(&str) -> bool,
+    /// The file names it owns: the compiler's one definition of a case
+    /// ([`policy_compiler::case::GoldenKind::of`]), so `netpol test` and the tests agree on
+    /// which files are goldens and which are manifests. See: #9
+    pub(crate) owns: case::GoldenKind,
     /// The content the golden file `name` must have; `Err` when the name does not parse
     /// or names nothing in the case (for example an unknown Pod).
     pub(crate) render: fn(&Outputs<'_>, &str) -> Result<String, String>,
@@ -34,30 +37,23 @@ pub(crate) struct GoldenKind {
 
 /// Every golden kind, tried in order; the first that owns a file name wins.
 ///
-/// Extension point: per-Pod rulesets become one more entry once
-/// `policy_compiler::ruleset` exists, along the lines of
-/// `GoldenKind { name: "nft", owns: |f| f.ends_with(".nft"), render: render_nft, implied: |_| Vec::new() }`
-/// where `render_nft` splits `<ns>_<name>.nft`, finds the Pod with
-/// `Model::endpoint_by_key` and returns its ruleset text (a valid `nft -f` file). With no
-/// implied names, users create an empty `<ns>_<name>.nft` and fill it with `--update`.
+/// Extension point: a new kind is a variant of [`policy_compiler::case::GoldenKind`] (the
+/// file names it owns) plus one entry here (how they render). `nft` has no implied names:
+/// users create an empty `<ns>_<name>.nft` and fill it with `--update`.
 pub(crate) const GOLDEN_KINDS: &[GoldenKind] = &[
     GoldenKind {
         name: "matrix",
-        owns: owns_matrix,
+        owns: case::GoldenKind::Matrix,
         render: render_matrix,
         implied: implied_matrix,
     },
     GoldenKind {
         name: "nft",
-        owns: owns_nft,
+        owns: case::GoldenKind::Nft,
         render: render_nft,
         implied: |_| Vec::new(),
     },
 ];
-
-fn owns_nft(f: &str) -> bool {
-    f.ends_with(".nft")
-}
 
 /// `<ns>_<name>.nft`: the Pod's ruleset (`netpol compile --pod ns/name`), default options.
 /// Namespace and Pod names cannot contain `_`, so the first `_` separates them.
@@ -93,11 +89,8 @@ fn render_nft(o: &Outputs<'_>, f: &str) -> Result<String, String> {
 }
 
 pub(super) fn golden_kind(file_name: &str) -> Option<&'static GoldenKind> {
-    GOLDEN_KINDS.iter().find(|k| (k.owns)(file_name))
-}
-
-fn owns_matrix(f: &str) -> bool {
-    f.starts_with("matrix-") && f.ends_with(".txt")
+    let owner = case::GoldenKind::of(file_name)?;
+    GOLDEN_KINDS.iter().find(|k| k.owns == owner)
 }
 
 /// `matrix-tcp-80.txt` -> (TCP, 80).
@@ -212,11 +205,15 @@ pub(crate) fn golden_diff(fname: &str, golden: &[u8], actual: &str) -> String {
 mod tests {
     use super::*;
 
+    fn is_matrix(f: &str) -> bool {
+        golden_kind(f).is_some_and(|k| k.name == "matrix")
+    }
+
     #[test]
     fn matrix_golden_names_round_trip() {
         for p in Protocol::ALL {
             let n = matrix_name(p, 80);
-            assert!(owns_matrix(&n));
+            assert!(is_matrix(&n));
             assert_eq!(parse_matrix_name(&n), Ok((p, 80)));
         }
         assert_eq!(matrix_name(Protocol::Udp, 53), "matrix-udp-53.txt");
@@ -232,10 +229,10 @@ mod tests {
             "matrix-icmp-1.txt",
             "matrix-tcp-80-x.txt",
         ] {
-            assert!(owns_matrix(bad), "{bad}");
+            assert!(is_matrix(bad), "{bad}");
             assert!(parse_matrix_name(bad).is_err(), "{bad}");
         }
-        assert!(!owns_matrix("matrix.yaml"));
+        assert!(!is_matrix("matrix.yaml"));
         assert!(golden_kind("policies.yaml").is_none());
     }
 

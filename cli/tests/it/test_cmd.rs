@@ -532,3 +532,87 @@ fn empty_expect_yaml_fails_the_case() {
         assert_eq!(last_line(&run.stdout), "0 passed, 1 failed", "{i}");
     }
 }
+
+/// What `netpol test -o json` ran under one DIR: per case (name relative to DIR), whether
+/// it read `expect.yaml`, its golden file names and its manifest count.
+fn ran_cases(dir: &Path) -> Vec<(String, bool, Vec<String>, String)> {
+    let d = dir.to_str().expect("utf-8 path");
+    let run = netpol(&["test", d, "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).expect("stdout is JSON");
+    let cases = v["suites"][0]["cases"].as_array().expect("cases");
+    cases
+        .iter()
+        .map(|c| {
+            let checks = c["checks"].as_array().expect("checks");
+            let kind = |c: &serde_json::Value| c["kind"].as_str().unwrap_or_default().to_owned();
+            let what = |c: &serde_json::Value| c["what"].as_str().unwrap_or_default().to_owned();
+            let manifests = checks
+                .iter()
+                .find(|c| kind(c) == "manifests")
+                .map(what)
+                .unwrap_or_default();
+            let mut goldens: Vec<String> = checks
+                .iter()
+                .filter(|c| !["manifests", "expect"].contains(&kind(c).as_str()))
+                .map(what)
+                .collect();
+            goldens.sort();
+            let expect = checks.iter().any(|c| kind(c) == "expect");
+            let name = c["name"].as_str().expect("name").to_owned();
+            (name, expect, goldens, manifests)
+        })
+        .collect()
+}
+
+/// The same, by testkit's discovery (which the compiler's tests share).
+fn discovered_cases(dir: &Path) -> Vec<(String, bool, Vec<String>, String)> {
+    let name = |p: &Path| p.file_name().and_then(|n| n.to_str()).unwrap().to_owned();
+    testkit::cases::discover(dir)
+        .into_iter()
+        .map(|c| {
+            let rel = c.dir.strip_prefix(dir).expect("case under dir");
+            let rel = if rel.as_os_str().is_empty() {
+                ".".to_owned()
+            } else {
+                rel.display().to_string()
+            };
+            let mut goldens: Vec<String> = c.goldens.iter().map(|p| name(p)).collect();
+            goldens.sort();
+            let manifests = format!("{} manifest file(s)", c.manifests.len());
+            (rel, c.expect.is_some(), goldens, manifests)
+        })
+        .collect()
+}
+
+/// `netpol test` and the test suites (testkit, the compiler's tests) see the same cases
+/// with the same files: one definition of a case, `policy_compiler::case`. See: #9
+#[test]
+fn netpol_test_and_testkit_agree_on_cases() {
+    let root = repo_root().join("testdata/cases");
+    let ran = ran_cases(&root);
+    assert!(ran.len() >= 100, "{} cases", ran.len());
+    assert_eq!(ran, discovered_cases(&root));
+
+    // Every rule on one tree: nested cases, plain and hidden subdirectories, a case of
+    // goldens only, files that are neither manifests nor goldens.
+    let t = tmp();
+    let r = t.path();
+    copy_case(CASE, &r.join("a"));
+    write(
+        &r.join("a/more/extra.yaml"),
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: extra\n",
+    );
+    write(&r.join("a/.hidden/broken.yaml"), "not: [valid");
+    write(&r.join("a/notes.txt"), "not a manifest\n");
+    copy_case(CASE, &r.join("a/inner"));
+    copy_case(CASE, &r.join("g"));
+    std::fs::remove_file(r.join("g/expect.yaml")).expect("remove expect.yaml");
+    write(&r.join("g/matrix-tcp-80.txt"), "stale\n");
+    write(&r.join("plain/only.yaml"), "not: [valid");
+    let ran = ran_cases(r);
+    assert_eq!(
+        ran.iter().map(|c| c.0.as_str()).collect::<Vec<_>>(),
+        ["a", "a/inner", "g"]
+    );
+    assert_eq!(ran, discovered_cases(r));
+}

@@ -4,25 +4,11 @@ use std::path::{Path, PathBuf};
 
 use policy_compiler::expect::{check, parse_expectations};
 
-use crate::support::{compile_files, manifest_files, repo_root};
+use crate::support::{cases, compile_files, manifest_files, repo_root};
 
+/// Every case directory under `root`, sorted ([`crate::support::cases`]).
 pub(crate) fn case_dirs(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        if d.join("expect.yaml").is_file() {
-            out.push(d);
-            continue;
-        }
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
+    cases(root).into_iter().map(|c| c.dir).collect()
 }
 
 #[test]

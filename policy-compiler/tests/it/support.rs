@@ -1,7 +1,9 @@
 //! Shared helpers: loading a directory of manifests into a model.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use policy_compiler::case::{Case, Entry, discover};
 use policy_compiler::{AllowGraph, Diagnostic, Model, SourceText, load};
 
 /// Repository root (the workspace).
@@ -12,26 +14,33 @@ pub(crate) fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Manifest files of a directory, recursively, sorted, skipping `expect.yaml`.
-pub(crate) fn manifest_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if matches!(
-                p.extension().and_then(|e| e.to_str()),
-                Some("yaml" | "yml" | "json")
-            ) && p.file_name().is_some_and(|n| n != "expect.yaml")
-            {
-                out.push(p);
-            }
+/// Every case under `root`, by the compiler's one definition ([`policy_compiler::case`],
+/// the same as `netpol test`'s and testkit's), read from the filesystem; each directory
+/// once (symlink loops).
+pub(crate) fn cases(root: &Path) -> Vec<Case> {
+    let mut seen = BTreeSet::new();
+    discover(root, |d| -> Result<_, std::io::Error> {
+        if !seen.insert(std::fs::canonicalize(d)?) {
+            return Ok(None);
         }
-    }
-    out.sort();
-    out
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(d)? {
+            let path = e?.path();
+            let is_dir = path.is_dir();
+            out.push(Entry { path, is_dir });
+        }
+        Ok(Some(out))
+    })
+    .unwrap_or_else(|e| panic!("{}: {e}", root.display()))
+}
+
+/// The manifests of the case at `dir` (not those of cases nested in it), sorted.
+pub(crate) fn manifest_files(dir: &Path) -> Vec<PathBuf> {
+    cases(dir)
+        .into_iter()
+        .find(|c| c.dir == dir)
+        .unwrap_or_else(|| panic!("{}: not a case directory", dir.display()))
+        .manifests
 }
 
 /// Loads and compiles files; returns the model, graph and all diagnostics.
