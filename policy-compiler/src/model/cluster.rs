@@ -420,12 +420,51 @@ struct PeerFields<'a> {
     domain_names: Option<&'a Vec<String>>,
 }
 
+/// One ingress or egress rule's fields, whichever side it is from.
+struct RuleFields<'a> {
+    name: Option<&'a str>,
+    action: Option<&'a str>,
+    peers: Option<Vec<PeerFields<'a>>>,
+    protocols: Option<&'a [ProtocolEntry]>,
+}
+
 impl Builder {
+    /// The rules of one side (`field` = `spec.ingress` / `spec.egress`), each validated
+    /// with its diagnostics reported; `None` when any of them (or their count) is invalid.
+    fn cluster_rules(
+        &mut self,
+        side: Side,
+        rules: &[RuleFields<'_>],
+        field: &str,
+        origin: Option<&Origin>,
+        obj: &ObjectRef,
+    ) -> Option<Vec<ClusterRule>> {
+        let mut ok = self.max_items(rules.len(), field, origin, obj);
+        let mut out = Vec::new();
+        for (i, r) in rules.iter().enumerate() {
+            let rule = self.cluster_rule(
+                side,
+                r.name,
+                r.action,
+                r.peers.as_deref(),
+                r.protocols,
+                &format!("{field}[{i}]"),
+                origin,
+                obj,
+            );
+            match rule {
+                Some(r) => out.push(r),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
     pub(super) fn cluster_policy(&mut self, cnp: &Located<ClusterNetworkPolicy>) {
         let meta = &cnp.object.metadata;
         let origin = cnp.origin.as_ref();
         let obj = oref(cnp::KIND, meta, "");
-        let mut ok = self.check_meta(
+        let ok = self.check_meta(
             cnp::KIND,
             meta,
             "",
@@ -513,68 +552,56 @@ impl Builder {
                 )
             }
         };
-        let mut ingress = Vec::new();
-        let in_rules = spec.ingress.as_deref().unwrap_or_default();
-        ok &= self.max_items(in_rules.len(), "spec.ingress", origin, &obj);
-        for (i, r) in in_rules.iter().enumerate() {
-            let field = format!("spec.ingress[{i}]");
-            let peers: Option<Vec<PeerFields<'_>>> = r.from.as_ref().map(|v| {
-                v.iter()
-                    .map(|p| PeerFields {
-                        namespaces: p.namespaces.as_ref(),
-                        pods: p.pods.as_ref(),
-                        nodes: None,
-                        networks: None,
-                        domain_names: None,
-                    })
-                    .collect()
-            });
-            let rule = self.cluster_rule(
-                Side::Ingress,
-                r.name.as_deref(),
-                r.action.as_deref(),
-                peers.as_deref(),
-                r.protocols.as_deref(),
-                &field,
-                origin,
-                &obj,
-            );
-            match rule {
-                Some(r) => ingress.push(r),
-                None => ok = false,
-            }
-        }
-        let mut egress = Vec::new();
-        let out_rules = spec.egress.as_deref().unwrap_or_default();
-        ok &= self.max_items(out_rules.len(), "spec.egress", origin, &obj);
-        for (i, r) in out_rules.iter().enumerate() {
-            let field = format!("spec.egress[{i}]");
-            let peers: Option<Vec<PeerFields<'_>>> = r.to.as_ref().map(|v| {
-                v.iter()
-                    .map(|p| PeerFields {
-                        namespaces: p.namespaces.as_ref(),
-                        pods: p.pods.as_ref(),
-                        nodes: p.nodes.as_ref(),
-                        networks: p.networks.as_ref(),
-                        domain_names: p.domain_names.as_ref(),
-                    })
-                    .collect()
-            });
-            let rule = self.cluster_rule(
-                Side::Egress,
-                r.name.as_deref(),
-                r.action.as_deref(),
-                peers.as_deref(),
-                r.protocols.as_deref(),
-                &field,
-                origin,
-                &obj,
-            );
-            match rule {
-                Some(r) => egress.push(r),
-                None => ok = false,
-            }
-        }
+        let ingress_rules: Vec<RuleFields<'_>> = spec
+            .ingress
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .map(|r| RuleFields {
+                name: r.name.as_deref(),
+                action: r.action.as_deref(),
+                peers: r.from.as_ref().map(|v| {
+                    v.iter()
+                        .map(|p| PeerFields {
+                            namespaces: p.namespaces.as_ref(),
+                            pods: p.pods.as_ref(),
+                            nodes: None,
+                            networks: None,
+                            domain_names: None,
+                        })
+                        .collect()
+                }),
+                protocols: r.protocols.as_deref(),
+            })
+            .collect();
+        let egress_rules: Vec<RuleFields<'_>> = spec
+            .egress
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .map(|r| RuleFields {
+                name: r.name.as_deref(),
+                action: r.action.as_deref(),
+                peers: r.to.as_ref().map(|v| {
+                    v.iter()
+                        .map(|p| PeerFields {
+                            namespaces: p.namespaces.as_ref(),
+                            pods: p.pods.as_ref(),
+                            nodes: p.nodes.as_ref(),
+                            networks: p.networks.as_ref(),
+                            domain_names: p.domain_names.as_ref(),
+                        })
+                        .collect()
+                }),
+                protocols: r.protocols.as_deref(),
+            })
+            .collect();
+        let ingress =
+            self.cluster_rules(Side::Ingress, &ingress_rules, "spec.ingress", origin, &obj);
+        let egress = self.cluster_rules(Side::Egress, &egress_rules, "spec.egress", origin, &obj);
+        let (Some(ingress), Some(egress)) = (ingress, egress) else {
+            return;
+        };
         let (Some(tier), Some(priority), Some(subject), true) = (tier, priority, subject, ok)
         else {
             return;
