@@ -98,17 +98,6 @@ pub enum KubeError {
         #[source]
         source: ::kube::Error,
     },
-    /// A listed object could not be read as its type.
-    #[error("cannot read {resource} {name:?}")]
-    Decode {
-        /// Resource path segment (`clusternetworkpolicies`).
-        resource: &'static str,
-        /// The object's name.
-        name: String,
-        /// The error.
-        #[source]
-        source: serde_json::Error,
-    },
 }
 
 /// An API resource the source reads: group (empty for core), version and plural name.

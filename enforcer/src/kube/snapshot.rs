@@ -8,7 +8,7 @@
 //! slimmed and unlocated. ClusterNetworkPolicies (`policy.networking.k8s.io/v1alpha2`) are
 //! listed when the API server serves them; without their CRD there are none.
 
-use ::kube::api::{ApiResource as KubeApiResource, DynamicObject, GroupVersionKind, ListParams};
+use ::kube::api::ListParams;
 use ::kube::{Api, Client};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
@@ -18,7 +18,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use policy_compiler::{Diagnostic, Inputs, Located, Workload, WorkloadKind};
 use serde::de::DeserializeOwned;
 
-use super::{KubeError, slim_namespace, slim_pod, slim_policy};
+use super::{
+    ClusterPolicyResource, KubeError, slim_cluster_policy, slim_namespace, slim_pod, slim_policy,
+};
 
 /// Page size of list calls.
 const PAGE: u32 = 500;
@@ -84,47 +86,22 @@ fn workload(
     }))
 }
 
-/// Lists the ClusterNetworkPolicies (`policy.networking.k8s.io/v1alpha2`); a 404 (the CRD
-/// is not installed) means none.
+/// Lists the ClusterNetworkPolicies (`policy.networking.k8s.io/v1alpha2`) through the
+/// same typed resource as the agent's watch, slimmed as the watch slims them; a 404 (the
+/// CRD is not installed) means none.
 async fn list_cluster_policies(
     client: &Client,
 ) -> Result<Vec<Located<policy_compiler::cnp::ClusterNetworkPolicy>>, KubeError> {
-    const RESOURCE: &str = "clusternetworkpolicies";
-    let gvk = GroupVersionKind::gvk(
-        "policy.networking.k8s.io",
-        "v1alpha2",
-        "ClusterNetworkPolicy",
-    );
-    let ar = KubeApiResource::from_gvk_with_plural(&gvk, RESOURCE);
-    let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
-    let mut out = Vec::new();
-    let mut params = ListParams::default().limit(PAGE);
-    loop {
-        let page = match api.list(&params).await {
-            Ok(p) => p,
-            Err(::kube::Error::Api(e)) if e.code == 404 => return Ok(Vec::new()),
-            Err(source) => {
-                return Err(KubeError::List {
-                    resource: RESOURCE,
-                    source,
-                });
-            }
-        };
-        for obj in page.items {
-            let name = obj.metadata.name.clone().unwrap_or_default();
-            let decoded = serde_json::to_value(&obj)
-                .and_then(serde_json::from_value)
-                .map_err(|source| KubeError::Decode {
-                    resource: RESOURCE,
-                    name,
-                    source,
-                })?;
-            out.push(Located::unlocated(decoded));
-        }
-        match page.metadata.continue_.filter(|c| !c.is_empty()) {
-            Some(token) => params = params.continue_token(&token),
-            None => return Ok(out),
-        }
+    match list_all::<ClusterPolicyResource>(client).await {
+        Ok(items) => Ok(items
+            .into_iter()
+            .map(|o| Located::unlocated(slim_cluster_policy(o.0)))
+            .collect()),
+        Err(KubeError::List {
+            source: ::kube::Error::Api(e),
+            ..
+        }) if e.code == 404 => Ok(Vec::new()),
+        Err(e) => Err(e),
     }
 }
 
