@@ -126,10 +126,11 @@ impl EntryPool {
     pub fn prune(&mut self) {
         // The pool itself holds two references to each set.
         self.by_address.retain(|_, s| Arc::strong_count(s) > 2);
-        for bucket in self.sets.values_mut() {
+        // Order does not matter: each set is kept or dropped on its own.
+        self.sets.retain(|_, bucket| {
             bucket.retain(|s| Arc::strong_count(s) > 2);
-        }
-        self.sets.retain(|_, b| !b.is_empty());
+            !bucket.is_empty()
+        });
     }
 
     /// Distinct entry sets held.

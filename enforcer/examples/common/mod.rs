@@ -17,7 +17,7 @@ use rscni_plugin::cni::Cni;
 use rscni_plugin::test_util::ArgsBuilder;
 
 /// The number after `name` on the command line, or `default`.
-pub fn arg(name: &str, default: usize) -> usize {
+pub(crate) fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
         .position(|a| a == name)
@@ -26,7 +26,7 @@ pub fn arg(name: &str, default: usize) -> usize {
 }
 
 /// The word after `name` on the command line, or `default`.
-pub fn word(name: &str, default: &str) -> String {
+pub(crate) fn word(name: &str, default: &str) -> String {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
         .position(|a| a == name)
@@ -35,7 +35,7 @@ pub fn word(name: &str, default: &str) -> String {
 }
 
 /// The `p` quantile (0..=1) of sorted milliseconds; NaN when empty.
-pub fn pct(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn pct(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -44,7 +44,7 @@ pub fn pct(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Logs to stderr when `RUST_LOG` is set.
-pub fn init_tracing() {
+pub(crate) fn init_tracing() {
     if std::env::var_os("RUST_LOG").is_some() {
         tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -54,7 +54,7 @@ pub fn init_tracing() {
 }
 
 /// A multi-threaded runtime for the in-process agent.
-pub fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -63,7 +63,7 @@ pub fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// Starts the agent on `manifests` and waits until it is ready (first sync applied).
-pub fn start_agent(
+pub(crate) fn start_agent(
     rt: &tokio::runtime::Runtime,
     config: AgentConfig,
     manifests: &Path,
@@ -86,7 +86,7 @@ pub fn start_agent(
 /// One CNI ADD of Pod `bench/n<i>` in netns `netns` with address `10.91.x.y/16`
 /// (sandbox `<sandbox>-<i>`) through the plugin, against the agent's `socket`.
 /// Returns how long the plugin took to answer.
-pub fn cni_add(socket: &Path, netns_name: &str, sandbox: &str, i: usize) -> Duration {
+pub(crate) fn cni_add(socket: &Path, netns_name: &str, sandbox: &str, i: usize) -> Duration {
     let path = netns::path(netns_name).display().to_string();
     let conf = serde_json::json!({
         "cniVersion": "1.0.0", "name": "k8s", "type": "netpol-cni",
