@@ -127,17 +127,9 @@ impl<'m> Inputs<'m> {
         }
         let model = self.model;
         let mut h = Hasher::new("global");
-        for p in &model.policies {
-            h.debug(&(
-                &p.namespace,
-                &p.name,
-                &p.pod_selector,
-                p.isolates_ingress,
-                p.isolates_egress,
-                &p.ingress,
-                &p.egress,
-            ));
-        }
+        // Whole policies (their index and origin too: they change only when the set of
+        // policies or their file changes, and a field added later is covered).
+        h.debug(&model.policies);
         for c in &model.cluster_policies {
             // Its index is part of its drop rules' log prefix.
             h.debug(&c.id);
