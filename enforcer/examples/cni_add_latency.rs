@@ -18,38 +18,19 @@
 //! Deployment's sandboxes), `--adds` in total.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use enforcer::agent::{Agent, AgentConfig, CniConfig, CompiledRulesets};
+use common::{arg, cni_add, pct};
+use enforcer::agent::{AgentConfig, CniConfig};
 use enforcer::applier::NftApplier;
-use enforcer::manifests::ManifestDir;
 use enforcer::netns;
-use netpol_cni::plugin::NetpolCni;
-use rscni_plugin::cni::Cni;
-use rscni_plugin::test_util::ArgsBuilder;
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map_or(default, |v| v.parse().expect("a number"))
-}
-
-fn pct(sorted: &[Duration], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1e3
-}
 
 fn main() {
-    if std::env::var_os("RUST_LOG").is_some() {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_writer(std::io::stderr)
-            .init();
-    }
+    common::init_tracing();
     if let Err(reason) = netns::kernel_support() {
         eprintln!("cni_add_latency needs root and network namespaces: {reason}");
         std::process::exit(3);
@@ -82,11 +63,7 @@ fn main() {
     yaml.push_str("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: same-app, namespace: bench}\nspec:\n  podSelector: {matchLabels: {app: bench}}\n  ingress: [{from: [{podSelector: {matchLabels: {app: new}}}], ports: [{port: 80}]}]\n");
     std::fs::write(manifests.join("all.yaml"), yaml).unwrap();
     let socket = dir.path().join("cni.sock");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     let config = AgentConfig {
         drops: None,
         verify_interval: Duration::from_secs(60),
@@ -97,43 +74,11 @@ fn main() {
         }),
         ..AgentConfig::default()
     };
-    let agent = rt
-        .block_on(Agent::start(
-            config,
-            ManifestDir::new(&manifests, None),
-            Arc::new(CompiledRulesets::default()),
-            Arc::new(NftApplier),
-        ))
-        .unwrap();
-    while !agent.ready() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let agent = common::start_agent(&rt, config, &manifests, Arc::new(NftApplier));
     let mut took = Vec::new();
     let add = |i: usize| -> Duration {
         let ns = format!("{prefix}-n{i}");
-        let path = netns::path(&ns).display().to_string();
-        let conf = serde_json::json!({
-            "cniVersion": "1.0.0", "name": "k8s", "type": "netpol-cni",
-            "agentSocket": socket, "timeoutSeconds": 60,
-            "prevResult": {"ips": [{"address": format!("10.91.{}.{}/16", i / 250, i % 250 + 1)}]}
-        })
-        .to_string();
-        let args = ArgsBuilder::new()
-            .container_id(&format!("sandbox-{i}"))
-            .unwrap()
-            .netns(&path)
-            .ifname("eth0")
-            .unwrap()
-            .args(&format!("K8S_POD_NAMESPACE=bench;K8S_POD_NAME=n{i}"))
-            .config(&conf)
-            .unwrap()
-            .build()
-            .unwrap();
-        let start = Instant::now();
-        let out = NetpolCni::with_socket().add(args);
-        let t = start.elapsed();
-        assert!(out.is_ok(), "ADD {i}: {out:?}");
-        t
+        cni_add(&socket, &ns, "sandbox", i)
     };
     for i in 0..adds {
         let ns = format!("{prefix}-n{i}");
@@ -154,7 +99,8 @@ fn main() {
     for ns in names {
         let _ = netns::delete(&ns);
     }
-    took.sort();
+    let mut took: Vec<f64> = took.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+    took.sort_by(f64::total_cmp);
     println!("| existing Pods | ADDs | burst | p50 ms | p90 ms | max ms | ADDs/s |");
     println!("|---|---|---|---|---|---|---|");
     println!(

@@ -1,15 +1,18 @@
-//! Node-scale benchmark of the kernel path (root, real kernel; #12): a node with
-//! `--local` Pods (one netns each, no veths) in a `--cluster`-Pod cluster view, run with
-//! the old applier (`NftApplier`: `ip netns exec nft -f` per table, `nft list` per
-//! check) and the new one (`NetlinkApplier`: element updates and generations over
-//! netlink) in ONE invocation, side by side.
+//! Node-scale benchmark of the agent (root, real kernel; #12): a node with `--local`
+//! Pods (one netns each, no veths) in a `--cluster`-Pod cluster view. One invocation
+//! runs each mode in its own child process (so each RSS is its own) and prints them side
+//! by side: `full` (every event renders every local table) and `incremental` (a table
+//! is rendered again only when something its render reads changed), both with the
+//! netlink applier (`NetlinkApplier`: element updates and generations); `--mode nft`
+//! adds the old applier (`ip netns exec nft -f` per table, `nft list` per check).
 //!
 //! Per mode:
 //! 1. **Changes** (the reconciler driven directly, so compile and kernel time are
-//!    split): `--changes` times a remote peer Pod changes IP (every local table's peer
-//!    map changes) and, alternately, the policy's port changes (every table's rules
-//!    change). Times: scan (read the changed file), compile (whole model + render), sync
-//!    (kernel), and the total = every affected table enforced.
+//!    split): `--changes` times, in turn, a remote peer Pod changes IP (every local
+//!    table's peer map changes), an unrelated remote Pod changes IP (no local table
+//!    changes), and the policy's port changes (every table's rules change). Times: scan
+//!    (read the changed file), compile (model, graph, render), sync (kernel), and the
+//!    total = every affected table enforced.
 //! 2. **Idle**: `--verify-passes` verify passes (what the agent does every 5 s at idle);
 //!    CPU time (own + reaped children) and child processes started per pass, and the
 //!    idle CPU share at a 5 s interval.
@@ -21,52 +24,28 @@
 //!
 //! ```text
 //! cargo run --release -p enforcer --example node_scale -- [--local 110] [--cluster 10000]
-//!     [--changes 20] [--adds 20] [--verify-passes 5] [--mode both|old|new]
+//!     [--changes 30] [--adds 20] [--verify-passes 5] [--mode both|full|incremental|nft]
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
 
 use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use enforcer::agent::{Agent, AgentConfig, CniConfig, CompiledRulesets, Reconciler};
+use common::{arg, pct, word};
+use enforcer::agent::{AgentConfig, CniConfig, CompiledRulesets, Reconciler};
 use enforcer::applier::{Applier, NetlinkApplier, NftApplier};
 use enforcer::manifests::ManifestDir;
 use enforcer::metrics::Metrics;
 use enforcer::netns;
-use netpol_cni::plugin::NetpolCni;
-use rscni_plugin::cni::Cni;
-use rscni_plugin::test_util::ArgsBuilder;
 
 const NODE: &str = "n0";
 const NAMESPACES: usize = 100;
 /// Linux reports CPU times in USER_HZ ticks, 100 per second on every mainstream arch.
 const TICKS: f64 = 100.0;
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map_or(default, |v| v.parse().expect("a number"))
-}
-
-fn mode_arg() -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == "--mode")
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| "both".into())
-}
-
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
 
 /// This process's CPU seconds: own user+system plus reaped children's.
 fn cpu_seconds() -> f64 {
@@ -141,6 +120,7 @@ fn write_cluster(dir: &Path, prefix: &str, local: usize, cluster: usize, adds: u
     std::fs::write(dir.join("cluster.yaml"), yaml).unwrap();
     std::fs::write(dir.join("policy.yaml"), policy(8080)).unwrap();
     std::fs::write(dir.join("peer.yaml"), peer(0)).unwrap();
+    std::fs::write(dir.join("other.yaml"), other(0)).unwrap();
 }
 
 fn policy(port: u16) -> String {
@@ -158,11 +138,24 @@ fn peer(version: usize) -> String {
     )
 }
 
+/// A remote Pod no local table refers to (a db Pod in a back namespace) whose IP
+/// changes: the common case of churn elsewhere in the cluster.
+fn other(version: usize) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: churn, namespace: ns1, labels: {{app: db}}}}\nspec: {{nodeName: n2, containers: [{{name: c}}]}}\nstatus: {{phase: Running, podIP: 10.251.{}.{}}}\n",
+        version / 250,
+        version % 250 + 1
+    )
+}
+
 #[derive(Default)]
 struct Results {
     initial_ms: f64,
     pod_change: Vec<(f64, f64, f64, f64)>,
+    other_change: Vec<(f64, f64, f64, f64)>,
     policy_change: Vec<(f64, f64, f64, f64)>,
+    /// Local tables rendered per change (the rest kept their last render).
+    rendered: Vec<usize>,
     verify_cpu_ms: f64,
     verify_procs: f64,
     adds_ms: Vec<f64>,
@@ -171,12 +164,13 @@ struct Results {
     hwm_kib: u64,
 }
 
-fn config(cni: Option<CniConfig>) -> AgentConfig {
+fn config(cni: Option<CniConfig>, incremental: bool) -> AgentConfig {
     AgentConfig {
         node: Some(NODE.into()),
         drops: None,
         verify_interval: Duration::from_secs(3600),
         cni,
+        incremental,
         ..AgentConfig::default()
     }
 }
@@ -192,7 +186,12 @@ struct Setup<'a> {
     adds: usize,
 }
 
-fn run_mode(name: &str, applier: Arc<dyn Applier>, setup: &Setup<'_>) -> Results {
+fn run_mode(
+    name: &str,
+    applier: Arc<dyn Applier>,
+    incremental: bool,
+    setup: &Setup<'_>,
+) -> Results {
     let Setup {
         manifests,
         dir,
@@ -205,9 +204,10 @@ fn run_mode(name: &str, applier: Arc<dyn Applier>, setup: &Setup<'_>) -> Results
     let mut r = Results::default();
     std::fs::write(manifests.join("policy.yaml"), policy(8080)).unwrap();
     std::fs::write(manifests.join("peer.yaml"), peer(0)).unwrap();
+    std::fs::write(manifests.join("other.yaml"), other(0)).unwrap();
     let mut src = ManifestDir::new(manifests, None);
     let mut rec = Reconciler::new(
-        &config(None),
+        &config(None, incremental),
         Arc::new(CompiledRulesets::default()),
         applier.clone(),
         Arc::new(Metrics::new()),
@@ -225,11 +225,12 @@ fn run_mode(name: &str, applier: Arc<dyn Applier>, setup: &Setup<'_>) -> Results
         r.initial_ms
     );
     for i in 0..changes {
-        let pod_change = i % 2 == 0;
-        if pod_change {
-            std::fs::write(manifests.join("peer.yaml"), peer(i + 1)).unwrap();
-        } else {
-            std::fs::write(manifests.join("policy.yaml"), policy(8081 + (i % 4) as u16)).unwrap();
+        let kind = i % 3;
+        match kind {
+            0 => std::fs::write(manifests.join("peer.yaml"), peer(i + 1)).unwrap(),
+            1 => std::fs::write(manifests.join("other.yaml"), other(i + 1)).unwrap(),
+            _ => std::fs::write(manifests.join("policy.yaml"), policy(8081 + (i % 4) as u16))
+                .unwrap(),
         }
         let t0 = Instant::now();
         let scan = src.scan();
@@ -240,13 +241,15 @@ fn run_mode(name: &str, applier: Arc<dyn Applier>, setup: &Setup<'_>) -> Results
         let t2 = Instant::now();
         let rep = rec.sync(Instant::now());
         let t3 = Instant::now();
-        assert_eq!(rep.applied.len(), local, "{name}: change {i}: {rep:?}");
+        let affected = if kind == 1 { 0 } else { local };
+        assert_eq!(rep.applied.len(), affected, "{name}: change {i}: {rep:?}");
+        r.rendered.push(rec.last_compile().rendered);
         let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
         let row = (ms(t0, t1), ms(t1, t2), ms(t2, t3), ms(t0, t3));
-        if pod_change {
-            r.pod_change.push(row);
-        } else {
-            r.policy_change.push(row);
+        match kind {
+            0 => r.pod_change.push(row),
+            1 => r.other_change.push(row),
+            _ => r.policy_change.push(row),
         }
         // What the agent does right after a pass (lists new tables off the apply path).
         rec.take_baselines();
@@ -263,55 +266,24 @@ fn run_mode(name: &str, applier: Arc<dyn Applier>, setup: &Setup<'_>) -> Results
 
     // CNI ADDs with the agent in-process.
     if adds > 0 {
-        let socket = dir.join(format!("cni-{}.sock", name.len()));
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let cfg = config(Some(CniConfig {
-            socket: socket.clone(),
-            records: Some(dir.join(format!("records-{}", name.len()))),
-            chain: None,
-        }));
-        let agent = rt
-            .block_on(Agent::start(
-                cfg,
-                ManifestDir::new(manifests, None),
-                Arc::new(CompiledRulesets::default()),
-                applier,
-            ))
-            .unwrap();
-        while !agent.ready() {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let socket = dir.join("cni.sock");
+        let rt = common::runtime();
+        let cfg = config(
+            Some(CniConfig {
+                socket: socket.clone(),
+                records: Some(dir.join("records")),
+                chain: None,
+            }),
+            incremental,
+        );
+        let agent = common::start_agent(&rt, cfg, manifests, applier);
         // Let the first pass finish its follow-up (baseline listings).
         std::thread::sleep(Duration::from_millis(500));
         let procs0 = netns::processes_started();
         for i in 0..adds {
             let ns = format!("{prefix}-n{i}");
-            let path = netns::path(&ns).display().to_string();
-            let conf = serde_json::json!({
-                "cniVersion": "1.0.0", "name": "k8s", "type": "netpol-cni",
-                "agentSocket": socket, "timeoutSeconds": 60,
-                "prevResult": {"ips": [{"address": format!("10.91.{}.{}/16", i / 250, i % 250 + 1)}]}
-            })
-            .to_string();
-            let args = ArgsBuilder::new()
-                .container_id(&format!("sandbox-{}-{i}", name.len()))
-                .unwrap()
-                .netns(&path)
-                .ifname("eth0")
-                .unwrap()
-                .args(&format!("K8S_POD_NAMESPACE=bench;K8S_POD_NAME=n{i}"))
-                .config(&conf)
-                .unwrap()
-                .build()
-                .unwrap();
-            let start = Instant::now();
-            let out = NetpolCni::with_socket().add(args);
-            r.adds_ms.push(start.elapsed().as_secs_f64() * 1e3);
-            assert!(out.is_ok(), "{name}: ADD {i}: {out:?}");
+            let took = common::cni_add(&socket, &ns, "sandbox", i);
+            r.adds_ms.push(took.as_secs_f64() * 1e3);
         }
         r.add_procs = (netns::processes_started() - procs0) as f64 / adds as f64;
         r.rss_kib = status_kib("VmRSS:");
@@ -344,23 +316,65 @@ fn summary(rows: &[(f64, f64, f64, f64)]) -> String {
     )
 }
 
-fn main() {
-    if std::env::var_os("RUST_LOG").is_some() {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_writer(std::io::stderr)
-            .init();
-    }
-    if let Err(reason) = netns::kernel_support() {
-        eprintln!("node_scale needs root and network namespaces: {reason}");
-        std::process::exit(3);
-    }
+fn summary_short(rows: &[(f64, f64, f64, f64)]) -> String {
+    let col = |f: fn(&(f64, f64, f64, f64)) -> f64| {
+        let mut v: Vec<f64> = rows.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    let (compile, total) = (col(|r| r.1), col(|r| r.3));
+    format!(
+        "{:.0} / {:.0} | {:.0} / {:.0}",
+        pct(&compile, 0.5),
+        pct(&compile, 0.99),
+        pct(&total, 0.5),
+        pct(&total, 0.99),
+    )
+}
+
+/// The changes table's row of one mode.
+fn changes_row(name: &str, r: &Results) -> String {
+    let rendered = r.rendered.iter().sum::<usize>() as f64 / r.rendered.len().max(1) as f64;
+    format!(
+        "| {name} | {:.0} | {} | {} | {} | {rendered:.0} |",
+        r.initial_ms,
+        summary(&r.pod_change),
+        summary_short(&r.other_change),
+        summary(&r.policy_change)
+    )
+}
+
+/// The CNI/idle/memory table's row of one mode.
+fn adds_row(name: &str, r: &Results) -> String {
+    let mut a = r.adds_ms.clone();
+    a.sort_by(f64::total_cmp);
+    format!(
+        "| {name} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {:.3}% | {:.0} | {:.0} |",
+        pct(&a, 0.5),
+        pct(&a, 0.99),
+        pct(&a, 1.0),
+        r.add_procs,
+        r.verify_cpu_ms,
+        r.verify_procs,
+        r.verify_cpu_ms / 5000.0 * 100.0,
+        r.rss_kib as f64 / 1024.0,
+        r.hwm_kib as f64 / 1024.0,
+    )
+}
+
+/// Runs one mode in this process; its rows, prefixed `T1 ` and `T2 `, go to stdout.
+fn run_one(mode: &str) {
     let local = arg("--local", 110);
     let cluster = arg("--cluster", 10_000);
-    let changes = arg("--changes", 20);
+    let changes = arg("--changes", 30);
     let adds = arg("--adds", 20);
     let passes = arg("--verify-passes", 5).max(1);
-    let mode = mode_arg();
+    let (name, applier, incremental): (&str, Arc<dyn Applier>, bool) = match mode {
+        "nft" => ("full, nft processes", Arc::new(NftApplier), false),
+        "full" => ("full compile", Arc::new(NetlinkApplier::new()), false),
+        "incremental" => ("**incremental**", Arc::new(NetlinkApplier::new()), true),
+        other => panic!("unknown mode {other}"),
+    };
     let prefix = format!("npscale{}", std::process::id() % 10_000);
     let dir = tempfile::tempdir().unwrap();
     let manifests = dir.path().join("m");
@@ -376,37 +390,74 @@ fn main() {
     for n in &names {
         netns::add(n).unwrap();
     }
-    let mut results = Vec::new();
-    let modes: Vec<(&str, Arc<dyn Applier>)> = match mode.as_str() {
-        "old" => vec![("old (nft processes)", Arc::new(NftApplier))],
-        "new" => vec![("new (netlink)", Arc::new(NetlinkApplier::new()))],
-        _ => vec![
-            ("old (nft processes)", Arc::new(NftApplier)),
-            ("new (netlink)", Arc::new(NetlinkApplier::new())),
-        ],
+    let setup = Setup {
+        manifests: &manifests,
+        dir: dir.path(),
+        prefix: &prefix,
+        local,
+        changes,
+        passes,
+        adds,
     };
-    for (name, applier) in modes {
-        // Each mode starts from empty namespaces.
-        for n in &names {
-            let _ = enforcer::nft::delete_table(n, "inet", "netpol");
-        }
-        let setup = Setup {
-            manifests: &manifests,
-            dir: dir.path(),
-            prefix: &prefix,
-            local,
-            changes,
-            passes,
-            adds,
-        };
-        let r = run_mode(name, applier, &setup);
-        results.push((name, r));
-    }
+    let r = run_mode(name, applier, incremental, &setup);
     for n in &names {
         let _ = netns::delete(n);
     }
+    println!("T1 {}", changes_row(name, &r));
+    println!("T2 {}", adds_row(name, &r));
+}
+
+fn main() {
+    common::init_tracing();
+    if let Err(reason) = netns::kernel_support() {
+        eprintln!("node_scale needs root and network namespaces: {reason}");
+        std::process::exit(3);
+    }
+    let mode = word("--mode", "both");
+    let modes: Vec<&str> = match mode.as_str() {
+        "both" => vec!["full", "incremental"],
+        "all" => vec!["nft", "full", "incremental"],
+        one => {
+            // A child (or a single mode): rows only.
+            run_one(one);
+            return;
+        }
+    };
+    // Each mode in its own process: its RSS is its own.
+    let (mut t1, mut t2) = (Vec::new(), Vec::new());
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    for m in modes {
+        let mut child_args: Vec<String> = Vec::new();
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            if a == "--mode" {
+                it.next();
+            } else {
+                child_args.push(a.clone());
+            }
+        }
+        child_args.extend(["--mode".to_owned(), m.to_owned()]);
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(&child_args)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mode {m} failed");
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let Some(row) = line.strip_prefix("T1 ") {
+                t1.push(row.to_owned());
+            } else if let Some(row) = line.strip_prefix("T2 ") {
+                t2.push(row.to_owned());
+            }
+        }
+    }
     println!(
-        "node: {local} local Pods, cluster view {cluster} Pods; {changes} changes, {adds} CNI ADDs, {passes} verify passes; {} cores, load {}",
+        "node: {} local Pods, cluster view {} Pods; {} changes, {} CNI ADDs, {} verify passes; {} cores, load {}",
+        arg("--local", 110),
+        arg("--cluster", 10_000),
+        arg("--changes", 30),
+        arg("--adds", 20),
+        arg("--verify-passes", 5).max(1),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         std::fs::read_to_string("/proc/loadavg")
             .unwrap_or_default()
@@ -414,36 +465,18 @@ fn main() {
     );
     println!();
     println!(
-        "| mode | initial sync ms | Pod change: scan p50/p99 | compile p50/p99 | **kernel p50/p99** | total p50/p99 ms | policy change: scan | compile | **kernel** | total |"
+        "| mode | initial sync ms | peer Pod change: scan p50/p99 | compile p50/p99 | **kernel p50/p99** | total p50/p99 ms | unrelated Pod change: compile | total | policy change: scan | compile | **kernel** | total | tables rendered per change |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
-    for (name, r) in &results {
-        println!(
-            "| {name} | {:.0} | {} | {} |",
-            r.initial_ms,
-            summary(&r.pod_change),
-            summary(&r.policy_change)
-        );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for row in &t1 {
+        println!("{row}");
     }
     println!();
     println!(
         "| mode | CNI ADD p50 ms | p99 ms | max ms | processes per ADD | verify pass CPU ms | processes per verify pass | idle CPU at 5 s verify | RSS MiB | peak RSS MiB |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
-    for (name, r) in &results {
-        let mut a = r.adds_ms.clone();
-        a.sort_by(f64::total_cmp);
-        println!(
-            "| {name} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {:.3}% | {:.0} | {:.0} |",
-            pct(&a, 0.5),
-            pct(&a, 0.99),
-            pct(&a, 1.0),
-            r.add_procs,
-            r.verify_cpu_ms,
-            r.verify_procs,
-            r.verify_cpu_ms / 5000.0 * 100.0,
-            r.rss_kib as f64 / 1024.0,
-            r.hwm_kib as f64 / 1024.0,
-        );
+    for row in &t2 {
+        println!("{row}");
     }
 }

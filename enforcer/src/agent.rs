@@ -42,6 +42,7 @@ mod cni;
 mod config;
 mod discovery;
 mod events;
+mod incremental;
 mod netns_guard;
 mod node_table;
 mod reconciler;
@@ -50,7 +51,7 @@ mod shell;
 
 pub use self::cni::CniStatus;
 pub use self::config::{AgentConfig, ChainConfig, CniConfig};
-pub use self::reconciler::{Reconciler, SyncReport};
+pub use self::reconciler::{CompileStats, Reconciler, SyncReport};
 pub use self::render::{CompiledRulesets, RenderError, RulesetSource};
 pub use self::shell::{Agent, AgentError};
 

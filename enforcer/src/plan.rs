@@ -5,8 +5,9 @@
 //! namespaces no Pod uses any more). [`Backoff`] spaces out retries of failed operations.
 //! Nothing here does IO or reads the clock: callers pass `now`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -70,7 +71,77 @@ pub struct Parts {
     /// Checksum of the skeleton's text: when it changes the table is replaced.
     pub skeleton: Checksum,
     /// The peer-map elements: when only they change, elements are added and deleted.
-    pub entries: BTreeSet<PeerEntry>,
+    /// Shared by every table with the same elements ([`Parts::share_entries`]).
+    pub entries: Arc<BTreeSet<PeerEntry>>,
+}
+
+impl Parts {
+    /// These parts with their entry set taken from `pool` when an equal one is there
+    /// (else added to it): tables whose peers are alike keep one copy. See: #12
+    pub fn share_entries(self: &Arc<Self>, pool: &mut EntryPool) -> Arc<Self> {
+        let shared = pool.intern(&self.entries);
+        if Arc::ptr_eq(&shared, &self.entries) {
+            return self.clone();
+        }
+        Arc::new(Parts {
+            skeleton: self.skeleton,
+            entries: shared,
+        })
+    }
+}
+
+/// Distinct entry sets, for [`Parts::share_entries`]; kept across compiles, so a set
+/// already shared is found by its address without hashing its elements.
+#[derive(Debug, Default)]
+pub struct EntryPool {
+    /// The shared sets by content hash.
+    sets: HashMap<u64, Vec<Arc<BTreeSet<PeerEntry>>>>,
+    /// The shared sets by address (the pool keeps them alive: an address is never
+    /// reused while it is here).
+    by_address: HashMap<usize, Arc<BTreeSet<PeerEntry>>>,
+}
+
+impl EntryPool {
+    /// The pool's set equal to `entries`, or `entries` itself (then added).
+    pub fn intern(&mut self, entries: &Arc<BTreeSet<PeerEntry>>) -> Arc<BTreeSet<PeerEntry>> {
+        let address = Arc::as_ptr(entries) as usize;
+        if let Some(same) = self.by_address.get(&address) {
+            return same.clone();
+        }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        entries.len().hash(&mut h);
+        for e in entries.iter() {
+            e.hash(&mut h);
+        }
+        let bucket = self.sets.entry(h.finish()).or_default();
+        if let Some(same) = bucket.iter().find(|s| **s == *entries) {
+            return same.clone();
+        }
+        bucket.push(entries.clone());
+        self.by_address.insert(address, entries.clone());
+        entries.clone()
+    }
+
+    /// Forgets the sets no table uses any more.
+    pub fn prune(&mut self) {
+        // The pool itself holds two references to each set.
+        self.by_address.retain(|_, s| Arc::strong_count(s) > 2);
+        // Order does not matter: each set is kept or dropped on its own.
+        self.sets.retain(|_, bucket| {
+            bucket.retain(|s| Arc::strong_count(s) > 2);
+            !bucket.is_empty()
+        });
+    }
+
+    /// Distinct entry sets held.
+    pub fn len(&self) -> usize {
+        self.by_address.len()
+    }
+
+    /// True when no set is held.
+    pub fn is_empty(&self) -> bool {
+        self.by_address.is_empty()
+    }
 }
 
 impl Desired {
@@ -106,7 +177,7 @@ impl Desired {
             text: text.into(),
             parts: Some(Arc::new(Parts {
                 skeleton: Checksum::of(skeleton),
-                entries,
+                entries: Arc::new(entries),
             })),
         }
     }

@@ -39,6 +39,11 @@ pub struct AgentConfig {
     /// soon as something committed there; the verify interval stays as a slow safety
     /// net. Off by default (in-process tests); `netpol agent` turns it on.
     pub nft_events: bool,
+    /// Render a local Pod's table again only when something its render reads changed
+    /// (see `agent/incremental.rs`), the changed ones on `parallelism` threads; off:
+    /// every compile renders every table, one after another (the path before #12, the
+    /// benchmark's baseline). On by default. See: #12
+    pub incremental: bool,
 }
 
 /// Where the agent meets the `netpol-cni` plugin.
@@ -79,6 +84,7 @@ impl Default for AgentConfig {
             discovery: None,
             node_table: false,
             nft_events: false,
+            incremental: true,
         }
     }
 }

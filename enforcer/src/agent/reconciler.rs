@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use policy_compiler::ruleset::NodeContext;
 use policy_compiler::{AllowGraph, Severity};
 
+use super::incremental::{Fingerprint, Inputs};
 use super::node_table::NodeTable;
 use super::{AgentConfig, ChainConfig, ErrorChain, RulesetSource, cni};
 use crate::applier::{Applier, ApplyError};
@@ -15,8 +16,8 @@ use crate::cni::records::RecordStore;
 use crate::manifests::Scan;
 use crate::metrics::Metrics;
 use crate::plan::{
-    Actual, Backoff, BackoffPolicy, Checksum, Desired, Op, Parts, PodState, normalise_listing,
-    plan_pods,
+    Actual, Backoff, BackoffPolicy, Checksum, Desired, EntryPool, Op, Parts, PodState,
+    normalise_listing, plan_pods,
 };
 use crate::reporter::{CompiledModel, DropReporter};
 use crate::state::{PodKey, State};
@@ -112,6 +113,26 @@ pub struct Reconciler {
     pub(super) node_table: Option<NodeTable>,
     /// Namespaces claimed by several Pods (denied: [`crate::trust`]).
     pub(super) netns_conflicts: BTreeMap<String, Vec<PodKey>>,
+    /// Incremental compile on ([`AgentConfig::incremental`] and a renderer that
+    /// renders like `compile_pod`).
+    incremental: bool,
+    /// Per local Pod: the input fingerprint its `desired` was rendered from (only
+    /// successful renders of the last compile).
+    rendered: BTreeMap<PodKey, Fingerprint>,
+    /// What the last compile did.
+    last_compile: CompileStats,
+    /// The distinct peer-map entry sets of the desired and applied tables (one copy
+    /// each, shared by `Arc`).
+    entry_pool: EntryPool,
+}
+
+/// What the last [`Reconciler::compile`] rendered.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CompileStats {
+    /// Local tables rendered.
+    pub rendered: usize,
+    /// Local tables whose inputs were unchanged: the last render was kept.
+    pub kept: usize,
 }
 
 /// What [`execute`] did: each variant carries its operation's data, so no impossible
@@ -153,7 +174,6 @@ impl Reconciler {
     ) -> Self {
         Self {
             state: State::new(),
-            renderer,
             applier,
             metrics,
             node: config.node.clone(),
@@ -173,6 +193,11 @@ impl Reconciler {
             chain_problem: None,
             node_table: config.node_table.then(NodeTable::default),
             netns_conflicts: BTreeMap::new(),
+            incremental: config.incremental && renderer.renders_like_compile_pod(),
+            rendered: BTreeMap::new(),
+            last_compile: CompileStats::default(),
+            entry_pool: EntryPool::default(),
+            renderer,
         }
     }
 
@@ -189,6 +214,11 @@ impl Reconciler {
     /// Takes the drop reporter back (to stop it).
     pub fn detach_reporter(&mut self) -> Option<DropReporter> {
         self.reporter.take()
+    }
+
+    /// What the last compile rendered and kept.
+    pub fn last_compile(&self) -> CompileStats {
+        self.last_compile
     }
 
     /// The last good model and graph.
@@ -301,6 +331,10 @@ impl Reconciler {
         let local = self.state.local_pods(self.node.as_deref());
         let (local, mut desired) = self.fail_closed_on_shared_netns(local);
         let mut local_ids = Vec::new();
+        let mut inputs = self.incremental.then(|| Inputs::new(&model, &graph));
+        let mut rendered = BTreeMap::new();
+        let mut stats = CompileStats::default();
+        let mut to_render = Vec::new();
         for (pod, netns) in local {
             let Some(id) = model.endpoint_by_key(&pod.to_string()) else {
                 // Finished Pods are not endpoints: nothing to enforce.
@@ -318,11 +352,44 @@ impl Reconciler {
                 .node_table
                 .is_some()
                 .then_some(node_addresses.as_slice());
-            match self
-                .renderer
-                .render_desired(&model, &graph, id, on_node, &netns)
+            let fingerprint = inputs.as_mut().map(|i| i.pod(id, on_node, &netns));
+            if let Some(f) = fingerprint
+                && self.rendered.get(&pod) == Some(&f)
+                && let Some(last) = self.pods.get(&pod).and_then(|r| r.desired.clone())
             {
+                // Nothing the render reads changed: the last render stands.
+                stats.kept += 1;
+                rendered.insert(pod.clone(), f);
+                desired.insert(pod, last);
+                continue;
+            }
+            stats.rendered += 1;
+            to_render.push((pod, netns, id, fingerprint));
+        }
+        drop(inputs);
+        // The tables to render, on up to `parallelism` threads when incremental (each
+        // render reads the model and graph only); otherwise one after another, as
+        // before #12 (the benchmark's baseline).
+        let on_node = self
+            .node_table
+            .is_some()
+            .then_some(node_addresses.as_slice());
+        let renderer = self.renderer.clone();
+        let workers = if self.incremental {
+            self.parallelism
+        } else {
+            1
+        };
+        let results = parallel(workers, to_render, |(pod, netns, id, f)| {
+            let r = renderer.render_desired(&model, &graph, id, on_node, &netns);
+            (pod, f, r)
+        });
+        for (pod, fingerprint, result) in results {
+            match result {
                 Ok(d) => {
+                    if let Some(f) = fingerprint {
+                        rendered.insert(pod.clone(), f);
+                    }
                     desired.insert(pod, d);
                 }
                 Err(e) => {
@@ -334,6 +401,20 @@ impl Reconciler {
                 }
             }
         }
+        // One copy of each distinct entry set across tables (and what was applied).
+        let pool = &mut self.entry_pool;
+        for record in self.pods.values_mut() {
+            if let Some(p) = &record.applied_parts {
+                record.applied_parts = Some(p.share_entries(pool));
+            }
+        }
+        for d in desired.values_mut() {
+            if let Some(p) = &d.parts {
+                d.parts = Some(p.share_entries(pool));
+            }
+        }
+        self.rendered = rendered;
+        self.last_compile = stats;
         for (pod, record) in &mut self.pods {
             record.desired = desired.remove(pod);
         }
@@ -347,6 +428,7 @@ impl Reconciler {
             );
         }
         self.pods.retain(|_, r| !r.is_empty());
+        self.entry_pool.prune();
         if self.node_table.is_some() {
             let mut ctx = NodeContext::new(
                 &model,
@@ -895,5 +977,7 @@ where
     results.into_iter().map(|(_, o)| o).collect()
 }
 
+#[cfg(test)]
+mod equivalence;
 #[cfg(test)]
 mod tests;

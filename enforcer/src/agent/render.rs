@@ -59,6 +59,14 @@ pub trait RulesetSource: Send + Sync {
         Ok(Desired::new(netns, text))
     }
 
+    /// True when [`RulesetSource::render_desired`] is a function of what
+    /// `compile_pod` reads and nothing else, so an unchanged input fingerprint may keep
+    /// the last render (incremental compile, `agent/incremental.rs`). Defaults to
+    /// `false`: every compile renders again.
+    fn renders_like_compile_pod(&self) -> bool {
+        false
+    }
+
     /// The node table (`nft -f` text replacing the node's `table inet netpol`), or
     /// `None` when this source has none. Defaults to `None`.
     fn render_node(
@@ -98,6 +106,10 @@ impl CompiledRulesets {
 }
 
 impl RulesetSource for CompiledRulesets {
+    fn renders_like_compile_pod(&self) -> bool {
+        true
+    }
+
     fn render_desired(
         &self,
         model: &Model,
