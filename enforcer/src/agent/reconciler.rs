@@ -356,14 +356,11 @@ impl Reconciler {
             ctx.pods.extend(local_ids);
             ctx.pods.sort_unstable();
             ctx.pods.dedup();
-            let rendered = self.renderer.render_node(&model, &graph, &ctx);
+            let rendered = self.renderer.render_node_desired(&model, &graph, &ctx);
             if let Some(n) = &mut self.node_table {
                 n.addresses = node_addresses;
                 match rendered {
-                    Ok(Some(text)) => {
-                        n.desired = Some(Desired::new(crate::node::OWN_NETNS, text));
-                    }
-                    Ok(None) => n.desired = None,
+                    Ok(d) => n.desired = d,
                     Err(e) => {
                         self.metrics.compile_errors.inc();
                         tracing::error!(error = %e, "node table render failed: keeping the last good one");
