@@ -285,7 +285,7 @@ impl Reconciler {
     }
 
     /// The node table is applied as desired (or the agent owns none).
-    pub(super) fn node_synced(&self) -> bool {
+    pub fn node_synced(&self) -> bool {
         self.node_table.as_ref().is_none_or(|n| {
             n.desired
                 .as_ref()
