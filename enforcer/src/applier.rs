@@ -198,7 +198,8 @@ impl Applier for NodeNetnsApplier {
     }
 
     fn apply_node(&self, ruleset: &str) -> Result<(), ApplyError> {
-        nft::apply(&self.node, ruleset).map_err(|source| ApplyError::Node {
+        let ruleset = nft::in_place_for(&self.node, ruleset);
+        nft::apply(&self.node, &ruleset).map_err(|source| ApplyError::Node {
             op: "apply",
             source: Box::new(source),
         })
@@ -232,7 +233,8 @@ pub struct NftApplier;
 
 impl Applier for NftApplier {
     fn apply_node(&self, ruleset: &str) -> Result<(), ApplyError> {
-        crate::node::apply_table(ruleset).map_err(|source| ApplyError::Node {
+        let ruleset = nft::in_place_for(crate::node::OWN_NETNS, ruleset);
+        crate::node::apply_table(&ruleset).map_err(|source| ApplyError::Node {
             op: "apply",
             source: Box::new(source),
         })
@@ -259,7 +261,9 @@ impl Applier for NftApplier {
                 netns: netns.to_owned(),
             });
         }
-        nft::apply(netns, ruleset).map_err(|source| ApplyError::Nft {
+        // In place, so no packet meets a half-replaced table (see `nft::in_place`).
+        let ruleset = nft::in_place_for(netns, ruleset);
+        nft::apply(netns, &ruleset).map_err(|source| ApplyError::Nft {
             pod: pod.clone(),
             op: "apply",
             source: Box::new(source),
