@@ -170,6 +170,20 @@ pub trait Applier: Send + Sync {
     }
 }
 
+/// [`nft::in_place`] for the table in `netns` now (its objects read over netlink, no
+/// process); `ruleset` unchanged when they cannot be read (a delete-and-re-create
+/// replace is still one atomic transaction, with the hook window described there).
+fn in_place_for(netns: &str, ruleset: &str) -> String {
+    let objects = NftSocket::open(netns).and_then(|mut s| s.objects(TABLE));
+    match objects {
+        Ok(objects) => nft::in_place(ruleset, &objects).unwrap_or_else(|| ruleset.to_owned()),
+        Err(e) => {
+            tracing::warn!(netns, error = %netpol_common::ErrorChain(&e), "cannot read the table's objects: replacing it by delete and re-create");
+            ruleset.to_owned()
+        }
+    }
+}
+
 /// The key errors and records of the node table carry (no Pod has an empty namespace).
 pub fn node_key() -> PodKey {
     PodKey::new("", crate::node::OWN_NETNS)
@@ -198,7 +212,7 @@ impl Applier for NodeNetnsApplier {
     }
 
     fn apply_node(&self, ruleset: &str) -> Result<(), ApplyError> {
-        let ruleset = nft::in_place_for(&self.node, ruleset);
+        let ruleset = in_place_for(&self.node, ruleset);
         nft::apply(&self.node, &ruleset).map_err(|source| ApplyError::Node {
             op: "apply",
             source: Box::new(source),
@@ -233,7 +247,7 @@ pub struct NftApplier;
 
 impl Applier for NftApplier {
     fn apply_node(&self, ruleset: &str) -> Result<(), ApplyError> {
-        let ruleset = nft::in_place_for(crate::node::OWN_NETNS, ruleset);
+        let ruleset = in_place_for(crate::node::OWN_NETNS, ruleset);
         crate::node::apply_table(&ruleset).map_err(|source| ApplyError::Node {
             op: "apply",
             source: Box::new(source),
@@ -262,7 +276,7 @@ impl Applier for NftApplier {
             });
         }
         // In place, so no packet meets a half-replaced table (see `nft::in_place`).
-        let ruleset = nft::in_place_for(netns, ruleset);
+        let ruleset = in_place_for(netns, ruleset);
         nft::apply(netns, &ruleset).map_err(|source| ApplyError::Nft {
             pod: pod.clone(),
             op: "apply",

@@ -656,14 +656,7 @@ fn error_code(payload: &[u8]) -> Option<i32> {
     Some(i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
 }
 
-/// The chains and the sets and maps of one table, by name (sorted).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TableObjects {
-    /// Chain names.
-    pub chains: Vec<String>,
-    /// Set and map names.
-    pub sets: Vec<String>,
-}
+pub use crate::nft::TableObjects;
 
 /// The attributes `(type, value)` of a payload, bounds-checked (a malformed one ends
 /// the walk).

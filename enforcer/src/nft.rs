@@ -127,7 +127,7 @@ const DELETE_HEADER: &str = "add table inet netpol\ndelete table inet netpol\n";
 
 /// `ruleset` (compiled `nft -f` text replacing `table inet netpol`) as a transaction
 /// that replaces the table **in place**, given the objects the kernel's table has now
-/// (from [`crate::nfnl::NftSocket::objects`]); `None` when `ruleset` does not start as
+/// (read over netlink by `nfnl::NftSocket::objects`); `None` when `ruleset` does not start as
 /// compiled rulesets do (it is then loaded as it is).
 ///
 /// Why (issue #12, measured in docs/ruleset.md): deleting and re-creating the table in
@@ -147,7 +147,7 @@ const DELETE_HEADER: &str = "add table inet netpol\ndelete table inet netpol\n";
 /// - the table block itself, with every `policy drop` base chain turned into `policy
 ///   accept` plus a final `drop` rule: the same verdicts (compiled isolated chains end
 ///   with their logging drop rule anyway), and a chain's policy never has to change.
-pub fn in_place(ruleset: &str, existing: &crate::nfnl::TableObjects) -> Option<String> {
+pub fn in_place(ruleset: &str, existing: &TableObjects) -> Option<String> {
     let at = ruleset.find(DELETE_HEADER)?;
     let (prefix, block) = (&ruleset[..at], &ruleset[at + DELETE_HEADER.len()..]);
     if !block.starts_with("table inet netpol {") {
@@ -239,24 +239,18 @@ pub fn in_place(ruleset: &str, existing: &crate::nfnl::TableObjects) -> Option<S
     Some(text)
 }
 
-/// [`in_place`] for the table in `netns` now (its objects read over netlink, no
-/// process); `ruleset` unchanged when they cannot be read (a delete-and-re-create
-/// replace is still one atomic transaction, with the hook window described there).
-pub fn in_place_for(netns: &str, ruleset: &str) -> String {
-    let objects = crate::nfnl::NftSocket::open(netns).and_then(|mut s| s.objects("netpol"));
-    match objects {
-        Ok(objects) => in_place(ruleset, &objects).unwrap_or_else(|| ruleset.to_owned()),
-        Err(e) => {
-            tracing::warn!(netns, error = %netpol_common::ErrorChain(&e), "cannot read the table's objects: replacing it by delete and re-create");
-            ruleset.to_owned()
-        }
-    }
+/// The chains and the sets and maps of one table, by name (sorted).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableObjects {
+    /// Chain names.
+    pub chains: Vec<String>,
+    /// Set and map names.
+    pub sets: Vec<String>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nfnl::TableObjects;
 
     const COMPILED: &str = "# netpol ruleset for x/b\nadd table inet netpol\ndelete table inet netpol\ntable inet netpol {\n\tmap ingress_v4 {\n\t\ttype ipv4_addr : verdict\n\t\tflags interval\n\t\telements = {\n\t\t\t10.0.0.13 : jump ingress_class_0, # x/db rule 0 peer 0\n\t\t}\n\t}\n\n\tset ingress_class_0_ports {\n\t\ttype inet_proto . inet_service\n\t\tflags interval\n\t\telements = {\n\t\t\ttcp . 80,\n\t\t}\n\t}\n\n\tchain ingress {\n\t\t# isolated by x/db\n\t\ttype filter hook input priority filter; policy drop;\n\t\tip saddr vmap @ingress_v4\n\t\tcounter log group 100 prefix \"netpol:x/b:ingress \" drop\n\t}\n\n\tchain egress {\n\t\ttype filter hook output priority filter; policy accept;\n\t}\n\n\tchain ingress_class_0 {\n\t\tmeta l4proto . th dport @ingress_class_0_ports accept\n\t}\n}\n";
 
