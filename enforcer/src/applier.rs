@@ -171,15 +171,19 @@ pub trait Applier: Send + Sync {
 }
 
 /// [`nft::in_place`] for the table in `netns` now (its objects read over netlink, no
-/// process); `ruleset` unchanged when they cannot be read (a delete-and-re-create
-/// replace is still one atomic transaction, with the hook window described there).
-fn in_place_for(netns: &str, ruleset: &str) -> String {
+/// process): the transactions to load, in order; `ruleset` alone when the objects cannot
+/// be read (a delete-and-re-create replace is still one atomic transaction, with the hook
+/// window described there).
+fn in_place_for(netns: &str, ruleset: &str) -> Vec<String> {
     let objects = NftSocket::open(netns).and_then(|mut s| s.objects(TABLE));
     match objects {
-        Ok(objects) => nft::in_place(ruleset, &objects).unwrap_or_else(|| ruleset.to_owned()),
+        Ok(objects) => match nft::in_place(ruleset, &objects) {
+            Some(p) => p.declare.into_iter().chain([p.replace]).collect(),
+            None => vec![ruleset.to_owned()],
+        },
         Err(e) => {
             tracing::warn!(netns, error = %netpol_common::ErrorChain(&e), "cannot read the table's objects: replacing it by delete and re-create");
-            ruleset.to_owned()
+            vec![ruleset.to_owned()]
         }
     }
 }
@@ -212,11 +216,13 @@ impl Applier for NodeNetnsApplier {
     }
 
     fn apply_node(&self, ruleset: &str) -> Result<(), ApplyError> {
-        let ruleset = in_place_for(&self.node, ruleset);
-        nft::apply(&self.node, &ruleset).map_err(|source| ApplyError::Node {
-            op: "apply",
-            source: Box::new(source),
-        })
+        for text in in_place_for(&self.node, ruleset) {
+            nft::apply(&self.node, &text).map_err(|source| ApplyError::Node {
+                op: "apply",
+                source: Box::new(source),
+            })?;
+        }
+        Ok(())
     }
 
     fn list_node(&self) -> Result<Option<String>, ApplyError> {
@@ -247,11 +253,13 @@ pub struct NftApplier;
 
 impl Applier for NftApplier {
     fn apply_node(&self, ruleset: &str) -> Result<(), ApplyError> {
-        let ruleset = in_place_for(crate::node::OWN_NETNS, ruleset);
-        crate::node::apply_table(&ruleset).map_err(|source| ApplyError::Node {
-            op: "apply",
-            source: Box::new(source),
-        })
+        for text in in_place_for(crate::node::OWN_NETNS, ruleset) {
+            crate::node::apply_table(&text).map_err(|source| ApplyError::Node {
+                op: "apply",
+                source: Box::new(source),
+            })?;
+        }
+        Ok(())
     }
 
     fn list_node(&self) -> Result<Option<String>, ApplyError> {
@@ -276,12 +284,14 @@ impl Applier for NftApplier {
             });
         }
         // In place, so no packet meets a half-replaced table (see `nft::in_place`).
-        let ruleset = in_place_for(netns, ruleset);
-        nft::apply(netns, &ruleset).map_err(|source| ApplyError::Nft {
-            pod: pod.clone(),
-            op: "apply",
-            source: Box::new(source),
-        })
+        for text in in_place_for(netns, ruleset) {
+            nft::apply(netns, &text).map_err(|source| ApplyError::Nft {
+                pod: pod.clone(),
+                op: "apply",
+                source: Box::new(source),
+            })?;
+        }
+        Ok(())
     }
 
     fn remove(&self, pod: &PodKey, netns: &str) -> Result<(), ApplyError> {

@@ -147,7 +147,12 @@ const DELETE_HEADER: &str = "add table inet netpol\ndelete table inet netpol\n";
 /// - the table block itself, with every `policy drop` base chain turned into `policy
 ///   accept` plus a final `drop` rule: the same verdicts (compiled isolated chains end
 ///   with their logging drop rule anyway), and a chain's policy never has to change.
-pub fn in_place(ruleset: &str, existing: &TableObjects) -> Option<String> {
+///
+/// A set or map the kernel's table lacks is created first, empty, in a transaction of
+/// its own ([`InPlace::declare`]): a lookup in a set created by the same transaction as
+/// the rule using it missed as well (measured with the agent: c -> b dropped when b went
+/// from open to isolated). An empty set no rule uses changes no verdict.
+pub fn in_place(ruleset: &str, existing: &TableObjects) -> Option<InPlace> {
     let at = ruleset.find(DELETE_HEADER)?;
     let (prefix, block) = (&ruleset[..at], &ruleset[at + DELETE_HEADER.len()..]);
     if !block.starts_with("table inet netpol {") {
@@ -209,6 +214,20 @@ pub fn in_place(ruleset: &str, existing: &TableObjects) -> Option<String> {
         out.push_str(&emit);
         out.push('\n');
     }
+    let missing: Vec<_> = sets
+        .iter()
+        .filter(|(_, n, _)| !existing.sets.iter().any(|e| e == n))
+        .collect();
+    let declare = (!missing.is_empty()).then(|| {
+        let mut d = String::from("add table inet netpol\n");
+        for (kind, name, decl) in missing {
+            d.push_str(&format!(
+                "add {kind} inet netpol {name} {{ {}; }}\n",
+                decl.join("; ")
+            ));
+        }
+        d
+    });
     let mut text = String::with_capacity(out.len() + 1024);
     text.push_str(prefix);
     text.push_str("add table inet netpol\nflush table inet netpol\n");
@@ -236,7 +255,19 @@ pub fn in_place(ruleset: &str, existing: &TableObjects) -> Option<String> {
         text.push_str(&format!("delete chain inet netpol {stale}\n"));
     }
     text.push_str(&out);
-    Some(text)
+    Some(InPlace {
+        declare,
+        replace: text,
+    })
+}
+
+/// The transactions of an in-place replace ([`in_place`]), in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InPlace {
+    /// Creates the sets and maps the kernel's table lacks, empty (`None`: none).
+    pub declare: Option<String>,
+    /// Replaces the table's content in one transaction.
+    pub replace: String,
 }
 
 /// The chains and the sets and maps of one table, by name (sorted).
@@ -260,7 +291,15 @@ mod tests {
             chains: vec!["egress".into(), "ingress".into(), "ingress_class_3".into()],
             sets: vec!["ingress_v4".into(), "ingress_v6".into()],
         };
-        let t = in_place(COMPILED, &existing).unwrap();
+        let done = in_place(COMPILED, &existing).unwrap();
+        // The class set is new: created empty first, in its own transaction.
+        assert_eq!(
+            done.declare.as_deref(),
+            Some(
+                "add table inet netpol\nadd set inet netpol ingress_class_0_ports { type inet_proto . inet_service; flags interval; }\n"
+            )
+        );
+        let t = done.replace;
         assert!(
             t.starts_with(
                 "# netpol ruleset for x/b\nadd table inet netpol\nflush table inet netpol\n"

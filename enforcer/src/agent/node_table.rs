@@ -94,6 +94,12 @@ fn replace(applier: &dyn Applier, text: &str, start: Instant) -> Result<Applied,
             None
         }
     };
+    // More than one commit (an in-place replace that first declared new sets) or a
+    // foreign one: the generation the listing was taken at, unchanged across it, is
+    // tracked from now on.
+    let generation = generation.or_else(|| {
+        after.filter(|a| listing.is_some() && applier.node_generation().ok().flatten() == Some(*a))
+    });
     Ok(Applied {
         incremental: false,
         generation,
@@ -259,10 +265,10 @@ impl Reconciler {
                 let c = Checksum::of(&normalise_listing(&l));
                 match n.kernel {
                     Some(want) if want == c => {
-                        // Something else committed in the namespace, not to this table.
-                        if n.generation.is_some() {
-                            n.generation = current;
-                        }
+                        // Something else committed in the namespace, not to this table
+                        // (or the replace took more than one commit): the listing proves
+                        // the table ours at this generation.
+                        n.generation = current;
                     }
                     None => n.kernel = Some(c),
                     Some(_) => {

@@ -895,6 +895,9 @@ fn updates_never_block_traffic_every_state_allows() {
         );
         threads.push(std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
+                // At most about 1,000 connections a second per family: c's ephemeral
+                // ports stay far from exhaustion (each one waits in TIME_WAIT for 60 s).
+                std::thread::sleep(Duration::from_millis(1));
                 let t = Instant::now();
                 let r = p.probe(&from, to, ProbeProtocol::Tcp, 80, ALLOW).unwrap();
                 n.fetch_add(1, Ordering::Relaxed);
