@@ -148,6 +148,49 @@ pub trait Applier: Send + Sync {
         let _ = (netns, ops, generation, ruleset);
         Err(ApplyError::Unsupported { pod: pod.clone() })
     }
+
+    /// The nf_tables generation of the node table's namespace, or `None` when this
+    /// applier cannot tell (then the node table is replaced whole and listed to verify).
+    /// Defaults to `None`.
+    fn node_generation(&self) -> Result<Option<u32>, ApplyError> {
+        Ok(None)
+    }
+
+    /// [`Applier::update`] for the node table: deletes and adds its peer-map elements
+    /// in one transaction, only if the node namespace's generation is still
+    /// `generation`. Defaults to [`ApplyError::Unsupported`].
+    fn update_node(
+        &self,
+        ops: &[ElementOp],
+        generation: u32,
+        ruleset: &str,
+    ) -> Result<u32, ApplyError> {
+        let _ = (ops, generation, ruleset);
+        Err(ApplyError::Unsupported { pod: node_key() })
+    }
+}
+
+/// [`nft::in_place`] for the table in `netns` now (its objects read over netlink, no
+/// process): the transactions to load, in order; `ruleset` alone when the objects cannot
+/// be read (a delete-and-re-create replace is still one atomic transaction, with the hook
+/// window described there).
+fn in_place_for(netns: &str, ruleset: &str) -> Vec<String> {
+    let objects = NftSocket::open(netns).and_then(|mut s| s.objects(TABLE));
+    match objects {
+        Ok(objects) => match nft::in_place(ruleset, &objects) {
+            Some(p) => p.declare.into_iter().chain([p.replace]).collect(),
+            None => vec![ruleset.to_owned()],
+        },
+        Err(e) => {
+            tracing::warn!(netns, error = %netpol_common::ErrorChain(&e), "cannot read the table's objects: replacing it by delete and re-create");
+            vec![ruleset.to_owned()]
+        }
+    }
+}
+
+/// The key errors and records of the node table carry (no Pod has an empty namespace).
+pub fn node_key() -> PodKey {
+    PodKey::new("", crate::node::OWN_NETNS)
 }
 
 /// [`NftApplier`] for an agent that does not run in the node's namespace (the lab): Pod
@@ -173,10 +216,13 @@ impl Applier for NodeNetnsApplier {
     }
 
     fn apply_node(&self, ruleset: &str) -> Result<(), ApplyError> {
-        nft::apply(&self.node, ruleset).map_err(|source| ApplyError::Node {
-            op: "apply",
-            source: Box::new(source),
-        })
+        for text in in_place_for(&self.node, ruleset) {
+            nft::apply(&self.node, &text).map_err(|source| ApplyError::Node {
+                op: "apply",
+                source: Box::new(source),
+            })?;
+        }
+        Ok(())
     }
 
     fn list_node(&self) -> Result<Option<String>, ApplyError> {
@@ -207,10 +253,13 @@ pub struct NftApplier;
 
 impl Applier for NftApplier {
     fn apply_node(&self, ruleset: &str) -> Result<(), ApplyError> {
-        crate::node::apply_table(ruleset).map_err(|source| ApplyError::Node {
-            op: "apply",
-            source: Box::new(source),
-        })
+        for text in in_place_for(crate::node::OWN_NETNS, ruleset) {
+            crate::node::apply_table(&text).map_err(|source| ApplyError::Node {
+                op: "apply",
+                source: Box::new(source),
+            })?;
+        }
+        Ok(())
     }
 
     fn list_node(&self) -> Result<Option<String>, ApplyError> {
@@ -234,11 +283,15 @@ impl Applier for NftApplier {
                 netns: netns.to_owned(),
             });
         }
-        nft::apply(netns, ruleset).map_err(|source| ApplyError::Nft {
-            pod: pod.clone(),
-            op: "apply",
-            source: Box::new(source),
-        })
+        // In place, so no packet meets a half-replaced table (see `nft::in_place`).
+        for text in in_place_for(netns, ruleset) {
+            nft::apply(netns, &text).map_err(|source| ApplyError::Nft {
+                pod: pod.clone(),
+                op: "apply",
+                source: Box::new(source),
+            })?;
+        }
+        Ok(())
     }
 
     fn remove(&self, pod: &PodKey, netns: &str) -> Result<(), ApplyError> {
@@ -281,9 +334,16 @@ impl Applier for NftApplier {
 /// per namespace, made once on a thread that entered it and kept: no process per
 /// update or per check. A socket is dropped with its table ([`Applier::remove`]) and
 /// remade when the namespace's file is another namespace (same name, new inode).
+///
+/// The node table goes the same way: replaced with `nft -f` when its rules change,
+/// peer-map elements updated over netlink otherwise, its generation read over netlink.
+/// It lives in the agent's own namespace, or with [`NetlinkApplier::with_node_netns`]
+/// in a named one (the lab, tests).
 #[derive(Debug, Default)]
 pub struct NetlinkApplier {
     sockets: Mutex<BTreeMap<String, std::sync::Arc<Mutex<CachedSocket>>>>,
+    /// The node table's namespace when it is not the agent's own.
+    node: Option<String>,
 }
 
 #[derive(Debug)]
@@ -295,14 +355,57 @@ struct CachedSocket {
 
 fn netns_id(netns: &str) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt as _;
-    let m = std::fs::metadata(netns::path(netns)).ok()?;
+    let path = if netns == crate::node::OWN_NETNS {
+        // The process's namespace (the agent never moves its main thread).
+        std::path::PathBuf::from("/proc/self/ns/net")
+    } else {
+        netns::path(netns)
+    };
+    let m = std::fs::metadata(path).ok()?;
     Some((m.dev(), m.ino()))
 }
 
 impl NetlinkApplier {
-    /// An applier with no sockets yet.
+    /// An applier with no sockets yet; the node table is in the agent's own namespace.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An applier whose node table lives in the named namespace `node` (the lab, or a
+    /// test), not in the agent's own.
+    pub fn with_node_netns(node: impl Into<String>) -> Self {
+        Self {
+            node: Some(node.into()),
+            ..Self::default()
+        }
+    }
+
+    /// The node table's namespace (a name, or [`crate::node::OWN_NETNS`]).
+    fn node_netns(&self) -> &str {
+        self.node.as_deref().unwrap_or(crate::node::OWN_NETNS)
+    }
+
+    fn update_in(
+        &self,
+        pod: &PodKey,
+        netns: &str,
+        ops: &[ElementOp],
+        generation: u32,
+    ) -> Result<u32, ApplyError> {
+        match self.with_socket(pod, netns, "update", |s| {
+            s.update_elements(TABLE, ops, generation)
+        }) {
+            Err(ApplyError::Netlink { source, .. })
+                if matches!(*source, NfnlError::Stale { .. }) =>
+            {
+                Err(ApplyError::Stale {
+                    pod: pod.clone(),
+                    netns: netns.to_owned(),
+                    expected: generation,
+                })
+            }
+            other => other,
+        }
     }
 
     /// Runs `f` with the socket of `netns` (made on first use).
@@ -387,15 +490,24 @@ impl Applier for NetlinkApplier {
     }
 
     fn apply_node(&self, ruleset: &str) -> Result<(), ApplyError> {
-        NftApplier.apply_node(ruleset)
+        match &self.node {
+            Some(node) => NodeNetnsApplier { node: node.clone() }.apply_node(ruleset),
+            None => NftApplier.apply_node(ruleset),
+        }
     }
 
     fn list_node(&self) -> Result<Option<String>, ApplyError> {
-        NftApplier.list_node()
+        match &self.node {
+            Some(node) => NodeNetnsApplier { node: node.clone() }.list_node(),
+            None => NftApplier.list_node(),
+        }
     }
 
     fn node_addresses(&self) -> Result<Vec<std::net::IpAddr>, ApplyError> {
-        NftApplier.node_addresses()
+        match &self.node {
+            Some(node) => NodeNetnsApplier { node: node.clone() }.node_addresses(),
+            None => NftApplier.node_addresses(),
+        }
     }
 
     fn generation(&self, pod: &PodKey, netns: &str) -> Result<Option<u32>, ApplyError> {
@@ -411,20 +523,23 @@ impl Applier for NetlinkApplier {
         generation: u32,
         _ruleset: &str,
     ) -> Result<u32, ApplyError> {
-        match self.with_socket(pod, netns, "update", |s| {
-            s.update_elements(TABLE, ops, generation)
-        }) {
-            Err(ApplyError::Netlink { source, .. })
-                if matches!(*source, NfnlError::Stale { .. }) =>
-            {
-                Err(ApplyError::Stale {
-                    pod: pod.clone(),
-                    netns: netns.to_owned(),
-                    expected: generation,
-                })
-            }
-            other => other,
-        }
+        self.update_in(pod, netns, ops, generation)
+    }
+
+    fn node_generation(&self) -> Result<Option<u32>, ApplyError> {
+        let netns = self.node_netns().to_owned();
+        self.with_socket(&node_key(), &netns, "generation", NftSocket::generation)
+            .map(Some)
+    }
+
+    fn update_node(
+        &self,
+        ops: &[ElementOp],
+        generation: u32,
+        _ruleset: &str,
+    ) -> Result<u32, ApplyError> {
+        let netns = self.node_netns().to_owned();
+        self.update_in(&node_key(), &netns, ops, generation)
     }
 }
 
@@ -593,13 +708,30 @@ impl RecordingApplier {
 
 impl Applier for RecordingApplier {
     fn apply_node(&self, ruleset: &str) -> Result<(), ApplyError> {
-        let node = PodKey::new("", crate::node::OWN_NETNS);
-        self.apply(&node, crate::node::OWN_NETNS, ruleset)
+        self.apply(&node_key(), crate::node::OWN_NETNS, ruleset)
     }
 
     fn list_node(&self) -> Result<Option<String>, ApplyError> {
-        let node = PodKey::new("", crate::node::OWN_NETNS);
-        self.list(&node, crate::node::OWN_NETNS)
+        self.list(&node_key(), crate::node::OWN_NETNS)
+    }
+
+    fn node_generation(&self) -> Result<Option<u32>, ApplyError> {
+        self.generation(&node_key(), crate::node::OWN_NETNS)
+    }
+
+    fn update_node(
+        &self,
+        ops: &[ElementOp],
+        generation: u32,
+        ruleset: &str,
+    ) -> Result<u32, ApplyError> {
+        self.update(
+            &node_key(),
+            crate::node::OWN_NETNS,
+            ops,
+            generation,
+            ruleset,
+        )
     }
 
     fn node_addresses(&self) -> Result<Vec<std::net::IpAddr>, ApplyError> {

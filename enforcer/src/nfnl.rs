@@ -48,6 +48,16 @@ const NFNL_BATCH_GENID: u16 = 1;
 /// The nf_tables multicast group (`NFNLGRP_NFTABLES`).
 pub const NFNLGRP_NFTABLES: u32 = 7;
 
+const NLMSG_DONE: u16 = 3;
+const NLM_F_DUMP: u16 = 0x300;
+const NFT_MSG_NEWCHAIN: u16 = 3;
+const NFT_MSG_GETCHAIN: u16 = 4;
+const NFT_MSG_NEWSET: u16 = 9;
+const NFT_MSG_GETSET: u16 = 10;
+/// `NFTA_CHAIN_TABLE` and `NFTA_SET_TABLE`.
+const NFTA_OBJ_TABLE: u16 = 1;
+const NFTA_CHAIN_NAME: u16 = 3;
+const NFTA_SET_NAME: u16 = 2;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_DELSETELEM: u16 = 14;
 const NFT_MSG_NEWGEN: u16 = 15;
@@ -267,6 +277,88 @@ impl NftSocket {
                 }
                 if m.ty == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN {
                     return gen_id(m.payload).ok_or_else(|| self.malformed("no NFTA_GEN_ID"));
+                }
+            }
+        }
+    }
+
+    /// The names of the chains and of the sets and maps of `table inet TABLE` (both
+    /// empty when there is no such table), read with two netlink dumps: what a table
+    /// replace that keeps the table must delete because the new ruleset lacks it.
+    ///
+    /// Anonymous sets (`__set<N>`, the `{ .. }` inside a rule) belong to their rule and
+    /// go with it: they are left out.
+    pub fn objects(&mut self, table: &str) -> Result<TableObjects, NfnlError> {
+        let mut sets = self.dump_names(table, NFT_MSG_GETSET, NFT_MSG_NEWSET, NFTA_SET_NAME)?;
+        sets.retain(|s| !s.starts_with("__set"));
+        Ok(TableObjects {
+            chains: self.dump_names(table, NFT_MSG_GETCHAIN, NFT_MSG_NEWCHAIN, NFTA_CHAIN_NAME)?,
+            sets,
+        })
+    }
+
+    fn dump_names(
+        &mut self,
+        table: &str,
+        get: u16,
+        new: u16,
+        name_attr: u16,
+    ) -> Result<Vec<String>, NfnlError> {
+        let seq = self.next_seq();
+        let mut msg = Vec::with_capacity(64);
+        let start = begin_msg(
+            &mut msg,
+            (NFNL_SUBSYS_NFTABLES << 8) | get,
+            NLM_F_REQUEST | NLM_F_DUMP,
+            seq,
+            NFPROTO_INET,
+            0,
+        );
+        put_str(&mut msg, NFTA_OBJ_TABLE, table);
+        finish_msg(&mut msg, start);
+        self.send(&msg)?;
+        let mut names = Vec::new();
+        loop {
+            let n = self.recv()?;
+            let data = self.buf.get(..n).unwrap_or_default().to_vec();
+            for m in messages(&data) {
+                let m = m.map_err(|what| self.malformed(what))?;
+                if m.seq != seq {
+                    continue;
+                }
+                match m.ty {
+                    NLMSG_DONE => {
+                        names.sort();
+                        names.dedup();
+                        return Ok(names);
+                    }
+                    NLMSG_ERROR => {
+                        let code =
+                            error_code(m.payload).ok_or_else(|| self.malformed("short error"))?;
+                        if code == 0 || code.abs() == nix::libc::ENOENT {
+                            return Ok(Vec::new());
+                        }
+                        return Err(NfnlError::Refused {
+                            netns: self.netns.clone(),
+                            source: io::Error::from_raw_os_error(code.abs()),
+                        });
+                    }
+                    ty if ty == (NFNL_SUBSYS_NFTABLES << 8) | new => {
+                        let mut in_table = false;
+                        let mut name = None;
+                        for (ty, value) in attrs(m.payload.get(4..).unwrap_or_default()) {
+                            let text = value.split(|b| *b == 0).next().unwrap_or_default();
+                            if ty == NFTA_OBJ_TABLE {
+                                in_table = text == table.as_bytes();
+                            } else if ty == name_attr {
+                                name = Some(String::from_utf8_lossy(text).into_owned());
+                            }
+                        }
+                        if let (true, Some(name)) = (in_table, name) {
+                            names.push(name);
+                        }
+                    }
+                    _ => {}
                 }
             }
         }
@@ -562,6 +654,27 @@ fn messages(mut data: &[u8]) -> impl Iterator<Item = Result<Msg<'_>, &'static st
 fn error_code(payload: &[u8]) -> Option<i32> {
     let b = payload.get(..4)?;
     Some(i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+pub use crate::nft::TableObjects;
+
+/// The attributes `(type, value)` of a payload, bounds-checked (a malformed one ends
+/// the walk).
+fn attrs(mut data: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        if data.len() < 4 {
+            return None;
+        }
+        let len = u16::from_ne_bytes([data[0], data[1]]) as usize;
+        let ty = u16::from_ne_bytes([data[2], data[3]]) & 0x3fff;
+        if len < 4 || len > data.len() {
+            data = &[];
+            return None;
+        }
+        let value = &data[4..len];
+        data = data.get(len.div_ceil(4) * 4..).unwrap_or_default();
+        Some((ty, value))
+    })
 }
 
 /// `NFTA_GEN_ID` of a `NFT_MSG_NEWGEN` payload (after the 4-byte nfgenmsg).

@@ -50,7 +50,7 @@ mod sctp;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
@@ -313,12 +313,33 @@ fn recv_sctp(fd: &OwnedFd, buf: &mut [u8]) -> Result<Option<(IpAddr, sctp::Packe
     Ok(payload.and_then(sctp::parse).map(|p| (from, p)))
 }
 
+/// Accept queue of a TCP probe server. The kernel completes handshakes on its own and
+/// only queues them for `accept`; a full queue drops the SYN (`ListenDrops` in
+/// `/proc/net/netstat`) and the client retries after its 1 s retransmission timeout,
+/// which a probe would take for a block. The default (128 in `std`) overflowed under
+/// load while hundreds of probes a second hit one server. See: #12
+const TCP_BACKLOG: i32 = 4096;
+
 fn serve_tcp(listener: TcpListener, stop: Arc<AtomicBool>) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use nix::sys::socket::{Backlog, listen};
+    // Listening again on a listening socket only changes its backlog (capped by
+    // net.core.somaxconn).
+    if let Err(e) = Backlog::new(TCP_BACKLOG).and_then(|b| listen(&listener, b)) {
+        tracing::debug!(error = %e, "tcp probe server keeps the default backlog");
+    }
+    let tick = PollTimeout::try_from(SERVER_TICK).unwrap_or(PollTimeout::NONE);
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
             // The handshake is what probes measure; the connection can close at once.
             Ok((stream, _)) => drop(stream),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => thread::sleep(SERVER_TICK / 5),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Wake as soon as a connection is queued (or the tick passes).
+                let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+                if poll(&mut fds, tick).is_err() {
+                    thread::sleep(SERVER_TICK / 5);
+                }
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "tcp probe server accept failed");
                 thread::sleep(SERVER_TICK);

@@ -438,14 +438,11 @@ impl Reconciler {
             ctx.pods.extend(local_ids);
             ctx.pods.sort_unstable();
             ctx.pods.dedup();
-            let rendered = self.renderer.render_node(&model, &graph, &ctx);
+            let rendered = self.renderer.render_node_desired(&model, &graph, &ctx);
             if let Some(n) = &mut self.node_table {
                 n.addresses = node_addresses;
                 match rendered {
-                    Ok(Some(text)) => {
-                        n.desired = Some(Desired::new(crate::node::OWN_NETNS, text));
-                    }
-                    Ok(None) => n.desired = None,
+                    Ok(d) => n.desired = d,
                     Err(e) => {
                         self.metrics.compile_errors.inc();
                         tracing::error!(error = %e, "node table render failed: keeping the last good one");
@@ -525,10 +522,10 @@ impl Reconciler {
             };
             match (got, want) {
                 (Ok(Some(c)), Some(want)) if c == want => {
-                    // Something else committed in the namespace, not to this table.
-                    if record.generation.is_some() {
-                        record.generation = generation;
-                    }
+                    // Something else committed in the namespace, not to this table (or
+                    // the apply took more than one commit: see `nft::in_place`): the
+                    // listing proves the table ours at this generation. See: #12
+                    record.generation = generation;
                 }
                 (Ok(Some(c)), None) => {
                     // The listing after the apply failed; take the baseline now.
@@ -855,15 +852,24 @@ fn replace_table(
         (Some(b), Some(a)) if a == crate::nfnl::next_generation(b) => Some(a),
         _ => None,
     };
-    let listing = match generation {
-        Some(_) => None,
-        None => match applier.list(&pod, &netns) {
-            Ok(l) => l.map(|l| Checksum::of(&normalise_listing(&l))),
-            Err(e) => {
-                tracing::warn!(namespace = %pod.namespace, pod = %pod.name, error = %e, "cannot list the applied table; it will be verified later");
-                None
-            }
-        },
+    let (listing, generation) = match generation {
+        Some(g) => (None, Some(g)),
+        None => {
+            let listing = match applier.list(&pod, &netns) {
+                Ok(l) => l.map(|l| Checksum::of(&normalise_listing(&l))),
+                Err(e) => {
+                    tracing::warn!(namespace = %pod.namespace, pod = %pod.name, error = %e, "cannot list the applied table; it will be verified later");
+                    None
+                }
+            };
+            // More than one commit (an in-place replace that first declared new sets,
+            // `nft::in_place`) or a foreign one: the listing is the baseline, and the
+            // generation it was taken at, unchanged across it, is tracked. See: #12
+            let settled = after.filter(|a| {
+                listing.is_some() && applier.generation(&pod, &netns).ok().flatten() == Some(*a)
+            });
+            (listing, settled)
+        }
     };
     Done::Applied {
         pod,

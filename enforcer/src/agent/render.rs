@@ -78,6 +78,21 @@ pub trait RulesetSource: Send + Sync {
         let _ = (model, graph, ctx);
         Ok(None)
     }
+
+    /// The node table as a desired ruleset in the node's namespace, or `None` when
+    /// this source has none. Defaults to [`RulesetSource::render_node`]'s text without
+    /// parts (every change replaces the table); [`CompiledRulesets`] splits it into
+    /// skeleton and peer-map entries, so peer changes become element updates.
+    fn render_node_desired(
+        &self,
+        model: &Model,
+        graph: &AllowGraph,
+        ctx: &NodeContext,
+    ) -> Result<Option<Desired>, RenderError> {
+        Ok(self
+            .render_node(model, graph, ctx)?
+            .map(|text| Desired::new(crate::node::OWN_NETNS, text)))
+    }
 }
 
 /// The real renderer: [`policy_compiler::ruleset::compile_pod`] and its `nft -f` text
@@ -165,5 +180,20 @@ impl RulesetSource for CompiledRulesets {
         Ok(Some(
             compile_node(model, graph, ctx, &self.options).to_nft(),
         ))
+    }
+
+    fn render_node_desired(
+        &self,
+        model: &Model,
+        graph: &AllowGraph,
+        ctx: &NodeContext,
+    ) -> Result<Option<Desired>, RenderError> {
+        let rs = compile_node(model, graph, ctx, &self.options);
+        Ok(Some(Desired::with_parts(
+            crate::node::OWN_NETNS,
+            rs.to_nft(),
+            &rs.skeleton().to_nft(),
+            rs.peer_entries(),
+        )))
     }
 }

@@ -234,7 +234,9 @@ fn agent_enforces_updates_fails_closed_and_repairs() {
     }
     let b_allow_a = table(&hb.netns).unwrap();
     assert!(!b_allow_a.contains("stale"), "old table replaced");
-    assert!(b_allow_a.contains("policy drop"), "{b_allow_a}");
+    // Replaced in place: isolation is a final drop rule, never a chain policy. See: #12
+    assert!(b_allow_a.contains("drop } chain"), "{b_allow_a}");
+    assert!(!b_allow_a.contains("policy drop"), "{b_allow_a}");
     let prober = Prober::start(&lab, &listeners(lab.hosts(), &[80])).unwrap();
     probe(&prober, "h0", hb, true);
     probe(&prober, "h2", hb, false);

@@ -16,6 +16,7 @@ mod kube;
 mod netns;
 mod nfnl;
 mod nft;
+mod node_table;
 mod ruleset;
 
 // The shared test kit, under the paths the modules here use.

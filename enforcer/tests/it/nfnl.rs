@@ -303,3 +303,25 @@ fn agent_updates_peers_in_place_and_repairs_tampering() {
     rt.block_on(agent.stop()).unwrap();
     prober.stop().unwrap();
 }
+
+/// The names of a table's chains, sets and maps come over netlink (what an in-place
+/// replace deletes when the new ruleset lacks them); none without the table. See: #12
+#[test]
+fn table_objects_are_read_over_netlink() {
+    if !kernel::available("table_objects_are_read_over_netlink") {
+        return;
+    }
+    let lab = Topology::build(&kernel::prefix("nfobj"), &kernel::dual_stack(1)).unwrap();
+    let netns = lab.hosts()[0].netns.clone();
+    let mut s = NftSocket::open(&netns).unwrap();
+    assert_eq!(s.objects("netpol").unwrap(), Default::default());
+    nft::apply(
+        &netns,
+        &table(&[e("ingress_v4", "10.0.1.3", "10.0.1.9", true)]),
+    )
+    .unwrap();
+    nft::apply(&netns, "table inet other {\nchain x {\n}\n}\n").unwrap();
+    let o = s.objects("netpol").unwrap();
+    assert_eq!(o.chains, ["ingress", "ingress_class_0"]);
+    assert_eq!(o.sets, ["ingress_v4", "ingress_v6"]);
+}

@@ -169,3 +169,91 @@ fn rejected_ruleset_reports_nft_stderr_and_changes_nothing() {
     );
     assert!(nft::check(ns, INGRESS_TCP_80).is_ok());
 }
+
+/// Compiled tables replace each other in place through the applier, in every
+/// transition (open, isolated, another peer, another port, open again), and the
+/// kernel then holds exactly the last one: no stale chain, set or map, no policy drop.
+/// See: #12
+#[test]
+fn compiled_tables_replace_each_other_in_place() {
+    use enforcer::applier::{Applier, NftApplier};
+    use enforcer::state::PodKey;
+    use policy_compiler::ruleset::{RulesetOptions, compile_pod};
+    use policy_compiler::{AllowGraph, Model, SourceText, load};
+    if !kernel::available("compiled_tables_replace_each_other_in_place") {
+        return;
+    }
+    let lab = Topology::build(&kernel::prefix("inpl"), &kernel::dual_stack(1)).unwrap();
+    let netns = lab.hosts()[0].netns.clone();
+    let pods = "apiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: x, labels: {app: b}}\nspec: {containers: [{name: c}]}\nstatus: {phase: Running, podIP: 10.0.0.12}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: c, namespace: x, labels: {app: c}}\nspec: {containers: [{name: c}]}\nstatus: {phase: Running, podIPs: [{ip: 10.0.0.13}, {ip: 'fd00::13'}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x, labels: {app: a}}\nspec: {containers: [{name: c}]}\nstatus: {phase: Running, podIP: 10.0.0.11}\n";
+    let policy = |from: &str, port: u16| {
+        format!(
+            "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: b, namespace: x}}\nspec:\n  podSelector: {{matchLabels: {{app: b}}}}\n  ingress: [{{from: [{{podSelector: {{matchExpressions: [{{key: app, operator: In, values: [{from}]}}]}}}}], ports: [{{port: {port}}}]}}]\n"
+        )
+    };
+    let compiled = |extra: &str| {
+        let text = format!("{pods}{extra}");
+        let (inputs, _) = load(&[SourceText {
+            name: "t.yaml",
+            text: &text,
+        }]);
+        let (model, _) = Model::build(&inputs);
+        let graph = AllowGraph::build(&model);
+        let b = model.endpoint_by_key("x/b").unwrap();
+        compile_pod(&model, &graph, b, &RulesetOptions::default()).to_nft()
+    };
+    let pod = PodKey::new("x", "b");
+    let fresh = &lab.hosts()[0].netns;
+    let states = [
+        String::new(),
+        policy("c", 80),
+        policy("c, a", 80),
+        policy("c", 81),
+        String::new(),
+        policy("a", 80),
+    ];
+    for (i, s) in states.iter().enumerate() {
+        let text = compiled(s);
+        NftApplier
+            .apply(&pod, &netns, &text)
+            .unwrap_or_else(|e| panic!("state {i}: {}", netpol_common::ErrorChain(&e)));
+        let listed = nft::list_table(&netns, "inet", "netpol").unwrap();
+        assert!(!listed.contains("policy drop"), "state {i}: {listed}");
+        // The same objects as the compiled table loaded into an empty namespace.
+        let names = |l: &str| -> Vec<String> {
+            let mut v: Vec<String> = l
+                .lines()
+                .map(str::trim)
+                .filter(|l| {
+                    l.starts_with("chain ") || l.starts_with("map ") || l.starts_with("set ")
+                })
+                .map(str::to_owned)
+                .collect();
+            v.sort();
+            v
+        };
+        let want: Vec<String> = {
+            let mut v: Vec<String> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| {
+                    l.starts_with("chain ") || l.starts_with("map ") || l.starts_with("set ")
+                })
+                .map(str::to_owned)
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(&listed), want, "state {i}: {listed}");
+        let _ = fresh;
+        if text.contains("10.0.0.13") {
+            assert!(listed.contains("10.0.0.13"), "state {i}: {listed}");
+        }
+        if !s.contains("a") || s.is_empty() {
+            assert!(
+                !listed.contains("10.0.0.11"),
+                "state {i}: stale element: {listed}"
+            );
+        }
+    }
+}
