@@ -549,3 +549,69 @@ proptest! {
         }
     }
 }
+
+/// `doc` with `netpol.io/mode: audit` in its metadata (a generated NetworkPolicy or
+/// ClusterNetworkPolicy: `metadata: {name: ...`).
+fn annotate_audit(doc: &str) -> String {
+    doc.replacen(
+        "metadata: {name:",
+        "metadata: {annotations: {netpol.io/mode: audit}, name:",
+        1,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 120, .. ProptestConfig::default() })]
+
+    /// Audit policies (#12): annotating any subset of the policies of a generated cluster
+    /// never changes the enforced matrix beyond leaving those policies out (the matrix of
+    /// the cluster without them, cell for cell, traffic included), and the audited matrix
+    /// is the matrix of the cluster with them enforced. Without an annotation the audited
+    /// view does not exist and the matrix is unchanged. See: #12
+    #[test]
+    fn audit_annotation_never_changes_the_enforced_matrix(
+        cnps in proptest::collection::vec(0usize..1, 0..3)
+            .prop_flat_map(|v| (0..v.len()).map(cnp).collect::<Vec<_>>()),
+        nps in proptest::collection::vec(0usize..1, 0..4)
+            .prop_flat_map(|v| (0..v.len()).map(policy).collect::<Vec<_>>()),
+        mask in proptest::collection::vec(any::<bool>(), 7),
+        host_b in any::<bool>(),
+    ) {
+        let mut all = cnps.clone();
+        all.extend(nps);
+        let audited: Vec<String> = all.iter().zip(&mask)
+            .map(|(d, m)| if *m { annotate_audit(d) } else { d.clone() })
+            .collect();
+        let without: Vec<String> = all.iter().zip(&mask)
+            .filter(|(_, m)| !**m)
+            .map(|(d, _)| d.clone())
+            .collect();
+        let (m_all, g_all, _) = compile(&cluster(&all, host_b));
+        let (m_aud, g_aud, _) = compile(&cluster(&audited, host_b));
+        let (m_wo, g_wo, _) = compile(&cluster(&without, host_b));
+        let view = policy_compiler::AuditView::of(&m_aud);
+        let any_audit = !m_aud.audit_policies.is_empty() || !m_aud.audit_cluster_policies.is_empty();
+        prop_assert_eq!(view.is_some(), any_audit);
+        for q in [
+            MatrixQuery::default(),
+            MatrixQuery { protocol: Some(Protocol::Udp), port: Some(81) },
+        ] {
+            let enforced = policy_compiler::matrix_with_audit(&m_aud, &g_aud, view.as_ref(), q);
+            let expect_enforced = matrix(&m_wo, &g_wo, q);
+            prop_assert_eq!(&enforced.allowed, &expect_enforced.allowed);
+            prop_assert_eq!(&enforced.traffic, &expect_enforced.traffic);
+            let expect_audited = matrix(&m_all, &g_all, q);
+            match &view {
+                Some(_) => {
+                    prop_assert_eq!(enforced.audited_allowed.as_ref(), Some(&expect_audited.allowed));
+                    prop_assert_eq!(&enforced.audited_traffic, &expect_audited.traffic);
+                }
+                None => {
+                    prop_assert_eq!(&enforced.allowed, &expect_audited.allowed);
+                    prop_assert_eq!(&enforced.traffic, &expect_audited.traffic);
+                    prop_assert_eq!(enforced.to_text(), expect_enforced.to_text());
+                }
+            }
+        }
+    }
+}
