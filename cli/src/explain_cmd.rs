@@ -171,8 +171,7 @@ pub(crate) fn run(a: &ExplainArgs<'_>) -> i32 {
     };
     let query = number.map(|port| PortQuery { protocol, port });
     // The audited verdict beside the enforced one, when audit policies exist (#12).
-    let audit = policy_compiler::AuditView::of(&c.model);
-    let mut e = explain_with_audit(&c.model, &c.graph, audit.as_ref(), s, d, query);
+    let mut e = explain_with_audit(&c.model, &c.graph, c.graph.audit(), s, d, query);
     e.caveats = c.caveats();
     let allowed = if let Some(PortArg::Range(lo, hi)) = port {
         let want = PortSet::of(protocol, PortRanges::range(lo, hi));

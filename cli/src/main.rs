@@ -297,9 +297,8 @@ fn run_matrix(
     }
     // Row by row: memory O(endpoints), not O(endpoints²). See: #11
     // The audited verdict beside the enforced one, when audit policies exist (#12).
-    let audit = policy_compiler::AuditView::of(&c.model);
     let mut w = MatrixWriter::new(&c.model, &c.graph, MatrixQuery { protocol, port })
-        .with_audit(audit.as_ref());
+        .with_audit(c.graph.audit());
     let f = filter.filter();
     if !f.is_empty() {
         let keep: Vec<bool> = c.model.endpoints.iter().map(|e| f.matches(e)).collect();

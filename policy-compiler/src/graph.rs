@@ -244,9 +244,19 @@ pub struct AllowGraph {
     peer_sources: Vec<Option<Peer>>,
     isolation: Vec<Isolation>,
     cluster: tiers::ClusterIndex,
+    /// The audited view ([`crate::audit::AuditView`]) when the model has audit policies.
+    audit: Option<Box<crate::audit::AuditView>>,
 }
 
 impl AllowGraph {
+    /// The audited view of the model this graph was built from (every
+    /// `netpol.io/mode: audit` policy enforced), or `None` without audit policies. Built
+    /// with the graph, so every consumer of a graph (rulesets, reports) has it. See
+    /// docs/audit.md.
+    pub fn audit(&self) -> Option<&crate::audit::AuditView> {
+        self.audit.as_deref()
+    }
+
     /// Resolves every policy's selectors against the model.
     pub fn build(model: &Model) -> AllowGraph {
         let mut graph = DiGraph::new();
@@ -327,6 +337,8 @@ impl AllowGraph {
             peer_sources: b.peer_sources,
             isolation,
             cluster: tiers::ClusterIndex::build(model),
+            // The audited model holds no audit policies: no recursion past one level.
+            audit: crate::audit::AuditView::of(model).map(Box::new),
         }
     }
 

@@ -569,6 +569,7 @@ mod tests {
     fn drop_lines_read_like_sentences() {
         let d = DropReport {
             msg: DROP_MSG,
+            audit: false,
             ts: String::new(),
             first_ts: String::new(),
             netns: "lab-0".into(),
