@@ -615,3 +615,61 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, .. ProptestConfig::default() })]
+
+    /// Any `netpol.io/mode` value (any size, any characters): never a panic; `audit` and
+    /// `enforce` compile, anything else is exactly one error at the annotation's path and
+    /// the policy is left out. See: #12
+    #[test]
+    fn any_mode_value_is_audit_enforce_or_one_error(
+        value in prop_oneof![
+            Just("audit".to_string()),
+            Just("enforce".to_string()),
+            "\\PC{0,40}",
+            "[\\x00-\\x7f]{0,20}",
+            (0usize..20_000).prop_map(|n| "a".repeat(n)),
+        ],
+        cluster_kind in any::<bool>(),
+    ) {
+        // A YAML double-quoted scalar with every other character escaped: any content
+        // survives the parser.
+        let mut quoted = String::from("\"");
+        for c in value.chars() {
+            match c {
+                ' ' => quoted.push(c),
+                c if c.is_ascii_graphic() && c != '"' && c != '\\' => quoted.push(c),
+                c if u32::from(c) <= 0xffff => quoted.push_str(&format!("\\u{:04x}", u32::from(c))),
+                c => quoted.push_str(&format!("\\U{:08x}", u32::from(c))),
+            }
+        }
+        quoted.push('"');
+        let doc = if cluster_kind {
+            format!("apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata:\n  name: c\n  annotations:\n    netpol.io/mode: {quoted}\nspec: {{tier: Admin, priority: 1, subject: {{namespaces: {{}}}}}}\n")
+        } else {
+            format!("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: p\n  namespace: x\n  annotations:\n    netpol.io/mode: {quoted}\nspec: {{podSelector: {{}}}}\n")
+        };
+        let (inputs, d) = load(&[SourceText { name: "mode.yaml", text: &doc }]);
+        prop_assert!(d.iter().all(|d| !d.is_error()), "{:?}", d);
+        let (model, d) = Model::build(&inputs);
+        let errors: Vec<_> = d.iter().filter(|d| d.is_error()).collect();
+        let compiled = model.policies.len() + model.cluster_policies.len()
+            + model.audit_policies.len() + model.audit_cluster_policies.len();
+        match value.as_str() {
+            "audit" | "enforce" => {
+                prop_assert!(errors.is_empty(), "{:?}", errors);
+                prop_assert_eq!(compiled, 1);
+                prop_assert_eq!(model.has_audit(), value == "audit");
+            }
+            _ => {
+                prop_assert_eq!(errors.len(), 1, "{:?}", errors);
+                prop_assert_eq!(errors[0].field.as_deref(), Some("metadata.annotations[\"netpol.io/mode\"]"));
+                prop_assert_eq!(errors[0].line, Some(if cluster_kind { 6 } else { 7 }));
+                prop_assert!(errors[0].value.as_ref().is_some_and(|v| v.chars().count() <= 67));
+                prop_assert_eq!(compiled, 0);
+                let _ = errors[0].to_string();
+            }
+        }
+    }
+}
