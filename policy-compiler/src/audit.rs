@@ -3,7 +3,7 @@
 //! that every other answer uses. See docs/audit.md.
 //!
 //! ```
-//! use policy_compiler::{AllowGraph, Model, SourceText, audit::AuditView, load};
+//! use policy_compiler::{Model, SourceText, audit::AuditView, load};
 //! let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\n";
 //! let (inputs, _) = load(&[SourceText { name: "a.yaml", text }]);
 //! let (model, _) = Model::build(&inputs);
@@ -11,24 +11,6 @@
 //! assert!(AuditView::of(&model).is_none());
 //! ```
 
-use crate::graph::AllowGraph;
-use crate::model::Model;
-
-/// The model and allow graph with every audit policy enforced.
-#[derive(Debug, Clone)]
-pub struct AuditView {
-    /// [`Model::audited`].
-    pub model: Model,
-    /// Its allow graph.
-    pub graph: AllowGraph,
-}
-
-impl AuditView {
-    /// The audited view, or `None` when the model has no audit policy (then the audited
-    /// verdict is the enforced one everywhere).
-    pub fn of(model: &Model) -> Option<AuditView> {
-        let model = model.audited()?;
-        let graph = AllowGraph::build(&model);
-        Some(AuditView { model, graph })
-    }
-}
+// The type lives beside the graph that holds it (`AllowGraph::audit`), so this module
+// only imports the graph and nothing imports back (no module cycle).
+pub use crate::graph::AuditView;
