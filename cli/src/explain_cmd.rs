@@ -4,7 +4,7 @@
 //! declared container ports, as NetworkPolicy resolves named ports). `--exit-code` exits
 //! 1 when the answer is "denied" (for a range: not every port allowed), for scripts.
 
-use policy_compiler::{PortQuery, PortRanges, PortSet, Protocol, Subject, explain};
+use policy_compiler::{PortQuery, PortRanges, PortSet, Protocol, Subject, explain_with_audit};
 use serde::Serialize;
 
 use crate::inputs::{self, EXIT_INVALID};
@@ -170,7 +170,8 @@ pub(crate) fn run(a: &ExplainArgs<'_>) -> i32 {
         }
     };
     let query = number.map(|port| PortQuery { protocol, port });
-    let mut e = explain(&c.model, &c.graph, s, d, query);
+    // The audited verdict beside the enforced one, when audit policies exist (#12).
+    let mut e = explain_with_audit(&c.model, &c.graph, c.graph.audit(), s, d, query);
     e.caveats = c.caveats();
     let allowed = if let Some(PortArg::Range(lo, hi)) = port {
         let want = PortSet::of(protocol, PortRanges::range(lo, hi));

@@ -296,7 +296,9 @@ fn run_matrix(
         return 0;
     }
     // Row by row: memory O(endpoints), not O(endpoints²). See: #11
-    let mut w = MatrixWriter::new(&c.model, &c.graph, MatrixQuery { protocol, port });
+    // The audited verdict beside the enforced one, when audit policies exist (#12).
+    let mut w = MatrixWriter::new(&c.model, &c.graph, MatrixQuery { protocol, port })
+        .with_audit(c.graph.audit());
     let f = filter.filter();
     if !f.is_empty() {
         let keep: Vec<bool> = c.model.endpoints.iter().map(|e| f.matches(e)).collect();

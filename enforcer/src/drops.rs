@@ -169,17 +169,27 @@ pub struct LogPrefix {
     pub direction: Direction,
     /// The ClusterNetworkPolicy Deny rule that dropped (`None`: the NetworkPolicy stage).
     pub cluster: Option<ClusterRuleRef>,
+    /// Logged by an audit chain (`netpol-audit:`): accepted, would be dropped by audit
+    /// policies (#12, docs/audit.md); rule references index the audited model.
+    pub audit: bool,
 }
 
 impl LogPrefix {
     /// The prefix's fixed start.
     pub const TAG: &'static str = "netpol:";
 
+    /// The fixed start of an audit chain's prefix (a would-be drop, accepted).
+    pub const AUDIT_TAG: &'static str = policy_compiler::ruleset::AUDIT_LOG_TAG;
+
     /// Parses `netpol:<ns>/<name>:<ingress|egress>[:<a|b><policy>.<rule>]` (trailing
     /// spaces ignored). `None` for anything else, e.g. another tool's prefix or one the
     /// kernel cut at 127 bytes.
     pub fn parse(prefix: &str) -> Option<Self> {
-        let rest = prefix.trim_end().strip_prefix(Self::TAG)?;
+        let trimmed = prefix.trim_end();
+        let (rest, audit) = match trimmed.strip_prefix(Self::AUDIT_TAG) {
+            Some(rest) => (rest, true),
+            None => (trimmed.strip_prefix(Self::TAG)?, false),
+        };
         let (mut pod, mut dir) = rest.rsplit_once(':')?;
         let mut cluster = None;
         if dir != "ingress" && dir != "egress" {
@@ -200,6 +210,7 @@ impl LogPrefix {
             pod: pod.to_owned(),
             direction,
             cluster,
+            audit,
         })
     }
 
@@ -224,7 +235,11 @@ impl fmt::Display for LogPrefix {
         write!(
             f,
             "{}{}/{}:{}",
-            Self::TAG,
+            if self.audit {
+                Self::AUDIT_TAG
+            } else {
+                Self::TAG
+            },
             self.namespace,
             self.pod,
             self.direction
@@ -505,6 +520,15 @@ mod tests {
             7,
         );
         assert_eq!(LogPrefix::parse(&text).unwrap().to_string(), text);
+        // See: #12 — an audit chain's prefix: a would-be drop.
+        let a = LogPrefix::parse("netpol-audit:x/b:egress:a0.1 ").unwrap();
+        assert!(a.audit && !c.audit);
+        assert_eq!(a.pod_key(), "x/b");
+        assert_eq!(a.tier(), "admin");
+        assert_eq!(a.to_string(), "netpol-audit:x/b:egress:a0.1 ");
+        assert!(LogPrefix::parse("netpol-audit:x/b:ingress ").unwrap().audit);
+        assert!(LogPrefix::parse("netpol-audit:x/b").is_none());
+        assert!(LogPrefix::parse("netpol-auditx/b:ingress ").is_none());
         for bad in [
             "netpol:x/b:egress:c1.2 ",
             "netpol:x/b:egress:a1 ",

@@ -14,6 +14,7 @@
 //! | `netpol_compile_errors_total` | counter | compilations or renders refused (last good kept) |
 //! | `netpol_manifest_errors_total` | counter | invalid manifest files (last good objects kept) |
 //! | `netpol_drops_total{namespace,pod,direction,tier}` | counter | packets dropped by policy (NFLOG); `tier`: `networkpolicy`, `admin` or `baseline` |
+//! | `netpol_audit_drops_total{namespace,pod,direction,tier}` | counter | packets accepted that audit policies (`netpol.io/mode: audit`) would drop (docs/audit.md); same labels |
 //! | `netpol_drops_suppressed_total` | counter | drops not reported individually (aggregator key bound) |
 //! | `netpol_drop_listeners` | gauge | Pod namespaces with a bound NFLOG listener |
 //! | `netpol_cni_requests_total{command,result}` | counter | `netpol-cni` requests (ADD, DEL, CHECK) answered ok or error |
@@ -125,6 +126,8 @@ pub struct Metrics {
     pub manifest_errors: Counter,
     /// Dropped packets by Pod and direction.
     pub drops: Family<DropLabels, Counter>,
+    /// Accepted packets that audit policies would drop, by Pod and direction (#12).
+    pub audit_drops: Family<DropLabels, Counter>,
     /// Drops counted but not reported individually (the aggregator's key bound).
     pub drops_suppressed: Counter,
     /// Pod namespaces with a bound NFLOG listener.
@@ -170,6 +173,7 @@ impl Metrics {
         let compile_errors = Counter::default();
         let manifest_errors = Counter::default();
         let drops = Family::<DropLabels, Counter>::default();
+        let audit_drops = Family::<DropLabels, Counter>::default();
         let drops_suppressed = Counter::default();
         let drop_listeners = Gauge::default();
         let cni_requests = Family::<CniLabels, Counter>::default();
@@ -256,6 +260,11 @@ impl Metrics {
             drops.clone(),
         );
         registry.register(
+            "audit_drops",
+            "Packets accepted that audit policies would drop, by Pod and direction",
+            audit_drops.clone(),
+        );
+        registry.register(
             "drops_suppressed",
             "Dropped packets not reported individually (the aggregator's key bound was hit)",
             drops_suppressed.clone(),
@@ -304,6 +313,7 @@ impl Metrics {
             compile_errors,
             manifest_errors,
             drops,
+            audit_drops,
             drops_suppressed,
             drop_listeners,
             cni_requests,
@@ -431,6 +441,26 @@ impl Metrics {
         packets: u64,
     ) {
         self.drops
+            .get_or_create(&DropLabels {
+                namespace: namespace.to_owned(),
+                pod: pod.to_owned(),
+                direction: direction.as_str().to_owned(),
+                tier: tier.to_owned(),
+            })
+            .inc_by(packets);
+    }
+
+    /// Counts `packets` accepted packets of a Pod in a direction that audit policies
+    /// would drop, by stage (the labels of [`Metrics::record_drops`]). See: #12
+    pub fn record_audit_drops(
+        &self,
+        namespace: &str,
+        pod: &str,
+        direction: Direction,
+        tier: &str,
+        packets: u64,
+    ) {
+        self.audit_drops
             .get_or_create(&DropLabels {
                 namespace: namespace.to_owned(),
                 pod: pod.to_owned(),

@@ -350,8 +350,8 @@ struct Core {
     metrics: Arc<Metrics>,
     sink: Option<mpsc::Sender<DropReport>>,
     model: Option<Arc<CompiledModel>>,
-    /// Events per (namespace, pod, direction) not yet added to the metrics.
-    pending: BTreeMap<(String, String, Direction, &'static str), u64>,
+    /// Events per (namespace, pod, direction, tier, audit) not yet added to the metrics.
+    pending: BTreeMap<(String, String, Direction, &'static str, bool), u64>,
 }
 
 impl Core {
@@ -375,14 +375,25 @@ impl Core {
             let p = &ev.prefix;
             *self
                 .pending
-                .entry((p.namespace.clone(), p.pod.clone(), p.direction, p.tier()))
+                .entry((
+                    p.namespace.clone(),
+                    p.pod.clone(),
+                    p.direction,
+                    p.tier(),
+                    p.audit,
+                ))
                 .or_default() += 1;
         }
     }
 
     fn count_pending(&mut self) {
-        for ((ns, pod, dir, tier), n) in std::mem::take(&mut self.pending) {
-            self.metrics.record_drops(&ns, &pod, dir, tier, n);
+        for ((ns, pod, dir, tier, audit), n) in std::mem::take(&mut self.pending) {
+            if audit {
+                // See: #12 — accepted packets that audit policies would drop.
+                self.metrics.record_audit_drops(&ns, &pod, dir, tier, n);
+            } else {
+                self.metrics.record_drops(&ns, &pod, dir, tier, n);
+            }
         }
     }
 
@@ -442,7 +453,7 @@ fn log_report(r: &DropReport) {
         note = r.note.as_deref(),
         services = (!r.services.is_empty()).then(|| r.services.join(",")),
         "{}",
-        crate::drops::report::DROP_MSG
+        r.msg
     );
 }
 
@@ -475,6 +486,7 @@ mod tests {
                 pod: "b".into(),
                 direction: Direction::Ingress,
                 cluster: None,
+                audit: false,
             },
             src_ip: "10.0.0.11".parse().unwrap(),
             dst_ip: "10.0.0.12".parse().unwrap(),

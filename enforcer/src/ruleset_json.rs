@@ -366,6 +366,15 @@ fn tier_set(set: &TierSet) -> NfSet<'static> {
 }
 
 fn log_drop(group: u16, prefix: &str) -> Vec<Statement<'static>> {
+    log_then(group, prefix, Statement::Drop(None))
+}
+
+/// `counter log group N prefix "…" accept`: an audit chain's would-be drop (#12).
+fn log_accept(group: u16, prefix: &str) -> Vec<Statement<'static>> {
+    log_then(group, prefix, Statement::Accept(None))
+}
+
+fn log_then(group: u16, prefix: &str, verdict: Statement<'static>) -> Vec<Statement<'static>> {
     vec![
         Statement::Counter(Counter::Anonymous(Some(AnonymousCounter::default()))),
         Statement::Log(Some(Log {
@@ -373,7 +382,7 @@ fn log_drop(group: u16, prefix: &str) -> Vec<Statement<'static>> {
             group: Some(u32::from(group)),
             ..Log::new(None)
         })),
-        Statement::Drop(None),
+        verdict,
     ]
 }
 
@@ -398,7 +407,7 @@ fn chain(c: &Chain) -> NfChain<'static> {
             Hook::Output => NfHook::Output,
             Hook::Forward => NfHook::Forward,
         });
-        out.prio = Some(0);
+        out.prio = Some(b.priority);
         out.policy = Some(if b.accept {
             NfChainPolicy::Accept
         } else {
@@ -519,6 +528,7 @@ fn statements(kind: &RuleKind) -> Vec<Statement<'static>> {
             accept,
         ],
         RuleKind::LogDrop { group, prefix } => log_drop(*group, prefix),
+        RuleKind::LogAccept { group, prefix } => log_accept(*group, prefix),
         RuleKind::Jump { chain } => vec![Statement::Jump(JumpTarget {
             target: Cow::Owned(chain.clone()),
         })],
@@ -544,6 +554,9 @@ fn statements(kind: &RuleKind) -> Vec<Statement<'static>> {
                 TierVerdict::Accept => out.push(accept),
                 TierVerdict::Pass => out.push(Statement::Return(None)),
                 TierVerdict::Drop { group, prefix } => out.extend(log_drop(*group, prefix)),
+                TierVerdict::LogAccept { group, prefix } => {
+                    out.extend(log_accept(*group, prefix));
+                }
             }
             out
         }
@@ -599,6 +612,7 @@ mod tests {
                 base: Some(BaseChain {
                     hook: Hook::Input,
                     accept: false,
+                    priority: 0,
                 }),
                 notes: vec![],
                 rules: vec![NftRule {

@@ -8,11 +8,13 @@ use std::fmt::{self, Write as _};
 
 use serde::Serialize;
 
+use crate::audit::AuditView;
 use crate::graph::{
     AllowGraph, Decision, Provenance, Reach, SideVerdict, Subject, TierWalk, rule_ports,
 };
 use crate::model::{
-    ClusterPeer, Direction, Endpoint, Model, NamespaceScope, Peer, PortMatch, Rule, Service, Tier,
+    ClusterPeer, ClusterPolicyId, Direction, Endpoint, Model, NamespaceScope, Peer, PolicyId,
+    PolicyMode, PortMatch, Rule, Service, Tier,
 };
 use crate::ports::{PortSet, Protocol};
 
@@ -171,6 +173,11 @@ pub struct Explanation {
     pub egress: SideExplanation,
     /// Ingress at the destination.
     pub ingress: SideExplanation,
+    /// The audited verdict (every `netpol.io/mode: audit` policy enforced), only when it
+    /// differs from this, the enforced one ([`explain_with_audit`]); its policy names
+    /// carry ` (audit)` where the policy is an audit policy. See docs/audit.md.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit: Option<Box<Explanation>>,
 }
 
 /// Explains the flow `src -> dst`, optionally for one protocol/port.
@@ -183,6 +190,49 @@ pub fn explain(
 ) -> Explanation {
     let reach = graph.reach(model, src, dst);
     explain_reach(model, graph, &reach, query)
+}
+
+/// [`explain`] with the audited verdict beside the enforced one: `audit` is the
+/// [`AuditView`] of `model` (`None` when it has no audit policy). The answer's
+/// [`Explanation::audit`] is set only when the audited verdict differs (the queried port,
+/// or without a port the allowed traffic), so an input without audit policies, or whose
+/// audit policies change nothing for this flow, explains exactly as [`explain`].
+pub fn explain_with_audit(
+    model: &Model,
+    graph: &AllowGraph,
+    audit: Option<&AuditView>,
+    src: Subject,
+    dst: Subject,
+    query: Option<PortQuery>,
+) -> Explanation {
+    let mut e = explain(model, graph, src, dst, query);
+    if let Some(a) = audit {
+        // The audited model has the same endpoints (only policies differ), so the
+        // subjects mean the same there.
+        let audited = explain(&a.model, &a.graph, src, dst, query);
+        if audited.allowed != e.allowed || audited.allowed_traffic != e.allowed_traffic {
+            e.audit = Some(Box::new(audited));
+        }
+    }
+    e
+}
+
+/// `ns/name`, with ` (audit)` for an audit policy (only an audited model holds them).
+fn policy_name(model: &Model, id: PolicyId) -> String {
+    let p = model.policy(id);
+    match p.mode {
+        PolicyMode::Enforce => p.key(),
+        PolicyMode::Audit => format!("{} (audit)", p.key()),
+    }
+}
+
+/// A ClusterNetworkPolicy's name, with ` (audit)` for an audit policy.
+fn cluster_policy_name(model: &Model, id: ClusterPolicyId) -> String {
+    let p = model.cluster_policy(id);
+    match p.mode {
+        PolicyMode::Enforce => p.name.clone(),
+        PolicyMode::Audit => format!("{} (audit)", p.name),
+    }
 }
 
 /// Explains an already computed [`Reach`].
@@ -214,7 +264,7 @@ pub fn explain_reach(
             .iter()
             .filter(|m| ok(&m.ports) && np_reached(&m.ports))
             .map(|m| AllowedBy {
-                policy: model.policy(m.provenance.policy).key(),
+                policy: policy_name(model, m.provenance.policy),
                 rule: m.provenance.rule,
                 peer: m.provenance.peer,
                 port: query.and_then(|q| port_index(model, &m.provenance, q, dst_ep)),
@@ -249,7 +299,7 @@ pub fn explain_reach(
             at: at.display(model),
             applies: v.applies,
             isolated: v.isolated,
-            policies: v.policies.iter().map(|p| model.policy(*p).key()).collect(),
+            policies: v.policies.iter().map(|p| policy_name(model, *p)).collect(),
             allowed_by,
             allowed_traffic: v.allowed.clone(),
             allowed,
@@ -278,6 +328,7 @@ pub fn explain_reach(
         from_node: reach.from_node,
         egress: side(Direction::Egress, &reach.egress, reach.src, reach.dst),
         ingress: side(Direction::Ingress, &reach.ingress, reach.dst, reach.src),
+        audit: None,
     }
 }
 
@@ -301,7 +352,7 @@ fn tier_rule(model: &Model, w: &TierWalk, i: usize) -> TierRule {
     let p = model.cluster_policy(m.policy);
     TierRule {
         tier: m.tier.as_str(),
-        policy: p.name.clone(),
+        policy: cluster_policy_name(model, m.policy),
         priority: p.priority,
         rule: m.rule,
         name: p
@@ -389,7 +440,12 @@ fn tier_explanation(
             .iter()
             .map(|id| {
                 let p = model.cluster_policy(*id);
-                format!("{} ({} {})", p.name, p.tier, p.priority)
+                format!(
+                    "{} ({} {})",
+                    cluster_policy_name(model, *id),
+                    p.tier,
+                    p.priority
+                )
             })
             .collect(),
         admin: rules(Tier::Admin),
@@ -607,6 +663,36 @@ impl fmt::Display for Explanation {
             self.destination,
             self.verdict()
         )?;
+        self.write_body(f)?;
+        let Some(a) = &self.audit else {
+            return Ok(());
+        };
+        // The audited answer, indented under one line that says what it is.
+        let would_drop = match self.port {
+            Some(_) => self.allowed && !a.allowed,
+            None => !self.allowed_traffic.subtract(&a.allowed_traffic).is_empty(),
+        };
+        writeln!(
+            f,
+            "  audited (audit policies enforced): {}{}",
+            a.verdict(),
+            if would_drop {
+                "; reported as would drop (audit)"
+            } else {
+                ""
+            }
+        )?;
+        let body = a.to_string();
+        for line in body.lines().skip(1) {
+            writeln!(f, "  {line}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Explanation {
+    /// Everything after the verdict line.
+    fn write_body(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for c in &self.caveats {
             writeln!(f, "  warning: {c}")?;
         }

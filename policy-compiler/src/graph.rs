@@ -244,9 +244,40 @@ pub struct AllowGraph {
     peer_sources: Vec<Option<Peer>>,
     isolation: Vec<Isolation>,
     cluster: tiers::ClusterIndex,
+    /// The audited view ([`AuditView`]) when the model has audit policies.
+    audit: Option<Box<AuditView>>,
+}
+
+/// The model and allow graph with every audit policy enforced (`netpol.io/mode: audit`,
+/// #12): the *audited* verdict, beside the enforced one every other answer uses. See
+/// docs/audit.md and [`crate::audit`].
+#[derive(Debug, Clone)]
+pub struct AuditView {
+    /// [`Model::audited`].
+    pub model: Model,
+    /// Its allow graph.
+    pub graph: AllowGraph,
+}
+
+impl AuditView {
+    /// The audited view, or `None` when the model has no audit policy (then the audited
+    /// verdict is the enforced one everywhere).
+    pub fn of(model: &Model) -> Option<AuditView> {
+        let model = model.audited()?;
+        let graph = AllowGraph::build(&model);
+        Some(AuditView { model, graph })
+    }
 }
 
 impl AllowGraph {
+    /// The audited view of the model this graph was built from (every
+    /// `netpol.io/mode: audit` policy enforced), or `None` without audit policies. Built
+    /// with the graph, so every consumer of a graph (rulesets, reports) has it. See
+    /// docs/audit.md.
+    pub fn audit(&self) -> Option<&AuditView> {
+        self.audit.as_deref()
+    }
+
     /// Resolves every policy's selectors against the model.
     pub fn build(model: &Model) -> AllowGraph {
         let mut graph = DiGraph::new();
@@ -327,6 +358,8 @@ impl AllowGraph {
             peer_sources: b.peer_sources,
             isolation,
             cluster: tiers::ClusterIndex::build(model),
+            // The audited model holds no audit policies: no recursion past one level.
+            audit: AuditView::of(model).map(Box::new),
         }
     }
 

@@ -16,6 +16,7 @@
 //! assert!(graph.reach(&model, a.into(), a.into()).allowed.contains(Protocol::Tcp, 80));
 //! ```
 
+pub mod audit;
 pub mod case;
 pub mod cnp;
 pub mod connectivity;
@@ -37,15 +38,17 @@ pub mod strict;
 pub mod synth;
 pub mod validate;
 
+pub use audit::AuditView;
 pub use diagnostic::{Diagnostic, ObjectRef, Origin, Severity};
 pub use explain::{
     Destination, Explanation, PortQuery, ServiceExplanation, explain, explain_service,
-    parse_destination, parse_source,
+    explain_with_audit, parse_destination, parse_source,
 };
 pub use graph::{AllowGraph, Reach, Subject};
 pub use load::{Inputs, Located, SourceText, Workload, WorkloadKind, load};
 pub use matrix::{
-    Matrix, MatrixFormat, MatrixQuery, MatrixWriter, ServiceMatrix, matrix, service_matrix,
+    Matrix, MatrixFormat, MatrixQuery, MatrixWriter, ServiceMatrix, matrix, matrix_with_audit,
+    service_matrix,
 };
-pub use model::{Direction, Endpoint, EndpointId, Model, Policy, PolicyId, Service};
+pub use model::{Direction, Endpoint, EndpointId, Model, Policy, PolicyId, PolicyMode, Service};
 pub use ports::{PortRanges, PortSet, Protocol};

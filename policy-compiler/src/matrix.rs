@@ -10,6 +10,7 @@ use std::io::{self, Write};
 use serde::Serialize;
 use serde::ser::SerializeSeq as _;
 
+use crate::audit::AuditView;
 use crate::explain::PortQuery;
 use crate::graph::{AllowGraph, Subject};
 use crate::model::EndpointId;
@@ -39,17 +40,55 @@ pub struct Matrix {
     /// Per-cell traffic, only without a port query.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub traffic: Option<Vec<Vec<PortSet>>>,
+    /// `audited_allowed[src][dst]`: the audited verdict (every `netpol.io/mode: audit`
+    /// policy enforced); only when the model has audit policies ([`matrix_with_audit`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audited_allowed: Option<Vec<Vec<bool>>>,
+    /// Per-cell audited traffic, only with audit policies and without a port query.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audited_traffic: Option<Vec<Vec<PortSet>>>,
 }
 
 /// Computes the matrix over all endpoints of the model, held in memory: O(endpoints²).
 /// To print a large matrix, use [`MatrixWriter`], which computes and writes one row at a
 /// time.
 pub fn matrix(model: &Model, graph: &AllowGraph, q: MatrixQuery) -> Matrix {
-    let w = MatrixWriter::new(model, graph, q);
+    matrix_with_audit(model, graph, None, q)
+}
+
+/// [`matrix`] with the audited verdict of every cell beside the enforced one when
+/// `audit` (the [`AuditView`] of `model`) is given. See docs/audit.md.
+pub fn matrix_with_audit(
+    model: &Model,
+    graph: &AllowGraph,
+    audit: Option<&AuditView>,
+    q: MatrixQuery,
+) -> Matrix {
+    let w = MatrixWriter::new(model, graph, q).with_audit(audit);
     let rows: Vec<Row> = (0..w.names.len()).map(|i| w.row(i)).collect();
     let traffic = q.port.is_none().then(|| {
         rows.iter()
             .map(|r| r.traffic.clone().unwrap_or_default())
+            .collect()
+    });
+    let audited_allowed = audit.map(|_| {
+        rows.iter()
+            .map(|r| {
+                r.audited
+                    .as_ref()
+                    .map(|a| a.allowed.clone())
+                    .unwrap_or_default()
+            })
+            .collect()
+    });
+    let audited_traffic = (audit.is_some() && q.port.is_none()).then(|| {
+        rows.iter()
+            .map(|r| {
+                r.audited
+                    .as_ref()
+                    .and_then(|a| a.traffic.clone())
+                    .unwrap_or_default()
+            })
             .collect()
     });
     Matrix {
@@ -58,6 +97,8 @@ pub fn matrix(model: &Model, graph: &AllowGraph, q: MatrixQuery) -> Matrix {
         allowed: rows.into_iter().map(|r| r.allowed).collect(),
         endpoints: w.names,
         traffic,
+        audited_allowed,
+        audited_traffic,
     }
 }
 
@@ -80,6 +121,8 @@ struct Row {
     allowed: Vec<bool>,
     /// Per-cell traffic, only without a port query.
     traffic: Option<Vec<PortSet>>,
+    /// The audited row, only with audit policies.
+    audited: Option<Box<Row>>,
 }
 
 /// What the renderers need: names, the query, and any row on demand.
@@ -89,6 +132,8 @@ trait Rows {
     fn port(&self) -> Option<u16>;
     /// Whether rows carry per-cell traffic (`~` marks, the legend, JSON `traffic`).
     fn has_traffic(&self) -> bool;
+    /// Whether rows carry the audited verdict (`A`/`a` marks, JSON `audited_*`).
+    fn has_audit(&self) -> bool;
     fn row(&self, i: usize) -> Row;
 }
 
@@ -102,6 +147,7 @@ pub struct MatrixWriter<'a> {
     port: Option<u16>,
     ids: Vec<EndpointId>,
     names: Vec<String>,
+    audit: Option<&'a AuditView>,
 }
 
 impl<'a> MatrixWriter<'a> {
@@ -114,7 +160,15 @@ impl<'a> MatrixWriter<'a> {
             port: q.port,
             ids: model.endpoints.iter().map(|e| e.id).collect(),
             names: model.endpoints.iter().map(|e| e.key()).collect(),
+            audit: None,
         }
+    }
+
+    /// Adds the audited verdict of every cell (`audit`: the [`AuditView`] of the model;
+    /// `None` changes nothing).
+    pub fn with_audit(mut self, audit: Option<&'a AuditView>) -> Self {
+        self.audit = audit;
+        self
     }
 
     /// Keeps only the endpoints `i` (in model order) with `keep[i]`, as rows and columns
@@ -152,14 +206,26 @@ impl Rows for MatrixWriter<'_> {
     fn has_traffic(&self) -> bool {
         self.port.is_none()
     }
+    fn has_audit(&self) -> bool {
+        self.audit.is_some()
+    }
     fn row(&self, i: usize) -> Row {
+        let mut row = self.row_of(self.model, self.graph, i);
+        if let Some(a) = self.audit {
+            // Same endpoints, same ids: only the policies differ.
+            row.audited = Some(Box::new(self.row_of(&a.model, &a.graph, i)));
+        }
+        row
+    }
+}
+
+impl MatrixWriter<'_> {
+    fn row_of(&self, model: &Model, graph: &AllowGraph, i: usize) -> Row {
         let s = self.ids[i];
         let mut allowed = Vec::with_capacity(self.ids.len());
         let mut traffic = Vec::new();
         for &d in &self.ids {
-            let r = self
-                .graph
-                .reach(self.model, Subject::Endpoint(s), Subject::Endpoint(d));
+            let r = graph.reach(model, Subject::Endpoint(s), Subject::Endpoint(d));
             let ok = match (self.protocol, self.port) {
                 (Some(p), Some(port)) => r.allowed.contains(p, port),
                 (Some(p), None) => !r.allowed.get(p).is_empty(),
@@ -176,6 +242,7 @@ impl Rows for MatrixWriter<'_> {
         Row {
             allowed,
             traffic: self.port.is_none().then_some(traffic),
+            audited: None,
         }
     }
 }
@@ -193,6 +260,9 @@ impl Rows for Matrix {
     fn has_traffic(&self) -> bool {
         self.traffic.is_some()
     }
+    fn has_audit(&self) -> bool {
+        self.audited_allowed.is_some()
+    }
     fn row(&self, i: usize) -> Row {
         Row {
             allowed: self.allowed.get(i).cloned().unwrap_or_default(),
@@ -200,6 +270,16 @@ impl Rows for Matrix {
                 .traffic
                 .as_ref()
                 .map(|t| t.get(i).cloned().unwrap_or_default()),
+            audited: self.audited_allowed.as_ref().map(|a| {
+                Box::new(Row {
+                    allowed: a.get(i).cloned().unwrap_or_default(),
+                    traffic: self
+                        .audited_traffic
+                        .as_ref()
+                        .map(|t| t.get(i).cloned().unwrap_or_default()),
+                    audited: None,
+                })
+            }),
         }
     }
 }
@@ -212,8 +292,30 @@ fn title(protocol: Option<Protocol>, port: Option<u16>) -> String {
     }
 }
 
-/// `.` allowed, `X` denied, `~` partly allowed (only with per-cell traffic).
+/// `.` allowed, `X` denied, `~` partly allowed (only with per-cell traffic); with audit
+/// policies, where the audited verdict differs: `A` (allowed, some of it an audit policy
+/// would deny: reported as would drop (audit)) or `a` (denied, some of it audit policies
+/// would allow).
 fn mark(row: &Row, j: usize, protocol: Option<Protocol>) -> &'static str {
+    if let Some(a) = &row.audited {
+        fn cell(r: &Row, j: usize) -> (bool, Option<&PortSet>) {
+            (
+                r.allowed.get(j).copied().unwrap_or(false),
+                r.traffic.as_ref().and_then(|t| t.get(j)),
+            )
+        }
+        let ((e, et), (au, at)) = (cell(row, j), cell(a, j));
+        let (drops, adds) = match (et, at) {
+            (Some(et), Some(at)) => (!et.subtract(at).is_empty(), !at.subtract(et).is_empty()),
+            _ => (e && !au, au && !e),
+        };
+        if drops {
+            return "A";
+        }
+        if adds {
+            return "a";
+        }
+    }
     if !row.allowed.get(j).copied().unwrap_or(false) {
         return "X";
     }
@@ -271,6 +373,11 @@ fn render_text<R: Rows + ?Sized>(r: &R, s: &mut dyn Write) -> io::Result<()> {
     if r.has_traffic() {
         s.write_all(b"legend: . all allowed, ~ partly allowed, X denied\n")?;
     }
+    if r.has_audit() {
+        s.write_all(
+            b"audit: A allowed, an audit policy would deny (some of) it: would drop (audit); a denied, audit policies would allow (some of) it\n",
+        )?;
+    }
     Ok(())
 }
 
@@ -325,13 +432,21 @@ fn render_json<R: Rows + ?Sized>(r: &R, s: &mut dyn Write) -> io::Result<()> {
     struct Lazy<'r, R: ?Sized> {
         rows: &'r R,
         traffic: bool,
+        audited: bool,
     }
     impl<R: Rows + ?Sized> Serialize for Lazy<'_, R> {
         fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
             let n = self.rows.names().len();
             let mut seq = ser.serialize_seq(Some(n))?;
             for i in 0..n {
-                let row = self.rows.row(i);
+                let mut row = self.rows.row(i);
+                if self.audited {
+                    row = row.audited.map(|a| *a).unwrap_or(Row {
+                        allowed: Vec::new(),
+                        traffic: None,
+                        audited: None,
+                    });
+                }
                 if self.traffic {
                     seq.serialize_element(&row.traffic.unwrap_or_default())?;
                 } else {
@@ -350,6 +465,10 @@ fn render_json<R: Rows + ?Sized>(r: &R, s: &mut dyn Write) -> io::Result<()> {
         allowed: Lazy<'r, R>,
         #[serde(skip_serializing_if = "Option::is_none")]
         traffic: Option<Lazy<'r, R>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        audited_allowed: Option<Lazy<'r, R>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        audited_traffic: Option<Lazy<'r, R>>,
     }
     let shape = Shape {
         port: r.port(),
@@ -358,10 +477,22 @@ fn render_json<R: Rows + ?Sized>(r: &R, s: &mut dyn Write) -> io::Result<()> {
         allowed: Lazy {
             rows: r,
             traffic: false,
+            audited: false,
         },
         traffic: r.has_traffic().then_some(Lazy {
             rows: r,
             traffic: true,
+            audited: false,
+        }),
+        audited_allowed: r.has_audit().then_some(Lazy {
+            rows: r,
+            traffic: false,
+            audited: true,
+        }),
+        audited_traffic: (r.has_audit() && r.has_traffic()).then_some(Lazy {
+            rows: r,
+            traffic: true,
+            audited: true,
         }),
     };
     serde_json::to_writer_pretty(s, &shape).map_err(io::Error::other)

@@ -26,8 +26,11 @@ use crate::ports::{PortRanges, Protocol};
 use crate::selector::{Labels, Selector};
 use crate::validate;
 
+mod audit;
 mod cluster;
 mod service;
+
+pub use audit::{MODE_ANNOTATION, MODE_FIELD, PolicyMode};
 
 pub use cluster::{
     Action, ClusterPeer, ClusterPolicy, ClusterPolicyId, ClusterPort, ClusterRule, MAX_ITEMS,
@@ -337,6 +340,8 @@ pub struct Policy {
     pub egress: Vec<Rule>,
     /// Where it came from.
     pub origin: Option<Origin>,
+    /// `netpol.io/mode`: audit policies live in [`Model::audit_policies`].
+    pub mode: PolicyMode,
 }
 
 impl Policy {
@@ -379,6 +384,12 @@ pub struct Model {
     /// ClusterNetworkPolicies in evaluation order: Admin tier, then Baseline; by priority
     /// (lower first), then name; `cluster_policies[i].id == ClusterPolicyId(i)`.
     pub cluster_policies: Vec<ClusterPolicy>,
+    /// NetworkPolicies annotated `netpol.io/mode: audit`, sorted like `policies` (ids index
+    /// this list). Never enforced: see [`Model::audited`] and docs/audit.md.
+    pub audit_policies: Vec<Policy>,
+    /// ClusterNetworkPolicies annotated `netpol.io/mode: audit`, in evaluation order (ids
+    /// index this list).
+    pub audit_cluster_policies: Vec<ClusterPolicy>,
     service_by_key: BTreeMap<String, usize>,
     node_ips: BTreeMap<String, BTreeSet<IpAddr>>,
     by_key: BTreeMap<String, EndpointId>,
@@ -591,8 +602,19 @@ impl Model {
                 ports.join(", ")
             );
         }
-        for p in &self.policies {
-            let _ = writeln!(s, "policy {} selects pods {}", p.key(), p.pod_selector);
+        for p in self.policies.iter().chain(&self.audit_policies) {
+            // Audit policies are marked, so a model without them dumps as before.
+            let audit = if p.mode == PolicyMode::Audit {
+                " (audit)"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                s,
+                "policy {}{audit} selects pods {}",
+                p.key(),
+                p.pod_selector
+            );
             for dir in [Direction::Ingress, Direction::Egress] {
                 if !p.isolates(dir) {
                     continue;
@@ -1355,12 +1377,13 @@ impl Builder {
                 None => ok = false,
             }
         }
+        let mode = self.policy_mode(meta, origin, &obj);
         let Some(pod_selector) = pod_selector else {
             return;
         };
-        if !ok {
+        let (true, Some(mode)) = (ok, mode) else {
             return;
-        }
+        };
         self.implicit_namespace(&ns);
         self.policies.push(Policy {
             id: PolicyId(0),
@@ -1372,6 +1395,7 @@ impl Builder {
             ingress,
             egress,
             origin: np.origin.clone(),
+            mode,
         });
     }
 
@@ -1505,23 +1529,27 @@ impl Builder {
                 .or_default()
                 .push(e.id);
         }
-        self.policies
-            .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-        for (i, p) in self.policies.iter_mut().enumerate() {
-            p.id = PolicyId(u32::try_from(i).unwrap_or(u32::MAX));
-        }
-        self.cluster_policies
-            .sort_by(|a, b| (a.tier, a.priority, &a.name).cmp(&(b.tier, b.priority, &b.name)));
-        for (i, p) in self.cluster_policies.iter_mut().enumerate() {
-            p.id = ClusterPolicyId(u32::try_from(i).unwrap_or(u32::MAX));
-        }
+        let (mut audit_policies, mut policies): (Vec<Policy>, Vec<Policy>) = self
+            .policies
+            .into_iter()
+            .partition(|p| p.mode == PolicyMode::Audit);
+        audit::sort_policies(&mut policies);
+        audit::sort_policies(&mut audit_policies);
+        let (mut audit_cluster_policies, mut cluster_policies): (Vec<_>, Vec<_>) = self
+            .cluster_policies
+            .into_iter()
+            .partition(|p: &ClusterPolicy| p.mode == PolicyMode::Audit);
+        audit::sort_cluster_policies(&mut cluster_policies);
+        audit::sort_cluster_policies(&mut audit_cluster_policies);
         let mut model = Model {
             namespaces: self.namespaces,
             endpoints: self.endpoints,
-            policies: self.policies,
+            policies,
             services: Vec::new(),
             nodes: self.nodes,
-            cluster_policies: self.cluster_policies,
+            cluster_policies,
+            audit_policies,
+            audit_cluster_policies,
             service_by_key: BTreeMap::new(),
             node_ips: BTreeMap::new(),
             by_key,

@@ -51,6 +51,7 @@
 //! assert_eq!(rs.stats().map_elements, 0);
 //! ```
 
+mod audit;
 pub mod interval;
 mod render;
 mod stages;
@@ -63,6 +64,7 @@ use crate::graph::{AllowGraph, PeerSet, Provenance, rule_of, rule_ports};
 use crate::model::{Direction, Endpoint, EndpointId, EndpointKind, Model, PortMatch, Rule, Tier};
 use crate::ports::{PortSet, Protocol};
 
+pub use audit::{AUDIT_LOG_TAG, AUDIT_PREFIX, AUDIT_PRIORITY, compile_pod_with_audit};
 pub use interval::Family;
 
 use interval::{Contribution, Segment};
@@ -160,10 +162,13 @@ impl Hook {
 /// A base chain's hook and policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BaseChain {
-    /// Hook (priority is always `filter`, 0).
+    /// Hook.
     pub hook: Hook,
     /// Default verdict: `accept` when not isolated, `drop` when isolated.
     pub accept: bool,
+    /// Priority relative to `filter`: 0, or [`AUDIT_PRIORITY`] for an audit chain (it
+    /// runs after the enforced chain of its hook).
+    pub priority: i32,
 }
 
 /// A verdict in a peer map.
@@ -299,6 +304,14 @@ pub enum TierVerdict {
         /// Log prefix (at most [`MAX_LOG_PREFIX`] bytes).
         prefix: String,
     },
+    /// An audit chain's Deny: `counter log group N prefix "netpol-audit:…" accept`
+    /// (would drop; see [`compile_pod_with_audit`]).
+    LogAccept {
+        /// nflog group.
+        group: u16,
+        /// Log prefix (at most [`MAX_LOG_PREFIX`] bytes).
+        prefix: String,
+    },
 }
 
 /// One element of a [`TierSet`]: an inclusive address range, with a protocol and port
@@ -411,6 +424,14 @@ pub enum RuleKind {
     },
     /// `counter log group N prefix "…" drop`.
     LogDrop {
+        /// nflog group.
+        group: u16,
+        /// Log prefix (at most [`MAX_LOG_PREFIX`] bytes).
+        prefix: String,
+    },
+    /// `counter log group N prefix "netpol-audit:…" accept`: an audit chain's would-be
+    /// drop ([`compile_pod_with_audit`]).
+    LogAccept {
         /// nflog group.
         group: u16,
         /// Log prefix (at most [`MAX_LOG_PREFIX`] bytes).
@@ -568,6 +589,36 @@ impl Ruleset {
         self.eval(base, &pkt, 0).unwrap_or(true)
     }
 
+    /// The audited verdict of a new connection, as [`Ruleset::simulate`] judges the
+    /// enforced one, read from the audit chains (`audit_ingress` / `audit_egress`): `true`
+    /// when they would let it pass, `false` when they log it as would drop; `None` when
+    /// the table has no audit chains ([`compile_pod_with_audit`]).
+    pub fn simulate_audit(
+        &self,
+        dir: Direction,
+        peer: IpAddr,
+        protocol: Protocol,
+        port: u16,
+    ) -> Option<bool> {
+        let name = format!("{AUDIT_PREFIX}{}", dir.as_str());
+        let base = self.chains.iter().find(|c| c.name == name)?;
+        let pkt = match dir {
+            Direction::Ingress => Packet {
+                saddr: Some(peer),
+                daddr: None,
+                protocol,
+                port,
+            },
+            Direction::Egress => Packet {
+                saddr: None,
+                daddr: Some(peer),
+                protocol,
+                port,
+            },
+        };
+        Some(self.eval(base, &pkt, 0).unwrap_or(true))
+    }
+
     /// Evaluates a node table ([`compile_node`]) for a new flow `src -> dst` after DNAT
     /// (`dst` is the backend), as its `forward` chain would.
     /// Every base chain on hook `forward` sees the packet (an accept ends only its own
@@ -692,13 +743,15 @@ impl Ruleset {
                     if hit {
                         return match verdict {
                             TierVerdict::Accept => Some(true),
-                            TierVerdict::Drop { .. } => Some(false),
+                            // An audit chain's would-be drop counts as a drop in
+                            // `simulate_audit`; enforced chains never hold one.
+                            TierVerdict::Drop { .. } | TierVerdict::LogAccept { .. } => Some(false),
                             // `return`: back to the calling chain.
                             TierVerdict::Pass => None,
                         };
                     }
                 }
-                RuleKind::LogDrop { .. } => return Some(false),
+                RuleKind::LogDrop { .. } | RuleKind::LogAccept { .. } => return Some(false),
                 RuleKind::Established
                 | RuleKind::NeighbourDiscovery
                 | RuleKind::Invalid
@@ -747,7 +800,22 @@ pub const NODE_HAIRPIN_CHAIN: &str = "hairpin";
 /// isolated egress chain lets Service-addressed flows through
 /// (`ip daddr . meta l4proto . th dport @svc_v4 accept`): they are judged after DNAT by
 /// the node table ([`compile_node`]). Without either, the table is what it always was.
+///
+/// When the model has audit policies ([`AllowGraph::audit`]) and they change this Pod's
+/// table, the audit chains are added (`audit_ingress` / `audit_egress`; see
+/// [`compile_pod_with_audit`] and docs/audit.md); otherwise the table is exactly the
+/// enforced one.
 pub fn compile_pod(
+    model: &Model,
+    graph: &AllowGraph,
+    pod: EndpointId,
+    opts: &RulesetOptions,
+) -> Ruleset {
+    compile_pod_with_audit(model, graph, graph.audit(), pod, opts)
+}
+
+/// The enforced table of one endpoint (no audit chains).
+fn compile_enforced(
     model: &Model,
     graph: &AllowGraph,
     pod: EndpointId,
@@ -794,7 +862,11 @@ pub fn compile_pod(
             ));
             rs.chains.push(Chain {
                 name: dir.as_str().to_owned(),
-                base: Some(BaseChain { hook, accept: true }),
+                base: Some(BaseChain {
+                    hook,
+                    accept: true,
+                    priority: 0,
+                }),
                 notes: vec!["not isolated: everything is allowed".to_owned()],
                 rules: Vec::new(),
             });
@@ -873,6 +945,7 @@ pub fn compile_pod(
             base: Some(BaseChain {
                 hook,
                 accept: !staged.isolated,
+                priority: 0,
             }),
             notes,
             rules,
@@ -1284,7 +1357,11 @@ pub fn compile_node(
     ] {
         rs.chains.push(Chain {
             name: name.to_owned(),
-            base: Some(BaseChain { hook, accept: true }),
+            base: Some(BaseChain {
+                hook,
+                accept: true,
+                priority: 0,
+            }),
             notes: vec![
                 "new flows from local egress-isolated Pods, after DNAT; everything else passes"
                     .to_owned(),
@@ -1316,6 +1393,7 @@ pub fn compile_node(
         base: Some(BaseChain {
             hook: Hook::Forward,
             accept: true,
+            priority: 0,
         }),
         notes: vec![
             "new flows from a local ingress-isolated Pod to itself through a Service (hairpin), \

@@ -237,6 +237,7 @@ mod tests {
                 pod: "b".to_owned(),
                 direction: Direction::Ingress,
                 cluster: None,
+                audit: false,
             },
             src_ip: src.parse().unwrap(),
             dst_ip: "10.0.0.12".parse().unwrap(),

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use policy_compiler::explain::explain_reach;
 use policy_compiler::model::BackendTarget;
-use policy_compiler::{AllowGraph, Direction, EndpointId, Model, PortQuery, Subject};
+use policy_compiler::{AllowGraph, Direction, EndpointId, Model, PolicyMode, PortQuery, Subject};
 use serde::Serialize;
 
 use super::L4Proto;
@@ -14,6 +14,9 @@ use super::aggregate::DropSummary;
 
 /// The value of the `msg` field of a drop report line.
 pub const DROP_MSG: &str = "netpol drop";
+/// The `msg` of a report of an audit chain: accepted, but audit policies would drop it
+/// (#12, docs/audit.md).
+pub const AUDIT_DROP_MSG: &str = "netpol would drop (audit)";
 /// The value of the `msg` field of a suppressed-count line.
 pub const SUPPRESSED_MSG: &str = "netpol drops suppressed";
 
@@ -30,8 +33,12 @@ pub struct Peer {
 /// A described [`DropSummary`]: one JSON line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DropReport {
-    /// Always [`DROP_MSG`].
+    /// [`DROP_MSG`], or [`AUDIT_DROP_MSG`] for an audit chain's would-be drop.
     pub msg: &'static str,
+    /// True for a would-be drop of audit policies (the packet was accepted); then the
+    /// policies and rule are read from the audited model.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub audit: bool,
     /// Last drop in the window, RFC 3339 UTC with milliseconds.
     pub ts: String,
     /// First drop in the window, same format.
@@ -117,6 +124,15 @@ pub fn describe(summary: &DropSummary, model: &Model, graph: &AllowGraph) -> Dro
     )
 }
 
+/// `ns/name`, with ` (audit)` for an audit policy (only an audited model holds them).
+fn policy_name(model: &Model, id: policy_compiler::PolicyId) -> String {
+    let p = model.policy(id);
+    match p.mode {
+        PolicyMode::Enforce => p.key(),
+        PolicyMode::Audit => format!("{} (audit)", p.key()),
+    }
+}
+
 /// The Services (`ns/name`) with a backend at `dst` serving `protocol`/`port` (the
 /// target port kube-proxy DNATs to), sorted.
 pub fn fronting_services(
@@ -161,6 +177,31 @@ pub fn describe_in(
     graph: &AllowGraph,
     after_dnat: bool,
 ) -> DropReport {
+    // See: #12 — an audit chain's would-be drop is described against the audited model
+    // (its rule references index that model's policies).
+    if summary.key.pod.audit {
+        let mut r = match graph.audit() {
+            Some(a) => describe_plain(summary, &a.model, &a.graph, after_dnat),
+            None => {
+                let mut r = describe_plain(summary, model, graph, after_dnat);
+                r.note =
+                    Some("the model has no audit policy: the ruleset is out of step".to_owned());
+                r
+            }
+        };
+        r.msg = AUDIT_DROP_MSG;
+        r.audit = true;
+        return r;
+    }
+    describe_plain(summary, model, graph, after_dnat)
+}
+
+fn describe_plain(
+    summary: &DropSummary,
+    model: &Model,
+    graph: &AllowGraph,
+    after_dnat: bool,
+) -> DropReport {
     let key = &summary.key;
     let dir = key.pod.direction;
     let pod_key = key.pod.pod_key();
@@ -193,7 +234,7 @@ pub fn describe_in(
                 .isolation(t)
                 .by(dir)
                 .iter()
-                .map(|p| model.policy(*p).key())
+                .map(|p| policy_name(model, *p))
                 .collect()
         })
         .unwrap_or_default();
@@ -220,7 +261,10 @@ pub fn describe_in(
                 });
             match found {
                 Some((p, r)) => {
-                    cluster_policy = Some(p.name.clone());
+                    cluster_policy = Some(match p.mode {
+                        PolicyMode::Enforce => p.name.clone(),
+                        PolicyMode::Audit => format!("{} (audit)", p.name),
+                    });
                     cluster_rule = Some(if r.name.is_empty() {
                         format!("#{}", c.rule)
                     } else {
@@ -271,6 +315,7 @@ pub fn describe_in(
     };
     DropReport {
         msg: DROP_MSG,
+        audit: false,
         ts: rfc3339(summary.last_ts),
         first_ts: rfc3339(summary.first_ts),
         netns: summary.netns.clone(),
@@ -380,6 +425,7 @@ spec:
                     pod: pod.to_owned(),
                     direction: dir,
                     cluster: None,
+                    audit: false,
                 },
                 src_ip: src.parse().unwrap(),
                 dst_ip: dst.parse().unwrap(),

@@ -90,11 +90,26 @@ pub fn slim_namespace(ns: Namespace) -> Namespace {
     }
 }
 
-/// A NetworkPolicy reduced to name, namespace, labels and spec (the
+/// A policy's metadata: [`meta`] plus the one annotation netpol reads on policies,
+/// `netpol.io/mode` (audit policies, #12); every other annotation is dropped.
+fn policy_meta(m: ObjectMeta) -> ObjectMeta {
+    let mode = m
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(policy_compiler::model::MODE_ANNOTATION))
+        .cloned();
+    let mut out = meta(m, false);
+    out.annotations = mode.map(|v| {
+        std::collections::BTreeMap::from([(policy_compiler::model::MODE_ANNOTATION.to_string(), v)])
+    });
+    out
+}
+
+/// A NetworkPolicy reduced to name, namespace, labels, `netpol.io/mode` and spec (the
 /// `last-applied-configuration` annotation alone is as large as the policy).
 pub fn slim_policy(p: NetworkPolicy) -> NetworkPolicy {
     NetworkPolicy {
-        metadata: meta(p.metadata, false),
+        metadata: policy_meta(p.metadata),
         spec: p.spec,
     }
 }
@@ -150,15 +165,15 @@ pub fn slim_node(n: Node) -> Node {
     }
 }
 
-/// A ClusterNetworkPolicy reduced to its name and spec (no annotations, managed fields
-/// or status).
+/// A ClusterNetworkPolicy reduced to its name, `netpol.io/mode` and spec (no other
+/// annotation, managed fields or status).
 pub fn slim_cluster_policy(
     p: policy_compiler::cnp::ClusterNetworkPolicy,
 ) -> policy_compiler::cnp::ClusterNetworkPolicy {
     policy_compiler::cnp::ClusterNetworkPolicy {
         api_version: p.api_version,
         kind: p.kind,
-        metadata: meta(p.metadata, false),
+        metadata: policy_meta(p.metadata),
         spec: p.spec,
         status: None,
     }
@@ -280,5 +295,30 @@ mod tests {
         assert_eq!(s.spec, p.spec);
         assert_eq!(s.metadata.annotations, None);
         assert_eq!(s.metadata.generation, None);
+    }
+
+    #[test]
+    fn slim_policies_keep_the_mode_annotation_only() {
+        // See: #12 (dropping it would enforce an audit policy in Kubernetes mode).
+        let p: NetworkPolicy = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "shop",
+                          "annotations": {"netpol.io/mode": "audit", "other": "1"}},
+            "spec": {"podSelector": {}}
+        }))
+        .unwrap();
+        let a = slim_policy(p).metadata.annotations.unwrap();
+        assert_eq!(a.len(), 1);
+        assert_eq!(a["netpol.io/mode"], "audit");
+        let c: policy_compiler::cnp::ClusterNetworkPolicy =
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "policy.networking.k8s.io/v1alpha2",
+                "kind": "ClusterNetworkPolicy",
+                "metadata": {"name": "c", "annotations": {"netpol.io/mode": "bogus", "x": "y"}},
+                "spec": {}
+            }))
+            .unwrap();
+        let a = slim_cluster_policy(c).metadata.annotations.unwrap();
+        assert_eq!(a.len(), 1);
+        assert_eq!(a["netpol.io/mode"], "bogus");
     }
 }

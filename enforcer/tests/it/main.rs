@@ -8,6 +8,7 @@
 mod agent;
 mod agent_http;
 mod agent_live;
+mod audit;
 mod discovery;
 mod drops;
 mod fuzz;

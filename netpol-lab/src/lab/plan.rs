@@ -656,6 +656,8 @@ impl LabPlan {
                 .map(|&s| idx.iter().map(|&d| full.allowed[s][d]).collect())
                 .collect(),
             traffic: None,
+            audited_allowed: None,
+            audited_traffic: None,
         }
     }
 

@@ -193,7 +193,13 @@ fn side(p: &crate::drops::report::Peer) -> String {
 
 /// What a drop line says after the ports: `dropped (ingress at x/a, isolated by …)`.
 fn dropped_at(d: &DropReport) -> String {
-    let mut s = format!("dropped ({} at {}", d.direction, d.pod);
+    // See: #12 — an audit chain's record: the packet passed.
+    let verb = if d.audit {
+        "would drop (audit)"
+    } else {
+        "dropped"
+    };
+    let mut s = format!("{verb} ({} at {}", d.direction, d.pod);
     // See: #13 — a ClusterNetworkPolicy Deny rule decided, not the NetworkPolicies.
     if let (Some(p), Some(r)) = (&d.cluster_policy, &d.cluster_rule) {
         let _ = write!(s, ", {} {p} rule {r}", d.tier);
@@ -499,11 +505,24 @@ impl LabReport {
             }
         }
         let dual = self.dual_stack();
-        if self.drops.is_empty() {
+        let (audit, drops): (Vec<DropReport>, Vec<DropReport>) =
+            self.drops.iter().cloned().partition(|d| d.audit);
+        if drops.is_empty() {
             let _ = writeln!(s, "\ndrops: none reported");
         } else {
-            let _ = writeln!(s, "\ndrops ({} flow(s)):", self.drops.len());
-            for line in drop_lines(&self.drops, dual) {
+            let _ = writeln!(s, "\ndrops ({} flow(s)):", drops.len());
+            for line in drop_lines(&drops, dual) {
+                let _ = writeln!(s, "  {line}");
+            }
+        }
+        // Audit policies (docs/audit.md): accepted, reported; only when there are any.
+        if !audit.is_empty() {
+            let _ = writeln!(
+                s,
+                "\nwould drop (audit), accepted where logged ({} flow(s)):",
+                audit.len()
+            );
+            for line in drop_lines(&audit, dual) {
                 let _ = writeln!(s, "  {line}");
             }
         }
@@ -569,6 +588,7 @@ mod tests {
     fn drop_lines_read_like_sentences() {
         let d = DropReport {
             msg: DROP_MSG,
+            audit: false,
             ts: String::new(),
             first_ts: String::new(),
             netns: "lab-0".into(),

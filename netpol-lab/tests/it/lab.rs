@@ -314,3 +314,99 @@ fn lab_probes_services_and_node_on_the_routed_node() {
         }
     }
 }
+
+/// Audit (staged) policies in the lab: real packets that only audit policies would deny
+/// pass (the kernel agrees with the enforced matrix) and are reported as would drop
+/// (audit), naming the audit policy (a NetworkPolicy at the destination's ingress, a
+/// ClusterNetworkPolicy Deny rule at the source's egress); a flow an enforced policy
+/// denies is still dropped. See: #12
+#[test]
+fn lab_shows_audit_policies_passing_and_reported() {
+    if !kernel::available("lab_shows_audit_policies_passing_and_reported") {
+        return;
+    }
+    let plan = LabPlan::new(case_inputs("audit/staged-policies")).unwrap();
+    assert_eq!(plan.pods().len(), 3);
+    let (report, check) = run_case(plan, &options("laud"), "audit/staged-policies");
+    let ip = |pod: &str| {
+        check
+            .pods()
+            .iter()
+            .find(|p| p.pod == pod)
+            .unwrap()
+            .ips
+            .iter()
+            .copied()
+            .find(IpAddr::is_ipv4)
+            .unwrap()
+    };
+    let (scanner, web, db) = (ip("ops/scanner"), ip("shop/web"), ip("shop/db"));
+    // ops/scanner -> shop/web TCP 80 passed in the kernel (the matrix agrees: allowed).
+    let web_col = report.matrices[0]
+        .endpoints
+        .iter()
+        .position(|e| e == "shop/web")
+        .unwrap();
+    let scanner_row = report.matrices[0]
+        .endpoints
+        .iter()
+        .position(|e| e == "ops/scanner")
+        .unwrap();
+    assert_eq!(report.matrices[0].port, 80);
+    assert!(report.matrices[0].allowed[scanner_row][web_col]);
+    let find = |audit: bool, src: IpAddr, dst: IpAddr, port: u16| {
+        report
+            .drops
+            .iter()
+            .find(|d| {
+                d.audit == audit && d.src.ip == src && d.dst.ip == dst && d.dst_port == Some(port)
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "no {} report {src} -> {dst}:{port}:\n{}",
+                    if audit { "audit" } else { "drop" },
+                    report.to_text(false)
+                )
+            })
+    };
+    let w = find(true, scanner, web, 80);
+    assert_eq!((w.pod.as_str(), w.direction), ("shop/web", "ingress"));
+    assert_eq!(w.policies, vec!["shop/web-from-shop (audit)".to_owned()]);
+    assert_eq!(w.msg, "netpol would drop (audit)");
+    assert!(w.note.is_none(), "{w:?}");
+    // The audit ClusterNetworkPolicy at the source's egress names its rule.
+    let c = find(true, scanner, db, 5432);
+    assert_eq!(
+        (c.pod.as_str(), c.direction, c.tier),
+        ("ops/scanner", "egress", "admin")
+    );
+    assert_eq!(
+        c.cluster_policy.as_deref(),
+        Some("ops-egress-lockdown (audit)")
+    );
+    assert_eq!(c.cluster_rule.as_deref(), Some("no-shop-db"));
+    // Enforced: still dropped at shop/db, by the enforced policy only.
+    let d = find(false, scanner, db, 5432);
+    assert_eq!((d.pod.as_str(), d.direction), ("shop/db", "ingress"));
+    assert_eq!(d.policies, vec!["shop/db-from-web".to_owned()]);
+    // shop/web -> shop/db TCP 5432: allowed and no audit policy objects: not reported.
+    assert!(
+        !report
+            .drops
+            .iter()
+            .any(|d| d.src.ip == web && d.dst.ip == db && d.dst_port == Some(5432)),
+        "{}",
+        report.to_text(false)
+    );
+    let text = report.to_text(false);
+    assert!(
+        text.contains("would drop (audit), accepted where logged"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "would drop (audit) (ingress at shop/web, isolated by shop/web-from-shop (audit))"
+        ),
+        "{text}"
+    );
+}

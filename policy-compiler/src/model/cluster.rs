@@ -259,6 +259,8 @@ pub struct ClusterPolicy {
     pub egress: Vec<ClusterRule>,
     /// Where it came from.
     pub origin: Option<Origin>,
+    /// `netpol.io/mode`: audit policies live in [`Model::audit_cluster_policies`].
+    pub mode: super::PolicyMode,
 }
 
 impl ClusterPolicy {
@@ -290,10 +292,19 @@ impl ClusterPolicy {
 /// dumps stay byte-identical).
 pub(super) fn dump(model: &Model, s: &mut String) {
     use std::fmt::Write as _;
-    for p in &model.cluster_policies {
+    for p in model
+        .cluster_policies
+        .iter()
+        .chain(&model.audit_cluster_policies)
+    {
+        let audit = if p.mode == super::PolicyMode::Audit {
+            " (audit)"
+        } else {
+            ""
+        };
         let _ = writeln!(
             s,
-            "clusternetworkpolicy {} tier {} priority {} subject {}",
+            "clusternetworkpolicy {}{audit} tier {} priority {} subject {}",
             p.name, p.tier, p.priority, p.subject
         );
         for dir in [Direction::Ingress, Direction::Egress] {
@@ -602,7 +613,9 @@ impl Builder {
         let (Some(ingress), Some(egress)) = (ingress, egress) else {
             return;
         };
-        let (Some(tier), Some(priority), Some(subject), true) = (tier, priority, subject, ok)
+        let mode = self.policy_mode(meta, origin, &obj);
+        let (Some(tier), Some(priority), Some(subject), true, Some(mode)) =
+            (tier, priority, subject, ok, mode)
         else {
             return;
         };
@@ -615,6 +628,7 @@ impl Builder {
             ingress,
             egress,
             origin: cnp.origin.clone(),
+            mode,
         });
     }
 

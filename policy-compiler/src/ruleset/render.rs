@@ -187,6 +187,9 @@ pub(super) fn tier_verdict(v: &TierVerdict) -> String {
         TierVerdict::Drop { group, prefix } => {
             format!("counter log group {group} prefix \"{prefix}\" drop")
         }
+        TierVerdict::LogAccept { group, prefix } => {
+            format!("counter log group {group} prefix \"{prefix}\" accept")
+        }
     }
 }
 
@@ -233,9 +236,14 @@ fn chain(s: &mut String, c: &Chain) {
         let _ = writeln!(s, "\t\t# {n}");
     }
     if let Some(b) = c.base {
+        let priority = match b.priority {
+            0 => "filter".to_owned(),
+            p if p > 0 => format!("filter + {p}"),
+            p => format!("filter - {}", p.unsigned_abs()),
+        };
         let _ = writeln!(
             s,
-            "\t\ttype filter hook {} priority filter; policy {};",
+            "\t\ttype filter hook {} priority {priority}; policy {};",
             b.hook.as_str(),
             if b.accept { "accept" } else { "drop" }
         );
@@ -289,6 +297,9 @@ fn chain(s: &mut String, c: &Chain) {
             }
             RuleKind::LogDrop { group, prefix } => {
                 format!("counter log group {group} prefix \"{prefix}\" drop")
+            }
+            RuleKind::LogAccept { group, prefix } => {
+                format!("counter log group {group} prefix \"{prefix}\" accept")
             }
         };
         match &r.comment {

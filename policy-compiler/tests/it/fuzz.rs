@@ -549,3 +549,127 @@ proptest! {
         }
     }
 }
+
+/// `doc` with `netpol.io/mode: audit` in its metadata (a generated NetworkPolicy or
+/// ClusterNetworkPolicy: `metadata: {name: ...`).
+fn annotate_audit(doc: &str) -> String {
+    doc.replacen(
+        "metadata: {name:",
+        "metadata: {annotations: {netpol.io/mode: audit}, name:",
+        1,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 120, .. ProptestConfig::default() })]
+
+    /// Audit policies (#12): annotating any subset of the policies of a generated cluster
+    /// never changes the enforced matrix beyond leaving those policies out (the matrix of
+    /// the cluster without them, cell for cell, traffic included), and the audited matrix
+    /// is the matrix of the cluster with them enforced. Without an annotation the audited
+    /// view does not exist and the matrix is unchanged. See: #12
+    #[test]
+    fn audit_annotation_never_changes_the_enforced_matrix(
+        cnps in proptest::collection::vec(0usize..1, 0..3)
+            .prop_flat_map(|v| (0..v.len()).map(cnp).collect::<Vec<_>>()),
+        nps in proptest::collection::vec(0usize..1, 0..4)
+            .prop_flat_map(|v| (0..v.len()).map(policy).collect::<Vec<_>>()),
+        mask in proptest::collection::vec(any::<bool>(), 7),
+        host_b in any::<bool>(),
+    ) {
+        let mut all = cnps.clone();
+        all.extend(nps);
+        let audited: Vec<String> = all.iter().zip(&mask)
+            .map(|(d, m)| if *m { annotate_audit(d) } else { d.clone() })
+            .collect();
+        let without: Vec<String> = all.iter().zip(&mask)
+            .filter(|(_, m)| !**m)
+            .map(|(d, _)| d.clone())
+            .collect();
+        let (m_all, g_all, _) = compile(&cluster(&all, host_b));
+        let (m_aud, g_aud, _) = compile(&cluster(&audited, host_b));
+        let (m_wo, g_wo, _) = compile(&cluster(&without, host_b));
+        let view = policy_compiler::AuditView::of(&m_aud);
+        let any_audit = !m_aud.audit_policies.is_empty() || !m_aud.audit_cluster_policies.is_empty();
+        prop_assert_eq!(view.is_some(), any_audit);
+        for q in [
+            MatrixQuery::default(),
+            MatrixQuery { protocol: Some(Protocol::Udp), port: Some(81) },
+        ] {
+            let enforced = policy_compiler::matrix_with_audit(&m_aud, &g_aud, view.as_ref(), q);
+            let expect_enforced = matrix(&m_wo, &g_wo, q);
+            prop_assert_eq!(&enforced.allowed, &expect_enforced.allowed);
+            prop_assert_eq!(&enforced.traffic, &expect_enforced.traffic);
+            let expect_audited = matrix(&m_all, &g_all, q);
+            match &view {
+                Some(_) => {
+                    prop_assert_eq!(enforced.audited_allowed.as_ref(), Some(&expect_audited.allowed));
+                    prop_assert_eq!(&enforced.audited_traffic, &expect_audited.traffic);
+                }
+                None => {
+                    prop_assert_eq!(&enforced.allowed, &expect_audited.allowed);
+                    prop_assert_eq!(&enforced.traffic, &expect_audited.traffic);
+                    prop_assert_eq!(enforced.to_text(), expect_enforced.to_text());
+                }
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, .. ProptestConfig::default() })]
+
+    /// Any `netpol.io/mode` value (any size, any characters): never a panic; `audit` and
+    /// `enforce` compile, anything else is exactly one error at the annotation's path and
+    /// the policy is left out. See: #12
+    #[test]
+    fn any_mode_value_is_audit_enforce_or_one_error(
+        value in prop_oneof![
+            Just("audit".to_string()),
+            Just("enforce".to_string()),
+            "\\PC{0,40}",
+            "[\\x00-\\x7f]{0,20}",
+            (0usize..20_000).prop_map(|n| "a".repeat(n)),
+        ],
+        cluster_kind in any::<bool>(),
+    ) {
+        // A YAML double-quoted scalar with every other character escaped: any content
+        // survives the parser.
+        let mut quoted = String::from("\"");
+        for c in value.chars() {
+            match c {
+                ' ' => quoted.push(c),
+                c if c.is_ascii_graphic() && c != '"' && c != '\\' => quoted.push(c),
+                c if u32::from(c) <= 0xffff => quoted.push_str(&format!("\\u{:04x}", u32::from(c))),
+                c => quoted.push_str(&format!("\\U{:08x}", u32::from(c))),
+            }
+        }
+        quoted.push('"');
+        let doc = if cluster_kind {
+            format!("apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata:\n  name: c\n  annotations:\n    netpol.io/mode: {quoted}\nspec: {{tier: Admin, priority: 1, subject: {{namespaces: {{}}}}}}\n")
+        } else {
+            format!("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: p\n  namespace: x\n  annotations:\n    netpol.io/mode: {quoted}\nspec: {{podSelector: {{}}}}\n")
+        };
+        let (inputs, d) = load(&[SourceText { name: "mode.yaml", text: &doc }]);
+        prop_assert!(d.iter().all(|d| !d.is_error()), "{:?}", d);
+        let (model, d) = Model::build(&inputs);
+        let errors: Vec<_> = d.iter().filter(|d| d.is_error()).collect();
+        let compiled = model.policies.len() + model.cluster_policies.len()
+            + model.audit_policies.len() + model.audit_cluster_policies.len();
+        match value.as_str() {
+            "audit" | "enforce" => {
+                prop_assert!(errors.is_empty(), "{:?}", errors);
+                prop_assert_eq!(compiled, 1);
+                prop_assert_eq!(model.has_audit(), value == "audit");
+            }
+            _ => {
+                prop_assert_eq!(errors.len(), 1, "{:?}", errors);
+                prop_assert_eq!(errors[0].field.as_deref(), Some("metadata.annotations[\"netpol.io/mode\"]"));
+                prop_assert_eq!(errors[0].line, Some(if cluster_kind { 6 } else { 7 }));
+                prop_assert!(errors[0].value.as_ref().is_some_and(|v| v.chars().count() <= 67));
+                prop_assert_eq!(compiled, 0);
+                let _ = errors[0].to_string();
+            }
+        }
+    }
+}

@@ -33,6 +33,11 @@ pub(crate) const GOLDENS: &[(&str, &str)] = &[
         "cnp/admin/integration/4-networkpolicy-deleted",
         "network-policy-conformance-gryffindor/harry-potter-0",
     ),
+    // See: #12 — audit chains at priority filter + 10 (NetworkPolicy and CNP), and a Pod
+    // whose table the audit policies leave unchanged.
+    ("audit/staged-policies", "ops/scanner"),
+    ("audit/staged-policies", "shop/db"),
+    ("audit/staged-policies", "shop/web"),
 ];
 
 /// Node tables pinned as `node_<name>.nft`: (case, node).
@@ -112,6 +117,7 @@ fn software_evaluation_of_every_ruleset_matches_the_allow_graph() {
         (Protocol::Sctp, 81),
     ];
     let mut checked = 0usize;
+    let mut audit_checked = 0usize;
     let mut failures = Vec::new();
     for dir in case_dirs(&root) {
         let name = dir.strip_prefix(&root).unwrap().display().to_string();
@@ -133,6 +139,15 @@ fn software_evaluation_of_every_ruleset_matches_the_allow_graph() {
                 };
                 let ingress = graph.reach_at(&model, peer, Some(peer_ip), me, Some(my_ip));
                 let egress = graph.reach_at(&model, me, Some(my_ip), peer, Some(peer_ip));
+                // See: #12 — the audit chains judge as the audited model does.
+                let audited = graph.audit().map(|a| {
+                    (
+                        a.graph
+                            .reach_at(&a.model, peer, Some(peer_ip), me, Some(my_ip)),
+                        a.graph
+                            .reach_at(&a.model, me, Some(my_ip), peer, Some(peer_ip)),
+                    )
+                });
                 for (p, port) in ports {
                     for (d, want) in [
                         (
@@ -149,12 +164,35 @@ fn software_evaluation_of_every_ruleset_matches_the_allow_graph() {
                                 peer.display(&model)
                             ));
                         }
+                        let Some((ai, ae)) = &audited else {
+                            if rs.simulate_audit(d, peer_ip, p, port).is_some() {
+                                failures
+                                    .push(format!("{name}: audit chains without audit policies"));
+                            }
+                            continue;
+                        };
+                        audit_checked += 1;
+                        let audit_want = match d {
+                            Direction::Ingress => ai.ingress.allowed.contains(p, port),
+                            Direction::Egress => ae.egress.allowed.contains(p, port),
+                        };
+                        // No audit chains: the audit policies change nothing here.
+                        let got = rs.simulate_audit(d, peer_ip, p, port).unwrap_or(want);
+                        if got != audit_want {
+                            failures.push(format!(
+                                "{name}: {} {d} peer {} ({peer_ip}) {p}/{port}: audited graph says {audit_want}, audit chains {got}",
+                                pod.key(),
+                                peer.display(&model)
+                            ));
+                        }
                     }
                 }
             }
         }
     }
-    println!("{checked} ruleset evaluations");
+    println!("{checked} ruleset evaluations, {audit_checked} of audit chains");
+    // The audit case exists: an empty walk cannot pass. See: #12
+    assert!(audit_checked > 0, "no audit chain was evaluated");
     assert!(
         failures.is_empty(),
         "{} disagreement(s):\n{}",
