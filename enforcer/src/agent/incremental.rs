@@ -5,9 +5,9 @@
 //! [`policy_compiler::ruleset::compile_pod`] reads for one Pod: the Pod itself (not
 //! its index), its isolation, its edges with the content of each peer set they lead to
 //! (the members' addresses and container ports, not interned ids), its node's
-//! addresses, and a cluster-wide part (policies, ClusterNetworkPolicies, Namespaces,
-//! Services, Nodes; every endpoint too when a rule's named ports resolve against all
-//! of them). Peer sets are hashed once per compile and shared by every table that
+//! addresses, and a cluster-wide part (policies, ClusterNetworkPolicies, audit
+//! policies, Namespaces, Services, Nodes; every endpoint too when a rule's named ports
+//! resolve against all of them, and whenever audit policies exist). Peer sets are hashed once per compile and shared by every table that
 //! references them. A table whose fingerprint equals the last one keeps its rendered
 //! `Desired` (shared by `Arc`): no interval sweep, no text, no entries.
 //!
@@ -135,7 +135,15 @@ impl<'m> Inputs<'m> {
             h.debug(&c.id);
             h.debug(c);
         }
-        if !model.cluster_policies.is_empty() {
+        // Audit policies: a table's audit chains are rendered from the audited model,
+        // whose edges and peer sets this fingerprint does not follow one by one; with any
+        // audit policy, every endpoint counts (coarse, and never stale).
+        h.debug(&model.audit_policies);
+        for c in &model.audit_cluster_policies {
+            h.debug(&c.id);
+            h.debug(c);
+        }
+        if !model.cluster_policies.is_empty() || model.has_audit() {
             let e = self.endpoints();
             h.bytes(&e);
         }

@@ -180,8 +180,14 @@ impl Cluster {
         let types = self
             .rng
             .pick(&["[Ingress]", "[Egress]", "[Ingress, Egress]"]);
+        // Some policies are audit policies: their tables gain audit chains (#12).
+        let mode = if self.rng.chance(15) {
+            ", annotations: {netpol.io/mode: audit}"
+        } else {
+            ""
+        };
         let mut s = format!(
-            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  podSelector: {selector}\n  policyTypes: {types}\n"
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: {namespace}{mode}}}\nspec:\n  podSelector: {selector}\n  policyTypes: {types}\n"
         );
         s += &self.rules("ingress", "from");
         s += &self.rules("egress", "to");
