@@ -97,9 +97,7 @@ fn main() {
             let parallel = secs(t);
             let t = Instant::now();
             let c0 = cpu();
-            let oc = Connectivity::new(&old.0, &old.1, &[]);
-            let nc = Connectivity::new(&new.0, &new.1, oc.cuts());
-            let oc = Connectivity::new(&old.0, &old.1, nc.cuts());
+            let (oc, nc) = Connectivity::pair((&old.0, &old.1), (&new.0, &new.1));
             let (mut changes, mut bytes) = (0u64, 0u64);
             diff(&oc, &nc, &EndpointFilter::default(), |c| {
                 changes += 1;

@@ -211,6 +211,10 @@ pub struct Connectivity<'m> {
     /// The address space cut at every ipBlock bound, sorted.
     elems: Vec<Elem>,
     cut_nets: Vec<IpNet>,
+    /// The model's own cuts (ipBlock and ClusterNetworkPolicy networks and addresses).
+    own_cuts: Vec<IpNet>,
+    /// Whether an endpoint has an IPv6 address.
+    v6_endpoints: bool,
 }
 
 impl<'m> Connectivity<'m> {
@@ -328,33 +332,63 @@ impl<'m> Connectivity<'m> {
             }
             class_of.push(c);
         }
-        let mut cuts: Vec<IpNet> = blocks
+        let own_cuts: Vec<IpNet> = blocks
             .iter()
             .flat_map(|(_, b)| std::iter::once(b.cidr).chain(b.except.iter().copied()))
-            .chain(extra_cuts.iter().copied())
             .chain(cluster_cuts)
             .collect();
-        let v6 = model
+        let v6_endpoints = model
             .endpoints
             .iter()
-            .any(|e| e.ips.iter().any(IpAddr::is_ipv6))
-            || cuts.iter().any(|c| matches!(c, IpNet::V6(_)));
-        cuts.push(IpNet::V4(ipnet::Ipv4Net::default()));
-        if v6 {
-            cuts.push(IpNet::V6(ipnet::Ipv6Net::default()));
-        }
-        let mut cut_nets = cuts.clone();
-        cut_nets.sort();
-        cut_nets.dedup();
-        Connectivity {
+            .any(|e| e.ips.iter().any(IpAddr::is_ipv6));
+        let mut c = Connectivity {
             model,
             graph,
             class_of,
             reps,
             second,
-            elems: partition(&cuts),
-            cut_nets,
+            elems: Vec::new(),
+            cut_nets: Vec::new(),
+            own_cuts,
+            v6_endpoints,
+        };
+        c.cut(extra_cuts);
+        c
+    }
+
+    /// Cuts the address space at the model's own ipBlock bounds and at `extra`.
+    fn cut(&mut self, extra: &[IpNet]) {
+        let mut cuts: Vec<IpNet> = self.own_cuts.iter().chain(extra).copied().collect();
+        let v6 = self.v6_endpoints || cuts.iter().any(|c| matches!(c, IpNet::V6(_)));
+        cuts.push(IpNet::V4(ipnet::Ipv4Net::default()));
+        if v6 {
+            cuts.push(IpNet::V6(ipnet::Ipv6Net::default()));
         }
+        cuts.sort();
+        cuts.dedup();
+        self.elems = partition(&cuts);
+        self.cut_nets = cuts;
+    }
+
+    /// The connectivities of two models cut at the same ranges (each at the other's
+    /// [`Connectivity::cuts`]), as `diff` needs them: the same as
+    /// `new(old, new(new, new(old, []).cuts()).cuts())` and `new(new, ...)`, with the
+    /// classes of each model computed once, the two models on two threads. See: #14
+    pub fn pair(
+        old: (&'m Model, &'m AllowGraph),
+        new: (&'m Model, &'m AllowGraph),
+    ) -> (Self, Self) {
+        let (mut o, mut n) = std::thread::scope(|s| {
+            let h = s.spawn(|| Connectivity::new(old.0, old.1, &[]));
+            let n = Connectivity::new(new.0, new.1, &[]);
+            // Connectivity::new never panics on a model; a panic is a bug, passed on.
+            let o = h.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+            (o, n)
+        });
+        let old_cuts = o.cut_nets.clone();
+        o.cut(&n.cut_nets);
+        n.cut(&old_cuts);
+        (o, n)
     }
 
     /// The networks this model cuts the address space at (pass them to
@@ -417,6 +451,20 @@ impl<'m> Connectivity<'m> {
             Party::Range(_) => vec![PortSet::none(); self.elems.len()],
         };
         ClassRow { to_class, to_range }
+    }
+
+    /// Every class's row, when they fit in a [`RowCache`] (else an empty cache).
+    fn all_rows(&self) -> RowCache {
+        let per_row = self.reps.len() + self.elems.len();
+        let mut cache = RowCache::default();
+        if self.reps.len().saturating_mul(per_row) > ROW_CACHE_CELLS {
+            return cache;
+        }
+        for (c, &rep) in self.reps.iter().enumerate() {
+            cache.rows.insert(c, self.class_row(Party::Endpoint(rep)));
+            cache.cells += per_row;
+        }
+        cache
     }
 
     fn row_of<'c>(&self, src: Party, cache: &'c mut RowCache) -> std::borrow::Cow<'c, ClassRow> {
@@ -599,33 +647,69 @@ pub fn diff(
         .collect();
     let any_dst_match = all.iter().any(|(_, _, _, m)| *m);
     let none = PortSet::none();
-    let mut oc = RowCache::default();
-    let mut nc = RowCache::default();
+    // Every row of both sides, computed on two threads (the rows are most of a diff's
+    // work; each is then read once per source class pair). See: #14
+    let (mut oc, mut nc) = if any_dst_match {
+        std::thread::scope(|s| {
+            let h = s.spawn(|| old.all_rows());
+            let n = new.all_rows();
+            // all_rows never panics on a model; a panic is a bug, passed on.
+            let o = h.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+            (o, n)
+        })
+    } else {
+        (RowCache::default(), RowCache::default())
+    };
     let empty_ranges = vec![PortSet::none(); old.elems.len()];
+    // Per source (old class, new class) pair: which destination pairs differ and the
+    // range changes. Sources with the same pair of classes have the same rows, so both
+    // are computed once per pair, not once per source. See: #14
+    let mut memo: Vec<Option<SourceDiff>> = vec![None; pairs.len()];
+    let mut memo_cells = 0usize;
     let mut differs = vec![false; pairs.len()];
     for (i, (src, o_id, n_id, src_match)) in all.iter().enumerate() {
         if !*src_match && !any_dst_match {
             continue;
         }
-        let o_row = o_id.map(|id| old.row_of(Party::Endpoint(id), &mut oc));
-        let n_row = n_id.map(|id| new.row_of(Party::Endpoint(id), &mut nc));
         // Self traffic of the source, on each side (for workloads with replicas != 1).
         let single = o_id.is_none_or(|id| old.model.endpoint(id).single())
             && n_id.is_none_or(|id| new.model.endpoint(id).single());
-        let (o_self, n_self) = if single {
-            (None, None)
-        } else {
-            (
-                o_id.map(|id| old.ports(Party::Endpoint(id), Party::Endpoint(id))),
-                n_id.map(|id| new.ports(Party::Endpoint(id), Party::Endpoint(id))),
-            )
-        };
-        let mut any = false;
-        for (k, (opc, npc)) in pairs.iter().enumerate() {
-            differs[k] = cell(o_row.as_deref(), *opc, &none) != cell(n_row.as_deref(), *npc, &none);
-            any |= differs[k];
+        let sk = dst_pair[i];
+        if memo[sk].is_none() {
+            let o_row = o_id.map(|id| old.row_of(Party::Endpoint(id), &mut oc));
+            let n_row = n_id.map(|id| new.row_of(Party::Endpoint(id), &mut nc));
+            let d = SourceDiff::new(
+                old,
+                o_row.as_deref(),
+                n_row.as_deref(),
+                &pairs,
+                &empty_ranges,
+            );
+            let cells = d.differing.len() + d.ranges.len() + 1;
+            if memo_cells + cells > ROW_CACHE_CELLS {
+                memo.iter_mut().for_each(|m| *m = None);
+                memo_cells = 0;
+            }
+            memo_cells += cells;
+            memo[sk] = Some(d);
         }
-        if any || !single {
+        let Some(sd) = memo[sk].as_ref() else {
+            continue;
+        };
+        if !sd.differing.is_empty() || !single {
+            let o_row = o_id.map(|id| old.row_of(Party::Endpoint(id), &mut oc));
+            let n_row = n_id.map(|id| new.row_of(Party::Endpoint(id), &mut nc));
+            let (o_self, n_self) = if single {
+                (None, None)
+            } else {
+                (
+                    o_id.map(|id| old.ports(Party::Endpoint(id), Party::Endpoint(id))),
+                    n_id.map(|id| new.ports(Party::Endpoint(id), Party::Endpoint(id))),
+                )
+            };
+            for &k in &sd.differing {
+                differs[k] = true;
+            }
             for (j, (dst, _, _, dst_match)) in all.iter().enumerate() {
                 if !(*src_match || *dst_match) {
                     continue;
@@ -653,15 +737,13 @@ pub fn diff(
                     ));
                 }
             }
+            for &k in &sd.differing {
+                differs[k] = false;
+            }
         }
         if *src_match {
-            let or = o_row.as_ref().map_or(&empty_ranges, |r| &r.to_range);
-            let nr = n_row.as_ref().map_or(&empty_ranges, |r| &r.to_range);
-            let pairs: Vec<(&PortSet, &PortSet)> = or.iter().zip(nr.iter()).collect();
-            for (net, (op, np)) in merged(&old.elems, &pairs) {
-                if op != np {
-                    f(change(src, &net.to_string(), op, np));
-                }
+            for (net, op, np) in &sd.ranges {
+                f(change(src, &net.to_string(), op, np));
             }
         }
     }
@@ -699,6 +781,42 @@ pub fn diff(
         for (j, op, np) in row {
             f(change(&net.to_string(), &all[*j].0, op, np));
         }
+    }
+}
+
+/// What differs in one source's rows (old class, new class) in [`diff`].
+#[derive(Clone)]
+struct SourceDiff {
+    /// Indices of the destination (old class, new class) pairs whose cells differ.
+    differing: Vec<usize>,
+    /// Range destinations whose cells differ: merged range, old and new set.
+    ranges: Vec<(IpNet, PortSet, PortSet)>,
+}
+
+impl SourceDiff {
+    fn new(
+        old: &Connectivity<'_>,
+        o_row: Option<&ClassRow>,
+        n_row: Option<&ClassRow>,
+        pairs: &[(Option<usize>, Option<usize>)],
+        empty_ranges: &[PortSet],
+    ) -> Self {
+        let none = PortSet::none();
+        let differing = pairs
+            .iter()
+            .enumerate()
+            .filter(|(_, (opc, npc))| cell(o_row, *opc, &none) != cell(n_row, *npc, &none))
+            .map(|(k, _)| k)
+            .collect();
+        let or = o_row.map_or(empty_ranges, |r| &r.to_range);
+        let nr = n_row.map_or(empty_ranges, |r| &r.to_range);
+        let cells: Vec<(&PortSet, &PortSet)> = or.iter().zip(nr.iter()).collect();
+        let ranges = merged(&old.elems, &cells)
+            .into_iter()
+            .filter(|(_, (op, np))| op != np)
+            .map(|(net, (op, np))| (net, (*op).clone(), (*np).clone()))
+            .collect();
+        SourceDiff { differing, ranges }
     }
 }
 
