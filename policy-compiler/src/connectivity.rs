@@ -42,6 +42,9 @@ use crate::ruleset::interval::{Family, net_bounds, to_int};
 /// Rows are cached while the cache holds fewer cells than this.
 pub const ROW_CACHE_CELLS: usize = 4_000_000;
 
+/// From this many classes on, a listing computes its rows on two threads.
+pub const PARALLEL_CLASSES: usize = 64;
+
 /// Which endpoints a listing is about: a pair is listed when either side matches.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EndpointFilter {
@@ -426,21 +429,7 @@ impl<'m> Connectivity<'m> {
 
     /// What `src` (a class representative or a range) may send to each class and range.
     fn class_row(&self, src: Party) -> ClassRow {
-        let own = match src {
-            Party::Endpoint(id) => Some(self.class_of[id.0 as usize]),
-            Party::Range(_) => None,
-        };
-        let to_class = (0..self.reps.len())
-            .map(|c| {
-                // Toward its own class: a distinct member (self traffic is per endpoint).
-                let dst = if Some(c) == own {
-                    self.second[c].unwrap_or(self.reps[c])
-                } else {
-                    self.reps[c]
-                };
-                self.ports(src, Party::Endpoint(dst))
-            })
-            .collect();
+        let to_class = self.to_classes(src);
         let to_range = match src {
             Party::Endpoint(_) => self
                 .elems
@@ -453,6 +442,25 @@ impl<'m> Connectivity<'m> {
         ClassRow { to_class, to_range }
     }
 
+    /// What `src` may send to each class.
+    fn to_classes(&self, src: Party) -> Vec<PortSet> {
+        let own = match src {
+            Party::Endpoint(id) => Some(self.class_of[id.0 as usize]),
+            Party::Range(_) => None,
+        };
+        (0..self.reps.len())
+            .map(|c| {
+                // Toward its own class: a distinct member (self traffic is per endpoint).
+                let dst = if Some(c) == own {
+                    self.second[c].unwrap_or(self.reps[c])
+                } else {
+                    self.reps[c]
+                };
+                self.ports(src, Party::Endpoint(dst))
+            })
+            .collect()
+    }
+
     /// Every class's row, when they fit in a [`RowCache`] (else an empty cache).
     fn all_rows(&self) -> RowCache {
         let per_row = self.reps.len() + self.elems.len();
@@ -462,6 +470,35 @@ impl<'m> Connectivity<'m> {
         }
         for (c, &rep) in self.reps.iter().enumerate() {
             cache.rows.insert(c, self.class_row(Party::Endpoint(rep)));
+            cache.cells += per_row;
+        }
+        cache
+    }
+
+    /// [`Connectivity::all_rows`] on two threads (each computes half of the classes'
+    /// rows), for listings of more than [`PARALLEL_CLASSES`] classes. The rows are the
+    /// same whichever thread computes them. See: #14
+    fn all_rows_2(&self) -> RowCache {
+        let n = self.reps.len();
+        let per_row = n + self.elems.len();
+        if n < PARALLEL_CLASSES || n.saturating_mul(per_row) > ROW_CACHE_CELLS {
+            return self.all_rows();
+        }
+        let rows = |range: std::ops::Range<usize>| -> Vec<(usize, ClassRow)> {
+            range
+                .map(|c| (c, self.class_row(Party::Endpoint(self.reps[c]))))
+                .collect()
+        };
+        let (a, b) = std::thread::scope(|s| {
+            let h = s.spawn(|| rows(n / 2..n));
+            let a = rows(0..n / 2);
+            // class_row never panics on a model; a panic is a bug, passed on.
+            let b = h.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+            (a, b)
+        });
+        let mut cache = RowCache::default();
+        for (c, r) in a.into_iter().chain(b) {
+            cache.rows.insert(c, r);
             cache.cells += per_row;
         }
         cache
@@ -508,7 +545,6 @@ impl<'m> Connectivity<'m> {
     /// likewise. Adjacent elementary ranges with the same answer are merged and written
     /// as the CIDRs that cover them exactly.
     pub fn for_each(&self, filter: &EndpointFilter, mut f: impl FnMut(Connection)) {
-        let mut cache = RowCache::default();
         let dst_match: Vec<bool> = self
             .model
             .endpoints
@@ -516,6 +552,11 @@ impl<'m> Connectivity<'m> {
             .map(|e| filter.is_empty() || filter.matches(e))
             .collect();
         let any_dst = dst_match.iter().any(|m| *m);
+        let mut cache = if any_dst {
+            self.all_rows_2()
+        } else {
+            RowCache::default()
+        };
         for e in &self.model.endpoints {
             let src = Party::Endpoint(e.id);
             let src_match = dst_match[e.id.0 as usize];
@@ -548,24 +589,34 @@ impl<'m> Connectivity<'m> {
             return;
         }
         // Range sources: rows toward the (matching) endpoints, adjacent equal rows merged.
+        // A range's cell toward an endpoint is its cell toward the endpoint's class, so
+        // rows are kept and compared by class, with nothing toward classes that hold no
+        // matching endpoint: equal class rows are equal endpoint rows. See: #14
+        let mut relevant = vec![false; self.reps.len()];
+        for e in &self.model.endpoints {
+            if dst_match[e.id.0 as usize] {
+                relevant[self.class_of[e.id.0 as usize]] = true;
+            }
+        }
         let rows: Vec<Vec<PortSet>> = self
             .elems
             .iter()
             .map(|el| {
-                let row = self.class_row(Self::elem_party(el));
-                let mut out = Vec::with_capacity(self.model.endpoints.len());
-                self.endpoint_cells(Party::Range(el.first_net()), &row, |d, p| {
-                    out.push(if dst_match[d.0 as usize] {
-                        p.clone()
-                    } else {
-                        PortSet::none()
-                    });
-                });
-                out
+                let mut row = self.to_classes(Self::elem_party(el));
+                for (p, r) in row.iter_mut().zip(&relevant) {
+                    if !r {
+                        *p = PortSet::none();
+                    }
+                }
+                row
             })
             .collect();
         for (net, row) in merged(&self.elems, &rows) {
-            for (e, p) in self.model.endpoints.iter().zip(row) {
+            for e in &self.model.endpoints {
+                if !dst_match[e.id.0 as usize] {
+                    continue;
+                }
+                let p = &row[self.class_of[e.id.0 as usize]];
                 if !p.is_empty() {
                     f(Connection {
                         src: Party::Range(net),
@@ -875,15 +926,23 @@ struct Elem {
     fam: Family,
     lo: u128,
     hi: u128,
+    /// The first CIDR of the range (its name as a party), computed once.
+    first: IpNet,
 }
 
 impl Elem {
-    fn first_net(&self) -> IpNet {
+    fn new(fam: Family, lo: u128, hi: u128) -> Elem {
         let mut v = Vec::new();
-        cidrs(self.lo, self.hi, self.fam, &mut v);
-        v.first()
+        cidrs(lo, hi, fam, &mut v);
+        let first = v
+            .first()
             .copied()
-            .unwrap_or_else(|| IpNet::V4(ipnet::Ipv4Net::default()))
+            .unwrap_or_else(|| IpNet::V4(ipnet::Ipv4Net::default()));
+        Elem { fam, lo, hi, first }
+    }
+
+    fn first_net(&self) -> IpNet {
+        self.first
     }
 }
 
@@ -951,7 +1010,7 @@ fn partition(cuts: &[IpNet]) -> Vec<Elem> {
         starts.dedup();
         for (i, &lo) in starts.iter().enumerate() {
             let hi = starts.get(i + 1).map_or(max, |n| n - 1);
-            out.push(Elem { fam, lo, hi });
+            out.push(Elem::new(fam, lo, hi));
         }
     }
     out
