@@ -302,6 +302,15 @@ impl<'m> Connectivity<'m> {
                 }
             }
         }
+        // The node decides an answer only through `Reach::from_node`: a hostNetwork source
+        // on the destination's node, or a source address of that node. Without
+        // hostNetwork endpoints and node addresses it never does, and endpoints on
+        // different nodes share a class. See: #14
+        let nodes_matter = model.endpoints.iter().any(|e| e.host_network)
+            || model
+                .node_names()
+                .into_iter()
+                .any(|n| !model.node_addresses(n).is_empty());
         let mut classes: BTreeMap<Signature, usize> = BTreeMap::new();
         let mut reps = Vec::new();
         let mut second: Vec<Option<EndpointId>> = Vec::new();
@@ -319,7 +328,7 @@ impl<'m> Connectivity<'m> {
                     .into_iter()
                     .collect(),
                 ports: e.ports.clone(),
-                node: e.node.clone(),
+                node: if nodes_matter { e.node.clone() } else { None },
                 cluster: graph.cluster_subjects(e.id).to_vec(),
                 cluster_member: std::mem::take(&mut cluster_member[e.id.0 as usize])
                     .into_iter()

@@ -298,3 +298,43 @@ fn diff_of_two_synthetic_versions_equals_reach_pair_by_pair() {
     assert!(!want.is_empty());
     assert_eq!(collect(&c1, &c2, &f), want);
 }
+
+#[test]
+fn nodes_split_classes_only_where_they_decide() {
+    // See: #14 (the node was part of every class signature: Pods on 90 nodes made
+    // 90 times the classes, although without hostNetwork Pods or node addresses the
+    // node never changes an answer).
+    let pod = |name: &str, node: &str, ip: &str, host: bool| {
+        format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: x, labels: {{app: web}}}}\nspec: {{nodeName: {node}, hostNetwork: {host}, containers: [{{name: c}}]}}\nstatus: {{podIP: {ip}}}\n"
+        )
+    };
+    let policy = "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: web}}}]\n";
+    let plain = format!(
+        "{}{}{}{policy}",
+        pod("a", "n1", "10.0.1.1", false),
+        pod("b", "n2", "10.0.2.1", false),
+        pod("c", "n3", "10.0.3.1", false)
+    );
+    let with_host = format!("{plain}{}", pod("h", "n1", "192.168.0.1", true));
+    let mut counts = Vec::new();
+    for text in [plain, with_host] {
+        let (inputs, diags) = load(&[SourceText {
+            name: "nodes.yaml",
+            text: &text,
+        }]);
+        assert!(
+            !policy_compiler::diagnostic::has_errors(&diags),
+            "{diags:?}"
+        );
+        let (model, _) = Model::build(&inputs);
+        let graph = AllowGraph::build(&model);
+        let c = Connectivity::new(&model, &graph, &[]);
+        check_against_reach(&model, &graph, &c, "nodes");
+        counts.push(c.class_count());
+    }
+    // a, b and c answer alike whatever their node.
+    assert_eq!(counts[0], 1);
+    // With a hostNetwork Pod on n1, a (on n1) admits it and b, c do not.
+    assert!(counts[1] >= 3, "{counts:?}");
+}
