@@ -158,9 +158,7 @@ pub(crate) fn run(args: &DiffArgs) -> i32 {
 /// Every change, in order (both connectivities cut the address space at the same
 /// bounds, so IP ranges carry the same names on both sides).
 fn changes(old: &Compiled, new: &Compiled, args: &DiffArgs) -> Vec<Change> {
-    let o0 = Connectivity::new(&old.model, &old.graph, &[]);
-    let n = Connectivity::new(&new.model, &new.graph, o0.cuts());
-    let o = Connectivity::new(&old.model, &old.graph, n.cuts());
+    let (o, n) = Connectivity::pair((&old.model, &old.graph), (&new.model, &new.graph));
     let mut out = Vec::new();
     diff(&o, &n, &args.filter.filter(), |c| out.push(c));
     out

@@ -10,7 +10,7 @@
 
 use clap::ValueEnum;
 use policy_compiler::connectivity::{
-    Connection, Connectivity, EndpointFilter, port_ranges, ports_text,
+    Connection, Connectivity, EndpointFilter, Party, port_ranges, ports_text,
 };
 use policy_compiler::{Model, PortSet};
 use serde::Serialize;
@@ -138,6 +138,8 @@ pub(crate) struct Writer<'o> {
     first: bool,
     /// DOT: the nodes seen, drawn at the end grouped by namespace.
     nodes: std::collections::BTreeSet<String>,
+    /// Endpoint names by id, formatted once (not twice per connection). See: #14
+    names: Vec<String>,
 }
 
 impl<'o> Writer<'o> {
@@ -154,13 +156,22 @@ impl<'o> Writer<'o> {
             out,
             first: true,
             nodes: std::collections::BTreeSet::new(),
+            names: Vec::new(),
         }
     }
 
     fn connection(&mut self, model: &Model, c: &Connection) {
-        let src = c.src.name(model);
-        let dst = c.dst.name(model);
+        if self.names.len() != model.endpoints.len() {
+            self.names = model.endpoints.iter().map(|e| e.key()).collect();
+        }
+        let names = std::mem::take(&mut self.names);
+        let name = |p: &Party| match p {
+            Party::Endpoint(id) => std::borrow::Cow::Borrowed(names[id.0 as usize].as_str()),
+            Party::Range(_) => std::borrow::Cow::Owned(p.name(model)),
+        };
+        let (src, dst) = (name(&c.src), name(&c.dst));
         self.pair(&src, &dst, &c.ports);
+        self.names = names;
     }
 
     pub(crate) fn pair(&mut self, src: &str, dst: &str, ports: &PortSet) {

@@ -42,6 +42,9 @@ use crate::ruleset::interval::{Family, net_bounds, to_int};
 /// Rows are cached while the cache holds fewer cells than this.
 pub const ROW_CACHE_CELLS: usize = 4_000_000;
 
+/// From this many classes on, a listing computes its rows on two threads.
+pub const PARALLEL_CLASSES: usize = 64;
+
 /// Which endpoints a listing is about: a pair is listed when either side matches.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EndpointFilter {
@@ -211,6 +214,10 @@ pub struct Connectivity<'m> {
     /// The address space cut at every ipBlock bound, sorted.
     elems: Vec<Elem>,
     cut_nets: Vec<IpNet>,
+    /// The model's own cuts (ipBlock and ClusterNetworkPolicy networks and addresses).
+    own_cuts: Vec<IpNet>,
+    /// Whether an endpoint has an IPv6 address.
+    v6_endpoints: bool,
 }
 
 impl<'m> Connectivity<'m> {
@@ -295,6 +302,15 @@ impl<'m> Connectivity<'m> {
                 }
             }
         }
+        // The node decides an answer only through `Reach::from_node`: a hostNetwork source
+        // on the destination's node, or a source address of that node. Without
+        // hostNetwork endpoints and node addresses it never does, and endpoints on
+        // different nodes share a class. See: #14
+        let nodes_matter = model.endpoints.iter().any(|e| e.host_network)
+            || model
+                .node_names()
+                .into_iter()
+                .any(|n| !model.node_addresses(n).is_empty());
         let mut classes: BTreeMap<Signature, usize> = BTreeMap::new();
         let mut reps = Vec::new();
         let mut second: Vec<Option<EndpointId>> = Vec::new();
@@ -312,7 +328,7 @@ impl<'m> Connectivity<'m> {
                     .into_iter()
                     .collect(),
                 ports: e.ports.clone(),
-                node: e.node.clone(),
+                node: if nodes_matter { e.node.clone() } else { None },
                 cluster: graph.cluster_subjects(e.id).to_vec(),
                 cluster_member: std::mem::take(&mut cluster_member[e.id.0 as usize])
                     .into_iter()
@@ -328,33 +344,63 @@ impl<'m> Connectivity<'m> {
             }
             class_of.push(c);
         }
-        let mut cuts: Vec<IpNet> = blocks
+        let own_cuts: Vec<IpNet> = blocks
             .iter()
             .flat_map(|(_, b)| std::iter::once(b.cidr).chain(b.except.iter().copied()))
-            .chain(extra_cuts.iter().copied())
             .chain(cluster_cuts)
             .collect();
-        let v6 = model
+        let v6_endpoints = model
             .endpoints
             .iter()
-            .any(|e| e.ips.iter().any(IpAddr::is_ipv6))
-            || cuts.iter().any(|c| matches!(c, IpNet::V6(_)));
-        cuts.push(IpNet::V4(ipnet::Ipv4Net::default()));
-        if v6 {
-            cuts.push(IpNet::V6(ipnet::Ipv6Net::default()));
-        }
-        let mut cut_nets = cuts.clone();
-        cut_nets.sort();
-        cut_nets.dedup();
-        Connectivity {
+            .any(|e| e.ips.iter().any(IpAddr::is_ipv6));
+        let mut c = Connectivity {
             model,
             graph,
             class_of,
             reps,
             second,
-            elems: partition(&cuts),
-            cut_nets,
+            elems: Vec::new(),
+            cut_nets: Vec::new(),
+            own_cuts,
+            v6_endpoints,
+        };
+        c.cut(extra_cuts);
+        c
+    }
+
+    /// Cuts the address space at the model's own ipBlock bounds and at `extra`.
+    fn cut(&mut self, extra: &[IpNet]) {
+        let mut cuts: Vec<IpNet> = self.own_cuts.iter().chain(extra).copied().collect();
+        let v6 = self.v6_endpoints || cuts.iter().any(|c| matches!(c, IpNet::V6(_)));
+        cuts.push(IpNet::V4(ipnet::Ipv4Net::default()));
+        if v6 {
+            cuts.push(IpNet::V6(ipnet::Ipv6Net::default()));
         }
+        cuts.sort();
+        cuts.dedup();
+        self.elems = partition(&cuts);
+        self.cut_nets = cuts;
+    }
+
+    /// The connectivities of two models cut at the same ranges (each at the other's
+    /// [`Connectivity::cuts`]), as `diff` needs them: the same as
+    /// `new(old, new(new, new(old, []).cuts()).cuts())` and `new(new, ...)`, with the
+    /// classes of each model computed once, the two models on two threads. See: #14
+    pub fn pair(
+        old: (&'m Model, &'m AllowGraph),
+        new: (&'m Model, &'m AllowGraph),
+    ) -> (Self, Self) {
+        let (mut o, mut n) = std::thread::scope(|s| {
+            let h = s.spawn(|| Connectivity::new(old.0, old.1, &[]));
+            let n = Connectivity::new(new.0, new.1, &[]);
+            // Connectivity::new never panics on a model; a panic is a bug, passed on.
+            let o = h.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+            (o, n)
+        });
+        let old_cuts = o.cut_nets.clone();
+        o.cut(&n.cut_nets);
+        n.cut(&old_cuts);
+        (o, n)
     }
 
     /// The networks this model cuts the address space at (pass them to
@@ -392,21 +438,7 @@ impl<'m> Connectivity<'m> {
 
     /// What `src` (a class representative or a range) may send to each class and range.
     fn class_row(&self, src: Party) -> ClassRow {
-        let own = match src {
-            Party::Endpoint(id) => Some(self.class_of[id.0 as usize]),
-            Party::Range(_) => None,
-        };
-        let to_class = (0..self.reps.len())
-            .map(|c| {
-                // Toward its own class: a distinct member (self traffic is per endpoint).
-                let dst = if Some(c) == own {
-                    self.second[c].unwrap_or(self.reps[c])
-                } else {
-                    self.reps[c]
-                };
-                self.ports(src, Party::Endpoint(dst))
-            })
-            .collect();
+        let to_class = self.to_classes(src);
         let to_range = match src {
             Party::Endpoint(_) => self
                 .elems
@@ -417,6 +449,68 @@ impl<'m> Connectivity<'m> {
             Party::Range(_) => vec![PortSet::none(); self.elems.len()],
         };
         ClassRow { to_class, to_range }
+    }
+
+    /// What `src` may send to each class.
+    fn to_classes(&self, src: Party) -> Vec<PortSet> {
+        let own = match src {
+            Party::Endpoint(id) => Some(self.class_of[id.0 as usize]),
+            Party::Range(_) => None,
+        };
+        (0..self.reps.len())
+            .map(|c| {
+                // Toward its own class: a distinct member (self traffic is per endpoint).
+                let dst = if Some(c) == own {
+                    self.second[c].unwrap_or(self.reps[c])
+                } else {
+                    self.reps[c]
+                };
+                self.ports(src, Party::Endpoint(dst))
+            })
+            .collect()
+    }
+
+    /// Every class's row, when they fit in a [`RowCache`] (else an empty cache).
+    fn all_rows(&self) -> RowCache {
+        let per_row = self.reps.len() + self.elems.len();
+        let mut cache = RowCache::default();
+        if self.reps.len().saturating_mul(per_row) > ROW_CACHE_CELLS {
+            return cache;
+        }
+        for (c, &rep) in self.reps.iter().enumerate() {
+            cache.rows.insert(c, self.class_row(Party::Endpoint(rep)));
+            cache.cells += per_row;
+        }
+        cache
+    }
+
+    /// [`Connectivity::all_rows`] on two threads (each computes half of the classes'
+    /// rows), for listings of more than [`PARALLEL_CLASSES`] classes. The rows are the
+    /// same whichever thread computes them. See: #14
+    fn all_rows_2(&self) -> RowCache {
+        let n = self.reps.len();
+        let per_row = n + self.elems.len();
+        if n < PARALLEL_CLASSES || n.saturating_mul(per_row) > ROW_CACHE_CELLS {
+            return self.all_rows();
+        }
+        let rows = |range: std::ops::Range<usize>| -> Vec<(usize, ClassRow)> {
+            range
+                .map(|c| (c, self.class_row(Party::Endpoint(self.reps[c]))))
+                .collect()
+        };
+        let (a, b) = std::thread::scope(|s| {
+            let h = s.spawn(|| rows(n / 2..n));
+            let a = rows(0..n / 2);
+            // class_row never panics on a model; a panic is a bug, passed on.
+            let b = h.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+            (a, b)
+        });
+        let mut cache = RowCache::default();
+        for (c, r) in a.into_iter().chain(b) {
+            cache.rows.insert(c, r);
+            cache.cells += per_row;
+        }
+        cache
     }
 
     fn row_of<'c>(&self, src: Party, cache: &'c mut RowCache) -> std::borrow::Cow<'c, ClassRow> {
@@ -460,7 +554,6 @@ impl<'m> Connectivity<'m> {
     /// likewise. Adjacent elementary ranges with the same answer are merged and written
     /// as the CIDRs that cover them exactly.
     pub fn for_each(&self, filter: &EndpointFilter, mut f: impl FnMut(Connection)) {
-        let mut cache = RowCache::default();
         let dst_match: Vec<bool> = self
             .model
             .endpoints
@@ -468,6 +561,11 @@ impl<'m> Connectivity<'m> {
             .map(|e| filter.is_empty() || filter.matches(e))
             .collect();
         let any_dst = dst_match.iter().any(|m| *m);
+        let mut cache = if any_dst {
+            self.all_rows_2()
+        } else {
+            RowCache::default()
+        };
         for e in &self.model.endpoints {
             let src = Party::Endpoint(e.id);
             let src_match = dst_match[e.id.0 as usize];
@@ -500,24 +598,34 @@ impl<'m> Connectivity<'m> {
             return;
         }
         // Range sources: rows toward the (matching) endpoints, adjacent equal rows merged.
+        // A range's cell toward an endpoint is its cell toward the endpoint's class, so
+        // rows are kept and compared by class, with nothing toward classes that hold no
+        // matching endpoint: equal class rows are equal endpoint rows. See: #14
+        let mut relevant = vec![false; self.reps.len()];
+        for e in &self.model.endpoints {
+            if dst_match[e.id.0 as usize] {
+                relevant[self.class_of[e.id.0 as usize]] = true;
+            }
+        }
         let rows: Vec<Vec<PortSet>> = self
             .elems
             .iter()
             .map(|el| {
-                let row = self.class_row(Self::elem_party(el));
-                let mut out = Vec::with_capacity(self.model.endpoints.len());
-                self.endpoint_cells(Party::Range(el.first_net()), &row, |d, p| {
-                    out.push(if dst_match[d.0 as usize] {
-                        p.clone()
-                    } else {
-                        PortSet::none()
-                    });
-                });
-                out
+                let mut row = self.to_classes(Self::elem_party(el));
+                for (p, r) in row.iter_mut().zip(&relevant) {
+                    if !r {
+                        *p = PortSet::none();
+                    }
+                }
+                row
             })
             .collect();
         for (net, row) in merged(&self.elems, &rows) {
-            for (e, p) in self.model.endpoints.iter().zip(row) {
+            for e in &self.model.endpoints {
+                if !dst_match[e.id.0 as usize] {
+                    continue;
+                }
+                let p = &row[self.class_of[e.id.0 as usize]];
                 if !p.is_empty() {
                     f(Connection {
                         src: Party::Range(net),
@@ -599,33 +707,69 @@ pub fn diff(
         .collect();
     let any_dst_match = all.iter().any(|(_, _, _, m)| *m);
     let none = PortSet::none();
-    let mut oc = RowCache::default();
-    let mut nc = RowCache::default();
+    // Every row of both sides, computed on two threads (the rows are most of a diff's
+    // work; each is then read once per source class pair). See: #14
+    let (mut oc, mut nc) = if any_dst_match {
+        std::thread::scope(|s| {
+            let h = s.spawn(|| old.all_rows());
+            let n = new.all_rows();
+            // all_rows never panics on a model; a panic is a bug, passed on.
+            let o = h.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+            (o, n)
+        })
+    } else {
+        (RowCache::default(), RowCache::default())
+    };
     let empty_ranges = vec![PortSet::none(); old.elems.len()];
+    // Per source (old class, new class) pair: which destination pairs differ and the
+    // range changes. Sources with the same pair of classes have the same rows, so both
+    // are computed once per pair, not once per source. See: #14
+    let mut memo: Vec<Option<SourceDiff>> = vec![None; pairs.len()];
+    let mut memo_cells = 0usize;
     let mut differs = vec![false; pairs.len()];
     for (i, (src, o_id, n_id, src_match)) in all.iter().enumerate() {
         if !*src_match && !any_dst_match {
             continue;
         }
-        let o_row = o_id.map(|id| old.row_of(Party::Endpoint(id), &mut oc));
-        let n_row = n_id.map(|id| new.row_of(Party::Endpoint(id), &mut nc));
         // Self traffic of the source, on each side (for workloads with replicas != 1).
         let single = o_id.is_none_or(|id| old.model.endpoint(id).single())
             && n_id.is_none_or(|id| new.model.endpoint(id).single());
-        let (o_self, n_self) = if single {
-            (None, None)
-        } else {
-            (
-                o_id.map(|id| old.ports(Party::Endpoint(id), Party::Endpoint(id))),
-                n_id.map(|id| new.ports(Party::Endpoint(id), Party::Endpoint(id))),
-            )
-        };
-        let mut any = false;
-        for (k, (opc, npc)) in pairs.iter().enumerate() {
-            differs[k] = cell(o_row.as_deref(), *opc, &none) != cell(n_row.as_deref(), *npc, &none);
-            any |= differs[k];
+        let sk = dst_pair[i];
+        if memo[sk].is_none() {
+            let o_row = o_id.map(|id| old.row_of(Party::Endpoint(id), &mut oc));
+            let n_row = n_id.map(|id| new.row_of(Party::Endpoint(id), &mut nc));
+            let d = SourceDiff::new(
+                old,
+                o_row.as_deref(),
+                n_row.as_deref(),
+                &pairs,
+                &empty_ranges,
+            );
+            let cells = d.differing.len() + d.ranges.len() + 1;
+            if memo_cells + cells > ROW_CACHE_CELLS {
+                memo.iter_mut().for_each(|m| *m = None);
+                memo_cells = 0;
+            }
+            memo_cells += cells;
+            memo[sk] = Some(d);
         }
-        if any || !single {
+        let Some(sd) = memo[sk].as_ref() else {
+            continue;
+        };
+        if !sd.differing.is_empty() || !single {
+            let o_row = o_id.map(|id| old.row_of(Party::Endpoint(id), &mut oc));
+            let n_row = n_id.map(|id| new.row_of(Party::Endpoint(id), &mut nc));
+            let (o_self, n_self) = if single {
+                (None, None)
+            } else {
+                (
+                    o_id.map(|id| old.ports(Party::Endpoint(id), Party::Endpoint(id))),
+                    n_id.map(|id| new.ports(Party::Endpoint(id), Party::Endpoint(id))),
+                )
+            };
+            for &k in &sd.differing {
+                differs[k] = true;
+            }
             for (j, (dst, _, _, dst_match)) in all.iter().enumerate() {
                 if !(*src_match || *dst_match) {
                     continue;
@@ -653,15 +797,13 @@ pub fn diff(
                     ));
                 }
             }
+            for &k in &sd.differing {
+                differs[k] = false;
+            }
         }
         if *src_match {
-            let or = o_row.as_ref().map_or(&empty_ranges, |r| &r.to_range);
-            let nr = n_row.as_ref().map_or(&empty_ranges, |r| &r.to_range);
-            let pairs: Vec<(&PortSet, &PortSet)> = or.iter().zip(nr.iter()).collect();
-            for (net, (op, np)) in merged(&old.elems, &pairs) {
-                if op != np {
-                    f(change(src, &net.to_string(), op, np));
-                }
+            for (net, op, np) in &sd.ranges {
+                f(change(src, &net.to_string(), op, np));
             }
         }
     }
@@ -699,6 +841,42 @@ pub fn diff(
         for (j, op, np) in row {
             f(change(&net.to_string(), &all[*j].0, op, np));
         }
+    }
+}
+
+/// What differs in one source's rows (old class, new class) in [`diff`].
+#[derive(Clone)]
+struct SourceDiff {
+    /// Indices of the destination (old class, new class) pairs whose cells differ.
+    differing: Vec<usize>,
+    /// Range destinations whose cells differ: merged range, old and new set.
+    ranges: Vec<(IpNet, PortSet, PortSet)>,
+}
+
+impl SourceDiff {
+    fn new(
+        old: &Connectivity<'_>,
+        o_row: Option<&ClassRow>,
+        n_row: Option<&ClassRow>,
+        pairs: &[(Option<usize>, Option<usize>)],
+        empty_ranges: &[PortSet],
+    ) -> Self {
+        let none = PortSet::none();
+        let differing = pairs
+            .iter()
+            .enumerate()
+            .filter(|(_, (opc, npc))| cell(o_row, *opc, &none) != cell(n_row, *npc, &none))
+            .map(|(k, _)| k)
+            .collect();
+        let or = o_row.map_or(empty_ranges, |r| &r.to_range);
+        let nr = n_row.map_or(empty_ranges, |r| &r.to_range);
+        let cells: Vec<(&PortSet, &PortSet)> = or.iter().zip(nr.iter()).collect();
+        let ranges = merged(&old.elems, &cells)
+            .into_iter()
+            .filter(|(_, (op, np))| op != np)
+            .map(|(net, (op, np))| (net, (*op).clone(), (*np).clone()))
+            .collect();
+        SourceDiff { differing, ranges }
     }
 }
 
@@ -757,15 +935,23 @@ struct Elem {
     fam: Family,
     lo: u128,
     hi: u128,
+    /// The first CIDR of the range (its name as a party), computed once.
+    first: IpNet,
 }
 
 impl Elem {
-    fn first_net(&self) -> IpNet {
+    fn new(fam: Family, lo: u128, hi: u128) -> Elem {
         let mut v = Vec::new();
-        cidrs(self.lo, self.hi, self.fam, &mut v);
-        v.first()
+        cidrs(lo, hi, fam, &mut v);
+        let first = v
+            .first()
             .copied()
-            .unwrap_or_else(|| IpNet::V4(ipnet::Ipv4Net::default()))
+            .unwrap_or_else(|| IpNet::V4(ipnet::Ipv4Net::default()));
+        Elem { fam, lo, hi, first }
+    }
+
+    fn first_net(&self) -> IpNet {
+        self.first
     }
 }
 
@@ -833,7 +1019,7 @@ fn partition(cuts: &[IpNet]) -> Vec<Elem> {
         starts.dedup();
         for (i, &lo) in starts.iter().enumerate() {
             let hi = starts.get(i + 1).map_or(max, |n| n - 1);
-            out.push(Elem { fam, lo, hi });
+            out.push(Elem::new(fam, lo, hi));
         }
     }
     out

@@ -212,17 +212,48 @@ fn load_one(src: &SourceText<'_>, inputs: &mut Inputs, diags: &mut Vec<Diagnosti
         }
     };
     let file: Arc<str> = Arc::from(src.name);
-    for doc in docs {
-        let spans = Arc::new(doc.spans);
-        let origin = Origin {
-            file: file.clone(),
-            document: doc.index,
-            base: String::new(),
-            spans,
-        };
-        load_value(doc.value, origin, None, inputs, diags);
-    }
+    let load_docs = |docs: Vec<crate::source::Document>| {
+        let mut inputs = Inputs::default();
+        let mut diags = Vec::new();
+        for doc in docs {
+            let spans = Arc::new(doc.spans);
+            let origin = Origin {
+                file: file.clone(),
+                document: doc.index,
+                base: String::new(),
+                spans,
+            };
+            load_value(doc.value, origin, None, &mut inputs, &mut diags);
+        }
+        (inputs, diags)
+    };
+    // Documents are typed independently: a long file's two halves on two threads, joined
+    // in document order (the same objects and diagnostics in the same order). See: #14
+    let mut first = docs;
+    let second = if first.len() >= PARALLEL_DOCUMENTS {
+        first.split_off(first.len() / 2)
+    } else {
+        Vec::new()
+    };
+    let ((ia, da), (ib, db)) = if second.is_empty() {
+        (load_docs(first), (Inputs::default(), Vec::new()))
+    } else {
+        std::thread::scope(|s| {
+            let h = s.spawn(|| load_docs(second));
+            let a = load_docs(first);
+            // Loading never panics on input; a panic is a bug, passed on.
+            let b = h.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+            (a, b)
+        })
+    };
+    inputs.extend(ia);
+    diags.extend(da);
+    inputs.extend(ib);
+    diags.extend(db);
 }
+
+/// From this many documents in one file on, [`load`] types them on two threads.
+pub const PARALLEL_DOCUMENTS: usize = 256;
 
 fn str_field<'v>(v: &'v Value, key: &str) -> Option<&'v str> {
     v.get(key).and_then(Value::as_str)
@@ -826,6 +857,19 @@ fn yaml11_warnings(value: &Value, origin: &Origin, oref: &ObjectRef, diags: &mut
             }
             _ => {}
         }
+    }
+    /// Whether any string in `v` is a YAML 1.1 boolean: most objects have none, and this
+    /// walk builds no paths. See: #14
+    fn any_bool_word(v: &Value) -> bool {
+        match v {
+            Value::String(s) => YAML11_BOOLS.contains(&s.as_str()),
+            Value::Object(m) => m.values().any(any_bool_word),
+            Value::Array(items) => items.iter().any(any_bool_word),
+            _ => false,
+        }
+    }
+    if !any_bool_word(value) {
+        return;
     }
     let mut found = Vec::new();
     walk(value, &mut String::new(), false, &mut found);

@@ -191,7 +191,15 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, ParseError> {
     } else {
         None
     };
-    match serde_saphyr::from_multiple_with_options::<Plain>(text, yaml_options(text.len())) {
+    let parsed = match json_docs {
+        None => parse_halves(text),
+        Some(_) => None,
+    };
+    let parsed = match parsed {
+        Some(values) => Ok(values),
+        None => serde_saphyr::from_multiple_with_options::<Plain>(text, yaml_options(text.len())),
+    };
+    match parsed {
         Ok(values) => {
             if let Some(j) = json_docs
                 && (j.len() != values.len() || j.iter().zip(&values).any(|(a, b)| a.value != b.0))
@@ -222,6 +230,68 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, ParseError> {
             None => parse_spanned(text),
         },
     }
+}
+
+/// Texts from this size on are parsed in two halves on two threads ([`parse_halves`]).
+pub const PARALLEL_PARSE_BYTES: usize = 128 * 1024;
+
+/// A YAML stream of at least [`PARALLEL_PARSE_BYTES`] parsed as two streams on two
+/// threads, cut at a document start marker (`---` at the start of a line) near the middle:
+/// the same values as one parse of the whole text, or `None` (the caller then parses the
+/// whole text as before, so errors and their positions are unchanged).
+///
+/// A `---` at the start of a line always starts a document (YAML forbids it inside
+/// scalars and flow collections: there, the half that holds the opening fails and the
+/// whole text is parsed instead). What could make the halves differ from the whole is
+/// left to the whole parse: directives (`%` lines, which apply to the next document),
+/// document end markers (`...`), anchors and aliases (`&`, `*`: the alias budget is
+/// per stream) and merge keys (`<<`). Every other budget counts units of at least one
+/// input byte, so neither half nor the whole can breach it. See: #14
+fn parse_halves(text: &str) -> Option<Vec<Plain>> {
+    if text.len() < PARALLEL_PARSE_BYTES
+        || text.contains(['&', '*'])
+        || text.contains("<<")
+        || text.trim_start_matches('\u{feff}').starts_with(['%', '.'])
+        || text.contains("\n%")
+        || text.contains("\n...")
+    {
+        return None;
+    }
+    let cut = document_start_after(text, text.len() / 2)?;
+    let (a, b) = text.split_at(cut);
+    let parse = |t: &str| {
+        serde_saphyr::from_multiple_with_options::<Plain>(t, yaml_options(text.len())).ok()
+    };
+    let (va, vb) = std::thread::scope(|s| {
+        let h = s.spawn(|| parse(b));
+        let va = parse(a);
+        // The parser returns errors, it does not panic; a panic is a bug, passed on.
+        let vb = h.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+        (va, vb)
+    });
+    let mut values = va?;
+    values.extend(vb?);
+    Some(values)
+}
+
+/// The byte offset of the first line at or after `from` that is a document start marker:
+/// `---` followed by a space, a tab, a line break or the end of the text.
+fn document_start_after(text: &str, from: usize) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut i = from;
+    while i < bytes.len() {
+        // The start of the next line.
+        let nl = bytes[i..].iter().position(|&c| c == b'\n')?;
+        i += nl + 1;
+        if bytes[i..].starts_with(b"---")
+            && bytes
+                .get(i + 3)
+                .is_none_or(|c| matches!(c, b' ' | b'\t' | b'\r' | b'\n'))
+        {
+            return Some(i);
+        }
+    }
+    None
 }
 
 fn yaml_options(len: usize) -> serde_saphyr::Options {
@@ -807,6 +877,61 @@ mod tests {
             .unwrap()
             .join()
             .unwrap();
+    }
+
+    fn whole(text: &str) -> Result<Vec<Value>, String> {
+        serde_saphyr::from_multiple_with_options::<Plain>(text, yaml_options(text.len()))
+            .map(|v| v.into_iter().map(|p| p.0).collect())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn halves_parse_like_the_whole_text() {
+        // See: #14 (a large stream is parsed in two halves on two threads).
+        let generated = crate::synth::generate(&crate::synth::SynthParams::scaled(1000, 1));
+        let tricky = "kind: ConfigMap\nmetadata: {name: c}\ndata:\n  a: |\n    ---\n    text\n  b: \"x --- y\"\n  c: '---'\n# ---\n  d: >\n    folded\n\n---\n---\n# empty documents are not counted\n--- {kind: Pod, metadata: {name: p}}\n---\n";
+        for text in [generated, tricky.repeat(4000)] {
+            assert!(text.len() >= PARALLEL_PARSE_BYTES);
+            let halves = parse_halves(&text).expect("cut and parsed in halves");
+            let halves: Vec<Value> = halves.into_iter().map(|p| p.0).collect();
+            assert_eq!(Ok(halves), whole(&text));
+            let docs = parse_documents(&text).unwrap();
+            for (i, d) in docs.iter().enumerate() {
+                assert_eq!(d.index, i);
+            }
+        }
+    }
+
+    #[test]
+    fn halves_leave_hard_cases_to_the_whole_parse() {
+        // See: #14. A `---` line inside a quoted scalar: the whole text is an error, and
+        // `parse_documents` gives the whole parse's error (the halves are not used).
+        let doc = "a: 1\n---\n";
+        let n = PARALLEL_PARSE_BYTES / doc.len() / 2 + 1;
+        let broken = format!(
+            "{}b: \"open\n---\nclose\"\n---\n{}",
+            doc.repeat(n),
+            doc.repeat(n)
+        );
+        assert!(parse_halves(&broken).is_none());
+        assert!(whole(&broken).is_err());
+        assert_eq!(
+            parse_documents(&broken).unwrap_err(),
+            parse_spanned(&broken).unwrap_err()
+        );
+        // Anchors, directives and end markers: the whole parse.
+        for special in ["x: &a 1\ny: *a\n", "%YAML 1.2\n---\nx: 1\n", "x: 1\n...\n"] {
+            let text = format!("{}{special}---\n{}", doc.repeat(n), doc.repeat(n));
+            assert!(parse_halves(&text).is_none(), "{special}");
+            match whole(&text) {
+                Ok(v) => assert_eq!(parse_documents(&text).unwrap().len(), v.len()),
+                Err(_) => assert!(parse_documents(&text).is_err()),
+            }
+        }
+        // No document marker after the middle: one parse.
+        let one = format!("items:\n{}", "- a\n".repeat(PARALLEL_PARSE_BYTES / 4));
+        assert!(parse_halves(&one).is_none());
+        assert_eq!(parse_documents(&one).unwrap().len(), 1);
     }
 
     #[test]

@@ -198,3 +198,143 @@ fn diff_lists_exactly_the_pairs_whose_ports_changed() {
         }
     }
 }
+
+#[test]
+fn diff_of_two_synthetic_versions_equals_reach_pair_by_pair() {
+    // See: #14 (the diff compares rows once per source class pair, on two threads, and
+    // `Connectivity::pair` builds each side's classes once: the answers must not change).
+    use policy_compiler::connectivity::{Change, diff};
+    let params = SynthParams {
+        namespaces: 6,
+        pods: 240,
+        policies: 40,
+        seed: 11,
+    };
+    let compile = |text: &str| {
+        let (inputs, _) = load(&[SourceText {
+            name: "gen.yaml",
+            text,
+        }]);
+        let (model, _) = Model::build(&inputs);
+        let graph = AllowGraph::build(&model);
+        (model, graph)
+    };
+    let (m1, g1) = compile(&generate(&params));
+    let (m2, g2) = compile(&generate(&SynthParams {
+        policies: 52,
+        ..params
+    }));
+    let (c1, c2) = Connectivity::pair((&m1, &g1), (&m2, &g2));
+    // The same cuts as building each side at the other's cuts.
+    let t1 = Connectivity::new(&m1, &g1, &[]);
+    let t2 = Connectivity::new(&m2, &g2, t1.cuts());
+    let t1 = Connectivity::new(&m1, &g1, t2.cuts());
+    assert_eq!(c1.cuts(), t1.cuts());
+    assert_eq!(c2.cuts(), t2.cuts());
+    assert_eq!(c1.range_count(), c2.range_count());
+    let collect = |a: &Connectivity<'_>, b: &Connectivity<'_>, f: &EndpointFilter| {
+        let mut v: Vec<Change> = Vec::new();
+        diff(a, b, f, |c| v.push(c));
+        v
+    };
+    let all = EndpointFilter::default();
+    let changes = collect(&c1, &c2, &all);
+    assert_eq!(changes, collect(&t1, &t2, &all));
+    assert!(collect(&c1, &c1, &all).is_empty());
+    let mut by_pair = BTreeMap::new();
+    for ch in &changes {
+        assert_ne!(ch.old, ch.new);
+        assert!(
+            by_pair
+                .insert((ch.src.clone(), ch.dst.clone()), ch.clone())
+                .is_none()
+        );
+    }
+    let ranges = changes
+        .iter()
+        .filter(|c| c.dst.parse::<IpNet>().is_ok() || c.src.parse::<IpNet>().is_ok())
+        .count();
+    assert!(ranges > 0, "some range rows change too");
+    let mut pairs = 0;
+    for s in &m1.endpoints {
+        for d in &m1.endpoints {
+            if s.id == d.id {
+                continue;
+            }
+            let (s2, d2) = (
+                m2.endpoint_by_key(&s.key()).unwrap(),
+                m2.endpoint_by_key(&d.key()).unwrap(),
+            );
+            let a = g1.reach(&m1, s.id.into(), d.id.into()).allowed;
+            let b = g2.reach(&m2, s2.into(), d2.into()).allowed;
+            match by_pair.get(&(s.key(), d.key())) {
+                None => assert_eq!(a, b, "{} => {}", s.key(), d.key()),
+                Some(ch) => {
+                    pairs += 1;
+                    assert_eq!(ch.old.clone().unwrap_or_else(PortSet::none), a);
+                    assert_eq!(ch.new.clone().unwrap_or_else(PortSet::none), b);
+                }
+            }
+        }
+    }
+    assert!(pairs > 100, "{pairs} endpoint pairs changed");
+    // A filter keeps exactly the changes with a matching side, in the same order.
+    let ns = changes[changes.len() / 2]
+        .src
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let f = EndpointFilter {
+        namespaces: vec![ns.clone()],
+        selector: Vec::new(),
+    };
+    let side_in = |name: &str| name.split('/').next() == Some(ns.as_str());
+    let want: Vec<Change> = changes
+        .iter()
+        .filter(|c| side_in(&c.src) || side_in(&c.dst))
+        .cloned()
+        .collect();
+    assert!(!want.is_empty());
+    assert_eq!(collect(&c1, &c2, &f), want);
+}
+
+#[test]
+fn nodes_split_classes_only_where_they_decide() {
+    // See: #14 (the node was part of every class signature: Pods on 90 nodes made
+    // 90 times the classes, although without hostNetwork Pods or node addresses the
+    // node never changes an answer).
+    let pod = |name: &str, node: &str, ip: &str, host: bool| {
+        format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: x, labels: {{app: web}}}}\nspec: {{nodeName: {node}, hostNetwork: {host}, containers: [{{name: c}}]}}\nstatus: {{podIP: {ip}}}\n"
+        )
+    };
+    let policy = "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: web}}}]\n";
+    let plain = format!(
+        "{}{}{}{policy}",
+        pod("a", "n1", "10.0.1.1", false),
+        pod("b", "n2", "10.0.2.1", false),
+        pod("c", "n3", "10.0.3.1", false)
+    );
+    let with_host = format!("{plain}{}", pod("h", "n1", "192.168.0.1", true));
+    let mut counts = Vec::new();
+    for text in [plain, with_host] {
+        let (inputs, diags) = load(&[SourceText {
+            name: "nodes.yaml",
+            text: &text,
+        }]);
+        assert!(
+            !policy_compiler::diagnostic::has_errors(&diags),
+            "{diags:?}"
+        );
+        let (model, _) = Model::build(&inputs);
+        let graph = AllowGraph::build(&model);
+        let c = Connectivity::new(&model, &graph, &[]);
+        check_against_reach(&model, &graph, &c, "nodes");
+        counts.push(c.class_count());
+    }
+    // a, b and c answer alike whatever their node.
+    assert_eq!(counts[0], 1);
+    // With a hostNetwork Pod on n1, a (on n1) admits it and b, c do not.
+    assert!(counts[1] >= 3, "{counts:?}");
+}
