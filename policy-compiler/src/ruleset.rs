@@ -572,20 +572,7 @@ impl Ruleset {
         let Some(base) = self.chains.iter().find(|c| c.name == dir.as_str()) else {
             return true;
         };
-        let pkt = match dir {
-            Direction::Ingress => Packet {
-                saddr: Some(peer),
-                daddr: None,
-                protocol,
-                port,
-            },
-            Direction::Egress => Packet {
-                saddr: None,
-                daddr: Some(peer),
-                protocol,
-                port,
-            },
-        };
+        let pkt = Packet::new_connection(dir, peer, protocol, port);
         self.eval(base, &pkt, 0).unwrap_or(true)
     }
 
@@ -602,20 +589,7 @@ impl Ruleset {
     ) -> Option<bool> {
         let name = format!("{AUDIT_PREFIX}{}", dir.as_str());
         let base = self.chains.iter().find(|c| c.name == name)?;
-        let pkt = match dir {
-            Direction::Ingress => Packet {
-                saddr: Some(peer),
-                daddr: None,
-                protocol,
-                port,
-            },
-            Direction::Egress => Packet {
-                saddr: None,
-                daddr: Some(peer),
-                protocol,
-                port,
-            },
-        };
+        let pkt = Packet::new_connection(dir, peer, protocol, port);
         Some(self.eval(base, &pkt, 0).unwrap_or(true))
     }
 
@@ -768,6 +742,23 @@ struct Packet {
     daddr: Option<IpAddr>,
     protocol: Protocol,
     port: u16,
+}
+
+impl Packet {
+    /// A new connection with `peer` in direction `dir` of the table's Pod: from `peer`
+    /// (ingress) or to it (egress).
+    fn new_connection(dir: Direction, peer: IpAddr, protocol: Protocol, port: u16) -> Self {
+        let (saddr, daddr) = match dir {
+            Direction::Ingress => (Some(peer), None),
+            Direction::Egress => (None, Some(peer)),
+        };
+        Packet {
+            saddr,
+            daddr,
+            protocol,
+            port,
+        }
+    }
 }
 
 impl fmt::Display for RulesetStats {
