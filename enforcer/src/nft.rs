@@ -214,6 +214,12 @@ pub fn in_place(ruleset: &str, existing: &TableObjects) -> Option<InPlace> {
         out.push_str(&emit);
         out.push('\n');
     }
+    if chain_needs_drop.is_some() {
+        // A chain that never closed: its final drop could not be placed, and a chain
+        // loaded as `policy accept` without it would fail open. The caller replaces the
+        // table whole instead.
+        return None;
+    }
     let missing: Vec<_> = sets
         .iter()
         .filter(|(_, n, _)| !existing.sets.iter().any(|e| e == n))
@@ -284,6 +290,21 @@ mod tests {
     use super::*;
 
     const COMPILED: &str = "# netpol ruleset for x/b\nadd table inet netpol\ndelete table inet netpol\ntable inet netpol {\n\tmap ingress_v4 {\n\t\ttype ipv4_addr : verdict\n\t\tflags interval\n\t\telements = {\n\t\t\t10.0.0.13 : jump ingress_class_0, # x/db rule 0 peer 0\n\t\t}\n\t}\n\n\tset ingress_class_0_ports {\n\t\ttype inet_proto . inet_service\n\t\tflags interval\n\t\telements = {\n\t\t\ttcp . 80,\n\t\t}\n\t}\n\n\tchain ingress {\n\t\t# isolated by x/db\n\t\ttype filter hook input priority filter; policy drop;\n\t\tip saddr vmap @ingress_v4\n\t\tcounter log group 100 prefix \"netpol:x/b:ingress \" drop\n\t}\n\n\tchain egress {\n\t\ttype filter hook output priority filter; policy accept;\n\t}\n\n\tchain ingress_class_0 {\n\t\tmeta l4proto . th dport @ingress_class_0_ports accept\n\t}\n}\n";
+
+    #[test]
+    fn a_chain_without_its_closing_line_is_not_rewritten() {
+        // See: #12. `policy drop` becomes `policy accept` plus a final drop placed at the
+        // chain's closing line; without that line the rewrite would fail open.
+        let cut = COMPILED
+            .rfind("\tchain ingress_class_0 {")
+            .expect("the last chain");
+        let unterminated = format!(
+            "{}\tchain tail {{\n\t\ttype filter hook input priority filter; policy drop;\n",
+            &COMPILED[..cut]
+        );
+        assert_eq!(in_place(&unterminated, &TableObjects::default()), None);
+        assert!(in_place(COMPILED, &TableObjects::default()).is_some());
+    }
 
     #[test]
     fn in_place_flushes_keeps_hooks_deletes_stale_and_never_changes_a_policy() {
