@@ -54,6 +54,17 @@ pub struct DropLabels {
     pub tier: String,
 }
 
+impl DropLabels {
+    fn new(namespace: &str, pod: &str, direction: Direction, tier: &str) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            pod: pod.to_owned(),
+            direction: direction.as_str().to_owned(),
+            tier: tier.to_owned(),
+        }
+    }
+}
+
 /// Labels of `netpol_cni_requests_total`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct CniLabels {
@@ -441,12 +452,7 @@ impl Metrics {
         packets: u64,
     ) {
         self.drops
-            .get_or_create(&DropLabels {
-                namespace: namespace.to_owned(),
-                pod: pod.to_owned(),
-                direction: direction.as_str().to_owned(),
-                tier: tier.to_owned(),
-            })
+            .get_or_create(&DropLabels::new(namespace, pod, direction, tier))
             .inc_by(packets);
     }
 
@@ -461,12 +467,7 @@ impl Metrics {
         packets: u64,
     ) {
         self.audit_drops
-            .get_or_create(&DropLabels {
-                namespace: namespace.to_owned(),
-                pod: pod.to_owned(),
-                direction: direction.as_str().to_owned(),
-                tier: tier.to_owned(),
-            })
+            .get_or_create(&DropLabels::new(namespace, pod, direction, tier))
             .inc_by(packets);
     }
 

@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::reconciler::earliest;
+use super::reconciler::{earliest, own_commit, settled};
 use super::{ErrorChain, Reconciler, SyncReport};
 use crate::applier::{Applier, ApplyError};
 use crate::plan::{Backoff, Checksum, Desired, Parts, element_ops, normalise_listing};
@@ -83,10 +83,6 @@ fn replace(applier: &dyn Applier, text: &str, start: Instant) -> Result<Applied,
     applier.apply_node(text)?;
     let took = start.elapsed();
     let after = applier.node_generation().ok().flatten();
-    let generation = match (before, after) {
-        (Some(b), Some(a)) if a == crate::nfnl::next_generation(b) => Some(a),
-        _ => None,
-    };
     let listing = match applier.list_node() {
         Ok(l) => l.map(|l| Checksum::of(&normalise_listing(&l))),
         Err(e) => {
@@ -94,11 +90,10 @@ fn replace(applier: &dyn Applier, text: &str, start: Instant) -> Result<Applied,
             None
         }
     };
-    // More than one commit (an in-place replace that first declared new sets) or a
-    // foreign one: the generation the listing was taken at, unchanged across it, is
-    // tracked from now on.
-    let generation = generation.or_else(|| {
-        after.filter(|a| listing.is_some() && applier.node_generation().ok().flatten() == Some(*a))
+    let generation = own_commit(before, after).or_else(|| {
+        settled(after, listing.is_some(), || {
+            applier.node_generation().ok().flatten()
+        })
     });
     Ok(Applied {
         incremental: false,

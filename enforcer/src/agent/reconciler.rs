@@ -335,6 +335,12 @@ impl Reconciler {
         let mut rendered = BTreeMap::new();
         let mut stats = CompileStats::default();
         let mut to_render = Vec::new();
+        // Without a node table, Pod tables must not defer Service addresses to it:
+        // `render` keeps them ordinary destinations (fail closed). See: #10
+        let on_node = self
+            .node_table
+            .is_some()
+            .then_some(node_addresses.as_slice());
         for (pod, netns) in local {
             let Some(id) = model.endpoint_by_key(&pod.to_string()) else {
                 // Finished Pods are not endpoints: nothing to enforce.
@@ -346,12 +352,6 @@ impl Reconciler {
                 continue;
             }
             local_ids.push(id);
-            // Without a node table, Pod tables must not defer Service addresses to it:
-            // `render` keeps them ordinary destinations (fail closed). See: #10
-            let on_node = self
-                .node_table
-                .is_some()
-                .then_some(node_addresses.as_slice());
             let fingerprint = inputs.as_mut().map(|i| i.pod(id, on_node, &netns));
             if let Some(f) = fingerprint
                 && self.rendered.get(&pod) == Some(&f)
@@ -370,10 +370,6 @@ impl Reconciler {
         // The tables to render, on up to `parallelism` threads when incremental (each
         // render reads the model and graph only); otherwise one after another, as
         // before #12 (the benchmark's baseline).
-        let on_node = self
-            .node_table
-            .is_some()
-            .then_some(node_addresses.as_slice());
         let renderer = self.renderer.clone();
         let workers = if self.incremental {
             self.parallelism
@@ -826,6 +822,27 @@ fn execute(applier: &dyn Applier, op: Op) -> Done {
     }
 }
 
+/// The generation right after a replace that moved the namespace from `before` to
+/// `after` in exactly one commit: the agent's own, so verification may trust it.
+pub(super) fn own_commit(before: Option<u32>, after: Option<u32>) -> Option<u32> {
+    match (before, after) {
+        (Some(b), Some(a)) if a == crate::nfnl::next_generation(b) => Some(a),
+        _ => None,
+    }
+}
+
+/// After more than one commit (an in-place replace that first declared new sets,
+/// `nft::in_place`) or a foreign one, the listing taken is the baseline: `after`, the
+/// generation it was taken at, is tracked when it is still the generation `now`.
+/// See: #12
+pub(super) fn settled(
+    after: Option<u32>,
+    listed: bool,
+    now: impl FnOnce() -> Option<u32>,
+) -> Option<u32> {
+    after.filter(|a| listed && now() == Some(*a))
+}
+
 /// Replaces the table (one `nft -f` transaction). When the applier tells generations
 /// and exactly one commit happened (ours), the listing is left to the next verify,
 /// which takes it while the generation still proves nothing else changed; otherwise
@@ -848,11 +865,7 @@ fn replace_table(
     }
     let took = start.elapsed();
     let after = applier.generation(&pod, &netns).ok().flatten();
-    let generation = match (before, after) {
-        (Some(b), Some(a)) if a == crate::nfnl::next_generation(b) => Some(a),
-        _ => None,
-    };
-    let (listing, generation) = match generation {
+    let (listing, generation) = match own_commit(before, after) {
         Some(g) => (None, Some(g)),
         None => {
             let listing = match applier.list(&pod, &netns) {
@@ -862,11 +875,8 @@ fn replace_table(
                     None
                 }
             };
-            // More than one commit (an in-place replace that first declared new sets,
-            // `nft::in_place`) or a foreign one: the listing is the baseline, and the
-            // generation it was taken at, unchanged across it, is tracked. See: #12
-            let settled = after.filter(|a| {
-                listing.is_some() && applier.generation(&pod, &netns).ok().flatten() == Some(*a)
+            let settled = settled(after, listing.is_some(), || {
+                applier.generation(&pod, &netns).ok().flatten()
             });
             (listing, settled)
         }

@@ -148,12 +148,7 @@ impl RulesetSource for CompiledRulesets {
         graph: &AllowGraph,
         pod: EndpointId,
     ) -> Result<String, RenderError> {
-        // No node table on this path: Service addresses are judged before DNAT.
-        let options = RulesetOptions {
-            defer_services: false,
-            ..self.options.clone()
-        };
-        Ok(compile_pod(model, graph, pod, &options).to_nft())
+        Ok(compile_pod(model, graph, pod, &self.options_for(None)).to_nft())
     }
 
     fn render_on_node(
@@ -163,12 +158,7 @@ impl RulesetSource for CompiledRulesets {
         pod: EndpointId,
         node_addresses: &[IpAddr],
     ) -> Result<String, RenderError> {
-        let options = RulesetOptions {
-            node_addresses: node_addresses.to_vec(),
-            defer_services: true,
-            ..self.options.clone()
-        };
-        Ok(compile_pod(model, graph, pod, &options).to_nft())
+        Ok(compile_pod(model, graph, pod, &self.options_for(Some(node_addresses))).to_nft())
     }
 
     fn render_node(

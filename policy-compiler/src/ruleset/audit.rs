@@ -144,13 +144,9 @@ fn audit_rule(r: NftRule) -> Option<NftRule> {
     };
     Some(NftRule {
         kind,
-        comment: r.comment.map(|c| format!("audit: {c}")),
-    })
-    .map(|mut r| {
-        if let Some(c) = &r.comment {
-            r.comment = Some(super::truncate(c, super::MAX_COMMENT));
-        }
-        r
+        comment: r
+            .comment
+            .map(|c| super::truncate(&format!("audit: {c}"), super::MAX_COMMENT)),
     })
 }
 
