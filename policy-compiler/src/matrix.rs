@@ -297,25 +297,35 @@ fn title(protocol: Option<Protocol>, port: Option<u16>) -> String {
 /// would deny: reported as would drop (audit)) or `a` (denied, some of it audit policies
 /// would allow).
 fn mark(row: &Row, j: usize, protocol: Option<Protocol>) -> &'static str {
-    if let Some(a) = &row.audited {
-        fn cell(r: &Row, j: usize) -> (bool, Option<&PortSet>) {
-            (
-                r.allowed.get(j).copied().unwrap_or(false),
-                r.traffic.as_ref().and_then(|t| t.get(j)),
-            )
-        }
-        let ((e, et), (au, at)) = (cell(row, j), cell(a, j));
-        let (drops, adds) = match (et, at) {
-            (Some(et), Some(at)) => (!et.subtract(at).is_empty(), !at.subtract(et).is_empty()),
-            _ => (e && !au, au && !e),
-        };
-        if drops {
-            return "A";
-        }
-        if adds {
-            return "a";
-        }
+    audit_mark(row, j).unwrap_or_else(|| enforced_mark(row, j, protocol))
+}
+
+/// `A` or `a` where the row's audited verdict of cell `j` differs from the enforced one
+/// (see [`mark`]); `None` without audit policies or where they agree.
+fn audit_mark(row: &Row, j: usize) -> Option<&'static str> {
+    let a = row.audited.as_ref()?;
+    fn cell(r: &Row, j: usize) -> (bool, Option<&PortSet>) {
+        (
+            r.allowed.get(j).copied().unwrap_or(false),
+            r.traffic.as_ref().and_then(|t| t.get(j)),
+        )
     }
+    let ((e, et), (au, at)) = (cell(row, j), cell(a, j));
+    let (drops, adds) = match (et, at) {
+        (Some(et), Some(at)) => (!et.subtract(at).is_empty(), !at.subtract(et).is_empty()),
+        _ => (e && !au, au && !e),
+    };
+    if drops {
+        Some("A")
+    } else if adds {
+        Some("a")
+    } else {
+        None
+    }
+}
+
+/// The enforced verdict's mark alone: `.`, `X` or `~`.
+fn enforced_mark(row: &Row, j: usize, protocol: Option<Protocol>) -> &'static str {
     if !row.allowed.get(j).copied().unwrap_or(false) {
         return "X";
     }
@@ -381,6 +391,10 @@ fn render_text<R: Rows + ?Sized>(r: &R, s: &mut dyn Write) -> io::Result<()> {
     Ok(())
 }
 
+/// `source,<endpoints...>` then one row of enforced verdicts (`true`/`false`) per source;
+/// with audit policies, one more row per source named `audited:<source>` with the audited
+/// verdicts (every audit policy enforced), so the table stays rectangular and a reader
+/// that ignores those rows reads the enforced matrix as before. See docs/audit.md.
 fn render_csv<R: Rows + ?Sized>(r: &R, s: &mut dyn Write) -> io::Result<()> {
     let names = r.names();
     s.write_all(b"source")?;
@@ -388,10 +402,21 @@ fn render_csv<R: Rows + ?Sized>(r: &R, s: &mut dyn Write) -> io::Result<()> {
         write!(s, ",{e}")?;
     }
     s.write_all(b"\n")?;
+    let mut audited = Vec::new();
     for (i, src) in names.iter().enumerate() {
         let row = r.row(i);
         s.write_all(src.as_bytes())?;
         for a in &row.allowed {
+            write!(s, ",{a}")?;
+        }
+        s.write_all(b"\n")?;
+        if let Some(a) = row.audited {
+            audited.push((src, a.allowed));
+        }
+    }
+    for (src, allowed) in audited {
+        write!(s, "audited:{src}")?;
+        for a in &allowed {
             write!(s, ",{a}")?;
         }
         s.write_all(b"\n")?;
@@ -414,14 +439,24 @@ fn render_markdown<R: Rows + ?Sized>(r: &R, s: &mut dyn Write) -> io::Result<()>
         let row = r.row(i);
         write!(s, "| {src} |")?;
         for j in 0..names.len() {
-            let cell = match mark(&row, j, r.protocol()) {
+            // The enforced verdict, then where the audited one differs its letter: a
+            // denied cell stays ✗ whatever audit policies would do.
+            let cell = match enforced_mark(&row, j, r.protocol()) {
                 "X" => "✗",
                 "~" => "~",
                 _ => "✓",
             };
-            write!(s, " {cell} |")?;
+            match audit_mark(&row, j) {
+                Some(a) => write!(s, " {cell} {a} |")?,
+                None => write!(s, " {cell} |")?,
+            }
         }
         s.write_all(b"\n")?;
+    }
+    if r.has_audit() {
+        s.write_all(
+            b"\nAudit: **A** allowed, an audit policy would deny (some of) it: would drop (audit); **a** denied, audit policies would allow (some of) it.\n",
+        )?;
     }
     Ok(())
 }

@@ -208,3 +208,69 @@ fn via_services_columns_are_service_ports() {
     let run = crate::support::netpol(&["matrix", "--via-services", "-o", "csv", "-f", &dir]);
     run.expect_code(2);
 }
+
+/// With audit policies, CSV appends one `audited:<source>` row per source and Markdown
+/// keeps the enforced symbol with the audit letter beside it: a denied cell that audit
+/// policies would open is still ✗ (it was printed ✓). See: #12
+#[test]
+fn csv_and_markdown_carry_the_audited_verdict() {
+    let run = |files: &[String], port: &str, format: &str| {
+        let mut args: Vec<String> = ["matrix", "--port", port, "-o", format]
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        args.extend(files.iter().cloned());
+        let r = netpol(&args);
+        r.expect_code(0);
+        r.stdout
+    };
+    let staged = manifests_of("audit/staged-policies");
+    let csv = run(&staged, "5432", "csv");
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "source,ops/scanner,shop/db,shop/web", "{csv}");
+    assert_eq!(lines[1], "ops/scanner,true,false,true");
+    assert_eq!(lines.len(), 7, "{csv}");
+    // Audited: web-from-shop (audit) would close shop/web to the scanner.
+    assert_eq!(lines[4], "audited:ops/scanner,true,false,false");
+    assert!(
+        lines[4..].iter().all(|l| l.starts_with("audited:")),
+        "{csv}"
+    );
+    let md = run(&staged, "5432", "md");
+    assert!(
+        md.lines().any(|l| l == "| ops/scanner | ✓ | ✗ | ✓ A |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("**A** allowed, an audit policy would deny"),
+        "{md}"
+    );
+
+    // A denied cell that an audit policy would open: ✗ a, never ✓.
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("open.yaml");
+    std::fs::write(
+        &path,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x, labels: {app: a}}\nspec: {containers: [{name: c}]}\nstatus: {phase: Running, podIP: 10.0.0.1}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: x, labels: {app: b}}\nspec: {containers: [{name: c}]}\nstatus: {phase: Running, podIP: 10.0.0.2}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\nspec: {podSelector: {matchLabels: {app: b}}, policyTypes: [Ingress]}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: open, namespace: x, annotations: {netpol.io/mode: audit}}\nspec: {podSelector: {matchLabels: {app: b}}, ingress: [{from: [{podSelector: {matchLabels: {app: a}}}]}]}\n",
+    )
+    .unwrap();
+    let files = ["-f".to_string(), path.display().to_string()];
+    let md = run(&files, "80", "md");
+    assert!(md.lines().any(|l| l == "| x/a | ✓ | ✗ a |"), "{md}");
+    let csv = run(&files, "80", "csv");
+    assert_eq!(
+        csv,
+        "source,x/a,x/b\nx/a,true,false\nx/b,true,true\naudited:x/a,true,true\naudited:x/b,true,true\n"
+    );
+
+    // Without audit policies both shapes are as before: no audited rows, no legend.
+    let mut args: Vec<String> = ["matrix", "--port", "81", "-o", "csv"]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    args.extend(manifests_of(CASE));
+    let plain = netpol(&args);
+    plain.expect_code(0);
+    assert!(!plain.stdout.contains("audited:"), "{}", plain.stdout);
+    assert_eq!(plain.stdout.lines().count(), 10);
+}
