@@ -8,6 +8,8 @@
 //!   - {from: x/a, to: x/service/db, port: 5432, allowed: true}
 //!   - {from: node/n1, to: x/b, port: 80, allowed: true}
 //!   - {from: x/a, to: x/service/db, port: 5432, backend: x/db-1, allowed: false}
+//!   # with audit policies (docs/audit.md): the audited verdict too
+//!   - {from: x/a, to: y/b, port: 80, allowed: true, audited: false}
 //! matrix:
 //!   - port: 80
 //!     protocol: TCP
@@ -16,7 +18,9 @@
 //!       x/a .   X
 //!       x/b .   .
 //! ```
-//! Grid tokens are whitespace separated; `.` allowed, `X` denied; rows are sources.
+//! Grid tokens are whitespace separated; `.` allowed, `X` denied; rows are sources. With
+//! audit policies, `A` is allowed but audited denied (would drop (audit)) and `a` denied
+//! but audited allowed; `.` and `X` assert the enforced verdict only.
 
 use std::fmt::Write as _;
 
@@ -65,6 +69,10 @@ pub struct Assertion {
     pub protocol: Option<String>,
     /// Expected verdict.
     pub allowed: bool,
+    /// Expected audited verdict: every `netpol.io/mode: audit` policy enforced (without
+    /// audit policies it is the enforced one). Unchecked when absent. See docs/audit.md.
+    #[serde(default)]
+    pub audited: Option<bool>,
 }
 
 /// One expected truth table.
@@ -151,31 +159,65 @@ pub fn check(model: &Model, graph: &AllowGraph, exp: &Expectations) -> Vec<Failu
                 continue;
             }
             (Destination::Service(svc), backend) => {
-                if let Some(f) = check_service(model, graph, s, svc, p, a, backend.as_deref()) {
-                    failures.push(Failure { what, report: f });
+                let backend = backend.as_deref();
+                if let Some(f) = check_service(model, graph, s, svc, p, a, a.allowed, backend) {
+                    failures.push(Failure {
+                        what: what.clone(),
+                        report: f,
+                    });
+                }
+                if let Some(want) = a.audited {
+                    let (m, g) = match graph.audit() {
+                        Some(v) => (&v.model, &v.graph),
+                        None => (model, graph),
+                    };
+                    // The same Service in the audited model (only policies differ).
+                    let svc = m
+                        .services
+                        .iter()
+                        .find(|x| x.key() == svc.key())
+                        .unwrap_or(svc);
+                    if let Some(f) = check_service(m, g, s, svc, p, a, want, backend) {
+                        failures.push(Failure {
+                            what: format!("{what} (audited)"),
+                            report: f,
+                        });
+                    }
                 }
                 continue;
             }
         };
-        let e = explain(
-            model,
-            graph,
-            s,
-            d,
-            Some(PortQuery {
-                protocol: p,
-                port: a.port,
-            }),
-        );
+        let query = Some(PortQuery {
+            protocol: p,
+            port: a.port,
+        });
+        let e = explain(model, graph, s, d, query);
         if e.allowed != a.allowed {
             failures.push(Failure {
-                what,
+                what: what.clone(),
                 report: format!(
                     "expected {}, got {}\n{e}",
                     verdict(a.allowed),
                     verdict(e.allowed)
                 ),
             });
+        }
+        if let Some(want) = a.audited {
+            // The audited model has the same endpoints: the subjects mean the same.
+            let audited = match graph.audit() {
+                Some(v) => explain(&v.model, &v.graph, s, d, query),
+                None => e,
+            };
+            if audited.allowed != want {
+                failures.push(Failure {
+                    what: format!("{what} (audited)"),
+                    report: format!(
+                        "expected audited {}, got {}\n{audited}",
+                        verdict(want),
+                        verdict(audited.allowed)
+                    ),
+                });
+            }
         }
     }
     for m in &exp.matrix {
@@ -204,6 +246,7 @@ fn check_service(
     svc: &crate::model::Service,
     p: Protocol,
     a: &Assertion,
+    want: bool,
     backend: Option<&str>,
 ) -> Option<String> {
     let ports: Vec<usize> = svc
@@ -238,8 +281,7 @@ fn check_service(
             }
         }
     };
-    (got != a.allowed)
-        .then(|| format!("expected {}, got {}\n{e}", verdict(a.allowed), verdict(got)))
+    (got != want).then(|| format!("expected {}, got {}\n{e}", verdict(want), verdict(got)))
 }
 
 fn verdict(b: bool) -> &'static str {
@@ -283,7 +325,23 @@ fn check_matrix(
             actual.endpoints
         );
     }
+    // The audited matrix, only when a cell asks for it (`A`/`a`).
+    let wants_audit = body
+        .iter()
+        .any(|r| r.iter().skip(1).any(|c| matches!(*c, "A" | "a")));
+    let audited = wants_audit.then(|| match graph.audit() {
+        Some(v) => matrix(
+            &v.model,
+            &v.graph,
+            MatrixQuery {
+                protocol: Some(p),
+                port: Some(m.port),
+            },
+        ),
+        None => actual.clone(),
+    });
     let mut diffs = Vec::new();
+    let mut audit_diffs = Vec::new();
     for row in body {
         let Some((src, cells)) = row.split_first() else {
             continue;
@@ -295,9 +353,11 @@ fn check_matrix(
             let Some(di) = actual.endpoints.iter().position(|e| e == dst) else {
                 continue;
             };
-            let want = match *cell {
-                "." => true,
-                "X" | "x" => false,
+            let (want, want_audited) = match *cell {
+                "." => (true, None),
+                "X" | "x" => (false, None),
+                "A" => (true, Some(false)),
+                "a" => (false, Some(true)),
                 other => {
                     let _ = writeln!(report, "bad cell {other:?} at {src} -> {dst}");
                     continue;
@@ -306,16 +366,40 @@ fn check_matrix(
             if actual.allowed[si][di] != want {
                 diffs.push((si, di, want));
             }
+            if let (Some(w), Some(au)) = (want_audited, &audited)
+                && au.allowed[si][di] != w
+            {
+                audit_diffs.push((si, di, w));
+            }
         }
     }
-    if diffs.is_empty() && report.is_empty() {
+    if diffs.is_empty() && audit_diffs.is_empty() && report.is_empty() {
         return None;
     }
-    let _ = writeln!(
-        report,
-        "{} cell(s) differ (expected -> actual):",
-        diffs.len()
-    );
+    if !audit_diffs.is_empty() {
+        let _ = writeln!(
+            report,
+            "{} audited cell(s) differ (expected -> actual, audit policies enforced):",
+            audit_diffs.len()
+        );
+        for (si, di, want) in audit_diffs.iter().take(12) {
+            let _ = writeln!(
+                report,
+                "  {} -> {}: expected audited {}, got {}",
+                actual.endpoints[*si],
+                actual.endpoints[*di],
+                verdict(*want),
+                verdict(!*want)
+            );
+        }
+    }
+    if !diffs.is_empty() {
+        let _ = writeln!(
+            report,
+            "{} cell(s) differ (expected -> actual):",
+            diffs.len()
+        );
+    }
     for (si, di, want) in diffs.iter().take(12) {
         let s = model.endpoint(model.endpoints[*si].id);
         let d = model.endpoint(model.endpoints[*di].id);

@@ -357,3 +357,88 @@ fn expect_yaml_errors_name_the_file_and_leak_no_library_hint() {
     assert_eq!(e, "e.yaml:2:45: invalid boolean");
     assert!(!e.contains("<input>"));
 }
+
+/// expect.yaml asserts the audited verdict: `audited:` on a point assertion (also
+/// through a Service) and `A`/`a` grid cells; a wrong audited expectation fails with a
+/// report that names it, and `.`/`X` keep asserting the enforced verdict only. See: #12
+#[test]
+fn expect_yaml_asserts_the_audited_verdict() {
+    let text = "\
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x, labels: {app: a}}
+spec: {containers: [{name: c}]}
+status: {phase: Running, podIP: 10.0.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: x, labels: {app: b}}
+spec: {containers: [{name: c, ports: [{containerPort: 80}]}]}
+status: {phase: Running, podIP: 10.0.0.2}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: x}
+spec: {clusterIP: 10.96.0.10, selector: {app: b}, ports: [{port: 80}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: lockdown, namespace: x, annotations: {netpol.io/mode: audit}}
+spec: {podSelector: {matchLabels: {app: b}}, policyTypes: [Ingress]}
+";
+    let (_, model, graph, diags) = compile(text);
+    assert!(diags.is_empty(), "{diags:?}");
+    let holds = parse_expectations(
+        "assertions:\n\
+         - {from: x/a, to: x/b, port: 80, allowed: true, audited: false}\n\
+         - {from: x/a, to: x/service/web, port: 80, allowed: true, audited: false}\n\
+         - {from: x/b, to: x/a, port: 80, allowed: true, audited: true}\n\
+         matrix:\n\
+         - port: 80\n\
+         \x20 grid: |\n\
+         \x20   -   x/a x/b\n\
+         \x20   x/a .   A\n\
+         \x20   x/b .   .\n",
+    )
+    .unwrap();
+    let failures = check(&model, &graph, &holds);
+    assert!(failures.is_empty(), "{failures:?}");
+
+    let wrong = parse_expectations(
+        "assertions:\n\
+         - {from: x/a, to: x/b, port: 80, allowed: true, audited: true}\n\
+         - {from: x/a, to: x/service/web, port: 80, allowed: true, audited: true}\n\
+         matrix:\n\
+         - port: 80\n\
+         \x20 grid: |\n\
+         \x20   -   x/a x/b\n\
+         \x20   x/a .   a\n\
+         \x20   x/b .   .\n",
+    )
+    .unwrap();
+    let failures = check(&model, &graph, &wrong);
+    let whats: Vec<&str> = failures.iter().map(|f| f.what.as_str()).collect();
+    assert_eq!(
+        whats,
+        [
+            "assertion 0: x/a -> x/b TCP 80 (audited)",
+            "assertion 1: x/a -> x/service/web TCP 80 (audited)",
+            "matrix TCP/80",
+        ],
+        "{failures:?}"
+    );
+    assert!(
+        failures[0]
+            .report
+            .starts_with("expected audited allowed, got denied")
+    );
+    // `x/a -> x/b` is `a`: enforced allowed (not denied) and audited denied (not
+    // allowed), both halves wrong; `x/b -> x/b` is `.`, the enforced verdict only.
+    let report = &failures[2].report;
+    assert!(report.contains("1 cell(s) differ"), "{report}");
+    assert!(report.contains("1 audited cell(s) differ"), "{report}");
+    assert!(
+        report.contains("x/a -> x/b: expected audited allowed, got denied"),
+        "{report}"
+    );
+}
