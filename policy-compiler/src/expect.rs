@@ -158,9 +158,8 @@ pub fn check(model: &Model, graph: &AllowGraph, exp: &Expectations) -> Vec<Failu
                 });
                 continue;
             }
-            (Destination::Service(svc), backend) => {
-                let backend = backend.as_deref();
-                if let Some(f) = check_service(model, graph, s, svc, p, a, a.allowed, backend) {
+            (Destination::Service(svc), _) => {
+                if let Some(f) = check_service(model, graph, s, svc, p, a, a.allowed) {
                     failures.push(Failure {
                         what: what.clone(),
                         report: f,
@@ -177,7 +176,7 @@ pub fn check(model: &Model, graph: &AllowGraph, exp: &Expectations) -> Vec<Failu
                         .iter()
                         .find(|x| x.key() == svc.key())
                         .unwrap_or(svc);
-                    if let Some(f) = check_service(m, g, s, svc, p, a, want, backend) {
+                    if let Some(f) = check_service(m, g, s, svc, p, a, want) {
                         failures.push(Failure {
                             what: format!("{what} (audited)"),
                             report: f,
@@ -247,8 +246,8 @@ fn check_service(
     p: Protocol,
     a: &Assertion,
     want: bool,
-    backend: Option<&str>,
 ) -> Option<String> {
+    let backend = a.backend.as_deref();
     let ports: Vec<usize> = svc
         .find_ports(&a.port.to_string())
         .into_iter()
