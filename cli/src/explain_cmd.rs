@@ -98,7 +98,15 @@ fn run_service(
             found
         }
     };
-    let e = policy_compiler::explain_service(&c.model, &c.graph, s, svc, &ports);
+    // The audited answer beside the enforced one, when audit policies exist (#12).
+    let e = policy_compiler::explain_service_with_audit(
+        &c.model,
+        &c.graph,
+        c.graph.audit(),
+        s,
+        svc,
+        &ports,
+    );
     match a.output {
         ExplainFormat::Text => crate::output::emit(&e.to_string()),
         ExplainFormat::Json => crate::output::emitln(&crate::to_json(&e)),

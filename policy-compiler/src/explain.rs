@@ -1012,6 +1012,10 @@ pub struct ServiceExplanation {
     pub backends: Vec<BackendExplanation>,
     /// Service ports no backend serves (for example a named targetPort nobody declares).
     pub unserved_ports: Vec<ServicePortRef>,
+    /// The audited answer (every `netpol.io/mode: audit` policy enforced), only when a
+    /// backend's verdict differs ([`explain_service_with_audit`]). See docs/audit.md.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit: Option<Box<ServiceExplanation>>,
 }
 
 /// A Service, as `explain` names it.
@@ -1124,7 +1128,41 @@ pub fn explain_service(
         verdict,
         backends,
         unserved_ports: unserved,
+        audit: None,
     }
+}
+
+/// [`explain_service`] with the audited answer beside the enforced one: `audit` is the
+/// [`AuditView`] of `model` (`None` without audit policies). [`ServiceExplanation::audit`]
+/// is set only when some backend's audited verdict (or allowed traffic) differs, so a
+/// Service whose backends no audit policy touches explains exactly as
+/// [`explain_service`].
+pub fn explain_service_with_audit(
+    model: &Model,
+    graph: &AllowGraph,
+    audit: Option<&AuditView>,
+    src: Subject,
+    svc: &Service,
+    ports: &[usize],
+) -> ServiceExplanation {
+    let mut e = explain_service(model, graph, src, svc, ports);
+    let Some(a) = audit else {
+        return e;
+    };
+    // The audited model has the same endpoints and Services (only policies differ).
+    let Some(asvc) = a.model.services.iter().find(|x| x.key() == svc.key()) else {
+        return e;
+    };
+    let audited = explain_service(&a.model, &a.graph, src, asvc, ports);
+    let differs = audited.allowed != e.allowed
+        || audited.backends.len() != e.backends.len()
+        || audited.backends.iter().zip(&e.backends).any(|(x, y)| {
+            x.allowed != y.allowed || x.explanation.allowed_traffic != y.explanation.allowed_traffic
+        });
+    if differs {
+        e.audit = Some(Box::new(audited));
+    }
+    e
 }
 
 impl fmt::Display for ServiceExplanation {
@@ -1172,6 +1210,30 @@ impl fmt::Display for ServiceExplanation {
             for line in text.lines().skip(1) {
                 writeln!(f, "  {line}")?;
             }
+        }
+        let Some(a) = &self.audit else {
+            return Ok(());
+        };
+        // A backend the enforced verdict allows and the audited one denies is what the
+        // kernel reports as would drop (audit).
+        let would_drop = self
+            .backends
+            .iter()
+            .zip(&a.backends)
+            .any(|(e, x)| e.allowed && !x.allowed);
+        writeln!(
+            f,
+            "  audited (audit policies enforced): {}{}",
+            a.verdict,
+            if would_drop {
+                "; reported as would drop (audit)"
+            } else {
+                ""
+            }
+        )?;
+        let body = a.to_string();
+        for line in body.lines().skip(1) {
+            writeln!(f, "  {line}")?;
         }
         Ok(())
     }

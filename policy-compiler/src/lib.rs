@@ -42,7 +42,7 @@ pub use audit::AuditView;
 pub use diagnostic::{Diagnostic, ObjectRef, Origin, Severity};
 pub use explain::{
     Destination, Explanation, PortQuery, ServiceExplanation, explain, explain_service,
-    explain_with_audit, parse_destination, parse_source,
+    explain_service_with_audit, explain_with_audit, parse_destination, parse_source,
 };
 pub use graph::{AllowGraph, Reach, Subject};
 pub use load::{Inputs, Located, SourceText, Workload, WorkloadKind, load};
