@@ -64,7 +64,9 @@ use crate::graph::{AllowGraph, PeerSet, Provenance, rule_of, rule_ports};
 use crate::model::{Direction, Endpoint, EndpointId, EndpointKind, Model, PortMatch, Rule, Tier};
 use crate::ports::{PortSet, Protocol};
 
-pub use audit::{AUDIT_LOG_TAG, AUDIT_PREFIX, AUDIT_PRIORITY, compile_pod_with_audit};
+pub use audit::{
+    AUDIT_LOG_TAG, AUDIT_PREFIX, AUDIT_PRIORITY, compile_node_with_audit, compile_pod_with_audit,
+};
 pub use interval::Family;
 
 use interval::{Contribution, Segment};
@@ -597,17 +599,54 @@ impl Ruleset {
     /// (`dst` is the backend), as its `forward` chain would.
     /// Every base chain on hook `forward` sees the packet (an accept ends only its own
     /// chain), so the flow passes when none of them drops it.
+    /// Audit chains ([`compile_node_with_audit`]) only log: they are not evaluated here
+    /// (see [`Ruleset::simulate_node_audit`]).
     pub fn simulate_node(&self, src: IpAddr, dst: IpAddr, protocol: Protocol, port: u16) -> bool {
+        self.forward_verdict(false, src, dst, protocol, port)
+            .unwrap_or(true)
+    }
+
+    /// The audited verdict of a node table for a flow after DNAT, as
+    /// [`Ruleset::simulate_node`] judges the enforced one, read from its audit chains on
+    /// hook `forward` (`audit_forward`, `audit_hairpin`): `true` when they let it pass,
+    /// `false` when they log it as would drop; `None` when the table has no audit chains.
+    pub fn simulate_node_audit(
+        &self,
+        src: IpAddr,
+        dst: IpAddr,
+        protocol: Protocol,
+        port: u16,
+    ) -> Option<bool> {
+        self.forward_verdict(true, src, dst, protocol, port)
+    }
+
+    /// Whether every base chain on hook `forward` (the audit ones when `audit`, else the
+    /// others) lets the flow pass; `None` when there is no such chain.
+    fn forward_verdict(
+        &self,
+        audit: bool,
+        src: IpAddr,
+        dst: IpAddr,
+        protocol: Protocol,
+        port: u16,
+    ) -> Option<bool> {
         let pkt = Packet {
             saddr: Some(src),
             daddr: Some(dst),
             protocol,
             port,
         };
-        self.chains
+        let mut bases = self
+            .chains
             .iter()
-            .filter(|c| c.base.is_some_and(|b| b.hook == Hook::Forward))
-            .all(|base| self.eval(base, &pkt, 0).unwrap_or(true))
+            .filter(|c| {
+                c.base.is_some_and(|b| {
+                    b.hook == Hook::Forward && (b.priority == AUDIT_PRIORITY) == audit
+                })
+            })
+            .peekable();
+        bases.peek()?;
+        Some(bases.all(|base| self.eval(base, &pkt, 0).unwrap_or(true)))
     }
 
     /// `Some(verdict)` when the chain decides, `None` when it returns (non-base chains).
@@ -1224,7 +1263,22 @@ impl NodeContext {
 ///     ip saddr vmap @ingress_pod_<j>_v4 …
 ///     counter log group N prefix "netpol:<ns>/<pod>:ingress " drop
 /// ```
+///
+/// When the model has audit policies ([`AllowGraph::audit`]) and they change the node
+/// table, its audit chains are added (`audit_forward`, `audit_input`, `audit_hairpin`;
+/// see [`compile_node_with_audit`] and docs/audit.md): a flow through a Service that an
+/// audit policy would deny after DNAT is logged as would drop (audit), never dropped.
 pub fn compile_node(
+    model: &Model,
+    graph: &AllowGraph,
+    ctx: &NodeContext,
+    opts: &RulesetOptions,
+) -> Ruleset {
+    compile_node_with_audit(model, graph, graph.audit(), ctx, opts)
+}
+
+/// The enforced node table (no audit chains).
+fn compile_node_enforced(
     model: &Model,
     graph: &AllowGraph,
     ctx: &NodeContext,

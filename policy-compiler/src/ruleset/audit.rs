@@ -12,8 +12,8 @@
 //! never drops anything itself.
 
 use super::{
-    BaseChain, Chain, MapVerdict, NftRule, RuleKind, Ruleset, RulesetOptions, TierVerdict,
-    compile_enforced,
+    BaseChain, Chain, MapVerdict, NftRule, NodeContext, RuleKind, Ruleset, RulesetOptions,
+    TierVerdict, compile_enforced,
 };
 use crate::audit::AuditView;
 use crate::graph::AllowGraph;
@@ -44,6 +44,30 @@ pub fn compile_pod_with_audit(
         return enforced;
     };
     let audited = compile_enforced(&a.model, &a.graph, pod, opts);
+    if kernel_state(&audited) == kernel_state(&enforced) {
+        return enforced;
+    }
+    add_audit(enforced, audited)
+}
+
+/// [`super::compile_node`] with the audit chains of the audited view `audit` (the
+/// [`AuditView`] of `model`) added when they differ from the enforced node table, as
+/// [`compile_pod_with_audit`] does for a Pod's table: the node table's base chains
+/// (`forward`, `input`, `hairpin`) get `audit_` twins at priority `filter + 10` that see
+/// only what the enforced chains accepted and log what the audited ones would drop.
+pub fn compile_node_with_audit(
+    model: &Model,
+    graph: &AllowGraph,
+    audit: Option<&AuditView>,
+    ctx: &NodeContext,
+    opts: &RulesetOptions,
+) -> Ruleset {
+    let enforced = super::compile_node_enforced(model, graph, ctx, opts);
+    let Some(a) = audit else {
+        return enforced;
+    };
+    // The audited model has the same endpoints: the context's Pods mean the same there.
+    let audited = super::compile_node_enforced(&a.model, &a.graph, ctx, opts);
     if kernel_state(&audited) == kernel_state(&enforced) {
         return enforced;
     }
@@ -152,9 +176,16 @@ fn audit_rule(r: NftRule) -> Option<NftRule> {
 
 /// `enforced` with the chains, maps and sets of `audited` added as audit chains.
 fn add_audit(mut rs: Ruleset, audited: Ruleset) -> Ruleset {
-    rs.notes.push(
-        "audit: audit_ingress / audit_egress (priority filter + 10) log what the audit policies would drop; they drop nothing".to_owned(),
-    );
+    let bases: Vec<String> = audited
+        .chains
+        .iter()
+        .filter(|c| c.base.is_some())
+        .map(|c| renamed(&c.name))
+        .collect();
+    rs.notes.push(format!(
+        "audit: {} (priority filter + 10) log what the audit policies would drop; they drop nothing",
+        bases.join(" / ")
+    ));
     for mut m in audited.maps {
         m.name = renamed(&m.name);
         for e in &mut m.elements {

@@ -42,7 +42,8 @@ pub(crate) const GOLDENS: &[(&str, &str)] = &[
 
 /// Node tables pinned as `node_<name>.nft`: (case, node).
 // See: #10
-pub(crate) const NODE_GOLDENS: &[(&str, &str)] = &[("services/allow-dns", "n1")];
+pub(crate) const NODE_GOLDENS: &[(&str, &str)] =
+    &[("services/allow-dns", "n1"), ("audit/service-egress", "n1")];
 
 fn compiled(dir: &Path) -> (Model, AllowGraph) {
     let (model, graph, diags) = compile_files(&manifest_files(dir));
@@ -359,5 +360,85 @@ fn via_service_verdicts_match_the_rulesets() {
         checked >= 20,
         "expected Service flows in testdata/cases/services, found {checked}"
     );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The node table's audit chains (`audit_forward`, `audit_hairpin`) judge a flow through
+/// a Service after DNAT as the audited graph does: for every case with audit policies and
+/// Services, every Pod, Service port and backend, the node table's audited verdict
+/// equals the audited egress (and, for hairpin, ingress) of the flow, and its enforced
+/// verdict is unchanged by the audit chains. See: #12
+#[test]
+fn audited_via_service_verdicts_match_the_node_table() {
+    let root = repo_root().join("testdata/cases");
+    let mut checked = 0usize;
+    let mut differing = 0usize;
+    let mut failures = Vec::new();
+    for dir in case_dirs(&root) {
+        let name = dir.strip_prefix(&root).unwrap().display().to_string();
+        let (model, graph) = compiled(&dir);
+        let Some(audit) = graph.audit() else {
+            continue;
+        };
+        if model.services.is_empty() {
+            continue;
+        }
+        let pods: Vec<_> = model
+            .endpoints
+            .iter()
+            .filter(|e| e.kind == EndpointKind::Pod && !e.host_network && !e.ips.is_empty())
+            .collect();
+        let ctx = NodeContext {
+            node: "all".into(),
+            addresses: Vec::new(),
+            pods: pods.iter().map(|e| e.id).collect(),
+        };
+        let node_rs = compile_node(&model, &graph, &ctx, &RulesetOptions::default());
+        for src in &pods {
+            for (svc, asvc) in model.services.iter().zip(&audit.model.services) {
+                assert_eq!(svc.key(), asvc.key());
+                for i in 0..svc.ports.len() {
+                    let enforced = graph.reach_service(&model, Subject::Endpoint(src.id), svc, i);
+                    let audited =
+                        audit
+                            .graph
+                            .reach_service(&audit.model, Subject::Endpoint(src.id), asvc, i);
+                    for (flow, aflow) in enforced.iter().zip(&audited) {
+                        let Subject::Endpoint(b) = flow.backend else {
+                            continue;
+                        };
+                        let Some(dst_ip) = same_family(&model, Subject::Endpoint(b), &src.ips[0])
+                        else {
+                            continue;
+                        };
+                        let side = |f: &policy_compiler::graph::ServiceFlow| {
+                            let egress = f.reach.egress.allowed.contains(f.protocol, f.target_port);
+                            let ingress =
+                                f.reach.ingress.allowed.contains(f.protocol, f.target_port);
+                            egress && (!f.hairpin || ingress)
+                        };
+                        let (want, want_audited) = (side(flow), side(aflow));
+                        let (p, port) = (flow.protocol, flow.target_port);
+                        let got = node_rs.simulate_node(src.ips[0], dst_ip, p, port);
+                        let got_audited = node_rs
+                            .simulate_node_audit(src.ips[0], dst_ip, p, port)
+                            .unwrap_or(got);
+                        checked += 1;
+                        differing += usize::from(want != want_audited);
+                        if got != want || got_audited != want_audited {
+                            failures.push(format!(
+                                "{name}: {} -> {} via {}: node table {got} / audited {got_audited}, graph {want} / audited {want_audited}",
+                                src.key(),
+                                model.endpoint(b).key(),
+                                svc.key()
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    println!("{checked} audited via-Service flows, {differing} with differing verdicts");
+    assert!(differing >= 2, "expected audit/service-egress's flows");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
