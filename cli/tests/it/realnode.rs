@@ -200,6 +200,20 @@ spec:
   - to:
     - ipBlock: {cidr: 0.0.0.0/4, except: [10.244.0.22/32]}
 ---
+# open: c's egress would be limited to app=b (audit: logged, never enforced). Through the
+# Service open/a it is judged after DNAT by the node table's audit chain. See: #12
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: c-egress-staged
+  namespace: open
+  annotations: {netpol.io/mode: audit}
+spec:
+  podSelector: {matchLabels: {app: c}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{podSelector: {matchLabels: {app: b}}}]
+---
 # open: b-1 only from c; a's own ingress is open; c may reach anything.
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
@@ -489,6 +503,8 @@ fn agent_enforces_through_services_on_a_routed_node_like_a_harness() {
         ),
         ("ipb/probe", To::Ip("10.244.0.22"), 8080, false),
         ("ipb/probe", To::Ip("10.244.0.21"), 8080, true),
+        // Only an audit policy would deny c -> a: it connects (and is reported below).
+        ("open/c", To::Ip("10.96.0.70"), 80, true),
         // Ingress-isolated backends: other Pods are not allowed in.
         ("open/a", To::Ip("10.96.0.50"), 80, false),
         ("open/a", To::Ip("10.244.0.11"), 8080, false),
@@ -575,6 +591,37 @@ fn agent_enforces_through_services_on_a_routed_node_like_a_harness() {
     }
     if !log.lines().any(|l| want.iter().all(|w| l.contains(w))) {
         failures.push(format!("no node-table drop report with {want:?}"));
+    }
+    // The audited flow through a Service passed and was reported by the node table's
+    // audit chain, after DNAT, with the backend and the audit policy. See: #12
+    let want_audit = [
+        "netpol would drop (audit)",
+        "\"netns\":\"(node)\"",
+        "\"pod\":\"open/c\"",
+        "\"dst_pod\":\"open/a\"",
+        "open/c-egress-staged",
+    ];
+    if !log
+        .lines()
+        .any(|l| want_audit.iter().all(|w| l.contains(w)))
+    {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            log = std::fs::read_to_string(tmp.path().join("agent.log")).unwrap_or_default();
+            if log
+                .lines()
+                .any(|l| want_audit.iter().all(|w| l.contains(w)))
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    if !log
+        .lines()
+        .any(|l| want_audit.iter().all(|w| l.contains(w)))
+    {
+        failures.push(format!("no node-table audit report with {want_audit:?}"));
     }
     if std::env::var_os("NETPOL_KEEP_AGENT_LOG").is_some() {
         let _ = std::fs::write("/tmp/netpol-realnode-agent.log", &log);
