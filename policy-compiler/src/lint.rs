@@ -175,8 +175,15 @@ pub fn lint(model: &Model, graph: &AllowGraph, opts: LintOptions) -> Vec<Finding
         });
     }
     let mut seen: BTreeMap<(String, String), &Policy> = BTreeMap::new();
-    for p in &model.policies {
-        let at = |id: &str, field: &str, message: String| policy_finding(p, id, field, message);
+    // Audit policies (`netpol.io/mode: audit`, docs/audit.md) are checked like enforced
+    // ones: a typo in a staged policy is found before it is enforced. Their findings
+    // name the object `NetworkPolicy ns/name (audit)`, and the DNS check reads the
+    // audited view, where they apply.
+    let enforced = model.policies.iter().map(|p| (p, false));
+    let staged = model.audit_policies.iter().map(|p| (p, true));
+    for (p, audit) in enforced.chain(staged) {
+        let at =
+            |id: &str, field: &str, message: String| policy_finding(p, audit, id, field, message);
         let targets = targets(model, p);
         if has_endpoints && targets.is_empty() {
             let host_only = model
@@ -353,9 +360,14 @@ pub fn lint(model: &Model, graph: &AllowGraph, opts: LintOptions) -> Vec<Finding
         }
         // Egress default deny without DNS, for the selected endpoints that lack it.
         if p.isolates(Direction::Egress) {
+            // The audited model has the same endpoints: the targets mean the same there.
+            let (m, g) = match graph.audit().filter(|_| audit) {
+                Some(v) => (&v.model, &v.graph),
+                None => (model, graph),
+            };
             let without: Vec<String> = targets
                 .iter()
-                .filter(|t| !allows_dns(model, graph, **t))
+                .filter(|t| !allows_dns(m, g, **t))
                 .map(|t| model.endpoint(*t).key())
                 .collect();
             if !without.is_empty() {
@@ -386,11 +398,15 @@ pub fn lint(model: &Model, graph: &AllowGraph, opts: LintOptions) -> Vec<Finding
 /// ipBlocks with a shorter prefix than this are "the internet" for NP004.
 const BROAD_PREFIX: u8 = 8;
 
-fn policy_finding(p: &Policy, id: &str, field: &str, message: String) -> Finding {
+fn policy_finding(p: &Policy, audit: bool, id: &str, field: &str, message: String) -> Finding {
     let pos = p.origin.as_ref().and_then(|o| locate(o, field));
     Finding {
         rule: rule(id),
-        object: format!("NetworkPolicy {}", p.key()),
+        object: format!(
+            "NetworkPolicy {}{}",
+            p.key(),
+            if audit { " (audit)" } else { "" }
+        ),
         file: p.origin.as_ref().map(|o| o.file.to_string()),
         line: pos.map(|p| p.line),
         column: pos.map(|p| p.column),
