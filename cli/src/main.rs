@@ -284,7 +284,14 @@ fn run_matrix(
         Err(code) => return code,
     };
     if via_services {
-        let m = policy_compiler::service_matrix(&c.model, &c.graph, port, protocol);
+        // The audited count beside the enforced one, when audit policies exist (#12).
+        let m = policy_compiler::service_matrix_with_audit(
+            &c.model,
+            &c.graph,
+            c.graph.audit(),
+            port,
+            protocol,
+        );
         match output {
             MatrixFormat::Text => crate::output::emit(&m.to_text()),
             MatrixFormat::Json => crate::output::emitln(&to_json(&m)),

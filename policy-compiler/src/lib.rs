@@ -48,7 +48,7 @@ pub use graph::{AllowGraph, Reach, Subject};
 pub use load::{Inputs, Located, SourceText, Workload, WorkloadKind, load};
 pub use matrix::{
     Matrix, MatrixFormat, MatrixQuery, MatrixWriter, ServiceMatrix, matrix, matrix_with_audit,
-    service_matrix,
+    service_matrix, service_matrix_with_audit,
 };
 pub use model::{Direction, Endpoint, EndpointId, Model, Policy, PolicyId, PolicyMode, Service};
 pub use ports::{PortRanges, PortSet, Protocol};

@@ -646,6 +646,11 @@ pub struct ServiceMatrix {
     pub allowed: Vec<Vec<usize>>,
     /// `backends[src][col]`: backends serving the port (0: no backends).
     pub backends: Vec<Vec<usize>>,
+    /// `audited_allowed[src][col]`: backends the connection is allowed to with every
+    /// `netpol.io/mode: audit` policy enforced; only with audit policies
+    /// ([`service_matrix_with_audit`]). See docs/audit.md.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audited_allowed: Option<Vec<Vec<usize>>>,
 }
 
 /// Computes the Service matrix; `port` (and `protocol`) keep only Service ports with that
@@ -653,6 +658,18 @@ pub struct ServiceMatrix {
 pub fn service_matrix(
     model: &Model,
     graph: &AllowGraph,
+    port: Option<u16>,
+    protocol: Option<Protocol>,
+) -> ServiceMatrix {
+    service_matrix_with_audit(model, graph, None, port, protocol)
+}
+
+/// [`service_matrix`] with the audited count of every cell beside the enforced one when
+/// `audit` (the [`AuditView`] of `model`) is given.
+pub fn service_matrix_with_audit(
+    model: &Model,
+    graph: &AllowGraph,
+    audit: Option<&AuditView>,
     port: Option<u16>,
     protocol: Option<Protocol>,
 ) -> ServiceMatrix {
@@ -678,6 +695,32 @@ pub fn service_matrix(
         allowed.push(arow);
         backends.push(brow);
     }
+    // The audited model has the same endpoints and Services (only policies differ).
+    let audited_allowed = audit.map(|a| {
+        let acols: Vec<(&crate::model::Service, usize)> = cols
+            .iter()
+            .map(|(s, i)| {
+                let same = a.model.services.iter().find(|x| x.key() == s.key());
+                (same.unwrap_or(s), *i)
+            })
+            .collect();
+        model
+            .endpoints
+            .iter()
+            .map(|src| {
+                acols
+                    .iter()
+                    .map(|(svc, i)| {
+                        a.graph
+                            .reach_service(&a.model, Subject::Endpoint(src.id), svc, *i)
+                            .iter()
+                            .filter(|f| f.allowed)
+                            .count()
+                    })
+                    .collect()
+            })
+            .collect()
+    });
     ServiceMatrix {
         sources: model.endpoints.iter().map(|e| e.key()).collect(),
         columns: cols
@@ -689,18 +732,28 @@ pub fn service_matrix(
             .collect(),
         allowed,
         backends,
+        audited_allowed,
     }
 }
 
 impl ServiceMatrix {
     /// Text table: `.` allowed to every backend, `X` to none, `N/M` to some, `-` no
-    /// backends. Rows are sources, columns Service ports.
+    /// backends. Rows are sources, columns Service ports. With audit policies, a cell
+    /// whose audited count differs reads `enforced>audited` (`.>X`: allowed, and every
+    /// backend would drop (audit)), with a legend line.
     pub fn to_text(&self) -> String {
-        let cell = |a: usize, b: usize| match (a, b) {
+        let one = |a: usize, b: usize| match (a, b) {
             (_, 0) => "-".to_string(),
             (a, b) if a == b => ".".to_string(),
             (0, _) => "X".to_string(),
             (a, b) => format!("{a}/{b}"),
+        };
+        let cell = |r: usize, c: usize| {
+            let (a, b) = (self.allowed[r][c], self.backends[r][c]);
+            match self.audited_allowed.as_ref().map(|x| x[r][c]) {
+                Some(au) if au != a => format!("{}>{}", one(a, b), one(au, b)),
+                _ => one(a, b),
+            }
         };
         let w0 = self
             .sources
@@ -709,7 +762,18 @@ impl ServiceMatrix {
             .chain([1])
             .max()
             .unwrap_or(1);
-        let widths: Vec<usize> = self.columns.iter().map(String::len).collect();
+        let widths: Vec<usize> = self
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(c, name)| {
+                (0..self.sources.len())
+                    .map(|r| cell(r, c).len())
+                    .chain([name.len()])
+                    .max()
+                    .unwrap_or(name.len())
+            })
+            .collect();
         let mut s = String::new();
         let _ = write!(s, "{:<w0$}", "-");
         for (c, w) in self.columns.iter().zip(&widths) {
@@ -719,9 +783,12 @@ impl ServiceMatrix {
         for (r, name) in self.sources.iter().enumerate() {
             let _ = write!(s, "{name:<w0$}");
             for (c, w) in widths.iter().enumerate() {
-                let _ = write!(s, " {:<w$}", cell(self.allowed[r][c], self.backends[r][c]));
+                let _ = write!(s, " {:<w$}", cell(r, c));
             }
             s.push('\n');
+        }
+        if self.audited_allowed.is_some() {
+            s.push_str("audit: E>A where the audited verdict (audit policies enforced) differs: E enforced, A audited\n");
         }
         // Trailing spaces of the last column are noise.
         s.lines()
