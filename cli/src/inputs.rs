@@ -173,7 +173,14 @@ pub(crate) fn compile(
     verbose: bool,
     limits: Limits,
 ) -> Result<Compiled, i32> {
-    load_and_compile(paths, endpoints, verbose, limits).map(|(_, c)| c)
+    load_and_compile(paths, endpoints, verbose, limits).map(|(inputs, c)| {
+        // Commands compile once and exit: the parsed objects are not needed after the
+        // model is built, and freeing them object by object (about 2% of `netpol list`
+        // at 1,000 Pods) would only delay the answer; the process returns the memory.
+        // See: #14
+        std::mem::forget(inputs);
+        c
+    })
 }
 
 /// Like [`compile`], also returning the loaded objects (for `lab`, which adds to them).

@@ -7,10 +7,13 @@
 //! cargo run --release -p policy-compiler --example list_bench -- 1000 [RUNS]
 //! ```
 
-use policy_compiler::connectivity::{Connectivity, EndpointFilter, ports_text};
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use policy_compiler::connectivity::{Connectivity, EndpointFilter, Party, ports_text};
 use policy_compiler::source::parse_documents;
 use policy_compiler::synth::{SynthParams, generate};
-use policy_compiler::{AllowGraph, Model, SourceText, load};
+use policy_compiler::{AllowGraph, Model, PortSet, SourceText, load};
 
 /// Seconds since the first call (schedstat's per-thread CPU time is updated only at
 /// scheduler ticks: too coarse for steps of a millisecond).
@@ -58,13 +61,26 @@ fn main() {
         );
         let c = cpu();
         let (mut n, mut bytes) = (0usize, 0usize);
-        conn.for_each(&EndpointFilter::default(), |x| {
-            let line = format!(
-                "{} => {} : {}\n",
-                x.src.name(&model),
-                x.dst.name(&model),
-                ports_text(&x.ports)
-            );
+        // As `netpol list` writes: names and port sets formatted once, each line
+        // assembled from them in one buffer.
+        let names: Vec<String> = model.endpoints.iter().map(|e| e.key()).collect();
+        let mut texts: HashMap<PortSet, String> = HashMap::new();
+        let mut line = String::new();
+        conn.for_each_ref(&EndpointFilter::default(), |src, dst, ports| {
+            let name = |p: Party| match p {
+                Party::Endpoint(id) => Cow::Borrowed(names[id.0 as usize].as_str()),
+                Party::Range(_) => Cow::Owned(p.name(&model)),
+            };
+            let text = texts
+                .entry(ports.clone())
+                .or_insert_with(|| ports_text(ports));
+            line.clear();
+            line.push_str(&name(src));
+            line.push_str(" => ");
+            line.push_str(&name(dst));
+            line.push_str(" : ");
+            line.push_str(text);
+            line.push('\n');
             n += 1;
             bytes += line.len();
         });

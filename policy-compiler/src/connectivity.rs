@@ -554,6 +554,19 @@ impl<'m> Connectivity<'m> {
     /// likewise. Adjacent elementary ranges with the same answer are merged and written
     /// as the CIDRs that cover them exactly.
     pub fn for_each(&self, filter: &EndpointFilter, mut f: impl FnMut(Connection)) {
+        self.for_each_ref(filter, |src, dst, ports| {
+            f(Connection {
+                src,
+                dst,
+                ports: ports.clone(),
+            })
+        });
+    }
+
+    /// [`Connectivity::for_each`] without a copy of each port set: `f(src, dst, ports)`
+    /// borrows the row's set (`netpol list` writes 56,000 connections at 1,000 Pods, and
+    /// the copies were a tenth of its time). See: #14
+    pub fn for_each_ref(&self, filter: &EndpointFilter, mut f: impl FnMut(Party, Party, &PortSet)) {
         let dst_match: Vec<bool> = self
             .model
             .endpoints
@@ -575,21 +588,13 @@ impl<'m> Connectivity<'m> {
             let row = self.row_of(src, &mut cache);
             self.endpoint_cells(src, &row, |d, p| {
                 if !p.is_empty() && (src_match || dst_match[d.0 as usize]) {
-                    f(Connection {
-                        src,
-                        dst: Party::Endpoint(d),
-                        ports: p.clone(),
-                    });
+                    f(src, Party::Endpoint(d), p);
                 }
             });
             if src_match {
                 for (net, p) in merged(&self.elems, &row.to_range) {
                     if !p.is_empty() {
-                        f(Connection {
-                            src,
-                            dst: Party::Range(net),
-                            ports: p.clone(),
-                        });
+                        f(src, Party::Range(net), p);
                     }
                 }
             }
@@ -627,11 +632,7 @@ impl<'m> Connectivity<'m> {
                 }
                 let p = &row[self.class_of[e.id.0 as usize]];
                 if !p.is_empty() {
-                    f(Connection {
-                        src: Party::Range(net),
-                        dst: Party::Endpoint(e.id),
-                        ports: p.clone(),
-                    });
+                    f(Party::Range(net), Party::Endpoint(e.id), p);
                 }
             }
         }
