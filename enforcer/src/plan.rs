@@ -165,22 +165,52 @@ impl Desired {
         entries: impl IntoIterator<Item = PeerEntry>,
     ) -> Self {
         let entries: BTreeSet<PeerEntry> = entries.into_iter().collect();
+        let digest = entries_digest(&entries);
+        Self::with_shared_parts(netns, text, skeleton, Arc::new(entries), digest)
+    }
+
+    /// [`Desired::with_parts`] with an entry set shared with other tables and its
+    /// [`entries_digest`] computed once for all of them (the same checksum). See: #12
+    pub fn with_shared_parts(
+        netns: impl Into<String>,
+        text: impl Into<Arc<str>>,
+        skeleton: &str,
+        entries: Arc<BTreeSet<PeerEntry>>,
+        digest: EntriesDigest,
+    ) -> Self {
         let mut identity = Sha256::new();
+        identity.update((skeleton.len() as u64).to_le_bytes());
         identity.update(skeleton.as_bytes());
-        for e in &entries {
-            identity.update(b"\n");
-            identity.update(e.to_string().as_bytes());
-        }
+        identity.update(digest.0);
         Self {
             netns: netns.into(),
             checksum: Checksum(identity.finalize().into()),
             text: text.into(),
             parts: Some(Arc::new(Parts {
                 skeleton: Checksum::of(skeleton),
-                entries: Arc::new(entries),
+                entries,
             })),
         }
     }
+}
+
+/// SHA-256 over a peer-entry set (each entry's text, in order): the entries' part of a
+/// [`Desired::checksum`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntriesDigest(pub [u8; 32]);
+
+/// The [`EntriesDigest`] of `entries`.
+pub fn entries_digest(entries: &BTreeSet<PeerEntry>) -> EntriesDigest {
+    use std::fmt::Write as _;
+    let mut h = Sha256::new();
+    let mut line = String::new();
+    for e in entries {
+        line.clear();
+        // Writing into a String cannot fail.
+        let _ = writeln!(line, "{e}");
+        h.update(line.as_bytes());
+    }
+    EntriesDigest(h.finalize().into())
 }
 
 /// The element changes from `old` to `new`: deletions of entries only in `old`,
