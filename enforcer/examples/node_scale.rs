@@ -156,6 +156,8 @@ struct Results {
     policy_change: Vec<(f64, f64, f64, f64)>,
     /// Local tables rendered per change (the rest kept their last render).
     rendered: Vec<usize>,
+    /// Distinct peer lookups swept per change (shared by the rendered tables).
+    sweeps: Vec<usize>,
     verify_cpu_ms: f64,
     verify_procs: f64,
     adds_ms: Vec<f64>,
@@ -244,6 +246,7 @@ fn run_mode(
         let affected = if kind == 1 { 0 } else { local };
         assert_eq!(rep.applied.len(), affected, "{name}: change {i}: {rep:?}");
         r.rendered.push(rec.last_compile().rendered);
+        r.sweeps.push(rec.last_compile().sweeps);
         let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
         let row = (ms(t0, t1), ms(t1, t2), ms(t2, t3), ms(t0, t3));
         match kind {
@@ -335,8 +338,9 @@ fn summary_short(rows: &[(f64, f64, f64, f64)]) -> String {
 /// The changes table's row of one mode.
 fn changes_row(name: &str, r: &Results) -> String {
     let rendered = r.rendered.iter().sum::<usize>() as f64 / r.rendered.len().max(1) as f64;
+    let sweeps = r.sweeps.iter().sum::<usize>() as f64 / r.sweeps.len().max(1) as f64;
     format!(
-        "| {name} | {:.0} | {} | {} | {} | {rendered:.0} |",
+        "| {name} | {:.0} | {} | {} | {} | {rendered:.0} | {sweeps:.1} |",
         r.initial_ms,
         summary(&r.pod_change),
         summary_short(&r.other_change),
@@ -465,9 +469,9 @@ fn main() {
     );
     println!();
     println!(
-        "| mode | initial sync ms | peer Pod change: scan p50/p99 | compile p50/p99 | **kernel p50/p99** | total p50/p99 ms | unrelated Pod change: compile | total | policy change: scan | compile | **kernel** | total | tables rendered per change |"
+        "| mode | initial sync ms | peer Pod change: scan p50/p99 | compile p50/p99 | **kernel p50/p99** | total p50/p99 ms | unrelated Pod change: compile | total | policy change: scan | compile | **kernel** | total | tables rendered per change | peer sweeps per change |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for row in &t1 {
         println!("{row}");
     }

@@ -47,12 +47,14 @@ mod netns_guard;
 mod node_table;
 mod reconciler;
 mod render;
+mod shared;
 mod shell;
 
 pub use self::cni::CniStatus;
 pub use self::config::{AgentConfig, ChainConfig, CniConfig};
 pub use self::reconciler::{CompileStats, Reconciler, SyncReport};
 pub use self::render::{CompiledRulesets, RenderError, RulesetSource};
+pub use self::shared::{SharedEntries, SharedRenders, Swept};
 pub use self::shell::{Agent, AgentError};
 
 /// Displays an error with its sources (`a: b: c`); defined in `netpol-common`, shared by

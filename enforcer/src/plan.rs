@@ -165,22 +165,52 @@ impl Desired {
         entries: impl IntoIterator<Item = PeerEntry>,
     ) -> Self {
         let entries: BTreeSet<PeerEntry> = entries.into_iter().collect();
+        let digest = entries_digest(&entries);
+        Self::with_shared_parts(netns, text, skeleton, Arc::new(entries), digest)
+    }
+
+    /// [`Desired::with_parts`] with an entry set shared with other tables and its
+    /// [`entries_digest`] computed once for all of them (the same checksum). See: #12
+    pub fn with_shared_parts(
+        netns: impl Into<String>,
+        text: impl Into<Arc<str>>,
+        skeleton: &str,
+        entries: Arc<BTreeSet<PeerEntry>>,
+        digest: EntriesDigest,
+    ) -> Self {
         let mut identity = Sha256::new();
+        identity.update((skeleton.len() as u64).to_le_bytes());
         identity.update(skeleton.as_bytes());
-        for e in &entries {
-            identity.update(b"\n");
-            identity.update(e.to_string().as_bytes());
-        }
+        identity.update(digest.0);
         Self {
             netns: netns.into(),
             checksum: Checksum(identity.finalize().into()),
             text: text.into(),
             parts: Some(Arc::new(Parts {
                 skeleton: Checksum::of(skeleton),
-                entries: Arc::new(entries),
+                entries,
             })),
         }
     }
+}
+
+/// SHA-256 over a peer-entry set (each entry's text, in order): the entries' part of a
+/// [`Desired::checksum`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntriesDigest(pub [u8; 32]);
+
+/// The [`EntriesDigest`] of `entries`.
+pub fn entries_digest(entries: &BTreeSet<PeerEntry>) -> EntriesDigest {
+    use std::fmt::Write as _;
+    let mut h = Sha256::new();
+    let mut line = String::new();
+    for e in entries {
+        line.clear();
+        // Writing into a String cannot fail.
+        let _ = writeln!(line, "{e}");
+        h.update(line.as_bytes());
+    }
+    EntriesDigest(h.finalize().into())
 }
 
 /// The element changes from `old` to `new`: deletions of entries only in `old`,
@@ -296,19 +326,33 @@ pub struct PodState<'a> {
 
 impl PodState<'_> {
     /// The element update from what was applied to `d`, if only elements differ and the
-    /// kernel's content is known exactly.
-    fn update_to(&self, d: &Desired) -> Option<(Vec<ElementOp>, u32)> {
+    /// kernel's content is known exactly. `diffs` keeps the element changes already
+    /// computed between two shared entry sets (alike tables share both: one diff).
+    fn update_to(&self, d: &Desired, diffs: &mut Diffs) -> Option<(Vec<ElementOp>, u32)> {
         let a = self.actual?;
         let (old, new) = (self.applied_parts?, d.parts.as_deref()?);
         let generation = self.generation?;
-        (a.netns == d.netns && a.checksum.is_some() && old.skeleton == new.skeleton)
-            .then(|| (element_ops(&old.entries, &new.entries), generation))
+        (a.netns == d.netns && a.checksum.is_some() && old.skeleton == new.skeleton).then(|| {
+            // Both sets are borrowed for the whole plan: their addresses stay theirs.
+            let key = (
+                Arc::as_ptr(&old.entries) as usize,
+                Arc::as_ptr(&new.entries) as usize,
+            );
+            let ops = diffs
+                .entry(key)
+                .or_insert_with(|| element_ops(&old.entries, &new.entries));
+            (ops.clone(), generation)
+        })
     }
 }
+
+/// Element changes by (old entry set, new entry set) address, within one plan.
+type Diffs = HashMap<(usize, usize), Vec<ElementOp>>;
 
 /// [`plan`] over per-Pod records (`pods` sorted by Pod, each Pod once), as the
 /// reconciler keeps them.
 pub fn plan_pods(pods: &[(&PodKey, PodState<'_>)]) -> Vec<Op> {
+    let mut diffs = Diffs::new();
     let in_use: BTreeSet<&str> = pods
         .iter()
         .filter_map(|(_, s)| s.desired.map(|d| d.netns.as_str()))
@@ -320,7 +364,7 @@ pub fn plan_pods(pods: &[(&PodKey, PodState<'_>)]) -> Vec<Op> {
             (Some(d), a) => {
                 let same = a.is_some_and(|a| a.netns == d.netns && a.checksum == Some(d.checksum));
                 if !same {
-                    match state.update_to(d) {
+                    match state.update_to(d, &mut diffs) {
                         Some((elements, generation)) => ops.push(Op::Update {
                             pod: pod.clone(),
                             netns: d.netns.clone(),

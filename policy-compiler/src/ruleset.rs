@@ -54,22 +54,25 @@
 mod audit;
 pub mod interval;
 mod render;
+mod split;
 mod stages;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
-use crate::graph::{AllowGraph, PeerSet, Provenance, rule_of, rule_ports};
-use crate::model::{Direction, Endpoint, EndpointId, EndpointKind, Model, PortMatch, Rule, Tier};
-use crate::ports::{PortSet, Protocol};
+use crate::graph::AllowGraph;
+use crate::model::{Direction, Endpoint, EndpointId, EndpointKind, Model, Tier};
+use crate::ports::Protocol;
 
 pub use audit::{
     AUDIT_LOG_TAG, AUDIT_PREFIX, AUDIT_PRIORITY, compile_node_with_audit, compile_pod_with_audit,
 };
 pub use interval::Family;
+pub use split::{
+    LookupProvider, PeerClassifier, PeerLookup, PodSplit, compile_pod_split, sweep_every_time,
+};
 
-use interval::{Contribution, Segment};
 use stages::{StageContext, Staged};
 
 /// Name of the table in every Pod's namespace.
@@ -233,6 +236,27 @@ pub struct PeerMap {
     pub family: Family,
     /// Disjoint elements, sorted by address.
     pub elements: Vec<MapElement>,
+}
+
+impl PeerMap {
+    /// Its elements as the kernel holds them, in address order.
+    pub fn peer_entries(&self) -> impl Iterator<Item = PeerEntry> + '_ {
+        self.elements.iter().map(|e| PeerEntry {
+            map: self.name.clone(),
+            family: self.family,
+            first: e.first,
+            last: e.last,
+            verdict: e.verdict.clone(),
+        })
+    }
+
+    /// Its `elements = { … }` block of the `nft -f` text (empty without elements), for
+    /// [`Ruleset::to_nft_with`].
+    pub fn elements_nft(&self) -> String {
+        let mut s = String::new();
+        render::elements(&mut s, self);
+        s
+    }
 }
 
 /// One element of a port set: protocol and an inclusive port range.
@@ -537,6 +561,14 @@ impl Ruleset {
         render::nft(self)
     }
 
+    /// [`Ruleset::to_nft`] with the elements of map `i` written as `elements[i]` (a
+    /// [`PeerMap::elements_nft`] block) where given: a skeleton's text filled with
+    /// shared element blocks equals the whole table's text without rendering its
+    /// elements again. See: #12
+    pub fn to_nft_with(&self, elements: &[&str]) -> String {
+        render::nft_with(self, elements)
+    }
+
     /// The ruleset without the elements of its peer maps: chains, rules, port, node and
     /// Service sets, and the maps declared empty. Peers appearing, leaving or changing
     /// address change only [`Ruleset::peer_entries`]; anything else changes the
@@ -553,18 +585,7 @@ impl Ruleset {
     /// The elements of the peer maps, in map order then address order (disjoint per
     /// map): what [`Ruleset::skeleton`] leaves out.
     pub fn peer_entries(&self) -> Vec<PeerEntry> {
-        self.maps
-            .iter()
-            .flat_map(|m| {
-                m.elements.iter().map(|e| PeerEntry {
-                    map: m.name.clone(),
-                    family: m.family,
-                    first: e.first,
-                    last: e.last,
-                    verdict: e.verdict.clone(),
-                })
-            })
-            .collect()
+        self.maps.iter().flat_map(PeerMap::peer_entries).collect()
     }
 
     /// Evaluates the ruleset in software for a new connection of the Pod with `peer`
@@ -844,13 +865,15 @@ pub fn compile_pod(
     compile_pod_with_audit(model, graph, graph.audit(), pod, opts)
 }
 
-/// The enforced table of one endpoint (no audit chains).
+/// The enforced table of one endpoint (no audit chains), its peer lookups from
+/// `lookups` (see [`compile_pod_split`]).
 fn compile_enforced(
     model: &Model,
     graph: &AllowGraph,
     pod: EndpointId,
     opts: &RulesetOptions,
-) -> Ruleset {
+    lookups: &LookupProvider<'_>,
+) -> PodSplit {
     let ep = model.endpoint(pod);
     let key = ep.key();
     let mut rs = Ruleset {
@@ -865,10 +888,12 @@ fn compile_enforced(
     };
     let node_addrs = pod_node_addresses(model, ep, opts);
     let mut class_chains = Vec::new();
+    let mut split_lookups = Vec::new();
     let cx = StageContext {
         model,
         graph,
         log_group: opts.log_group,
+        lookups,
     };
     for dir in [Direction::Ingress, Direction::Egress] {
         let policies: Vec<String> = graph
@@ -959,7 +984,10 @@ fn compile_enforced(
         );
         let staged = Staged::compile(&cx, pod, dir, dir.as_str(), np_drop);
         rules.extend(staged.rules);
-        rs.maps.extend(staged.maps);
+        if let Some(l) = staged.lookup {
+            rs.maps.extend(l.empty_maps());
+            split_lookups.push(l);
+        }
         rs.sets.extend(staged.sets);
         rs.tier_sets.extend(staged.tier_sets);
         class_chains.extend(staged.chains);
@@ -982,7 +1010,10 @@ fn compile_enforced(
         });
     }
     rs.chains.extend(class_chains);
-    rs
+    PodSplit {
+        skeleton: rs,
+        lookups: split_lookups,
+    }
 }
 
 /// `ClusterNetworkPolicies: a, b` when some with rules for `dir` apply to `pod`.
@@ -1081,114 +1112,6 @@ pub fn service_sets(model: &Model, node_addrs: &[IpAddr]) -> Vec<ServiceSet> {
         })
         .filter(|s| !s.elements.is_empty())
         .collect()
-}
-
-/// One direction's peer lookup of one Pod: the peer maps `<prefix>_v4`/`<prefix>_v6`,
-/// their rules, the class chains `<prefix>_class_<k>` and their port sets.
-struct PeerLookup {
-    maps: Vec<PeerMap>,
-    sets: Vec<PortsSet>,
-    rules: Vec<NftRule>,
-    class_chains: Vec<Chain>,
-}
-
-impl PeerLookup {
-    fn compile(
-        model: &Model,
-        graph: &AllowGraph,
-        pod: EndpointId,
-        dir: Direction,
-        prefix: &str,
-    ) -> PeerLookup {
-        let side = Side::compile(model, graph, pod, dir);
-        let field = match dir {
-            Direction::Ingress => AddrField::Saddr,
-            Direction::Egress => AddrField::Daddr,
-        };
-        let mut out = PeerLookup {
-            maps: Vec::new(),
-            sets: Vec::new(),
-            rules: Vec::new(),
-            class_chains: Vec::new(),
-        };
-        // Classes: distinct PortSets other than "all traffic", in PortSet order.
-        let mut classes: BTreeMap<&PortSet, BTreeSet<&Source>> = BTreeMap::new();
-        for seg in side.v4.iter().chain(&side.v6) {
-            if !seg.ports.is_all() {
-                classes.entry(&seg.ports).or_default().extend(&seg.sources);
-            }
-        }
-        let class_names: BTreeMap<&PortSet, String> = classes
-            .keys()
-            .enumerate()
-            .map(|(k, ps)| (*ps, format!("{prefix}_class_{k}")))
-            .collect();
-        for (family, segs) in [(Family::V4, &side.v4), (Family::V6, &side.v6)] {
-            let name = format!("{prefix}_{}", family_suffix(family));
-            let elements = segs
-                .iter()
-                .map(|s| MapElement {
-                    first: family.addr(s.lo),
-                    last: family.addr(s.hi),
-                    prefix: interval::as_prefix(s.lo, s.hi, family),
-                    verdict: match class_names.get(&s.ports) {
-                        Some(c) => MapVerdict::Jump(c.clone()),
-                        None => MapVerdict::Accept,
-                    },
-                    sources: s.sources.iter().cloned().collect(),
-                })
-                .collect();
-            out.rules.push(rule(
-                RuleKind::PeerMap {
-                    family,
-                    field,
-                    map: name.clone(),
-                },
-                None,
-            ));
-            out.maps.push(PeerMap {
-                name,
-                family,
-                elements,
-            });
-        }
-        for (ports, sources) in &classes {
-            let name = class_names.get(ports).cloned().unwrap_or_default();
-            let set = format!("{name}_ports");
-            let mut elements = Vec::new();
-            for p in Protocol::ALL {
-                for &(first, last) in ports.get(p).ranges() {
-                    elements.push(PortElement {
-                        protocol: p,
-                        first,
-                        last,
-                    });
-                }
-            }
-            out.sets.push(PortsSet {
-                name: set.clone(),
-                elements,
-            });
-            let rules_of: BTreeSet<(&str, u32)> = sources
-                .iter()
-                .map(|s| (s.policy.as_str(), s.rule))
-                .collect();
-            let who: Vec<String> = rules_of
-                .iter()
-                .map(|(p, r)| format!("{p} rule {r}"))
-                .collect();
-            out.class_chains.push(Chain {
-                name,
-                base: None,
-                notes: vec![ports.to_string()],
-                rules: vec![rule(
-                    RuleKind::Ports { set },
-                    Some(comment(&who.join(", "))),
-                )],
-            });
-        }
-        out
-    }
 }
 
 /// What the node table needs to know about its node.
@@ -1312,10 +1235,12 @@ fn compile_node_enforced(
     let mut pod_chains = Vec::new();
     let mut class_chains = Vec::new();
     let mut k = 0usize;
+    let sweep = sweep_every_time(model, graph);
     let cx = StageContext {
         model,
         graph,
         log_group: opts.log_group,
+        lookups: &sweep,
     };
     for id in pods {
         let ep = model.endpoint(id);
@@ -1361,7 +1286,8 @@ fn compile_node_enforced(
             Some(comment(&format!("isolated by {}", policies.join(", ")))),
         );
         let staged = Staged::compile(&cx, id, Direction::Egress, &chain, np_drop);
-        rs.maps.extend(staged.maps);
+        rs.maps
+            .extend(staged.lookup.map(split::filled_maps).unwrap_or_default());
         rs.sets.extend(staged.sets);
         rs.tier_sets.extend(staged.tier_sets);
         class_chains.extend(staged.chains);
@@ -1503,10 +1429,12 @@ impl HairpinLookup {
             chains: Vec::new(),
             notes: Vec::new(),
         };
+        let sweep = sweep_every_time(model, graph);
         let cx = StageContext {
             model,
             graph,
             log_group: opts.log_group,
+            lookups: &sweep,
         };
         let mut dst: [Vec<MapElement>; 2] = [Vec::new(), Vec::new()];
         let mut pod_chains = Vec::new();
@@ -1593,7 +1521,8 @@ impl HairpinLookup {
                 ))),
             );
             let staged = Staged::compile(&cx, id, Direction::Ingress, &ingress, np_drop);
-            out.maps.extend(staged.maps);
+            out.maps
+                .extend(staged.lookup.map(split::filled_maps).unwrap_or_default());
             out.sets.extend(staged.sets);
             out.tier_sets.extend(staged.tier_sets);
             lookups.push(Chain {
@@ -1705,123 +1634,6 @@ pub fn cluster_log_prefix(
     let name: String = name.chars().take(room).collect();
     let s = format!("netpol:{ns}/{name}:{dir}{suffix} ");
     s.chars().take(MAX_LOG_PREFIX).collect()
-}
-
-/// The resolved peers of one direction of one Pod.
-struct Side {
-    v4: Vec<Segment<Source>>,
-    v6: Vec<Segment<Source>>,
-}
-
-fn has_named_ports(rule: &Rule) -> bool {
-    rule.ports
-        .iter()
-        .flatten()
-        .any(|p| matches!(p.port, PortMatch::Named(_)))
-}
-
-impl Side {
-    fn compile(model: &Model, graph: &AllowGraph, pod: EndpointId, dir: Direction) -> Side {
-        let me = model.endpoint(pod);
-        let mut v4: Vec<Contribution<Source>> = Vec::new();
-        let mut v6: Vec<Contribution<Source>> = Vec::new();
-        let mut push = |lo: u128, hi: u128, family: Family, ports: PortSet, source: &Source| {
-            let c = Contribution {
-                lo,
-                hi,
-                ports,
-                source: source.clone(),
-            };
-            match family {
-                Family::V4 => v4.push(c),
-                Family::V6 => v6.push(c),
-            }
-        };
-        let all_v4: ipnet::IpNet = ipnet::IpNet::V4(ipnet::Ipv4Net::default());
-        let all_v6: ipnet::IpNet = ipnet::IpNet::V6(ipnet::Ipv6Net::default());
-        // `rule_ports` is per (rule, destination); a rule is shared by all its peers, and
-        // a rule with many ports is expensive to resolve, so resolve each pair once.
-        let mut cache: BTreeMap<(Provenance, Option<EndpointId>), PortSet> = BTreeMap::new();
-        let mut ports_of = |prov: &Provenance, rule: &Rule, dst: Option<&Endpoint>| -> PortSet {
-            let key = (
-                Provenance {
-                    peer: None,
-                    ..*prov
-                },
-                dst.map(|e| e.id),
-            );
-            cache
-                .entry(key)
-                .or_insert_with(|| rule_ports(rule, dst))
-                .clone()
-        };
-        for (set, prov) in graph.edges(pod, dir) {
-            let rule = rule_of(model, &prov);
-            let source = Source {
-                policy: model.policy(prov.policy).key(),
-                rule: prov.rule,
-                peer: prov.peer,
-            };
-            let named = has_named_ports(rule);
-            match (graph.peer_set(set), dir) {
-                (PeerSet::Endpoints(members), _) => {
-                    for id in members {
-                        let e = model.endpoint(*id);
-                        let ports = match dir {
-                            Direction::Ingress => ports_of(&prov, rule, Some(me)),
-                            Direction::Egress => ports_of(&prov, rule, Some(e)),
-                        };
-                        for ip in &e.ips {
-                            let v = interval::to_int(ip);
-                            push(v, v, Family::of(ip), ports.clone(), &source);
-                        }
-                    }
-                }
-                (block_or_all, _) => {
-                    let (nets, except): (Vec<&ipnet::IpNet>, &[ipnet::IpNet]) = match block_or_all {
-                        PeerSet::Block(b) => (vec![&b.cidr], &b.except),
-                        _ => (vec![&all_v4, &all_v6], &[]),
-                    };
-                    let ports = match dir {
-                        Direction::Ingress => ports_of(&prov, rule, Some(me)),
-                        Direction::Egress => ports_of(&prov, rule, None),
-                    };
-                    for net in &nets {
-                        let family = Family::of(&net.addr());
-                        for (lo, hi) in interval::subtract(net, except) {
-                            push(lo, hi, family, ports.clone(), &source);
-                        }
-                    }
-                    // Egress named ports resolve per destination Pod: each Pod IP in the
-                    // block gets its own ports on top of the block's.
-                    if dir == Direction::Egress && named {
-                        for e in &model.endpoints {
-                            for ip in &e.ips {
-                                let inside = match block_or_all {
-                                    PeerSet::Block(b) => b.contains(ip),
-                                    _ => true,
-                                };
-                                if inside {
-                                    let v = interval::to_int(ip);
-                                    push(
-                                        v,
-                                        v,
-                                        Family::of(ip),
-                                        ports_of(&prov, rule, Some(e)),
-                                        &source,
-                                    );
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        Side {
-            v4: interval::disjoint(&v4, Family::V4.max()),
-            v6: interval::disjoint(&v6, Family::V6.max()),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use policy_compiler::{AllowGraph, Severity};
 
 use super::incremental::{Fingerprint, Inputs};
 use super::node_table::NodeTable;
+use super::shared::SharedRenders;
 use super::{AgentConfig, ChainConfig, ErrorChain, RulesetSource, cni};
 use crate::applier::{Applier, ApplyError};
 use crate::cni::records::RecordStore;
@@ -133,6 +134,11 @@ pub struct CompileStats {
     pub rendered: usize,
     /// Local tables whose inputs were unchanged: the last render was kept.
     pub kept: usize,
+    /// Distinct peer lookups swept for the rendered tables (incremental compile: one
+    /// per distinct classifier, shared by the tables that need it).
+    pub sweeps: usize,
+    /// Peer lookups the rendered tables used (swept, or shared with another table).
+    pub lookups: usize,
 }
 
 /// What [`execute`] did: each variant carries its operation's data, so no impossible
@@ -376,10 +382,18 @@ impl Reconciler {
         } else {
             1
         };
+        // Incremental: tables share their peer lookups (one sweep per distinct lookup).
+        let shared = self.incremental.then(|| SharedRenders::new(&model, &graph));
         let results = parallel(workers, to_render, |(pod, netns, id, f)| {
-            let r = renderer.render_desired(&model, &graph, id, on_node, &netns);
+            let r = match &shared {
+                Some(s) => renderer.render_desired_shared(s, id, on_node, &netns),
+                None => renderer.render_desired(&model, &graph, id, on_node, &netns),
+            };
             (pod, f, r)
         });
+        stats.sweeps = shared.as_ref().map_or(0, SharedRenders::sweeps);
+        stats.lookups = shared.as_ref().map_or(0, SharedRenders::asked);
+        drop(shared);
         for (pod, fingerprint, result) in results {
             match result {
                 Ok(d) => {

@@ -2,9 +2,12 @@
 
 use std::net::IpAddr;
 
-use policy_compiler::ruleset::{NodeContext, RulesetOptions, compile_node, compile_pod};
+use policy_compiler::ruleset::{
+    NodeContext, PeerClassifier, RulesetOptions, compile_node, compile_pod, compile_pod_split,
+};
 use policy_compiler::{AllowGraph, EndpointId, Model};
 
+use super::shared::SharedRenders;
 use crate::plan::Desired;
 
 /// Error of a [`RulesetSource`].
@@ -57,6 +60,19 @@ pub trait RulesetSource: Send + Sync {
             None => self.render(model, graph, pod)?,
         };
         Ok(Desired::new(netns, text))
+    }
+
+    /// [`RulesetSource::render_desired`] with the peer lookups of `shared` (one sweep
+    /// per distinct lookup per compile, shared by the tables that need it): the same
+    /// result. Defaults to [`RulesetSource::render_desired`].
+    fn render_desired_shared(
+        &self,
+        shared: &SharedRenders<'_>,
+        pod: EndpointId,
+        node_addresses: Option<&[IpAddr]>,
+        netns: &str,
+    ) -> Result<Desired, RenderError> {
+        self.render_desired(shared.model(), shared.graph(), pod, node_addresses, netns)
     }
 
     /// True when [`RulesetSource::render_desired`] is a function of what
@@ -139,6 +155,42 @@ impl RulesetSource for CompiledRulesets {
             rs.to_nft(),
             &rs.skeleton().to_nft(),
             rs.peer_entries(),
+        ))
+    }
+
+    fn render_desired_shared(
+        &self,
+        shared: &SharedRenders<'_>,
+        pod: EndpointId,
+        node_addresses: Option<&[IpAddr]>,
+        netns: &str,
+    ) -> Result<Desired, RenderError> {
+        let (model, graph) = (shared.model(), shared.graph());
+        let opts = self.options_for(node_addresses);
+        let lookups = |c: &PeerClassifier| shared.lookup(c);
+        let Some(split) = compile_pod_split(model, graph, pod, &opts, &lookups) else {
+            // Audit policies: rendered from two models, not shared.
+            return self.render_desired(model, graph, pod, node_addresses, netns);
+        };
+        let mut elements: Vec<&str> = Vec::new();
+        let mut swept = Vec::new();
+        for l in &split.lookups {
+            let s = shared.swept(l).ok_or_else(|| RenderError {
+                message: "peer lookup not from this compile's memo".to_owned(),
+            })?;
+            swept.push(s);
+        }
+        for s in &swept {
+            elements.extend(s.elements.iter().map(String::as_str));
+        }
+        let text = split.skeleton.to_nft_with(&elements);
+        let entries = shared.entries(&split.lookups);
+        Ok(Desired::with_shared_parts(
+            netns,
+            text,
+            &split.skeleton.to_nft(),
+            entries.entries,
+            entries.digest,
         ))
     }
 

@@ -13,7 +13,7 @@
 
 use super::{
     BaseChain, Chain, MapVerdict, NftRule, NodeContext, RuleKind, Ruleset, RulesetOptions,
-    TierVerdict, compile_enforced,
+    TierVerdict, compile_enforced, sweep_every_time,
 };
 use crate::audit::AuditView;
 use crate::graph::AllowGraph;
@@ -39,11 +39,19 @@ pub fn compile_pod_with_audit(
     pod: EndpointId,
     opts: &RulesetOptions,
 ) -> Ruleset {
-    let enforced = compile_enforced(model, graph, pod, opts);
+    let enforced =
+        compile_enforced(model, graph, pod, opts, &sweep_every_time(model, graph)).ruleset();
     let Some(a) = audit else {
         return enforced;
     };
-    let audited = compile_enforced(&a.model, &a.graph, pod, opts);
+    let audited = compile_enforced(
+        &a.model,
+        &a.graph,
+        pod,
+        opts,
+        &sweep_every_time(&a.model, &a.graph),
+    )
+    .ruleset();
     if kernel_state(&audited) == kernel_state(&enforced) {
         return enforced;
     }

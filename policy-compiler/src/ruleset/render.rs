@@ -15,7 +15,13 @@ use super::{
 const MAX_SOURCES: usize = 3;
 
 pub(super) fn nft(rs: &Ruleset) -> String {
-    let mut s = String::new();
+    nft_with(rs, &[])
+}
+
+/// The text of `rs` with the elements block of map `i` taken from `elements[i]` (as
+/// [`elements`] writes it) where given, else from the map itself.
+pub(super) fn nft_with(rs: &Ruleset, elements: &[&str]) -> String {
+    let mut s = String::with_capacity(elements.iter().map(|e| e.len()).sum::<usize>() + 4096);
     for n in &rs.notes {
         let _ = writeln!(s, "# {n}");
     }
@@ -33,9 +39,9 @@ pub(super) fn nft(rs: &Ruleset) -> String {
         }
         first = false;
     };
-    for m in &rs.maps {
+    for (i, m) in rs.maps.iter().enumerate() {
         sep(&mut s);
-        map(&mut s, m);
+        map(&mut s, m, elements.get(i).copied());
     }
     for set in &rs.sets {
         sep(&mut s);
@@ -61,7 +67,7 @@ pub(super) fn nft(rs: &Ruleset) -> String {
     s
 }
 
-fn map(s: &mut String, m: &PeerMap) {
+fn map(s: &mut String, m: &PeerMap, given: Option<&str>) {
     let ty = match m.family {
         Family::V4 => "ipv4_addr",
         Family::V6 => "ipv6_addr",
@@ -69,6 +75,15 @@ fn map(s: &mut String, m: &PeerMap) {
     let _ = writeln!(s, "\tmap {} {{", m.name);
     let _ = writeln!(s, "\t\ttype {ty} : verdict");
     let _ = writeln!(s, "\t\tflags interval");
+    match given {
+        Some(e) => s.push_str(e),
+        None => elements(s, m),
+    }
+    let _ = writeln!(s, "\t}}");
+}
+
+/// The `elements = { … }` block of a map (nothing when it has none).
+pub(super) fn elements(s: &mut String, m: &PeerMap) {
     if !m.elements.is_empty() {
         let _ = writeln!(s, "\t\telements = {{");
         for e in &m.elements {
@@ -98,7 +113,6 @@ fn map(s: &mut String, m: &PeerMap) {
         }
         let _ = writeln!(s, "\t\t}}");
     }
-    let _ = writeln!(s, "\t}}");
 }
 
 fn addr_type(f: Family) -> &'static str {

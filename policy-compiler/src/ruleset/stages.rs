@@ -38,8 +38,8 @@ pub(super) struct Staged {
     pub(super) rules: Vec<NftRule>,
     /// The stage chains (`<prefix>_admin`, `<prefix>_baseline`) and NP class chains.
     pub(super) chains: Vec<Chain>,
-    /// NetworkPolicy peer maps.
-    pub(super) maps: Vec<super::PeerMap>,
+    /// The NetworkPolicy peer lookup (maps and their elements), when one isolates.
+    pub(super) lookup: Option<std::sync::Arc<super::PeerLookup>>,
     /// NetworkPolicy port sets.
     pub(super) sets: Vec<super::PortsSet>,
     /// CNP rule sets.
@@ -72,6 +72,8 @@ pub(super) struct StageContext<'a> {
     pub(super) model: &'a Model,
     pub(super) graph: &'a AllowGraph,
     pub(super) log_group: u16,
+    /// Where NetworkPolicy peer lookups come from.
+    pub(super) lookups: &'a super::LookupProvider<'a>,
 }
 
 impl Staged {
@@ -87,7 +89,7 @@ impl Staged {
         let mut out = Staged {
             rules: Vec::new(),
             chains: Vec::new(),
-            maps: Vec::new(),
+            lookup: None,
             sets: Vec::new(),
             tier_sets: Vec::new(),
             isolated: !cx.graph.isolation(pod).by(dir).is_empty(),
@@ -98,11 +100,13 @@ impl Staged {
             out.stage(cx, pod, dir, &name, Tier::Admin, &admin);
         }
         if out.isolated {
-            let lookup = super::PeerLookup::compile(cx.model, cx.graph, pod, dir, prefix);
-            out.rules.extend(lookup.rules);
-            out.maps.extend(lookup.maps);
-            out.sets.extend(lookup.sets);
-            out.chains.extend(lookup.class_chains);
+            let classifier = super::PeerClassifier::of(cx.model, cx.graph, pod, dir, prefix);
+            let lookup = (cx.lookups)(&classifier);
+            let (rules, sets, class_chains) = lookup.structure();
+            out.rules.extend(rules);
+            out.sets.extend(sets);
+            out.chains.extend(class_chains);
+            out.lookup = Some(lookup);
             out.rules.push(np_drop);
         } else {
             let baseline = tier_rules(cx.model, cx.graph, pod, dir, Tier::Baseline);

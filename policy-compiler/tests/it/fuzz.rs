@@ -200,6 +200,8 @@ proptest! {
         let (model, graph, _) = compile(&text);
         let (model2, graph2, _) = compile(&text);
         prop_assert_eq!(graph.dump(&model), graph2.dump(&model2));
+        // Tables split into skeleton and shared peer lookups are compile_pod's. See: #12
+        crate::ruleset::check_split(&model, &graph);
         let q = MatrixQuery { protocol: Some(proto), port: Some(port) };
         let m = matrix(&model, &graph, q);
         for (i, s) in model.endpoints.iter().enumerate() {

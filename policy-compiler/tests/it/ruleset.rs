@@ -2,12 +2,18 @@
 //! with the allow graph for every peer address, and a few `.nft` goldens pin the text.
 // See: #3
 
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 use policy_compiler::expect::parse_expectations;
 use policy_compiler::model::EndpointKind;
-use policy_compiler::ruleset::{NodeContext, RulesetOptions, compile_node, compile_pod};
+use policy_compiler::ruleset::{
+    NodeContext, PeerClassifier, PeerLookup, PeerMap, RulesetOptions, compile_node, compile_pod,
+    compile_pod_split,
+};
 use policy_compiler::{AllowGraph, Direction, Model, Protocol, Subject};
 
 use crate::cases::case_dirs;
@@ -441,4 +447,86 @@ fn audited_via_service_verdicts_match_the_node_table() {
     println!("{checked} audited via-Service flows, {differing} with differing verdicts");
     assert!(differing >= 2, "expected audit/service-egress's flows");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Renders every Pod of `model` through [`compile_pod_split`] with one memo of peer
+/// lookups shared by all of them (as the agent does within one compile) and checks it
+/// against [`compile_pod`]: the whole table, the skeleton, the skeleton's text filled
+/// with the shared element blocks, and the entries; with and without node addresses.
+/// Returns (lookups asked for, lookups swept, Pods checked). See: #12
+pub(crate) fn check_split(model: &Model, graph: &AllowGraph) -> (usize, usize, usize) {
+    let node_opts = RulesetOptions {
+        node_addresses: vec!["192.168.0.1".parse().unwrap()],
+        defer_services: true,
+        ..RulesetOptions::default()
+    };
+    let (mut asked, mut swept, mut pods) = (0, 0, 0);
+    for opts in [RulesetOptions::default(), node_opts] {
+        let memo: RefCell<HashMap<PeerClassifier, Arc<PeerLookup>>> = RefCell::default();
+        let count = Cell::new(0usize);
+        let lookups = |c: &PeerClassifier| {
+            count.set(count.get() + 1);
+            memo.borrow_mut()
+                .entry(c.clone())
+                .or_insert_with(|| Arc::new(c.sweep(model, graph)))
+                .clone()
+        };
+        for pod in model.endpoints.iter().filter(|e| e.no_ruleset().is_none()) {
+            let want = compile_pod(model, graph, pod.id, &opts);
+            let Some(split) = compile_pod_split(model, graph, pod.id, &opts, &lookups) else {
+                assert!(
+                    graph.audit().is_some(),
+                    "{}: no split without audit",
+                    pod.key()
+                );
+                continue;
+            };
+            pods += 1;
+            assert_eq!(split.skeleton, want.skeleton(), "{}: skeleton", pod.key());
+            let blocks: Vec<String> = split
+                .lookups
+                .iter()
+                .flat_map(|l| l.maps().iter().map(PeerMap::elements_nft))
+                .collect();
+            let blocks: Vec<&str> = blocks.iter().map(String::as_str).collect();
+            assert_eq!(
+                split.skeleton.to_nft_with(&blocks),
+                want.to_nft(),
+                "{}: text from the shared element blocks",
+                pod.key()
+            );
+            let entries: Vec<_> = split
+                .lookups
+                .iter()
+                .flat_map(|l| l.maps().iter().flat_map(PeerMap::peer_entries))
+                .collect();
+            assert_eq!(entries, want.peer_entries(), "{}: entries", pod.key());
+            assert_eq!(split.ruleset(), want, "{}: whole table", pod.key());
+        }
+        asked += count.get();
+        swept += memo.borrow().len();
+    }
+    (asked, swept, pods)
+}
+
+/// The split (skeleton + peer lookups shared through a memo) renders every golden case
+/// exactly as `compile_pod`, and alike Pods did share lookups. See: #12
+#[test]
+fn split_with_shared_lookups_equals_compile_pod_on_every_case() {
+    let root = repo_root().join("testdata/cases");
+    let (mut asked, mut swept, mut pods, mut cases) = (0, 0, 0, 0);
+    for dir in case_dirs(&root) {
+        let (model, graph) = compiled(&dir);
+        let (a, s, p) = check_split(&model, &graph);
+        asked += a;
+        swept += s;
+        pods += p;
+        cases += 1;
+    }
+    assert!(cases > 100, "only {cases} cases");
+    assert!(pods > 1000, "only {pods} Pods checked");
+    assert!(
+        asked > swept + 50,
+        "{asked} lookups from {swept} sweeps: few shared"
+    );
 }

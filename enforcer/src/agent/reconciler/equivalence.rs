@@ -398,6 +398,8 @@ fn run(seed: u64, node_table: bool, events: usize) -> CompileStats {
         let s = pair.pass(&format!("seed {seed} step {step}: {what}"));
         total.kept += s.kept;
         total.rendered += s.rendered;
+        total.sweeps += s.sweeps;
+        total.lookups += s.lookups;
     }
     total
 }
@@ -414,9 +416,19 @@ fn incremental_equals_full_compile() {
             let s = run(seed, node_table, 50);
             total.kept += s.kept;
             total.rendered += s.rendered;
+            total.sweeps += s.sweeps;
+            total.lookups += s.lookups;
         }
     }
     // The comparison means something only if both paths were taken often.
     assert!(total.kept > 300, "kept only {} renders", total.kept);
     assert!(total.rendered > 100, "rendered only {}", total.rendered);
+    // Shared peer lookups (one sweep serving several tables) were compared too, not
+    // only one sweep per table. See: #12
+    assert!(
+        total.sweeps > 50 && total.lookups > total.sweeps + 50,
+        "{} lookups from {} sweeps",
+        total.lookups,
+        total.sweeps
+    );
 }
