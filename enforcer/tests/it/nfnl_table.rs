@@ -3,19 +3,26 @@
 //! case, replaces in place equal fresh loads, and a bad table changes nothing.
 //! See: #12
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use enforcer::applier::{Applier, NftApplier};
 use enforcer::netns;
 use enforcer::nfnl::{NfnlError, NftSocket};
 use enforcer::nft;
 use enforcer::state::PodKey;
-use policy_compiler::AuditView;
+use netpol_lab::probe::{Listener, Prober, Protocol as ProbeProtocol};
+use netpol_lab::topology::{Host, Topology};
 use policy_compiler::model::EndpointKind;
 use policy_compiler::ruleset::{
     MapVerdict, NodeContext, Ruleset, RulesetOptions, compile_node, compile_pod_with_audit,
 };
+use policy_compiler::{AllowGraph, AuditView, Model, SourceText, load};
 
 use crate::cases::{self, case_dirs};
 use crate::kernel;
+use testkit::kernel::{ALLOW, v4, v6};
 
 /// Removes namespaces when dropped, so a failing assertion still cleans up.
 struct Namespaces(Vec<String>);
@@ -293,4 +300,128 @@ fn a_bad_table_is_refused_whole_and_changes_nothing() {
     // Nothing changed: no commit, same table.
     assert_eq!(s.generation().unwrap(), generation);
     assert_eq!(state(&ns.0[0]), before);
+}
+
+/// A Pod on lab host `h`.
+fn lab_pod(name: &str, h: &Host) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: x\n  labels: {{app: {name}}}\nspec:\n  containers: [{{name: c, ports: [{{containerPort: 80}}]}}]\nstatus:\n  phase: Running\n  podIP: {ip4}\n  podIPs: [{{ip: {ip4}}}, {{ip: '{ip6}'}}]\n---\n",
+        ip4 = v4(h),
+        ip6 = v6(h),
+    )
+}
+
+/// b's table with `policy` (a NetworkPolicy selecting b) among the lab's Pods.
+fn compile_b(pods: &str, policy: &str) -> Ruleset {
+    let text = format!("{pods}{policy}");
+    let sources = [SourceText {
+        name: "lab.yaml",
+        text: &text,
+    }];
+    let (inputs, diags) = load(&sources);
+    assert!(!diags.iter().any(|d| d.is_error()), "{diags:?}");
+    let (model, diags) = Model::build(&inputs);
+    assert!(!diags.iter().any(|d| d.is_error()), "{diags:?}");
+    let graph = AllowGraph::build(&model);
+    let b = model
+        .endpoints
+        .iter()
+        .find(|e| e.key().ends_with("x/b"))
+        .unwrap()
+        .id;
+    compile_pod_with_audit(&model, &graph, None, b, &RulesetOptions::default())
+}
+
+#[test]
+fn an_isolated_pod_stays_closed_while_its_table_is_replaced_over_netlink() {
+    if !kernel::available("an_isolated_pod_stays_closed_while_its_table_is_replaced_over_netlink") {
+        return;
+    }
+    let lab = Topology::build(&kernel::prefix("nlpkt"), &kernel::dual_stack(3)).unwrap();
+    let [ha, hb, hc] = [&lab.hosts()[0], &lab.hosts()[1], &lab.hosts()[2]];
+    let pods = lab_pod("a", ha) + &lab_pod("b", hb) + &lab_pod("c", hc);
+    let policy = |extra: &str| {
+        format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: b, namespace: x}}\nspec:\n  podSelector: {{matchLabels: {{app: b}}}}\n  ingress:\n  - from: [{{podSelector: {{matchLabels: {{app: c}}}}}}]\n    ports: [{{port: 80}}]\n{extra}"
+        )
+    };
+    // Two isolated tables for b: c on port 80; and c on port 80 plus a block on 443 (a
+    // second class chain and set, created and deleted by every other replace).
+    let tables = [
+        compile_b(&pods, &policy("")),
+        compile_b(
+            &pods,
+            &policy("  - from: [{ipBlock: {cidr: 192.0.2.0/24}}]\n    ports: [{port: 443}]\n"),
+        ),
+    ];
+    assert_ne!(tables[0].chains.len(), tables[1].chains.len());
+    let mut socket = NftSocket::open(&hb.netns).unwrap();
+    load_netlink(&mut socket, &tables[0]);
+    let prober = Arc::new(
+        Prober::start(
+            &lab,
+            &[Listener::new(hb.name.clone(), ProbeProtocol::Tcp, 80)],
+        )
+        .unwrap(),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let bad: Arc<Mutex<Vec<String>>> = Arc::default();
+    let probes = Arc::new(AtomicU64::new(0));
+    let mut threads = Vec::new();
+    // a is never allowed: a probe must never connect. c always is: at its first SYN.
+    for (from, allowed) in [(ha.name.clone(), false), (hc.name.clone(), true)] {
+        for to in [v4(hb), v6(hb)] {
+            let (p, s, bad, n, from) = (
+                prober.clone(),
+                stop.clone(),
+                bad.clone(),
+                probes.clone(),
+                from.clone(),
+            );
+            threads.push(std::thread::spawn(move || {
+                while !s.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(2));
+                    // A denied SYN is dropped at once: a short wait sends many of them.
+                    let timeout = if allowed {
+                        ALLOW
+                    } else {
+                        Duration::from_millis(50)
+                    };
+                    let r = p.probe(&from, to, ProbeProtocol::Tcp, 80, timeout).unwrap();
+                    n.fetch_add(1, Ordering::Relaxed);
+                    let wrong = if allowed {
+                        !r.connected || r.elapsed >= Duration::from_secs(1)
+                    } else {
+                        r.connected
+                    };
+                    if wrong {
+                        bad.lock().unwrap().push(format!(
+                            "{from} -> {to}: {} after {:?}",
+                            r.detail, r.elapsed
+                        ));
+                    }
+                }
+            }));
+        }
+    }
+    let replaces = 400;
+    for i in 0..replaces {
+        load_netlink(&mut socket, &tables[(i + 1) % 2]);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let probes = probes.load(Ordering::Relaxed);
+    // Each batch was one commit, or two when it first declared the new class set.
+    eprintln!("{replaces} netlink replaces of b's table, {probes} probes");
+    assert!(probes >= 100, "too few probes ran: {probes}");
+    let bad = bad.lock().unwrap();
+    assert!(
+        bad.is_empty(),
+        "{} wrong probes: {:?}",
+        bad.len(),
+        &bad[..bad.len().min(10)]
+    );
 }
