@@ -1,6 +1,7 @@
 //! Whole tables loaded over netlink ([`NftSocket::replace_table`]) against the real
 //! kernel: the same table as `nft -f` (in place) for every Pod and node table of every
-//! case, replaces in place equal fresh loads, and a bad table changes nothing.
+//! case and of generated clusters, replaces in place equal fresh loads, a bad table
+//! changes nothing, and an isolated Pod stays closed through replaces.
 //! See: #12
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,6 +19,7 @@ use policy_compiler::model::EndpointKind;
 use policy_compiler::ruleset::{
     MapVerdict, NodeContext, Ruleset, RulesetOptions, compile_node, compile_pod_with_audit,
 };
+use policy_compiler::synth::{SynthParams, generate};
 use policy_compiler::{AllowGraph, AuditView, Model, SourceText, load};
 
 use crate::cases::{self, case_dirs};
@@ -146,32 +148,60 @@ fn canonical(state: &str) -> String {
     out
 }
 
-/// Every table of every case: each Pod (with its audit chains) and each node table.
+/// Model and graph of manifests text.
+fn compile_text(text: &str) -> (Model, AllowGraph) {
+    let sources = [SourceText {
+        name: "manifests.yaml",
+        text,
+    }];
+    let (inputs, diags) = load(&sources);
+    assert!(!diags.iter().any(|d| d.is_error()), "{diags:?}");
+    let (model, diags) = Model::build(&inputs);
+    assert!(!diags.iter().any(|d| d.is_error()), "{diags:?}");
+    let graph = AllowGraph::build(&model);
+    (model, graph)
+}
+
+/// Every Pod table (with its audit chains) and node table of a compiled cluster.
+fn tables_of(name: &str, model: &Model, graph: &AllowGraph, all: &mut Vec<(String, Ruleset)>) {
+    let audit = AuditView::of(model);
+    for e in model
+        .endpoints
+        .iter()
+        .filter(|e| e.kind == EndpointKind::Pod && !e.host_network)
+    {
+        let rs = compile_pod_with_audit(
+            model,
+            graph,
+            audit.as_ref(),
+            e.id,
+            &RulesetOptions::default(),
+        );
+        all.push((format!("{name} {}", e.key()), rs));
+    }
+    for node in model.node_names() {
+        let ctx = NodeContext::new(model, node, model.node_addresses(node));
+        let rs = compile_node(model, graph, &ctx, &RulesetOptions::default());
+        all.push((format!("{name} node {node}"), rs));
+    }
+}
+
+/// Every table of every case, and of two generated clusters.
 fn all_tables() -> Vec<(String, Ruleset)> {
     let mut all = Vec::new();
     for dir in case_dirs() {
         let case = cases::compile(&dir);
-        let audit = AuditView::of(&case.model);
-        for e in case
-            .model
-            .endpoints
-            .iter()
-            .filter(|e| e.kind == EndpointKind::Pod && !e.host_network)
-        {
-            let rs = compile_pod_with_audit(
-                &case.model,
-                &case.graph,
-                audit.as_ref(),
-                e.id,
-                &RulesetOptions::default(),
-            );
-            all.push((format!("{} {}", case.name, e.key()), rs));
-        }
-        for node in case.model.node_names() {
-            let ctx = NodeContext::new(&case.model, node, case.model.node_addresses(node));
-            let rs = compile_node(&case.model, &case.graph, &ctx, &RulesetOptions::default());
-            all.push((format!("{} node {node}", case.name), rs));
-        }
+        tables_of(&case.name, &case.model, &case.graph, &mut all);
+    }
+    for seed in [1, 2] {
+        let text = generate(&SynthParams {
+            namespaces: 4,
+            pods: 30,
+            policies: 16,
+            seed,
+        });
+        let (model, graph) = compile_text(&text);
+        tables_of(&format!("synth seed {seed}"), &model, &graph, &mut all);
     }
     all
 }
@@ -313,16 +343,7 @@ fn lab_pod(name: &str, h: &Host) -> String {
 
 /// b's table with `policy` (a NetworkPolicy selecting b) among the lab's Pods.
 fn compile_b(pods: &str, policy: &str) -> Ruleset {
-    let text = format!("{pods}{policy}");
-    let sources = [SourceText {
-        name: "lab.yaml",
-        text: &text,
-    }];
-    let (inputs, diags) = load(&sources);
-    assert!(!diags.iter().any(|d| d.is_error()), "{diags:?}");
-    let (model, diags) = Model::build(&inputs);
-    assert!(!diags.iter().any(|d| d.is_error()), "{diags:?}");
-    let graph = AllowGraph::build(&model);
+    let (model, graph) = compile_text(&format!("{pods}{policy}"));
     let b = model
         .endpoints
         .iter()
