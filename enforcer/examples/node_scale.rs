@@ -5,6 +5,9 @@
 //! is rendered again only when something its render reads changed), both with the
 //! netlink applier (`NetlinkApplier`: element updates and generations); `--mode nft`
 //! adds the old applier (`ip netns exec nft -f` per table, `nft list` per check).
+//! `--mode replace` runs `incremental` twice: whole tables replaced with `nft -f` (the
+//! netlink applier before #12's netlink table loads) and over netlink from the compiled
+//! ruleset (`nfnl::NftSocket::replace_table`), side by side.
 //!
 //! Per mode:
 //! 1. **Changes** (the reconciler driven directly, so compile and kernel time are
@@ -24,7 +27,8 @@
 //!
 //! ```text
 //! cargo run --release -p enforcer --example node_scale -- [--local 110] [--cluster 10000]
-//!     [--changes 30] [--adds 20] [--verify-passes 5] [--mode both|full|incremental|nft]
+//!     [--changes 30] [--adds 20] [--verify-passes 5]
+//!     [--mode both|all|replace|full|incremental|nft|incremental-nft-replace]
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -366,6 +370,72 @@ fn adds_row(name: &str, r: &Results) -> String {
     )
 }
 
+/// [`NetlinkApplier`] loading whole tables with `nft -f` (the text) instead of over
+/// netlink (the compiled ruleset): element updates and generations stay netlink.
+struct NftReplace(NetlinkApplier);
+
+impl Applier for NftReplace {
+    fn apply(
+        &self,
+        pod: &enforcer::state::PodKey,
+        netns: &str,
+        ruleset: &str,
+    ) -> Result<(), enforcer::applier::ApplyError> {
+        self.0.apply(pod, netns, ruleset)
+    }
+    fn remove(
+        &self,
+        pod: &enforcer::state::PodKey,
+        netns: &str,
+    ) -> Result<(), enforcer::applier::ApplyError> {
+        self.0.remove(pod, netns)
+    }
+    fn list(
+        &self,
+        pod: &enforcer::state::PodKey,
+        netns: &str,
+    ) -> Result<Option<String>, enforcer::applier::ApplyError> {
+        self.0.list(pod, netns)
+    }
+    fn apply_node(&self, ruleset: &str) -> Result<(), enforcer::applier::ApplyError> {
+        self.0.apply_node(ruleset)
+    }
+    fn list_node(&self) -> Result<Option<String>, enforcer::applier::ApplyError> {
+        self.0.list_node()
+    }
+    fn node_addresses(&self) -> Result<Vec<std::net::IpAddr>, enforcer::applier::ApplyError> {
+        self.0.node_addresses()
+    }
+    fn generation(
+        &self,
+        pod: &enforcer::state::PodKey,
+        netns: &str,
+    ) -> Result<Option<u32>, enforcer::applier::ApplyError> {
+        self.0.generation(pod, netns)
+    }
+    fn update(
+        &self,
+        pod: &enforcer::state::PodKey,
+        netns: &str,
+        ops: &[enforcer::nfnl::ElementOp],
+        generation: u32,
+        ruleset: &str,
+    ) -> Result<u32, enforcer::applier::ApplyError> {
+        self.0.update(pod, netns, ops, generation, ruleset)
+    }
+    fn node_generation(&self) -> Result<Option<u32>, enforcer::applier::ApplyError> {
+        self.0.node_generation()
+    }
+    fn update_node(
+        &self,
+        ops: &[enforcer::nfnl::ElementOp],
+        generation: u32,
+        ruleset: &str,
+    ) -> Result<u32, enforcer::applier::ApplyError> {
+        self.0.update_node(ops, generation, ruleset)
+    }
+}
+
 /// Runs one mode in this process; its rows, prefixed `T1 ` and `T2 `, go to stdout.
 fn run_one(mode: &str) {
     let local = arg("--local", 110);
@@ -377,6 +447,11 @@ fn run_one(mode: &str) {
         "nft" => ("full, nft processes", Arc::new(NftApplier), false),
         "full" => ("full compile", Arc::new(NetlinkApplier::new()), false),
         "incremental" => ("**incremental**", Arc::new(NetlinkApplier::new()), true),
+        "incremental-nft-replace" => (
+            "incremental, replace with nft -f",
+            Arc::new(NftReplace(NetlinkApplier::new())),
+            true,
+        ),
         other => panic!("unknown mode {other}"),
     };
     let prefix = format!("npscale{}", std::process::id() % 10_000);
@@ -421,6 +496,7 @@ fn main() {
     let modes: Vec<&str> = match mode.as_str() {
         "both" => vec!["full", "incremental"],
         "all" => vec!["nft", "full", "incremental"],
+        "replace" => vec!["incremental-nft-replace", "incremental"],
         one => {
             // A child (or a single mode): rows only.
             run_one(one);

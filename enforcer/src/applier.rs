@@ -15,6 +15,7 @@ use crate::netns;
 use crate::nfnl::{ElementOp, NfnlError, NftSocket};
 use crate::nft::{self, NftError};
 use crate::state::PodKey;
+use policy_compiler::ruleset::Ruleset;
 
 /// The table every Pod ruleset lives in.
 pub const TABLE: &str = "netpol";
@@ -104,6 +105,28 @@ pub trait Applier: Send + Sync {
     /// Loads `ruleset` (which replaces `table inet netpol`) into `netns` in one
     /// transaction.
     fn apply(&self, pod: &PodKey, netns: &str, ruleset: &str) -> Result<(), ApplyError>;
+
+    /// [`Applier::apply`] with the compiled ruleset `text` was rendered from, when the
+    /// caller has it: an applier that speaks netlink loads the table from `ruleset` with
+    /// no `nft` process (same transactions as the text, see
+    /// [`crate::nfnl::NftSocket::replace_table`]). Defaults to [`Applier::apply`].
+    fn apply_ruleset(
+        &self,
+        pod: &PodKey,
+        netns: &str,
+        text: &str,
+        ruleset: Option<&Ruleset>,
+    ) -> Result<(), ApplyError> {
+        let _ = ruleset;
+        self.apply(pod, netns, text)
+    }
+
+    /// [`Applier::apply_node`] with the node table's compiled ruleset, when the caller
+    /// has it. Defaults to [`Applier::apply_node`].
+    fn apply_node_ruleset(&self, text: &str, ruleset: Option<&Ruleset>) -> Result<(), ApplyError> {
+        let _ = ruleset;
+        self.apply_node(text)
+    }
 
     /// Deletes `table inet netpol` from `netns`; succeeds if the table or the namespace
     /// is already gone.
@@ -475,9 +498,57 @@ impl NetlinkApplier {
     }
 }
 
+impl NetlinkApplier {
+    /// Loads `ruleset` into `netns` over netlink ([`NftSocket::replace_table`]); on any
+    /// failure (nothing was changed: each batch is all or nothing, and a declare-only
+    /// first commit adds empty sets no rule uses) `text` is loaded with `nft -f`
+    /// instead, which also reports nft's own error.
+    fn replace_over_netlink(
+        &self,
+        pod: &PodKey,
+        netns: &str,
+        ruleset: &Ruleset,
+        fallback: impl FnOnce() -> Result<(), ApplyError>,
+    ) -> Result<(), ApplyError> {
+        match self.with_socket(pod, netns, "replace", |s| s.replace_table(TABLE, ruleset)) {
+            Ok(_) => Ok(()),
+            Err(e @ ApplyError::NoNetns { .. }) => Err(e),
+            Err(e) => {
+                tracing::warn!(namespace = %pod.namespace, pod = %pod.name, netns, error = %netpol_common::ErrorChain(&e), "netlink table load failed: loading the text with nft -f");
+                fallback()
+            }
+        }
+    }
+}
+
 impl Applier for NetlinkApplier {
     fn apply(&self, pod: &PodKey, netns: &str, ruleset: &str) -> Result<(), ApplyError> {
         NftApplier.apply(pod, netns, ruleset)
+    }
+
+    fn apply_ruleset(
+        &self,
+        pod: &PodKey,
+        netns: &str,
+        text: &str,
+        ruleset: Option<&Ruleset>,
+    ) -> Result<(), ApplyError> {
+        match ruleset {
+            Some(rs) => {
+                self.replace_over_netlink(pod, netns, rs, || NftApplier.apply(pod, netns, text))
+            }
+            None => NftApplier.apply(pod, netns, text),
+        }
+    }
+
+    fn apply_node_ruleset(&self, text: &str, ruleset: Option<&Ruleset>) -> Result<(), ApplyError> {
+        match ruleset {
+            Some(rs) => {
+                let netns = self.node_netns().to_owned();
+                self.replace_over_netlink(&node_key(), &netns, rs, || self.apply_node(text))
+            }
+            None => self.apply_node(text),
+        }
     }
 
     fn remove(&self, pod: &PodKey, netns: &str) -> Result<(), ApplyError> {

@@ -34,6 +34,10 @@ use policy_compiler::ruleset::{MapVerdict, PeerEntry};
 
 use crate::netns;
 
+pub mod table;
+
+pub use table::{Replace, TableError};
+
 const NLMSG_HDRLEN: usize = 16;
 const NLMSG_ERROR: u16 = 2;
 const NLM_F_REQUEST: u16 = 0x1;
@@ -139,6 +143,27 @@ pub enum NfnlError {
         /// The generation now.
         found: u32,
     },
+    /// The ruleset cannot be encoded (nothing was sent).
+    #[error("netns {netns}: the table cannot be loaded")]
+    Invalid {
+        /// The namespace.
+        netns: String,
+        /// What is wrong with it.
+        #[source]
+        source: TableError,
+    },
+    /// The kernel refused one message of a table batch: the whole transaction is
+    /// undone, the table is as it was.
+    #[error("netns {netns}: the kernel refused the table batch at {what}")]
+    RefusedAt {
+        /// The namespace.
+        netns: String,
+        /// The first refused message (`add set ingress_v4`, `rule 3 of chain ingress`).
+        what: String,
+        /// The kernel's error.
+        #[source]
+        source: io::Error,
+    },
     /// A reply could not be read.
     #[error("netns {netns}: malformed nf_tables reply: {what}")]
     Malformed {
@@ -165,6 +190,9 @@ pub struct NftSocket {
     socket: Socket,
     seq: u32,
     buf: Vec<u8>,
+    /// Send and receive buffer sizes set so far (0: the defaults).
+    sndbuf: usize,
+    rcvbuf: usize,
 }
 
 /// How long a reply may take before the call fails.
@@ -209,6 +237,8 @@ impl NftSocket {
             socket: open_in(netns, &[])?,
             seq: 0,
             buf: vec![0; 1 << 16],
+            sndbuf: 0,
+            rcvbuf: 0,
         })
     }
 
@@ -426,6 +456,131 @@ impl NftSocket {
             }),
             None => Ok(next_generation(generation)),
         }
+    }
+
+    /// Replaces `table inet TABLE` with `rs` in place, over netlink: the transactions
+    /// of [`table::encode_replace`] for the chains and sets the kernel's table has now
+    /// (read with [`NftSocket::objects`]), each one batch, all or nothing. Returns the
+    /// number of commits (1, or 2 when new sets were declared first).
+    pub fn replace_table(
+        &mut self,
+        table: &str,
+        rs: &policy_compiler::ruleset::Ruleset,
+    ) -> Result<u32, NfnlError> {
+        let existing = self.objects(table)?;
+        let mut seq = self.seq;
+        let done = table::encode_replace(table, rs, &existing, &mut seq).map_err(|source| {
+            NfnlError::Invalid {
+                netns: self.netns.clone(),
+                source,
+            }
+        })?;
+        self.seq = seq;
+        let mut commits = 0;
+        for batch in done.declare.iter().chain([&done.replace]) {
+            self.send_batch(batch)?;
+            commits += 1;
+        }
+        Ok(commits)
+    }
+
+    /// Sends one table batch and waits for the ACK of every message; the first refused
+    /// message is the error (the kernel then undid the whole batch).
+    fn send_batch(&mut self, batch: &table::Batch) -> Result<(), NfnlError> {
+        let mut out = Vec::with_capacity(batch.body.len() + 64);
+        let begin = self.next_seq();
+        let start = begin_msg(
+            &mut out,
+            NFNL_MSG_BATCH_BEGIN,
+            NLM_F_REQUEST,
+            begin,
+            NFPROTO_UNSPEC,
+            NFNL_SUBSYS_NFTABLES,
+        );
+        finish_msg(&mut out, start);
+        out.extend_from_slice(&batch.body);
+        let end = self.next_seq();
+        let start = begin_msg(
+            &mut out,
+            NFNL_MSG_BATCH_END,
+            NLM_F_REQUEST,
+            end,
+            NFPROTO_UNSPEC,
+            NFNL_SUBSYS_NFTABLES,
+        );
+        finish_msg(&mut out, start);
+        self.size_buffers(out.len(), batch.sent.len())?;
+        self.send(&out)?;
+        let mut pending: std::collections::BTreeMap<u32, &str> = batch
+            .sent
+            .iter()
+            .map(|s| (s.seq, s.what.as_str()))
+            .collect();
+        let mut failure: Option<(String, i32)> = None;
+        while !pending.is_empty() {
+            let n = self.recv()?;
+            let data = self.buf.get(..n).unwrap_or_default().to_vec();
+            for m in messages(&data) {
+                let m = m.map_err(|what| self.malformed(what))?;
+                if m.ty != NLMSG_ERROR {
+                    continue;
+                }
+                let code = error_code(m.payload).ok_or_else(|| self.malformed("short error"))?;
+                if m.seq == begin && code != 0 {
+                    return Err(NfnlError::Refused {
+                        netns: self.netns.clone(),
+                        source: io::Error::from_raw_os_error(code.abs()),
+                    });
+                }
+                if let Some(what) = pending.remove(&m.seq)
+                    && code != 0
+                    && failure.is_none()
+                {
+                    failure = Some((what.to_owned(), code.abs()));
+                }
+            }
+        }
+        match failure {
+            Some((what, code)) => Err(NfnlError::RefusedAt {
+                netns: self.netns.clone(),
+                what,
+                source: io::Error::from_raw_os_error(code),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Makes the socket's buffers hold a batch of `bytes` and the ACKs of `messages`
+    /// (as root the limits of `net.core.*mem_max` do not apply, as for `nft`).
+    fn size_buffers(&mut self, bytes: usize, messages: usize) -> Result<(), NfnlError> {
+        let send = bytes.saturating_mul(2).max(1 << 16);
+        // An ACK costs about one page of receive buffer (skb truesize).
+        let recv = messages.saturating_mul(4096).max(1 << 18);
+        if send <= self.sndbuf && recv <= self.rcvbuf {
+            return Ok(());
+        }
+        let fd = self.socket.as_fd();
+        let err = |op: &'static str| {
+            let netns = self.netns.clone();
+            move |e: nix::Error| NfnlError::Io {
+                netns,
+                op,
+                source: io::Error::from(e),
+            }
+        };
+        if send > self.sndbuf {
+            setsockopt(&fd, sockopt::SndBufForce, &send)
+                .or_else(|_| setsockopt(&fd, sockopt::SndBuf, &send))
+                .map_err(err("SO_SNDBUF"))?;
+            self.sndbuf = send;
+        }
+        if recv > self.rcvbuf {
+            setsockopt(&fd, sockopt::RcvBufForce, &recv)
+                .or_else(|_| setsockopt(&fd, sockopt::RcvBuf, &recv))
+                .map_err(err("SO_RCVBUF"))?;
+            self.rcvbuf = recv;
+        }
+        Ok(())
     }
 
     /// The batch and its sequence numbers (batch begin, element messages).

@@ -11,7 +11,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use policy_compiler::ruleset::PeerEntry;
+use policy_compiler::ruleset::{PeerEntry, Ruleset};
 use sha2::{Digest, Sha256};
 
 use crate::nfnl::ElementOp;
@@ -62,6 +62,11 @@ pub struct Desired {
     /// The ruleset split into skeleton and peer-map entries (`None`: the renderer
     /// gives only text; every change replaces the table).
     pub parts: Option<Arc<Parts>>,
+    /// The compiled ruleset `text` was rendered from, when the renderer keeps it: an
+    /// applier that speaks netlink loads the table from it with no `nft` process
+    /// ([`crate::nfnl::NftSocket::replace_table`]); `None`: `text` is loaded with
+    /// `nft -f`. Never part of the identity (`checksum`).
+    pub ruleset: Option<Arc<Ruleset>>,
 }
 
 /// A ruleset split as [`policy_compiler::ruleset::Ruleset::skeleton`] and
@@ -153,7 +158,14 @@ impl Desired {
             checksum: Checksum::of(&text),
             text,
             parts: None,
+            ruleset: None,
         }
+    }
+
+    /// This desired ruleset with the compiled ruleset its text was rendered from.
+    pub fn with_ruleset(mut self, ruleset: Arc<Ruleset>) -> Self {
+        self.ruleset = Some(ruleset);
+        self
     }
 
     /// A desired ruleset with its parts: `text` (the whole table), the skeleton's text
@@ -190,6 +202,7 @@ impl Desired {
                 skeleton: Checksum::of(skeleton),
                 entries,
             })),
+            ruleset: None,
         }
     }
 }
@@ -247,6 +260,8 @@ pub enum Op {
         checksum: Checksum,
         /// The ruleset.
         text: Arc<str>,
+        /// The compiled ruleset of `text`, when known ([`Desired::ruleset`]).
+        ruleset: Option<Arc<Ruleset>>,
     },
     /// Only peer-map elements differ from what was applied: delete and add them in one
     /// transaction, conditional on the namespace's generation (nothing else committed
@@ -260,6 +275,8 @@ pub enum Op {
         checksum: Checksum,
         /// The whole ruleset (the fallback when the generation is stale).
         text: Arc<str>,
+        /// The compiled ruleset of `text`, when known ([`Desired::ruleset`]).
+        ruleset: Option<Arc<Ruleset>>,
         /// The element changes.
         ops: Vec<ElementOp>,
         /// The generation the kernel must still be at.
@@ -370,6 +387,7 @@ pub fn plan_pods(pods: &[(&PodKey, PodState<'_>)]) -> Vec<Op> {
                             netns: d.netns.clone(),
                             checksum: d.checksum,
                             text: d.text.clone(),
+                            ruleset: d.ruleset.clone(),
                             ops: elements,
                             generation,
                         }),
@@ -378,6 +396,7 @@ pub fn plan_pods(pods: &[(&PodKey, PodState<'_>)]) -> Vec<Op> {
                             netns: d.netns.clone(),
                             checksum: d.checksum,
                             text: d.text.clone(),
+                            ruleset: d.ruleset.clone(),
                         }),
                     }
                 }
@@ -519,7 +538,8 @@ mod tests {
                     pod: key("b"),
                     netns: "ns-b".into(),
                     checksum: b2.checksum,
-                    text: b2.text.clone()
+                    text: b2.text.clone(),
+                    ruleset: None,
                 },
                 Op::Remove {
                     pod: key("gone"),

@@ -76,11 +76,12 @@ impl NodeTable {
     }
 }
 
-/// Replaces the node table (one `nft -f` transaction); lists it once (rule changes are
+/// Replaces the node table (one transaction: over netlink from the compiled ruleset
+/// when the applier can, else `nft -f`); lists it once (rule changes are
 /// rare) as what verification compares with.
-fn replace(applier: &dyn Applier, text: &str, start: Instant) -> Result<Applied, ApplyError> {
+fn replace(applier: &dyn Applier, d: &Desired, start: Instant) -> Result<Applied, ApplyError> {
     let before = applier.node_generation().ok().flatten();
-    applier.apply_node(text)?;
+    applier.apply_node_ruleset(&d.text, d.ruleset.as_deref())?;
     let took = start.elapsed();
     let after = applier.node_generation().ok().flatten();
     let listing = match applier.list_node() {
@@ -162,11 +163,11 @@ impl Reconciler {
                         // Stale (someone else committed in the namespace) or refused:
                         // the kernel is unchanged; replace the whole table instead.
                         tracing::info!(error = %ErrorChain(&e), "node table element update not done: replacing the table");
-                        replace(applier.as_ref(), &d.text, start)
+                        replace(applier.as_ref(), &d, start)
                     }
                 }
             }
-            None => replace(applier.as_ref(), &d.text, start),
+            None => replace(applier.as_ref(), &d, start),
         };
         match result {
             Ok(done) => {

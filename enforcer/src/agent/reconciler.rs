@@ -797,12 +797,21 @@ fn execute(applier: &dyn Applier, op: Op) -> Done {
             netns,
             checksum,
             text,
-        } => replace_table(applier, pod, netns, checksum, &text, Instant::now()),
+            ruleset,
+        } => replace_table(
+            applier,
+            pod,
+            netns,
+            checksum,
+            (&text, ruleset.as_deref()),
+            Instant::now(),
+        ),
         Op::Update {
             pod,
             netns,
             checksum,
             text,
+            ruleset,
             ops,
             generation,
         } => {
@@ -821,7 +830,14 @@ fn execute(applier: &dyn Applier, op: Op) -> Done {
                     // Stale (someone else committed in the namespace) or refused: the
                     // kernel is unchanged; replace the whole table instead.
                     tracing::info!(namespace = %pod.namespace, pod = %pod.name, netns, error = %ErrorChain(&e), "element update not done: replacing the table");
-                    replace_table(applier, pod, netns, checksum, &text, start)
+                    replace_table(
+                        applier,
+                        pod,
+                        netns,
+                        checksum,
+                        (&text, ruleset.as_deref()),
+                        start,
+                    )
                 }
             }
         }
@@ -857,7 +873,8 @@ pub(super) fn settled(
     after.filter(|a| listed && now() == Some(*a))
 }
 
-/// Replaces the table (one `nft -f` transaction). When the applier tells generations
+/// Replaces the table (one transaction: over netlink from the compiled ruleset when the
+/// applier can, else `nft -f`). When the applier tells generations
 /// and exactly one commit happened (ours), the listing is left to the next verify,
 /// which takes it while the generation still proves nothing else changed; otherwise
 /// the kernel's listing right after the apply is what verify expects.
@@ -866,11 +883,11 @@ fn replace_table(
     pod: PodKey,
     netns: String,
     checksum: Checksum,
-    text: &str,
+    (text, ruleset): (&str, Option<&policy_compiler::ruleset::Ruleset>),
     start: Instant,
 ) -> Done {
     let before = applier.generation(&pod, &netns).ok().flatten();
-    if let Err(error) = applier.apply(&pod, &netns, text) {
+    if let Err(error) = applier.apply_ruleset(&pod, &netns, text, ruleset) {
         return Done::Failed {
             pod,
             op: "apply",

@@ -155,7 +155,8 @@ impl RulesetSource for CompiledRulesets {
             rs.to_nft(),
             &rs.skeleton().to_nft(),
             rs.peer_entries(),
-        ))
+        )
+        .with_ruleset(std::sync::Arc::new(rs)))
     }
 
     fn render_desired_shared(
@@ -231,11 +232,14 @@ impl RulesetSource for CompiledRulesets {
         ctx: &NodeContext,
     ) -> Result<Option<Desired>, RenderError> {
         let rs = compile_node(model, graph, ctx, &self.options);
-        Ok(Some(Desired::with_parts(
-            crate::node::OWN_NETNS,
-            rs.to_nft(),
-            &rs.skeleton().to_nft(),
-            rs.peer_entries(),
-        )))
+        Ok(Some(
+            Desired::with_parts(
+                crate::node::OWN_NETNS,
+                rs.to_nft(),
+                &rs.skeleton().to_nft(),
+                rs.peer_entries(),
+            )
+            .with_ruleset(std::sync::Arc::new(rs)),
+        ))
     }
 }

@@ -16,6 +16,7 @@ mod install;
 mod kube;
 mod netns;
 mod nfnl;
+mod nfnl_table;
 mod nft;
 mod node_table;
 mod ruleset;
