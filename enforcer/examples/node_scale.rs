@@ -21,13 +21,15 @@
 //!    idle CPU share at a 5 s interval.
 //! 3. **CNI ADD**: the agent in-process with the `netpol-cni` socket; `--adds` Pods set
 //!    up one after another through the plugin's own code. Each new Pod is a peer of
-//!    every local Pod, so each ADD also updates `--local` tables.
+//!    every local Pod, so each ADD also updates `--local` tables. `--add-gap-ms N`
+//!    waits N ms before each ADD (default 0: back to back, each ADD then also waits
+//!    for the pass of the one before).
 //!
 //! Then the agent's RSS (`VmRSS`, `VmHWM`) with the cluster view loaded.
 //!
 //! ```text
 //! cargo run --release -p enforcer --example node_scale -- [--local 110] [--cluster 10000]
-//!     [--changes 30] [--adds 20] [--verify-passes 5]
+//!     [--changes 30] [--adds 20] [--add-gap-ms 0] [--verify-passes 5]
 //!     [--mode both|all|replace|full|incremental|nft|incremental-nft-replace]
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -287,7 +289,10 @@ fn run_mode(
         // Let the first pass finish its follow-up (baseline listings).
         std::thread::sleep(Duration::from_millis(500));
         let procs0 = netns::processes_started();
+        let gap = Duration::from_millis(arg("--add-gap-ms", 0) as u64);
         for i in 0..adds {
+            // With a gap, each ADD finds the agent idle (its previous pass done).
+            std::thread::sleep(gap);
             let ns = format!("{prefix}-n{i}");
             let took = common::cni_add(&socket, &ns, "sandbox", i);
             r.adds_ms.push(took.as_secs_f64() * 1e3);

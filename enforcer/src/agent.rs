@@ -42,6 +42,7 @@ mod cni;
 mod config;
 mod discovery;
 mod events;
+mod fast_add;
 mod incremental;
 mod netns_guard;
 mod node_table;
@@ -52,6 +53,7 @@ mod shell;
 
 pub use self::cni::CniStatus;
 pub use self::config::{AgentConfig, ChainConfig, CniConfig};
+pub use self::fast_add::FastAdd;
 pub use self::reconciler::{CompileStats, Reconciler, SyncReport};
 pub use self::render::{CompiledRulesets, RenderError, RulesetSource};
 pub use self::shared::{SharedEntries, SharedRenders, Swept};

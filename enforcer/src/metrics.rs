@@ -19,6 +19,7 @@
 //! | `netpol_drop_listeners` | gauge | Pod namespaces with a bound NFLOG listener |
 //! | `netpol_cni_requests_total{command,result}` | counter | `netpol-cni` requests (ADD, DEL, CHECK) answered ok or error |
 //! | `netpol_cni_add_duration_seconds` | histogram | ADD received to answered (the Pod's ruleset applied) |
+//! | `netpol_cni_fast_adds_total` | counter | ADDs answered after the Pod's own table alone was applied (fast path, before the pass that updates its peers) |
 //! | `netpol_cni_rechains_total` | counter | times the agent chained netpol-cni again after the primary CNI dropped it |
 //! | `netpol_watch_errors_total{kind}` | counter | Kubernetes watcher errors (unreachable, HTTP errors, 410 before a relist, decode errors) |
 //! | `netpol_watch_relists_total{kind}` | counter | complete lists of a kind (the first one and every relist) |
@@ -147,6 +148,8 @@ pub struct Metrics {
     pub cni_requests: Family<CniLabels, Counter>,
     /// Seconds from an ADD's arrival to its answer.
     pub cni_add_seconds: Histogram,
+    /// ADDs answered by the fast path (the Pod's own table alone applied first).
+    pub cni_fast_adds: Counter,
     /// Times netpol-cni was chained again.
     pub cni_rechains: Counter,
     /// Kubernetes watcher errors by kind.
@@ -190,6 +193,12 @@ impl Metrics {
         let cni_requests = Family::<CniLabels, Counter>::default();
         let cni_add_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 15));
         let cni_rechains = Counter::default();
+        let cni_fast_adds = Counter::default();
+        registry.register(
+            "cni_fast_adds",
+            "netpol-cni ADDs answered after the Pod's own table alone was applied (fast path)",
+            cni_fast_adds.clone(),
+        );
         registry.register(
             "cni_rechains",
             "Times netpol-cni was chained again into the node's CNI configuration",
@@ -330,6 +339,7 @@ impl Metrics {
             cni_requests,
             cni_add_seconds,
             cni_rechains,
+            cni_fast_adds,
             watch_errors,
             watch_relists,
             watch_events,

@@ -572,51 +572,54 @@ impl State {
     /// copying every object first (at 50k Pods the copy is hundreds of MB). Only Pods
     /// whose addresses a CNI record changes are copied.
     pub fn build_model(&self) -> (Model, Vec<Diagnostic>) {
-        let mut overlaid: BTreeMap<&ObjectKey, Located<Pod>> = BTreeMap::new();
-        for (key, obj) in &self.objects {
-            if let Object::Pod(p) = &**obj {
-                let pod = PodKey::new(key.namespace.clone(), key.name.clone());
-                if self.cni.contains_key(&pod) {
-                    let mut copy = p.clone();
-                    self.overlay_cni(&pod, &mut copy.object);
-                    overlaid.insert(key, copy);
-                }
+        // Only Pods with a CNI entry can be overlaid: look those up (a handful), not
+        // every Pod's key.
+        let mut overlaid: BTreeMap<&str, BTreeMap<&str, Located<Pod>>> = BTreeMap::new();
+        for pod in self.cni.keys() {
+            if let Some(Object::Pod(p)) = self.pod(pod) {
+                let mut copy = p.clone();
+                self.overlay_cni(pod, &mut copy.object);
+                overlaid
+                    .entry(pod.namespace.as_str())
+                    .or_default()
+                    .insert(pod.name.as_str(), copy);
             }
         }
-        let objects = || self.objects.iter().map(|(k, o)| (k, &**o));
+        // One walk over the index, by kind, in key order.
+        let mut namespaces = Vec::new();
+        let mut pods = Vec::new();
+        let mut workloads = Vec::new();
+        let mut policies = Vec::new();
+        let mut services = Vec::new();
+        let mut slices = Vec::new();
+        let mut nodes = Vec::new();
+        let mut cluster_policies = Vec::new();
+        for (key, obj) in &self.objects {
+            match &**obj {
+                Object::Namespace(n) => namespaces.push(n),
+                Object::Pod(p) => pods.push(
+                    overlaid
+                        .get(key.namespace.as_str())
+                        .and_then(|m| m.get(key.name.as_str()))
+                        .unwrap_or(p),
+                ),
+                Object::Workload(w) => workloads.push(w),
+                Object::NetworkPolicy(p) => policies.push(p),
+                Object::Service(s) => services.push(s),
+                Object::EndpointSlice(s) => slices.push(s),
+                Object::Node(n) => nodes.push(n),
+                Object::ClusterNetworkPolicy(p) => cluster_policies.push(p),
+            }
+        }
         Model::build_all(
-            objects().filter_map(|(_, o)| match o {
-                Object::Namespace(n) => Some(n),
-                _ => None,
-            }),
-            objects().filter_map(|(k, o)| match o {
-                Object::Pod(p) => Some(overlaid.get(k).unwrap_or(p)),
-                _ => None,
-            }),
-            objects().filter_map(|(_, o)| match o {
-                Object::Workload(w) => Some(w),
-                _ => None,
-            }),
-            objects().filter_map(|(_, o)| match o {
-                Object::NetworkPolicy(p) => Some(p),
-                _ => None,
-            }),
-            objects().filter_map(|(_, o)| match o {
-                Object::Service(s) => Some(s),
-                _ => None,
-            }),
-            objects().filter_map(|(_, o)| match o {
-                Object::EndpointSlice(s) => Some(s),
-                _ => None,
-            }),
-            objects().filter_map(|(_, o)| match o {
-                Object::Node(n) => Some(n),
-                _ => None,
-            }),
-            objects().filter_map(|(_, o)| match o {
-                Object::ClusterNetworkPolicy(p) => Some(p),
-                _ => None,
-            }),
+            namespaces,
+            pods,
+            workloads,
+            policies,
+            services,
+            slices,
+            nodes,
+            cluster_policies,
         )
     }
 
@@ -651,23 +654,38 @@ impl State {
             if key.kind != Kind::Pod {
                 continue;
             }
+            // Pods of other nodes are most of a cluster: skip them before allocating.
             if let (Some(want), Some(have)) = (node, obj.node_name())
                 && want != have
             {
                 continue;
             }
             let pod = PodKey::new(key.namespace.clone(), key.name.clone());
-            let netns = self
-                .trusted_annotation(&pod, obj)
-                .map(str::to_owned)
-                .or_else(|| self.cni_record(&pod).map(|r| r.netns.clone()))
-                .or_else(|| self.netns_map.get(&pod).cloned())
-                .or_else(|| self.discovered.get(&pod).cloned());
-            if let Some(netns) = netns {
+            if let Some(netns) = self.local_netns_of(&pod, obj, node) {
                 out.insert(pod, netns);
             }
         }
         out
+    }
+
+    /// [`State::local_pods`] for one Pod: its netns when it is local, without walking
+    /// every object (the CNI `ADD` fast path, `agent/fast_add.rs`).
+    pub fn local_netns(&self, pod: &PodKey, node: Option<&str>) -> Option<String> {
+        let obj = self.pod(pod)?;
+        self.local_netns_of(pod, obj, node)
+    }
+
+    fn local_netns_of(&self, pod: &PodKey, obj: &Object, node: Option<&str>) -> Option<String> {
+        if let (Some(want), Some(have)) = (node, obj.node_name())
+            && want != have
+        {
+            return None;
+        }
+        self.trusted_annotation(pod, obj)
+            .map(str::to_owned)
+            .or_else(|| self.cni_record(pod).map(|r| r.netns.clone()))
+            .or_else(|| self.netns_map.get(pod).cloned())
+            .or_else(|| self.discovered.get(pod).cloned())
     }
 }
 

@@ -656,7 +656,8 @@ struct Builder {
     endpoints: Vec<Endpoint>,
     policies: Vec<Policy>,
     diags: Vec<Diagnostic>,
-    seen: BTreeSet<(String, String, String)>,
+    /// `kind/namespace/name` of every object taken (no part contains a `/`).
+    seen: BTreeSet<String>,
     services: Vec<Service>,
     slices: Vec<service::PendingSlice>,
     nodes: BTreeMap<String, NodeInfo>,
@@ -721,24 +722,22 @@ impl Builder {
         labels_field: &str,
         labels: Option<&BTreeMap<String, String>>,
     ) -> bool {
-        let obj = oref(kind, meta, ns);
+        // Built only for a diagnostic (this runs for every object of every compile).
+        let obj = || oref(kind, meta, ns);
         let mut ok = true;
         match meta.name.as_deref() {
             None | Some("") => {
-                self.err(origin, &obj, "metadata.name", None, "name is required");
+                self.err(origin, &obj(), "metadata.name", None, "name is required");
                 ok = false;
             }
             Some(n) => {
                 if let Err(e) = name_rule(n) {
-                    self.err(origin, &obj, "metadata.name", Some(n.into()), e);
+                    self.err(origin, &obj(), "metadata.name", Some(n.into()), e);
                     ok = false;
-                } else if !self
-                    .seen
-                    .insert((kind.to_string(), ns.to_string(), n.to_string()))
-                {
+                } else if !self.seen.insert(format!("{kind}/{ns}/{n}")) {
                     self.err(
                         origin,
-                        &obj,
+                        &obj(),
                         "metadata.name",
                         Some(n.into()),
                         format!("duplicate {kind}: an object with this name was given before"),
@@ -750,7 +749,7 @@ impl Builder {
         if !ns.is_empty()
             && let Err(e) = validate::dns1123_label(ns)
         {
-            self.err(origin, &obj, "metadata.namespace", Some(ns.into()), e);
+            self.err(origin, &obj(), "metadata.namespace", Some(ns.into()), e);
             ok = false;
         }
         for (k, v) in labels.into_iter().flatten() {
@@ -758,7 +757,7 @@ impl Builder {
             if let Err(e) = validate::label_key(k) {
                 self.err(
                     origin,
-                    &obj,
+                    &obj(),
                     &field(),
                     Some(k.clone()),
                     format!("invalid label key: {e}"),
@@ -768,7 +767,7 @@ impl Builder {
             if let Err(e) = validate::label_value(v) {
                 self.err(
                     origin,
-                    &obj,
+                    &obj(),
                     &field(),
                     Some(v.clone()),
                     format!("invalid label value: {e}"),
@@ -821,7 +820,7 @@ impl Builder {
         &mut self,
         spec: &PodSpec,
         origin: Option<&Origin>,
-        obj: &ObjectRef,
+        obj: &dyn Fn() -> ObjectRef,
         spec_path: &str,
     ) -> Option<Vec<ContainerPort>> {
         let mut out = Vec::new();
@@ -839,7 +838,7 @@ impl Builder {
                         p.protocol.as_deref(),
                         || format!("{}.protocol", base()),
                         origin,
-                        obj,
+                        &obj(),
                     ) else {
                         ok = false;
                         continue;
@@ -847,7 +846,7 @@ impl Builder {
                     let Some(port) = u16::try_from(p.container_port).ok().filter(|p| *p > 0) else {
                         self.err(
                             origin,
-                            obj,
+                            &obj(),
                             &format!("{}.containerPort", base()),
                             Some(p.container_port.to_string()),
                             if p.container_port == 0 {
@@ -862,7 +861,13 @@ impl Builder {
                     if let Some(n) = &p.name
                         && let Err(e) = validate::iana_svc_name(n)
                     {
-                        self.err(origin, obj, &format!("{}.name", base()), Some(n.clone()), e);
+                        self.err(
+                            origin,
+                            &obj(),
+                            &format!("{}.name", base()),
+                            Some(n.clone()),
+                            e,
+                        );
                         ok = false;
                         continue;
                     }
@@ -883,7 +888,7 @@ impl Builder {
         let meta = &pod.object.metadata;
         let origin = pod.origin.as_ref();
         let ns = meta.namespace.clone().unwrap_or_else(|| "default".into());
-        let obj = oref("Pod", meta, &ns);
+        let obj = || oref("Pod", meta, &ns);
         let status = pod.object.status.as_ref();
         if is_finished(&pod.object) {
             return;
@@ -921,7 +926,7 @@ impl Builder {
             Err(_) => {
                 this.err(
                     origin,
-                    &obj,
+                    &obj(),
                     &field,
                     Some(s.into()),
                     "must be a valid IP address",
@@ -1016,8 +1021,12 @@ impl Builder {
             return;
         }
         let spec = w.object.template.spec.clone().unwrap_or_default();
-        let Some(ports) = self.ports_of(&spec, origin, &obj, &format!("{template_path}.spec"))
-        else {
+        let Some(ports) = self.ports_of(
+            &spec,
+            origin,
+            &|| obj.clone(),
+            &format!("{template_path}.spec"),
+        ) else {
             return;
         };
         self.implicit_namespace(&ns);
@@ -1490,16 +1499,36 @@ impl Builder {
 
     fn finish(mut self) -> (Model, Vec<Diagnostic>) {
         let replaced = self.collapse_owned();
-        // `key()` formats a String: compute it once per endpoint, not per comparison.
-        self.endpoints.sort_by_cached_key(Endpoint::key);
+        // `key()` formats a String: compute it once per endpoint (for the sort and the
+        // index both). `(key, index)` pairs are unique, so the unstable sort gives the
+        // order of a stable sort by key.
+        let mut order: Vec<(String, usize)> = self
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.key(), i))
+            .collect();
+        order.sort_unstable();
+        let mut slots: Vec<Option<Endpoint>> = std::mem::take(&mut self.endpoints)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let mut keys = Vec::with_capacity(order.len());
+        for (key, i) in order {
+            // Every index is in `order` once, so each slot is taken once.
+            if let Some(e) = slots.get_mut(i).and_then(Option::take) {
+                self.endpoints.push(e);
+                keys.push(key);
+            }
+        }
         let mut by_key = BTreeMap::new();
         let mut by_ip = BTreeMap::new();
         let mut by_namespace: BTreeMap<String, Vec<EndpointId>> = BTreeMap::new();
         for (i, e) in self.endpoints.iter_mut().enumerate() {
             e.id = EndpointId(u32::try_from(i).unwrap_or(u32::MAX));
         }
-        for e in &self.endpoints {
-            by_key.insert(e.key(), e.id);
+        for (e, key) in self.endpoints.iter().zip(keys) {
+            by_key.insert(key, e.id);
             // hostNetwork Pods share the node's IP; they never own it.
             if !e.host_network {
                 for ip in &e.ips {
@@ -1524,10 +1553,16 @@ impl Builder {
                     }
                 }
             }
-            by_namespace
-                .entry(e.namespace.clone())
-                .or_default()
-                .push(e.id);
+            // Sorted by `ns/name`: a namespace's endpoints are contiguous.
+            match by_namespace.last_entry() {
+                Some(mut last) if *last.key() == e.namespace => last.get_mut().push(e.id),
+                _ => {
+                    by_namespace
+                        .entry(e.namespace.clone())
+                        .or_default()
+                        .push(e.id);
+                }
+            }
         }
         let (mut audit_policies, mut policies): (Vec<Policy>, Vec<Policy>) = self
             .policies

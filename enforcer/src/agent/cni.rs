@@ -75,7 +75,9 @@ impl Reconciler {
                     ips: request.ips.clone(),
                     uid: request.pod.uid.clone(),
                 };
+                let before = self.state.generation();
                 if self.state.cni_add(pod.clone(), record.clone()) {
+                    self.note_cni_add(before);
                     self.record_writes
                         .push(RecordWrite::Save(pod.clone(), record));
                 }
@@ -203,6 +205,8 @@ struct Pending {
     since: Instant,
     deadline: Instant,
     reply: oneshot::Sender<Response>,
+    /// The fast path ([`Reconciler::fast_add`]) was tried for this request.
+    tried: bool,
 }
 
 /// `ADD` requests waiting for their Pod's ruleset.
@@ -228,7 +232,42 @@ impl PendingAdds {
             since: now,
             deadline,
             reply,
+            tried: false,
         });
+    }
+
+    /// The Pods of requests the fast path was not tried for yet (each once), marking
+    /// them tried.
+    pub(super) fn untried(&mut self) -> Vec<PodKey> {
+        let mut out: Vec<PodKey> = Vec::new();
+        for p in self.waiting.iter_mut().filter(|p| !p.tried) {
+            p.tried = true;
+            if !out.contains(&p.pod) {
+                out.push(p.pod.clone());
+            }
+        }
+        out
+    }
+
+    /// Answers (ok) the requests of `enforced` Pods: the fast path applied their tables.
+    pub(super) fn answer_fast(&mut self, enforced: &[PodKey], now: Instant) -> Answered {
+        let mut done = Vec::new();
+        let waiting = std::mem::take(&mut self.waiting);
+        for p in waiting {
+            if !enforced.contains(&p.pod) {
+                self.waiting.push(p);
+                continue;
+            }
+            let waited = now.duration_since(p.since);
+            done.push((p.pod.clone(), true, waited));
+            // The plugin may have given up already; nothing to do then.
+            let _ = p.reply.send(Response::ok(format!(
+                "ruleset of {} applied ({} ms, before its peers' tables)",
+                p.pod,
+                waited.as_millis()
+            )));
+        }
+        done
     }
 
     /// The earliest deadline.

@@ -88,7 +88,7 @@ impl PodRecord {
 /// table. Its methods block on the applier.
 pub struct Reconciler {
     pub(super) state: State,
-    renderer: Arc<dyn RulesetSource>,
+    pub(super) renderer: Arc<dyn RulesetSource>,
     pub(super) applier: Arc<dyn Applier>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) node: Option<String>,
@@ -125,6 +125,9 @@ pub struct Reconciler {
     /// The distinct peer-map entry sets of the desired and applied tables (one copy
     /// each, shared by `Arc`).
     entry_pool: EntryPool,
+    /// The state generation reached from the last good compile by CNI `ADD`s only
+    /// (`agent/fast_add.rs`); `None` once anything else changed.
+    pub(super) fast_base: Option<u64>,
 }
 
 /// What the last [`Reconciler::compile`] rendered.
@@ -143,7 +146,7 @@ pub struct CompileStats {
 
 /// What [`execute`] did: each variant carries its operation's data, so no impossible
 /// operation/outcome pair can be matched.
-enum Done {
+pub(super) enum Done {
     Applied {
         pod: PodKey,
         netns: String,
@@ -203,6 +206,7 @@ impl Reconciler {
             rendered: BTreeMap::new(),
             last_compile: CompileStats::default(),
             entry_pool: EntryPool::default(),
+            fast_base: None,
             renderer,
         }
     }
@@ -604,6 +608,91 @@ impl Reconciler {
         }
     }
 
+    /// Records what one executed operation did in its Pod's record and in `report`
+    /// (what [`sync`](Self::sync) does per operation; the CNI `ADD` fast path too).
+    pub(super) fn take_done(&mut self, done: Done, now: Instant, report: &mut SyncReport) {
+        match done {
+            Done::Applied {
+                pod,
+                netns,
+                checksum,
+                listing,
+                generation,
+                incremental,
+                took,
+            } => {
+                self.metrics.applies.inc();
+                if incremental {
+                    self.metrics.element_updates.inc();
+                }
+                self.metrics.observe_apply(took);
+                tracing::info!(
+                    namespace = %pod.namespace, pod = %pod.name, netns,
+                    checksum = %checksum.short(), took_ms = took.as_secs_f64() * 1e3,
+                    how = if incremental { "element update" } else { "table replace" },
+                    "ruleset applied"
+                );
+                let record = self.pods.entry(pod.clone()).or_default();
+                if std::mem::take(&mut record.drifted) {
+                    self.metrics.drift_repairs.inc();
+                }
+                record.applied = Some(Actual {
+                    netns,
+                    checksum: Some(checksum),
+                });
+                // The plan was made from this desired ruleset (sync does not
+                // recompile in between).
+                record.applied_parts = record
+                    .desired
+                    .as_ref()
+                    .filter(|d| d.checksum == checksum)
+                    .and_then(|d| d.parts.clone());
+                record.baseline_due = !incremental && generation.is_some() && listing.is_none();
+                record.generation = generation;
+                record.kernel = listing;
+                record.backoff = None;
+                record.last_error = None;
+                report.applied.push(pod);
+            }
+            Done::Removed { pod, netns } => {
+                self.metrics.removes.inc();
+                tracing::info!(namespace = %pod.namespace, pod = %pod.name, netns, "ruleset removed (Pod gone)");
+                if let Some(record) = self.pods.get_mut(&pod) {
+                    if record.applied.as_ref().is_some_and(|a| a.netns == netns) {
+                        record.applied = None;
+                        record.kernel = None;
+                        record.applied_parts = None;
+                        record.generation = None;
+                    }
+                    record.drifted = false;
+                    record.backoff = None;
+                }
+                report.removed.push(pod);
+            }
+            Done::Failed {
+                pod,
+                op: what,
+                error: e,
+            } => {
+                if what == "apply" {
+                    self.metrics.apply_errors.inc();
+                }
+                let record = self.pods.entry(pod.clone()).or_default();
+                let b = self.backoff_policy.fail(record.backoff, now);
+                tracing::error!(
+                    namespace = %pod.namespace, pod = %pod.name, op = what,
+                    error = %ErrorChain(&e), failures = b.failures,
+                    retry_in_ms = (b.next - now).as_millis() as u64,
+                    "ruleset {what} failed: the kernel keeps the last good table"
+                );
+                record.backoff = Some(b);
+                record.last_error = Some(ErrorChain(&e).to_string());
+                report.retry_at = earliest(report.retry_at, b.next);
+                report.failed.push(pod);
+            }
+        }
+    }
+
     /// Plans and carries out what makes the kernel equal to the desired rulesets.
     /// Operations whose backoff has not expired at `now` wait.
     pub fn sync(&mut self, now: Instant) -> SyncReport {
@@ -650,86 +739,7 @@ impl Reconciler {
         let applier = self.applier.clone();
         let results = parallel(self.parallelism, todo, |op| execute(applier.as_ref(), op));
         for done in results {
-            match done {
-                Done::Applied {
-                    pod,
-                    netns,
-                    checksum,
-                    listing,
-                    generation,
-                    incremental,
-                    took,
-                } => {
-                    self.metrics.applies.inc();
-                    if incremental {
-                        self.metrics.element_updates.inc();
-                    }
-                    self.metrics.observe_apply(took);
-                    tracing::info!(
-                        namespace = %pod.namespace, pod = %pod.name, netns,
-                        checksum = %checksum.short(), took_ms = took.as_secs_f64() * 1e3,
-                        how = if incremental { "element update" } else { "table replace" },
-                        "ruleset applied"
-                    );
-                    let record = self.pods.entry(pod.clone()).or_default();
-                    if std::mem::take(&mut record.drifted) {
-                        self.metrics.drift_repairs.inc();
-                    }
-                    record.applied = Some(Actual {
-                        netns,
-                        checksum: Some(checksum),
-                    });
-                    // The plan was made from this desired ruleset (sync does not
-                    // recompile in between).
-                    record.applied_parts = record
-                        .desired
-                        .as_ref()
-                        .filter(|d| d.checksum == checksum)
-                        .and_then(|d| d.parts.clone());
-                    record.baseline_due = !incremental && generation.is_some() && listing.is_none();
-                    record.generation = generation;
-                    record.kernel = listing;
-                    record.backoff = None;
-                    record.last_error = None;
-                    report.applied.push(pod);
-                }
-                Done::Removed { pod, netns } => {
-                    self.metrics.removes.inc();
-                    tracing::info!(namespace = %pod.namespace, pod = %pod.name, netns, "ruleset removed (Pod gone)");
-                    if let Some(record) = self.pods.get_mut(&pod) {
-                        if record.applied.as_ref().is_some_and(|a| a.netns == netns) {
-                            record.applied = None;
-                            record.kernel = None;
-                            record.applied_parts = None;
-                            record.generation = None;
-                        }
-                        record.drifted = false;
-                        record.backoff = None;
-                    }
-                    report.removed.push(pod);
-                }
-                Done::Failed {
-                    pod,
-                    op: what,
-                    error: e,
-                } => {
-                    if what == "apply" {
-                        self.metrics.apply_errors.inc();
-                    }
-                    let record = self.pods.entry(pod.clone()).or_default();
-                    let b = self.backoff_policy.fail(record.backoff, now);
-                    tracing::error!(
-                        namespace = %pod.namespace, pod = %pod.name, op = what,
-                        error = %ErrorChain(&e), failures = b.failures,
-                        retry_in_ms = (b.next - now).as_millis() as u64,
-                        "ruleset {what} failed: the kernel keeps the last good table"
-                    );
-                    record.backoff = Some(b);
-                    record.last_error = Some(ErrorChain(&e).to_string());
-                    report.retry_at = earliest(report.retry_at, b.next);
-                    report.failed.push(pod);
-                }
-            }
+            self.take_done(done, now, &mut report);
         }
         // A Pod that is gone but whose namespace a desired Pod now uses was not removed
         // (that Pod's apply replaced the table): forget it. Errors are kept only for
@@ -790,7 +800,7 @@ pub(super) fn earliest(a: Option<Instant>, b: Instant) -> Option<Instant> {
     Some(a.map_or(b, |a| a.min(b)))
 }
 
-fn execute(applier: &dyn Applier, op: Op) -> Done {
+pub(super) fn execute(applier: &dyn Applier, op: Op) -> Done {
     match op {
         Op::Apply {
             pod,

@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 
 use super::cni::{self, CniStatus};
 use super::events::NftEvents;
-use super::{AgentConfig, Reconciler, RulesetSource};
+use super::{AgentConfig, FastAdd, Reconciler, RulesetSource};
 use crate::applier::Applier;
 use crate::cni::records::RecordStore;
 use crate::cni::server::{self as cni_server, CniCall};
@@ -22,6 +22,7 @@ use crate::manifests::{ManifestDir, Scan};
 use crate::metrics::Metrics;
 use crate::reporter::DropReporter;
 use crate::source::{ManifestSource, PodLookup, StateSource};
+use crate::state::PodKey;
 
 /// Errors starting the agent.
 #[derive(Debug, thiserror::Error)]
@@ -295,6 +296,35 @@ async fn run(
             },
             _ = verify.tick() => do_verify = true,
             () = sleep_until(wake) => {}
+        }
+        // CNI ADD fast path: each new request's own table first, answered before the
+        // pass that compiles everything and updates its peers (`agent/fast_add.rs`).
+        let fresh = pending.untried();
+        if !fresh.is_empty() {
+            let fast = tokio::task::spawn_blocking(move || {
+                // Persisted before the answer, as the pass does.
+                reconciler.flush_records();
+                let enforced: Vec<PodKey> = fresh
+                    .into_iter()
+                    .filter(|pod| match reconciler.fast_add(pod, Instant::now()) {
+                        FastAdd::Enforced => true,
+                        FastAdd::Fallback(why) => {
+                            tracing::debug!(namespace = %pod.namespace, pod = %pod.name, why, "cni ADD: fast path not taken");
+                            false
+                        }
+                    })
+                    .collect();
+                (reconciler, enforced)
+            });
+            let Ok((back, enforced)) = fast.await else {
+                return Err(AgentError::Panicked);
+            };
+            reconciler = back;
+            for (pod, ok, waited) in pending.answer_fast(&enforced, Instant::now()) {
+                metrics.record_cni("ADD", ok);
+                metrics.cni_add_seconds.observe(waited.as_secs_f64());
+                tracing::info!(namespace = %pod.namespace, pod = %pod.name, ok, waited_ms = waited.as_secs_f64() * 1e3, "cni ADD answered (fast path)");
+            }
         }
         let pass = tokio::task::spawn_blocking(move || {
             let start = Instant::now();
