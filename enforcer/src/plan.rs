@@ -11,7 +11,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use policy_compiler::ruleset::{PeerEntry, Ruleset};
+use policy_compiler::ruleset::{PeerEntry, PodSplit, Ruleset};
 use sha2::{Digest, Sha256};
 
 use crate::nfnl::ElementOp;
@@ -66,8 +66,43 @@ pub struct Desired {
     /// applier that speaks netlink loads the table from it with no `nft` process
     /// ([`crate::nfnl::NftSocket::replace_table`]); `None`: `text` is loaded with
     /// `nft -f`. Never part of the identity (`checksum`).
-    pub ruleset: Option<Arc<Ruleset>>,
+    pub ruleset: Option<TableIr>,
 }
+
+/// The compiled table behind a [`Desired`], for loading it over netlink: whole, or (from
+/// a shared render, docs/agent.md "Shared peer lookups") the Pod's skeleton and the
+/// peer lookups it shares with alike tables, made whole only when a replace needs it,
+/// so a table keeps no copy of the shared peer-map elements. See: #12
+#[derive(Debug, Clone)]
+pub enum TableIr {
+    /// The whole ruleset.
+    Whole(Arc<Ruleset>),
+    /// A skeleton and its shared lookups ([`PodSplit`]).
+    Split(Arc<PodSplit>),
+}
+
+impl TableIr {
+    /// The whole ruleset.
+    pub fn ruleset(&self) -> std::borrow::Cow<'_, Ruleset> {
+        match self {
+            TableIr::Whole(rs) => std::borrow::Cow::Borrowed(rs),
+            TableIr::Split(split) => std::borrow::Cow::Owned(split.to_ruleset()),
+        }
+    }
+}
+
+/// Equal when they make the same ruleset (a whole and a split one can be equal).
+impl PartialEq for TableIr {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (TableIr::Whole(a), TableIr::Whole(b)) if Arc::ptr_eq(a, b) => true,
+            (TableIr::Split(a), TableIr::Split(b)) if Arc::ptr_eq(a, b) => true,
+            _ => self.ruleset() == other.ruleset(),
+        }
+    }
+}
+
+impl Eq for TableIr {}
 
 /// A ruleset split as [`policy_compiler::ruleset::Ruleset::skeleton`] and
 /// [`policy_compiler::ruleset::Ruleset::peer_entries`] split it.
@@ -164,7 +199,14 @@ impl Desired {
 
     /// This desired ruleset with the compiled ruleset its text was rendered from.
     pub fn with_ruleset(mut self, ruleset: Arc<Ruleset>) -> Self {
-        self.ruleset = Some(ruleset);
+        self.ruleset = Some(TableIr::Whole(ruleset));
+        self
+    }
+
+    /// This desired ruleset with the split render its text was made from (skeleton and
+    /// shared lookups; [`TableIr::Split`]).
+    pub fn with_split(mut self, split: Arc<PodSplit>) -> Self {
+        self.ruleset = Some(TableIr::Split(split));
         self
     }
 
@@ -261,7 +303,7 @@ pub enum Op {
         /// The ruleset.
         text: Arc<str>,
         /// The compiled ruleset of `text`, when known ([`Desired::ruleset`]).
-        ruleset: Option<Arc<Ruleset>>,
+        ruleset: Option<TableIr>,
     },
     /// Only peer-map elements differ from what was applied: delete and add them in one
     /// transaction, conditional on the namespace's generation (nothing else committed
@@ -276,7 +318,7 @@ pub enum Op {
         /// The whole ruleset (the fallback when the generation is stale).
         text: Arc<str>,
         /// The compiled ruleset of `text`, when known ([`Desired::ruleset`]).
-        ruleset: Option<Arc<Ruleset>>,
+        ruleset: Option<TableIr>,
         /// The element changes.
         ops: Vec<ElementOp>,
         /// The generation the kernel must still be at.

@@ -81,7 +81,8 @@ impl NodeTable {
 /// rare) as what verification compares with.
 fn replace(applier: &dyn Applier, d: &Desired, start: Instant) -> Result<Applied, ApplyError> {
     let before = applier.node_generation().ok().flatten();
-    applier.apply_node_ruleset(&d.text, d.ruleset.as_deref())?;
+    let whole = d.ruleset.as_ref().map(crate::plan::TableIr::ruleset);
+    applier.apply_node_ruleset(&d.text, whole.as_deref())?;
     let took = start.elapsed();
     let after = applier.node_generation().ok().flatten();
     let listing = match applier.list_node() {

@@ -17,7 +17,7 @@ use crate::cni::records::RecordStore;
 use crate::manifests::Scan;
 use crate::metrics::Metrics;
 use crate::plan::{
-    Actual, Backoff, BackoffPolicy, Checksum, Desired, EntryPool, Op, Parts, PodState,
+    Actual, Backoff, BackoffPolicy, Checksum, Desired, EntryPool, Op, Parts, PodState, TableIr,
     normalise_listing, plan_pods,
 };
 use crate::reporter::{CompiledModel, DropReporter};
@@ -808,14 +808,18 @@ pub(super) fn execute(applier: &dyn Applier, op: Op) -> Done {
             checksum,
             text,
             ruleset,
-        } => replace_table(
-            applier,
-            pod,
-            netns,
-            checksum,
-            (&text, ruleset.as_deref()),
-            Instant::now(),
-        ),
+        } => {
+            // A split render is made whole here, only for a replace.
+            let whole = ruleset.as_ref().map(TableIr::ruleset);
+            replace_table(
+                applier,
+                pod,
+                netns,
+                checksum,
+                (&text, whole.as_deref()),
+                Instant::now(),
+            )
+        }
         Op::Update {
             pod,
             netns,
@@ -845,7 +849,7 @@ pub(super) fn execute(applier: &dyn Applier, op: Op) -> Done {
                         pod,
                         netns,
                         checksum,
-                        (&text, ruleset.as_deref()),
+                        (&text, ruleset.as_ref().map(TableIr::ruleset).as_deref()),
                         start,
                     )
                 }

@@ -186,13 +186,13 @@ impl RulesetSource for CompiledRulesets {
         }
         let text = split.skeleton.to_nft_with(&elements);
         let entries = shared.entries(&split.lookups);
-        Ok(Desired::with_shared_parts(
-            netns,
-            text,
-            &split.skeleton.to_nft(),
-            entries.entries,
-            entries.digest,
-        ))
+        let skeleton = split.skeleton.to_nft();
+        // The split itself (skeleton + shared lookups) for a netlink replace: made whole
+        // only when a replace needs it. See: #12
+        Ok(
+            Desired::with_shared_parts(netns, text, &skeleton, entries.entries, entries.digest)
+                .with_split(std::sync::Arc::new(split)),
+        )
     }
 
     fn render(

@@ -352,6 +352,14 @@ pub struct PodSplit {
 }
 
 impl PodSplit {
+    /// The whole table, as [`PodSplit::ruleset`] gives it, leaving this split whole (its
+    /// lookups stay shared; their maps are copied into the result).
+    pub fn to_ruleset(&self) -> Ruleset {
+        let mut rs = self.skeleton.clone();
+        rs.maps = self.lookups.iter().cloned().flat_map(filled_maps).collect();
+        rs
+    }
+
     /// The whole table: the skeleton with its maps' elements.
     pub fn ruleset(self) -> Ruleset {
         let mut rs = self.skeleton;
