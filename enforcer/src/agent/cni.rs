@@ -1,8 +1,9 @@
 //! The agent's handling of `netpol-cni` requests.
 //!
 //! `ADD` records the sandbox (netns, IPs) in the state index (so the Pod is local and
-//! its addresses are in its peers' sets at once) and waits, as a [`PendingAdds`] entry,
-//! until a pass has applied the Pod's ruleset; then the plugin is answered. If the Pod is
+//! the next pass puts its addresses in its peers' sets) and waits, as a [`PendingAdds`]
+//! entry, until the Pod's own ruleset is applied, by the fast path
+//! ([`super::fast_add`]) or by a pass; then the plugin is answered. If the Pod is
 //! not in the index yet (the watch lags the kubelet), the source's
 //! [`PodLookup`](crate::source::PodLookup) fetches it. `DEL` records the teardown and is
 //! answered at once. `CHECK` answers from what the kernel holds.

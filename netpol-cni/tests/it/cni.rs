@@ -216,8 +216,8 @@ spec:
 ";
 
 #[test]
-fn add_enforces_before_returning_and_updates_peers_at_once() {
-    if !available("add_enforces_before_returning_and_updates_peers_at_once") {
+fn add_enforces_before_returning_and_updates_peers_within_a_pass() {
+    if !available("add_enforces_before_returning_and_updates_peers_within_a_pass") {
         return;
     }
     let topo = topology(
@@ -282,14 +282,22 @@ fn add_enforces_before_returning_and_updates_peers_at_once() {
     assert_eq!(add.code, 0, "ADD failed: {} {}", add.stdout, add.stderr);
     // Checked the moment ADD returned: no Pod runs a moment without its policy.
     let web_table = table(&web.netns).expect("web enforced when ADD returned");
-    let srv_table = table(&srv.netns).unwrap();
     assert!(
         web_table.contains("10.0.0.11"),
         "web may reach srv:\n{web_table}"
     );
+    // The peers learn web's IP in the pass that follows the answer (the CNI ADD fast
+    // path answers once web's own table is enforced; docs/agent.md): until then srv
+    // drops web, never the reverse. See: #12
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut srv_table = table(&srv.netns).unwrap();
+    while !srv_table.contains("10.0.0.12") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        srv_table = table(&srv.netns).unwrap();
+    }
     assert!(
         srv_table.contains("10.0.0.12"),
-        "srv knows web's new IP at once:\n{srv_table}"
+        "srv knows web's new IP within a pass:\n{srv_table}"
     );
     let result: Value = serde_json::from_str(&add.stdout).unwrap();
     // Passed through as the spec's result type; an all-empty `dns` is left out, as the
