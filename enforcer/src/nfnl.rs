@@ -489,25 +489,11 @@ impl NftSocket {
     fn send_batch(&mut self, batch: &table::Batch) -> Result<(), NfnlError> {
         let mut out = Vec::with_capacity(batch.body.len() + 64);
         let begin = self.next_seq();
-        let start = begin_msg(
-            &mut out,
-            NFNL_MSG_BATCH_BEGIN,
-            NLM_F_REQUEST,
-            begin,
-            NFPROTO_UNSPEC,
-            NFNL_SUBSYS_NFTABLES,
-        );
+        let start = batch_marker(&mut out, NFNL_MSG_BATCH_BEGIN, begin);
         finish_msg(&mut out, start);
         out.extend_from_slice(&batch.body);
         let end = self.next_seq();
-        let start = begin_msg(
-            &mut out,
-            NFNL_MSG_BATCH_END,
-            NLM_F_REQUEST,
-            end,
-            NFPROTO_UNSPEC,
-            NFNL_SUBSYS_NFTABLES,
-        );
+        let start = batch_marker(&mut out, NFNL_MSG_BATCH_END, end);
         finish_msg(&mut out, start);
         self.size_buffers(out.len(), batch.sent.len())?;
         self.send(&out)?;
@@ -592,14 +578,7 @@ impl NftSocket {
     ) -> (Vec<u8>, (u32, Vec<u32>)) {
         let mut out = Vec::with_capacity(256 + ops.len() * 64);
         let begin = self.next_seq();
-        let start = begin_msg(
-            &mut out,
-            NFNL_MSG_BATCH_BEGIN,
-            NLM_F_REQUEST,
-            begin,
-            NFPROTO_UNSPEC,
-            NFNL_SUBSYS_NFTABLES,
-        );
+        let start = batch_marker(&mut out, NFNL_MSG_BATCH_BEGIN, begin);
         put_attr(&mut out, NFNL_BATCH_GENID, &generation.to_be_bytes());
         finish_msg(&mut out, start);
         let mut seqs = Vec::new();
@@ -644,17 +623,23 @@ impl NftSocket {
             }
         }
         let end = self.next_seq();
-        let start = begin_msg(
-            &mut out,
-            NFNL_MSG_BATCH_END,
-            NLM_F_REQUEST,
-            end,
-            NFPROTO_UNSPEC,
-            NFNL_SUBSYS_NFTABLES,
-        );
+        let start = batch_marker(&mut out, NFNL_MSG_BATCH_END, end);
         finish_msg(&mut out, start);
         (out, (begin, seqs))
     }
+}
+
+/// Starts a batch's `NFNL_MSG_BATCH_BEGIN` or `NFNL_MSG_BATCH_END` message (nf_tables
+/// subsystem); finish it with [`finish_msg`].
+fn batch_marker(out: &mut Vec<u8>, ty: u16, seq: u32) -> usize {
+    begin_msg(
+        out,
+        ty,
+        NLM_F_REQUEST,
+        seq,
+        NFPROTO_UNSPEC,
+        NFNL_SUBSYS_NFTABLES,
+    )
 }
 
 /// The generation after one commit from `g` (the kernel skips 0).

@@ -672,21 +672,7 @@ impl fmt::Display for Explanation {
             Some(_) => self.allowed && !a.allowed,
             None => !self.allowed_traffic.subtract(&a.allowed_traffic).is_empty(),
         };
-        writeln!(
-            f,
-            "  audited (audit policies enforced): {}{}",
-            a.verdict(),
-            if would_drop {
-                "; reported as would drop (audit)"
-            } else {
-                ""
-            }
-        )?;
-        let body = a.to_string();
-        for line in body.lines().skip(1) {
-            writeln!(f, "  {line}")?;
-        }
-        Ok(())
+        write_audited(f, &a.verdict(), would_drop, &a.to_string())
     }
 }
 
@@ -1221,22 +1207,32 @@ impl fmt::Display for ServiceExplanation {
             .iter()
             .zip(&a.backends)
             .any(|(e, x)| e.allowed && !x.allowed);
-        writeln!(
-            f,
-            "  audited (audit policies enforced): {}{}",
-            a.verdict,
-            if would_drop {
-                "; reported as would drop (audit)"
-            } else {
-                ""
-            }
-        )?;
-        let body = a.to_string();
-        for line in body.lines().skip(1) {
-            writeln!(f, "  {line}")?;
-        }
-        Ok(())
+        write_audited(f, &a.verdict, would_drop, &a.to_string())
     }
+}
+
+/// The audited answer under the enforced one: a heading with its verdict (and whether
+/// the kernel reports the difference as would drop (audit)), then `body`'s lines after
+/// its first (the audited answer's own verdict line), indented.
+fn write_audited(
+    f: &mut fmt::Formatter<'_>,
+    verdict: &str,
+    would_drop: bool,
+    body: &str,
+) -> fmt::Result {
+    writeln!(
+        f,
+        "  audited (audit policies enforced): {verdict}{}",
+        if would_drop {
+            "; reported as would drop (audit)"
+        } else {
+            ""
+        }
+    )?;
+    for line in body.lines().skip(1) {
+        writeln!(f, "  {line}")?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
