@@ -19,6 +19,7 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use policy_compiler::{Diagnostic, Model, Severity, SourceText, load};
@@ -74,7 +75,9 @@ pub enum ManifestError {
 #[derive(Debug)]
 struct FileEntry {
     hash: Checksum,
-    good: Option<Vec<Object>>,
+    /// Shared with [`ManifestDir`]'s published view: a scan clones pointers, not the
+    /// objects of every unchanged file. See: #12
+    good: Option<Vec<Arc<Object>>>,
 }
 
 #[derive(Debug, Default)]
@@ -124,7 +127,7 @@ pub struct ManifestDir {
     netns_map: Option<PathBuf>,
     files: BTreeMap<PathBuf, FileEntry>,
     map: MapEntry,
-    published: BTreeMap<ObjectKey, Object>,
+    published: BTreeMap<ObjectKey, Arc<Object>>,
     started: bool,
     last_complete: Option<bool>,
     settle: Duration,
@@ -271,18 +274,21 @@ impl ManifestDir {
         let current = self.union(&mut scan);
         if !self.started {
             self.started = true;
-            scan.events
-                .push(Event::Reset(current.values().cloned().collect()));
+            scan.events.push(Event::Reset(
+                current.values().map(|o| Object::clone(o)).collect(),
+            ));
             scan.events
                 .push(Event::NetnsMap(self.map.good.clone().unwrap_or_default()));
         } else {
             for (key, obj) in &current {
+                // An object of a file this scan did not read again is the same
+                // allocation: no deep comparison.
                 if self
                     .published
                     .get(key)
-                    .is_none_or(|old| !old.same_content(obj))
+                    .is_none_or(|old| !Arc::ptr_eq(old, obj) && !old.same_content(obj))
                 {
-                    scan.events.push(Event::Apply(Box::new(obj.clone())));
+                    scan.events.push(Event::Apply(Box::new(Object::clone(obj))));
                 }
             }
             for key in self.published.keys() {
@@ -354,7 +360,7 @@ impl ManifestDir {
         let valid = !diags.iter().any(|d| d.severity == Severity::Error);
         scan.diagnostics.extend(diags);
         let good = if valid {
-            Some(Object::all(inputs))
+            Some(Object::all(inputs).into_iter().map(Arc::new).collect())
         } else {
             scan.invalid_files.push(path.clone());
             self.files.get_mut(&path).and_then(|f| f.good.take())
@@ -397,8 +403,8 @@ impl ManifestDir {
         }
     }
 
-    fn union(&self, scan: &mut Scan) -> BTreeMap<ObjectKey, Object> {
-        let mut out: BTreeMap<ObjectKey, Object> = BTreeMap::new();
+    fn union(&self, scan: &mut Scan) -> BTreeMap<ObjectKey, Arc<Object>> {
+        let mut out: BTreeMap<ObjectKey, Arc<Object>> = BTreeMap::new();
         let mut from: BTreeMap<ObjectKey, &Path> = BTreeMap::new();
         for (path, entry) in &self.files {
             for obj in entry.good.iter().flatten() {
