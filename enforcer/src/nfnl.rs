@@ -418,9 +418,34 @@ impl NftSocket {
         self.send(&batch)?;
         // Every element message asked for an ACK; the batch-begin message is answered
         // only when the batch as a whole is refused (a stale generation).
-        let begin_seq = seqs.0;
-        let mut pending: std::collections::BTreeSet<u32> = seqs.1.iter().copied().collect();
-        let mut failure: Option<i32> = None;
+        match self.batch_answer(seqs.0, seqs.1.iter().copied().collect())? {
+            BatchAnswer::Done => Ok(next_generation(generation)),
+            BatchAnswer::BeginRefused(ERESTART) => {
+                let found = self.generation()?;
+                Err(NfnlError::Stale {
+                    netns: self.netns.clone(),
+                    expected: generation,
+                    found,
+                })
+            }
+            BatchAnswer::BeginRefused(code) | BatchAnswer::Refused { code, .. } => {
+                Err(NfnlError::Refused {
+                    netns: self.netns.clone(),
+                    source: io::Error::from_raw_os_error(code),
+                })
+            }
+        }
+    }
+
+    /// Reads the kernel's answers to a batch sent with an ACK asked for every message
+    /// in `pending` until each is acknowledged; the batch-begin message (`begin`) is
+    /// answered only when the batch as a whole is refused, which ends the wait.
+    fn batch_answer(
+        &mut self,
+        begin: u32,
+        mut pending: std::collections::BTreeSet<u32>,
+    ) -> Result<BatchAnswer, NfnlError> {
+        let mut failure = None;
         while !pending.is_empty() {
             let n = self.recv()?;
             let data = self.buf.get(..n).unwrap_or_default().to_vec();
@@ -430,32 +455,20 @@ impl NftSocket {
                     continue;
                 }
                 let code = error_code(m.payload).ok_or_else(|| self.malformed("short error"))?;
-                if m.seq == begin_seq && code != 0 {
-                    if code.abs() == ERESTART {
-                        let found = self.generation()?;
-                        return Err(NfnlError::Stale {
-                            netns: self.netns.clone(),
-                            expected: generation,
-                            found,
-                        });
-                    }
-                    return Err(NfnlError::Refused {
-                        netns: self.netns.clone(),
-                        source: io::Error::from_raw_os_error(code.abs()),
-                    });
+                if m.seq == begin && code != 0 {
+                    return Ok(BatchAnswer::BeginRefused(code.abs()));
                 }
                 if pending.remove(&m.seq) && code != 0 && failure.is_none() {
-                    failure = Some(code.abs());
+                    failure = Some((m.seq, code.abs()));
                 }
             }
         }
-        match failure {
-            Some(code) => Err(NfnlError::Refused {
-                netns: self.netns.clone(),
-                source: io::Error::from_raw_os_error(code),
+        Ok(
+            failure.map_or(BatchAnswer::Done, |(seq, code)| BatchAnswer::Refused {
+                seq,
+                code,
             }),
-            None => Ok(next_generation(generation)),
-        }
+        )
     }
 
     /// Replaces `table inet TABLE` with `rs` in place, over netlink: the transactions
@@ -497,42 +510,22 @@ impl NftSocket {
         finish_msg(&mut out, start);
         self.size_buffers(out.len(), batch.sent.len())?;
         self.send(&out)?;
-        let mut pending: std::collections::BTreeMap<u32, &str> = batch
+        let what: std::collections::BTreeMap<u32, &str> = batch
             .sent
             .iter()
             .map(|s| (s.seq, s.what.as_str()))
             .collect();
-        let mut failure: Option<(String, i32)> = None;
-        while !pending.is_empty() {
-            let n = self.recv()?;
-            let data = self.buf.get(..n).unwrap_or_default().to_vec();
-            for m in messages(&data) {
-                let m = m.map_err(|what| self.malformed(what))?;
-                if m.ty != NLMSG_ERROR {
-                    continue;
-                }
-                let code = error_code(m.payload).ok_or_else(|| self.malformed("short error"))?;
-                if m.seq == begin && code != 0 {
-                    return Err(NfnlError::Refused {
-                        netns: self.netns.clone(),
-                        source: io::Error::from_raw_os_error(code.abs()),
-                    });
-                }
-                if let Some(what) = pending.remove(&m.seq)
-                    && code != 0
-                    && failure.is_none()
-                {
-                    failure = Some((what.to_owned(), code.abs()));
-                }
-            }
-        }
-        match failure {
-            Some((what, code)) => Err(NfnlError::RefusedAt {
+        match self.batch_answer(begin, what.keys().copied().collect())? {
+            BatchAnswer::Done => Ok(()),
+            BatchAnswer::BeginRefused(code) => Err(NfnlError::Refused {
                 netns: self.netns.clone(),
-                what,
                 source: io::Error::from_raw_os_error(code),
             }),
-            None => Ok(()),
+            BatchAnswer::Refused { seq, code } => Err(NfnlError::RefusedAt {
+                netns: self.netns.clone(),
+                what: what.get(&seq).copied().unwrap_or_default().to_owned(),
+                source: io::Error::from_raw_os_error(code),
+            }),
         }
     }
 
@@ -627,6 +620,17 @@ impl NftSocket {
         finish_msg(&mut out, start);
         (out, (begin, seqs))
     }
+}
+
+/// How the kernel answered a batch ([`NftSocket::batch_answer`]); codes are positive
+/// errnos.
+enum BatchAnswer {
+    /// Every message was acknowledged without error: committed.
+    Done,
+    /// The batch-begin message was refused (e.g. `ERESTART`: a stale generation).
+    BeginRefused(i32),
+    /// The first message refused, by sequence number (the kernel undid the batch).
+    Refused { seq: u32, code: i32 },
 }
 
 /// Starts a batch's `NFNL_MSG_BATCH_BEGIN` or `NFNL_MSG_BATCH_END` message (nf_tables
