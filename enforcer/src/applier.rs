@@ -15,7 +15,7 @@ use crate::netns;
 use crate::nfnl::{ElementOp, NfnlError, NftSocket};
 use crate::nft::{self, NftError};
 use crate::state::PodKey;
-use policy_compiler::ruleset::Ruleset;
+use policy_compiler::ruleset::{PeerEntry, Ruleset};
 
 /// The table every Pod ruleset lives in.
 pub const TABLE: &str = "netpol";
@@ -169,6 +169,30 @@ pub trait Applier: Send + Sync {
         ruleset: &str,
     ) -> Result<u32, ApplyError> {
         let _ = (netns, ops, generation, ruleset);
+        Err(ApplyError::Unsupported { pod: pod.clone() })
+    }
+
+    /// Changes the table in `netns` to `ruleset` (rendered as `text`, for fakes) in one
+    /// transaction (plus, first, one
+    /// that declares new sets empty) like [`Applier::apply_ruleset`], keeping the peer
+    /// maps whose entries the kernel holds (`old`: the entries of the agent's last
+    /// commit, proven there by `generation`) and changing them by `ops` instead of
+    /// reloading them; only if the namespace's generation is still `generation`
+    /// ([`ApplyError::Stale`] otherwise, nothing changed). Returns the generation after
+    /// the commit. Defaults to [`ApplyError::Unsupported`] (the caller replaces the
+    /// table whole). See: #12
+    #[allow(clippy::too_many_arguments)]
+    fn rewrite(
+        &self,
+        pod: &PodKey,
+        netns: &str,
+        text: &str,
+        ruleset: &Ruleset,
+        old: &BTreeSet<PeerEntry>,
+        ops: &[ElementOp],
+        generation: u32,
+    ) -> Result<u32, ApplyError> {
+        let _ = (netns, text, ruleset, old, ops, generation);
         Err(ApplyError::Unsupported { pod: pod.clone() })
     }
 
@@ -597,6 +621,33 @@ impl Applier for NetlinkApplier {
         self.update_in(pod, netns, ops, generation)
     }
 
+    fn rewrite(
+        &self,
+        pod: &PodKey,
+        netns: &str,
+        _text: &str,
+        ruleset: &Ruleset,
+        old: &BTreeSet<PeerEntry>,
+        ops: &[ElementOp],
+        generation: u32,
+    ) -> Result<u32, ApplyError> {
+        let result = self.with_socket(pod, netns, "rewrite", |s| {
+            s.rewrite_table(TABLE, ruleset, old, ops, generation)
+        });
+        match result {
+            Err(ApplyError::Netlink { source, .. })
+                if matches!(*source, NfnlError::Stale { .. }) =>
+            {
+                Err(ApplyError::Stale {
+                    pod: pod.clone(),
+                    netns: netns.to_owned(),
+                    expected: generation,
+                })
+            }
+            other => other,
+        }
+    }
+
     fn node_generation(&self) -> Result<Option<u32>, ApplyError> {
         let netns = self.node_netns().to_owned();
         self.with_socket(&node_key(), &netns, "generation", NftSocket::generation)
@@ -633,6 +684,17 @@ pub enum Recorded {
         /// The namespace.
         netns: String,
         /// The element changes.
+        ops: Vec<ElementOp>,
+    },
+    /// `rewrite(pod, netns, text, .., ops, ..)`: rules changed, peer maps kept.
+    Rewrite {
+        /// The Pod.
+        pod: PodKey,
+        /// The namespace.
+        netns: String,
+        /// The new table's text.
+        ruleset: String,
+        /// The element changes of the kept maps.
         ops: Vec<ElementOp>,
     },
     /// `remove(pod, netns)`.
@@ -692,6 +754,15 @@ impl RecordingApplier {
     /// Number of `list` calls so far.
     pub fn lists(&self) -> usize {
         self.lock().lists
+    }
+
+    /// Number of `rewrite` calls for `pod` (failed ones included).
+    pub fn rewrites(&self, pod: &PodKey) -> usize {
+        self.lock()
+            .calls
+            .iter()
+            .filter(|c| matches!(c, Recorded::Rewrite { pod: p, .. } if p == pod))
+            .count()
     }
 
     /// Number of `update` calls for `pod` (failed ones included).
@@ -850,6 +921,29 @@ impl Applier for RecordingApplier {
             .map(|g| g.get(netns).copied().unwrap_or(0)))
     }
 
+    fn rewrite(
+        &self,
+        pod: &PodKey,
+        netns: &str,
+        text: &str,
+        _ruleset: &Ruleset,
+        _old: &BTreeSet<PeerEntry>,
+        ops: &[ElementOp],
+        generation: u32,
+    ) -> Result<u32, ApplyError> {
+        {
+            let mut r = self.lock();
+            r.calls.push(Recorded::Rewrite {
+                pod: pod.clone(),
+                netns: netns.to_owned(),
+                ruleset: text.to_owned(),
+                ops: ops.to_vec(),
+            });
+            Self::check(&r, pod, "rewrite")?;
+        }
+        self.commit_if_at(pod, netns, generation, text)
+    }
+
     fn update(
         &self,
         pod: &PodKey,
@@ -858,13 +952,29 @@ impl Applier for RecordingApplier {
         generation: u32,
         ruleset: &str,
     ) -> Result<u32, ApplyError> {
+        {
+            let mut r = self.lock();
+            r.calls.push(Recorded::Update {
+                pod: pod.clone(),
+                netns: netns.to_owned(),
+                ops: ops.to_vec(),
+            });
+            Self::check(&r, pod, "update")?;
+        }
+        self.commit_if_at(pod, netns, generation, ruleset)
+    }
+}
+
+impl RecordingApplier {
+    /// One commit of `ruleset` in `netns` if its generation is still `generation`.
+    fn commit_if_at(
+        &self,
+        pod: &PodKey,
+        netns: &str,
+        generation: u32,
+        ruleset: &str,
+    ) -> Result<u32, ApplyError> {
         let mut r = self.lock();
-        r.calls.push(Recorded::Update {
-            pod: pod.clone(),
-            netns: netns.to_owned(),
-            ops: ops.to_vec(),
-        });
-        Self::check(&r, pod, "update")?;
         let Some(now) = r
             .generations
             .as_ref()

@@ -497,12 +497,74 @@ impl NftSocket {
         Ok(commits)
     }
 
+    /// Changes `table inet TABLE` to `rs` like [`NftSocket::replace_table`], but keeps
+    /// the peer maps whose entries the kernel holds (`old`, the entries of the agent's
+    /// last commit) and changes them by `ops` (from `old` to `rs`'s entries) instead of
+    /// flushing and reloading them ([`table::encode_rewrite`]). Every batch is
+    /// conditional on the generation: the first on `generation` (the one right after
+    /// the agent's last commit, so the kernel holds exactly `old`), the next on the one
+    /// after; if anything else committed in the namespace the kernel refuses the batch
+    /// and this returns [`NfnlError::Stale`] (the caller replaces the table whole).
+    /// Returns the generation after the last commit. See: #12
+    pub fn rewrite_table(
+        &mut self,
+        table: &str,
+        rs: &policy_compiler::ruleset::Ruleset,
+        old: &std::collections::BTreeSet<PeerEntry>,
+        ops: &[ElementOp],
+        generation: u32,
+    ) -> Result<u32, NfnlError> {
+        let existing = self.objects(table)?;
+        let mut seq = self.seq;
+        let kept = table::KeptEntries { old, ops };
+        let done =
+            table::encode_rewrite(table, rs, &existing, kept, &mut seq).map_err(|source| {
+                NfnlError::Invalid {
+                    netns: self.netns.clone(),
+                    source,
+                }
+            })?;
+        self.seq = seq;
+        let mut at = generation;
+        for batch in done.declare.iter().chain([&done.replace]) {
+            match self.send_batch_at(batch, Some(at)) {
+                Ok(()) => at = next_generation(at),
+                Err(NfnlError::Refused { source, .. })
+                    if source.raw_os_error() == Some(ERESTART) =>
+                {
+                    let found = self.generation()?;
+                    return Err(NfnlError::Stale {
+                        netns: self.netns.clone(),
+                        expected: at,
+                        found,
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(at)
+    }
+
     /// Sends one table batch and waits for the ACK of every message; the first refused
     /// message is the error (the kernel then undid the whole batch).
     fn send_batch(&mut self, batch: &table::Batch) -> Result<(), NfnlError> {
+        self.send_batch_at(batch, None)
+    }
+
+    /// [`NftSocket::send_batch`], conditional on the namespace's generation when
+    /// `generation` is given (`NFNL_BATCH_GENID`; a stale one is refused with
+    /// `ERESTART`).
+    fn send_batch_at(
+        &mut self,
+        batch: &table::Batch,
+        generation: Option<u32>,
+    ) -> Result<(), NfnlError> {
         let mut out = Vec::with_capacity(batch.body.len() + 64);
         let begin = self.next_seq();
         let start = batch_marker(&mut out, NFNL_MSG_BATCH_BEGIN, begin);
+        if let Some(g) = generation {
+            put_attr(&mut out, NFNL_BATCH_GENID, &g.to_be_bytes());
+        }
         finish_msg(&mut out, start);
         out.extend_from_slice(&batch.body);
         let end = self.next_seq();

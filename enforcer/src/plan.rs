@@ -324,6 +324,29 @@ pub enum Op {
         /// The generation the kernel must still be at.
         generation: u32,
     },
+    /// The rules differ from what was applied but the peer maps' entries in the kernel
+    /// are known (the generation is the one after the agent's last commit): change the
+    /// table in one transaction keeping those maps, with their element changes
+    /// ([`crate::applier::Applier::rewrite`]); a stale generation or an applier that
+    /// cannot replaces the table whole. See: #12
+    Rewrite {
+        /// The Pod.
+        pod: PodKey,
+        /// Its namespace.
+        netns: String,
+        /// The desired checksum the rewrite reaches.
+        checksum: Checksum,
+        /// The whole ruleset (the fallback).
+        text: Arc<str>,
+        /// The compiled ruleset of `text`.
+        ruleset: TableIr,
+        /// The peer-map entries the kernel holds now (what was applied).
+        old: Arc<BTreeSet<PeerEntry>>,
+        /// The element changes from `old` to the desired entries.
+        ops: Vec<ElementOp>,
+        /// The generation the kernel must still be at.
+        generation: u32,
+    },
     /// Delete `table inet netpol` from the namespace (the Pod is gone or moved).
     Remove {
         /// The Pod the table belonged to.
@@ -337,7 +360,10 @@ impl Op {
     /// The Pod the operation is about.
     pub fn pod(&self) -> &PodKey {
         match self {
-            Op::Apply { pod, .. } | Op::Update { pod, .. } | Op::Remove { pod, .. } => pod,
+            Op::Apply { pod, .. }
+            | Op::Update { pod, .. }
+            | Op::Rewrite { pod, .. }
+            | Op::Remove { pod, .. } => pod,
         }
     }
 }
@@ -348,6 +374,9 @@ impl Op {
 /// - desired and actual agree (same namespace, same checksum): nothing;
 /// - only peer-map elements differ from what is known to be in the kernel (same
 ///   skeleton, same namespace, generation known): [`Op::Update`];
+/// - the rules differ but the kernel's peer-map entries are known (same namespace,
+///   generation known, compiled ruleset at hand): [`Op::Rewrite`], which keeps those
+///   maps and sends their element changes;
 /// - otherwise [`Op::Apply`], which replaces the table atomically (never a flush first);
 /// - a Pod that moved namespace also gets [`Op::Remove`] of its old table, and a Pod that
 ///   is no longer desired gets [`Op::Remove`], unless a desired Pod now uses that
@@ -403,6 +432,36 @@ impl PodState<'_> {
             (ops.clone(), generation)
         })
     }
+
+    /// The rewrite from what was applied to `d` when the rules differ, the kernel's
+    /// peer-map entries are known exactly and `d` has its compiled ruleset.
+    fn rewrite_to(&self, pod: &PodKey, d: &Desired, diffs: &mut Diffs) -> Option<Op> {
+        let a = self.actual?;
+        let (old, new) = (self.applied_parts?, d.parts.as_deref()?);
+        let generation = self.generation?;
+        let ruleset = d.ruleset.clone()?;
+        if a.netns != d.netns || a.checksum.is_none() {
+            return None;
+        }
+        let key = (
+            Arc::as_ptr(&old.entries) as usize,
+            Arc::as_ptr(&new.entries) as usize,
+        );
+        let ops = diffs
+            .entry(key)
+            .or_insert_with(|| element_ops(&old.entries, &new.entries))
+            .clone();
+        Some(Op::Rewrite {
+            pod: pod.clone(),
+            netns: d.netns.clone(),
+            checksum: d.checksum,
+            text: d.text.clone(),
+            ruleset,
+            old: old.entries.clone(),
+            ops,
+            generation,
+        })
+    }
 }
 
 /// Element changes by (old entry set, new entry set) address, within one plan.
@@ -433,13 +492,16 @@ pub fn plan_pods(pods: &[(&PodKey, PodState<'_>)]) -> Vec<Op> {
                             ops: elements,
                             generation,
                         }),
-                        None => ops.push(Op::Apply {
-                            pod: pod.clone(),
-                            netns: d.netns.clone(),
-                            checksum: d.checksum,
-                            text: d.text.clone(),
-                            ruleset: d.ruleset.clone(),
-                        }),
+                        None => match state.rewrite_to(pod, d, &mut diffs) {
+                            Some(op) => ops.push(op),
+                            None => ops.push(Op::Apply {
+                                pod: pod.clone(),
+                                netns: d.netns.clone(),
+                                checksum: d.checksum,
+                                text: d.text.clone(),
+                                ruleset: d.ruleset.clone(),
+                            }),
+                        },
                     }
                 }
                 if let Some(a) = a

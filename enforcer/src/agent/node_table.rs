@@ -390,6 +390,7 @@ mod tests {
                 .filter(|c| match c {
                     Recorded::Apply { pod, .. }
                     | Recorded::Update { pod, .. }
+                    | Recorded::Rewrite { pod, .. }
                     | Recorded::Remove { pod, .. } => *pod == node_key(),
                 })
                 .collect()

@@ -855,6 +855,39 @@ pub(super) fn execute(applier: &dyn Applier, op: Op) -> Done {
                 }
             }
         }
+        Op::Rewrite {
+            pod,
+            netns,
+            checksum,
+            text,
+            ruleset,
+            old,
+            ops,
+            generation,
+        } => {
+            let start = Instant::now();
+            let whole = ruleset.ruleset();
+            match applier.rewrite(&pod, &netns, &text, &whole, &old, &ops, generation) {
+                Ok(generation) => Done::Applied {
+                    pod,
+                    netns,
+                    checksum,
+                    listing: None,
+                    generation: Some(generation),
+                    incremental: false,
+                    took: start.elapsed(),
+                },
+                Err(e) => {
+                    // Stale, refused or unsupported: the kernel is unchanged (each batch
+                    // is all or nothing; a first declare-only commit adds empty sets no
+                    // rule uses); replace the whole table instead. See: #12
+                    if !matches!(e, ApplyError::Unsupported { .. }) {
+                        tracing::info!(namespace = %pod.namespace, pod = %pod.name, netns, error = %ErrorChain(&e), "rewrite keeping the peer maps not done: replacing the table");
+                    }
+                    replace_table(applier, pod, netns, checksum, (&text, Some(&whole)), start)
+                }
+            }
+        }
         Op::Remove { pod, netns } => match applier.remove(&pod, &netns) {
             Ok(()) => Done::Removed { pod, netns },
             Err(error) => Done::Failed {

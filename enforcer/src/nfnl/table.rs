@@ -15,20 +15,21 @@
 //! test `nfnl_table::netlink_and_nft_loads_list_identically_for_every_case` checks
 //! listing by listing (bytecode included).
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use policy_compiler::ruleset::{
-    AddrField, AddrSet, Chain, Family, Hook, MapVerdict, PeerMap, PortElement, PortsSet, RuleKind,
-    Ruleset, ServiceSet, TierSet, TierVerdict,
+    AddrField, AddrSet, Chain, Family, Hook, MapVerdict, PeerEntry, PeerMap, PortElement, PortsSet,
+    RuleKind, Ruleset, ServiceSet, TierSet, TierVerdict,
 };
 
 use super::{
-    NFNL_SUBSYS_NFTABLES, NFPROTO_INET, NFT_JUMP, NFT_MSG_NEWSETELEM, NFT_SET_ELEM_INTERVAL_END,
-    NFTA_DATA_VALUE, NFTA_DATA_VERDICT, NFTA_LIST_ELEM, NFTA_SET_ELEM_DATA, NFTA_SET_ELEM_FLAGS,
-    NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET,
-    NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_USERDATA, NFTA_VERDICT_CHAIN, NFTA_VERDICT_CODE,
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, TableObjects, UDATA_INTERVAL_OPEN, begin_msg,
-    begin_nest, end_nest, finish_msg, put_attr, put_str,
+    ElementOp, NFNL_SUBSYS_NFTABLES, NFPROTO_INET, NFT_JUMP, NFT_MSG_NEWSETELEM,
+    NFT_SET_ELEM_INTERVAL_END, NFTA_DATA_VALUE, NFTA_DATA_VERDICT, NFTA_LIST_ELEM,
+    NFTA_SET_ELEM_DATA, NFTA_SET_ELEM_FLAGS, NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_LIST_ELEMENTS,
+    NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_USERDATA, NFTA_VERDICT_CHAIN,
+    NFTA_VERDICT_CODE, NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, TableObjects, UDATA_INTERVAL_OPEN,
+    begin_msg, begin_nest, end_nest, finish_msg, put_attr, put_str,
 };
 
 const NFT_MSG_NEWTABLE: u16 = 0;
@@ -208,7 +209,89 @@ pub fn encode_replace(
     existing: &TableObjects,
     seq: &mut u32,
 ) -> Result<Replace, TableError> {
+    encode(table, rs, existing, None, seq)
+}
+
+/// The peer maps a rewrite keeps: what the kernel's table holds in its peer maps (the
+/// entries the agent applied, proven there by the generation) and the element changes
+/// to the new ruleset's ([`encode_rewrite`]). See: #12
+#[derive(Debug, Clone, Copy)]
+pub struct KeptEntries<'a> {
+    /// Every peer-map entry of the table in the kernel now.
+    pub old: &'a BTreeSet<PeerEntry>,
+    /// From `old` to the new ruleset's entries: deletions and additions.
+    pub ops: &'a [ElementOp],
+}
+
+/// [`encode_replace`] for a table whose peer maps' entries in the kernel are known
+/// (`kept.old`): the same transactions, except that a peer map present in both tables
+/// is neither flushed nor reloaded but changed by `kept.ops` (its deletions where the
+/// flush was, its additions where the elements were), so a rule change costs the
+/// changed elements instead of every element. A map is reloaded whole when it is new,
+/// empty before or after, or when its first element moves to or from address 0 (nft's
+/// leading interval end at 0 is there exactly when the first range starts above 0).
+/// Still one transaction for the content: atomicity is that of [`encode_replace`].
+/// See: #12
+pub fn encode_rewrite(
+    table: &str,
+    rs: &Ruleset,
+    existing: &TableObjects,
+    kept: KeptEntries<'_>,
+    seq: &mut u32,
+) -> Result<Replace, TableError> {
+    encode(table, rs, existing, Some(kept), seq)
+}
+
+/// The names of the maps of `rs` that [`encode_rewrite`] changes by elements.
+fn kept_maps(rs: &Ruleset, existing: &TableObjects, old: &BTreeSet<PeerEntry>) -> BTreeSet<String> {
+    rs.maps
+        .iter()
+        .filter(|m| existing.sets.contains(&m.name))
+        .filter(|m| {
+            let Some(new_first) = m.elements.first().map(|e| e.first) else {
+                return false;
+            };
+            // Entries are ordered by map, then family, then first address.
+            let Some(old_first) = old.iter().find(|e| e.map == m.name).map(|e| e.first) else {
+                return false;
+            };
+            old.iter()
+                .filter(|e| e.map == m.name)
+                .all(|e| e.family == m.family)
+                && is_zero(old_first) == is_zero(new_first)
+        })
+        .map(|m| m.name.clone())
+        .collect()
+}
+
+fn is_zero(a: IpAddr) -> bool {
+    match a {
+        IpAddr::V4(a) => u32::from(a) == 0,
+        IpAddr::V6(a) => u128::from(a) == 0,
+    }
+}
+
+fn encode(
+    table: &str,
+    rs: &Ruleset,
+    existing: &TableObjects,
+    kept: Option<KeptEntries<'_>>,
+    seq: &mut u32,
+) -> Result<Replace, TableError> {
     validate(table, rs)?;
+    let keep = kept.map_or_else(BTreeSet::new, |k| kept_maps(rs, existing, k.old));
+    let delta = |delete: bool| -> Vec<&PeerEntry> {
+        kept.map(|k| k.ops)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|op| match op {
+                ElementOp::Delete(e) if delete => Some(e),
+                ElementOp::Add(e) if !delete => Some(e),
+                _ => None,
+            })
+            .filter(|e| keep.contains(&e.map))
+            .collect()
+    };
     let sets = sets_of(rs);
     let missing: Vec<&SetSpec> = sets
         .iter()
@@ -236,17 +319,22 @@ pub fn encode_replace(
     for s in &sets {
         let id = b.next_set_id();
         b.new_set(s, id);
-        b.msg(
-            NFT_MSG_DELSETELEM,
-            0,
-            format!("flush {} {}", s.kind(), s.name),
-            |b, out| {
-                put_str(out, NFTA_SET_ELEM_LIST_TABLE, b.table);
-                put_str(out, NFTA_SET_ELEM_LIST_SET, &s.name);
-            },
-        );
+        if !keep.contains(&s.name) {
+            b.msg(
+                NFT_MSG_DELSETELEM,
+                0,
+                format!("flush {} {}", s.kind(), s.name),
+                |b, out| {
+                    put_str(out, NFTA_SET_ELEM_LIST_TABLE, b.table);
+                    put_str(out, NFTA_SET_ELEM_LIST_SET, &s.name);
+                },
+            );
+        }
         ids.push(id);
     }
+    // A kept map's deletions where its flush would be: before the stale chains their
+    // verdicts may jump to are deleted, before any addition.
+    b.entries(&delta(true), true);
     for stale in existing
         .sets
         .iter()
@@ -281,8 +369,11 @@ pub fn encode_replace(
         b.chain(c);
     }
     for (s, id) in sets.iter().zip(&ids) {
-        b.elements(s, *id);
+        if !keep.contains(&s.name) {
+            b.elements(s, *id);
+        }
     }
+    b.entries(&delta(false), false);
     for c in &rs.chains {
         for (i, r) in c.rules.iter().enumerate() {
             b.rule(c, i, &r.kind, r.comment.as_deref());
@@ -633,6 +724,40 @@ impl<'a> Encoder<'a> {
                 put_attr(out, NFTA_SET_USERDATA, udata);
             },
         );
+    }
+
+    /// Deletions (`delete`) or additions of peer-map entries, per map, in messages of at
+    /// most [`ELEMENTS_PER_MESSAGE`] entries (as [`super::NftSocket::update_elements`]
+    /// encodes them).
+    fn entries(&mut self, entries: &[&PeerEntry], delete: bool) {
+        let mut by_map: std::collections::BTreeMap<&str, Vec<&PeerEntry>> =
+            std::collections::BTreeMap::new();
+        for e in entries {
+            by_map.entry(&e.map).or_default().push(e);
+        }
+        for (map, entries) in by_map {
+            for chunk in entries.chunks(ELEMENTS_PER_MESSAGE / 2) {
+                let (ty, flags, verb) = if delete {
+                    (NFT_MSG_DELSETELEM, 0, "delete")
+                } else {
+                    (NFT_MSG_NEWSETELEM, NLM_F_CREATE, "add")
+                };
+                self.msg(
+                    ty,
+                    flags,
+                    format!("{verb} {} peer entries of map {map}", chunk.len()),
+                    |b, out| {
+                        put_str(out, NFTA_SET_ELEM_LIST_TABLE, b.table);
+                        put_str(out, NFTA_SET_ELEM_LIST_SET, map);
+                        let list = begin_nest(out, NFTA_SET_ELEM_LIST_ELEMENTS);
+                        for e in chunk {
+                            super::encode_entry(out, e, !delete);
+                        }
+                        end_nest(out, list);
+                    },
+                );
+            }
+        }
     }
 
     /// The elements of `s`, in messages of at most [`ELEMENTS_PER_MESSAGE`].
@@ -1203,5 +1328,103 @@ mod tests {
         // Sequence numbers are consecutive and unique.
         let seqs: Vec<u32> = r.replace.sent.iter().map(|s| s.seq).collect();
         assert_eq!(seqs, (1..=5).collect::<Vec<_>>());
+    }
+
+    fn with_map(mut rs: Ruleset, addrs: &[[u8; 4]]) -> Ruleset {
+        rs.maps.push(PeerMap {
+            name: "ingress_v4".into(),
+            family: Family::V4,
+            elements: addrs
+                .iter()
+                .map(|a| policy_compiler::ruleset::MapElement {
+                    first: IpAddr::from(*a),
+                    last: IpAddr::from(*a),
+                    prefix: Some(32),
+                    verdict: MapVerdict::Accept,
+                    sources: Vec::new(),
+                })
+                .collect(),
+        });
+        rs
+    }
+
+    #[test]
+    fn a_rewrite_sends_only_the_element_changes_of_a_kept_map() {
+        // See: #12
+        let a = with_map(ruleset("ingress"), &[[10, 0, 0, 1], [10, 0, 0, 2]]);
+        let mut b = with_map(ruleset("ingress"), &[[10, 0, 0, 2], [10, 0, 0, 3]]);
+        b.chains[0].rules.push(policy_compiler::ruleset::NftRule {
+            kind: RuleKind::Established,
+            comment: Some("changed".into()),
+        });
+        let existing = TableObjects {
+            chains: vec!["ingress".into()],
+            sets: vec!["ingress_v4".into()],
+        };
+        let old: BTreeSet<PeerEntry> = a.peer_entries().into_iter().collect();
+        let new: BTreeSet<PeerEntry> = b.peer_entries().into_iter().collect();
+        let ops: Vec<ElementOp> = old
+            .difference(&new)
+            .cloned()
+            .map(ElementOp::Delete)
+            .chain(new.difference(&old).cloned().map(ElementOp::Add))
+            .collect();
+        let whats = |r: &Replace| -> Vec<String> {
+            r.replace.sent.iter().map(|s| s.what.clone()).collect()
+        };
+        let mut seq = 0;
+        let kept = encode_rewrite(
+            "netpol",
+            &b,
+            &existing,
+            KeptEntries {
+                old: &old,
+                ops: &ops,
+            },
+            &mut seq,
+        )
+        .unwrap();
+        let w = whats(&kept);
+        assert!(!w.iter().any(|w| w == "flush map ingress_v4"), "{w:?}");
+        assert!(
+            w.contains(&"delete 1 peer entries of map ingress_v4".to_owned()),
+            "{w:?}"
+        );
+        assert!(
+            w.contains(&"add 1 peer entries of map ingress_v4".to_owned()),
+            "{w:?}"
+        );
+        // Rules are still flushed and re-added, the chain's final drop included.
+        assert!(w.contains(&"flush table".to_owned()), "{w:?}");
+        assert!(kept.declare.is_none());
+        // The same map emptied, or not in the kernel: flushed and reloaded whole.
+        let mut seq = 0;
+        let empty = with_map(ruleset("ingress"), &[]);
+        let gone = encode_rewrite(
+            "netpol",
+            &empty,
+            &existing,
+            KeptEntries {
+                old: &old,
+                ops: &[],
+            },
+            &mut seq,
+        )
+        .unwrap();
+        assert!(whats(&gone).contains(&"flush map ingress_v4".to_owned()));
+        let fresh = encode_rewrite(
+            "netpol",
+            &b,
+            &TableObjects::default(),
+            KeptEntries {
+                old: &old,
+                ops: &ops,
+            },
+            &mut seq,
+        )
+        .unwrap();
+        assert!(fresh.declare.is_some());
+        assert!(whats(&fresh).contains(&"flush map ingress_v4".to_owned()));
+        assert!(!whats(&fresh).iter().any(|w| w.contains("peer entries")));
     }
 }

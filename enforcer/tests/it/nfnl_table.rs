@@ -4,6 +4,7 @@
 //! changes nothing, and an isolated Pod stays closed through replaces.
 //! See: #12
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,12 +13,14 @@ use enforcer::applier::{Applier, NftApplier};
 use enforcer::netns;
 use enforcer::nfnl::{NfnlError, NftSocket};
 use enforcer::nft;
+use enforcer::plan::element_ops;
 use enforcer::state::PodKey;
 use netpol_lab::probe::{Listener, Prober, Protocol as ProbeProtocol};
 use netpol_lab::topology::{Host, Topology};
 use policy_compiler::model::EndpointKind;
 use policy_compiler::ruleset::{
-    MapVerdict, NodeContext, Ruleset, RulesetOptions, compile_node, compile_pod_with_audit,
+    MapVerdict, NodeContext, PeerEntry, Ruleset, RulesetOptions, compile_node,
+    compile_pod_with_audit,
 };
 use policy_compiler::synth::{SynthParams, generate};
 use policy_compiler::{AllowGraph, AuditView, Model, SourceText, load};
@@ -284,6 +287,170 @@ fn netlink_and_nft_load_identical_tables_for_every_case_in_place_and_fresh() {
     eprintln!("netlink/nft parity: {} tables", tables.len());
 }
 
+/// Changes the table in `socket`'s namespace from `a` (there now, by the last commit)
+/// to `b` keeping the peer maps ([`NftSocket::rewrite_table`]); the number of maps `b`
+/// shares with `a` that were kept (not reloaded).
+fn rewrite_netlink(socket: &mut NftSocket, a: &Ruleset, b: &Ruleset) -> usize {
+    let old: BTreeSet<PeerEntry> = a.peer_entries().into_iter().collect();
+    let new: BTreeSet<PeerEntry> = b.peer_entries().into_iter().collect();
+    let ops = element_ops(&old, &new);
+    let g = socket.generation().unwrap();
+    let after = socket
+        .rewrite_table("netpol", b, &old, &ops, g)
+        .unwrap_or_else(|e| panic!("rewrite: {}", netpol_common::ErrorChain(&e)));
+    assert_eq!(
+        socket.generation().unwrap(),
+        after,
+        "the generation returned"
+    );
+    b.maps
+        .iter()
+        .filter(|m| {
+            !m.elements.is_empty()
+                && a.maps
+                    .iter()
+                    .any(|o| o.name == m.name && !o.elements.is_empty())
+        })
+        .count()
+}
+
+/// Asserts that the table in `ns` equals the one in `fresh` (chain order aside).
+fn assert_same_table(ns: &str, fresh: &str, what: &str) {
+    let (x, y) = (canonical(&state(ns)), canonical(&state(fresh)));
+    let first = x.lines().zip(y.lines()).position(|(l, r)| l != r);
+    assert!(
+        x == y,
+        "{what}: differs from a fresh load at line {first:?}: {:?} vs {:?}",
+        first.map(|i| x
+            .lines()
+            .skip(i.saturating_sub(12))
+            .take(16)
+            .collect::<Vec<_>>()
+            .join("\n")),
+        first.map(|i| y
+            .lines()
+            .skip(i.saturating_sub(12))
+            .take(16)
+            .collect::<Vec<_>>()
+            .join("\n")),
+    );
+}
+
+/// Every Pod table of a generated cluster by Pod, before and after a change of the
+/// rules only: the `metrics` container port moves (named ports resolve elsewhere, the
+/// peers stay), and policy ports change (DNS, a named port, a numbered one).
+fn rule_change_pairs(seed: u64) -> Vec<(String, Ruleset, Ruleset)> {
+    let text = generate(&SynthParams {
+        namespaces: 4,
+        pods: 30,
+        policies: 16,
+        seed,
+    });
+    let changed = text
+        .replace("containerPort: 9090", "containerPort: 9190")
+        .replace("port: 53\n", "port: 5353\n")
+        .replace("port: metrics\n", "port: http\n")
+        .replace("port: 8443\n", "port: 8444\n");
+    assert_ne!(text, changed, "the change must change something");
+    let mut before = Vec::new();
+    let mut after = Vec::new();
+    let (m, g) = compile_text(&text);
+    tables_of("before", &m, &g, &mut before);
+    let (m, g) = compile_text(&changed);
+    tables_of("after", &m, &g, &mut after);
+    before
+        .into_iter()
+        .zip(after)
+        .map(|((name, a), (_, b))| (name, a, b))
+        .collect()
+}
+
+/// A rule change that keeps the peer maps (their element changes sent in the same
+/// transaction) gives exactly the table a fresh load of the new ruleset gives: for a
+/// change of rules only on every table of two generated clusters (both ways), and for
+/// random pairs of every case's and cluster's tables (maps and rules both change).
+/// See: #12
+#[test]
+fn a_rewrite_keeping_peer_maps_equals_a_fresh_load() {
+    if !kernel::available("a_rewrite_keeping_peer_maps_equals_a_fresh_load") {
+        return;
+    }
+    let ns = Namespaces::new("nlkeep", 2);
+    let (kept, fresh) = (&ns.0[0], &ns.0[1]);
+    let mut socket = NftSocket::open(kept).unwrap();
+    let mut fresh_socket = NftSocket::open(fresh).unwrap();
+    let mut check = |a: &Ruleset, b: &Ruleset, what: &str| -> usize {
+        load_netlink(&mut socket, a);
+        let n = rewrite_netlink(&mut socket, a, b);
+        let _ = nft::delete_table(fresh, "inet", "netpol");
+        load_netlink(&mut fresh_socket, b);
+        assert_same_table(kept, fresh, what);
+        n
+    };
+    // 1. Rules changed, peers the same.
+    let mut rule_changes = 0;
+    let mut kept_maps = 0;
+    for seed in [1, 2] {
+        for (name, a, b) in rule_change_pairs(seed) {
+            if a == b {
+                continue;
+            }
+            rule_changes += 1;
+            kept_maps += check(&a, &b, &format!("seed {seed} {name} forth"));
+            kept_maps += check(&b, &a, &format!("seed {seed} {name} back"));
+        }
+    }
+    assert!(
+        rule_changes >= 20 && kept_maps >= 20,
+        "too few rule changes ({rule_changes}) or kept maps ({kept_maps})"
+    );
+    // 2. Random pairs: anything may change.
+    let tables = all_tables();
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        usize::try_from(x % tables.len() as u64).unwrap()
+    };
+    for _ in 0..150 {
+        let (a, b) = (&tables[next()], &tables[next()]);
+        kept_maps += check(&a.1, &b.1, &format!("{} -> {}", a.0, b.0));
+    }
+    eprintln!("rewrites: {rule_changes} rule changes, {kept_maps} maps kept");
+}
+
+/// A rewrite conditional on a generation that is no longer the namespace's (something
+/// else committed) is refused whole: nothing changes. See: #12
+#[test]
+fn a_rewrite_after_a_foreign_commit_is_refused_and_changes_nothing() {
+    if !kernel::available("a_rewrite_after_a_foreign_commit_is_refused_and_changes_nothing") {
+        return;
+    }
+    let ns = Namespaces::new("nlkst", 1);
+    let pairs = rule_change_pairs(1);
+    let (_, a, b) = pairs
+        .iter()
+        .find(|(_, a, b)| a != b && a.maps.iter().any(|m| !m.elements.is_empty()))
+        .unwrap();
+    let mut s = NftSocket::open(&ns.0[0]).unwrap();
+    load_netlink(&mut s, a);
+    let g = s.generation().unwrap();
+    // A foreign commit: an unrelated table.
+    nft::apply(&ns.0[0], "add table inet other\n").unwrap();
+    let before = state(&ns.0[0]);
+    let after_foreign = s.generation().unwrap();
+    assert_ne!(after_foreign, g);
+    let old: BTreeSet<PeerEntry> = a.peer_entries().into_iter().collect();
+    let new: BTreeSet<PeerEntry> = b.peer_entries().into_iter().collect();
+    let err = s
+        .rewrite_table("netpol", b, &old, &element_ops(&old, &new), g)
+        .unwrap_err();
+    assert!(matches!(err, NfnlError::Stale { .. }), "{err}");
+    assert_eq!(s.generation().unwrap(), after_foreign);
+    assert_eq!(state(&ns.0[0]), before);
+}
+
 #[test]
 fn a_bad_table_is_refused_whole_and_changes_nothing() {
     if !kernel::available("a_bad_table_is_refused_whole_and_changes_nothing") {
@@ -358,7 +525,21 @@ fn an_isolated_pod_stays_closed_while_its_table_is_replaced_over_netlink() {
     if !kernel::available("an_isolated_pod_stays_closed_while_its_table_is_replaced_over_netlink") {
         return;
     }
-    let lab = Topology::build(&kernel::prefix("nlpkt"), &kernel::dual_stack(3)).unwrap();
+    isolated_pod_stays_closed("nlpkt", false);
+}
+
+/// The same with the rules changed by rewrites that keep the peer maps (their element
+/// changes in the same transaction). See: #12
+#[test]
+fn an_isolated_pod_stays_closed_while_its_rules_change_with_kept_maps() {
+    if !kernel::available("an_isolated_pod_stays_closed_while_its_rules_change_with_kept_maps") {
+        return;
+    }
+    isolated_pod_stays_closed("nlkpkt", true);
+}
+
+fn isolated_pod_stays_closed(tag: &str, rewrite: bool) {
+    let lab = Topology::build(&kernel::prefix(tag), &kernel::dual_stack(3)).unwrap();
     let [ha, hb, hc] = [&lab.hosts()[0], &lab.hosts()[1], &lab.hosts()[2]];
     let pods = lab_pod("a", ha) + &lab_pod("b", hb) + &lab_pod("c", hc);
     let policy = |extra: &str| {
@@ -427,7 +608,13 @@ fn an_isolated_pod_stays_closed_while_its_table_is_replaced_over_netlink() {
     }
     let replaces = 400;
     for i in 0..replaces {
-        load_netlink(&mut socket, &tables[(i + 1) % 2]);
+        let (from, to) = (&tables[i % 2], &tables[(i + 1) % 2]);
+        if rewrite {
+            let kept = rewrite_netlink(&mut socket, from, to);
+            assert!(kept > 0, "the rewrite kept no map");
+        } else {
+            load_netlink(&mut socket, to);
+        }
         std::thread::sleep(Duration::from_millis(5));
     }
     stop.store(true, Ordering::Relaxed);

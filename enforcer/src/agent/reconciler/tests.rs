@@ -403,6 +403,7 @@ mod incremental {
                 .filter(|c| match c {
                     Recorded::Apply { netns: n, .. }
                     | Recorded::Update { netns: n, .. }
+                    | Recorded::Rewrite { netns: n, .. }
                     | Recorded::Remove { netns: n, .. } => n == netns,
                 })
                 .collect()
@@ -456,13 +457,39 @@ mod incremental {
     }
 
     #[test]
-    fn a_rule_change_replaces_the_table() {
+    fn a_rule_change_rewrites_the_table_keeping_its_peer_maps() {
+        // See: #12
         let mut f = Inc::new();
+        f.fake.clear_calls();
         std::fs::write(f.dir.path().join("pol.yaml"), policy(443)).unwrap();
         let r = f.pass();
         assert_eq!(r.applied, [key("a")]);
-        assert_eq!(f.fake.applies(&key("a")), 1);
+        assert_eq!(f.fake.rewrites(&key("a")), 1);
+        assert_eq!(f.fake.applies(&key("a")), 0);
         assert_eq!(f.fake.updates(&key("a")), 0);
+        // Same peers: no element changes.
+        let calls = f.calls_for("ns-a");
+        let [Recorded::Rewrite { ops, ruleset, .. }] = calls.as_slice() else {
+            panic!("{calls:?}")
+        };
+        assert!(ops.is_empty(), "{ops:?}");
+        assert_eq!(f.fake.table("ns-a").as_deref(), Some(ruleset.as_str()));
+        assert!(f.rec.verify().is_empty());
+    }
+
+    #[test]
+    fn a_rule_change_after_a_foreign_commit_replaces_the_table() {
+        // See: #12
+        let mut f = Inc::new();
+        let table = f.fake.table("ns-a").unwrap();
+        f.fake.tamper("ns-a", Some(&table));
+        f.fake.clear_calls();
+        std::fs::write(f.dir.path().join("pol.yaml"), policy(443)).unwrap();
+        let r = f.pass();
+        assert_eq!(r.applied, [key("a")]);
+        // Refused as stale (nothing changed), then replaced whole.
+        assert_eq!(f.fake.rewrites(&key("a")), 1);
+        assert_eq!(f.fake.applies(&key("a")), 1);
     }
 
     #[test]
