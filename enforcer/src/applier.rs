@@ -14,6 +14,7 @@ use std::sync::Mutex;
 use crate::netns;
 use crate::nfnl::{ElementOp, NfnlError, NftSocket};
 use crate::nft::{self, NftError};
+use crate::plan::{Checksum, normalise_listing};
 use crate::state::PodKey;
 use policy_compiler::ruleset::{PeerEntry, Ruleset};
 
@@ -135,6 +136,22 @@ pub trait Applier: Send + Sync {
     /// The kernel's listing of `table inet netpol` in `netns`, `None` when there is no
     /// such table.
     fn list(&self, pod: &PodKey, netns: &str) -> Result<Option<String>, ApplyError>;
+
+    /// What the agent compares `table inet netpol` in `netns` with after something
+    /// else committed there: a checksum of the table's content, equal for equal
+    /// tables (counter values and handles aside), `None` when there is no such table.
+    /// Defaults to the checksum of the normalised listing ([`Applier::list`]).
+    fn fingerprint(&self, pod: &PodKey, netns: &str) -> Result<Option<Checksum>, ApplyError> {
+        self.list(pod, netns)
+            .map(|l| l.map(|l| Checksum::of(&normalise_listing(&l))))
+    }
+
+    /// [`Applier::fingerprint`] of the node table. Defaults to the checksum of the
+    /// normalised listing ([`Applier::list_node`]).
+    fn node_fingerprint(&self) -> Result<Option<Checksum>, ApplyError> {
+        self.list_node()
+            .map(|l| l.map(|l| Checksum::of(&normalise_listing(&l))))
+    }
 
     /// Loads the node table (text replacing `table inet netpol`) into the agent's own
     /// namespace in one transaction.
@@ -608,6 +625,18 @@ impl Applier for NetlinkApplier {
     fn generation(&self, pod: &PodKey, netns: &str) -> Result<Option<u32>, ApplyError> {
         self.with_socket(pod, netns, "generation", NftSocket::generation)
             .map(Some)
+    }
+
+    /// Over netlink ([`NftSocket::fingerprint`]): no `nft list` process. See: #12
+    fn fingerprint(&self, pod: &PodKey, netns: &str) -> Result<Option<Checksum>, ApplyError> {
+        self.with_socket(pod, netns, "fingerprint", |s| s.fingerprint(TABLE))
+            .map(|f| f.map(Checksum))
+    }
+
+    fn node_fingerprint(&self) -> Result<Option<Checksum>, ApplyError> {
+        let netns = self.node_netns().to_owned();
+        self.with_socket(&node_key(), &netns, "fingerprint", |s| s.fingerprint(TABLE))
+            .map(|f| f.map(Checksum))
     }
 
     fn update(

@@ -34,6 +34,7 @@ use policy_compiler::ruleset::{MapVerdict, PeerEntry};
 
 use crate::netns;
 
+mod dump;
 pub mod table;
 
 pub use table::{Replace, TableError};

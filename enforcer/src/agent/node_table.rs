@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use super::reconciler::{earliest, own_commit, settled};
 use super::{ErrorChain, Reconciler, SyncReport};
 use crate::applier::{Applier, ApplyError};
-use crate::plan::{Backoff, Checksum, Desired, Parts, element_ops, normalise_listing};
+use crate::plan::{Backoff, Checksum, Desired, Parts, element_ops};
 
 /// The agent's node table: desired, applied, kernel listing, generation, retries.
 #[derive(Debug, Default)]
@@ -85,8 +85,8 @@ fn replace(applier: &dyn Applier, d: &Desired, start: Instant) -> Result<Applied
     applier.apply_node_ruleset(&d.text, whole.as_deref())?;
     let took = start.elapsed();
     let after = applier.node_generation().ok().flatten();
-    let listing = match applier.list_node() {
-        Ok(l) => l.map(|l| Checksum::of(&normalise_listing(&l))),
+    let listing = match applier.node_fingerprint() {
+        Ok(l) => l,
         Err(e) => {
             tracing::warn!(error = %ErrorChain(&e), "cannot list the applied node table; it will be verified later");
             None
@@ -241,10 +241,10 @@ impl Reconciler {
             if tracked == now {
                 if n.kernel.is_none() {
                     // The baseline: listed while the generation proves the table ours.
-                    if let Ok(Some(l)) = applier.list_node()
+                    if let Ok(Some(c)) = applier.node_fingerprint()
                         && applier.node_generation().ok().flatten() == Some(tracked)
                     {
-                        n.kernel = Some(Checksum::of(&normalise_listing(&l)));
+                        n.kernel = Some(c);
                     }
                 }
                 return;
@@ -257,9 +257,8 @@ impl Reconciler {
                 return;
             }
         }
-        match applier.list_node() {
-            Ok(Some(l)) => {
-                let c = Checksum::of(&normalise_listing(&l));
+        match applier.node_fingerprint() {
+            Ok(Some(c)) => {
                 match n.kernel {
                     Some(want) if want == c => {
                         // Something else committed in the namespace, not to this table

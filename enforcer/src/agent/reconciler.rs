@@ -18,7 +18,7 @@ use crate::manifests::Scan;
 use crate::metrics::Metrics;
 use crate::plan::{
     Actual, Backoff, BackoffPolicy, Checksum, Desired, EntryPool, Op, Parts, PodState, TableIr,
-    normalise_listing, plan_pods,
+    plan_pods,
 };
 use crate::reporter::{CompiledModel, DropReporter};
 use crate::state::{PodKey, State};
@@ -946,8 +946,8 @@ fn replace_table(
     let (listing, generation) = match own_commit(before, after) {
         Some(g) => (None, Some(g)),
         None => {
-            let listing = match applier.list(&pod, &netns) {
-                Ok(l) => l.map(|l| Checksum::of(&normalise_listing(&l))),
+            let listing = match applier.fingerprint(&pod, &netns) {
+                Ok(l) => l,
                 Err(e) => {
                     tracing::warn!(namespace = %pod.namespace, pod = %pod.name, error = %e, "cannot list the applied table; it will be verified later");
                     None
@@ -995,11 +995,7 @@ fn check_table(
     want: Option<Checksum>,
     tracked: Option<u32>,
 ) -> Check {
-    let list = || {
-        applier
-            .list(pod, netns)
-            .map(|l| l.map(|l| Checksum::of(&normalise_listing(&l))))
-    };
+    let list = || applier.fingerprint(pod, netns);
     let generation = applier.generation(pod, netns).ok().flatten();
     if tracked.is_some() && tracked == generation {
         return Check::Unchanged;
@@ -1020,9 +1016,7 @@ fn take_baseline(applier: &dyn Applier, pod: &PodKey, netns: &str, tracked: u32)
     if applier.generation(pod, netns).ok().flatten() != Some(tracked) {
         return Check::Moved;
     }
-    let got = applier
-        .list(pod, netns)
-        .map(|l| l.map(|l| Checksum::of(&normalise_listing(&l))));
+    let got = applier.fingerprint(pod, netns);
     match got {
         Ok(Some(c)) if applier.generation(pod, netns).ok().flatten() == Some(tracked) => {
             Check::Baseline(c)

@@ -451,6 +451,71 @@ fn a_rewrite_after_a_foreign_commit_is_refused_and_changes_nothing() {
     assert_eq!(state(&ns.0[0]), before);
 }
 
+/// The netlink fingerprint the agent compares a table with after a foreign commit (no
+/// `nft list`): equal for the same table loaded in two namespaces and after a foreign
+/// commit that leaves the table alone; changed by a rule added, an element deleted, a
+/// chain flushed, the table made dormant. See: #12
+#[test]
+fn the_netlink_fingerprint_sees_tampering_and_nothing_else() {
+    if !kernel::available("the_netlink_fingerprint_sees_tampering_and_nothing_else") {
+        return;
+    }
+    let ns = Namespaces::new("nlfp", 2);
+    let (one, two) = (&ns.0[0], &ns.0[1]);
+    let pairs = rule_change_pairs(1);
+    let (name, rs, _) = pairs
+        .iter()
+        .find(|(_, a, _)| {
+            a.maps.iter().any(|m| !m.elements.is_empty())
+                && a.chains.iter().any(|c| c.base.is_some_and(|b| !b.accept))
+        })
+        .unwrap();
+    let mut s1 = NftSocket::open(one).unwrap();
+    let mut s2 = NftSocket::open(two).unwrap();
+    assert_eq!(s1.fingerprint("netpol").unwrap(), None, "no table");
+    let fresh = |s: &mut NftSocket, ns: &str| {
+        let _ = nft::delete_table(ns, "inet", "netpol");
+        load_netlink(s, rs);
+        s.fingerprint("netpol").unwrap().unwrap()
+    };
+    let f = fresh(&mut s1, one);
+    assert_eq!(
+        f,
+        fresh(&mut s2, two),
+        "{name}: same table, same fingerprint"
+    );
+    assert_eq!(s1.fingerprint("netpol").unwrap(), Some(f), "stable");
+    nft::apply(one, "add table inet other\n").unwrap();
+    assert_eq!(
+        s1.fingerprint("netpol").unwrap(),
+        Some(f),
+        "a foreign table"
+    );
+    let map = rs.maps.iter().find(|m| !m.elements.is_empty()).unwrap();
+    let e = &map.elements[0];
+    let element = if e.first == e.last {
+        e.first.to_string()
+    } else {
+        format!("{}-{}", e.first, e.last)
+    };
+    let chain = &rs.chains.iter().find(|c| !c.rules.is_empty()).unwrap().name;
+    let tampers = [
+        format!("add rule inet netpol {chain} accept\n"),
+        format!("delete element inet netpol {} {{ {element} }}\n", map.name),
+        format!("flush chain inet netpol {chain}\n"),
+        "add table inet netpol { flags dormant; }\n".to_owned(),
+    ];
+    for tamper in &tampers {
+        let f = fresh(&mut s1, one);
+        nft::apply(one, tamper).unwrap_or_else(|e| panic!("{tamper}: {e}"));
+        assert_ne!(
+            s1.fingerprint("netpol").unwrap(),
+            Some(f),
+            "{name}: not seen: {tamper}"
+        );
+    }
+}
+
 #[test]
 fn a_bad_table_is_refused_whole_and_changes_nothing() {
     if !kernel::available("a_bad_table_is_refused_whole_and_changes_nothing") {
