@@ -193,8 +193,9 @@ pub trait Applier: Send + Sync {
     /// transaction (plus, first, one
     /// that declares new sets empty) like [`Applier::apply_ruleset`], keeping the peer
     /// maps whose entries the kernel holds (`old`: the entries of the agent's last
-    /// commit, proven there by `generation`) and changing them by `ops` instead of
-    /// reloading them; only if the namespace's generation is still `generation`
+    /// commit, proven there by `generation`) and changing them by `ops` (to `new`, the
+    /// entries of `ruleset`) instead of reloading them (`ruleset` needs no elements in
+    /// the maps [`crate::nfnl::table::kept_maps`] names); only if the namespace's generation is still `generation`
     /// ([`ApplyError::Stale`] otherwise, nothing changed). Returns the generation after
     /// the commit. Defaults to [`ApplyError::Unsupported`] (the caller replaces the
     /// table whole). See: #12
@@ -206,10 +207,11 @@ pub trait Applier: Send + Sync {
         text: &str,
         ruleset: &Ruleset,
         old: &BTreeSet<PeerEntry>,
+        new: &BTreeSet<PeerEntry>,
         ops: &[ElementOp],
         generation: u32,
     ) -> Result<u32, ApplyError> {
-        let _ = (netns, text, ruleset, old, ops, generation);
+        let _ = (netns, text, ruleset, old, new, ops, generation);
         Err(ApplyError::Unsupported { pod: pod.clone() })
     }
 
@@ -657,11 +659,12 @@ impl Applier for NetlinkApplier {
         _text: &str,
         ruleset: &Ruleset,
         old: &BTreeSet<PeerEntry>,
+        new: &BTreeSet<PeerEntry>,
         ops: &[ElementOp],
         generation: u32,
     ) -> Result<u32, ApplyError> {
         let result = self.with_socket(pod, netns, "rewrite", |s| {
-            s.rewrite_table(TABLE, ruleset, old, ops, generation)
+            s.rewrite_table(TABLE, ruleset, old, new, ops, generation)
         });
         match result {
             Err(ApplyError::Netlink { source, .. })
@@ -957,6 +960,7 @@ impl Applier for RecordingApplier {
         text: &str,
         _ruleset: &Ruleset,
         _old: &BTreeSet<PeerEntry>,
+        _new: &BTreeSet<PeerEntry>,
         ops: &[ElementOp],
         generation: u32,
     ) -> Result<u32, ApplyError> {

@@ -500,8 +500,9 @@ impl NftSocket {
 
     /// Changes `table inet TABLE` to `rs` like [`NftSocket::replace_table`], but keeps
     /// the peer maps whose entries the kernel holds (`old`, the entries of the agent's
-    /// last commit) and changes them by `ops` (from `old` to `rs`'s entries) instead of
-    /// flushing and reloading them ([`table::encode_rewrite`]). Every batch is
+    /// last commit) and changes them by `ops` (from `old` to `new`, `rs`'s entries)
+    /// instead of flushing and reloading them ([`table::encode_rewrite`]; `rs` needs no
+    /// elements in the maps [`table::kept_maps`] names). Every batch is
     /// conditional on the generation: the first on `generation` (the one right after
     /// the agent's last commit, so the kernel holds exactly `old`), the next on the one
     /// after; if anything else committed in the namespace the kernel refuses the batch
@@ -512,12 +513,13 @@ impl NftSocket {
         table: &str,
         rs: &policy_compiler::ruleset::Ruleset,
         old: &std::collections::BTreeSet<PeerEntry>,
+        new: &std::collections::BTreeSet<PeerEntry>,
         ops: &[ElementOp],
         generation: u32,
     ) -> Result<u32, NfnlError> {
         let existing = self.objects(table)?;
         let mut seq = self.seq;
-        let kept = table::KeptEntries { old, ops };
+        let kept = table::KeptEntries { old, new, ops };
         let done =
             table::encode_rewrite(table, rs, &existing, kept, &mut seq).map_err(|source| {
                 NfnlError::Invalid {

@@ -91,6 +91,37 @@ impl TableIr {
     }
 }
 
+impl TableIr {
+    /// The ruleset with the elements of the maps named in `keep` left out (a rewrite
+    /// does not read them, [`crate::nfnl::table::encode_rewrite`]): a split render
+    /// copies only the other maps' elements. See: #12
+    pub fn ruleset_keeping(&self, keep: &BTreeSet<String>) -> std::borrow::Cow<'_, Ruleset> {
+        match self {
+            TableIr::Whole(rs) => std::borrow::Cow::Borrowed(rs),
+            TableIr::Split(split) => {
+                let mut rs = split.skeleton.clone();
+                rs.maps = split
+                    .lookups
+                    .iter()
+                    .flat_map(|l| l.maps())
+                    .map(|m| {
+                        if keep.contains(&m.name) {
+                            policy_compiler::ruleset::PeerMap {
+                                name: m.name.clone(),
+                                family: m.family,
+                                elements: Vec::new(),
+                            }
+                        } else {
+                            m.clone()
+                        }
+                    })
+                    .collect();
+                std::borrow::Cow::Owned(rs)
+            }
+        }
+    }
+}
+
 /// Equal when they make the same ruleset (a whole and a split one can be equal).
 impl PartialEq for TableIr {
     fn eq(&self, other: &Self) -> bool {
@@ -342,6 +373,8 @@ pub enum Op {
         ruleset: TableIr,
         /// The peer-map entries the kernel holds now (what was applied).
         old: Arc<BTreeSet<PeerEntry>>,
+        /// The desired peer-map entries.
+        new: Arc<BTreeSet<PeerEntry>>,
         /// The element changes from `old` to the desired entries.
         ops: Vec<ElementOp>,
         /// The generation the kernel must still be at.
@@ -458,6 +491,7 @@ impl PodState<'_> {
             text: d.text.clone(),
             ruleset,
             old: old.entries.clone(),
+            new: new.entries.clone(),
             ops,
             generation,
         })

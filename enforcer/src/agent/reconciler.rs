@@ -862,12 +862,14 @@ pub(super) fn execute(applier: &dyn Applier, op: Op) -> Done {
             text,
             ruleset,
             old,
+            new,
             ops,
             generation,
         } => {
             let start = Instant::now();
-            let whole = ruleset.ruleset();
-            match applier.rewrite(&pod, &netns, &text, &whole, &old, &ops, generation) {
+            let keep = crate::nfnl::table::kept_maps(&old, &new);
+            let slim = ruleset.ruleset_keeping(&keep);
+            match applier.rewrite(&pod, &netns, &text, &slim, &old, &new, &ops, generation) {
                 Ok(generation) => Done::Applied {
                     pod,
                     netns,
@@ -884,6 +886,7 @@ pub(super) fn execute(applier: &dyn Applier, op: Op) -> Done {
                     if !matches!(e, ApplyError::Unsupported { .. }) {
                         tracing::info!(namespace = %pod.namespace, pod = %pod.name, netns, error = %ErrorChain(&e), "rewrite keeping the peer maps not done: replacing the table");
                     }
+                    let whole = ruleset.ruleset();
                     replace_table(applier, pod, netns, checksum, (&text, Some(&whole)), start)
                 }
             }

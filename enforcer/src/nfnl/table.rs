@@ -164,6 +164,13 @@ pub enum TableError {
         /// The comment.
         comment: String,
     },
+    /// A map a rewrite keeps is not in the kernel's table (so what it holds is not
+    /// known): the table must be replaced whole.
+    #[error("map {map} to keep is not in the kernel's table")]
+    KeptMapMissing {
+        /// The map.
+        map: String,
+    },
     /// A set element's address is of the other family than its set.
     #[error("set {set}: element {addr} is not of the set's address family")]
     Family {
@@ -213,25 +220,27 @@ pub fn encode_replace(
 }
 
 /// The peer maps a rewrite keeps: what the kernel's table holds in its peer maps (the
-/// entries the agent applied, proven there by the generation) and the element changes
-/// to the new ruleset's ([`encode_rewrite`]). See: #12
+/// entries the agent applied, proven there by the generation), the new ruleset's
+/// entries, and the element changes from the one to the other ([`encode_rewrite`]).
+/// See: #12
 #[derive(Debug, Clone, Copy)]
 pub struct KeptEntries<'a> {
     /// Every peer-map entry of the table in the kernel now.
     pub old: &'a BTreeSet<PeerEntry>,
-    /// From `old` to the new ruleset's entries: deletions and additions.
+    /// Every peer-map entry of the new ruleset.
+    pub new: &'a BTreeSet<PeerEntry>,
+    /// From `old` to `new`: deletions and additions.
     pub ops: &'a [ElementOp],
 }
 
 /// [`encode_replace`] for a table whose peer maps' entries in the kernel are known
-/// (`kept.old`): the same transactions, except that a peer map present in both tables
-/// is neither flushed nor reloaded but changed by `kept.ops` (its deletions where the
-/// flush was, its additions where the elements were), so a rule change costs the
-/// changed elements instead of every element. A map is reloaded whole when it is new,
-/// empty before or after, or when its first element moves to or from address 0 (nft's
-/// leading interval end at 0 is there exactly when the first range starts above 0).
-/// Still one transaction for the content: atomicity is that of [`encode_replace`].
-/// See: #12
+/// (`kept.old`): the same transactions, except that the maps [`kept_maps`] names are
+/// neither flushed nor reloaded but changed by `kept.ops` (their deletions where the
+/// flush was, their additions where the elements were), so a rule change costs the
+/// changed elements instead of every element. `rs` needs no elements in those maps
+/// (they are not read). Still one transaction for the content: atomicity is that of
+/// [`encode_replace`]. A kept map the kernel's table lacks is refused
+/// ([`TableError::KeptMapMissing`]: the caller replaces the table whole). See: #12
 pub fn encode_rewrite(
     table: &str,
     rs: &Ruleset,
@@ -242,25 +251,32 @@ pub fn encode_rewrite(
     encode(table, rs, existing, Some(kept), seq)
 }
 
-/// The names of the maps of `rs` that [`encode_rewrite`] changes by elements.
-fn kept_maps(rs: &Ruleset, existing: &TableObjects, old: &BTreeSet<PeerEntry>) -> BTreeSet<String> {
-    rs.maps
-        .iter()
-        .filter(|m| existing.sets.contains(&m.name))
-        .filter(|m| {
-            let Some(new_first) = m.elements.first().map(|e| e.first) else {
-                return false;
-            };
-            // Entries are ordered by map, then family, then first address.
-            let Some(old_first) = old.iter().find(|e| e.map == m.name).map(|e| e.first) else {
-                return false;
-            };
-            old.iter()
-                .filter(|e| e.map == m.name)
-                .all(|e| e.family == m.family)
-                && is_zero(old_first) == is_zero(new_first)
+/// The peer maps a rewrite from the entries `old` to `new` keeps: those with entries
+/// before and after, of one address family, whose first range starts at address 0
+/// both times or neither (nft's leading interval end at 0 is there exactly when the
+/// first range starts above it, so a kept map holds what a fresh load gives). A map
+/// that is new, or empty before or after, is reloaded whole. See: #12
+pub fn kept_maps(old: &BTreeSet<PeerEntry>, new: &BTreeSet<PeerEntry>) -> BTreeSet<String> {
+    // Per map: the first address (entries are ordered by map, family, first address)
+    // and whether every entry has the family of the first.
+    fn firsts(
+        entries: &BTreeSet<PeerEntry>,
+    ) -> std::collections::BTreeMap<&str, (IpAddr, Family, bool)> {
+        let mut out: std::collections::BTreeMap<&str, (IpAddr, Family, bool)> =
+            std::collections::BTreeMap::new();
+        for e in entries {
+            out.entry(e.map.as_str())
+                .and_modify(|(_, f, same)| *same &= *f == e.family)
+                .or_insert((e.first, e.family, true));
+        }
+        out
+    }
+    let (old, new) = (firsts(old), firsts(new));
+    old.iter()
+        .filter_map(|(map, (a, fa, sa))| {
+            let (b, fb, sb) = new.get(map)?;
+            (*sa && *sb && fa == fb && is_zero(*a) == is_zero(*b)).then(|| (*map).to_owned())
         })
-        .map(|m| m.name.clone())
         .collect()
 }
 
@@ -279,7 +295,13 @@ fn encode(
     seq: &mut u32,
 ) -> Result<Replace, TableError> {
     validate(table, rs)?;
-    let keep = kept.map_or_else(BTreeSet::new, |k| kept_maps(rs, existing, k.old));
+    let mut keep = kept.map_or_else(BTreeSet::new, |k| kept_maps(k.old, k.new));
+    keep.retain(|m| rs.maps.iter().any(|rm| rm.name == *m));
+    if let Some(missing) = keep.iter().find(|m| !existing.sets.contains(m)) {
+        return Err(TableError::KeptMapMissing {
+            map: missing.clone(),
+        });
+    }
     let delta = |delete: bool| -> Vec<&PeerEntry> {
         kept.map(|k| k.ops)
             .unwrap_or_default()
@@ -1379,6 +1401,7 @@ mod tests {
             &existing,
             KeptEntries {
                 old: &old,
+                new: &new,
                 ops: &ops,
             },
             &mut seq,
@@ -1400,31 +1423,43 @@ mod tests {
         // The same map emptied, or not in the kernel: flushed and reloaded whole.
         let mut seq = 0;
         let empty = with_map(ruleset("ingress"), &[]);
+        let none = BTreeSet::new();
         let gone = encode_rewrite(
             "netpol",
             &empty,
             &existing,
             KeptEntries {
                 old: &old,
+                new: &none,
                 ops: &[],
             },
             &mut seq,
         )
         .unwrap();
         assert!(whats(&gone).contains(&"flush map ingress_v4".to_owned()));
-        let fresh = encode_rewrite(
+        // A map to keep that the kernel's table lacks: refused, nothing to send.
+        let missing = encode_rewrite(
             "netpol",
             &b,
             &TableObjects::default(),
             KeptEntries {
                 old: &old,
+                new: &new,
                 ops: &ops,
             },
             &mut seq,
-        )
-        .unwrap();
-        assert!(fresh.declare.is_some());
-        assert!(whats(&fresh).contains(&"flush map ingress_v4".to_owned()));
-        assert!(!whats(&fresh).iter().any(|w| w.contains("peer entries")));
+        );
+        assert!(
+            matches!(missing, Err(TableError::KeptMapMissing { ref map }) if map == "ingress_v4"),
+            "{missing:?}"
+        );
+        // The first range moving to address 0: reloaded whole.
+        let zero = with_map(ruleset("ingress"), &[[0, 0, 0, 0], [10, 0, 0, 3]]);
+        let to_zero: BTreeSet<PeerEntry> = zero.peer_entries().into_iter().collect();
+        assert!(kept_maps(&old, &to_zero).is_empty());
+        assert_eq!(
+            kept_maps(&old, &new).into_iter().collect::<Vec<_>>(),
+            ["ingress_v4"]
+        );
     }
 }
