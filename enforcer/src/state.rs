@@ -7,7 +7,7 @@
 //! place. [`State::inputs`] gives the compiler its [`Inputs`], in key order, so the same
 //! state always compiles to the same rulesets.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 
@@ -16,7 +16,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use policy_compiler::cnp::ClusterNetworkPolicy;
-use policy_compiler::{Diagnostic, Inputs, Located, Model, Origin, Workload, WorkloadKind};
+use policy_compiler::{
+    Diagnostic, Inputs, Located, Model, ModelChange, Origin, Patched, Workload, WorkloadKind,
+};
 
 use crate::trust::{self, NetnsTrust};
 
@@ -316,6 +318,23 @@ pub enum CniEntry {
     },
 }
 
+/// What changed for the model since [`State::take_model_changes`]: the Pods (objects
+/// or CNI records) and Namespaces a [`Model::patch`] takes again. See: #12
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ModelDelta {
+    /// Pods whose object or CNI entry changed.
+    pub pods: BTreeSet<PodKey>,
+    /// Namespaces whose object changed.
+    pub namespaces: BTreeSet<String>,
+}
+
+impl ModelDelta {
+    /// True when nothing the model reads changed.
+    pub fn is_empty(&self) -> bool {
+        self.pods.is_empty() && self.namespaces.is_empty()
+    }
+}
+
 /// Every known object by key, the Pod-to-netns mapping and the CNI records.
 #[derive(Debug, Default, Clone)]
 pub struct State {
@@ -327,6 +346,10 @@ pub struct State {
     discovered: BTreeMap<PodKey, String>,
     generation: u64,
     netns_trust: NetnsTrust,
+    /// What changed for the model since the last [`State::take_model_changes`];
+    /// `None` when something a patch does not follow changed (any other kind, a
+    /// relist), or before the first take.
+    model_changes: Option<ModelDelta>,
 }
 
 fn uid_of(obj: &Object) -> Option<&str> {
@@ -368,6 +391,9 @@ impl State {
     pub fn cni_add(&mut self, pod: PodKey, record: CniRecord) -> bool {
         let entry = CniEntry::Live(record);
         let changed = self.cni.get(&pod) != Some(&entry);
+        if changed {
+            self.note_pod(&pod);
+        }
         self.cni.insert(pod, entry);
         self.bump(changed)
     }
@@ -387,6 +413,7 @@ impl State {
                 uid,
             },
         );
+        self.note_pod(pod);
         let changed = true;
         self.bump(changed)
     }
@@ -407,6 +434,9 @@ impl State {
     /// Forgets a Pod's CNI entry (its namespace is gone). Returns whether it was there.
     pub fn cni_forget(&mut self, pod: &PodKey) -> bool {
         let changed = self.cni.remove(pod).is_some();
+        if changed {
+            self.note_pod(pod);
+        }
         self.bump(changed)
     }
 
@@ -448,6 +478,9 @@ impl State {
             .objects
             .get(&key)
             .is_none_or(|old| !old.same_content(&obj));
+        if changed {
+            self.note_object(&key);
+        }
         self.objects.insert(key, Box::new(obj));
         self.bump(changed)
     }
@@ -455,6 +488,9 @@ impl State {
     /// Removes an object. Returns whether it was there.
     pub fn delete(&mut self, key: &ObjectKey) -> bool {
         let changed = self.objects.remove(key).is_some();
+        if changed {
+            self.note_object(key);
+        }
         self.bump(changed)
     }
 
@@ -467,6 +503,9 @@ impl State {
                 .iter()
                 .zip(&self.objects)
                 .any(|((ka, a), (kb, b))| ka != kb || !a.same_content(b));
+        if changed {
+            self.model_changes = None;
+        }
         self.objects = new;
         self.bump(changed)
     }
@@ -499,6 +538,96 @@ impl State {
         let changed = map != self.netns_map;
         self.netns_map = map;
         self.bump(changed)
+    }
+
+    /// Notes a changed object for the next model patch.
+    fn note_object(&mut self, key: &ObjectKey) {
+        match key.kind {
+            Kind::Pod => self.note_pod(&PodKey::new(key.namespace.clone(), key.name.clone())),
+            Kind::Namespace => {
+                if let Some(d) = &mut self.model_changes {
+                    d.namespaces.insert(key.name.clone());
+                }
+            }
+            // Policies, Services, workloads...: the model is built again.
+            _ => self.model_changes = None,
+        }
+    }
+
+    fn note_pod(&mut self, pod: &PodKey) {
+        if let Some(d) = &mut self.model_changes {
+            d.pods.insert(pod.clone());
+        }
+    }
+
+    /// What changed for the model since the last call (`None`: unknown, build it
+    /// again), and starts noting afresh. The netns mapping, discovery and trust level
+    /// are not in the model: they are not noted.
+    pub fn take_model_changes(&mut self) -> Option<ModelDelta> {
+        self.model_changes.replace(ModelDelta::default())
+    }
+
+    /// Forgets what changed: the next [`State::take_model_changes`] says `None` (the
+    /// model it would patch is not the one these changes started from).
+    pub fn forget_model_changes(&mut self) {
+        self.model_changes = None;
+    }
+
+    /// Brings `model`, built from this state as it was at the matching
+    /// [`State::take_model_changes`], to what [`State::build_model`] gives now, by
+    /// patching the objects of `delta` ([`Model::patch`]); on [`Patched::Rebuild`]
+    /// the model is unchanged.
+    pub fn patch_model(&self, model: &mut Model, delta: &ModelDelta) -> Patched {
+        // Pods as the model sees them: with their CNI overlay (a copy per changed Pod).
+        let pods: Vec<(&PodKey, Option<std::borrow::Cow<'_, Located<Pod>>>)> = delta
+            .pods
+            .iter()
+            .map(|key| {
+                let pod = match self.pod(key) {
+                    Some(Object::Pod(p)) if self.cni.contains_key(key) => {
+                        let mut copy = p.clone();
+                        self.overlay_cni(key, &mut copy.object);
+                        Some(std::borrow::Cow::Owned(copy))
+                    }
+                    Some(Object::Pod(p)) => Some(std::borrow::Cow::Borrowed(p)),
+                    _ => None,
+                };
+                (key, pod)
+            })
+            .collect();
+        let namespaces: Vec<(&str, Option<&Located<Namespace>>)> = delta
+            .namespaces
+            .iter()
+            .map(|name| {
+                let key = ObjectKey {
+                    kind: Kind::Namespace,
+                    namespace: String::new(),
+                    name: name.clone(),
+                };
+                let ns = match self.get(&key) {
+                    Some(Object::Namespace(n)) => Some(n),
+                    _ => None,
+                };
+                (name.as_str(), ns)
+            })
+            .collect();
+        let mut changes: Vec<ModelChange<'_>> = pods
+            .iter()
+            .map(|(key, pod)| ModelChange::Pod {
+                namespace: &key.namespace,
+                name: &key.name,
+                pod: pod.as_deref(),
+            })
+            .collect();
+        changes.extend(
+            namespaces
+                .iter()
+                .map(|(name, namespace)| ModelChange::Namespace {
+                    name,
+                    namespace: *namespace,
+                }),
+        );
+        model.patch(&changes)
     }
 
     fn bump(&mut self, changed: bool) -> bool {
