@@ -1026,6 +1026,204 @@ mod tests {
         );
     }
 
+    /// SplitMix64: deterministic event sequences.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            ((z ^ (z >> 31)) % n as u64) as usize
+        }
+    }
+
+    /// A random valid Pod: in a declared or undeclared namespace, with IPs from a small
+    /// pool (so some are shared), sometimes hostNetwork, finished, Pending or on no node.
+    fn random_pod(rng: &mut Rng, name: &str) -> Object {
+        let ns = ["a", "b", "c", "u1"][rng.below(4)];
+        let app = ["web", "db", "api"][rng.below(3)];
+        let node = match rng.below(4) {
+            0 => String::new(),
+            n => format!("nodeName: n{n}, "),
+        };
+        let host = if rng.below(6) == 0 {
+            "hostNetwork: true, "
+        } else {
+            ""
+        };
+        let ports = if rng.below(2) == 0 {
+            ", ports: [{name: http, containerPort: 8080}]"
+        } else {
+            ""
+        };
+        let status = match rng.below(8) {
+            0 => "{phase: Succeeded, podIP: 10.0.0.9}".to_owned(),
+            1 => "{phase: Pending}".to_owned(),
+            _ => format!("{{phase: Running, podIP: 10.0.0.{}}}", rng.below(12) + 1),
+        };
+        objects(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{app: {app}}}}}\nspec: {{{node}{host}containers: [{{name: c{ports}}}]}}\nstatus: {status}\n"
+        ))
+        .remove(0)
+    }
+
+    const STATIC: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: u2}\nspec: {podSelector: {}}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: a}\nspec: {clusterIP: 10.96.0.1, selector: {app: web}, ports: [{port: 80, targetPort: http}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: db, namespace: b}\nspec: {clusterIP: 10.96.0.2, ports: [{name: pg, port: 5432}]}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: db-1, namespace: b, labels: {kubernetes.io/service-name: db}}\naddressType: IPv4\nports: [{name: pg, port: 5432, protocol: TCP}]\nendpoints:\n- addresses: [10.0.0.3]\n  targetRef: {kind: Pod, namespace: b, name: q2}\n- addresses: [10.0.0.5]\n---\napiVersion: v1\nkind: Node\nmetadata: {name: n1}\nstatus: {addresses: [{type: InternalIP, address: 192.168.0.1}]}\n";
+
+    /// A model patched from the changes the state noted equals the model built from
+    /// every object, after every event of random sequences: Pods added, changed (labels,
+    /// IPs shared with others, hostNetwork, finished, node), deleted, CNI records added
+    /// and torn down, Namespaces relabelled, deleted and declared again (implicit
+    /// namespaces appear and go), with Services (by selector and by EndpointSlice), a
+    /// policy in an undeclared namespace and a Node. The graphs are compared too.
+    /// See: #12
+    #[test]
+    fn patched_model_equals_built_model() {
+        let mut patched = 0;
+        for seed in 0..6 {
+            let mut rng = Rng(seed);
+            let mut s = State::new();
+            let mut objs = objects(STATIC);
+            for i in 0..20 {
+                objs.push(random_pod(&mut rng, &format!("q{i}")));
+            }
+            for ns in ["a", "b", "c"] {
+                objs.extend(objects(&format!(
+                    "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}, labels: {{team: t{}}}}}\n",
+                    rng.below(2)
+                )));
+            }
+            s.reset(objs);
+            assert_eq!(s.take_model_changes(), None, "a relist: build");
+            let (mut model, diags) = s.build_model();
+            assert!(diags.iter().all(|d| !d.is_error()), "{diags:?}");
+            for step in 0..120 {
+                let pod = format!("q{}", rng.below(26));
+                let ns = ["a", "b", "c"][rng.below(3)];
+                let what = match rng.below(10) {
+                    0..=3 => {
+                        let obj = random_pod(&mut rng, &pod);
+                        // A Pod moves namespace as a delete and an add (another key).
+                        let key = obj.key();
+                        s.apply(obj);
+                        format!("apply {key}")
+                    }
+                    4 => {
+                        let key = s
+                            .objects()
+                            .filter(|o| o.key().kind == Kind::Pod)
+                            .nth(rng.below(20))
+                            .map(Object::key);
+                        if let Some(k) = &key {
+                            s.delete(k);
+                        }
+                        format!("delete {key:?}")
+                    }
+                    5 => {
+                        let labels = ["{team: t0}", "{team: t1}", "{}"][rng.below(3)];
+                        s.apply(
+                            objects(&format!(
+                                "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}, labels: {labels}}}\n"
+                            ))
+                            .remove(0),
+                        );
+                        format!("namespace {ns} {labels}")
+                    }
+                    6 => {
+                        s.delete(&ObjectKey {
+                            kind: Kind::Namespace,
+                            namespace: String::new(),
+                            name: ns.into(),
+                        });
+                        format!("delete namespace {ns}")
+                    }
+                    7 | 8 => {
+                        let key = s
+                            .objects()
+                            .filter(|o| o.key().kind == Kind::Pod)
+                            .nth(rng.below(20))
+                            .map(Object::key);
+                        let Some(k) = key else { continue };
+                        let p = PodKey::new(k.namespace, k.name);
+                        s.cni_add(
+                            p.clone(),
+                            CniRecord {
+                                container_id: "c".into(),
+                                netns: "x".into(),
+                                ips: vec![format!("10.0.0.{}", rng.below(12) + 1).parse().unwrap()],
+                                uid: None,
+                            },
+                        );
+                        format!("CNI ADD {p}")
+                    }
+                    _ => {
+                        let Some(p) = s.cni().keys().next().cloned() else {
+                            continue;
+                        };
+                        if rng.below(2) == 0 {
+                            s.cni_del(&p, "c");
+                        } else {
+                            s.cni_forget(&p);
+                        }
+                        format!("CNI DEL {p}")
+                    }
+                };
+                let (want, diags) = s.build_model();
+                assert!(diags.iter().all(|d| !d.is_error()), "{diags:?}");
+                match s.take_model_changes() {
+                    Some(delta) => match s.patch_model(&mut model, &delta) {
+                        Patched::Done => patched += 1,
+                        Patched::Rebuild(why) => panic!("seed {seed} step {step}: {what}: {why}"),
+                    },
+                    None => panic!("seed {seed} step {step}: {what}: nothing noted"),
+                }
+                assert_eq!(
+                    format!("{model:?}"),
+                    format!("{want:?}"),
+                    "seed {seed} step {step}: {what}"
+                );
+                let (g1, g2) = (
+                    policy_compiler::AllowGraph::build(&model),
+                    policy_compiler::AllowGraph::build(&want),
+                );
+                assert_eq!(
+                    g1.dump(&model),
+                    g2.dump(&want),
+                    "seed {seed} step {step}: {what}"
+                );
+            }
+        }
+        assert!(patched > 500, "patched only {patched}");
+    }
+
+    #[test]
+    fn a_policy_change_or_relist_is_not_patched() {
+        let mut s = State::new();
+        s.reset(objects(&pod("a", "", "n1")));
+        assert_eq!(s.take_model_changes(), None);
+        assert_eq!(s.take_model_changes(), Some(ModelDelta::default()));
+        s.apply(objects(POLICY).remove(0));
+        assert_eq!(s.take_model_changes(), None, "a policy: build");
+        s.apply(objects(&pod("b", "", "n1")).remove(0));
+        let mut map = BTreeMap::new();
+        map.insert(PodKey::new("x", "b"), "nb".to_owned());
+        s.set_netns_map(map);
+        let delta = s.take_model_changes().unwrap();
+        assert_eq!(
+            delta
+                .pods
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["x/b"],
+            "the netns mapping is not in the model"
+        );
+        s.apply(objects(&pod("c", "", "n1")).remove(0));
+        s.forget_model_changes();
+        assert_eq!(s.take_model_changes(), None);
+    }
+
     #[test]
     fn pod_keys_parse() {
         assert_eq!(PodKey::parse("x/a"), Some(PodKey::new("x", "a")));

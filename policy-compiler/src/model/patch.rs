@@ -299,3 +299,77 @@ fn node_relevant(e: Option<&(Option<String>, bool, Vec<IpAddr>)>) -> Option<(&st
     let node = node.as_deref()?;
     Some((node, if *host { ips.as_slice() } else { &[] }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{SourceText, load};
+
+    fn build(yaml: &str) -> (Model, crate::Inputs) {
+        let (inputs, diags) = load(&[SourceText {
+            name: "t.yaml",
+            text: yaml,
+        }]);
+        assert!(diags.is_empty(), "{diags:?}");
+        (Model::build(&inputs).0, inputs)
+    }
+
+    const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x, labels: {app: a}}\nspec: {containers: [{name: c}]}\nstatus: {podIP: 10.0.0.1}\n";
+
+    #[test]
+    fn a_pod_with_diagnostics_changes_nothing() {
+        let (mut model, _) = build(POD);
+        let before = format!("{model:?}");
+        let (bad, _) = load(&[SourceText {
+            name: "t.yaml",
+            text: "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\nspec: {containers: [{name: c}]}\nstatus: {podIP: nope}\n",
+        }]);
+        let got = model.patch(&[ModelChange::Pod {
+            namespace: "x",
+            name: "a",
+            pod: bad.pods.first(),
+        }]);
+        assert!(matches!(got, Patched::Rebuild(_)), "{got:?}");
+        assert_eq!(format!("{model:?}"), before, "untouched");
+    }
+
+    #[test]
+    fn workloads_are_built_again() {
+        let (mut model, inputs) = build(&format!(
+            "{POD}---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: d, namespace: x}}\nspec: {{selector: {{matchLabels: {{app: d}}}}, template: {{metadata: {{labels: {{app: d}}}}, spec: {{containers: [{{name: c}}]}}}}}}\n"
+        ));
+        let got = model.patch(&[ModelChange::Pod {
+            namespace: "x",
+            name: "a",
+            pod: inputs.pods.first(),
+        }]);
+        assert_eq!(got, Patched::Rebuild("workloads or declared endpoints"));
+    }
+
+    #[test]
+    fn a_pod_added_and_removed_is_what_a_build_gives() {
+        let (mut model, _) = build("");
+        let (inputs, _) = load(&[SourceText {
+            name: "t.yaml",
+            text: POD,
+        }]);
+        let add = [ModelChange::Pod {
+            namespace: "x",
+            name: "a",
+            pod: inputs.pods.first(),
+        }];
+        assert_eq!(model.patch(&add), Patched::Done);
+        assert_eq!(
+            format!("{model:?}"),
+            format!("{:?}", Model::build(&inputs).0)
+        );
+        let gone = [ModelChange::Pod {
+            namespace: "x",
+            name: "a",
+            pod: None,
+        }];
+        assert_eq!(model.patch(&gone), Patched::Done);
+        assert!(model.namespaces.is_empty(), "the implicit namespace went");
+        assert_eq!(format!("{model:?}"), format!("{:?}", build("").0));
+    }
+}
