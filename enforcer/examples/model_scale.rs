@@ -101,7 +101,7 @@ fn main() {
         assert!(graph.peer_set_count() > 0);
         let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
         if i == 0 {
-            assert_eq!(format!("{last:?}"), format!("{model:?}"), "patch == build");
+            assert_eq!(last.dump(), model.dump(), "patch == build");
         }
         model_ms.push(ms(t0, t1));
         graph_ms.push(ms(t1, t2));
