@@ -3,7 +3,9 @@
 //! namespaces, `--local` of them on this node, one NetworkPolicy), then `--changes`
 //! times a remote Pod that no local table refers to changes IP, and each time
 //! `State::build_model`, `AllowGraph::build` and `State::local_pods` run as the
-//! reconciler's compile runs them. No kernel, no root: a profiler-friendly loop.
+//! reconciler's compile runs them; and `State::patch_model` (the model patched from the
+//! changed Pod, what the incremental compile does since #12 point 3) on a copy of the
+//! last model, checked equal to the build. No kernel, no root: a profiler-friendly loop.
 //!
 //! ```text
 //! cargo run --release -p enforcer --example model_scale -- [--local 110] [--cluster 10000] [--changes 10]
@@ -17,7 +19,7 @@ use std::time::Instant;
 
 use common::{arg, pct};
 use enforcer::state::{Object, State};
-use policy_compiler::{AllowGraph, SourceText, load};
+use policy_compiler::{AllowGraph, Patched, SourceText, load};
 
 fn objects(yaml: &str) -> Vec<Object> {
     let (inputs, diags) = load(&[SourceText {
@@ -78,8 +80,20 @@ fn main() {
     let mut state = State::new();
     state.reset(objects(&cluster(local, size)));
     let (mut model_ms, mut graph_ms, mut local_ms, mut total_ms) = (vec![], vec![], vec![], vec![]);
+    let (mut patch_ms, mut clone_ms) = (vec![], vec![]);
+    let (mut last, _) = state.build_model();
+    state.take_model_changes();
     for i in 0..changes {
         state.apply(other(i));
+        let delta = state.take_model_changes().expect("a Pod change is noted");
+        let t = Instant::now();
+        assert_eq!(state.patch_model(&mut last, &delta), Patched::Done);
+        patch_ms.push((Instant::now() - t).as_secs_f64() * 1e3);
+        // With a drop reporter holding the last model, the compile patches a copy.
+        let t = Instant::now();
+        let copy = last.clone();
+        clone_ms.push((Instant::now() - t).as_secs_f64() * 1e3);
+        drop(copy);
         let t0 = Instant::now();
         let (model, diags) = state.build_model();
         assert!(diags.iter().all(|d| !d.is_error()));
@@ -91,24 +105,37 @@ fn main() {
         assert_eq!(pods.len(), local);
         assert!(graph.peer_set_count() > 0);
         let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
+        if i == 0 {
+            assert_eq!(last.dump(), model.dump(), "patch == build");
+        }
         model_ms.push(ms(t0, t1));
         graph_ms.push(ms(t1, t2));
         local_ms.push(ms(t2, t3));
         total_ms.push(ms(t0, t3));
     }
-    for v in [&mut model_ms, &mut graph_ms, &mut local_ms, &mut total_ms] {
+    for v in [
+        &mut model_ms,
+        &mut graph_ms,
+        &mut local_ms,
+        &mut total_ms,
+        &mut patch_ms,
+        &mut clone_ms,
+    ] {
         v.sort_by(f64::total_cmp);
     }
     println!(
-        "| Pods | build_model p50 | AllowGraph::build p50 | local_pods p50 | total p50 / p99 (ms) |"
+        "| Pods | build_model p50 | AllowGraph::build p50 | local_pods p50 | total p50 / p99 (ms) | patch_model p50 / p99 (ms) | Model::clone p50 (ms) |"
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     println!(
-        "| {size} | {:.1} | {:.1} | {:.1} | {:.1} / {:.1} |",
+        "| {size} | {:.1} | {:.1} | {:.1} | {:.1} / {:.1} | {:.2} / {:.2} | {:.1} |",
         pct(&model_ms, 0.5),
         pct(&graph_ms, 0.5),
         pct(&local_ms, 0.5),
         pct(&total_ms, 0.5),
-        pct(&total_ms, 0.99)
+        pct(&total_ms, 0.99),
+        pct(&patch_ms, 0.5),
+        pct(&patch_ms, 0.99),
+        pct(&clone_ms, 0.5)
     );
 }

@@ -7,7 +7,7 @@
 //! place. [`State::inputs`] gives the compiler its [`Inputs`], in key order, so the same
 //! state always compiles to the same rulesets.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 
@@ -16,7 +16,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use policy_compiler::cnp::ClusterNetworkPolicy;
-use policy_compiler::{Diagnostic, Inputs, Located, Model, Origin, Workload, WorkloadKind};
+use policy_compiler::{
+    Diagnostic, Inputs, Located, Model, ModelChange, Origin, Patched, Workload, WorkloadKind,
+};
 
 use crate::trust::{self, NetnsTrust};
 
@@ -316,6 +318,23 @@ pub enum CniEntry {
     },
 }
 
+/// What changed for the model since [`State::take_model_changes`]: the Pods (objects
+/// or CNI records) and Namespaces a [`Model::patch`] takes again. See: #12
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ModelDelta {
+    /// Pods whose object or CNI entry changed.
+    pub pods: BTreeSet<PodKey>,
+    /// Namespaces whose object changed.
+    pub namespaces: BTreeSet<String>,
+}
+
+impl ModelDelta {
+    /// True when nothing the model reads changed.
+    pub fn is_empty(&self) -> bool {
+        self.pods.is_empty() && self.namespaces.is_empty()
+    }
+}
+
 /// Every known object by key, the Pod-to-netns mapping and the CNI records.
 #[derive(Debug, Default, Clone)]
 pub struct State {
@@ -327,6 +346,10 @@ pub struct State {
     discovered: BTreeMap<PodKey, String>,
     generation: u64,
     netns_trust: NetnsTrust,
+    /// What changed for the model since the last [`State::take_model_changes`];
+    /// `None` when something a patch does not follow changed (any other kind, a
+    /// relist), or before the first take.
+    model_changes: Option<ModelDelta>,
 }
 
 fn uid_of(obj: &Object) -> Option<&str> {
@@ -368,6 +391,9 @@ impl State {
     pub fn cni_add(&mut self, pod: PodKey, record: CniRecord) -> bool {
         let entry = CniEntry::Live(record);
         let changed = self.cni.get(&pod) != Some(&entry);
+        if changed {
+            self.note_pod(&pod);
+        }
         self.cni.insert(pod, entry);
         self.bump(changed)
     }
@@ -387,6 +413,7 @@ impl State {
                 uid,
             },
         );
+        self.note_pod(pod);
         let changed = true;
         self.bump(changed)
     }
@@ -407,6 +434,9 @@ impl State {
     /// Forgets a Pod's CNI entry (its namespace is gone). Returns whether it was there.
     pub fn cni_forget(&mut self, pod: &PodKey) -> bool {
         let changed = self.cni.remove(pod).is_some();
+        if changed {
+            self.note_pod(pod);
+        }
         self.bump(changed)
     }
 
@@ -448,6 +478,9 @@ impl State {
             .objects
             .get(&key)
             .is_none_or(|old| !old.same_content(&obj));
+        if changed {
+            self.note_object(&key);
+        }
         self.objects.insert(key, Box::new(obj));
         self.bump(changed)
     }
@@ -455,6 +488,9 @@ impl State {
     /// Removes an object. Returns whether it was there.
     pub fn delete(&mut self, key: &ObjectKey) -> bool {
         let changed = self.objects.remove(key).is_some();
+        if changed {
+            self.note_object(key);
+        }
         self.bump(changed)
     }
 
@@ -467,6 +503,9 @@ impl State {
                 .iter()
                 .zip(&self.objects)
                 .any(|((ka, a), (kb, b))| ka != kb || !a.same_content(b));
+        if changed {
+            self.model_changes = None;
+        }
         self.objects = new;
         self.bump(changed)
     }
@@ -499,6 +538,96 @@ impl State {
         let changed = map != self.netns_map;
         self.netns_map = map;
         self.bump(changed)
+    }
+
+    /// Notes a changed object for the next model patch.
+    fn note_object(&mut self, key: &ObjectKey) {
+        match key.kind {
+            Kind::Pod => self.note_pod(&PodKey::new(key.namespace.clone(), key.name.clone())),
+            Kind::Namespace => {
+                if let Some(d) = &mut self.model_changes {
+                    d.namespaces.insert(key.name.clone());
+                }
+            }
+            // Policies, Services, workloads...: the model is built again.
+            _ => self.model_changes = None,
+        }
+    }
+
+    fn note_pod(&mut self, pod: &PodKey) {
+        if let Some(d) = &mut self.model_changes {
+            d.pods.insert(pod.clone());
+        }
+    }
+
+    /// What changed for the model since the last call (`None`: unknown, build it
+    /// again), and starts noting afresh. The netns mapping, discovery and trust level
+    /// are not in the model: they are not noted.
+    pub fn take_model_changes(&mut self) -> Option<ModelDelta> {
+        self.model_changes.replace(ModelDelta::default())
+    }
+
+    /// Forgets what changed: the next [`State::take_model_changes`] says `None` (the
+    /// model it would patch is not the one these changes started from).
+    pub fn forget_model_changes(&mut self) {
+        self.model_changes = None;
+    }
+
+    /// Brings `model`, built from this state as it was at the matching
+    /// [`State::take_model_changes`], to what [`State::build_model`] gives now, by
+    /// patching the objects of `delta` ([`Model::patch`]); on [`Patched::Rebuild`]
+    /// the model is unchanged.
+    pub fn patch_model(&self, model: &mut Model, delta: &ModelDelta) -> Patched {
+        // Pods as the model sees them: with their CNI overlay (a copy per changed Pod).
+        let pods: Vec<(&PodKey, Option<std::borrow::Cow<'_, Located<Pod>>>)> = delta
+            .pods
+            .iter()
+            .map(|key| {
+                let pod = match self.pod(key) {
+                    Some(Object::Pod(p)) if self.cni.contains_key(key) => {
+                        let mut copy = p.clone();
+                        self.overlay_cni(key, &mut copy.object);
+                        Some(std::borrow::Cow::Owned(copy))
+                    }
+                    Some(Object::Pod(p)) => Some(std::borrow::Cow::Borrowed(p)),
+                    _ => None,
+                };
+                (key, pod)
+            })
+            .collect();
+        let namespaces: Vec<(&str, Option<&Located<Namespace>>)> = delta
+            .namespaces
+            .iter()
+            .map(|name| {
+                let key = ObjectKey {
+                    kind: Kind::Namespace,
+                    namespace: String::new(),
+                    name: name.clone(),
+                };
+                let ns = match self.get(&key) {
+                    Some(Object::Namespace(n)) => Some(n),
+                    _ => None,
+                };
+                (name.as_str(), ns)
+            })
+            .collect();
+        let mut changes: Vec<ModelChange<'_>> = pods
+            .iter()
+            .map(|(key, pod)| ModelChange::Pod {
+                namespace: &key.namespace,
+                name: &key.name,
+                pod: pod.as_deref(),
+            })
+            .collect();
+        changes.extend(
+            namespaces
+                .iter()
+                .map(|(name, namespace)| ModelChange::Namespace {
+                    name,
+                    namespace: *namespace,
+                }),
+        );
+        model.patch(&changes)
     }
 
     fn bump(&mut self, changed: bool) -> bool {
@@ -895,6 +1024,204 @@ mod tests {
             "overlay applied:\n{}",
             got.dump()
         );
+    }
+
+    /// SplitMix64: deterministic event sequences.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            ((z ^ (z >> 31)) % n as u64) as usize
+        }
+    }
+
+    /// A random valid Pod: in a declared or undeclared namespace, with IPs from a small
+    /// pool (so some are shared), sometimes hostNetwork, finished, Pending or on no node.
+    fn random_pod(rng: &mut Rng, name: &str) -> Object {
+        let ns = ["a", "b", "c", "u1"][rng.below(4)];
+        let app = ["web", "db", "api"][rng.below(3)];
+        let node = match rng.below(4) {
+            0 => String::new(),
+            n => format!("nodeName: n{n}, "),
+        };
+        let host = if rng.below(6) == 0 {
+            "hostNetwork: true, "
+        } else {
+            ""
+        };
+        let ports = if rng.below(2) == 0 {
+            ", ports: [{name: http, containerPort: 8080}]"
+        } else {
+            ""
+        };
+        let status = match rng.below(8) {
+            0 => "{phase: Succeeded, podIP: 10.0.0.9}".to_owned(),
+            1 => "{phase: Pending}".to_owned(),
+            _ => format!("{{phase: Running, podIP: 10.0.0.{}}}", rng.below(12) + 1),
+        };
+        objects(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{app: {app}}}}}\nspec: {{{node}{host}containers: [{{name: c{ports}}}]}}\nstatus: {status}\n"
+        ))
+        .remove(0)
+    }
+
+    const STATIC: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: u2}\nspec: {podSelector: {}}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: a}\nspec: {clusterIP: 10.96.0.1, selector: {app: web}, ports: [{port: 80, targetPort: http}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: db, namespace: b}\nspec: {clusterIP: 10.96.0.2, ports: [{name: pg, port: 5432}]}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: db-1, namespace: b, labels: {kubernetes.io/service-name: db}}\naddressType: IPv4\nports: [{name: pg, port: 5432, protocol: TCP}]\nendpoints:\n- addresses: [10.0.0.3]\n  targetRef: {kind: Pod, namespace: b, name: q2}\n- addresses: [10.0.0.5]\n---\napiVersion: v1\nkind: Node\nmetadata: {name: n1}\nstatus: {addresses: [{type: InternalIP, address: 192.168.0.1}]}\n";
+
+    /// A model patched from the changes the state noted equals the model built from
+    /// every object, after every event of random sequences: Pods added, changed (labels,
+    /// IPs shared with others, hostNetwork, finished, node), deleted, CNI records added
+    /// and torn down, Namespaces relabelled, deleted and declared again (implicit
+    /// namespaces appear and go), with Services (by selector and by EndpointSlice), a
+    /// policy in an undeclared namespace and a Node. The graphs are compared too.
+    /// See: #12
+    #[test]
+    fn patched_model_equals_built_model() {
+        let mut patched = 0;
+        for seed in 0..6 {
+            let mut rng = Rng(seed);
+            let mut s = State::new();
+            let mut objs = objects(STATIC);
+            for i in 0..20 {
+                objs.push(random_pod(&mut rng, &format!("q{i}")));
+            }
+            for ns in ["a", "b", "c"] {
+                objs.extend(objects(&format!(
+                    "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}, labels: {{team: t{}}}}}\n",
+                    rng.below(2)
+                )));
+            }
+            s.reset(objs);
+            assert_eq!(s.take_model_changes(), None, "a relist: build");
+            let (mut model, diags) = s.build_model();
+            assert!(diags.iter().all(|d| !d.is_error()), "{diags:?}");
+            for step in 0..120 {
+                let pod = format!("q{}", rng.below(26));
+                let ns = ["a", "b", "c"][rng.below(3)];
+                let what = match rng.below(10) {
+                    0..=3 => {
+                        let obj = random_pod(&mut rng, &pod);
+                        // A Pod moves namespace as a delete and an add (another key).
+                        let key = obj.key();
+                        s.apply(obj);
+                        format!("apply {key}")
+                    }
+                    4 => {
+                        let key = s
+                            .objects()
+                            .filter(|o| o.key().kind == Kind::Pod)
+                            .nth(rng.below(20))
+                            .map(Object::key);
+                        if let Some(k) = &key {
+                            s.delete(k);
+                        }
+                        format!("delete {key:?}")
+                    }
+                    5 => {
+                        let labels = ["{team: t0}", "{team: t1}", "{}"][rng.below(3)];
+                        s.apply(
+                            objects(&format!(
+                                "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}, labels: {labels}}}\n"
+                            ))
+                            .remove(0),
+                        );
+                        format!("namespace {ns} {labels}")
+                    }
+                    6 => {
+                        s.delete(&ObjectKey {
+                            kind: Kind::Namespace,
+                            namespace: String::new(),
+                            name: ns.into(),
+                        });
+                        format!("delete namespace {ns}")
+                    }
+                    7 | 8 => {
+                        let key = s
+                            .objects()
+                            .filter(|o| o.key().kind == Kind::Pod)
+                            .nth(rng.below(20))
+                            .map(Object::key);
+                        let Some(k) = key else { continue };
+                        let p = PodKey::new(k.namespace, k.name);
+                        s.cni_add(
+                            p.clone(),
+                            CniRecord {
+                                container_id: "c".into(),
+                                netns: "x".into(),
+                                ips: vec![format!("10.0.0.{}", rng.below(12) + 1).parse().unwrap()],
+                                uid: None,
+                            },
+                        );
+                        format!("CNI ADD {p}")
+                    }
+                    _ => {
+                        let Some(p) = s.cni().keys().next().cloned() else {
+                            continue;
+                        };
+                        if rng.below(2) == 0 {
+                            s.cni_del(&p, "c");
+                        } else {
+                            s.cni_forget(&p);
+                        }
+                        format!("CNI DEL {p}")
+                    }
+                };
+                let (want, diags) = s.build_model();
+                assert!(diags.iter().all(|d| !d.is_error()), "{diags:?}");
+                match s.take_model_changes() {
+                    Some(delta) => match s.patch_model(&mut model, &delta) {
+                        Patched::Done => patched += 1,
+                        Patched::Rebuild(why) => panic!("seed {seed} step {step}: {what}: {why}"),
+                    },
+                    None => panic!("seed {seed} step {step}: {what}: nothing noted"),
+                }
+                assert_eq!(
+                    format!("{model:?}"),
+                    format!("{want:?}"),
+                    "seed {seed} step {step}: {what}"
+                );
+                let (g1, g2) = (
+                    policy_compiler::AllowGraph::build(&model),
+                    policy_compiler::AllowGraph::build(&want),
+                );
+                assert_eq!(
+                    g1.dump(&model),
+                    g2.dump(&want),
+                    "seed {seed} step {step}: {what}"
+                );
+            }
+        }
+        assert!(patched > 500, "patched only {patched}");
+    }
+
+    #[test]
+    fn a_policy_change_or_relist_is_not_patched() {
+        let mut s = State::new();
+        s.reset(objects(&pod("a", "", "n1")));
+        assert_eq!(s.take_model_changes(), None);
+        assert_eq!(s.take_model_changes(), Some(ModelDelta::default()));
+        s.apply(objects(POLICY).remove(0));
+        assert_eq!(s.take_model_changes(), None, "a policy: build");
+        s.apply(objects(&pod("b", "", "n1")).remove(0));
+        let mut map = BTreeMap::new();
+        map.insert(PodKey::new("x", "b"), "nb".to_owned());
+        s.set_netns_map(map);
+        let delta = s.take_model_changes().unwrap();
+        assert_eq!(
+            delta
+                .pods
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["x/b"],
+            "the netns mapping is not in the model"
+        );
+        s.apply(objects(&pod("c", "", "n1")).remove(0));
+        s.forget_model_changes();
+        assert_eq!(s.take_model_changes(), None);
     }
 
     #[test]

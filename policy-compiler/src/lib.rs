@@ -50,5 +50,8 @@ pub use matrix::{
     Matrix, MatrixFormat, MatrixQuery, MatrixWriter, ServiceMatrix, matrix, matrix_with_audit,
     service_matrix, service_matrix_with_audit,
 };
-pub use model::{Direction, Endpoint, EndpointId, Model, Policy, PolicyId, PolicyMode, Service};
+pub use model::{
+    Direction, Endpoint, EndpointId, Model, ModelChange, Patched, Policy, PolicyId, PolicyMode,
+    Service,
+};
 pub use ports::{PortRanges, PortSet, Protocol};

@@ -28,9 +28,11 @@ use crate::validate;
 
 mod audit;
 mod cluster;
+mod patch;
 mod service;
 
 pub use audit::{MODE_ANNOTATION, MODE_FIELD, PolicyMode};
+pub use patch::{ModelChange, Patched};
 
 pub use cluster::{
     Action, ClusterPeer, ClusterPolicy, ClusterPolicyId, ClusterPort, ClusterRule, MAX_ITEMS,
@@ -396,6 +398,9 @@ pub struct Model {
     by_ip: BTreeMap<IpAddr, EndpointId>,
     by_namespace: BTreeMap<String, Vec<EndpointId>>,
     replaced: BTreeMap<String, Vec<String>>,
+    /// The EndpointSlices as backend resolution reads them, kept so that a
+    /// [`Model::patch`] resolves the backends again after Pods changed.
+    slices: Vec<service::PendingSlice>,
 }
 
 impl Model {
@@ -1591,6 +1596,7 @@ impl Builder {
             by_ip,
             by_namespace,
             replaced,
+            slices: Vec::new(),
         };
         let mut services = self.services;
         services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
@@ -1601,6 +1607,7 @@ impl Builder {
             .map(|(i, s)| (s.key(), i))
             .collect();
         model.services = services;
+        model.slices = self.slices;
         model.node_ips = service::node_ips(&model);
         self.diags.extend(cluster::priority_overlaps(&model));
         self.diags

@@ -5,10 +5,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use policy_compiler::Severity;
 use policy_compiler::ruleset::NodeContext;
-use policy_compiler::{AllowGraph, Severity};
 
 use super::incremental::{Fingerprint, Inputs};
+use super::model_step::{self, Dropper, ModelSource};
 use super::node_table::NodeTable;
 use super::shared::SharedRenders;
 use super::{AgentConfig, ChainConfig, ErrorChain, RulesetSource, cni};
@@ -128,6 +129,9 @@ pub struct Reconciler {
     /// The state generation reached from the last good compile by CNI `ADD`s only
     /// (`agent/fast_add.rs`); `None` once anything else changed.
     pub(super) fast_base: Option<u64>,
+    /// Frees what a compile replaces (the last model and graph, tables) off the
+    /// event's path.
+    dropper: Dropper,
 }
 
 /// What the last [`Reconciler::compile`] rendered.
@@ -142,6 +146,8 @@ pub struct CompileStats {
     pub sweeps: usize,
     /// Peer lookups the rendered tables used (swept, or shared with another table).
     pub lookups: usize,
+    /// Whether the model was built, patched from the event, or kept.
+    pub model: ModelSource,
 }
 
 /// What [`execute`] did: each variant carries its operation's data, so no impossible
@@ -207,6 +213,7 @@ impl Reconciler {
             last_compile: CompileStats::default(),
             entry_pool: EntryPool::default(),
             fast_base: None,
+            dropper: Dropper::default(),
             renderer,
         }
     }
@@ -309,6 +316,23 @@ impl Reconciler {
         self.synced
     }
 
+    /// A compile refused for `errors`: the last good rulesets stay, and the next
+    /// compile builds the model again (what changed since the last good one is no
+    /// longer known).
+    fn refuse(&mut self, errors: &[policy_compiler::Diagnostic]) {
+        self.metrics.compile_errors.inc();
+        self.state.forget_model_changes();
+        let first = errors.first().map(ToString::to_string).unwrap_or_default();
+        self.refused = Some((
+            self.state.generation(),
+            format!("{} error(s); first: {first}", errors.len()),
+        ));
+        for d in errors {
+            tracing::error!(file = d.file.as_deref(), line = d.line, column = d.column, diagnostic = %d, "compile error");
+        }
+        tracing::error!("compilation refused: keeping the last good rulesets");
+    }
+
     /// Compiles the state into desired rulesets if it changed since the last compile.
     /// On any error the last good rulesets stay (whole compile, or per Pod render).
     /// Returns whether the desired rulesets were recomputed.
@@ -317,23 +341,21 @@ impl Reconciler {
             return false;
         }
         self.compiled_generation = Some(self.state.generation());
-        // From the state's objects by reference: no second copy of the cluster.
-        let (model, diags) = self.state.build_model();
-        let errors: Vec<_> = diags.iter().filter(|d| d.is_error()).collect();
-        if !errors.is_empty() {
-            self.metrics.compile_errors.inc();
-            self.refused = Some((
-                self.state.generation(),
-                format!("{} error(s); first: {}", errors.len(), errors[0]),
-            ));
-            for d in errors {
-                tracing::error!(file = d.file.as_deref(), line = d.line, column = d.column, diagnostic = %d, "compile error");
+        // Patched from what changed since the last good compile, or built from the
+        // state's objects by reference (no second copy of the cluster).
+        // (Only with the incremental compile: the full one, its baseline, builds.)
+        let delta = self.state.take_model_changes().filter(|_| self.incremental);
+        let model_step =
+            model_step::model_of(&self.state, &mut self.compiled, delta, &mut self.dropper);
+        let (compiled, model_source) = match model_step {
+            Ok(c) => c,
+            Err(errors) => {
+                self.refuse(&errors);
+                return false;
             }
-            tracing::error!("compilation refused: keeping the last good rulesets");
-            return false;
-        }
+        };
         self.refused = None;
-        let graph = AllowGraph::build(&model);
+        let (model, graph) = (&compiled.model, &compiled.graph);
         let node_addresses = match &self.node_table {
             Some(_) => self.current_node_addresses(),
             None => Vec::new(),
@@ -341,9 +363,12 @@ impl Reconciler {
         let local = self.state.local_pods(self.node.as_deref());
         let (local, mut desired) = self.fail_closed_on_shared_netns(local);
         let mut local_ids = Vec::new();
-        let mut inputs = self.incremental.then(|| Inputs::new(&model, &graph));
+        let mut inputs = self.incremental.then(|| Inputs::new(model, graph));
         let mut rendered = BTreeMap::new();
-        let mut stats = CompileStats::default();
+        let mut stats = CompileStats {
+            model: model_source,
+            ..CompileStats::default()
+        };
         let mut to_render = Vec::new();
         // Without a node table, Pod tables must not defer Service addresses to it:
         // `render` keeps them ordinary destinations (fail closed). See: #10
@@ -387,11 +412,11 @@ impl Reconciler {
             1
         };
         // Incremental: tables share their peer lookups (one sweep per distinct lookup).
-        let shared = self.incremental.then(|| SharedRenders::new(&model, &graph));
+        let shared = self.incremental.then(|| SharedRenders::new(model, graph));
         let results = parallel(workers, to_render, |(pod, netns, id, f)| {
             let r = match &shared {
                 Some(s) => renderer.render_desired_shared(s, id, on_node, &netns),
-                None => renderer.render_desired(&model, &graph, id, on_node, &netns),
+                None => renderer.render_desired(model, graph, id, on_node, &netns),
             };
             (pod, f, r)
         });
@@ -427,11 +452,14 @@ impl Reconciler {
                 d.parts = Some(p.share_entries(pool));
             }
         }
-        self.rendered = rendered;
+        let last_rendered = std::mem::replace(&mut self.rendered, rendered);
+        self.dropper.drop_later(last_rendered);
         self.last_compile = stats;
+        let mut replaced = Vec::new();
         for (pod, record) in &mut self.pods {
-            record.desired = desired.remove(pod);
+            replaced.extend(std::mem::replace(&mut record.desired, desired.remove(pod)));
         }
+        self.dropper.drop_later(replaced);
         for (pod, d) in desired {
             self.pods.insert(
                 pod,
@@ -445,14 +473,14 @@ impl Reconciler {
         self.entry_pool.prune();
         if self.node_table.is_some() {
             let mut ctx = NodeContext::new(
-                &model,
+                model,
                 self.node.as_deref().unwrap_or_default(),
                 node_addresses.clone(),
             );
             ctx.pods.extend(local_ids);
             ctx.pods.sort_unstable();
             ctx.pods.dedup();
-            let rendered = self.renderer.render_node_desired(&model, &graph, &ctx);
+            let rendered = self.renderer.render_node_desired(model, graph, &ctx);
             if let Some(n) = &mut self.node_table {
                 n.addresses = node_addresses;
                 match rendered {
@@ -464,12 +492,13 @@ impl Reconciler {
                 }
             }
         }
-        let compiled = Arc::new(CompiledModel { model, graph });
         if let Some(r) = &self.reporter {
             // Before the sync that applies: the first drops of a new Pod are reported.
             r.track(compiled.clone(), self.enforced_netns());
         }
-        self.compiled = Some(compiled);
+        if let Some(last) = self.compiled.replace(compiled) {
+            self.dropper.drop_later(last);
+        }
         true
     }
 

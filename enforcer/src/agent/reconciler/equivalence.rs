@@ -280,11 +280,27 @@ impl Pair {
                 "{what}: {pod}: checksum, netns or entries differ"
             );
         }
+        // The model the incremental side patched from the event is the one built
+        // from every object, and so is its graph. See: #12
+        if let (Some(a), Some(b)) = (self.inc.1.compiled(), self.full.1.compiled()) {
+            assert_eq!(
+                format!("{:?}", a.model),
+                format!("{:?}", b.model),
+                "{what}: the patched model differs from a build"
+            );
+            assert_eq!(
+                a.graph.dump(&a.model),
+                b.graph.dump(&b.model),
+                "{what}: the graph of the patched model differs"
+            );
+        }
         self.inc.1.last_compile()
     }
 }
 
-fn run(seed: u64, node_table: bool, events: usize) -> CompileStats {
+/// The incremental side's compile stats summed, and how many of its compiles patched
+/// the model.
+fn run(seed: u64, node_table: bool, events: usize) -> (CompileStats, usize) {
     let mut pair = Pair::new(node_table);
     let mut c = Cluster {
         rng: Rng(seed),
@@ -312,6 +328,7 @@ fn run(seed: u64, node_table: bool, events: usize) -> CompileStats {
     }
     pair.pass(&format!("seed {seed}: initial"));
     let mut total = CompileStats::default();
+    let mut patched = 0;
     for step in 0..events {
         let names: Vec<String> = c.pods.keys().cloned().collect();
         let some_pod = names[c.rng.below(names.len())].clone();
@@ -400,8 +417,9 @@ fn run(seed: u64, node_table: bool, events: usize) -> CompileStats {
         total.rendered += s.rendered;
         total.sweeps += s.sweeps;
         total.lookups += s.lookups;
+        patched += usize::from(s.model == ModelSource::Patched);
     }
-    total
+    (total, patched)
 }
 
 /// After every random event the incremental compile's tables are the full compile's,
@@ -411,9 +429,11 @@ fn run(seed: u64, node_table: bool, events: usize) -> CompileStats {
 #[test]
 fn incremental_equals_full_compile() {
     let mut total = CompileStats::default();
+    let mut patched = 0;
     for seed in 0..4 {
         for node_table in [false, true] {
-            let s = run(seed, node_table, 50);
+            let (s, p) = run(seed, node_table, 50);
+            patched += p;
             total.kept += s.kept;
             total.rendered += s.rendered;
             total.sweeps += s.sweeps;
@@ -423,6 +443,8 @@ fn incremental_equals_full_compile() {
     // The comparison means something only if both paths were taken often.
     assert!(total.kept > 300, "kept only {} renders", total.kept);
     assert!(total.rendered > 100, "rendered only {}", total.rendered);
+    // Models patched from Pod and Namespace events were compared too. See: #12
+    assert!(patched > 100, "patched only {patched} models");
     // Shared peer lookups (one sweep serving several tables) were compared too, not
     // only one sweep per table. See: #12
     assert!(
