@@ -809,14 +809,14 @@ pub(super) fn execute(applier: &dyn Applier, op: Op) -> Done {
             text,
             ruleset,
         } => {
-            // A split render is made whole here, only for a replace.
+            // A split render is made whole here, only for a replace; its text too.
             let whole = ruleset.as_ref().map(TableIr::ruleset);
             replace_table(
                 applier,
                 pod,
                 netns,
                 checksum,
-                (&text, whole.as_deref()),
+                (&text.get(), whole.as_deref()),
                 Instant::now(),
             )
         }
@@ -830,7 +830,7 @@ pub(super) fn execute(applier: &dyn Applier, op: Op) -> Done {
             generation,
         } => {
             let start = Instant::now();
-            match applier.update(&pod, &netns, &ops, generation, &text) {
+            match applier.update(&pod, &netns, &ops, generation, &text.get()) {
                 Ok(generation) => Done::Applied {
                     pod,
                     netns,
@@ -849,7 +849,10 @@ pub(super) fn execute(applier: &dyn Applier, op: Op) -> Done {
                         pod,
                         netns,
                         checksum,
-                        (&text, ruleset.as_ref().map(TableIr::ruleset).as_deref()),
+                        (
+                            &text.get(),
+                            ruleset.as_ref().map(TableIr::ruleset).as_deref(),
+                        ),
                         start,
                     )
                 }
