@@ -564,6 +564,9 @@ impl Applier for NftReplace {
     ) -> Result<u32, enforcer::applier::ApplyError> {
         self.0.update(pod, netns, ops, generation, ruleset)
     }
+    fn update_reads_text(&self) -> bool {
+        self.0.update_reads_text()
+    }
     fn node_generation(&self) -> Result<Option<u32>, enforcer::applier::ApplyError> {
         self.0.node_generation()
     }

@@ -172,6 +172,14 @@ pub trait Applier: Send + Sync {
         Err(ApplyError::Unsupported { pod: pod.clone() })
     }
 
+    /// Whether [`Applier::update`] reads its `ruleset` text (fakes do). When it does
+    /// not, the reconciler passes an empty text instead of splicing the table's text
+    /// from its shared lookups for every element update (`plan::TableText`). Defaults
+    /// to `true`. See: #12
+    fn update_reads_text(&self) -> bool {
+        true
+    }
+
     /// The nf_tables generation of the node table's namespace, or `None` when this
     /// applier cannot tell (then the node table is replaced whole and listed to verify).
     /// Defaults to `None`.
@@ -595,6 +603,10 @@ impl Applier for NetlinkApplier {
         _ruleset: &str,
     ) -> Result<u32, ApplyError> {
         self.update_in(pod, netns, ops, generation)
+    }
+
+    fn update_reads_text(&self) -> bool {
+        false
     }
 
     fn node_generation(&self) -> Result<Option<u32>, ApplyError> {

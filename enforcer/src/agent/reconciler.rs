@@ -830,7 +830,13 @@ pub(super) fn execute(applier: &dyn Applier, op: Op) -> Done {
             generation,
         } => {
             let start = Instant::now();
-            match applier.update(&pod, &netns, &ops, generation, &text.get()) {
+            // Spliced only for an applier that reads it (the netlink one does not).
+            let for_update = if applier.update_reads_text() {
+                text.get()
+            } else {
+                std::borrow::Cow::Borrowed("")
+            };
+            match applier.update(&pod, &netns, &ops, generation, &for_update) {
                 Ok(generation) => Done::Applied {
                     pod,
                     netns,
