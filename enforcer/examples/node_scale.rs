@@ -25,20 +25,25 @@
 //!    waits N ms before each ADD (default 0: back to back, each ADD then also waits
 //!    for the pass of the one before).
 //!
-//! Then the agent's RSS (`VmRSS`, `VmHWM`) with the cluster view loaded.
+//! Then the agent's RSS (`VmRSS`, `VmHWM`) with the cluster view loaded, and the live
+//! bytes the program holds (counted by its global allocator: mimalloc, as the agent's;
+//! the system allocator with `NODE_SCALE_SYSTEM_ALLOC=1`, for heaptrack), so RSS minus
+//! live is the allocator's share (fragmentation, caches, metadata).
 //!
 //! ```text
 //! cargo run --release -p enforcer --example node_scale -- [--local 110] [--cluster 10000]
-//!     [--changes 30] [--adds 20] [--add-gap-ms 0] [--verify-passes 5]
+//!     [--changes 30] [--adds 20] [--add-gap-ms 0] [--verify-passes 5] [--forget]
 //!     [--mode both|all|replace|full|incremental|nft|incremental-nft-replace]
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{arg, pct, word};
@@ -47,6 +52,101 @@ use enforcer::applier::{Applier, NetlinkApplier, NftApplier};
 use enforcer::manifests::ManifestDir;
 use enforcer::metrics::Metrics;
 use enforcer::netns;
+
+/// The allocator the agent ships with (`cli/src/main.rs`, mimalloc), so the RSS
+/// measured here is the agent's, fragmentation included; with `NODE_SCALE_SYSTEM_ALLOC`
+/// set, the system allocator (which heaptrack and massif can see). Either way it counts
+/// the live bytes the program holds, so RSS minus live bytes is the allocator's share.
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// 0: not decided yet, 1: system, 2: mimalloc. Decided at the first allocation (one
+/// thread: before `main`'s first line), so every block is freed by the allocator that
+/// gave it.
+static WHICH: AtomicU8 = AtomicU8::new(0);
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+struct Counting;
+
+impl Counting {
+    // The one unsafe of the benchmark: a counting global allocator cannot be written
+    // without it (the agent's own binary needs none). See: #12
+    #[allow(unsafe_code)]
+    fn system() -> bool {
+        match WHICH.load(Ordering::Relaxed) {
+            1 => true,
+            2 => false,
+            _ => {
+                // SAFETY: getenv reads the environment without allocating; no thread
+                // changes it (the benchmark never calls setenv).
+                let set =
+                    !unsafe { nix::libc::getenv(c"NODE_SCALE_SYSTEM_ALLOC".as_ptr()) }.is_null();
+                WHICH.store(if set { 1 } else { 2 }, Ordering::Relaxed);
+                set
+            }
+        }
+    }
+
+    fn grew(size: usize) {
+        let live = LIVE.fetch_add(size, Ordering::Relaxed) + size;
+        PEAK.fetch_max(live, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: every call is forwarded to one allocator, the same for a block's whole life.
+#[allow(unsafe_code)]
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        Self::grew(layout.size());
+        // SAFETY: forwarded with the caller's layout.
+        unsafe {
+            if Self::system() {
+                System.alloc(layout)
+            } else {
+                mimalloc::MiMalloc.alloc(layout)
+            }
+        }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: `ptr` came from the same allocator with this layout.
+        unsafe {
+            if Self::system() {
+                System.dealloc(ptr, layout)
+            } else {
+                mimalloc::MiMalloc.dealloc(ptr, layout)
+            }
+        }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        Self::grew(layout.size());
+        // SAFETY: forwarded with the caller's layout.
+        unsafe {
+            if Self::system() {
+                System.alloc_zeroed(layout)
+            } else {
+                mimalloc::MiMalloc.alloc_zeroed(layout)
+            }
+        }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        Self::grew(new_size);
+        // SAFETY: `ptr` came from the same allocator with this layout.
+        unsafe {
+            if Self::system() {
+                System.realloc(ptr, layout, new_size)
+            } else {
+                mimalloc::MiMalloc.realloc(ptr, layout, new_size)
+            }
+        }
+    }
+}
+
+fn live_mib() -> f64 {
+    LIVE.load(Ordering::Relaxed) as f64 / (1024.0 * 1024.0)
+}
 
 const NODE: &str = "n0";
 const NAMESPACES: usize = 100;
@@ -170,6 +270,11 @@ struct Results {
     add_procs: f64,
     rss_kib: u64,
     hwm_kib: u64,
+    /// Live bytes (MiB) after the initial sync and its baselines; at the end.
+    live_sync: f64,
+    live_end: f64,
+    /// Peak live bytes (MiB) over the whole run.
+    live_peak: f64,
 }
 
 fn config(cni: Option<CniConfig>, incremental: bool) -> AgentConfig {
@@ -192,6 +297,9 @@ struct Setup<'a> {
     changes: usize,
     passes: usize,
     adds: usize,
+    /// `--forget`: the reconciler and its source are leaked, not dropped, after the
+    /// verify passes (for a heap profiler's steady-state view; use with `--adds 0`).
+    forget: bool,
 }
 
 fn run_mode(
@@ -208,6 +316,7 @@ fn run_mode(
         changes,
         passes,
         adds,
+        forget,
     } = *setup;
     let mut r = Results::default();
     std::fs::write(manifests.join("policy.yaml"), policy(8080)).unwrap();
@@ -222,12 +331,23 @@ fn run_mode(
     );
     let t = Instant::now();
     rec.handle_scan(src.scan());
+    eprintln!(
+        "{name}: live after the scan and state {:.1} MiB",
+        live_mib()
+    );
     rec.compile();
+    eprintln!("{name}: live after the first compile {:.1} MiB", live_mib());
     let first = rec.sync(Instant::now());
     assert_eq!(first.applied.len(), local, "{name}: initial sync {first:?}");
     r.initial_ms = t.elapsed().as_secs_f64() * 1e3;
     rec.take_baselines();
     rec.verify();
+    r.live_sync = live_mib();
+    eprintln!(
+        "{name}: live after the initial sync and baselines {:.1} MiB (RSS {:.0} MiB)",
+        r.live_sync,
+        status_kib("VmRSS:") as f64 / 1024.0
+    );
     eprintln!(
         "{name}: initial sync of {local} tables in {:.0} ms",
         r.initial_ms
@@ -271,7 +391,17 @@ fn run_mode(
     }
     r.verify_cpu_ms = (cpu_seconds() - cpu0) * 1e3 / passes as f64;
     r.verify_procs = (netns::processes_started() - procs0) as f64 / passes as f64;
-    drop(rec);
+    if forget {
+        // What a heap profiler reports as leaked at exit is then exactly what the
+        // reconciler and the manifest source hold in steady state.
+        std::mem::forget(rec);
+        std::mem::forget(src);
+    } else {
+        // The agent below reads the directory with its own source: this one's objects
+        // must not count in its RSS.
+        drop(rec);
+        drop(src);
+    }
 
     // CNI ADDs with the agent in-process.
     if adds > 0 {
@@ -300,11 +430,14 @@ fn run_mode(
         r.add_procs = (netns::processes_started() - procs0) as f64 / adds as f64;
         r.rss_kib = status_kib("VmRSS:");
         r.hwm_kib = status_kib("VmHWM:");
+        r.live_end = live_mib();
         rt.block_on(agent.stop()).unwrap();
     } else {
         r.rss_kib = status_kib("VmRSS:");
         r.hwm_kib = status_kib("VmHWM:");
+        r.live_end = live_mib();
     }
+    r.live_peak = PEAK.load(Ordering::Relaxed) as f64 / (1024.0 * 1024.0);
     r
 }
 
@@ -362,7 +495,7 @@ fn adds_row(name: &str, r: &Results) -> String {
     let mut a = r.adds_ms.clone();
     a.sort_by(f64::total_cmp);
     format!(
-        "| {name} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {:.3}% | {:.0} | {:.0} |",
+        "| {name} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {:.3}% | {:.0} | {:.0} | {:.0} / {:.0} / {:.0} |",
         pct(&a, 0.5),
         pct(&a, 0.99),
         pct(&a, 1.0),
@@ -372,6 +505,9 @@ fn adds_row(name: &str, r: &Results) -> String {
         r.verify_cpu_ms / 5000.0 * 100.0,
         r.rss_kib as f64 / 1024.0,
         r.hwm_kib as f64 / 1024.0,
+        r.live_sync,
+        r.live_end,
+        r.live_peak,
     )
 }
 
@@ -428,6 +564,9 @@ impl Applier for NftReplace {
     ) -> Result<u32, enforcer::applier::ApplyError> {
         self.0.update(pod, netns, ops, generation, ruleset)
     }
+    fn update_reads_text(&self) -> bool {
+        self.0.update_reads_text()
+    }
     fn node_generation(&self) -> Result<Option<u32>, enforcer::applier::ApplyError> {
         self.0.node_generation()
     }
@@ -482,6 +621,7 @@ fn run_one(mode: &str) {
         changes,
         passes,
         adds,
+        forget: std::env::args().any(|a| a == "--forget"),
     };
     let r = run_mode(name, applier, incremental, &setup);
     for n in &names {
@@ -558,9 +698,9 @@ fn main() {
     }
     println!();
     println!(
-        "| mode | CNI ADD p50 ms | p99 ms | max ms | processes per ADD | verify pass CPU ms | processes per verify pass | idle CPU at 5 s verify | RSS MiB | peak RSS MiB |"
+        "| mode | CNI ADD p50 ms | p99 ms | max ms | processes per ADD | verify pass CPU ms | processes per verify pass | idle CPU at 5 s verify | RSS MiB | peak RSS MiB | live MiB: after sync / at RSS / peak |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for row in &t2 {
         println!("{row}");
     }

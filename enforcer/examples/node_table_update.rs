@@ -168,6 +168,7 @@ fn main() {
     let big = node_table(&o, o.peers + 1);
     let (a, b) = (small.parts.clone().unwrap(), big.parts.clone().unwrap());
     assert_eq!(a.skeleton, b.skeleton, "a peer change is elements only");
+    let (small_text, big_text) = (small.text.get(), big.text.get());
     let add = element_ops(&a.entries, &b.entries);
     let remove = element_ops(&b.entries, &a.entries);
     println!(
@@ -175,30 +176,30 @@ fn main() {
         o.pods,
         o.peers,
         a.entries.len(),
-        small.text.len(),
+        small_text.len(),
         add.len()
     );
 
     // Old: the whole table replaced with `nft -f` per change.
     let old = NodeNetnsApplier { node: node.clone() };
-    old.apply_node(&small.text).unwrap();
+    old.apply_node(&small_text).unwrap();
     let mut replace = Vec::new();
     for i in 0..o.changes {
-        let text = if i % 2 == 0 { &big.text } else { &small.text };
+        let text = if i % 2 == 0 { &big_text } else { &small_text };
         let t = Instant::now();
         old.apply_node(text).unwrap();
         replace.push(t.elapsed());
     }
     // New: one generation-checked netlink batch per change.
     let new = NetlinkApplier::with_node_netns(node.clone());
-    new.apply_node(&small.text).unwrap();
+    new.apply_node(&small_text).unwrap();
     let mut generation = new.node_generation().unwrap().unwrap();
     let mut elements = Vec::new();
     for i in 0..o.changes {
         let (ops, text) = if i % 2 == 0 {
-            (&add, &big.text)
+            (&add, &big_text)
         } else {
-            (&remove, &small.text)
+            (&remove, &small_text)
         };
         let t = Instant::now();
         generation = new.update_node(ops, generation, text).unwrap();

@@ -215,6 +215,14 @@ pub trait Applier: Send + Sync {
         Err(ApplyError::Unsupported { pod: pod.clone() })
     }
 
+    /// Whether [`Applier::update`] and [`Applier::rewrite`] read their `text` (fakes do). When they do
+    /// not, the reconciler passes an empty text instead of splicing the table's text
+    /// from its shared lookups for every element update (`plan::TableText`). Defaults
+    /// to `true`. See: #12
+    fn update_reads_text(&self) -> bool {
+        true
+    }
+
     /// The nf_tables generation of the node table's namespace, or `None` when this
     /// applier cannot tell (then the node table is replaced whole and listed to verify).
     /// Defaults to `None`.
@@ -678,6 +686,10 @@ impl Applier for NetlinkApplier {
             }
             other => other,
         }
+    }
+
+    fn update_reads_text(&self) -> bool {
+        false
     }
 
     fn node_generation(&self) -> Result<Option<u32>, ApplyError> {

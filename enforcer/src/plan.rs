@@ -5,6 +5,7 @@
 //! namespaces no Pod uses any more). [`Backoff`] spaces out retries of failed operations.
 //! Nothing here does IO or reads the clock: callers pass `now`.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -57,8 +58,9 @@ pub struct Desired {
     /// What the kernel should hold: checksum of `text`, or with [`Desired::parts`], of
     /// the skeleton and the entries (review comments of map elements do not count).
     pub checksum: Checksum,
-    /// `nft -f` text replacing `table inet netpol` in one transaction.
-    pub text: Arc<str>,
+    /// `nft -f` text replacing `table inet netpol` in one transaction (held, or made
+    /// when asked for from a split render: [`TableText`]).
+    pub text: TableText,
     /// The ruleset split into skeleton and peer-map entries (`None`: the renderer
     /// gives only text; every change replaces the table).
     pub parts: Option<Arc<Parts>>,
@@ -67,6 +69,84 @@ pub struct Desired {
     /// ([`crate::nfnl::NftSocket::replace_table`]); `None`: `text` is loaded with
     /// `nft -f`. Never part of the identity (`checksum`).
     pub ruleset: Option<TableIr>,
+}
+
+/// The `nft -f` text of a table. A table rendered from shared peer lookups (docs/agent.md
+/// "Shared peer lookups") does not hold its text: it is made when an apply or a caller
+/// needs it, from the table's skeleton and the element text its lookups share with
+/// alike tables (one copy for all of them), byte-identical to the text a whole render
+/// gives. Held, 110 alike tables kept 110 copies of the same peer-map elements (at a
+/// 10,000-Pod view a seventh of the agent's live memory). See: #12
+#[derive(Debug, Clone)]
+pub enum TableText {
+    /// The text itself.
+    Held(Arc<str>),
+    /// Made on demand from a split render.
+    Spliced(Arc<SplicedText>),
+}
+
+/// What [`TableText::Spliced`] makes the text from.
+#[derive(Debug)]
+pub struct SplicedText {
+    /// The table's skeleton and its lookups.
+    pub split: Arc<PodSplit>,
+    /// Per lookup (in the split's order), the `elements = { … }` block of each of its
+    /// maps, shared by every table with that lookup.
+    pub elements: Vec<Arc<[String]>>,
+}
+
+impl TableText {
+    /// The text (borrowed when held, made when spliced).
+    pub fn get(&self) -> Cow<'_, str> {
+        match self {
+            TableText::Held(t) => Cow::Borrowed(t),
+            TableText::Spliced(s) => {
+                let elements: Vec<&str> = s
+                    .elements
+                    .iter()
+                    .flat_map(|e| e.iter().map(String::as_str))
+                    .collect();
+                Cow::Owned(s.split.skeleton.to_nft_with(&elements))
+            }
+        }
+    }
+}
+
+impl From<Arc<str>> for TableText {
+    fn from(text: Arc<str>) -> Self {
+        TableText::Held(text)
+    }
+}
+
+impl From<String> for TableText {
+    fn from(text: String) -> Self {
+        TableText::Held(text.into())
+    }
+}
+
+impl From<&str> for TableText {
+    fn from(text: &str) -> Self {
+        TableText::Held(text.into())
+    }
+}
+
+/// Equal when the texts are (a held and a spliced text can be equal).
+impl PartialEq for TableText {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (TableText::Held(a), TableText::Held(b)) if Arc::ptr_eq(a, b) => true,
+            (TableText::Spliced(a), TableText::Spliced(b)) if Arc::ptr_eq(a, b) => true,
+            _ => self.get() == other.get(),
+        }
+    }
+}
+
+impl Eq for TableText {}
+
+impl fmt::Display for TableText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.get())
+    }
 }
 
 /// The compiled table behind a [`Desired`], for loading it over netlink: whole, or (from
@@ -222,7 +302,7 @@ impl Desired {
         Self {
             netns: netns.into(),
             checksum: Checksum::of(&text),
-            text,
+            text: TableText::Held(text),
             parts: None,
             ruleset: None,
         }
@@ -251,14 +331,21 @@ impl Desired {
     ) -> Self {
         let entries: BTreeSet<PeerEntry> = entries.into_iter().collect();
         let digest = entries_digest(&entries);
-        Self::with_shared_parts(netns, text, skeleton, Arc::new(entries), digest)
+        Self::with_shared_parts(
+            netns,
+            TableText::Held(text.into()),
+            skeleton,
+            Arc::new(entries),
+            digest,
+        )
     }
 
     /// [`Desired::with_parts`] with an entry set shared with other tables and its
-    /// [`entries_digest`] computed once for all of them (the same checksum). See: #12
+    /// [`entries_digest`] computed once for all of them (the same checksum); the text
+    /// may be spliced ([`TableText`]): the checksum does not read it. See: #12
     pub fn with_shared_parts(
         netns: impl Into<String>,
-        text: impl Into<Arc<str>>,
+        text: impl Into<TableText>,
         skeleton: &str,
         entries: Arc<BTreeSet<PeerEntry>>,
         digest: EntriesDigest,
@@ -332,7 +419,7 @@ pub enum Op {
         /// Checksum of `text`.
         checksum: Checksum,
         /// The ruleset.
-        text: Arc<str>,
+        text: TableText,
         /// The compiled ruleset of `text`, when known ([`Desired::ruleset`]).
         ruleset: Option<TableIr>,
     },
@@ -347,7 +434,7 @@ pub enum Op {
         /// The desired checksum the update reaches.
         checksum: Checksum,
         /// The whole ruleset (the fallback when the generation is stale).
-        text: Arc<str>,
+        text: TableText,
         /// The compiled ruleset of `text`, when known ([`Desired::ruleset`]).
         ruleset: Option<TableIr>,
         /// The element changes.
@@ -367,8 +454,8 @@ pub enum Op {
         netns: String,
         /// The desired checksum the rewrite reaches.
         checksum: Checksum,
-        /// The whole ruleset (the fallback).
-        text: Arc<str>,
+        /// The whole ruleset (the fallback; made on demand from a split render).
+        text: TableText,
         /// The compiled ruleset of `text`.
         ruleset: TableIr,
         /// The peer-map entries the kernel holds now (what was applied).

@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, PodIP, PodStatus, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -267,12 +268,13 @@ impl Object {
 /// A change seen by a source.
 #[derive(Debug, Clone)]
 pub enum Event {
-    /// An object was added or modified (boxed: objects are large).
-    Apply(Box<Object>),
+    /// An object was added or modified (shared: objects are large, and a source that
+    /// keeps its objects, like the manifest directory, shares them with the state).
+    Apply(Arc<Object>),
     /// An object is gone.
     Delete(ObjectKey),
     /// The complete set of objects (a relist): everything else is gone.
-    Reset(Vec<Object>),
+    Reset(Vec<Arc<Object>>),
     /// The Pod-to-netns mapping file changed (replaces the previous mapping).
     NetnsMap(BTreeMap<PodKey, String>),
     /// The CNI plugin set up a Pod's sandbox (`ADD`).
@@ -338,9 +340,11 @@ impl ModelDelta {
 /// Every known object by key, the Pod-to-netns mapping and the CNI records.
 #[derive(Debug, Default, Clone)]
 pub struct State {
-    /// Boxed: a Pod is about 2.3 KB inline (k8s-openapi types), and B-tree nodes keep
-    /// spare slots; boxing keeps the slack at a pointer per slot.
-    objects: BTreeMap<ObjectKey, Box<Object>>,
+    /// Behind a pointer: a Pod is about 2.3 KB inline (k8s-openapi types), and B-tree
+    /// nodes keep spare slots; a pointer keeps the slack at a pointer per slot. Shared
+    /// (`Arc`) with the source that keeps the same object (the manifest directory's
+    /// last good files), so an object is held once, not once per holder. See: #12
+    objects: BTreeMap<ObjectKey, Arc<Object>>,
     netns_map: BTreeMap<PodKey, String>,
     cni: BTreeMap<PodKey, CniEntry>,
     discovered: BTreeMap<PodKey, String>,
@@ -378,9 +382,9 @@ impl State {
     /// changed.
     pub fn handle(&mut self, event: Event) -> bool {
         match event {
-            Event::Apply(obj) => self.apply(*obj),
+            Event::Apply(obj) => self.apply_shared(obj),
             Event::Delete(key) => self.delete(&key),
-            Event::Reset(objs) => self.reset(objs),
+            Event::Reset(objs) => self.reset_shared(objs),
             Event::NetnsMap(map) => self.set_netns_map(map),
             Event::CniAdd(pod, record) => self.cni_add(pod, record),
             Event::CniDel { pod, container_id } => self.cni_del(&pod, &container_id),
@@ -473,15 +477,20 @@ impl State {
 
     /// Adds or replaces an object. Returns whether its content changed.
     pub fn apply(&mut self, obj: Object) -> bool {
+        self.apply_shared(Arc::new(obj))
+    }
+
+    /// [`State::apply`] of an object the caller may keep too (no copy is made).
+    pub fn apply_shared(&mut self, obj: Arc<Object>) -> bool {
         let key = obj.key();
         let changed = self
             .objects
             .get(&key)
-            .is_none_or(|old| !old.same_content(&obj));
+            .is_none_or(|old| !Arc::ptr_eq(old, &obj) && !old.same_content(&obj));
         if changed {
             self.note_object(&key);
         }
-        self.objects.insert(key, Box::new(obj));
+        self.objects.insert(key, obj);
         self.bump(changed)
     }
 
@@ -496,13 +505,18 @@ impl State {
 
     /// Replaces every object. Returns whether anything changed.
     pub fn reset(&mut self, objs: impl IntoIterator<Item = Object>) -> bool {
-        let new: BTreeMap<ObjectKey, Box<Object>> =
-            objs.into_iter().map(|o| (o.key(), Box::new(o))).collect();
+        self.reset_shared(objs.into_iter().map(Arc::new))
+    }
+
+    /// [`State::reset`] with objects the caller may keep too (no copy is made).
+    pub fn reset_shared(&mut self, objs: impl IntoIterator<Item = Arc<Object>>) -> bool {
+        let new: BTreeMap<ObjectKey, Arc<Object>> =
+            objs.into_iter().map(|o| (o.key(), o)).collect();
         let changed = new.len() != self.objects.len()
             || new
                 .iter()
                 .zip(&self.objects)
-                .any(|((ka, a), (kb, b))| ka != kb || !a.same_content(b));
+                .any(|((ka, a), (kb, b))| ka != kb || (!Arc::ptr_eq(a, b) && !a.same_content(b)));
         if changed {
             self.model_changes = None;
         }

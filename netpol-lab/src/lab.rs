@@ -959,7 +959,12 @@ fn enforce(
     let keys: Vec<PodKey> = map.keys().cloned().collect();
     rec.handle_scan(Scan {
         events: vec![
-            Event::Reset(Object::all(plan.inputs().clone())),
+            Event::Reset(
+                Object::all(plan.inputs().clone())
+                    .into_iter()
+                    .map(std::sync::Arc::new)
+                    .collect(),
+            ),
             Event::NetnsMap(map),
         ],
         complete: true,

@@ -243,7 +243,7 @@ mod tests {
         assert!(f.fake.table("fa-n1").is_none());
         assert_eq!(f.rec.fast_add(&n1, Instant::now()), FastAdd::Enforced);
         let fast = f.desired(&n1);
-        assert_eq!(f.fake.table("fa-n1").as_deref(), Some(&*fast.text));
+        assert_eq!(f.fake.table("fa-n1").as_deref(), Some(&*fast.text.get()));
         assert_eq!(
             f.rec.cni_status(&n1),
             CniStatus::Waiting("compiling".into())
@@ -290,7 +290,7 @@ mod tests {
                 "{pod}: fast entries {a:?} not within {b:?}"
             );
             assert!(
-                !fast.text.contains(newcomer) && full.text.contains(newcomer),
+                !fast.text.get().contains(newcomer) && full.text.get().contains(newcomer),
                 "{pod}"
             );
             assert!(

@@ -82,7 +82,7 @@ impl NodeTable {
 fn replace(applier: &dyn Applier, d: &Desired, start: Instant) -> Result<Applied, ApplyError> {
     let before = applier.node_generation().ok().flatten();
     let whole = d.ruleset.as_ref().map(crate::plan::TableIr::ruleset);
-    applier.apply_node_ruleset(&d.text, whole.as_deref())?;
+    applier.apply_node_ruleset(&d.text.get(), whole.as_deref())?;
     let took = start.elapsed();
     let after = applier.node_generation().ok().flatten();
     let listing = match applier.node_fingerprint() {
@@ -114,8 +114,12 @@ impl Reconciler {
     }
 
     /// The node table text the last compile produced, if the agent owns one.
-    pub fn node_table(&self) -> Option<&str> {
-        self.node_table.as_ref()?.desired.as_ref().map(|d| &*d.text)
+    pub fn node_table(&self) -> Option<std::borrow::Cow<'_, str>> {
+        self.node_table
+            .as_ref()?
+            .desired
+            .as_ref()
+            .map(|d| d.text.get())
     }
 
     /// The node's addresses now: the agent's own namespace (getifaddrs) and the Node
@@ -153,7 +157,7 @@ impl Reconciler {
         let start = Instant::now();
         let result = match n.update_to(&d) {
             Some((ops, generation)) => {
-                match applier.update_node(&ops, generation, &d.text) {
+                match applier.update_node(&ops, generation, &d.text.get()) {
                     Ok(generation) => Ok(Applied {
                         incremental: true,
                         generation: Some(generation),
@@ -478,7 +482,10 @@ mod tests {
         n.fake.clear_calls();
         n.pass();
         assert!(matches!(&n.node_calls()[..], [Recorded::Apply { .. }]));
-        assert_eq!(n.fake.table(OWN_NETNS).as_deref(), n.rec.node_table());
+        assert_eq!(
+            n.fake.table(OWN_NETNS).as_deref(),
+            n.rec.node_table().as_deref()
+        );
         assert_eq!(n.metrics.drift_repairs.get(), 1);
         assert!(n.rec.node_synced());
 

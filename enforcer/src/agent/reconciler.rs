@@ -838,14 +838,14 @@ pub(super) fn execute(applier: &dyn Applier, op: Op) -> Done {
             text,
             ruleset,
         } => {
-            // A split render is made whole here, only for a replace.
+            // A split render is made whole here, only for a replace; its text too.
             let whole = ruleset.as_ref().map(TableIr::ruleset);
             replace_table(
                 applier,
                 pod,
                 netns,
                 checksum,
-                (&text, whole.as_deref()),
+                (&text.get(), whole.as_deref()),
                 Instant::now(),
             )
         }
@@ -859,7 +859,13 @@ pub(super) fn execute(applier: &dyn Applier, op: Op) -> Done {
             generation,
         } => {
             let start = Instant::now();
-            match applier.update(&pod, &netns, &ops, generation, &text) {
+            // Spliced only for an applier that reads it (the netlink one does not).
+            let for_update = if applier.update_reads_text() {
+                text.get()
+            } else {
+                std::borrow::Cow::Borrowed("")
+            };
+            match applier.update(&pod, &netns, &ops, generation, &for_update) {
                 Ok(generation) => Done::Applied {
                     pod,
                     netns,
@@ -878,7 +884,10 @@ pub(super) fn execute(applier: &dyn Applier, op: Op) -> Done {
                         pod,
                         netns,
                         checksum,
-                        (&text, ruleset.as_ref().map(TableIr::ruleset).as_deref()),
+                        (
+                            &text.get(),
+                            ruleset.as_ref().map(TableIr::ruleset).as_deref(),
+                        ),
                         start,
                     )
                 }
@@ -898,7 +907,22 @@ pub(super) fn execute(applier: &dyn Applier, op: Op) -> Done {
             let start = Instant::now();
             let keep = crate::nfnl::table::kept_maps(&old, &new);
             let slim = ruleset.ruleset_keeping(&keep);
-            match applier.rewrite(&pod, &netns, &text, &slim, &old, &new, &ops, generation) {
+            // Spliced only for an applier that reads it (the netlink one does not).
+            let for_rewrite = if applier.update_reads_text() {
+                text.get()
+            } else {
+                std::borrow::Cow::Borrowed("")
+            };
+            match applier.rewrite(
+                &pod,
+                &netns,
+                &for_rewrite,
+                &slim,
+                &old,
+                &new,
+                &ops,
+                generation,
+            ) {
                 Ok(generation) => Done::Applied {
                     pod,
                     netns,
@@ -916,7 +940,14 @@ pub(super) fn execute(applier: &dyn Applier, op: Op) -> Done {
                         tracing::info!(namespace = %pod.namespace, pod = %pod.name, netns, error = %ErrorChain(&e), "rewrite keeping the peer maps not done: replacing the table");
                     }
                     let whole = ruleset.ruleset();
-                    replace_table(applier, pod, netns, checksum, (&text, Some(&whole)), start)
+                    replace_table(
+                        applier,
+                        pod,
+                        netns,
+                        checksum,
+                        (&text.get(), Some(&whole)),
+                        start,
+                    )
                 }
             }
         }

@@ -8,7 +8,7 @@ use policy_compiler::ruleset::{
 use policy_compiler::{AllowGraph, EndpointId, Model};
 
 use super::shared::SharedRenders;
-use crate::plan::Desired;
+use crate::plan::{Desired, SplicedText, TableText};
 
 /// Error of a [`RulesetSource`].
 #[derive(Debug, thiserror::Error)]
@@ -173,25 +173,26 @@ impl RulesetSource for CompiledRulesets {
             // Audit policies: rendered from two models, not shared.
             return self.render_desired(model, graph, pod, node_addresses, netns);
         };
-        let mut elements: Vec<&str> = Vec::new();
-        let mut swept = Vec::new();
+        let mut elements = Vec::with_capacity(split.lookups.len());
         for l in &split.lookups {
             let s = shared.swept(l).ok_or_else(|| RenderError {
                 message: "peer lookup not from this compile's memo".to_owned(),
             })?;
-            swept.push(s);
+            elements.push(s.elements.clone());
         }
-        for s in &swept {
-            elements.extend(s.elements.iter().map(String::as_str));
-        }
-        let text = split.skeleton.to_nft_with(&elements);
         let entries = shared.entries(&split.lookups);
         let skeleton = split.skeleton.to_nft();
         // The split itself (skeleton + shared lookups) for a netlink replace: made whole
-        // only when a replace needs it. See: #12
+        // only when a replace needs it; the text likewise, when an apply asks for it
+        // (`TableText::Spliced`: the element text stays shared). See: #12
+        let split = std::sync::Arc::new(split);
+        let text = TableText::Spliced(std::sync::Arc::new(SplicedText {
+            split: split.clone(),
+            elements,
+        }));
         Ok(
             Desired::with_shared_parts(netns, text, &skeleton, entries.entries, entries.digest)
-                .with_split(std::sync::Arc::new(split)),
+                .with_split(split),
         )
     }
 

@@ -8,8 +8,9 @@
 //! distinct classifier once, and renders what every table with that lookup needs once
 //! too: the `elements = { … }` text of its maps, its peer entries, and per distinct
 //! combination of lookups the table's entry set and its digest. What is left per table
-//! is its skeleton (chains and rules, no map elements: small), the skeleton's text, and
-//! one copy of the shared element text into the table's text.
+//! is its skeleton (chains and rules, no map elements: small) and the skeleton's text;
+//! the table's whole text is spliced from the skeleton and the shared element text only
+//! when an apply needs it (`plan::TableText`), so the element text is held once.
 //!
 //! 110 local Pods selected alike (the node-scale benchmark) cost one sweep of ~3,300
 //! peer addresses per event instead of 110. The renders are byte-identical to
@@ -28,8 +29,9 @@ use crate::plan::{EntriesDigest, entries_digest};
 pub struct Swept {
     /// The lookup.
     pub lookup: Arc<PeerLookup>,
-    /// The `elements = { … }` block of each of its maps, in map order.
-    pub elements: Vec<String>,
+    /// The `elements = { … }` block of each of its maps, in map order (kept by the
+    /// tables' spliced texts, [`crate::plan::TableText`], after the compile).
+    pub elements: Arc<[String]>,
 }
 
 /// The entry set of a table (all its lookups' map elements) and its digest.

@@ -142,7 +142,7 @@ impl Feed {
         let out = match event {
             watcher::Event::Apply(obj) => {
                 k.published.insert(obj.key());
-                vec![Event::Apply(Box::new(obj))]
+                vec![Event::Apply(Arc::new(obj))]
             }
             watcher::Event::Delete(obj) => {
                 let key = obj.key();
@@ -166,7 +166,7 @@ impl Feed {
                     .cloned()
                     .map(Event::Delete)
                     .collect();
-                out.extend(listed.into_iter().map(|o| Event::Apply(Box::new(o))));
+                out.extend(listed.into_iter().map(|o| Event::Apply(Arc::new(o))));
                 k.published = keys;
                 k.synced = true;
                 return (out, true);

@@ -208,7 +208,7 @@ fn node_table_peer_changes_are_element_updates_in_the_kernel() {
     assert!(updated.contains("10.77.0.9"), "{updated}");
     // The same table as the agent's full replace of the desired text.
     NetlinkApplier::with_node_netns(&hs.netns)
-        .apply_node(n.rec.node_table().unwrap())
+        .apply_node(&n.rec.node_table().unwrap())
         .unwrap();
     assert_eq!(
         listing(&hs.netns),
