@@ -12,6 +12,8 @@ use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 use serde_saphyr::Spanned;
 
+mod subset;
+
 /// A position in a source file, 1-based.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Pos {
@@ -192,7 +194,7 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, ParseError> {
         None
     };
     let parsed = match json_docs {
-        None => parse_halves(text),
+        None => subset_parse(text).or_else(|| parse_halves(text)),
         Some(_) => None,
     };
     let parsed = match parsed {
@@ -230,6 +232,12 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, ParseError> {
             None => parse_spanned(text),
         },
     }
+}
+
+/// The documents of a text in the plain subset of YAML ([`subset`]), read without the
+/// full parser; `None` when the text leaves the subset.
+fn subset_parse(text: &str) -> Option<Vec<Plain>> {
+    subset::parse(text).map(|docs| docs.into_iter().map(Plain).collect())
 }
 
 /// Texts from this size on are parsed in two halves on two threads ([`parse_halves`]).
