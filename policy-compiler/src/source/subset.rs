@@ -30,43 +30,76 @@ struct Line<'a> {
 
 /// The documents of `text`, or `None` when the text leaves the subset.
 pub(super) fn parse(text: &str) -> Option<Vec<Value>> {
+    let mut docs = Vec::new();
+    for_each(text, &mut |v| docs.push(v))?;
+    Some(docs)
+}
+
+/// Calls `each` with every document of `text` in order (empty documents are not
+/// counted), reading one document at a time; `None` when the text leaves the subset,
+/// which may be after `each` was called for the documents before.
+pub(super) fn for_each(text: &str, each: &mut dyn FnMut(Value)) -> Option<()> {
     let bytes = text.as_bytes();
     // Tabs, carriage returns, control characters and non-ASCII text: the full parser.
     if bytes.iter().any(|&b| b >= 0x7f || (b < 0x20 && b != b'\n')) {
         return None;
     }
-    let mut docs = Vec::new();
     let mut lines: Vec<Line<'_>> = Vec::new();
     for raw in text.split('\n') {
-        let body = raw.trim_end_matches(' ');
-        let content = body.trim_start_matches(' ');
-        if content.is_empty() || content.starts_with('#') {
+        let Some(line) = content_line(raw)? else {
+            continue;
+        };
+        if line.indent == 0 && line.text == "---" {
+            document(&mut lines, each)?;
             continue;
         }
-        let indent = body.len() - content.len();
-        if indent == 0 {
-            if content.starts_with("---") {
-                if content != "---" {
-                    return None;
-                }
-                document(&mut lines, &mut docs)?;
-                continue;
-            }
-            if content.starts_with("...") || content.starts_with('%') {
-                return None;
-            }
-        }
-        lines.push(Line {
-            indent,
-            text: content,
-        });
+        lines.push(line);
     }
-    document(&mut lines, &mut docs)?;
-    Some(docs)
+    document(&mut lines, each)
+}
+
+/// A line's content, `Some(None)` for a blank or comment line, `None` for a line the
+/// subset does not read at all (`--- x`, `...`, directives).
+fn content_line(raw: &str) -> Option<Option<Line<'_>>> {
+    let body = raw.trim_end_matches(' ');
+    let content = body.trim_start_matches(' ');
+    if content.is_empty() || content.starts_with('#') {
+        return Some(None);
+    }
+    let indent = body.len() - content.len();
+    if indent == 0
+        && ((content.starts_with("---") && content != "---")
+            || content.starts_with("...")
+            || content.starts_with('%'))
+    {
+        return None;
+    }
+    Some(Some(Line {
+        indent,
+        text: content,
+    }))
+}
+
+/// How many documents [`for_each`] would give for `text` if it reads it: documents
+/// with at least one content line.
+pub(super) fn count_documents(text: &str) -> usize {
+    let mut n = 0;
+    let mut content = false;
+    for raw in text.split('\n') {
+        match content_line(raw) {
+            Some(Some(line)) if line.indent == 0 && line.text == "---" => {
+                n += usize::from(content);
+                content = false;
+            }
+            Some(None) => {}
+            _ => content = true,
+        }
+    }
+    n + usize::from(content)
 }
 
 /// Reads one document's lines (an empty document is not counted) and clears them.
-fn document(lines: &mut Vec<Line<'_>>, docs: &mut Vec<Value>) -> Option<()> {
+fn document(lines: &mut Vec<Line<'_>>, each: &mut dyn FnMut(Value)) -> Option<()> {
     if lines.is_empty() {
         return Some(());
     }
@@ -80,7 +113,7 @@ fn document(lines: &mut Vec<Line<'_>>, docs: &mut Vec<Value>) -> Option<()> {
     if r.at != r.lines.len() {
         return None;
     }
-    docs.push(value);
+    each(value);
     lines.clear();
     Some(())
 }
