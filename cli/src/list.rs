@@ -170,6 +170,9 @@ pub(crate) struct Writer<'o> {
     nodes: std::collections::BTreeSet<String>,
     /// Endpoint names by id, as written in this format (`None`: not yet encoded).
     names: Vec<Option<String>>,
+    /// Address ranges' names (CIDRs), as written in this format: formatting an address
+    /// for each of the thousands of lines to a range was a tenth of `netpol list`.
+    range_names: std::collections::HashMap<Party, String>,
     /// Port sets as written in this format (for JSON, from `"all"` to the closing `}`),
     /// by index in `encoded`.
     ports: std::collections::HashMap<PortSet, usize>,
@@ -195,6 +198,7 @@ impl<'o> Writer<'o> {
             first: true,
             nodes: std::collections::BTreeSet::new(),
             names: Vec::new(),
+            range_names: std::collections::HashMap::new(),
             ports: std::collections::HashMap::new(),
             encoded: Vec::new(),
             last: None,
@@ -245,8 +249,13 @@ impl<'o> Writer<'o> {
                 }
             }
             Party::Range(_) => {
-                let enc = self.encode_name(&p.name(model));
-                self.line.push_str(&enc);
+                if !self.range_names.contains_key(&p) {
+                    let enc = self.encode_name(&p.name(model));
+                    self.range_names.insert(p, enc);
+                }
+                if let Some(enc) = self.range_names.get(&p) {
+                    self.line.push_str(enc);
+                }
             }
         }
     }

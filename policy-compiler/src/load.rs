@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use crate::cnp::ClusterNetworkPolicy;
 use crate::diagnostic::{Diagnostic, ObjectRef, Origin};
-use crate::source::{SpanIndex, parse_documents};
+use crate::source::{SpanFile, SpanIndex, parse_documents};
 
 /// One input text and the name to report it by.
 #[derive(Debug, Clone, Copy)]
@@ -175,17 +175,27 @@ pub struct Inputs {
 impl Inputs {
     /// Adds everything from `other`.
     pub fn extend(&mut self, other: Inputs) {
-        self.namespaces.extend(other.namespaces);
-        self.pods.extend(other.pods);
-        self.workloads.extend(other.workloads);
-        self.policies.extend(other.policies);
-        self.services.extend(other.services);
-        self.endpoint_slices.extend(other.endpoint_slices);
-        self.nodes.extend(other.nodes);
-        self.cluster_policies.extend(other.cluster_policies);
-        self.declared.extend(other.declared);
-        self.skipped.extend(other.skipped);
-        self.unevaluated.extend(other.unevaluated);
+        append(&mut self.namespaces, other.namespaces);
+        append(&mut self.pods, other.pods);
+        append(&mut self.workloads, other.workloads);
+        append(&mut self.policies, other.policies);
+        append(&mut self.services, other.services);
+        append(&mut self.endpoint_slices, other.endpoint_slices);
+        append(&mut self.nodes, other.nodes);
+        append(&mut self.cluster_policies, other.cluster_policies);
+        append(&mut self.declared, other.declared);
+        append(&mut self.skipped, other.skipped);
+        append(&mut self.unevaluated, other.unevaluated);
+    }
+}
+
+/// `into.extend(from)`, taking `from`'s buffer when `into` is empty: a Pod is a few
+/// hundred bytes, and copying a thousand of them into fresh memory showed in profiles.
+fn append<T>(into: &mut Vec<T>, from: Vec<T>) {
+    if into.is_empty() {
+        *into = from;
+    } else {
+        into.extend(from);
     }
 }
 
@@ -200,6 +210,11 @@ pub fn load(sources: &[SourceText<'_>]) -> (Inputs, Vec<Diagnostic>) {
 }
 
 fn load_one(src: &SourceText<'_>, inputs: &mut Inputs, diags: &mut Vec<Diagnostic>) {
+    if let Some((i, d)) = load_subset(src) {
+        inputs.extend(i);
+        diags.extend(d);
+        return;
+    }
     let docs = match parse_documents(src.text) {
         Ok(d) => d,
         Err(e) => {
@@ -250,6 +265,60 @@ fn load_one(src: &SourceText<'_>, inputs: &mut Inputs, diags: &mut Vec<Diagnosti
     diags.extend(da);
     inputs.extend(ib);
     diags.extend(db);
+}
+
+/// A text in the plain subset of YAML ([`crate::source::subset_documents`]), read and
+/// typed one document at a time, so that each document's JSON value is freed before
+/// the next is read (the memory stays warm: first-touch page faults were a fifth of
+/// `netpol list`); a long file's two halves on two threads, cut at a document start and
+/// joined in document order. The same objects and diagnostics in the same order as
+/// [`parse_documents`] and typing; `None` when the text leaves the subset (the caller
+/// then parses it whole, and what was typed here is dropped). See: #14
+fn load_subset(src: &SourceText<'_>) -> Option<(Inputs, Vec<Diagnostic>)> {
+    let file: Arc<str> = Arc::from(src.name);
+    let spans = SpanFile::new(src.text);
+    // `pods` is reserved for `room` objects (documents are mostly Pods): no copies as
+    // the vector grows, and none when the second half is appended to the first.
+    let read =
+        |text: &str, first: usize, room: usize| -> Option<(Inputs, Vec<Diagnostic>, usize)> {
+            let mut inputs = Inputs::default();
+            inputs.pods.reserve(room);
+            let mut diags = Vec::new();
+            let mut n = 0;
+            crate::source::subset_documents(text, &mut |value| {
+                let origin = Origin {
+                    file: file.clone(),
+                    document: first + n,
+                    base: String::new(),
+                    spans: Arc::new(spans.spans(first + n)),
+                };
+                load_value(value, origin, None, &mut inputs, &mut diags);
+                n += 1;
+            })?;
+            Some((inputs, diags, n))
+        };
+    let Some(cut) = crate::source::parallel_cut(src.text) else {
+        return read(src.text, 0, 0).map(|(i, d, _)| (i, d));
+    };
+    let (a, b) = src.text.split_at(cut);
+    let in_a = crate::source::subset_document_count(a);
+    let in_b = crate::source::subset_document_count(b);
+    let (ra, rb) = std::thread::scope(|s| {
+        let h = s.spawn(|| read(b, in_a, in_b));
+        let ra = read(a, 0, in_a + in_b);
+        // Loading never panics on input; a panic is a bug, passed on.
+        let rb = h.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+        (ra, rb)
+    });
+    let (mut inputs, mut diags, n) = ra?;
+    let (ib, db, _) = rb?;
+    // The second half's document numbers assumed this count.
+    if n != in_a {
+        return None;
+    }
+    inputs.extend(ib);
+    diags.extend(db);
+    Some((inputs, diags))
 }
 
 /// From this many documents in one file on, [`load`] types them on two threads.

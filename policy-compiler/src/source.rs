@@ -12,6 +12,8 @@ use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 use serde_saphyr::Spanned;
 
+mod subset;
+
 /// A position in a source file, 1-based.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Pos {
@@ -192,7 +194,7 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, ParseError> {
         None
     };
     let parsed = match json_docs {
-        None => parse_halves(text),
+        None => subset_parse(text).or_else(|| parse_halves(text)),
         Some(_) => None,
     };
     let parsed = match parsed {
@@ -229,6 +231,63 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, ParseError> {
             Some(j) => Ok(j),
             None => parse_spanned(text),
         },
+    }
+}
+
+/// The documents of a text in the plain subset of YAML ([`subset`]), read without the
+/// full parser; `None` when the text leaves the subset.
+fn subset_parse(text: &str) -> Option<Vec<Plain>> {
+    subset::parse(text).map(|docs| docs.into_iter().map(Plain).collect())
+}
+
+/// Calls `each` with the value of every document of a YAML text in the plain subset
+/// ([`subset`]), one document at a time, in order; `None` when the text leaves the subset
+/// (possibly after some calls: the caller then parses the text with
+/// [`parse_documents`]). A text that starts with `{` or `[` is JSON and left to
+/// [`parse_documents`]. The values are those [`parse_documents`] gives. See: #14
+pub(crate) fn subset_documents(text: &str, each: &mut dyn FnMut(Value)) -> Option<()> {
+    let trimmed = text.trim_start_matches(['\u{feff}', ' ', '\t', '\r', '\n']);
+    if trimmed.starts_with(['{', '[']) {
+        return None;
+    }
+    subset::for_each(text, each)
+}
+
+/// How many documents [`subset_documents`] gives for `text` when it reads it.
+pub(crate) fn subset_document_count(text: &str) -> usize {
+    subset::count_documents(text)
+}
+
+/// Where to cut a YAML stream of at least [`PARALLEL_PARSE_BYTES`] into two streams to
+/// read on two threads: the first document start marker after the middle.
+pub(crate) fn parallel_cut(text: &str) -> Option<usize> {
+    if text.len() < PARALLEL_PARSE_BYTES {
+        return None;
+    }
+    document_start_after(text, text.len() / 2)
+}
+
+/// A file's text, shared by the span indexes of its documents, which compute their
+/// positions from it on first use (see [`SpanIndex`]).
+#[derive(Debug, Clone)]
+pub(crate) struct SpanFile(Arc<LazyFile>);
+
+impl SpanFile {
+    pub(crate) fn new(text: &str) -> Self {
+        SpanFile(Arc::new(LazyFile {
+            text: text.into(),
+            docs: OnceLock::new(),
+        }))
+    }
+
+    /// The span index of document `doc` (0-based, empty documents not counted).
+    pub(crate) fn spans(&self, doc: usize) -> SpanIndex {
+        SpanIndex {
+            spans: Spans::Lazy {
+                file: self.0.clone(),
+                doc,
+            },
+        }
     }
 }
 

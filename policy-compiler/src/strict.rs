@@ -74,6 +74,19 @@ pub fn deserialize<'de, T: de::Deserialize<'de>>(
         parent: None,
         rec: &rec,
     };
+    // The path of an error is tracked only when there is one: most objects read without,
+    // and tracking every field's path costs on every one. Reading again gives the
+    // same error and the same unknown fields. See: #14
+    if let Ok(t) = T::deserialize(de) {
+        return (Ok(t), rec.into_inner());
+    }
+    let rec = RefCell::new(Vec::new());
+    let de = ValueDe {
+        value,
+        path: &Seg::Root,
+        parent: None,
+        rec: &rec,
+    };
     let result = serde_path_to_error::deserialize(de);
     (result, rec.into_inner())
 }
