@@ -396,7 +396,7 @@ async fn run(
                 watched = now;
             }
         }
-        if reconciler.needs_baselines() && !again && !pending.has_untried() {
+        if reconciler.needs_baselines() && !pending.has_untried() {
             // After the answers: listing the new tables is off the CNI ADD path, and
             // ADDs arriving meanwhile take the fast path beside it.
             let view = cni_calls.as_ref().and_then(|_| reconciler.fast_view());
