@@ -424,7 +424,7 @@ async fn run(
 /// A CNI request taken while a pass owned the reconciler.
 enum Deferred {
     /// An `ADD` answered by the fast path beside the pass.
-    Fast(FastApplied),
+    Fast(Box<FastApplied>),
     /// Any other request (or an `ADD` the fast path did not take), and when it came.
     Call(CniCall, Instant),
 }
@@ -483,7 +483,7 @@ async fn serve_during<T: Send + 'static>(
                             "ruleset of {pod} applied ({} ms, before its peers' tables)",
                             waited.as_millis()
                         )));
-                        taken.push(Deferred::Fast(applied));
+                        taken.push(Deferred::Fast(Box::new(applied)));
                     }
                     Err(why) => {
                         tracing::debug!(namespace = call.request.pod.namespace, pod = call.request.pod.name, why, "cni ADD: fast path beside the pass not taken");
@@ -506,7 +506,7 @@ fn take_deferred(
 ) {
     for t in taken {
         match t {
-            Deferred::Fast(applied) => reconciler.take_fast(applied, Instant::now()),
+            Deferred::Fast(applied) => reconciler.take_fast(*applied, Instant::now()),
             Deferred::Call(call, since) => {
                 on_cni_call(reconciler, call, since, pending, lookup, lookup_tx, metrics);
             }
