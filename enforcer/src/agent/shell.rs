@@ -361,15 +361,6 @@ async fn run(
         let (back, report, took) =
             serve_during(pass, view, &mut cni_calls, &mut taken, &metrics).await?;
         reconciler = back;
-        again |= !taken.is_empty();
-        take_deferred(
-            &mut reconciler,
-            taken,
-            &mut pending,
-            lookup.as_ref(),
-            &lookup_tx,
-            &metrics,
-        );
         if !report.applied.is_empty() || !report.removed.is_empty() || !report.failed.is_empty() {
             metrics.reconcile_seconds.observe(took.as_secs_f64());
             tracing::info!(
@@ -386,6 +377,17 @@ async fn run(
             metrics.cni_add_seconds.observe(waited.as_secs_f64());
             tracing::info!(namespace = %pod.namespace, pod = %pod.name, ok, waited_ms = waited.as_secs_f64() * 1e3, "cni ADD answered");
         }
+        // The requests taken while the pass ran, after the answers its compile allows
+        // (they change the state: the next iteration runs a pass at once).
+        again |= !taken.is_empty();
+        take_deferred(
+            &mut reconciler,
+            taken,
+            &mut pending,
+            lookup.as_ref(),
+            &lookup_tx,
+            &metrics,
+        );
         if reconciler.synced() {
             health.ready.store(true, Ordering::SeqCst);
         }
