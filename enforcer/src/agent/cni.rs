@@ -53,29 +53,10 @@ impl Reconciler {
     /// Takes a plugin request into the state. `Ok(pod)`: recorded (an `ADD` then waits
     /// for a pass); `Err`: refused at once, with the reason.
     pub fn cni_request(&mut self, request: &Request) -> Result<PodKey, String> {
-        let pod = PodKey::new(request.pod.namespace.clone(), request.pod.name.clone());
-        if PodKey::parse(&pod.to_string()).as_ref() != Some(&pod) {
-            return Err(format!("invalid Pod name {pod}"));
-        }
+        let pod = request_pod(request)?;
         match request.command {
             Command::Add => {
-                let handle = netns::from_path(&request.netns);
-                netns::validate_name(&handle).map_err(|e| e.to_string())?;
-                if !netns::is_path(&request.netns) {
-                    return Err(format!(
-                        "CNI_NETNS {:?} is not an absolute path",
-                        request.netns
-                    ));
-                }
-                if request.ips.is_empty() {
-                    return Err("no IP addresses in the request".to_owned());
-                }
-                let record = CniRecord {
-                    container_id: request.container_id.clone(),
-                    netns: handle,
-                    ips: request.ips.clone(),
-                    uid: request.pod.uid.clone(),
-                };
+                let record = add_record(request)?;
                 let before = self.state.generation();
                 if self.state.cni_add(pod.clone(), record.clone()) {
                     self.note_cni_add(before);
@@ -201,6 +182,36 @@ impl Reconciler {
     }
 }
 
+/// The Pod a plugin request names, checked.
+pub(super) fn request_pod(request: &Request) -> Result<PodKey, String> {
+    let pod = PodKey::new(request.pod.namespace.clone(), request.pod.name.clone());
+    if PodKey::parse(&pod.to_string()).as_ref() != Some(&pod) {
+        return Err(format!("invalid Pod name {pod}"));
+    }
+    Ok(pod)
+}
+
+/// The CNI record an `ADD` request makes, checked (netns handle and path, addresses).
+pub(super) fn add_record(request: &Request) -> Result<CniRecord, String> {
+    let handle = netns::from_path(&request.netns);
+    netns::validate_name(&handle).map_err(|e| e.to_string())?;
+    if !netns::is_path(&request.netns) {
+        return Err(format!(
+            "CNI_NETNS {:?} is not an absolute path",
+            request.netns
+        ));
+    }
+    if request.ips.is_empty() {
+        return Err("no IP addresses in the request".to_owned());
+    }
+    Ok(CniRecord {
+        container_id: request.container_id.clone(),
+        netns: handle,
+        ips: request.ips.clone(),
+        uid: request.pod.uid.clone(),
+    })
+}
+
 struct Pending {
     pod: PodKey,
     since: Instant,
@@ -248,6 +259,11 @@ impl PendingAdds {
             }
         }
         out
+    }
+
+    /// True when the fast path was not tried yet for some request.
+    pub(super) fn has_untried(&self) -> bool {
+        self.waiting.iter().any(|p| !p.tried)
     }
 
     /// Answers (ok) the requests of `enforced` Pods: the fast path applied their tables.

@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 
 use super::cni::{self, CniStatus};
 use super::events::NftEvents;
+use super::fast_add::{FastApplied, FastView};
 use super::{AgentConfig, FastAdd, Reconciler, RulesetSource};
 use crate::applier::Applier;
 use crate::cni::records::RecordStore;
@@ -250,7 +251,11 @@ async fn run(
     verify.tick().await; // the first tick is immediate; nothing to verify yet
     let mut retry_at: Option<tokio::time::Instant> = None;
     let mut source_open = true;
+    // Work left by the last iteration (requests taken while a pass ran): run again
+    // without waiting for an input.
+    let mut again = false;
     loop {
+        let run_now = std::mem::take(&mut again);
         let mut do_verify = false;
         let mut dirty: BTreeSet<String> = BTreeSet::new();
         let wake = match (retry_at, pending.next_deadline()) {
@@ -275,11 +280,11 @@ async fn run(
             },
             call = recv_opt(&mut cni_calls) => match call {
                 Some(call) => {
-                    on_cni_call(&mut reconciler, call, &mut pending, lookup.as_ref(), &lookup_tx, &metrics);
+                    on_cni_call(&mut reconciler, call, Instant::now(), &mut pending, lookup.as_ref(), &lookup_tx, &metrics);
                     // A burst of sandboxes (a Deployment scaled up) is one pass, not one
                     // pass per Pod.
                     while let Some(call) = cni_calls.as_mut().and_then(|rx| rx.try_recv().ok()) {
-                        on_cni_call(&mut reconciler, call, &mut pending, lookup.as_ref(), &lookup_tx, &metrics);
+                        on_cni_call(&mut reconciler, call, Instant::now(), &mut pending, lookup.as_ref(), &lookup_tx, &metrics);
                     }
                 }
                 None => cni_calls = None,
@@ -296,6 +301,7 @@ async fn run(
             },
             _ = verify.tick() => do_verify = true,
             () = sleep_until(wake) => {}
+            () = std::future::ready(()), if run_now => {}
         }
         // CNI ADD fast path: each new request's own table first, answered before the
         // pass that compiles everything and updates its peers (`agent/fast_add.rs`).
@@ -326,10 +332,18 @@ async fn run(
                 tracing::info!(namespace = %pod.namespace, pod = %pod.name, ok, waited_ms = waited.as_secs_f64() * 1e3, "cni ADD answered (fast path)");
             }
         }
+        // CNI ADDs arriving while the pass runs take the fast path beside it when the
+        // pass compiles the last good model plus ADDs only, with no discovery or
+        // pruning in it (`agent/fast_add.rs`); every other request waits for it.
+        let discover = do_verify || !reconciler.synced();
+        let view = match &cni_calls {
+            Some(_) if !discover => reconciler.fast_view(),
+            _ => None,
+        };
         let pass = tokio::task::spawn_blocking(move || {
             let start = Instant::now();
             reconciler.flush_records();
-            if do_verify || !reconciler.synced() {
+            if discover {
                 reconciler.discover_netns();
             }
             reconciler.compile();
@@ -343,9 +357,9 @@ async fn run(
             let report = reconciler.sync(Instant::now());
             (reconciler, report, start.elapsed())
         });
-        let Ok((back, report, took)) = pass.await else {
-            return Err(AgentError::Panicked);
-        };
+        let mut taken = Vec::new();
+        let (back, report, took) =
+            serve_during(pass, view, &mut cni_calls, &mut taken, &metrics).await?;
         reconciler = back;
         if !report.applied.is_empty() || !report.removed.is_empty() || !report.failed.is_empty() {
             metrics.reconcile_seconds.observe(took.as_secs_f64());
@@ -363,6 +377,17 @@ async fn run(
             metrics.cni_add_seconds.observe(waited.as_secs_f64());
             tracing::info!(namespace = %pod.namespace, pod = %pod.name, ok, waited_ms = waited.as_secs_f64() * 1e3, "cni ADD answered");
         }
+        // The requests taken while the pass ran, after the answers its compile allows
+        // (they change the state: the next iteration runs a pass at once).
+        again |= !taken.is_empty();
+        take_deferred(
+            &mut reconciler,
+            taken,
+            &mut pending,
+            lookup.as_ref(),
+            &lookup_tx,
+            &metrics,
+        );
         if reconciler.synced() {
             health.ready.store(true, Ordering::SeqCst);
         }
@@ -373,16 +398,120 @@ async fn run(
                 watched = now;
             }
         }
-        if reconciler.needs_baselines() {
-            // After the answers: listing the new tables is off the CNI ADD path.
+        if reconciler.needs_baselines() && !pending.has_untried() {
+            // After the answers: listing the new tables is off the CNI ADD path, and
+            // ADDs arriving meanwhile take the fast path beside it.
+            let view = cni_calls.as_ref().and_then(|_| reconciler.fast_view());
             let pass = tokio::task::spawn_blocking(move || {
                 reconciler.take_baselines();
                 reconciler
             });
-            let Ok(back) = pass.await else {
-                return Err(AgentError::Panicked);
-            };
-            reconciler = back;
+            let mut taken = Vec::new();
+            reconciler = serve_during(pass, view, &mut cni_calls, &mut taken, &metrics).await?;
+            again |= !taken.is_empty();
+            take_deferred(
+                &mut reconciler,
+                taken,
+                &mut pending,
+                lookup.as_ref(),
+                &lookup_tx,
+                &metrics,
+            );
+        } else if reconciler.needs_baselines() {
+            again = true;
+        }
+    }
+}
+
+/// A CNI request taken while a pass owned the reconciler.
+enum Deferred {
+    /// An `ADD` answered by the fast path beside the pass.
+    Fast(Box<FastApplied>),
+    /// Any other request (or an `ADD` the fast path did not take), and when it came.
+    Call(CniCall, Instant),
+}
+
+/// Waits for `work` (a pass on the blocking pool, owning the reconciler) while serving
+/// CNI requests: an `ADD` that `view` takes is applied and answered at once (one at a
+/// time, in arrival order); every request goes to `taken` for the reconciler to take
+/// when it is back ([`take_deferred`]).
+async fn serve_during<T: Send + 'static>(
+    mut work: JoinHandle<T>,
+    mut view: Option<FastView>,
+    cni_calls: &mut Option<tokio::sync::mpsc::Receiver<CniCall>>,
+    taken: &mut Vec<Deferred>,
+    metrics: &Metrics,
+) -> Result<T, AgentError> {
+    loop {
+        tokio::select! {
+            biased;
+            done = &mut work => return done.map_err(|_| AgentError::Panicked),
+            call = recv_opt(cni_calls) => {
+                let Some(call) = call else {
+                    *cni_calls = None;
+                    continue;
+                };
+                let since = Instant::now();
+                let Some(mut v) = view.take() else {
+                    taken.push(Deferred::Call(call, since));
+                    continue;
+                };
+                if call.request.command != Command::Add {
+                    if let Ok(pod) = cni::request_pod(&call.request) {
+                        v.forget(&pod);
+                    }
+                    view = Some(v);
+                    taken.push(Deferred::Call(call, since));
+                    continue;
+                }
+                let request = call.request.clone();
+                let fast = tokio::task::spawn_blocking(move || {
+                    let result = v.add(&request);
+                    (v, result)
+                });
+                let Ok((v, result)) = fast.await else {
+                    return Err(AgentError::Panicked);
+                };
+                view = Some(v);
+                match result {
+                    Ok(applied) => {
+                        let waited = since.elapsed();
+                        let pod = applied.pod().clone();
+                        metrics.record_cni("ADD", true);
+                        metrics.cni_add_seconds.observe(waited.as_secs_f64());
+                        tracing::info!(namespace = %pod.namespace, pod = %pod.name, waited_ms = waited.as_secs_f64() * 1e3, "cni ADD answered (fast path, beside a pass)");
+                        // The plugin may have given up already; nothing to do then.
+                        let _ = call.reply.send(Response::ok(format!(
+                            "ruleset of {pod} applied ({} ms, before its peers' tables)",
+                            waited.as_millis()
+                        )));
+                        taken.push(Deferred::Fast(Box::new(applied)));
+                    }
+                    Err(why) => {
+                        tracing::debug!(namespace = call.request.pod.namespace, pod = call.request.pod.name, why, "cni ADD: fast path beside the pass not taken");
+                        taken.push(Deferred::Call(call, since));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Takes the requests [`serve_during`] served, in arrival order.
+fn take_deferred(
+    reconciler: &mut Reconciler,
+    taken: Vec<Deferred>,
+    pending: &mut cni::PendingAdds,
+    lookup: Option<&Arc<dyn PodLookup>>,
+    lookup_tx: &tokio::sync::mpsc::Sender<Vec<crate::state::Object>>,
+    metrics: &Metrics,
+) {
+    for t in taken {
+        match t {
+            Deferred::Fast(applied) => reconciler.take_fast(*applied, Instant::now()),
+            Deferred::Call(call, since) => {
+                on_cni_call(reconciler, call, since, pending, lookup, lookup_tx, metrics);
+            }
         }
     }
 }
@@ -394,6 +523,7 @@ const CNI_ANSWER_MARGIN: Duration = Duration::from_millis(250);
 fn on_cni_call(
     reconciler: &mut Reconciler,
     call: CniCall,
+    since: Instant,
     pending: &mut cni::PendingAdds,
     lookup: Option<&Arc<dyn PodLookup>>,
     lookup_tx: &tokio::sync::mpsc::Sender<Vec<crate::state::Object>>,
@@ -432,11 +562,10 @@ fn on_cni_call(
                     }
                 });
             }
-            let now = Instant::now();
             let budget = Duration::from_millis(request.timeout_ms)
                 .saturating_sub(CNI_ANSWER_MARGIN)
                 .max(Duration::from_millis(100));
-            pending.push(pod, now, now + budget, reply);
+            pending.push(pod, since, since + budget, reply);
             return;
         }
         Command::Del => Response::ok(format!(

@@ -11,6 +11,7 @@ mod agent_live;
 mod audit;
 mod discovery;
 mod drops;
+mod fast_add;
 mod fuzz;
 mod install;
 mod kube;
