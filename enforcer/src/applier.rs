@@ -466,20 +466,10 @@ impl NetlinkApplier {
         ops: &[ElementOp],
         generation: u32,
     ) -> Result<u32, ApplyError> {
-        match self.with_socket(pod, netns, "update", |s| {
+        let result = self.with_socket(pod, netns, "update", |s| {
             s.update_elements(TABLE, ops, generation)
-        }) {
-            Err(ApplyError::Netlink { source, .. })
-                if matches!(*source, NfnlError::Stale { .. }) =>
-            {
-                Err(ApplyError::Stale {
-                    pod: pod.clone(),
-                    netns: netns.to_owned(),
-                    expected: generation,
-                })
-            }
-            other => other,
-        }
+        });
+        stale_as_apply_error(result, pod, netns, generation)
     }
 
     /// Runs `f` with the socket of `netns` (made on first use).
@@ -674,18 +664,7 @@ impl Applier for NetlinkApplier {
         let result = self.with_socket(pod, netns, "rewrite", |s| {
             s.rewrite_table(TABLE, ruleset, old, new, ops, generation)
         });
-        match result {
-            Err(ApplyError::Netlink { source, .. })
-                if matches!(*source, NfnlError::Stale { .. }) =>
-            {
-                Err(ApplyError::Stale {
-                    pod: pod.clone(),
-                    netns: netns.to_owned(),
-                    expected: generation,
-                })
-            }
-            other => other,
-        }
+        stale_as_apply_error(result, pod, netns, generation)
     }
 
     fn update_reads_text(&self) -> bool {
@@ -1040,6 +1019,27 @@ impl RecordingApplier {
             .as_ref()
             .and_then(|g| g.get(netns).copied())
             .unwrap_or(0))
+    }
+}
+
+/// A generation-checked commit's result with the kernel's "stale generation" refusal
+/// ([`NfnlError::Stale`]) as [`ApplyError::Stale`], which the reconciler answers with a
+/// whole replace. See: #12
+fn stale_as_apply_error(
+    result: Result<u32, ApplyError>,
+    pod: &PodKey,
+    netns: &str,
+    generation: u32,
+) -> Result<u32, ApplyError> {
+    match result {
+        Err(ApplyError::Netlink { source, .. }) if matches!(*source, NfnlError::Stale { .. }) => {
+            Err(ApplyError::Stale {
+                pod: pod.clone(),
+                netns: netns.to_owned(),
+                expected: generation,
+            })
+        }
+        other => other,
     }
 }
 

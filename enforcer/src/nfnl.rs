@@ -328,6 +328,8 @@ impl NftSocket {
         })
     }
 
+    /// The names (attribute `name_attr`) of the objects of `table` a dump request
+    /// `get` answers with `new` messages, sorted, once each.
     fn dump_names(
         &mut self,
         table: &str,
@@ -335,64 +337,25 @@ impl NftSocket {
         new: u16,
         name_attr: u16,
     ) -> Result<Vec<String>, NfnlError> {
-        let seq = self.next_seq();
-        let mut msg = Vec::with_capacity(64);
-        let start = begin_msg(
-            &mut msg,
-            (NFNL_SUBSYS_NFTABLES << 8) | get,
-            NLM_F_REQUEST | NLM_F_DUMP,
-            seq,
-            NFPROTO_INET,
-            0,
-        );
-        put_str(&mut msg, NFTA_OBJ_TABLE, table);
-        finish_msg(&mut msg, start);
-        self.send(&msg)?;
         let mut names = Vec::new();
-        loop {
-            let n = self.recv()?;
-            let data = self.buf.get(..n).unwrap_or_default().to_vec();
-            for m in messages(&data) {
-                let m = m.map_err(|what| self.malformed(what))?;
-                if m.seq != seq {
-                    continue;
-                }
-                match m.ty {
-                    NLMSG_DONE => {
-                        names.sort();
-                        names.dedup();
-                        return Ok(names);
-                    }
-                    NLMSG_ERROR => {
-                        let code =
-                            error_code(m.payload).ok_or_else(|| self.malformed("short error"))?;
-                        if code == 0 || code.abs() == nix::libc::ENOENT {
-                            return Ok(Vec::new());
-                        }
-                        return Err(NfnlError::Refused {
-                            netns: self.netns.clone(),
-                            source: io::Error::from_raw_os_error(code.abs()),
-                        });
-                    }
-                    ty if ty == (NFNL_SUBSYS_NFTABLES << 8) | new => {
-                        let mut in_table = false;
-                        let mut name = None;
-                        for (ty, value) in attrs(m.payload.get(4..).unwrap_or_default()) {
-                            let text = value.split(|b| *b == 0).next().unwrap_or_default();
-                            if ty == NFTA_OBJ_TABLE {
-                                in_table = text == table.as_bytes();
-                            } else if ty == name_attr {
-                                name = Some(String::from_utf8_lossy(text).into_owned());
-                            }
-                        }
-                        if let (true, Some(name)) = (in_table, name) {
-                            names.push(name);
-                        }
-                    }
-                    _ => {}
+        for payload in self.dump(get, new, &[(NFTA_OBJ_TABLE, table)])? {
+            let mut in_table = false;
+            let mut name = None;
+            for (ty, value) in attrs(payload.get(4..).unwrap_or_default()) {
+                let text = value.split(|b| *b == 0).next().unwrap_or_default();
+                if ty == NFTA_OBJ_TABLE {
+                    in_table = text == table.as_bytes();
+                } else if ty == name_attr {
+                    name = Some(String::from_utf8_lossy(text).into_owned());
                 }
             }
+            if let (true, Some(name)) = (in_table, name) {
+                names.push(name);
+            }
         }
+        names.sort();
+        names.dedup();
+        Ok(names)
     }
 
     fn malformed(&self, what: &'static str) -> NfnlError {

@@ -126,7 +126,7 @@ impl NftSocket {
 
     /// The payloads (from the `nfgenmsg` header on) of the `new` messages a dump
     /// request `get` with `attrs` answers; empty when the kernel answers `ENOENT`.
-    fn dump(
+    pub(super) fn dump(
         &mut self,
         get: u16,
         new: u16,
