@@ -258,27 +258,16 @@ impl FastView {
             done = Some(execute(self.applier.as_ref(), op));
         }
         match done {
-            Some(Done::Applied {
-                pod,
-                netns,
-                checksum,
-                listing,
-                generation,
-                incremental,
-                took,
-            }) if checksum == desired.checksum && netns == desired.netns => Ok(FastApplied {
-                request: request.clone(),
-                desired,
-                done: Done::Applied {
-                    pod,
-                    netns,
-                    checksum,
-                    listing,
-                    generation,
-                    incremental,
-                    took,
-                },
-            }),
+            Some(done @ Done::Applied { .. })
+                if matches!(&done, Done::Applied { checksum, netns, .. }
+                    if *checksum == desired.checksum && *netns == desired.netns) =>
+            {
+                Ok(FastApplied {
+                    request: request.clone(),
+                    desired,
+                    done,
+                })
+            }
             Some(Done::Failed { error, .. }) => Err(format!(
                 "apply failed: {}",
                 netpol_common::ErrorChain(&error)
